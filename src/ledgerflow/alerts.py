@@ -1,0 +1,295 @@
+"""The one alert module every feature uses.
+
+An alert is always a structured log event. When configured it is also POSTed as JSON
+to a webhook (retried, with a timeout) and e-mailed over SMTP. Alerts are grouped into
+incidents by key: one alert per incident until it is resolved (then one resolution
+message), enforced by a unique index on open incidents in the `alerts` table.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import smtplib
+import socket
+import ssl
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+from sqlalchemy import select, update
+
+from ledgerflow.db.tables import alerts as alerts_table
+from ledgerflow.logs import get_logger
+
+if TYPE_CHECKING:
+    from ledgerflow.db.database import Database
+    from ledgerflow.engine.jobs import Job
+
+SEVERITIES = ("info", "warning", "error", "critical")
+
+
+@dataclass(frozen=True)
+class Alert:
+    id: int | None
+    incident_key: str
+    severity: str
+    title: str
+    message: str
+    context: dict[str, Any]
+    opened_at: datetime
+    resolved_at: datetime | None
+    delivery: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["opened_at"] = self.opened_at.isoformat()
+        out["resolved_at"] = self.resolved_at.isoformat() if self.resolved_at else None
+        return out
+
+
+class Notifier:
+    """Delivers alert payloads to the webhook and by e-mail, on a background thread."""
+
+    def __init__(
+        self,
+        webhook_url: str | None,
+        email_to: str | None,
+        smtp_url: str | None,
+        *,
+        timeout: float = 5.0,
+        attempts: int = 3,
+    ) -> None:
+        self.webhook_url = webhook_url
+        self.email_to = email_to
+        self.smtp_url = smtp_url if email_to else None
+        self.timeout = timeout
+        self.attempts = attempts
+        self.log = get_logger("alerts")
+        self._queue: queue.Queue[tuple[dict[str, Any], Callable[[dict[str, Any]], None]] | None] = (
+            queue.Queue()
+        )
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.webhook_url or self.smtp_url)
+
+    def submit(self, payload: dict[str, Any], done: Callable[[dict[str, Any]], None]) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="ledgerflow-alerts", daemon=True)
+                self._thread.start()
+        self._queue.put((payload, done))
+
+    def flush(self, timeout: float = 15.0) -> None:
+        """Wait (bounded) until queued alerts are delivered; used at shutdown and in tests."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                payload, done = item
+                result = self.deliver(payload)
+                try:
+                    done(result)
+                except Exception as exc:  # recording the delivery must not kill the thread
+                    self.log.warning("alert_delivery_not_recorded", error=str(exc))
+            finally:
+                self._queue.task_done()
+
+    def deliver(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Send now; returns {'webhook': 'ok'|error, 'email': 'ok'|error}."""
+        result: dict[str, Any] = {}
+        if self.webhook_url:
+            result["webhook"] = self._retry(lambda: self._post(payload))
+        if self.smtp_url and self.email_to:
+            result["email"] = self._retry(lambda: self._mail(payload))
+        for channel, status in result.items():
+            if status != "ok":
+                self.log.error(
+                    "alert_delivery_failed",
+                    channel=channel,
+                    error=status,
+                    incident_key=payload.get("incident_key"),
+                )
+        return result
+
+    def _retry(self, send: Callable[[], None]) -> str:
+        error = "not sent"
+        for attempt in range(self.attempts):
+            try:
+                send()
+                return "ok"
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                time.sleep(min(0.5 * 2**attempt, 4))
+        return error
+
+    def _post(self, payload: dict[str, Any]) -> None:
+        body = json.dumps(payload, ensure_ascii=False).encode()
+        request = urllib.request.Request(
+            str(self.webhook_url),
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json", "User-Agent": "ledgerflow-alerts"},
+        )
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            if response.status >= 300:
+                raise OSError(f"webhook answered HTTP {response.status}")
+
+    def _mail(self, payload: dict[str, Any]) -> None:
+        url = urlparse(str(self.smtp_url))
+        options = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        message = EmailMessage()
+        state = "RESOLVED" if payload.get("resolved") else payload["severity"].upper()
+        message["Subject"] = f"[ledgerflow {state}] {payload['title']}"
+        message["From"] = options.get("from", f"ledgerflow@{socket.gethostname()}")
+        message["To"] = str(self.email_to)
+        message.set_content(
+            f"{payload['message']}\n\nincident: {payload['incident_key']}\nat: {payload['at']}\n\n"
+            + json.dumps(payload.get("context", {}), ensure_ascii=False, indent=2, default=str)
+        )
+        port = url.port or (465 if url.scheme == "smtps" else 25)
+        smtp_class = smtplib.SMTP_SSL if url.scheme == "smtps" else smtplib.SMTP
+        with smtp_class(url.hostname or "localhost", port, timeout=self.timeout) as smtp:
+            if options.get("starttls", "").lower() in ("1", "true", "yes"):
+                smtp.starttls(context=ssl.create_default_context())
+            if url.username:
+                smtp.login(unquote(url.username), unquote(url.password or ""))
+            smtp.send_message(message)
+
+
+class Alerts:
+    """Raise and resolve incidents; history lives in the `alerts` table."""
+
+    def __init__(self, db: Database, notifier: Notifier) -> None:
+        self.db = db
+        self.notifier = notifier
+        self.log = get_logger("alerts")
+
+    def raise_alert(self, key: str, severity: str, title: str, message: str, **context: Any) -> bool:
+        """Open incident `key` (log + notify). Returns False if it was already open."""
+        if severity not in SEVERITIES:
+            raise ValueError(f"unknown severity {severity!r}")
+        now = datetime.now(UTC)
+        log = getattr(
+            self.log, {"critical": "critical", "error": "error", "warning": "warning"}.get(severity, "info")
+        )
+        log("alert", incident_key=key, severity=severity, title=title, alert_message=message, **context)
+        alert_id = None
+        try:
+            from ledgerflow.engine.store import dialect_insert
+
+            with self.db.begin() as conn:
+                alert_id = conn.execute(
+                    dialect_insert(self.db, alerts_table)
+                    .values(
+                        incident_key=key,
+                        severity=severity,
+                        title=title,
+                        message=message,
+                        context=_jsonable(context),
+                        opened_at=now,
+                        delivery={},
+                    )
+                    .on_conflict_do_nothing(
+                        index_elements=["incident_key"], index_where=alerts_table.c.resolved_at.is_(None)
+                    )
+                    .returning(alerts_table.c.id)
+                ).scalar()
+            if alert_id is None:
+                return False  # the incident is already open: one alert per incident
+        except Exception as exc:  # the database may be what is failing: still notify
+            self.log.warning("alert_not_recorded", error=str(exc).splitlines()[0])
+        payload = {
+            "incident_key": key,
+            "severity": severity,
+            "title": title,
+            "message": message,
+            "context": _jsonable(context),
+            "at": now.isoformat(),
+            "resolved": False,
+        }
+        self.notifier.submit(payload, lambda result: self._record_delivery(alert_id, result))
+        return True
+
+    def resolve(self, key: str, message: str = "resolved") -> bool:
+        """Close incident `key` and send one resolution message. False if it was not open."""
+        now = datetime.now(UTC)
+        with self.db.begin() as conn:
+            row = conn.execute(
+                update(alerts_table)
+                .where(alerts_table.c.incident_key == key, alerts_table.c.resolved_at.is_(None))
+                .values(resolved_at=now)
+                .returning(alerts_table.c.id, alerts_table.c.title, alerts_table.c.severity)
+            ).first()
+        if row is None:
+            return False
+        self.log.info("alert_resolved", incident_key=key, alert_message=message)
+        payload = {
+            "incident_key": key,
+            "severity": row.severity,
+            "title": row.title,
+            "message": message,
+            "context": {},
+            "at": now.isoformat(),
+            "resolved": True,
+        }
+        self.notifier.submit(payload, lambda _result: None)
+        return True
+
+    def is_open(self, key: str) -> bool:
+        with self.db.read() as conn:
+            return (
+                conn.execute(
+                    select(alerts_table.c.id).where(
+                        alerts_table.c.incident_key == key, alerts_table.c.resolved_at.is_(None)
+                    )
+                ).first()
+                is not None
+            )
+
+    def history(self, limit: int = 100, open_only: bool = False) -> list[Alert]:
+        query = select(alerts_table).order_by(alerts_table.c.id.desc()).limit(limit)
+        if open_only:
+            query = query.where(alerts_table.c.resolved_at.is_(None))
+        with self.db.read() as conn:
+            return [Alert(**r._mapping) for r in conn.execute(query)]
+
+    def job_dead(self, job: Job, error: dict[str, Any]) -> None:
+        """A job reached the dead-letter queue: one incident per task until its DLQ is retried."""
+        self.raise_alert(
+            f"job_dead:{job.task}",
+            "error",
+            f"Job {job.task} is dead",
+            f"job {job.id} ({job.task}) exhausted {job.attempt} attempt(s): "
+            f"{error.get('type')}: {error.get('message')}",
+            job_id=job.id,
+            task=job.task,
+            attempt=job.attempt,
+        )
+
+    def _record_delivery(self, alert_id: int | None, result: dict[str, Any]) -> None:
+        if alert_id is None:
+            return
+        with self.db.begin() as conn:
+            conn.execute(update(alerts_table).where(alerts_table.c.id == alert_id).values(delivery=result))
+
+
+def _jsonable(value: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(value, default=str, ensure_ascii=False))  # type: ignore[no-any-return]

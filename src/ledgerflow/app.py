@@ -1,0 +1,219 @@
+"""`App`: the entry point of the Python API (tasks, enqueue, workers, jobs)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from functools import cached_property
+from typing import Any, overload
+
+from sqlalchemy import Connection
+
+from ledgerflow.alerts import Alerts, Notifier
+from ledgerflow.config import Settings, load_settings
+from ledgerflow.db.database import Database
+from ledgerflow.engine.jobs import Job, JobSpec
+from ledgerflow.engine.retry import Backoff
+from ledgerflow.engine.store import JobStore
+from ledgerflow.engine.tasks import (
+    Isolation,
+    Task,
+    TaskOptions,
+    TaskRegistry,
+    default_task_name,
+    make_backoff,
+)
+from ledgerflow.engine.worker import Worker, WorkerExit, WorkerOptions, parse_queues
+from ledgerflow.logs import configure_logging
+
+
+class Transaction:
+    """Enqueue inside one database transaction: the jobs exist only if it commits."""
+
+    def __init__(self, app: App, connection: Connection) -> None:
+        self.app = app
+        self.connection = connection
+
+    def enqueue(self, spec: JobSpec) -> Job:
+        return self.app.enqueue(spec, connection=self.connection)
+
+    def enqueue_many(self, specs: Sequence[JobSpec]) -> list[int]:
+        return self.app.enqueue_many(specs, connection=self.connection)
+
+
+class App:
+    """A ledgerflow application: a database plus the tasks registered on it.
+
+    >>> app = App(database_url="sqlite:///./ledgerflow.db")
+    >>> @app.task(queue="default")
+    ... def send_receipt(receipt_id: int) -> None: ...
+    """
+
+    def __init__(
+        self, database_url: str | None = None, *, settings: Settings | None = None, **overrides: Any
+    ) -> None:
+        if settings is None:
+            settings = load_settings(database_url=database_url, **overrides)
+        elif database_url is not None or overrides:
+            settings = settings.model_copy(
+                update={"database_url": database_url or settings.database_url, **overrides}
+            )
+            settings = load_settings(**settings.model_dump())
+        self.settings = settings
+        configure_logging(settings.log_level, settings.log_json)
+        self.registry = TaskRegistry()
+        self._local_wakers: set[Callable[[], None]] = set()
+        self._claim_gates: list[Callable[[], bool]] = []
+        self._maintenance_hooks: list[Callable[[], None]] = []
+
+    # ---------------------------------------------------------------- parts
+    @cached_property
+    def db(self) -> Database:
+        s = self.settings
+        return Database(
+            s.database_url,
+            sqlite_synchronous=s.sqlite_synchronous,
+            busy_timeout=s.sqlite_busy_timeout,
+            connect_timeout=s.connect_timeout,
+        )
+
+    @cached_property
+    def store(self) -> JobStore:
+        return JobStore(self.db)
+
+    @cached_property
+    def alerts(self) -> Alerts:
+        s = self.settings
+        return Alerts(self.db, Notifier(s.alert_webhook_url, s.alert_email, s.smtp_url))
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema (idempotent)."""
+        from ledgerflow.db.migrate import migrate
+
+        migrate(self.db)
+
+    def close(self) -> None:
+        if "db" in self.__dict__:
+            self.db.dispose()
+
+    # ---------------------------------------------------------------- tasks
+    @overload
+    def task(self, func: Callable[..., Any], /) -> Task: ...
+    @overload
+    def task(self, func: None = None, /, **options: Any) -> Callable[[Callable[..., Any]], Task]: ...
+
+    def task(
+        self,
+        func: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        priority: int = 5,
+        max_attempts: int = 5,
+        timeout: float = 1800.0,
+        isolation: Isolation = "thread",
+        retry_backoff: float | Sequence[float] | Backoff | None = None,
+    ) -> Task | Callable[[Callable[..., Any]], Task]:
+        """Register a sync or async function as a task (usable bare or with options)."""
+
+        def register(f: Callable[..., Any]) -> Task:
+            options = TaskOptions(queue=queue, priority=priority, max_attempts=max_attempts, timeout=timeout)
+            JobSpec(
+                task=name or default_task_name(f),
+                queue=queue,
+                priority=priority,
+                max_attempts=max_attempts,
+                timeout=timeout,
+            )  # validates the defaults now
+            t = Task(
+                self,
+                f,
+                name=name or default_task_name(f),
+                options=options,
+                isolation=isolation,
+                backoff=make_backoff(retry_backoff),
+            )
+            self.registry.add(t)
+            return t
+
+        return register(func) if func is not None else register
+
+    # ---------------------------------------------------------------- enqueue
+    def enqueue(self, spec: JobSpec, *, connection: Connection | None = None) -> Job:
+        """Insert one job; with `connection`, inside the caller's transaction."""
+        if connection is not None:
+            (job_id,) = self.store.enqueue(connection, [spec])
+            return self.store.get(job_id, connection)
+        with self.db.begin() as conn:
+            (job_id,) = self.store.enqueue(conn, [spec])
+            job = self.store.get(job_id, conn)
+        self._wake_local()
+        return job
+
+    def enqueue_many(self, specs: Sequence[JobSpec], *, connection: Connection | None = None) -> list[int]:
+        """Insert many jobs in one transaction; returns their ids in order."""
+        if connection is not None:
+            return self.store.enqueue(connection, list(specs))
+        with self.db.begin() as conn:
+            ids = self.store.enqueue(conn, list(specs))
+        self._wake_local()
+        return ids
+
+    @contextlib.contextmanager
+    def transaction(self, connection: Connection | None = None) -> Iterator[Transaction]:
+        """`with app.transaction() as tx: tx.enqueue(...)` — or join an existing connection."""
+        if connection is not None:
+            yield Transaction(self, connection)
+            return
+        with self.db.begin() as conn:
+            yield Transaction(self, conn)
+        self._wake_local()
+
+    def _wake_local(self) -> None:
+        for wake in list(self._local_wakers):
+            wake()
+
+    # ---------------------------------------------------------------- jobs
+    def get_job(self, job_id: int) -> Job:
+        return self.store.get(job_id)
+
+    # ---------------------------------------------------------------- worker
+    def worker(
+        self,
+        queues: str | Sequence[str] | None = None,
+        concurrency: int = 8,
+        burst: bool = False,
+        **options: Any,
+    ) -> Worker:
+        s = self.settings
+        opts = WorkerOptions(
+            queues=parse_queues(queues),
+            concurrency=concurrency,
+            burst=burst,
+            lease_seconds=s.lease_seconds,
+            heartbeat_seconds=s.heartbeat_seconds,
+            rescue_interval=s.rescue_interval,
+            grace_seconds=s.grace_seconds,
+            max_abandoned_threads=s.max_abandoned_threads,
+            memory_limit_percent=s.autostop_memory_percent,
+        )
+        for key, value in options.items():
+            if not hasattr(opts, key):
+                raise TypeError(f"unknown worker option {key!r}")
+            setattr(opts, key, value)
+        if opts.concurrency < 1:
+            from ledgerflow.errors import BadInput
+
+            raise BadInput(f"concurrency must be >= 1, got {opts.concurrency}")
+        return Worker(self, opts)
+
+    def run_worker(
+        self,
+        queues: str | Sequence[str] | None = None,
+        concurrency: int = 8,
+        burst: bool = False,
+        **options: Any,
+    ) -> WorkerExit:
+        """Run a worker in this thread until stopped (or drained, with `burst=True`)."""
+        return self.worker(queues, concurrency, burst, **options).run()

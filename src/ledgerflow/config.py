@@ -1,0 +1,173 @@
+"""Settings from environment variables (`LEDGERFLOW_*`) and an optional `ledgerflow.toml`.
+
+Environment wins over the file. A bad value raises `ConfigError` whose one-line
+message names the variable, so start-up never ends in a traceback or a silent default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from ledgerflow.errors import ConfigError
+
+ENV_PREFIX = "LEDGERFLOW_"
+
+
+def normalise_database_url(url: str) -> str:
+    """Map `postgresql://` and `postgres://` to the psycopg 3 driver; check the scheme."""
+    url = url.strip()
+    scheme = url.split(":", 1)[0]
+    if scheme in ("postgresql", "postgres"):
+        return "postgresql+psycopg:" + url.split(":", 1)[1]
+    if scheme in ("postgresql+psycopg", "sqlite"):
+        if scheme == "sqlite" and not url.startswith("sqlite:///"):
+            raise ValueError(f"malformed SQLite URL {url!r} (expected sqlite:///PATH)")
+        return url
+    raise ValueError(f"unsupported database URL {url!r} (use sqlite:///PATH or postgresql://...)")
+
+
+def check_timezone(name: str) -> str:
+    """Return `name` if it is a known IANA zone, else raise ValueError."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}") from None
+    return name
+
+
+def check_destination(url: str) -> str:
+    """Accept `file://DIR`, `gdrive://FOLDER_ID` or `s3://BUCKET[/PREFIX]`."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file" and (parsed.netloc or parsed.path):
+        return url
+    if parsed.scheme in ("gdrive", "s3") and parsed.netloc:
+        return url
+    raise ValueError(
+        f"malformed destination {url!r} (use file://DIR, gdrive://FOLDER_ID or s3://BUCKET/PREFIX)"
+    )
+
+
+class Settings(BaseSettings):
+    """Every knob of ledgerflow; field `x` is variable `LEDGERFLOW_X`."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    database_url: str = "sqlite:///./ledgerflow.db"
+    timezone: str = "Asia/Bangkok"
+    daily_export_cron: str = "0 18 * * *"
+    export_destination: str = "file://./exports"
+    export_profile: str = "generic"
+    export_generation_timeout: float = Field(30.0, gt=0)
+    export_bom: bool | None = None
+    export_date_style: Literal["iso", "dmy", "buddhist"] | None = None
+    export_encoding: str | None = None
+    api_token: SecretStr | None = None
+    alert_webhook_url: str | None = None
+    alert_email: str | None = None
+    smtp_url: str | None = None
+    app: str | None = None
+    log_level: str = "INFO"
+    log_json: bool | None = None
+
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    sqlite_busy_timeout: float = Field(30.0, gt=0)
+    connect_timeout: float = Field(5.0, gt=0)
+    lease_seconds: float = Field(8.0, ge=1)
+    heartbeat_seconds: float = Field(2.0, gt=0)
+    rescue_interval: float = Field(1.0, gt=0)
+    grace_seconds: float = Field(25.0, ge=0)
+    max_abandoned_threads: int = Field(5, ge=1)
+    prune_after_days: int = Field(30, ge=1)
+
+    health_cron_max_age_hours: float = Field(26.0, gt=0)
+    autostop_consecutive_failures: int = Field(25, ge=1)
+    autostop_failure_rate: float = Field(0.6, gt=0, le=1)
+    autostop_min_attempts: int = Field(20, ge=1)
+    autostop_dead_jobs: int = Field(100, ge=1)
+    autostop_memory_percent: float = Field(95.0, gt=0, le=100)
+    autostop_cpu_enabled: bool = False
+    autostop_cpu_percent: float = Field(90.0, gt=0, le=100)
+    autostop_cpu_seconds: float = Field(300.0, gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        return normalise_database_url(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        return check_timezone(value)
+
+    @field_validator("export_destination")
+    @classmethod
+    def _destination(cls, value: str) -> str:
+        return check_destination(value)
+
+    @field_validator("daily_export_cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from ledgerflow.scheduler.cron import parse_cron
+
+        parse_cron(value)
+        return value
+
+    @field_validator("export_profile")
+    @classmethod
+    def _profile(cls, value: str) -> str:
+        from ledgerflow.export.profiles import PROFILES
+
+        if value not in PROFILES:
+            raise ValueError(f"unknown profile {value!r} (known: {', '.join(sorted(PROFILES))})")
+        return value
+
+    @field_validator("alert_webhook_url", "smtp_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parsed = urlparse(value)
+        if not parsed.scheme or not parsed.hostname:
+            raise ValueError(f"malformed URL {value!r}")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_path = Path(os.environ.get(ENV_PREFIX + "CONFIG", "ledgerflow.toml"))
+        if toml_path.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, turning the first validation problem into one clear `ConfigError`."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{ENV_PREFIX}{field.upper()}: {message}") from None
+    except ValueError as exc:  # a malformed ledgerflow.toml
+        raise ConfigError(f"ledgerflow.toml: {exc}") from None

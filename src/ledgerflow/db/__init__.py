@@ -1,0 +1,1 @@
+"""Storage: schema (SQLAlchemy Core), engines, per-backend SQL and Alembic migrations."""

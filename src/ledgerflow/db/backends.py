@@ -1,0 +1,54 @@
+"""The small interface each database backend implements (see `sqlite.py`, `postgres.py`)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from sqlalchemy import Select
+from sqlalchemy.engine import Engine
+from sqlalchemy.sql.elements import ColumnElement
+
+
+class Waker(Protocol):
+    """Calls back soon after another process commits new work (NOTIFY or a cheap poll)."""
+
+    def start(self, callback: Callable[[str | None], None]) -> None: ...
+    def stop(self) -> None: ...
+
+
+class Backend(Protocol):
+    name: str
+
+    def create_engine(self, url: str, factory: Callable[..., Engine], **options: Any) -> Engine: ...
+    def now(self) -> ColumnElement[Any]: ...
+    def after(self, seconds: float) -> ColumnElement[Any]: ...
+    def lock_for_claim(self, query: Select[Any]) -> Select[Any]: ...
+    def waker(self, engine: Engine, poll_seconds: float) -> Waker: ...
+
+
+def backend_for(url: str) -> Backend:
+    """Pick the backend from a database URL's scheme."""
+    if url.startswith("sqlite"):
+        from ledgerflow.db.sqlite import SQLiteBackend
+
+        return SQLiteBackend()
+    from ledgerflow.db.postgres import PostgresBackend
+
+    return PostgresBackend()
+
+
+class StoppableThread:
+    """A daemon thread running `loop(stop_event)`; shared by the wakers."""
+
+    def __init__(self, name: str, loop: Callable[[threading.Event], None]) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=loop, args=(self._stop,), name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -1,0 +1,128 @@
+"""`Database`: one engine plus the backend that knows its SQL dialect's specifics.
+
+Write transactions on SQLite start with `BEGIN IMMEDIATE` (a second writer waits for
+the lock instead of failing half-way); read-only transactions use a plain `BEGIN`.
+Connection failures surface as `DatabaseUnavailable`, a retryable error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, create_engine, exc
+from sqlalchemy.engine import Engine
+from sqlalchemy.sql.elements import ColumnElement
+
+from ledgerflow.db.backends import Backend, backend_for
+from ledgerflow.errors import DatabaseUnavailable
+
+T = TypeVar("T")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for errors that mean 'the database is unreachable or busy', not 'bad SQL'."""
+    if isinstance(error, DatabaseUnavailable):
+        return True
+    if isinstance(error, exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        text = str(error.orig).lower() if error.orig is not None else ""
+        if type(error.orig).__module__.startswith("sqlite3"):
+            # SQLite reports bad SQL as OperationalError too: only lock/IO problems are transient
+            return any(s in text for s in ("locked", "busy", "unable to open", "disk i/o"))
+        if isinstance(error, exc.OperationalError | exc.InterfaceError):
+            return True
+        return any(s in text for s in ("terminating connection", "server closed", "connection"))
+    return isinstance(error, exc.TimeoutError | ConnectionError | OSError)
+
+
+class Database:
+    """A connection pool to one ledgerflow database (SQLite file or PostgreSQL)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        sqlite_synchronous: str = "NORMAL",
+        busy_timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+        pool_size: int = 5,
+    ) -> None:
+        self.url = url
+        self.backend: Backend = backend_for(url)
+        self.engine: Engine = self.backend.create_engine(
+            url,
+            create_engine,
+            json_serializer=_dumps,
+            sqlite_synchronous=sqlite_synchronous,
+            busy_timeout=busy_timeout,
+            connect_timeout=connect_timeout,
+            pool_size=pool_size,
+        )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.backend.name == "sqlite"
+
+    def now(self) -> ColumnElement[Any]:
+        """The database clock as a SQL expression (leases are judged by it)."""
+        return self.backend.now()
+
+    def after(self, seconds: float) -> ColumnElement[Any]:
+        """`now() + seconds` on the database clock."""
+        return self.backend.after(seconds)
+
+    @contextlib.contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A write transaction (committed on success, rolled back on error)."""
+        with self._translate(), self.engine.begin() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only transaction; on SQLite it takes no write lock."""
+        with (
+            self._translate(),
+            self.engine.connect().execution_options(ledgerflow_readonly=True) as conn,
+            conn.begin(),
+        ):
+            yield conn
+
+    def run(self, fn: Callable[[Connection], T]) -> T:
+        """Run `fn` in one write transaction and return its result."""
+        with self.begin() as conn:
+            return fn(conn)
+
+    def ping(self) -> None:
+        """Raise `DatabaseUnavailable` unless the database answers a trivial query."""
+        with self.read() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def _translate(self) -> Iterator[None]:
+        try:
+            yield
+        except DatabaseUnavailable:
+            raise
+        except Exception as error:
+            if is_transient(error) and not isinstance(error, exc.IntegrityError):
+                raise DatabaseUnavailable(
+                    f"database unavailable ({self.backend.name}): {_first_line(error)}"
+                ) from error
+            raise
+
+
+def _first_line(error: BaseException) -> str:
+    orig = getattr(error, "orig", None) or error
+    text = str(orig).strip().splitlines()
+    return text[0] if text else type(orig).__name__

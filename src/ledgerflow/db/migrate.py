@@ -1,0 +1,41 @@
+"""Apply Alembic migrations programmatically (`ledgerflow migrate`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+
+from ledgerflow.db.database import Database
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+_LOCK_ID = 72_771_001  # pg_advisory_xact_lock key: one migrator at a time
+
+
+def alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+def migrate(db: Database, revision: str = "head") -> None:
+    """Upgrade the schema to `revision`, in one transaction, serialised across processes."""
+    cfg = alembic_config()
+    with db.begin() as conn:
+        if not db.is_sqlite:
+            conn.execute(text(f"SELECT pg_advisory_xact_lock({_LOCK_ID})"))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def current_revision(db: Database) -> str | None:
+    with db.read() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()

@@ -1,0 +1,85 @@
+"""PostgreSQL specifics: psycopg 3, `FOR UPDATE SKIP LOCKED` claims, `LISTEN/NOTIFY` wake-ups.
+
+A statement-level trigger (see the first migration) sends `NOTIFY ledgerflow_jobs, '<queue>'`
+when jobs become available, so idle workers start them within milliseconds.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from sqlalchemy import Interval, Select, func, literal
+from sqlalchemy.engine import Engine
+from sqlalchemy.sql.elements import ColumnElement
+
+from ledgerflow.db.backends import StoppableThread
+from ledgerflow.db.types import UTCDateTime
+
+CHANNEL = "ledgerflow_jobs"
+
+
+def conninfo(engine: Engine) -> str:
+    """A libpq URI for a raw psycopg connection to the engine's database."""
+    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class PostgresBackend:
+    name = "postgresql"
+
+    def create_engine(self, url: str, factory: Callable[..., Engine], **options: Any) -> Engine:
+        return factory(
+            url,
+            connect_args={"connect_timeout": max(2, int(options["connect_timeout"]))},
+            json_serializer=options["json_serializer"],
+            pool_pre_ping=True,
+            pool_size=options["pool_size"],
+            max_overflow=10,
+            pool_recycle=1800,
+        )
+
+    def now(self) -> ColumnElement[Any]:
+        return func.now(type_=UTCDateTime)
+
+    def after(self, seconds: float) -> ColumnElement[Any]:
+        return func.now(type_=UTCDateTime) + literal(timedelta(seconds=seconds), Interval())
+
+    def lock_for_claim(self, query: Select[Any]) -> Select[Any]:
+        return query.with_for_update(skip_locked=True)
+
+    def waker(self, engine: Engine, poll_seconds: float) -> ListenWaker:
+        return ListenWaker(conninfo(engine))
+
+
+class ListenWaker:
+    """LISTENs on a dedicated autocommit connection; reconnects (and re-LISTENs) with backoff."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._thread: StoppableThread | None = None
+
+    def start(self, callback: Callable[[str | None], None]) -> None:
+        def loop(stop: threading.Event) -> None:
+            backoff = 0.1
+            while not stop.is_set():
+                try:
+                    with psycopg.connect(self._dsn, autocommit=True, connect_timeout=5) as conn:
+                        conn.execute(f"LISTEN {CHANNEL}")
+                        callback(None)  # catch up on anything sent while disconnected
+                        backoff = 0.1
+                        while not stop.is_set():
+                            for note in conn.notifies(timeout=0.5):
+                                callback(note.payload)
+                except psycopg.Error:
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+
+        self._thread = StoppableThread("ledgerflow-pg-listener", loop)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread:
+            self._thread.stop()

@@ -1,0 +1,1 @@
+"""The job engine: states, tasks, the job store, retries and the worker."""

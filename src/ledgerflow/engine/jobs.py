@@ -1,0 +1,188 @@
+"""Public value types of the engine: what to enqueue (`JobSpec`) and what exists (`Job`)."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ledgerflow.engine.states import JobState
+from ledgerflow.errors import BadInput
+
+DEFAULT_QUEUE = "default"
+DEFAULT_PRIORITY = 5
+DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_TIMEOUT = 1800.0
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything needed to insert one job; build it with `Task.prepare`."""
+
+    task: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    queue: str = DEFAULT_QUEUE
+    priority: int = DEFAULT_PRIORITY
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    timeout: float = DEFAULT_TIMEOUT
+    unique_key: str | None = None
+    scheduled_at: datetime | None = None
+    delay: float | None = None
+    depends_on: tuple[int, ...] = ()
+    schedule_id: int | None = None
+    fire_time: datetime | None = None
+
+    def __post_init__(self) -> None:
+        validate_spec(self)
+
+
+def validate_spec(spec: JobSpec) -> None:
+    """Refuse a spec that could never run, naming the bad value."""
+    if not spec.task:
+        raise BadInput("task name is empty")
+    if not spec.queue or len(spec.queue) > 100:
+        raise BadInput(f"invalid queue name {spec.queue!r}")
+    if isinstance(spec.priority, bool) or not isinstance(spec.priority, int):
+        raise BadInput(f"priority must be an integer 0..9, got {spec.priority!r}")
+    if not 0 <= spec.priority <= 9:
+        raise BadInput(f"priority must be 0..9, got {spec.priority}")
+    if spec.max_attempts < 1:
+        raise BadInput(f"max_attempts must be >= 1, got {spec.max_attempts}")
+    if spec.timeout <= 0:
+        raise BadInput(f"timeout must be > 0 seconds, got {spec.timeout}")
+    if spec.delay is not None and spec.delay < 0:
+        raise BadInput(f"delay must be >= 0 seconds, got {spec.delay}")
+    if spec.scheduled_at is not None and spec.scheduled_at.tzinfo is None:
+        raise BadInput(f"scheduled_at must be timezone-aware, got {spec.scheduled_at!r}")
+    if spec.unique_key is not None and not 0 < len(spec.unique_key) <= 255:
+        raise BadInput("unique_key must be 1..255 characters")
+    try:
+        json.dumps([list(spec.args), dict(spec.kwargs)])
+    except (TypeError, ValueError) as exc:
+        raise BadInput(f"arguments of task {spec.task!r} are not JSON-serialisable: {exc}") from None
+
+
+@dataclass(frozen=True)
+class JobError:
+    """One failed attempt, as kept on the job."""
+
+    attempt: int
+    type: str
+    message: str
+    traceback: str | None
+    at: str
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as stored; returned by enqueue, `App.get_job` and listings."""
+
+    id: int
+    task: str
+    queue: str
+    priority: int
+    state: JobState
+    args: list[Any]
+    kwargs: dict[str, Any]
+    attempt: int
+    max_attempts: int
+    timeout: float
+    unique_key: str | None
+    scheduled_at: datetime
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    errors: list[JobError]
+    result: Any
+    state_reason: str | None
+    schedule_id: int | None
+    fire_time: datetime | None
+    worker_id: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Job:
+        m = row._mapping
+        return cls(
+            id=int(m["id"]),
+            task=m["task"],
+            queue=m["queue"],
+            priority=int(m["priority"]),
+            state=JobState(m["state"]),
+            args=list(m["args"] or []),
+            kwargs=dict(m["kwargs"] or {}),
+            attempt=int(m["attempt"]),
+            max_attempts=int(m["max_attempts"]),
+            timeout=float(m["timeout"]),
+            unique_key=m["unique_key"],
+            scheduled_at=m["scheduled_at"],
+            created_at=m["created_at"],
+            started_at=m["started_at"],
+            finished_at=m["finished_at"],
+            errors=[JobError(**e) for e in (m["errors"] or [])],
+            result=m["result"],
+            state_reason=m["state_reason"],
+            schedule_id=m["schedule_id"],
+            fire_time=m["fire_time"],
+            worker_id=m["worker_id"],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: ISO 8601 times, plain types."""
+        out: dict[str, Any] = {}
+        for key, value in self.__dict__.items():
+            if isinstance(value, datetime):
+                out[key] = value.isoformat()
+            elif key == "errors":
+                out[key] = [e.__dict__ for e in value]
+            elif key == "state":
+                out[key] = str(value)
+            else:
+                out[key] = value
+        return out
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a running task may know about its own job (see `current_job`)."""
+
+    job_id: int
+    task: str
+    queue: str
+    attempt: int
+    max_attempts: int
+    schedule_id: int | None
+    fire_time: datetime | None
+    worker_id: str
+
+    @property
+    def is_last_attempt(self) -> bool:
+        return self.attempt >= self.max_attempts
+
+
+_current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar(
+    "ledgerflow_current_job", default=None
+)
+
+
+def current_job() -> JobContext | None:
+    """The job the calling task runs for, or None outside a worker."""
+    return _current.get()
+
+
+def set_current_job(ctx: JobContext | None) -> contextvars.Token[JobContext | None]:
+    return _current.set(ctx)
+
+
+def reset_current_job(token: contextvars.Token[JobContext | None]) -> None:
+    _current.reset(token)
+
+
+def as_id_tuple(ids: Sequence[int | Job] | None) -> tuple[int, ...]:
+    """Normalise `depends_on` (ids or Job objects) to a tuple of ints."""
+    if not ids:
+        return ()
+    return tuple(int(j.id if isinstance(j, Job) else j) for j in ids)

@@ -1,0 +1,354 @@
+"""Worker-side SQL: claiming jobs, recording outcomes, renewing and rescuing leases.
+
+A claim gives each job a lease: a random token plus an expiry judged by the database
+clock. Every later write about the attempt names `(id, lease_token)` and requires
+`state = 'running'`, so a worker that lost its lease (rescued, cancelled, partitioned)
+has its late writes refused: that is the fence.
+"""
+
+from __future__ import annotations
+
+import secrets
+import traceback as tb
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import Connection, and_, bindparam, exists, false, func, insert, or_, select, tuple_, update
+from sqlalchemy.orm import aliased
+
+from ledgerflow.db.database import Database
+from ledgerflow.db.tables import job_dependencies, job_executions, jobs, pauses, workers
+from ledgerflow.engine.jobs import Job
+from ledgerflow.engine.states import CLAIMABLE, JobState
+from ledgerflow.engine.store import cancel_dependents
+
+S = JobState
+_parent = aliased(jobs, name="parent")
+
+#: Jobs whose every dependency has completed (cheap for the common job without any).
+DEPENDENCIES_MET = or_(
+    jobs.c.has_dependencies == false(),
+    ~exists(
+        select(1)
+        .select_from(job_dependencies.join(_parent, _parent.c.id == job_dependencies.c.depends_on_id))
+        .where(job_dependencies.c.job_id == jobs.c.id, _parent.c.state != S.COMPLETED)
+    ),
+)
+NOT_PAUSED = and_(
+    ~exists(select(1).where(pauses.c.kind == "queue", pauses.c.name == jobs.c.queue)),
+    ~exists(select(1).where(pauses.c.kind == "task", pauses.c.name == jobs.c.task)),
+)
+
+
+def new_token() -> int:
+    return secrets.randbits(62)
+
+
+def error_record(attempt: int, error: BaseException | None, kind: str | None = None) -> dict[str, Any]:
+    """How a failed attempt is kept on the job (`errors`) — type, message, traceback."""
+    return {
+        "attempt": attempt,
+        "type": kind or (type(error).__name__ if error else "error"),
+        "message": str(error) if error else "",
+        "traceback": "".join(tb.format_exception(error))[-8000:] if error else None,
+        "at": datetime.now(UTC).isoformat(),
+    }
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job this worker now holds, with its fencing token."""
+
+    job: Job
+    token: int
+
+
+@dataclass
+class Outcome:
+    """How an attempt ended, waiting to be written (in batches) by the worker."""
+
+    claim: Claim
+    kind: Literal["completed", "failed", "released"]
+    duration: float
+    result: Any = None
+    error: dict[str, Any] | None = None
+    retry_in: float | None = None  # for 'failed': None means dead
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.claim.job.id, self.claim.token)
+
+
+def claim(
+    db: Database,
+    conn: Connection,
+    *,
+    worker_id: str,
+    queues: Sequence[str],
+    tasks: Sequence[str],
+    limit: int,
+    lease_seconds: float,
+) -> list[Claim]:
+    """Take up to `limit` runnable jobs (lowest priority number first) and lease them."""
+    if limit <= 0 or not queues or not tasks:
+        return []
+    now = db.now()
+    candidates = (
+        select(jobs.c.id)
+        .where(
+            jobs.c.state.in_(CLAIMABLE),
+            jobs.c.queue.in_(list(queues)),
+            jobs.c.task.in_(list(tasks)),
+            jobs.c.scheduled_at <= now,
+            DEPENDENCIES_MET,
+            NOT_PAUSED,
+        )
+        .order_by(jobs.c.priority, jobs.c.scheduled_at, jobs.c.id)
+        .limit(limit)
+    )
+    candidates = db.backend.lock_for_claim(candidates)
+    token = new_token()
+    stmt = (
+        update(jobs)
+        .where(jobs.c.id.in_(candidates.scalar_subquery()))
+        .values(
+            state=S.RUNNING,
+            attempt=jobs.c.attempt + 1,
+            started_at=now,
+            worker_id=worker_id,
+            lease_token=token,
+            lease_expires_at=db.after(lease_seconds),
+        )
+        .returning(*jobs.c)
+    )
+    claimed = [Claim(Job.from_row(r), token) for r in conn.execute(stmt)]
+    if claimed:
+        conn.execute(
+            insert(job_executions),
+            [
+                {
+                    "job_id": c.job.id,
+                    "schedule_id": c.job.schedule_id,
+                    "attempt": c.job.attempt,
+                    "task": c.job.task,
+                    "queue": c.job.queue,
+                    "status": "running",
+                    "worker_id": worker_id,
+                    "started_at": c.job.started_at,
+                }
+                for c in claimed
+            ],
+        )
+        claimed.sort(key=lambda c: (c.job.priority, c.job.scheduled_at, c.job.id))
+    return claimed
+
+
+def apply_outcomes(db: Database, conn: Connection, outcomes: Sequence[Outcome]) -> list[Outcome]:
+    """Write finished attempts; returns the outcomes refused because the lease was lost."""
+    now = db.now()
+    accepted: set[tuple[int, int]] = set()
+    plain = [o for o in outcomes if o.kind == "completed" and o.result is None]
+    if plain:
+        result = conn.execute(
+            update(jobs)
+            .where(
+                jobs.c.state == S.RUNNING, tuple_(jobs.c.id, jobs.c.lease_token).in_([o.key for o in plain])
+            )
+            .values(state=S.COMPLETED, finished_at=now, lease_token=None, lease_expires_at=None)
+            .returning(jobs.c.id)
+        )
+        ids = set(result.scalars())
+        accepted.update(o.key for o in plain if o.claim.job.id in ids)
+    dead: list[int] = []
+    for o in outcomes:
+        if o.kind == "completed" and o.result is None:
+            continue
+        values: dict[str, Any] = {"lease_token": None, "lease_expires_at": None}
+        job = o.claim.job
+        if o.kind == "completed":
+            values.update(state=S.COMPLETED, finished_at=now, result=o.result)
+        elif o.kind == "released":  # shutdown: give the attempt back
+            values.update(state=S.AVAILABLE, scheduled_at=now, max_attempts=jobs.c.max_attempts + 1)
+        else:
+            values["errors"] = [e.__dict__ for e in job.errors] + [o.error]
+            if o.retry_in is None:
+                values.update(state=S.DEAD, finished_at=now)
+            else:
+                values.update(state=S.RETRYABLE, scheduled_at=db.after(o.retry_in))
+        result = conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job.id, jobs.c.lease_token == o.claim.token, jobs.c.state == S.RUNNING)
+            .values(**values)
+        )
+        if result.rowcount:
+            accepted.add(o.key)
+            if values.get("state") == S.DEAD:
+                dead.append(job.id)
+    done = [o for o in outcomes if o.key in accepted]
+    if done:
+        conn.execute(
+            update(job_executions)
+            .where(
+                job_executions.c.job_id == _bind("job_id"),
+                job_executions.c.attempt == _bind("attempt"),
+            )
+            .values(
+                status=_bind("status"),
+                completed_at=now,
+                duration_seconds=_bind("duration"),
+                error_type=_bind("error_type"),
+                error_message=_bind("error_message"),
+                execution_metadata=_bind("metadata"),
+            ),
+            [_execution_params(o) for o in done],
+        )
+    if dead:
+        cancel_dependents(db, conn, dead)
+    return [o for o in outcomes if o.key not in accepted]
+
+
+def _execution_params(o: Outcome) -> dict[str, Any]:
+    error = o.error or {}
+    return {
+        "b_job_id": o.claim.job.id,
+        "b_attempt": o.claim.job.attempt,
+        "b_status": "completed" if o.kind == "completed" else "failed",
+        "b_duration": round(o.duration, 6),
+        "b_error_type": "shutdown" if o.kind == "released" else error.get("type"),
+        "b_error_message": error.get("message"),
+        "b_metadata": o.metadata or None,
+    }
+
+
+def _bind(name: str) -> Any:
+    """A bind parameter for executemany UPDATEs (prefixed: column names are reserved there)."""
+    return bindparam("b_" + name)
+
+
+def heartbeat(
+    db: Database, conn: Connection, *, worker_id: str, held: Sequence[tuple[int, int]], lease_seconds: float
+) -> set[tuple[int, int]]:
+    """Extend the leases this worker still holds; returns those it still holds."""
+    conn.execute(update(workers).where(workers.c.id == worker_id).values(heartbeat_at=db.now()))
+    if not held:
+        return set()
+    result = conn.execute(
+        update(jobs)
+        .where(jobs.c.state == S.RUNNING, tuple_(jobs.c.id, jobs.c.lease_token).in_(list(held)))
+        .values(lease_expires_at=db.after(lease_seconds))
+        .returning(jobs.c.id, jobs.c.lease_token)
+    )
+    return {(int(r[0]), int(r[1])) for r in result}
+
+
+def expired_leases(db: Database, conn: Connection, limit: int = 500) -> list[tuple[int, int]]:
+    """(id, token) of running jobs whose lease has expired by the database clock."""
+    rows = conn.execute(
+        select(jobs.c.id, jobs.c.lease_token)
+        .where(jobs.c.state == S.RUNNING, jobs.c.lease_expires_at < db.now())
+        .limit(limit)
+    )
+    return [(int(r[0]), int(r[1])) for r in rows if r[1] is not None]
+
+
+def rescue(db: Database, conn: Connection, pairs: Sequence[tuple[int, int]]) -> list[Job]:
+    """Give jobs whose worker vanished back to the queue (or the DLQ if out of attempts)."""
+    rescued: list[Job] = []
+    dead: list[int] = []
+    for job_id, token in pairs:
+        row = conn.execute(
+            select(jobs).where(
+                jobs.c.id == job_id,
+                jobs.c.lease_token == token,
+                jobs.c.state == S.RUNNING,
+                jobs.c.lease_expires_at < db.now(),
+            )
+        ).first()
+        if row is None:
+            continue
+        job = Job.from_row(row)
+        error = error_record(job.attempt, None, "lease_expired")
+        error["message"] = f"worker {job.worker_id} stopped renewing its lease"
+        out_of_attempts = job.attempt >= job.max_attempts
+        result = conn.execute(
+            update(jobs)
+            .where(
+                jobs.c.id == job_id,
+                jobs.c.lease_token == token,
+                jobs.c.state == S.RUNNING,
+                jobs.c.lease_expires_at < db.now(),
+            )
+            .values(
+                state=S.DEAD if out_of_attempts else S.AVAILABLE,
+                scheduled_at=db.now(),
+                finished_at=db.now() if out_of_attempts else None,
+                errors=[e.__dict__ for e in job.errors] + [error],
+                lease_token=None,
+                lease_expires_at=None,
+            )
+        )
+        if not result.rowcount:
+            continue
+        conn.execute(
+            update(job_executions)
+            .where(job_executions.c.job_id == job_id, job_executions.c.attempt == job.attempt)
+            .values(
+                status="failed",
+                completed_at=db.now(),
+                error_type="lease_expired",
+                error_message=error["message"],
+            )
+        )
+        if out_of_attempts:
+            dead.append(job_id)
+        rescued.append(job)
+    if dead:
+        cancel_dependents(db, conn, dead)
+    return rescued
+
+
+def stage(db: Database, conn: Connection) -> list[str]:
+    """Mark due scheduled/retryable jobs (dependencies met) available; returns their queues."""
+    result = conn.execute(
+        update(jobs)
+        .where(
+            jobs.c.state.in_([S.SCHEDULED, S.RETRYABLE]),
+            jobs.c.scheduled_at <= db.now(),
+            DEPENDENCIES_MET,
+        )
+        .values(state=S.AVAILABLE)
+        .returning(jobs.c.queue)
+    )
+    return sorted(set(result.scalars()))
+
+
+def has_stageable(db: Database, conn: Connection) -> bool:
+    return (
+        conn.execute(
+            select(jobs.c.id)
+            .where(
+                jobs.c.state.in_([S.SCHEDULED, S.RETRYABLE]),
+                jobs.c.scheduled_at <= db.now(),
+                DEPENDENCIES_MET,
+            )
+            .limit(1)
+        ).first()
+        is not None
+    )
+
+
+def next_due(db: Database, conn: Connection, queues: Sequence[str]) -> datetime | None:
+    """When the earliest claimable job of these queues becomes due (None if there is none)."""
+    value = conn.execute(
+        select(func.min(jobs.c.scheduled_at)).where(
+            jobs.c.state.in_(CLAIMABLE), jobs.c.queue.in_(list(queues)), DEPENDENCIES_MET
+        )
+    ).scalar()
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value  # type: ignore[no-any-return]

@@ -1,0 +1,361 @@
+"""JobStore: inserting jobs and every user-facing operation on them.
+
+Every state change is one guarded UPDATE (`WHERE id = :id AND state IN (:allowed)`);
+zero rows updated means the job was not in a state that allows the move.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, case, delete, func, insert, select, text, update
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.sql import Insert
+
+from ledgerflow.db.database import Database
+from ledgerflow.db.tables import job_dependencies, job_executions, jobs, pauses
+from ledgerflow.engine.jobs import Job, JobSpec
+from ledgerflow.engine.states import CLAIMABLE, LIVE, JobState, sources
+from ledgerflow.errors import BadInput, Conflict, NotFound
+
+S = JobState
+# Must match the partial index's WHERE text exactly for SQLite's ON CONFLICT to find it.
+_UNIQUE_WHERE = text("unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running', 'retryable')")
+
+
+@dataclass(frozen=True)
+class Pause:
+    kind: str  # 'queue' | 'task'
+    name: str
+    reason: str
+    paused_by: str
+    paused_at: datetime
+
+
+def dialect_insert(db: Database, table: Any) -> Insert:
+    """INSERT construct that supports ON CONFLICT on the current backend."""
+    module = sqlite_dialect if db.is_sqlite else pg_dialect
+    return module.insert(table)  # type: ignore[no-any-return]
+
+
+class JobStore:
+    """Job persistence for one database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # ---------------------------------------------------------------- enqueue
+    def enqueue(self, conn: Connection, specs: Sequence[JobSpec]) -> list[int]:
+        """Insert jobs inside the caller's transaction and return their ids, in order.
+
+        A spec with a `unique_key` that a live job already holds yields that job's id.
+        """
+        ids: list[int | None] = [None] * len(specs)
+        plain = [i for i, s in enumerate(specs) if not s.unique_key and not s.depends_on]
+        if plain:
+            rows = [self._row(specs[i]) for i in plain]
+            stmt = (
+                insert(jobs)
+                .values(created_at=self.db.now())
+                .returning(jobs.c.id, sort_by_parameter_order=True)
+            )
+            result = conn.execute(stmt, rows)
+            for i, new_id in zip(plain, result.scalars(), strict=True):
+                ids[i] = int(new_id)
+        for i, spec in enumerate(specs):
+            if ids[i] is None:
+                ids[i] = self._enqueue_one(conn, spec)
+        return [int(i) for i in ids if i is not None]
+
+    def _row(self, spec: JobSpec, state: JobState | None = None, reason: str | None = None) -> dict[str, Any]:
+        now = datetime.now(UTC)
+        if spec.scheduled_at is not None:
+            when = spec.scheduled_at.astimezone(UTC)
+        elif spec.delay:
+            when = now + timedelta(seconds=spec.delay)
+        else:
+            when = now
+        if state is None:
+            state = S.SCHEDULED if (when > now or spec.depends_on) else S.AVAILABLE
+        return {
+            "task": spec.task,
+            "queue": spec.queue,
+            "priority": spec.priority,
+            "state": str(state),
+            "args": list(spec.args),
+            "kwargs": dict(spec.kwargs),
+            "max_attempts": spec.max_attempts,
+            "timeout": float(spec.timeout),
+            "unique_key": spec.unique_key,
+            "has_dependencies": bool(spec.depends_on),
+            "scheduled_at": when,
+            "errors": [],
+            "schedule_id": spec.schedule_id,
+            "fire_time": spec.fire_time,
+            "state_reason": reason,
+        }
+
+    def _enqueue_one(self, conn: Connection, spec: JobSpec) -> int:
+        state: JobState | None = None
+        reason = None
+        if spec.depends_on:
+            state, reason = self._dependency_state(conn, spec)
+        row = self._row(spec, state, reason)
+        row["created_at"] = datetime.now(UTC)
+        if not spec.unique_key:
+            new_id = conn.execute(insert(jobs).values(row).returning(jobs.c.id)).scalar_one()
+        else:
+            new_id = self._insert_unique(conn, spec.unique_key, row)
+        if spec.depends_on and row["state"] != S.CANCELLED:
+            conn.execute(
+                insert(job_dependencies),
+                [{"job_id": new_id, "depends_on_id": d} for d in sorted(set(spec.depends_on))],
+            )
+        return int(new_id)
+
+    def _insert_unique(self, conn: Connection, key: str, row: dict[str, Any]) -> int:
+        stmt = (
+            dialect_insert(self.db, jobs)
+            .values(row)
+            .on_conflict_do_nothing(index_elements=["unique_key"], index_where=_UNIQUE_WHERE)
+            .returning(jobs.c.id)
+        )
+        for _ in range(5):  # the holder may finish between our INSERT and SELECT
+            new_id = conn.execute(stmt).scalar()
+            if new_id is not None:
+                return int(new_id)
+            existing = conn.execute(
+                select(jobs.c.id).where(jobs.c.unique_key == key, jobs.c.state.in_(LIVE))
+            ).scalar()
+            if existing is not None:
+                return int(existing)
+        raise Conflict(f"could not enqueue unique job {key!r}: key keeps changing hands")
+
+    def _dependency_state(self, conn: Connection, spec: JobSpec) -> tuple[JobState | None, str | None]:
+        wanted = sorted(set(spec.depends_on))
+        query = select(jobs.c.id, jobs.c.state).where(jobs.c.id.in_(wanted))
+        if not self.db.is_sqlite:  # block a concurrent completion until we commit
+            query = query.with_for_update(read=True)
+        found = {int(r.id): r.state for r in conn.execute(query)}
+        missing = [d for d in wanted if d not in found]
+        if missing:
+            raise NotFound(f"depends_on: unknown job id(s) {', '.join(map(str, missing))}")
+        for parent, state in found.items():
+            if state in (S.DEAD, S.CANCELLED):
+                return S.CANCELLED, f"dependency {parent} is {state}"
+        return None, None
+
+    # ------------------------------------------------------------------ reads
+    def get(self, job_id: int, conn: Connection | None = None) -> Job:
+        if conn is None:
+            with self.db.read() as c:
+                return self.get(job_id, c)
+        row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+        if row is None:
+            raise NotFound(f"unknown job id {job_id}")
+        return Job.from_row(row)
+
+    def list(
+        self,
+        *,
+        state: str | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
+        offset: int = 0,
+    ) -> list[Job]:
+        """Newest first; page with `before_id` (keyset) or `offset`."""
+        query = select(jobs).order_by(jobs.c.id.desc()).limit(max(1, min(limit, 1000)))
+        if state:
+            if state not in JobState.__members__.values():
+                raise BadInput(f"unknown state {state!r}")
+            query = query.where(jobs.c.state == state)
+        if queue:
+            query = query.where(jobs.c.queue == queue)
+        if task:
+            query = query.where(jobs.c.task == task)
+        if before_id:
+            query = query.where(jobs.c.id < before_id)
+        if offset:
+            query = query.offset(offset)
+        with self.db.read() as conn:
+            return [Job.from_row(r) for r in conn.execute(query)]
+
+    def executions(self, job_id: int) -> list[dict[str, Any]]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(job_executions)
+                .where(job_executions.c.job_id == job_id)
+                .order_by(job_executions.c.attempt)
+            )
+            return [dict(r._mapping) for r in rows]
+
+    def counts(self) -> dict[tuple[str, str, str], int]:
+        """(queue, task, state) → number of jobs."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(jobs.c.queue, jobs.c.task, jobs.c.state, func.count()).group_by(
+                    jobs.c.queue, jobs.c.task, jobs.c.state
+                )
+            )
+            return {(r[0], r[1], r[2]): int(r[3]) for r in rows}
+
+    # ------------------------------------------------------------ user moves
+    def retry(self, job_id: int) -> Job:
+        """Make a dead, cancelled, retryable or scheduled job available now."""
+        with self.db.begin() as conn:
+            updated = self._make_available(conn, [job_id], sources(S.AVAILABLE))
+            if not updated:
+                state = self.get(job_id, conn).state
+                raise Conflict(
+                    f"job {job_id} is {state}; only dead, cancelled, retryable or scheduled jobs retry"
+                )
+            return self.get(job_id, conn)
+
+    def retry_dead(self, task: str | None = None, ids: Iterable[int] | None = None) -> int:
+        """Retry every dead job (optionally of one task, or only `ids`); returns how many."""
+        with self.db.begin() as conn:
+            query = select(jobs.c.id).where(jobs.c.state == S.DEAD)
+            if task:
+                query = query.where(jobs.c.task == task)
+            if ids is not None:
+                query = query.where(jobs.c.id.in_(list(ids)))
+            found = list(conn.execute(query).scalars())
+            return self._make_available(conn, found, (S.DEAD,))
+
+    def _make_available(self, conn: Connection, ids: list[int], allowed: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        total = 0
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            result = conn.execute(
+                update(jobs)
+                .where(jobs.c.id.in_(chunk), jobs.c.state.in_(list(allowed)))
+                .values(
+                    state=S.AVAILABLE,
+                    scheduled_at=self.db.now(),
+                    # a retried dead job gets at least one more attempt
+                    max_attempts=case(
+                        (jobs.c.max_attempts > jobs.c.attempt, jobs.c.max_attempts),
+                        else_=jobs.c.attempt + 1,
+                    ),
+                    finished_at=None,
+                    state_reason=None,
+                )
+                .returning(jobs.c.queue)
+            )
+            queues = list(result.scalars())
+            total += len(queues)
+            self.notify(conn, queues)
+        return total
+
+    def cancel(self, job_id: int, reason: str = "cancelled by user") -> Job:
+        """Cancel a job that has not finished; a running job's worker is fenced off."""
+        with self.db.begin() as conn:
+            result = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.state.in_(sources(S.CANCELLED)))
+                .values(
+                    state=S.CANCELLED,
+                    finished_at=self.db.now(),
+                    state_reason=reason,
+                    lease_token=None,
+                    lease_expires_at=None,
+                )
+            )
+            if result.rowcount == 0:
+                state = self.get(job_id, conn).state
+                raise Conflict(f"job {job_id} is {state} and cannot be cancelled")
+            cancel_dependents(self.db, conn, [job_id])
+            return self.get(job_id, conn)
+
+    def purge_dead(self, older_than: timedelta | None = None, task: str | None = None) -> int:
+        """Delete dead jobs (the dead-letter queue), optionally only older ones or of one task."""
+        with self.db.begin() as conn:
+            stmt = delete(jobs).where(jobs.c.state == S.DEAD)
+            if older_than is not None:
+                stmt = stmt.where(jobs.c.finished_at < datetime.now(UTC) - older_than)
+            if task:
+                stmt = stmt.where(jobs.c.task == task)
+            return int(conn.execute(stmt).rowcount)
+
+    def prune(self, older_than: timedelta) -> dict[str, int]:
+        """Delete completed/cancelled jobs and executions finished before now - `older_than`."""
+        cutoff = datetime.now(UTC) - older_than
+        with self.db.begin() as conn:
+            execs = conn.execute(
+                delete(job_executions).where(
+                    job_executions.c.status == "completed", job_executions.c.completed_at < cutoff
+                )
+            ).rowcount
+            done = conn.execute(
+                delete(jobs).where(jobs.c.state.in_([S.COMPLETED, S.CANCELLED]), jobs.c.finished_at < cutoff)
+            ).rowcount
+        return {"jobs": int(done), "executions": int(execs)}
+
+    # ----------------------------------------------------------- pause/resume
+    def pause(self, kind: str, name: str, reason: str = "paused by user", by: str = "user") -> bool:
+        """Pause a queue or a task type; returns False if it was already paused."""
+        if kind not in ("queue", "task"):
+            raise BadInput(f"kind must be 'queue' or 'task', got {kind!r}")
+        with self.db.begin() as conn:
+            stmt = (
+                dialect_insert(self.db, pauses)
+                .values(kind=kind, name=name, reason=reason, paused_by=by, paused_at=datetime.now(UTC))
+                .on_conflict_do_nothing(index_elements=["kind", "name"])
+            )
+            return bool(conn.execute(stmt).rowcount)
+
+    def resume(self, kind: str, name: str) -> bool:
+        """Resume a paused queue or task type; returns False if it was not paused."""
+        with self.db.begin() as conn:
+            deleted = conn.execute(
+                delete(pauses).where(pauses.c.kind == kind, pauses.c.name == name)
+            ).rowcount
+            if deleted and kind == "queue":
+                self.notify(conn, [name])
+            elif deleted:
+                queues = conn.execute(
+                    select(jobs.c.queue).where(jobs.c.task == name, jobs.c.state.in_(CLAIMABLE)).distinct()
+                ).scalars()
+                self.notify(conn, list(queues))
+            return bool(deleted)
+
+    def pauses(self) -> list[Pause]:
+        with self.db.read() as conn:
+            return [
+                Pause(**r._mapping)
+                for r in conn.execute(select(pauses).order_by(pauses.c.kind, pauses.c.name))
+            ]
+
+    # ---------------------------------------------------------------- notify
+    def notify(self, conn: Connection, queues: Iterable[str]) -> None:
+        """Wake PostgreSQL workers listening for these queues (no-op on SQLite)."""
+        if self.db.is_sqlite:
+            return
+        for queue in sorted(set(queues)):
+            conn.execute(select(func.pg_notify("ledgerflow_jobs", queue)))
+
+
+def cancel_dependents(db: Database, conn: Connection, parent_ids: Sequence[int]) -> int:
+    """Cancel, transitively, every unfinished job that depends on one of `parent_ids`."""
+    total = 0
+    frontier = list(parent_ids)
+    while frontier:
+        children = select(job_dependencies.c.job_id).where(job_dependencies.c.depends_on_id.in_(frontier))
+        reason = f"dependency {', '.join(map(str, sorted(frontier)[:10]))} ended dead or cancelled"
+        result = conn.execute(
+            update(jobs)
+            .where(jobs.c.id.in_(children), jobs.c.state.in_(CLAIMABLE))
+            .values(state=S.CANCELLED, finished_at=db.now(), state_reason=reason)
+            .returning(jobs.c.id)
+        )
+        frontier = [int(r) for r in result.scalars()]
+        total += len(frontier)
+    return total

@@ -1,0 +1,632 @@
+"""The worker: claims jobs in batches, runs them, and writes their outcomes in batches.
+
+Threads of one worker process:
+
+* the event loop: claims, runs async tasks, supervises timeouts, batches outcomes;
+* one database thread: each cycle writes finished outcomes and claims new jobs in a
+  single transaction;
+* a heartbeat thread: renews the leases of running jobs, independently of the tasks'
+  own threads or event loop, and fences jobs whose lease was lost;
+* a maintenance thread: rescues jobs whose worker died (after confirming their lease
+  stayed expired while the database was writable), stages due jobs, runs hooks;
+* a waker (LISTEN/NOTIFY or SQLite `data_version`) and a pool of daemon threads for
+  sync tasks.
+
+A database error never ends the worker: the cycle is retried with backoff, outcomes
+stay buffered, and leases that could not be renewed are rescued by whoever is alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import insert, or_, select, update
+
+from ledgerflow.db.database import is_transient
+from ledgerflow.db.tables import jobs, workers
+from ledgerflow.engine import leases
+from ledgerflow.engine.isolation import ChildProcess, ChildTaskError
+from ledgerflow.engine.jobs import JobContext, reset_current_job, set_current_job
+from ledgerflow.engine.leases import Claim, Outcome, error_record
+from ledgerflow.engine.pool import DaemonThreadPool, _Item
+from ledgerflow.engine.states import JobState
+from ledgerflow.engine.tasks import Task
+from ledgerflow.errors import JobTimeout
+from ledgerflow.logs import get_logger
+
+if TYPE_CHECKING:
+    from ledgerflow.app import App
+
+T = TypeVar("T")
+S = JobState
+Key = tuple[int, int]
+
+
+class WorkerExit(StrEnum):
+    DONE = "done"  # burst mode: nothing left to run
+    STOPPED = "stopped"  # SIGTERM/SIGINT or stop(): drained and released
+    RESTART = "restart"  # too many abandoned threads: the process should restart itself
+
+
+@dataclass
+class WorkerOptions:
+    """How one worker process runs; defaults come from settings."""
+
+    queues: dict[str, int | None] = field(default_factory=lambda: {"default": None})
+    concurrency: int = 8
+    burst: bool = False
+    lease_seconds: float = 8.0
+    heartbeat_seconds: float = 2.0
+    rescue_interval: float = 1.0
+    grace_seconds: float = 25.0
+    max_abandoned_threads: int = 5
+    poll_interval: float = 1.0
+    wake_poll_seconds: float = 0.005
+    memory_limit_percent: float = 95.0
+
+
+@dataclass
+class _Running:
+    claim: Claim
+    started: float
+    task: asyncio.Task[None] | None = None
+    item: _Item | None = None
+    child: ChildProcess | None = None
+    fenced: bool = False
+    released: bool = False
+
+
+def parse_queues(spec: str | Sequence[str] | None) -> dict[str, int | None]:
+    """`"default,exports=1"` → {"default": None, "exports": 1} (None: shares the pool)."""
+    if not spec:
+        return {"default": None}
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: dict[str, int | None] = {}
+    for part in (p.strip() for p in parts):
+        if not part:
+            continue
+        name, _, limit = part.partition("=")
+        if limit and (not limit.isdigit() or int(limit) < 1):
+            from ledgerflow.errors import BadInput
+
+            raise BadInput(f"bad queue limit in {part!r} (expected NAME or NAME=N with N >= 1)")
+        out[name.strip()] = int(limit) if limit else None
+    return out or {"default": None}
+
+
+def storable(result: Any) -> Any:
+    """The task's return value if it is small JSON, else None."""
+    if result is None:
+        return None
+    try:
+        return result if len(json.dumps(result)) <= 65536 else None
+    except (TypeError, ValueError):
+        return None
+
+
+class Worker:
+    """Runs the app's tasks from the given queues until stopped (or, in burst mode, drained)."""
+
+    def __init__(self, app: App, options: WorkerOptions) -> None:
+        self.app = app
+        self.db = app.db
+        self.opts = options
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.log = get_logger("worker").bind(worker_id=self.id)
+        self._inflight: dict[Key, _Running] = {}
+        self._outcomes: list[Outcome] = []
+        self._stopping = False
+        self._force = False
+        self._restart = False
+        self._abandoned = 0
+        self._last_heartbeat_ok = time.monotonic()
+        self._memory_checked = 0.0
+        self._memory_ok = True
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._threads_stop = threading.Event()
+        self._pool = DaemonThreadPool(options.concurrency)
+        self._tasks = [n for n in app.registry.names()]
+        self.hooks: list[Callable[[], None]] = []  # periodic maintenance hooks (auto-stop, ...)
+
+    # ------------------------------------------------------------ lifecycle
+    def run(self) -> WorkerExit:
+        """Run until stopped; returns why it stopped."""
+        self._register()
+        waker = self.db.backend.waker(self.db.engine, self.opts.wake_poll_seconds)
+        threads = [
+            threading.Thread(target=self._heartbeat_loop, name="ledgerflow-heartbeat", daemon=True),
+            threading.Thread(target=self._maintenance_loop, name="ledgerflow-maintenance", daemon=True),
+        ]
+        restore = self._install_signals()
+        try:
+            for t in threads:
+                t.start()
+            waker.start(lambda _payload: self.wake())
+            self.app._local_wakers.add(self.wake)
+            exit_reason = asyncio.run(self._main())
+        finally:
+            self.app._local_wakers.discard(self.wake)
+            self._threads_stop.set()
+            waker.stop()
+            for t in threads:
+                t.join(timeout=5)
+            self._pool.shutdown()
+            restore()
+            self._unregister()
+        self.log.info("worker_stopped", reason=str(exit_reason), abandoned_threads=self._abandoned)
+        return exit_reason
+
+    def stop(self, force: bool = False) -> None:
+        """Stop claiming, let running jobs finish within the grace period, then exit."""
+        self._stopping = True
+        self._force = self._force or force
+        self.wake()
+
+    def wake(self) -> None:
+        loop, event = self._loop, self._wake
+        if loop is not None and event is not None:
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                loop.call_soon_threadsafe(event.set)
+
+    def _install_signals(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum: int, _frame: Any) -> None:
+            self.log.info("worker_signal", signal=signal.Signals(signum).name)
+            self.stop(force=self._stopping)  # a second signal skips the grace period
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        return lambda: [signal.signal(s, h) for s, h in previous.items()] and None
+
+    def _register(self) -> None:
+        now = datetime.now(UTC)
+        row = {
+            "id": self.id,
+            "kind": "worker",
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "queues": list(self.opts.queues),
+            "concurrency": self.opts.concurrency,
+            "started_at": now,
+            "heartbeat_at": now,
+        }
+        self._retry_db(lambda: self.db.run(lambda c: c.execute(insert(workers).values(row))), "register")
+        self.log.info(
+            "worker_started",
+            queues=list(self.opts.queues),
+            concurrency=self.opts.concurrency,
+            pid=os.getpid(),
+            tasks=len(self._tasks),
+        )
+
+    def _unregister(self) -> None:
+        with contextlib.suppress(Exception):
+            self.db.run(
+                lambda c: c.execute(
+                    update(workers).where(workers.c.id == self.id).values(stopped_at=datetime.now(UTC))
+                )
+            )
+
+    def _retry_db(self, fn: Callable[[], T], what: str, give_up_after: float = 1e9) -> T:
+        """Call `fn`, retrying transient database errors with capped exponential backoff."""
+        delay, deadline = 0.1, time.monotonic() + give_up_after
+        while True:
+            try:
+                return fn()
+            except Exception as exc:
+                if not is_transient(exc) or time.monotonic() > deadline:
+                    raise
+                self.log.warning(
+                    "database_unavailable",
+                    during=what,
+                    error=str(exc).splitlines()[0],
+                    retry_in=round(delay, 2),
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # ------------------------------------------------------------ main loop
+    async def _main(self) -> WorkerExit:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        db_thread = ThreadPoolExecutor(1, thread_name_prefix="ledgerflow-db")
+        backoff = 0.05
+        grace_deadline: float | None = None
+        try:
+            while True:
+                if self._stopping:
+                    if grace_deadline is None:
+                        grace_deadline = time.monotonic() + (0 if self._force else self.opts.grace_seconds)
+                        self.log.info("worker_draining", running=len(self._inflight))
+                    if self._force and grace_deadline > time.monotonic():
+                        grace_deadline = time.monotonic()
+                    if self._inflight and time.monotonic() >= grace_deadline:
+                        self._release_all()
+                        await asyncio.sleep(0)
+                    if not self._inflight and not self._outcomes:
+                        break
+                slots = self._free_slots()
+                claims: list[Claim] = []
+                if self._outcomes or slots:
+                    batch, self._outcomes = self._outcomes, []
+                    try:
+                        claims, refused = await self._loop.run_in_executor(
+                            db_thread, self._cycle, batch, slots
+                        )
+                    except Exception as exc:
+                        self._outcomes[:0] = batch
+                        if not is_transient(exc):
+                            self.log.exception("worker_cycle_failed")
+                        else:
+                            self.log.warning(
+                                "database_unavailable",
+                                during="cycle",
+                                error=str(exc).splitlines()[0],
+                                retry_in=round(backoff, 2),
+                            )
+                        if self._stopping and grace_deadline and time.monotonic() > grace_deadline + 30:
+                            self.log.error("worker_exit_without_writing", pending=len(self._outcomes))
+                            break  # leases expire and the jobs are rescued: nothing is lost
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 5.0)
+                        continue
+                    backoff = 0.05
+                    for outcome in refused:
+                        self.log.warning(
+                            "outcome_refused_lease_lost",
+                            job_id=outcome.claim.job.id,
+                            task=outcome.claim.job.task,
+                            attempt=outcome.claim.job.attempt,
+                            outcome=outcome.kind,
+                        )
+                    for c in claims:
+                        self._start(c)
+                    if claims and len(claims) >= sum(slots.values()):
+                        continue  # there may be more to claim right away
+                if self.opts.burst and not claims and not self._inflight and not self._outcomes:
+                    remaining = await self._loop.run_in_executor(db_thread, self._work_remaining)
+                    if not remaining:
+                        return WorkerExit.DONE
+                timeout = self.opts.poll_interval
+                if not self._stopping and slots and not claims:
+                    due = await self._loop.run_in_executor(db_thread, self._seconds_until_due)
+                    if due is not None:
+                        timeout = max(0.001, min(timeout, due))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                self._wake.clear()
+        finally:
+            db_thread.shutdown(wait=True)
+        return WorkerExit.RESTART if self._restart else WorkerExit.STOPPED
+
+    def _free_slots(self) -> dict[str, int]:
+        if self._stopping or not self._may_claim():
+            return {}
+        free = self.opts.concurrency - len(self._inflight)
+        if free <= 0:
+            return {}
+        limited = {q: n for q, n in self.opts.queues.items() if n is not None}
+        if not limited:
+            return {"*": free}
+        running: dict[str, int] = {}
+        for r in self._inflight.values():
+            running[r.claim.job.queue] = running.get(r.claim.job.queue, 0) + 1
+        slots: dict[str, int] = {}
+        shared = [q for q, n in self.opts.queues.items() if n is None]
+        if shared:
+            slots["*"] = free
+        for q, n in limited.items():
+            slots[q] = min(free, n - running.get(q, 0))
+        return {q: n for q, n in slots.items() if n > 0}
+
+    def _cycle(self, outcomes: list[Outcome], slots: dict[str, int]) -> tuple[list[Claim], list[Outcome]]:
+        """One transaction: write finished outcomes, then claim up to the free slots."""
+        with self.db.begin() as conn:
+            refused = leases.apply_outcomes(self.db, conn, outcomes) if outcomes else []
+            claims: list[Claim] = []
+            budget = self.opts.concurrency - len(self._inflight)
+            for queue, n in slots.items():
+                names = [q for q, lim in self.opts.queues.items() if lim is None] if queue == "*" else [queue]
+                n = min(n, budget - len(claims))
+                if n > 0:
+                    claims += leases.claim(
+                        self.db,
+                        conn,
+                        worker_id=self.id,
+                        queues=names,
+                        tasks=self._tasks,
+                        limit=n,
+                        lease_seconds=self.opts.lease_seconds,
+                    )
+        for o in outcomes:
+            if o not in refused:
+                self._log_outcome(o)
+        return claims, refused
+
+    def _work_remaining(self) -> bool:
+        with self.db.read() as conn:
+            due = self.db.now()
+            query = (
+                select(jobs.c.id)
+                .where(
+                    jobs.c.queue.in_(list(self.opts.queues)),
+                    jobs.c.task.in_(self._tasks),
+                    or_(
+                        jobs.c.state.in_([S.AVAILABLE, S.RETRYABLE]),
+                        (jobs.c.state == S.SCHEDULED) & (jobs.c.scheduled_at <= due),
+                    ),
+                    leases.DEPENDENCIES_MET,
+                    leases.NOT_PAUSED,
+                )
+                .limit(1)
+            )
+            return conn.execute(query).first() is not None
+
+    def _seconds_until_due(self) -> float | None:
+        with self.db.read() as conn:
+            due = leases.next_due(self.db, conn, list(self.opts.queues))
+        if due is None:
+            return None
+        return (due - datetime.now(UTC)).total_seconds()
+
+    def _may_claim(self) -> bool:
+        now = time.monotonic()
+        if now - self._memory_checked >= 1.0:
+            import psutil
+
+            self._memory_checked = now
+            percent = psutil.virtual_memory().percent
+            ok = percent < self.opts.memory_limit_percent
+            if ok != self._memory_ok:
+                (self.log.info if ok else self.log.error)(
+                    "claiming_resumed" if ok else "claiming_paused_memory", memory_percent=percent
+                )
+            self._memory_ok = ok
+        return self._memory_ok and all(hook_ok() for hook_ok in self.app._claim_gates)
+
+    # ------------------------------------------------------------ running
+    def _start(self, claim: Claim) -> None:
+        key = (claim.job.id, claim.token)
+        running = _Running(claim, time.monotonic())
+        self._inflight[key] = running
+        running.task = asyncio.ensure_future(self._supervise(key, running))
+
+    async def _supervise(self, key: Key, running: _Running) -> None:
+        job = running.claim.job
+        task = self.app.registry.get(job.task)
+        ctx = JobContext(
+            job.id,
+            job.task,
+            job.queue,
+            job.attempt,
+            job.max_attempts,
+            job.schedule_id,
+            job.fire_time,
+            self.id,
+        )
+        self.log.debug("job_running", job_id=job.id, task=job.task, attempt=job.attempt)
+        outcome: Outcome | None = None
+        try:
+            if task.isolation == "process":
+                result = await self._run_process(task, running)
+            elif task.is_async:
+                result = await asyncio.wait_for(self._run_async(task, ctx, running), job.timeout)
+            else:
+                result = await self._run_sync(task, ctx, running)
+            outcome = Outcome(running.claim, "completed", self._elapsed(running), result=storable(result))
+        except asyncio.CancelledError:
+            if running.released:
+                outcome = Outcome(running.claim, "released", self._elapsed(running))
+            elif not running.fenced:
+                raise
+        except (TimeoutError, JobTimeout):
+            error = JobTimeout(f"attempt ran past its timeout of {job.timeout:g}s")
+            outcome = self._failure(running, task, error, "timeout")
+        except Exception as exc:
+            outcome = self._failure(running, task, exc)
+        finally:
+            self._inflight.pop(key, None)
+            if outcome is not None:
+                self._outcomes.append(outcome)
+            if self._wake is not None:
+                self._wake.set()
+
+    async def _run_async(self, task: Task, ctx: JobContext, running: _Running) -> Any:
+        set_current_job(ctx)  # this asyncio task's own context
+        job = running.claim.job
+        return await task.func(*job.args, **job.kwargs)
+
+    async def _run_sync(self, task: Task, ctx: JobContext, running: _Running) -> Any:
+        job = running.claim.job
+        future, item = self._pool.submit(_call_in_thread, task.func, job.args, job.kwargs, ctx)
+        running.item = item
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), job.timeout)
+        except (TimeoutError, asyncio.CancelledError):
+            self._abandon(item)
+            raise
+
+    async def _run_process(self, task: Task, running: _Running) -> Any:
+        job = running.claim.job
+        child = ChildProcess(task.func.__module__, task.func.__qualname__, job.args, job.kwargs)
+        running.child = child
+        future, item = self._pool.submit(child.run, job.timeout)
+        running.item = item
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            child.kill()
+            raise
+
+    def _abandon(self, item: _Item) -> None:
+        if item.future.done():
+            return
+        self._pool.abandon(item)
+        self._abandoned += 1
+        self.log.warning("thread_abandoned", abandoned=self._abandoned, limit=self.opts.max_abandoned_threads)
+        if self._abandoned >= self.opts.max_abandoned_threads and not self._restart:
+            self.log.error("worker_restart_requested", abandoned=self._abandoned)
+            self._restart = True
+            self.stop()
+
+    def _failure(self, running: _Running, task: Task, exc: BaseException, kind: str | None = None) -> Outcome:
+        job = running.claim.job
+        error = error_record(job.attempt, exc, kind)
+        if isinstance(exc, ChildTaskError):
+            error.update(type=exc.type_name, traceback=exc.child_traceback[-8000:])
+        retry_in = task.backoff(job.attempt) if job.attempt < job.max_attempts else None
+        return Outcome(running.claim, "failed", self._elapsed(running), error=error, retry_in=retry_in)
+
+    def _log_outcome(self, o: Outcome) -> None:
+        job = o.claim.job
+        fields = {
+            "job_id": job.id,
+            "task": job.task,
+            "queue": job.queue,
+            "attempt": job.attempt,
+            "duration": round(o.duration, 4),
+        }
+        if o.kind == "completed":
+            self.log.info("job_completed", **fields)
+        elif o.kind == "released":
+            self.log.info("job_released", **fields)
+        elif o.retry_in is not None:
+            self.log.warning(
+                "job_retryable",
+                error_type=(o.error or {}).get("type"),
+                error=(o.error or {}).get("message"),
+                retry_in=round(o.retry_in, 2),
+                **fields,
+            )
+        else:
+            self.log.error(
+                "job_dead",
+                error_type=(o.error or {}).get("type"),
+                error=(o.error or {}).get("message"),
+                **fields,
+            )
+            self.app.alerts.job_dead(job, o.error or {})
+
+    @staticmethod
+    def _elapsed(running: _Running) -> float:
+        return time.monotonic() - running.started
+
+    def _release_all(self) -> None:
+        for running in list(self._inflight.values()):
+            if running.task and not running.task.done() and not running.released:
+                running.released = True
+                if running.child:
+                    running.child.kill()
+                running.task.cancel()
+
+    def _fence(self, keys: set[Key]) -> None:
+        """The database says we lost these leases: stop their work and drop their outcome."""
+        for key in keys:
+            running = self._inflight.get(key)
+            if running is None or running.fenced:
+                continue
+            running.fenced = True
+            job = running.claim.job
+            self.log.warning("lease_lost_fenced", job_id=job.id, task=job.task, attempt=job.attempt)
+            if running.child:
+                running.child.kill()
+            if running.task:
+                running.task.cancel()
+
+    # ------------------------------------------------------------ background threads
+    def _heartbeat_loop(self) -> None:
+        while not self._threads_stop.wait(self.opts.heartbeat_seconds):
+            held = list(self._inflight) + [o.key for o in list(self._outcomes)]
+            try:
+                with self.db.begin() as conn:
+                    still = leases.heartbeat(
+                        self.db, conn, worker_id=self.id, held=held, lease_seconds=self.opts.lease_seconds
+                    )
+            except Exception as exc:
+                self.log.warning("heartbeat_failed", error=str(exc).splitlines()[0])
+                continue
+            self._last_heartbeat_ok = time.monotonic()
+            lost = {k for k in held if k not in still and k in self._inflight}
+            if lost and self._loop is not None:
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._fence, lost)
+
+    def _maintenance_loop(self) -> None:
+        suspects: dict[Key, float] = {}
+        confirm = self.opts.heartbeat_seconds * 1.5
+        while not self._threads_stop.wait(self.opts.rescue_interval):
+            try:
+                suspects = self._rescue(suspects, confirm)
+                self._stage()
+                for hook in self.hooks + self.app._maintenance_hooks:
+                    hook()
+            except Exception as exc:
+                level = self.log.warning if is_transient(exc) else self.log.exception
+                level("maintenance_failed", error=str(exc).splitlines()[0])
+
+    def _rescue(self, suspects: dict[Key, float], confirm: float) -> dict[Key, float]:
+        """Rescue jobs whose lease stayed expired for `confirm` s while heartbeats could be written."""
+        with self.db.read() as conn:
+            expired = leases.expired_leases(self.db, conn)
+        now = time.monotonic()
+        ready = [
+            k
+            for k in expired
+            if k in suspects and now - suspects[k] >= confirm and self._last_heartbeat_ok > suspects[k]
+        ]
+        suspects = {k: suspects.get(k, now) for k in expired}
+        if ready:
+            with self.db.begin() as conn:
+                rescued = leases.rescue(self.db, conn, ready)
+                self.app.store.notify(conn, [j.queue for j in rescued])
+            for job in rescued:
+                dead = job.attempt >= job.max_attempts
+                self.log.warning(
+                    "job_rescued",
+                    job_id=job.id,
+                    task=job.task,
+                    attempt=job.attempt,
+                    lost_worker=job.worker_id,
+                    new_state="dead" if dead else "available",
+                )
+                if dead:
+                    self.app.alerts.job_dead(job, {"type": "lease_expired", "message": "worker vanished"})
+            if rescued:
+                self.wake()
+        return suspects
+
+    def _stage(self) -> None:
+        with self.db.read() as conn:
+            if not leases.has_stageable(self.db, conn):
+                return
+        with self.db.begin() as conn:
+            queues = leases.stage(self.db, conn)
+            self.app.store.notify(conn, queues)
+        if queues:
+            self.wake()
+
+
+def _call_in_thread(
+    func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], ctx: JobContext
+) -> Any:
+    token = set_current_job(ctx)
+    try:
+        return func(*args, **kwargs)
+    finally:
+        reset_current_job(token)

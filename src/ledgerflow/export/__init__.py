@@ -1,0 +1,1 @@
+"""The daily batch export: CSV profiles, destinations and the exactly-once saga."""

@@ -1,0 +1,1 @@
+"""The cron scheduler: schedules, fire records, misfire and overlap policies."""
