@@ -46,8 +46,12 @@ class Conflict(LedgerflowError):
 
 
 class DatabaseUnavailable(LedgerflowError):
-    """The database could not be reached; retrying later may succeed."""
+    """The database could not be reached; retrying later may succeed.
 
+    The CLI exits 2 on it: an unreachable database URL is a configuration problem.
+    """
+
+    exit_code = 2
     code = "database_unavailable"
     retryable = True
 

@@ -244,14 +244,14 @@ def heartbeat(
     return {(int(r[0]), int(r[1])) for r in result}
 
 
-def expired_leases(db: Database, conn: Connection, limit: int = 500) -> list[tuple[int, int]]:
-    """(id, token) of running jobs whose lease has expired by the database clock."""
+def expired_leases(db: Database, conn: Connection, limit: int = 500) -> list[tuple[int, int, str | None]]:
+    """(id, token, worker id) of running jobs whose lease has expired by the database clock."""
     rows = conn.execute(
-        select(jobs.c.id, jobs.c.lease_token)
+        select(jobs.c.id, jobs.c.lease_token, jobs.c.worker_id)
         .where(jobs.c.state == S.RUNNING, jobs.c.lease_expires_at < db.now())
         .limit(limit)
     )
-    return [(int(r[0]), int(r[1])) for r in rows if r[1] is not None]
+    return [(int(r[0]), int(r[1]), r[2]) for r in rows if r[1] is not None]
 
 
 def rescue(db: Database, conn: Connection, pairs: Sequence[tuple[int, int]]) -> list[Job]:

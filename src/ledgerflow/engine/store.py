@@ -309,8 +309,9 @@ class JobStore:
                 dialect_insert(self.db, pauses)
                 .values(kind=kind, name=name, reason=reason, paused_by=by, paused_at=datetime.now(UTC))
                 .on_conflict_do_nothing(index_elements=["kind", "name"])
+                .returning(pauses.c.name)
             )
-            return bool(conn.execute(stmt).rowcount)
+            return conn.execute(stmt).first() is not None
 
     def resume(self, kind: str, name: str) -> bool:
         """Resume a paused queue or task type; returns False if it was not paused."""

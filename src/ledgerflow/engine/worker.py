@@ -42,6 +42,7 @@ from ledgerflow.engine import leases
 from ledgerflow.engine.isolation import ChildProcess, ChildTaskError
 from ledgerflow.engine.jobs import JobContext, reset_current_job, set_current_job
 from ledgerflow.engine.leases import Claim, Outcome, error_record
+from ledgerflow.engine.liveness import local_owner_running
 from ledgerflow.engine.pool import DaemonThreadPool, _Item
 from ledgerflow.engine.states import JobState
 from ledgerflow.engine.tasks import Task
@@ -581,16 +582,24 @@ class Worker:
                 level("maintenance_failed", error=str(exc).splitlines()[0])
 
     def _rescue(self, suspects: dict[Key, float], confirm: float) -> dict[Key, float]:
-        """Rescue jobs whose lease stayed expired for `confirm` s while heartbeats could be written."""
+        """Rescue jobs whose lease stayed expired for `confirm` s while heartbeats could be written.
+
+        A holder that runs on this host and whose process is running is left alone (its
+        heartbeat is late, not absent) for up to ten leases.
+        """
         with self.db.read() as conn:
             expired = leases.expired_leases(self.db, conn)
         now = time.monotonic()
-        ready = [
-            k
-            for k in expired
-            if k in suspects and now - suspects[k] >= confirm and self._last_heartbeat_ok > suspects[k]
-        ]
-        suspects = {k: suspects.get(k, now) for k in expired}
+        patience = 10 * self.opts.lease_seconds
+        ready: list[Key] = []
+        for job_id, token, owner in expired:
+            first = suspects.get((job_id, token), now)
+            if now - first < confirm or self._last_heartbeat_ok <= first:
+                continue
+            if now - first < patience and local_owner_running(owner):
+                continue
+            ready.append((job_id, token))
+        suspects = {(j, t): suspects.get((j, t), now) for j, t, _ in expired}
         if ready:
             with self.db.begin() as conn:
                 rescued = leases.rescue(self.db, conn, ready)

@@ -1,0 +1,3 @@
+from ledgerflow.cli.main import run
+
+run()

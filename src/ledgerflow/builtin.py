@@ -1,0 +1,43 @@
+"""The built-in app: ledgerflow's own tasks, used when no `--app` / `LEDGERFLOW_APP` is given."""
+
+from __future__ import annotations
+
+import importlib
+from datetime import timedelta
+from typing import Any
+
+from ledgerflow.app import App
+from ledgerflow.config import Settings
+from ledgerflow.errors import BadInput
+
+
+def register_builtin_tasks(app: App) -> None:
+    """Add ledgerflow's own tasks (pruning, ...) to `app`."""
+
+    @app.task(name="ledgerflow.prune", queue="maintenance", max_attempts=3, timeout=600)
+    def prune(days: int | None = None) -> dict[str, int]:
+        """Delete completed jobs and executions older than `days` (default: settings)."""
+        return app.store.prune(timedelta(days=days or app.settings.prune_after_days))
+
+
+def build_app(settings: Settings | None = None) -> App:
+    app = App(settings=settings)
+    register_builtin_tasks(app)
+    return app
+
+
+def load_app(reference: str | None, settings: Settings | None = None) -> App:
+    """Import `package.module:attribute` (an App, or a callable returning one), or build the built-in app."""
+    if not reference:
+        return build_app(settings)
+    module_name, _, attribute = reference.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BadInput(f"--app {reference!r}: cannot import {module_name!r} ({exc})") from None
+    target: Any = getattr(module, attribute or "app", None)
+    if callable(target) and not isinstance(target, App):
+        target = target()
+    if not isinstance(target, App):
+        raise BadInput(f"--app {reference!r}: {attribute or 'app'!r} is not a ledgerflow App")
+    return target

@@ -1,0 +1,1 @@
+"""The `ledgerflow` command line (Typer)."""

@@ -1,0 +1,304 @@
+"""Commands on jobs, the dead-letter queue, queues and task types."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from ledgerflow.cli.context import console, fmt_time, print_json, print_table, state
+from ledgerflow.engine.jobs import Job, JobSpec
+from ledgerflow.engine.states import CLAIMABLE, JobState
+from ledgerflow.errors import BadInput, NotFound
+
+Json = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
+
+jobs_cli = typer.Typer(help="Enqueue, list, inspect, retry and cancel jobs.", no_args_is_help=True)
+dlq_cli = typer.Typer(help="The dead-letter queue: jobs whose attempts are exhausted.", no_args_is_help=True)
+queues_cli = typer.Typer(help="List, pause and resume queues.", no_args_is_help=True)
+tasks_cli = typer.Typer(
+    help="List, pause and resume task types (auto-stop is undone here).", no_args_is_help=True
+)
+
+
+def register(cli: typer.Typer) -> None:
+    cli.add_typer(jobs_cli, name="jobs")
+    cli.add_typer(dlq_cli, name="dlq")
+    cli.add_typer(queues_cli, name="queues")
+    cli.add_typer(tasks_cli, name="tasks")
+
+
+def _parse_json(value: str, option: str, kind: type) -> Any:
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{option} is not valid JSON: {exc.msg} (at char {exc.pos})") from None
+    if not isinstance(parsed, kind):
+        raise BadInput(f"{option} must be a JSON {'array' if kind is list else 'object'}, got {value!r}")
+    return parsed
+
+
+def _job_rows(jobs: list[Job]) -> list[list[Any]]:
+    return [
+        [
+            j.id,
+            j.task,
+            j.queue,
+            j.priority,
+            j.state,
+            f"{j.attempt}/{j.max_attempts}",
+            fmt_time(j.scheduled_at),
+            (j.errors[-1].message[:60] if j.errors else ""),
+        ]
+        for j in jobs
+    ]
+
+
+JOB_COLUMNS = ["id", "task", "queue", "prio", "state", "attempt", "scheduled_at", "last error"]
+
+
+@jobs_cli.command("enqueue")
+def enqueue(
+    task: Annotated[str, typer.Argument(help="Registered task name.")],
+    args: Annotated[str, typer.Option("--args", help="JSON array of positional arguments.")] = "[]",
+    kwargs: Annotated[str, typer.Option("--kwargs", help="JSON object of keyword arguments.")] = "{}",
+    queue: Annotated[str | None, typer.Option("--queue")] = None,
+    priority: Annotated[int | None, typer.Option("--priority", help="0 (highest) .. 9")] = None,
+    unique_key: Annotated[str | None, typer.Option("--unique-key")] = None,
+    delay: Annotated[float | None, typer.Option("--delay", help="Seconds before it may run.")] = None,
+    max_attempts: Annotated[int | None, typer.Option("--max-attempts")] = None,
+    as_json: Json = False,
+) -> None:
+    """Enqueue one job of TASK."""
+    app = state.app()
+    t = app.registry.get(task)
+    parsed_args = _parse_json(args, "--args", list)
+    parsed_kwargs = _parse_json(kwargs, "--kwargs", dict)
+    o = t.options
+    spec = JobSpec(
+        task=t.name,
+        args=tuple(parsed_args),
+        kwargs=parsed_kwargs,
+        queue=queue or o.queue,
+        priority=o.priority if priority is None else priority,
+        max_attempts=max_attempts or o.max_attempts,
+        timeout=o.timeout,
+        unique_key=unique_key,
+        delay=delay,
+    )
+    job = app.enqueue(spec)
+    if as_json:
+        print_json(job)
+    else:
+        console.print(f"enqueued job {job.id} ({job.task}, queue {job.queue}, state {job.state})")
+
+
+@jobs_cli.command("list")
+def list_jobs(
+    state_: Annotated[
+        str | None,
+        typer.Option("--state", help="scheduled|available|running|retryable|completed|dead|cancelled"),
+    ] = None,
+    queue: Annotated[str | None, typer.Option("--queue")] = None,
+    task: Annotated[str | None, typer.Option("--task")] = None,
+    limit: Annotated[int, typer.Option("--limit")] = 50,
+    before_id: Annotated[
+        int | None, typer.Option("--before-id", help="Page: jobs with a smaller id.")
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """List jobs, newest first."""
+    jobs = state.app().store.list(state=state_, queue=queue, task=task, limit=limit, before_id=before_id)
+    if as_json:
+        print_json([j.to_dict() for j in jobs])
+    else:
+        print_table(JOB_COLUMNS, _job_rows(jobs))
+
+
+@jobs_cli.command("show")
+def show(job_id: int, as_json: Json = False) -> None:
+    """Show one job with its errors and execution history."""
+    app = state.app()
+    job = app.store.get(job_id)
+    executions = app.store.executions(job_id)
+    if as_json:
+        print_json({**job.to_dict(), "executions": executions})
+        return
+    for key, value in job.to_dict().items():
+        if key != "errors":
+            console.print(f"[bold]{key}[/bold]: {value}", highlight=False)
+    for e in job.errors:
+        console.print(f"[red]attempt {e.attempt}[/red] {e.type}: {e.message}", highlight=False)
+        if e.traceback:
+            console.print(e.traceback, markup=False, highlight=False)
+    print_table(
+        ["attempt", "status", "worker", "started", "completed", "seconds", "error"],
+        [
+            [
+                x["attempt"],
+                x["status"],
+                x["worker_id"],
+                fmt_time(x["started_at"]),
+                fmt_time(x["completed_at"]),
+                x["duration_seconds"],
+                x["error_type"],
+            ]
+            for x in executions
+        ],
+        title="executions",
+    )
+
+
+@jobs_cli.command("retry")
+def retry(job_id: int, as_json: Json = False) -> None:
+    """Run a dead, cancelled, retryable or scheduled job again now."""
+    job = state.app().store.retry(job_id)
+    print_json(job) if as_json else console.print(f"job {job.id} is {job.state}")
+
+
+@jobs_cli.command("cancel")
+def cancel(
+    job_id: int, reason: Annotated[str, typer.Option("--reason")] = "cancelled by user", as_json: Json = False
+) -> None:
+    """Cancel a job that has not finished (its dependents are cancelled too)."""
+    job = state.app().store.cancel(job_id, reason)
+    print_json(job) if as_json else console.print(f"job {job.id} is {job.state}")
+
+
+@dlq_cli.command("list")
+def dlq_list(
+    task: Annotated[str | None, typer.Option("--task")] = None,
+    limit: Annotated[int, typer.Option("--limit")] = 50,
+    as_json: Json = False,
+) -> None:
+    """List dead jobs."""
+    jobs = state.app().store.list(state=JobState.DEAD, task=task, limit=limit)
+    if as_json:
+        print_json([j.to_dict() for j in jobs])
+    else:
+        print_table(JOB_COLUMNS, _job_rows(jobs), title="dead-letter queue")
+
+
+@dlq_cli.command("retry")
+def dlq_retry(
+    job_id: Annotated[int | None, typer.Argument(help="One dead job; omit with --all.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Retry every dead job (optionally of --task).")] = False,
+    task: Annotated[str | None, typer.Option("--task")] = None,
+    as_json: Json = False,
+) -> None:
+    """Retry one dead job, or all of them."""
+    app = state.app()
+    if job_id is None and not all_:
+        raise BadInput("give a job id or --all")
+    if job_id is not None:
+        job = app.store.get(job_id)
+        if job.state != JobState.DEAD:
+            raise NotFound(f"job {job_id} is not in the dead-letter queue (it is {job.state})")
+        count = app.store.retry_dead(ids=[job_id])
+    else:
+        count = app.store.retry_dead(task=task)
+    print_json({"retried": count}) if as_json else console.print(f"retried {count} dead job(s)")
+
+
+@dlq_cli.command("purge")
+def dlq_purge(
+    older_than_days: Annotated[float | None, typer.Option("--older-than-days")] = None,
+    task: Annotated[str | None, typer.Option("--task")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    as_json: Json = False,
+) -> None:
+    """Delete dead jobs for good."""
+    from datetime import timedelta
+
+    if not yes and not typer.confirm("Delete dead jobs permanently?"):
+        raise typer.Exit(1)
+    age = timedelta(days=older_than_days) if older_than_days is not None else None
+    count = state.app().store.purge_dead(age, task)
+    print_json({"purged": count}) if as_json else console.print(f"purged {count} dead job(s)")
+
+
+@queues_cli.command("list")
+def queues_list(as_json: Json = False) -> None:
+    """Queues with their depth (jobs waiting to run), running jobs and pause state."""
+    app = state.app()
+    counts = app.store.counts()
+    paused = {p.name: p for p in app.store.pauses() if p.kind == "queue"}
+    queues: dict[str, dict[str, Any]] = {}
+    for (queue, _task, job_state), n in counts.items():
+        q = queues.setdefault(queue, {"queue": queue, "depth": 0, "running": 0, "dead": 0})
+        if job_state in CLAIMABLE:
+            q["depth"] += n
+        elif job_state == JobState.RUNNING:
+            q["running"] += n
+        elif job_state == JobState.DEAD:
+            q["dead"] += n
+    for name in paused:
+        queues.setdefault(name, {"queue": name, "depth": 0, "running": 0, "dead": 0})
+    rows = [{**q, "paused": q["queue"] in paused} for q in sorted(queues.values(), key=lambda q: q["queue"])]
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(
+            ["queue", "depth", "running", "dead", "paused"],
+            [[r["queue"], r["depth"], r["running"], r["dead"], r["paused"]] for r in rows],
+        )
+
+
+@queues_cli.command("pause")
+def queues_pause(queue: str, reason: Annotated[str, typer.Option("--reason")] = "paused by user") -> None:
+    """Stop starting jobs of QUEUE (running ones finish)."""
+    changed = state.app().store.pause("queue", queue, reason)
+    console.print(f"queue {queue} {'paused' if changed else 'was already paused'}")
+
+
+@queues_cli.command("resume")
+def queues_resume(queue: str) -> None:
+    """Start jobs of QUEUE again."""
+    changed = state.app().store.resume("queue", queue)
+    console.print(f"queue {queue} {'resumed' if changed else 'was not paused'}")
+
+
+@tasks_cli.command("list")
+def tasks_list(as_json: Json = False) -> None:
+    """Registered tasks, with pause (and auto-stop) state."""
+    app = state.app()
+    paused = {p.name: p for p in app.store.pauses() if p.kind == "task"}
+    rows = []
+    for name in sorted(set(app.registry.names()) | set(paused)):
+        t = app.registry.get(name) if name in app.registry else None
+        p = paused.get(name)
+        rows.append(
+            {
+                "task": name,
+                "queue": t.options.queue if t else None,
+                "registered": t is not None,
+                "paused": p is not None,
+                "paused_by": p.paused_by if p else None,
+                "reason": p.reason if p else None,
+            }
+        )
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(
+            ["task", "queue", "paused", "by", "reason"],
+            [[r["task"], r["queue"], r["paused"], r["paused_by"], r["reason"]] for r in rows],
+        )
+
+
+@tasks_cli.command("pause")
+def tasks_pause(task: str, reason: Annotated[str, typer.Option("--reason")] = "paused by user") -> None:
+    """Stop starting jobs of task type TASK."""
+    changed = state.app().store.pause("task", task, reason)
+    console.print(f"task {task} {'paused' if changed else 'was already paused'}")
+
+
+@tasks_cli.command("resume")
+def tasks_resume(task: str) -> None:
+    """Start jobs of TASK again (also undoes an auto-stop)."""
+    app = state.app()
+    changed = app.store.resume("task", task)
+    if changed:
+        app.alerts.resolve(f"autostop:{task}", f"task {task} resumed by user")
+    console.print(f"task {task} {'resumed' if changed else 'was not paused'}")

@@ -1,0 +1,73 @@
+"""`ledgerflow` entry point: global options, sub-command groups, and SPEC §9 error handling.
+
+Exit codes: 0 success, 1 the operation failed, 2 bad input or configuration. Errors are
+one line on stderr; `--debug` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Annotated
+
+import click
+import typer
+
+from ledgerflow.cli import jobs, system
+from ledgerflow.cli.context import err_console, state
+from ledgerflow.errors import LedgerflowError
+
+cli = typer.Typer(
+    name="ledgerflow",
+    help="Durable jobs, exact cron and exactly-once journal exports, on SQLite or PostgreSQL.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+@cli.callback()
+def main(
+    database_url: Annotated[
+        str | None, typer.Option("--database-url", help="Overrides LEDGERFLOW_DATABASE_URL.")
+    ] = None,
+    app: Annotated[
+        str | None, typer.Option("--app", help="package.module:app (default: LEDGERFLOW_APP, else built-in).")
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    state.database_url = database_url
+    state.app_ref = app
+    state.debug = debug
+
+
+system.register(cli)
+jobs.register(cli)
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    command = typer.main.get_command(cli)
+    try:
+        command.main(args=argv, prog_name="ledgerflow", standalone_mode=False)
+    except LedgerflowError as exc:
+        _fail(str(exc), exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        err_console.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # a bug: still one line unless --debug
+        _fail(f"unexpected {type(exc).__name__}: {exc}", 1)
+    sys.exit(0)
+
+
+def _fail(message: str, code: int) -> None:
+    if state.debug:
+        traceback.print_exc()
+    err_console.print(f"error: {message}", markup=False, highlight=False)
+    sys.exit(code)

@@ -1,0 +1,82 @@
+"""Commands about the installation itself: init, migrate, worker, prune."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from ledgerflow.cli.context import console, print_json, state
+from ledgerflow.engine.worker import WorkerExit
+from ledgerflow.errors import BadInput
+
+AppOption = Annotated[str | None, typer.Option("--app", help="package.module:app (default: LEDGERFLOW_APP).")]
+
+
+def register(cli: typer.Typer) -> None:
+    cli.command("migrate")(migrate)
+    cli.command("init")(init)
+    cli.command("worker")(worker)
+    cli.command("prune")(prune)
+
+
+def migrate() -> None:
+    """Create or upgrade the database schema."""
+    app = state.app()
+    app.migrate()
+    console.print(f"database schema is up to date ({app.db.backend.name})")
+
+
+def init() -> None:
+    """Create or upgrade the schema and seed the standard schedules."""
+    app = state.app()
+    app.migrate()
+    seeded = app.seed_standard_schedules() if hasattr(app, "seed_standard_schedules") else []
+    console.print(f"database ready ({app.db.backend.name}); {len(seeded)} standard schedule(s) seeded")
+
+
+def worker(
+    queues: Annotated[
+        str | None, typer.Option("--queues", help="a,b or a=LIMIT (default: every queue of the app's tasks).")
+    ] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Jobs run at once.")] = 8,
+    burst: Annotated[bool, typer.Option("--burst", help="Exit when nothing is left to run.")] = False,
+    app_ref: AppOption = None,
+) -> None:
+    """Run a worker process until SIGTERM/SIGINT (or until drained, with --burst)."""
+    if concurrency < 1:
+        raise BadInput(f"--concurrency must be >= 1, got {concurrency}")
+    app = state.app(app_ref)
+    if queues is None:
+        queues = ",".join(
+            sorted({t.options.queue for t in map(app.registry.get, app.registry.names())} | {"default"})
+        )
+    result = app.run_worker(queues, concurrency=concurrency, burst=burst)
+    if result == WorkerExit.RESTART:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, sys.orig_argv)  # a fresh process: abandoned threads are gone
+
+
+def prune(
+    days: Annotated[
+        int | None, typer.Option("--days", help="Age in days (default: LEDGERFLOW_PRUNE_AFTER_DAYS).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Delete completed/cancelled jobs and their executions older than N days."""
+    from datetime import timedelta
+
+    app = state.app()
+    days = days if days is not None else app.settings.prune_after_days
+    if days < 1:
+        raise BadInput(f"--days must be >= 1, got {days}")
+    result = app.store.prune(timedelta(days=days))
+    if as_json:
+        print_json(result)
+    else:
+        console.print(
+            f"pruned {result['jobs']} job(s) and {result['executions']} execution(s) older than {days} day(s)"
+        )

@@ -1,0 +1,84 @@
+"""A test app run by real worker processes (`--app tests.apps.basic:app`)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from sqlalchemy import insert
+
+from ledgerflow import App, current_job
+from tests.conftest import runs
+
+app = App()
+
+
+def _mark(phase: str, label: str | None = None) -> None:
+    job = current_job()
+    assert job is not None
+    with app.db.begin() as conn:
+        conn.execute(insert(runs).values(job_id=job.job_id, attempt=job.attempt, pid=os.getpid(),
+                                         label=label, phase=phase))
+
+
+@app.task(name="record", retry_backoff=0.2)
+def record(sleep: float = 0.0, label: str | None = None) -> None:
+    """Record the run (start and end) around an optional sleep."""
+    _mark("start", label)
+    if sleep:
+        time.sleep(sleep)
+    _mark("end", label)
+
+
+@app.task(name="record_async", retry_backoff=0.2)
+async def record_async(sleep: float = 0.0, label: str | None = None) -> None:
+    _mark("start", label)
+    if sleep:
+        await asyncio.sleep(sleep)
+    _mark("end", label)
+
+
+@app.task(name="fail_always", max_attempts=3, retry_backoff=[0.3, 0.9])
+def fail_always() -> None:
+    _mark("start")
+    raise RuntimeError("this task always fails")
+
+
+@app.task(name="sleep_sync", timeout=1.0, max_attempts=2, retry_backoff=0.1)
+def sleep_sync(seconds: float) -> None:
+    _mark("start")
+    time.sleep(seconds)
+
+
+@app.task(name="sleep_async", timeout=1.0, max_attempts=2, retry_backoff=0.1)
+async def sleep_async(seconds: float) -> None:
+    _mark("start")
+    await asyncio.sleep(seconds)
+
+
+@app.task(name="spin", isolation="process", timeout=1.5, max_attempts=1)
+def spin() -> None:
+    """Pure-Python busy loop: only killing the process can stop it."""
+    while True:
+        pass
+
+
+@app.task(name="block_sync", timeout=120)
+def block_sync(seconds: float) -> None:
+    _mark("start")
+    time.sleep(seconds)
+    _mark("end")
+
+
+@app.task(name="block_async", timeout=120)
+async def block_async(seconds: float) -> None:
+    """Blocks its event loop with a synchronous sleep (a badly written async task)."""
+    _mark("start")
+    time.sleep(seconds)
+    _mark("end")
+
+
+@app.task(name="isolated_ok", isolation="process", timeout=30)
+def isolated_ok(x: int) -> int:
+    return x * 2

@@ -1,0 +1,224 @@
+"""Shared fixtures: a fresh, migrated database per test on SQLite *and* PostgreSQL.
+
+PostgreSQL tests are skipped with a clear reason when no server answers on a laptop;
+with CI=true a missing server is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, func, select
+
+from ledgerflow import App
+from ledgerflow.db.database import Database
+from ledgerflow.db.migrate import migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN = os.environ.get("LEDGERFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+ON_CI = os.environ.get("CI", "").lower() == "true"
+ARTIFACTS = ROOT / "artifacts"
+
+#: Fast lease settings so crash/rescue tests take seconds, not minutes.
+FAST = {
+    "LEDGERFLOW_LEASE_SECONDS": "2",
+    "LEDGERFLOW_HEARTBEAT_SECONDS": "0.5",
+    "LEDGERFLOW_RESCUE_INTERVAL": "0.25",
+    "LEDGERFLOW_GRACE_SECONDS": "10",
+}
+
+test_metadata = MetaData()
+#: One row per task run; lets tests count exactly-once delivery without trusting the queue.
+runs = Table(
+    "test_runs",
+    test_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", Integer, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("label", String(100)),
+    Column("phase", String(10), nullable=False),  # 'start' | 'end'
+)
+
+
+def _pg_error() -> str | None:
+    try:
+        with psycopg.connect(PG_ADMIN, connect_timeout=3):
+            return None
+    except psycopg.Error as exc:
+        return str(exc).strip().splitlines()[0]
+
+
+def _admin(sql: str) -> None:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(sql)  # type: ignore[arg-type]
+
+
+def pg_url(name: str) -> str:
+    base = PG_ADMIN.rsplit("/", 1)[0]
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    problem = _pg_error()
+    if problem:
+        message = f"PostgreSQL not reachable at {PG_ADMIN}: {problem}"
+        if ON_CI:
+            pytest.fail(message + " (CI=true: PostgreSQL tests must run)")
+        pytest.skip(message)
+    name = f"lf_tpl_{uuid.uuid4().hex[:8]}"
+    _admin(f"CREATE DATABASE {name}")
+    db = Database(pg_url(name))
+    migrate(db)
+    test_metadata.create_all(db.engine)
+    db.dispose()
+    yield name
+    _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tpl") / "template.db"
+    db = Database(f"sqlite:///{path}")
+    migrate(db)
+    test_metadata.create_all(db.engine)
+    db.dispose()
+    return path
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh migrated database for one test (a copied file, or a database from a template)."""
+    if request.param == "sqlite":
+        path = tmp_path / "ledgerflow.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
+        return
+    template = request.getfixturevalue("pg_template")
+    name = f"lf_t_{uuid.uuid4().hex[:10]}"
+    _admin(f"CREATE DATABASE {name} TEMPLATE {template}")
+    yield pg_url(name)
+    _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def backend(db_url: str) -> str:
+    return "sqlite" if db_url.startswith("sqlite") else "postgresql"
+
+
+@pytest.fixture
+def make_app(db_url: str) -> Iterator[Callable[..., App]]:
+    apps: list[App] = []
+
+    def make(**overrides: Any) -> App:
+        settings = {k.removeprefix("LEDGERFLOW_").lower(): v for k, v in FAST.items()}
+        settings.update(log_level="WARNING")
+        settings.update(overrides)
+        app = App(database_url=db_url, **settings)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.close()
+
+
+def count_runs(db_url: str, **where: Any) -> dict[int, int]:
+    """job_id → number of runs that started."""
+    engine = create_engine(Database(db_url).url)
+    with engine.connect() as conn:
+        query = select(runs.c.job_id, func.count()).where(runs.c.phase == "start").group_by(runs.c.job_id)
+        for key, value in where.items():
+            query = query.where(runs.c[key] == value)
+        result = {int(r[0]): int(r[1]) for r in conn.execute(query)}
+    engine.dispose()
+    return result
+
+
+def run_rows(db_url: str) -> list[dict[str, Any]]:
+    engine = create_engine(Database(db_url).url)
+    with engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(select(runs).order_by(runs.c.id))]
+    engine.dispose()
+    return rows
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.1, message: str = "") -> Any:
+    """Poll `predicate` until truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {message or predicate}")
+        time.sleep(interval)
+
+
+class WorkerProcess:
+    """A real `ledgerflow worker` process for crash, signal and concurrency tests."""
+
+    def __init__(self, db_url: str, log_dir: Path, *, app: str = "tests.apps.basic:app",
+                 concurrency: int = 4, queues: str | None = None, burst: bool = False,
+                 env: dict[str, str] | None = None, name: str = "worker") -> None:
+        self.log_path = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
+        args = [sys.executable, "-m", "ledgerflow", "worker", "--app", app, "--concurrency", str(concurrency)]
+        if queues:
+            args += ["--queues", queues]
+        if burst:
+            args.append("--burst")
+        full_env = {**os.environ, **FAST, "LEDGERFLOW_DATABASE_URL": db_url, "LEDGERFLOW_LOG_JSON": "true",
+                    "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        full_env.update(env or {})
+        self._log = open(self.log_path, "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(args, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.flush()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self._log.close()
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+
+@pytest.fixture
+def workers(tmp_path: Path, db_url: str) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(**kwargs: Any) -> WorkerProcess:
+        w = WorkerProcess(kwargs.pop("db_url", db_url), tmp_path, **kwargs)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
