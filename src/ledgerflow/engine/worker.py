@@ -300,13 +300,12 @@ class Worker:
                         self._start(c)
                     if claims and len(claims) >= sum(slots.values()):
                         continue  # there may be more to claim right away
-                if self.opts.burst and not claims and not self._inflight and not self._outcomes:
-                    remaining = await self._loop.run_in_executor(db_thread, self._work_remaining)
-                    if not remaining:
-                        return WorkerExit.DONE
+                idle = not claims and not self._inflight and not self._outcomes
+                if self.opts.burst and idle and not await self._read(db_thread, self._work_remaining, True):
+                    return WorkerExit.DONE
                 timeout = self.opts.poll_interval
                 if not self._stopping and slots and not claims:
-                    due = await self._loop.run_in_executor(db_thread, self._seconds_until_due)
+                    due = await self._read(db_thread, self._seconds_until_due, None)
                     if due is not None:
                         timeout = max(0.001, min(timeout, due))
                 with contextlib.suppress(TimeoutError):
@@ -315,6 +314,16 @@ class Worker:
         finally:
             db_thread.shutdown(wait=True)
         return WorkerExit.RESTART if self._restart else WorkerExit.STOPPED
+
+    async def _read(self, executor: ThreadPoolExecutor, fn: Callable[[], T], default: T) -> T:
+        """Run a read on the database thread; on any error log it and return `default`."""
+        assert self._loop is not None
+        try:
+            return await self._loop.run_in_executor(executor, fn)
+        except Exception as exc:
+            self.log.warning("database_unavailable", during=fn.__name__, error=str(exc).splitlines()[0])
+            await asyncio.sleep(0.5)
+            return default
 
     def _free_slots(self) -> dict[str, int]:
         if self._stopping or not self._may_claim():
