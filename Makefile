@@ -1,0 +1,40 @@
+# ledgerflow — the two set-up commands are `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+export LEDGERFLOW_DATABASE_URL ?= sqlite:///./ledgerflow.db
+
+.PHONY: run test lint bench install dev clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+install: $(BIN)/activate
+	$(PY) -m pip install --quiet -e '.[server,gdrive,s3]'
+
+dev: $(BIN)/activate
+	$(PY) -m pip install --quiet -e '.[dev]'
+
+## Set up, migrate the embedded SQLite database, run the demo, then keep the service running.
+run: install
+	$(BIN)/ledgerflow init
+	$(BIN)/ledgerflow demo
+	$(BIN)/ledgerflow serve
+
+## The whole test suite (SQLite and PostgreSQL), with line coverage.
+test: dev
+	$(BIN)/ruff check src tests bench
+	$(BIN)/python -m pytest --cov=ledgerflow --cov-report=term --cov-fail-under=85 $(PYTEST_ARGS)
+
+lint: dev
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+## Benchmarks: prints one JSON document per benchmark (see docs/benchmarks.md).
+bench: dev
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage* htmlcov build dist src/*.egg-info
