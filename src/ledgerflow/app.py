@@ -14,7 +14,7 @@ from ledgerflow.config import Settings, load_settings
 from ledgerflow.db.database import Database
 from ledgerflow.engine.jobs import Job, JobSpec
 from ledgerflow.engine.retry import Backoff
-from ledgerflow.engine.store import JobStore
+from ledgerflow.engine.store import JobStore, is_plain
 from ledgerflow.engine.tasks import (
     Isolation,
     Task,
@@ -143,11 +143,11 @@ class App:
     def enqueue(self, spec: JobSpec, *, connection: Connection | None = None) -> Job:
         """Insert one job; with `connection`, inside the caller's transaction."""
         if connection is not None:
-            (job_id,) = self.store.enqueue(connection, [spec])
-            return self.store.get(job_id, connection)
-        with self.db.begin() as conn:
-            (job_id,) = self.store.enqueue(conn, [spec])
-            job = self.store.get(job_id, conn)
+            return self.store.enqueue_job(connection, spec)
+        if is_plain(spec) and not self.db.is_sqlite:
+            job = self.db.run_single(lambda c: self.store.enqueue_job(c, spec))  # one round trip
+        else:
+            job = self.db.run(lambda c: self.store.enqueue_job(c, spec))
         self._wake_local()
         return job
 
@@ -155,8 +155,7 @@ class App:
         """Insert many jobs in one transaction; returns their ids in order."""
         if connection is not None:
             return self.store.enqueue(connection, list(specs))
-        with self.db.begin() as conn:
-            ids = self.store.enqueue(conn, list(specs))
+        ids = self.db.run(lambda c: self.store.enqueue(c, list(specs)))
         self._wake_local()
         return ids
 

@@ -21,8 +21,11 @@ def register_builtin_tasks(app: App) -> None:
 
 
 def build_app(settings: Settings | None = None) -> App:
+    from ledgerflow.demo import register_demo_tasks
+
     app = App(settings=settings)
     register_builtin_tasks(app)
+    register_demo_tasks(app)
     return app
 
 

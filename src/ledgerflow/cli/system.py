@@ -20,6 +20,7 @@ def register(cli: typer.Typer) -> None:
     cli.command("init")(init)
     cli.command("worker")(worker)
     cli.command("prune")(prune)
+    cli.command("demo")(demo)
 
 
 def migrate() -> None:
@@ -79,4 +80,29 @@ def prune(
     else:
         console.print(
             f"pruned {result['jobs']} job(s) and {result['executions']} execution(s) older than {days} day(s)"
+        )
+
+
+def demo(
+    jobs: Annotated[int, typer.Option("--jobs", help="How many demo jobs to run.")] = 500,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Run a demo batch of jobs through a worker, with a progress bar."""
+    from rich.progress import Progress
+
+    from ledgerflow.demo import run_job_demo
+
+    if jobs < 1:
+        raise BadInput(f"--jobs must be >= 1, got {jobs}")
+    app = state.app()
+    app.migrate()
+    with Progress(console=console, disable=as_json or not console.is_terminal) as progress:
+        bar = progress.add_task("demo jobs", total=jobs)
+        summary = run_job_demo(app, jobs, lambda done, total: progress.update(bar, completed=done))
+    if as_json:
+        print_json(summary)
+    else:
+        console.print(
+            f"demo: {summary['completed']}/{summary['jobs']} jobs completed in {summary['seconds']}s "
+            f"({summary['jobs_per_second']} jobs/s)"
         )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from sqlalchemy import Select
+from sqlalchemy import Connection, Select
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -26,6 +27,26 @@ class Backend(Protocol):
     def after(self, seconds: float) -> ColumnElement[Any]: ...
     def lock_for_claim(self, query: Select[Any]) -> Select[Any]: ...
     def waker(self, engine: Engine, poll_seconds: float) -> Waker: ...
+    def insert_jobs(self, conn: Connection, rows: list[tuple[Any, ...]]) -> list[int]: ...
+
+
+#: Columns of a bulk insert row, in order; `errors` is always `[]` and `created_at` is now.
+BULK_JOB_COLUMNS = (
+    "task",
+    "queue",
+    "priority",
+    "state",
+    "args",
+    "kwargs",
+    "max_attempts",
+    "timeout",
+    "scheduled_at",
+)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON, non-ASCII kept (Thai and Japanese stay readable in the database)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def backend_for(url: str) -> Backend:

@@ -8,7 +8,6 @@ Connection failures surface as `DatabaseUnavailable`, a retryable error.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -16,14 +15,10 @@ from sqlalchemy import Connection, create_engine, exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
-from ledgerflow.db.backends import Backend, backend_for
+from ledgerflow.db.backends import Backend, backend_for, dumps
 from ledgerflow.errors import DatabaseUnavailable
 
 T = TypeVar("T")
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def is_transient(error: BaseException) -> bool:
@@ -60,7 +55,7 @@ class Database:
         self.engine: Engine = self.backend.create_engine(
             url,
             create_engine,
-            json_serializer=_dumps,
+            json_serializer=dumps,
             sqlite_synchronous=sqlite_synchronous,
             busy_timeout=busy_timeout,
             connect_timeout=connect_timeout,
@@ -96,8 +91,37 @@ class Database:
             yield conn
 
     def run(self, fn: Callable[[Connection], T]) -> T:
-        """Run `fn` in one write transaction and return its result."""
-        with self.begin() as conn:
+        """Run `fn` in one write transaction and return its result.
+
+        A pooled connection found dead (the server restarted) before anything was
+        committed is replaced and `fn` runs once more; a failure during COMMIT is never
+        retried, since the transaction may have committed.
+        """
+        for attempt in (1, 2):
+            with self._translate(), self.engine.connect() as conn:
+                try:
+                    transaction = conn.begin()
+                    result = fn(conn)
+                except exc.DBAPIError as error:
+                    with contextlib.suppress(Exception):
+                        conn.rollback()
+                    if attempt == 1 and error.connection_invalidated:
+                        continue
+                    raise
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        conn.rollback()
+                    raise
+                transaction.commit()
+                return result
+        raise AssertionError("unreachable")
+
+    def run_single(self, fn: Callable[[Connection], T]) -> T:
+        """Run one self-contained statement in autocommit mode: one round trip on PostgreSQL."""
+        with (
+            self._translate(),
+            self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
+        ):
             return fn(conn)
 
     def ping(self) -> None:

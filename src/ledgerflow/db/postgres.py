@@ -12,14 +12,29 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
-from sqlalchemy import Interval, Select, func, literal
+from sqlalchemy import Connection, Interval, Select, func, literal
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
-from ledgerflow.db.backends import StoppableThread
+from ledgerflow.db.backends import BULK_JOB_COLUMNS, StoppableThread, dumps
 from ledgerflow.db.types import UTCDateTime
 
 CHANNEL = "ledgerflow_jobs"
+_JSON = {"args", "kwargs", "errors"}
+_ARRAY_TYPES = {
+    "id": "bigint[]",
+    "task": "text[]",
+    "queue": "text[]",
+    "priority": "smallint[]",
+    "state": "text[]",
+    "args": "jsonb[]",
+    "kwargs": "jsonb[]",
+    "max_attempts": "int[]",
+    "timeout": "float8[]",
+    "has_dependencies": "bool[]",
+    "scheduled_at": "timestamptz[]",
+    "errors": "jsonb[]",
+}
 
 
 def conninfo(engine: Engine) -> str:
@@ -35,7 +50,6 @@ class PostgresBackend:
             url,
             connect_args={"connect_timeout": max(2, int(options["connect_timeout"]))},
             json_serializer=options["json_serializer"],
-            pool_pre_ping=True,
             pool_size=options["pool_size"],
             max_overflow=10,
             pool_recycle=1800,
@@ -49,6 +63,27 @@ class PostgresBackend:
 
     def lock_for_claim(self, query: Select[Any]) -> Select[Any]:
         return query.with_for_update(skip_locked=True)
+
+    def insert_jobs(self, conn: Connection, rows: list[tuple[Any, ...]]) -> list[int]:
+        """Many jobs in one INSERT over `unnest` arrays, with ids drawn from the sequence first."""
+        ids = [
+            r[0]
+            for r in conn.exec_driver_sql(
+                "SELECT nextval(pg_get_serial_sequence('jobs', 'id')) FROM generate_series(1, %(n)s)",
+                {"n": len(rows)},
+            )
+        ]
+        columns = list(zip(*rows, strict=True))
+        params: dict[str, Any] = {"id": ids}
+        for name, values in zip(BULK_JOB_COLUMNS, columns, strict=True):
+            params[name] = [dumps(v) for v in values] if name in ("args", "kwargs") else list(values)
+        selects = ", ".join(f"%({c})s::{_ARRAY_TYPES[c]}" for c in ("id", *BULK_JOB_COLUMNS))
+        conn.exec_driver_sql(
+            f"INSERT INTO jobs (id, {', '.join(BULK_JOB_COLUMNS)}, created_at, errors, has_dependencies) "
+            f"SELECT *, now(), '[]'::jsonb, false FROM unnest({selects})",
+            params,
+        )
+        return ids
 
     def waker(self, engine: Engine, poll_seconds: float) -> ListenWaker:
         return ListenWaker(conninfo(engine))

@@ -13,12 +13,18 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, event, literal
+from sqlalchemy import Connection, Select, bindparam, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
-from ledgerflow.db.backends import StoppableThread
+from ledgerflow.db.backends import BULK_JOB_COLUMNS, StoppableThread, dumps
 from ledgerflow.db.types import UTCDateTime
+
+_FORMAT = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's SQLite DATETIME storage format
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 class SQLiteBackend:
@@ -53,14 +59,53 @@ class SQLiteBackend:
         return engine
 
     def now(self) -> ColumnElement[Any]:
-        # One host shares one clock: the process clock is the database clock.
-        return literal(datetime.now(UTC), UTCDateTime)
+        # One host shares one clock: the process clock is the database clock. The value is
+        # taken when the statement executes, so prebuilt statements can be reused.
+        return bindparam(None, type_=UTCDateTime, unique=True, callable_=_utcnow)
 
     def after(self, seconds: float) -> ColumnElement[Any]:
-        return literal(datetime.now(UTC) + timedelta(seconds=seconds), UTCDateTime)
+        delta = timedelta(seconds=seconds)
+        return bindparam(None, type_=UTCDateTime, unique=True, callable_=lambda: _utcnow() + delta)
 
     def lock_for_claim(self, query: Select[Any]) -> Select[Any]:
         return query  # BEGIN IMMEDIATE already serialises writers
+
+    def insert_jobs(self, conn: Connection, rows: list[tuple[Any, ...]]) -> list[int]:
+        """Many jobs in one executemany; ids are the rowids just allocated.
+
+        Inside a write transaction nobody else can insert, and SQLite gives each new row
+        max(rowid) + 1, so the ids are the contiguous range ending at last_insert_rowid().
+        """
+        created = _utcnow().replace(tzinfo=None).strftime(_FORMAT)
+        stamp: dict[datetime, str] = {}
+
+        def values(row: tuple[Any, ...]) -> tuple[Any, ...]:
+            task, queue, priority, state, args, kwargs, max_attempts, timeout, when = row
+            text = stamp.get(when)
+            if text is None:
+                text = stamp[when] = when.astimezone(UTC).replace(tzinfo=None).strftime(_FORMAT)
+            return (
+                task,
+                queue,
+                priority,
+                state,
+                dumps(args) if args else "[]",
+                dumps(kwargs) if kwargs else "{}",
+                max_attempts,
+                timeout,
+                text,
+                created,
+            )
+
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor.executemany(
+            f"INSERT INTO jobs ({', '.join(BULK_JOB_COLUMNS)}, created_at, errors, has_dependencies) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '[]', 0)",
+            [values(r) for r in rows],
+        )
+        last = cursor.execute("SELECT last_insert_rowid()").fetchone()[0]
+        cursor.close()
+        return list(range(last - len(rows) + 1, last + 1))
 
     def waker(self, engine: Engine, poll_seconds: float) -> DataVersionWaker:
         return DataVersionWaker(engine.url.database or "", poll_seconds)

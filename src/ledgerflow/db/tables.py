@@ -30,9 +30,13 @@ metadata = MetaData(
     }
 )
 
-# States in which a job still waits for, or is doing, work. Used by partial indexes.
-_LIVE = "state IN ('scheduled', 'available', 'running', 'retryable')"  # see store._UNIQUE_WHERE
+# Predicates of the partial indexes. Queries must repeat them as literal SQL (see
+# CLAIMABLE_SQL): with bound parameters neither SQLite nor a generic PostgreSQL plan can
+# prove that the index applies, and every claim would sort all waiting jobs.
+_LIVE = "state IN ('scheduled', 'available', 'running', 'retryable')"
 _CLAIMABLE = "state IN ('scheduled', 'available', 'retryable')"
+CLAIMABLE_SQL = text("jobs." + _CLAIMABLE)
+UNIQUE_KEY_WHERE = text("unique_key IS NOT NULL AND " + _LIVE)
 
 jobs = Table(
     "jobs",

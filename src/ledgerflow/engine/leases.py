@@ -9,19 +9,33 @@ has its late writes refused: that is the fence.
 from __future__ import annotations
 
 import secrets
+import time
 import traceback as tb
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, and_, bindparam, exists, false, func, insert, or_, select, tuple_, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    false,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.orm import aliased
 
 from ledgerflow.db.database import Database
-from ledgerflow.db.tables import job_dependencies, job_executions, jobs, pauses, workers
+from ledgerflow.db.tables import CLAIMABLE_SQL, job_dependencies, job_executions, jobs, pauses, workers
 from ledgerflow.engine.jobs import Job
-from ledgerflow.engine.states import CLAIMABLE, JobState
+from ledgerflow.engine.states import JobState
 from ledgerflow.engine.store import cancel_dependents
 
 S = JobState
@@ -64,150 +78,196 @@ class Claim:
     job: Job
     token: int
 
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.job.id, self.token)
+
 
 @dataclass
 class Outcome:
     """How an attempt ended, waiting to be written (in batches) by the worker."""
 
     claim: Claim
-    kind: Literal["completed", "failed", "released"]
+    kind: Literal["completed", "failed", "released", "returned"]
     duration: float
     result: Any = None
     error: dict[str, Any] | None = None
     retry_in: float | None = None  # for 'failed': None means dead
     metadata: dict[str, Any] = field(default_factory=dict)
+    finished: float = field(default_factory=time.monotonic)
 
     @property
     def key(self) -> tuple[int, int]:
         return (self.claim.job.id, self.claim.token)
 
 
-def claim(
-    db: Database,
-    conn: Connection,
-    *,
-    worker_id: str,
-    queues: Sequence[str],
-    tasks: Sequence[str],
-    limit: int,
-    lease_seconds: float,
-) -> list[Claim]:
-    """Take up to `limit` runnable jobs (lowest priority number first) and lease them."""
-    if limit <= 0 or not queues or not tasks:
-        return []
-    now = db.now()
-    candidates = (
-        select(jobs.c.id)
-        .where(
-            jobs.c.state.in_(CLAIMABLE),
-            jobs.c.queue.in_(list(queues)),
-            jobs.c.task.in_(list(tasks)),
-            jobs.c.scheduled_at <= now,
-            DEPENDENCIES_MET,
-            NOT_PAUSED,
-        )
-        .order_by(jobs.c.priority, jobs.c.scheduled_at, jobs.c.id)
-        .limit(limit)
-    )
-    candidates = db.backend.lock_for_claim(candidates)
-    token = new_token()
-    stmt = (
-        update(jobs)
-        .where(jobs.c.id.in_(candidates.scalar_subquery()))
-        .values(
-            state=S.RUNNING,
-            attempt=jobs.c.attempt + 1,
-            started_at=now,
-            worker_id=worker_id,
-            lease_token=token,
-            lease_expires_at=db.after(lease_seconds),
-        )
-        .returning(*jobs.c)
-    )
-    claimed = [Claim(Job.from_row(r), token) for r in conn.execute(stmt)]
-    if claimed:
-        conn.execute(
-            insert(job_executions),
-            [
-                {
-                    "job_id": c.job.id,
-                    "schedule_id": c.job.schedule_id,
-                    "attempt": c.job.attempt,
-                    "task": c.job.task,
-                    "queue": c.job.queue,
-                    "status": "running",
-                    "worker_id": worker_id,
-                    "started_at": c.job.started_at,
-                }
-                for c in claimed
-            ],
-        )
-        claimed.sort(key=lambda c: (c.job.priority, c.job.scheduled_at, c.job.id))
-    return claimed
+class LeaseSQL:
+    """The worker's hot-path statements, built once and reused with fresh parameters.
 
+    Building SQLAlchemy statements costs more than running them on SQLite, so claim,
+    completion, execution rows and heartbeat are prebuilt here; the database clock is a
+    bound parameter (SQLite) or `now()` (PostgreSQL) taken at execution time.
+    """
 
-def apply_outcomes(db: Database, conn: Connection, outcomes: Sequence[Outcome]) -> list[Outcome]:
-    """Write finished attempts; returns the outcomes refused because the lease was lost."""
-    now = db.now()
-    accepted: set[tuple[int, int]] = set()
-    plain = [o for o in outcomes if o.kind == "completed" and o.result is None]
-    if plain:
-        result = conn.execute(
+    def __init__(self, db: Database, lease_seconds: float) -> None:
+        self.db = db
+        candidates = (
+            select(jobs.c.id)
+            .where(
+                CLAIMABLE_SQL,
+                jobs.c.queue.in_(bindparam("queues", expanding=True)),
+                jobs.c.task.in_(bindparam("tasks", expanding=True)),
+                jobs.c.scheduled_at <= db.now(),
+                DEPENDENCIES_MET,
+                NOT_PAUSED,
+            )
+            .order_by(jobs.c.priority, jobs.c.scheduled_at, jobs.c.id)
+            .limit(bindparam("limit"))
+        )
+        self._claim = (
+            update(jobs)
+            .where(jobs.c.id.in_(db.backend.lock_for_claim(candidates).scalar_subquery()))
+            .values(
+                state=S.RUNNING,
+                attempt=jobs.c.attempt + 1,
+                started_at=db.now(),
+                worker_id=bindparam("worker"),
+                lease_token=bindparam("token"),
+                lease_expires_at=db.after(lease_seconds),
+            )
+            .returning(*jobs.c)
+        )
+        self._insert_executions = insert(job_executions)
+        self._complete = (
             update(jobs)
             .where(
-                jobs.c.state == S.RUNNING, tuple_(jobs.c.id, jobs.c.lease_token).in_([o.key for o in plain])
+                jobs.c.state == S.RUNNING,
+                tuple_(jobs.c.id, jobs.c.lease_token).in_(bindparam("keys", expanding=True)),
             )
-            .values(state=S.COMPLETED, finished_at=now, lease_token=None, lease_expires_at=None)
+            .values(state=S.COMPLETED, finished_at=db.now(), lease_token=None, lease_expires_at=None)
             .returning(jobs.c.id)
         )
-        ids = set(result.scalars())
-        accepted.update(o.key for o in plain if o.claim.job.id in ids)
-    dead: list[int] = []
-    for o in outcomes:
-        if o.kind == "completed" and o.result is None:
-            continue
-        values: dict[str, Any] = {"lease_token": None, "lease_expires_at": None}
-        job = o.claim.job
-        if o.kind == "completed":
-            values.update(state=S.COMPLETED, finished_at=now, result=o.result)
-        elif o.kind == "released":  # shutdown: give the attempt back
-            values.update(state=S.AVAILABLE, scheduled_at=now, max_attempts=jobs.c.max_attempts + 1)
-        else:
-            values["errors"] = [e.__dict__ for e in job.errors] + [o.error]
-            if o.retry_in is None:
-                values.update(state=S.DEAD, finished_at=now)
-            else:
-                values.update(state=S.RETRYABLE, scheduled_at=db.after(o.retry_in))
-        result = conn.execute(
-            update(jobs)
-            .where(jobs.c.id == job.id, jobs.c.lease_token == o.claim.token, jobs.c.state == S.RUNNING)
-            .values(**values)
-        )
-        if result.rowcount:
-            accepted.add(o.key)
-            if values.get("state") == S.DEAD:
-                dead.append(job.id)
-    done = [o for o in outcomes if o.key in accepted]
-    if done:
-        conn.execute(
+        self._finish_executions = (
             update(job_executions)
-            .where(
-                job_executions.c.job_id == _bind("job_id"),
-                job_executions.c.attempt == _bind("attempt"),
-            )
+            .where(job_executions.c.job_id == _bind("job_id"), job_executions.c.attempt == _bind("attempt"))
             .values(
                 status=_bind("status"),
-                completed_at=now,
+                completed_at=db.now(),
                 duration_seconds=_bind("duration"),
                 error_type=_bind("error_type"),
                 error_message=_bind("error_message"),
                 execution_metadata=_bind("metadata"),
-            ),
-            [_execution_params(o) for o in done],
+            )
         )
-    if dead:
-        cancel_dependents(db, conn, dead)
-    return [o for o in outcomes if o.key not in accepted]
+        self._renew = (
+            update(jobs)
+            .where(
+                jobs.c.state == S.RUNNING,
+                tuple_(jobs.c.id, jobs.c.lease_token).in_(bindparam("keys", expanding=True)),
+            )
+            .values(lease_expires_at=db.after(lease_seconds))
+            .returning(jobs.c.id, jobs.c.lease_token)
+        )
+        self._beat = update(workers).where(workers.c.id == bindparam("worker")).values(heartbeat_at=db.now())
+
+    def claim(
+        self, conn: Connection, *, worker_id: str, queues: Sequence[str], tasks: Sequence[str], limit: int
+    ) -> list[Claim]:
+        """Take up to `limit` runnable jobs (lowest priority number first) and lease them."""
+        if limit <= 0 or not queues or not tasks:
+            return []
+        token = new_token()
+        rows = conn.execute(
+            self._claim,
+            {
+                "queues": list(queues),
+                "tasks": list(tasks),
+                "limit": limit,
+                "worker": worker_id,
+                "token": token,
+            },
+        )
+        claimed = [Claim(Job.from_row(r), token) for r in rows]
+        if claimed:
+            conn.execute(
+                self._insert_executions,
+                [
+                    {
+                        "job_id": c.job.id,
+                        "schedule_id": c.job.schedule_id,
+                        "attempt": c.job.attempt,
+                        "task": c.job.task,
+                        "queue": c.job.queue,
+                        "status": "running",
+                        "worker_id": worker_id,
+                        "started_at": c.job.started_at,
+                    }
+                    for c in claimed
+                ],
+            )
+            claimed.sort(key=lambda c: (c.job.priority, c.job.scheduled_at, c.job.id))
+        return claimed
+
+    def apply_outcomes(self, conn: Connection, outcomes: Sequence[Outcome]) -> list[Outcome]:
+        """Write finished attempts; returns the outcomes refused because the lease was lost."""
+        db = self.db
+        accepted: set[tuple[int, int]] = set()
+        plain = [o for o in outcomes if o.kind == "completed" and o.result is None]
+        if plain:
+            ids = set(conn.execute(self._complete, {"keys": [o.key for o in plain]}).scalars())
+            accepted.update(o.key for o in plain if o.claim.job.id in ids)
+        dead: list[int] = []
+        returned: list[Outcome] = []
+        for o in outcomes:
+            if o.kind == "completed" and o.result is None:
+                continue
+            values: dict[str, Any] = {"lease_token": None, "lease_expires_at": None}
+            job = o.claim.job
+            if o.kind == "completed":
+                values.update(state=S.COMPLETED, finished_at=db.now(), result=o.result)
+            elif o.kind == "released":  # shutdown: give the attempt back
+                values.update(state=S.AVAILABLE, scheduled_at=db.now(), max_attempts=jobs.c.max_attempts + 1)
+            elif o.kind == "returned":  # prefetched, never started: undo the claim
+                values.update(state=S.AVAILABLE, attempt=jobs.c.attempt - 1, started_at=None, worker_id=None)
+            else:
+                values["errors"] = [e.__dict__ for e in job.errors] + [o.error]
+                if o.retry_in is None:
+                    values.update(state=S.DEAD, finished_at=db.now())
+                else:
+                    values.update(state=S.RETRYABLE, scheduled_at=db.after(o.retry_in))
+            result = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job.id, jobs.c.lease_token == o.claim.token, jobs.c.state == S.RUNNING)
+                .values(**values)
+            )
+            if result.rowcount:
+                accepted.add(o.key)
+                if o.kind == "returned":
+                    returned.append(o)
+                elif values.get("state") == S.DEAD:
+                    dead.append(job.id)
+        done = [o for o in outcomes if o.key in accepted and o.kind != "returned"]
+        if done:
+            conn.execute(self._finish_executions, [_execution_params(o) for o in done])
+        for o in returned:
+            conn.execute(
+                delete(job_executions).where(
+                    job_executions.c.job_id == o.claim.job.id, job_executions.c.attempt == o.claim.job.attempt
+                )
+            )
+        if dead:
+            cancel_dependents(db, conn, dead)
+        return [o for o in outcomes if o.key not in accepted]
+
+    def heartbeat(
+        self, conn: Connection, *, worker_id: str, held: Sequence[tuple[int, int]]
+    ) -> set[tuple[int, int]]:
+        """Extend the leases this worker still holds; returns those it still holds."""
+        conn.execute(self._beat, {"worker": worker_id})
+        if not held:
+            return set()
+        result = conn.execute(self._renew, {"keys": list(held)})
+        return {(int(r[0]), int(r[1])) for r in result}
 
 
 def _execution_params(o: Outcome) -> dict[str, Any]:
@@ -226,22 +286,6 @@ def _execution_params(o: Outcome) -> dict[str, Any]:
 def _bind(name: str) -> Any:
     """A bind parameter for executemany UPDATEs (prefixed: column names are reserved there)."""
     return bindparam("b_" + name)
-
-
-def heartbeat(
-    db: Database, conn: Connection, *, worker_id: str, held: Sequence[tuple[int, int]], lease_seconds: float
-) -> set[tuple[int, int]]:
-    """Extend the leases this worker still holds; returns those it still holds."""
-    conn.execute(update(workers).where(workers.c.id == worker_id).values(heartbeat_at=db.now()))
-    if not held:
-        return set()
-    result = conn.execute(
-        update(jobs)
-        .where(jobs.c.state == S.RUNNING, tuple_(jobs.c.id, jobs.c.lease_token).in_(list(held)))
-        .values(lease_expires_at=db.after(lease_seconds))
-        .returning(jobs.c.id, jobs.c.lease_token)
-    )
-    return {(int(r[0]), int(r[1])) for r in result}
 
 
 def expired_leases(db: Database, conn: Connection, limit: int = 500) -> list[tuple[int, int, str | None]]:
@@ -344,7 +388,7 @@ def next_due(db: Database, conn: Connection, queues: Sequence[str]) -> datetime 
     """When the earliest claimable job of these queues becomes due (None if there is none)."""
     value = conn.execute(
         select(func.min(jobs.c.scheduled_at)).where(
-            jobs.c.state.in_(CLAIMABLE), jobs.c.queue.in_(list(queues)), DEPENDENCIES_MET
+            CLAIMABLE_SQL, jobs.c.queue.in_(list(queues)), DEPENDENCIES_MET
         )
     ).scalar()
     if value is None:

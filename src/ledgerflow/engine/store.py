@@ -9,22 +9,23 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any
 
-from sqlalchemy import Connection, case, delete, func, insert, select, text, update
+from sqlalchemy import Connection, case, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.sql import Insert
 
 from ledgerflow.db.database import Database
-from ledgerflow.db.tables import job_dependencies, job_executions, jobs, pauses
+from ledgerflow.db.tables import UNIQUE_KEY_WHERE, job_dependencies, job_executions, jobs, pauses
 from ledgerflow.engine.jobs import Job, JobSpec
 from ledgerflow.engine.states import CLAIMABLE, LIVE, JobState, sources
 from ledgerflow.errors import BadInput, Conflict, NotFound
 
 S = JobState
 # Must match the partial index's WHERE text exactly for SQLite's ON CONFLICT to find it.
-_UNIQUE_WHERE = text("unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running', 'retryable')")
+_UNIQUE_WHERE = UNIQUE_KEY_WHERE
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,11 @@ class Pause:
     reason: str
     paused_by: str
     paused_at: datetime
+
+
+def is_plain(spec: JobSpec) -> bool:
+    """No uniqueness, dependencies or schedule: eligible for the bulk insert path."""
+    return not (spec.unique_key or spec.depends_on or spec.schedule_id is not None or spec.fire_time)
 
 
 def dialect_insert(db: Database, table: Any) -> Insert:
@@ -55,21 +61,48 @@ class JobStore:
         A spec with a `unique_key` that a live job already holds yields that job's id.
         """
         ids: list[int | None] = [None] * len(specs)
-        plain = [i for i, s in enumerate(specs) if not s.unique_key and not s.depends_on]
+        plain = [i for i, s in enumerate(specs) if is_plain(s)]
         if plain:
-            rows = [self._row(specs[i]) for i in plain]
-            stmt = (
-                insert(jobs)
-                .values(created_at=self.db.now())
-                .returning(jobs.c.id, sort_by_parameter_order=True)
-            )
-            result = conn.execute(stmt, rows)
-            for i, new_id in zip(plain, result.scalars(), strict=True):
-                ids[i] = int(new_id)
+            now = datetime.now(UTC)
+            new_ids = self.db.backend.insert_jobs(conn, [self._bulk_row(specs[i], now) for i in plain])
+            for i, new_id in zip(plain, new_ids, strict=True):
+                ids[i] = new_id
         for i, spec in enumerate(specs):
             if ids[i] is None:
                 ids[i] = self._enqueue_one(conn, spec)
         return [int(i) for i in ids if i is not None]
+
+    def enqueue_job(self, conn: Connection, spec: JobSpec) -> Job:
+        """Insert one job and return it as stored (one statement for a plain job)."""
+        if is_plain(spec):
+            return Job.from_row(conn.execute(self._insert_returning, self._row(spec)).one())
+        (job_id,) = self.enqueue(conn, [spec])
+        return self.get(job_id, conn)
+
+    @cached_property
+    def _insert_returning(self) -> Any:
+        return insert(jobs).values(created_at=self.db.now()).returning(*jobs.c)
+
+    @staticmethod
+    def _bulk_row(spec: JobSpec, now: datetime) -> tuple[Any, ...]:
+        if spec.scheduled_at is not None:
+            when = spec.scheduled_at
+        elif spec.delay:
+            when = now + timedelta(seconds=spec.delay)
+        else:
+            when = now
+        state = S.SCHEDULED if when > now else S.AVAILABLE
+        return (
+            spec.task,
+            spec.queue,
+            spec.priority,
+            state.value,
+            spec.args,
+            spec.kwargs,
+            spec.max_attempts,
+            float(spec.timeout),
+            when,
+        )
 
     def _row(self, spec: JobSpec, state: JobState | None = None, reason: str | None = None) -> dict[str, Any]:
         now = datetime.now(UTC)

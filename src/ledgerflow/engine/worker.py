@@ -27,6 +27,7 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from ledgerflow.db.tables import jobs, workers
 from ledgerflow.engine import leases
 from ledgerflow.engine.isolation import ChildProcess, ChildTaskError
 from ledgerflow.engine.jobs import JobContext, reset_current_job, set_current_job
-from ledgerflow.engine.leases import Claim, Outcome, error_record
+from ledgerflow.engine.leases import Claim, LeaseSQL, Outcome, error_record
 from ledgerflow.engine.liveness import local_owner_running
 from ledgerflow.engine.pool import DaemonThreadPool, _Item
 from ledgerflow.engine.states import JobState
@@ -75,6 +76,7 @@ class WorkerOptions:
     rescue_interval: float = 1.0
     grace_seconds: float = 25.0
     max_abandoned_threads: int = 5
+    prefetch: int | None = None  # None: adaptive (deep for fast jobs, none for slow ones)
     poll_interval: float = 1.0
     wake_poll_seconds: float = 0.005
     memory_limit_percent: float = 95.0
@@ -130,6 +132,9 @@ class Worker:
         self.log = get_logger("worker").bind(worker_id=self.id)
         self._inflight: dict[Key, _Running] = {}
         self._outcomes: list[Outcome] = []
+        self._buffer: deque[Claim] = deque()
+        self._avg_duration: float | None = None
+        self._sql = LeaseSQL(app.db, options.lease_seconds)
         self._stopping = False
         self._force = False
         self._restart = False
@@ -255,6 +260,7 @@ class Worker:
                     if grace_deadline is None:
                         grace_deadline = time.monotonic() + (0 if self._force else self.opts.grace_seconds)
                         self.log.info("worker_draining", running=len(self._inflight))
+                        self._return_buffer()
                     if self._force and grace_deadline > time.monotonic():
                         grace_deadline = time.monotonic()
                     if self._inflight and time.monotonic() >= grace_deadline:
@@ -262,9 +268,10 @@ class Worker:
                         await asyncio.sleep(0)
                     if not self._inflight and not self._outcomes:
                         break
-                slots = self._free_slots()
+                self._start_buffered()
+                slots = self._claim_budget()
                 claims: list[Claim] = []
-                if self._outcomes or slots:
+                if slots or self._should_flush():
                     batch, self._outcomes = self._outcomes, []
                     try:
                         claims, refused = await self._loop.run_in_executor(
@@ -296,15 +303,17 @@ class Worker:
                             attempt=outcome.claim.job.attempt,
                             outcome=outcome.kind,
                         )
-                    for c in claims:
-                        self._start(c)
+                    self._buffer.extend(claims)
+                    self._start_buffered()
                     if claims and len(claims) >= sum(slots.values()):
                         continue  # there may be more to claim right away
-                idle = not claims and not self._inflight and not self._outcomes
+                idle = not claims and not self._inflight and not self._outcomes and not self._buffer
                 if self.opts.burst and idle and not await self._read(db_thread, self._work_remaining, True):
                     return WorkerExit.DONE
                 timeout = self.opts.poll_interval
-                if not self._stopping and slots and not claims:
+                if self._outcomes:
+                    timeout = self.FLUSH_AFTER
+                elif not self._stopping and slots and not claims:
                     due = await self._read(db_thread, self._seconds_until_due, None)
                     if due is not None:
                         timeout = max(0.001, min(timeout, due))
@@ -314,6 +323,31 @@ class Worker:
         finally:
             db_thread.shutdown(wait=True)
         return WorkerExit.RESTART if self._restart else WorkerExit.STOPPED
+
+    #: Finished outcomes wait at most this long (or for a claim) before being written.
+    FLUSH_AFTER = 0.02
+    #: Keep about this much work buffered locally (adaptive prefetch for short jobs).
+    PREFETCH_SECONDS = 0.05
+
+    def _should_flush(self) -> bool:
+        if not self._outcomes:
+            return False
+        if self._stopping or not self._inflight or len(self._outcomes) >= 64:
+            return True
+        return time.monotonic() - self._outcomes[0].finished >= self.FLUSH_AFTER
+
+    def _prefetch(self) -> int:
+        """How many claimed-but-not-started jobs to keep: many for fast jobs, none for slow ones."""
+        if self.opts.prefetch is not None:
+            return self.opts.prefetch
+        per_job = self._avg_duration if self._avg_duration is not None else 0.01
+        return max(
+            0,
+            min(
+                8 * self.opts.concurrency,
+                int(self.PREFETCH_SECONDS / max(per_job, 1e-4)) * self.opts.concurrency // 4,
+            ),
+        )
 
     async def _read(self, executor: ThreadPoolExecutor, fn: Callable[[], T], default: T) -> T:
         """Run a read on the database thread; on any error log it and return `default`."""
@@ -325,49 +359,52 @@ class Worker:
             await asyncio.sleep(0.5)
             return default
 
-    def _free_slots(self) -> dict[str, int]:
+    def _claim_budget(self) -> dict[str, int]:
+        """How many jobs to claim now, per queue ('*' = the queues sharing the pool)."""
         if self._stopping or not self._may_claim():
-            return {}
-        free = self.opts.concurrency - len(self._inflight)
-        if free <= 0:
             return {}
         limited = {q: n for q, n in self.opts.queues.items() if n is not None}
         if not limited:
-            return {"*": free}
+            capacity = self.opts.concurrency + self._prefetch()
+            held = len(self._inflight) + len(self._buffer)
+            # refill when the buffer runs low, so each cycle carries a batch
+            if held >= self.opts.concurrency and held > capacity // 2:
+                return {}
+            return {"*": capacity - held} if capacity > held else {}
+        free = self.opts.concurrency - len(self._inflight) - len(self._buffer)
+        if free <= 0:
+            return {}
         running: dict[str, int] = {}
         for r in self._inflight.values():
             running[r.claim.job.queue] = running.get(r.claim.job.queue, 0) + 1
         slots: dict[str, int] = {}
-        shared = [q for q, n in self.opts.queues.items() if n is None]
-        if shared:
+        if any(n is None for n in self.opts.queues.values()):
             slots["*"] = free
         for q, n in limited.items():
             slots[q] = min(free, n - running.get(q, 0))
         return {q: n for q, n in slots.items() if n > 0}
 
     def _cycle(self, outcomes: list[Outcome], slots: dict[str, int]) -> tuple[list[Claim], list[Outcome]]:
-        """One transaction: write finished outcomes, then claim up to the free slots."""
+        """One transaction: write finished outcomes, then claim up to the budget."""
         with self.db.begin() as conn:
-            refused = leases.apply_outcomes(self.db, conn, outcomes) if outcomes else []
+            refused = self._sql.apply_outcomes(conn, outcomes) if outcomes else []
             claims: list[Claim] = []
-            budget = self.opts.concurrency - len(self._inflight)
             for queue, n in slots.items():
                 names = [q for q, lim in self.opts.queues.items() if lim is None] if queue == "*" else [queue]
-                n = min(n, budget - len(claims))
-                if n > 0:
-                    claims += leases.claim(
-                        self.db,
-                        conn,
-                        worker_id=self.id,
-                        queues=names,
-                        tasks=self._tasks,
-                        limit=n,
-                        lease_seconds=self.opts.lease_seconds,
-                    )
+                claims += self._sql.claim(conn, worker_id=self.id, queues=names, tasks=self._tasks, limit=n)
         for o in outcomes:
             if o not in refused:
                 self._log_outcome(o)
         return claims, refused
+
+    def _start_buffered(self) -> None:
+        while self._buffer and len(self._inflight) < self.opts.concurrency and not self._stopping:
+            self._start(self._buffer.popleft())
+
+    def _return_buffer(self) -> None:
+        """Shutdown: give back prefetched jobs that never started."""
+        while self._buffer:
+            self._outcomes.append(Outcome(self._buffer.popleft(), "returned", 0.0))
 
     def _work_remaining(self) -> bool:
         with self.db.read() as conn:
@@ -439,7 +476,10 @@ class Worker:
                 result = await asyncio.wait_for(self._run_async(task, ctx, running), job.timeout)
             else:
                 result = await self._run_sync(task, ctx, running)
-            outcome = Outcome(running.claim, "completed", self._elapsed(running), result=storable(result))
+            elapsed = self._elapsed(running)
+            avg = self._avg_duration
+            self._avg_duration = elapsed if avg is None else 0.8 * avg + 0.2 * elapsed
+            outcome = Outcome(running.claim, "completed", elapsed, result=storable(result))
         except asyncio.CancelledError:
             if running.released:
                 outcome = Outcome(running.claim, "released", self._elapsed(running))
@@ -547,6 +587,8 @@ class Worker:
 
     def _fence(self, keys: set[Key]) -> None:
         """The database says we lost these leases: stop their work and drop their outcome."""
+        if any(c.key in keys for c in self._buffer):
+            self._buffer = deque(c for c in self._buffer if c.key not in keys)
         for key in keys:
             running = self._inflight.get(key)
             if running is None or running.fenced:
@@ -562,17 +604,20 @@ class Worker:
     # ------------------------------------------------------------ background threads
     def _heartbeat_loop(self) -> None:
         while not self._threads_stop.wait(self.opts.heartbeat_seconds):
-            held = list(self._inflight) + [o.key for o in list(self._outcomes)]
+            held = (
+                list(self._inflight)
+                + [c.key for c in list(self._buffer)]
+                + [o.key for o in list(self._outcomes)]
+            )
             try:
                 with self.db.begin() as conn:
-                    still = leases.heartbeat(
-                        self.db, conn, worker_id=self.id, held=held, lease_seconds=self.opts.lease_seconds
-                    )
+                    still = self._sql.heartbeat(conn, worker_id=self.id, held=held)
             except Exception as exc:
                 self.log.warning("heartbeat_failed", error=str(exc).splitlines()[0])
                 continue
             self._last_heartbeat_ok = time.monotonic()
-            lost = {k for k in held if k not in still and k in self._inflight}
+            buffered = {c.key for c in list(self._buffer)}
+            lost = {k for k in held if k not in still and (k in self._inflight or k in buffered)}
             if lost and self._loop is not None:
                 with contextlib.suppress(RuntimeError):
                     self._loop.call_soon_threadsafe(self._fence, lost)
