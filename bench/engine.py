@@ -24,6 +24,8 @@ def _app(url: str) -> App:
 def enqueue_rates(url: str, single: int = 2000, bulk: int = 20000) -> dict[str, float]:
     app = _app(url)
     spec = noop.prepare(1)
+    for _ in range(100):  # warm up: connections and compiled statements; measure the steady state
+        app.enqueue(spec)
     start = time.perf_counter()
     for _ in range(single):
         app.enqueue(spec)

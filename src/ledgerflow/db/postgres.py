@@ -21,20 +21,6 @@ from ledgerflow.db.types import UTCDateTime
 
 CHANNEL = "ledgerflow_jobs"
 _JSON = {"args", "kwargs", "errors"}
-_ARRAY_TYPES = {
-    "id": "bigint[]",
-    "task": "text[]",
-    "queue": "text[]",
-    "priority": "smallint[]",
-    "state": "text[]",
-    "args": "jsonb[]",
-    "kwargs": "jsonb[]",
-    "max_attempts": "int[]",
-    "timeout": "float8[]",
-    "has_dependencies": "bool[]",
-    "scheduled_at": "timestamptz[]",
-    "errors": "jsonb[]",
-}
 
 
 def conninfo(engine: Engine) -> str:
@@ -65,24 +51,38 @@ class PostgresBackend:
         return query.with_for_update(skip_locked=True)
 
     def insert_jobs(self, conn: Connection, rows: list[tuple[Any, ...]]) -> list[int]:
-        """Many jobs in one INSERT over `unnest` arrays, with ids drawn from the sequence first."""
-        ids = [
-            r[0]
-            for r in conn.exec_driver_sql(
-                "SELECT nextval(pg_get_serial_sequence('jobs', 'id')) FROM generate_series(1, %(n)s)",
-                {"n": len(rows)},
-            )
-        ]
-        columns = list(zip(*rows, strict=True))
-        params: dict[str, Any] = {"id": ids}
-        for name, values in zip(BULK_JOB_COLUMNS, columns, strict=True):
-            params[name] = [dumps(v) for v in values] if name in ("args", "kwargs") else list(values)
-        selects = ", ".join(f"%({c})s::{_ARRAY_TYPES[c]}" for c in ("id", *BULK_JOB_COLUMNS))
-        conn.exec_driver_sql(
-            f"INSERT INTO jobs (id, {', '.join(BULK_JOB_COLUMNS)}, created_at, errors, has_dependencies) "
-            f"SELECT *, now(), '[]'::jsonb, false FROM unnest({selects})",
-            params,
-        )
+        """Many jobs through COPY, with ids drawn from the sequence first (so they come back in order).
+
+        COPY fires the statement-level NOTIFY trigger like an INSERT does.
+        """
+        drawn = conn.exec_driver_sql(
+            "SELECT nextval(pg_get_serial_sequence('jobs', 'id')), now() FROM generate_series(1, %(n)s)",
+            {"n": len(rows)},
+        ).all()
+        ids, now = [r[0] for r in drawn], drawn[0][1]
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        columns = ", ".join(("id", *BULK_JOB_COLUMNS, "created_at", "errors", "has_dependencies"))
+        with cursor.copy(f"COPY jobs ({columns}) FROM STDIN") as copy:
+            for job_id, (task, queue, priority, state, args, kwargs, attempts, timeout, when) in zip(
+                ids, rows, strict=True
+            ):
+                copy.write_row(
+                    (
+                        job_id,
+                        task,
+                        queue,
+                        priority,
+                        state,
+                        dumps(args) if args else "[]",
+                        dumps(kwargs) if kwargs else "{}",
+                        attempts,
+                        timeout,
+                        when,
+                        now,
+                        "[]",
+                        False,
+                    )
+                )
         return ids
 
     def waker(self, engine: Engine, poll_seconds: float) -> ListenWaker:

@@ -130,6 +130,14 @@ class Job:
             worker_id=m["worker_id"],
         )
 
+    @classmethod
+    def from_values(cls, **values: Any) -> Job:
+        """A freshly inserted job, from the values sent plus what the database assigned."""
+        values.setdefault("attempt", 0)
+        for key in ("started_at", "finished_at", "result", "worker_id"):
+            values.setdefault(key, None)
+        return cls.from_row(_Row(values))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: ISO 8601 times, plain types."""
         out: dict[str, Any] = {}
@@ -143,6 +151,13 @@ class Job:
             else:
                 out[key] = value
         return out
+
+
+class _Row:
+    """Adapts a plain dict to the `row._mapping` shape `Job.from_row` reads."""
+
+    def __init__(self, mapping: dict[str, Any]) -> None:
+        self._mapping = mapping
 
 
 @dataclass(frozen=True)

@@ -75,13 +75,15 @@ class JobStore:
     def enqueue_job(self, conn: Connection, spec: JobSpec) -> Job:
         """Insert one job and return it as stored (one statement for a plain job)."""
         if is_plain(spec):
-            return Job.from_row(conn.execute(self._insert_returning, self._row(spec)).one())
+            row = self._row(spec)
+            job_id, created_at = conn.execute(self._insert_returning, row).one()
+            return Job.from_values(id=job_id, created_at=created_at, **row)
         (job_id,) = self.enqueue(conn, [spec])
         return self.get(job_id, conn)
 
     @cached_property
     def _insert_returning(self) -> Any:
-        return insert(jobs).values(created_at=self.db.now()).returning(*jobs.c)
+        return insert(jobs).values(created_at=self.db.now()).returning(jobs.c.id, jobs.c.created_at)
 
     @staticmethod
     def _bulk_row(spec: JobSpec, now: datetime) -> tuple[Any, ...]:
