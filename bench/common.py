@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,12 @@ PG_ADMIN = os.environ.get("LEDGERFLOW_BENCH_PG", "postgresql://postgres@127.0.0.
 
 
 def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)}
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+    }
 
 
 @contextmanager
@@ -58,10 +62,8 @@ class RssSampler(threading.Thread):
     def run(self) -> None:
         while not self.stop_flag.is_set():
             for p in self.procs:
-                try:
+                with suppress(psutil.Error):
                     self.peak[p.pid] = max(self.peak[p.pid], p.memory_info().rss)
-                except psutil.Error:
-                    pass
             time.sleep(self.interval)
 
     def stop(self) -> list[float]:
@@ -84,8 +86,11 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"p50_ms": round(percentile(values, 50) * 1000, 2), "p99_ms": round(percentile(values, 99) * 1000, 2),
-            "mean_ms": round(statistics.fmean(values) * 1000, 2) if values else float("nan")}
+    return {
+        "p50_ms": round(percentile(values, 50) * 1000, 2),
+        "p99_ms": round(percentile(values, 99) * 1000, 2),
+        "mean_ms": round(statistics.fmean(values) * 1000, 2) if values else float("nan"),
+    }
 
 
 def python() -> str:

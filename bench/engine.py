@@ -40,8 +40,18 @@ def enqueue_rates(url: str, single: int = 2000, bulk: int = 20000) -> dict[str, 
 
 
 def workers(url: str, count: int, concurrency: int, burst: bool) -> list[Any]:
-    args = [python(), "-m", "ledgerflow", "worker", "--app", "bench.apps:app", "--queues", "default",
-            "--concurrency", str(concurrency)] + (["--burst"] if burst else [])
+    args = [
+        python(),
+        "-m",
+        "ledgerflow",
+        "worker",
+        "--app",
+        "bench.apps:app",
+        "--queues",
+        "default",
+        "--concurrency",
+        str(concurrency),
+    ] + (["--burst"] if burst else [])
     return [spawn(args, {"LEDGERFLOW_DATABASE_URL": url, **QUIET}) for _ in range(count)]
 
 
@@ -58,14 +68,22 @@ def processing_rate(url: str, n: int = 10000, processes: int = 2, concurrency: i
     rss = sampler.stop()
     with app.db.read() as conn:
         first, last, done = conn.execute(
-            select(func.min(jobs.c.started_at), func.max(jobs.c.finished_at), func.count())
-            .where(jobs.c.state == "completed")
+            select(func.min(jobs.c.started_at), func.max(jobs.c.finished_at), func.count()).where(
+                jobs.c.state == "completed"
+            )
         ).one()
     app.close()
     seconds = (last - first).total_seconds()
-    return {"jobs": n, "completed": done, "processes": processes, "concurrency": concurrency,
-            "seconds": round(seconds, 3), "jobs_per_s": round(done / seconds), "wall_seconds": round(wall, 2),
-            "worker_peak_rss_mb": rss}
+    return {
+        "jobs": n,
+        "completed": done,
+        "processes": processes,
+        "concurrency": concurrency,
+        "seconds": round(seconds, 3),
+        "jobs_per_s": round(done / seconds),
+        "wall_seconds": round(wall, 2),
+        "worker_peak_rss_mb": rss,
+    }
 
 
 def latency(url: str, samples: int = 300, gap: float = 0.01) -> dict[str, Any]:
@@ -79,7 +97,9 @@ def latency(url: str, samples: int = 300, gap: float = 0.01) -> dict[str, Any]:
     deadline = time.time() + 60
     while time.time() < deadline:
         with app.db.read() as conn:
-            waiting = conn.execute(select(func.count()).where(jobs.c.id.in_(ids), jobs.c.state != "completed")).scalar()
+            waiting = conn.execute(
+                select(func.count()).where(jobs.c.id.in_(ids), jobs.c.state != "completed")
+            ).scalar()
         if not waiting:
             break
         time.sleep(0.2)

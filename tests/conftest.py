@@ -170,17 +170,31 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
 class WorkerProcess:
     """A real `ledgerflow worker` process for crash, signal and concurrency tests."""
 
-    def __init__(self, db_url: str, log_dir: Path, *, app: str = "tests.apps.basic:app",
-                 concurrency: int = 4, queues: str | None = None, burst: bool = False,
-                 env: dict[str, str] | None = None, name: str = "worker") -> None:
+    def __init__(
+        self,
+        db_url: str,
+        log_dir: Path,
+        *,
+        app: str = "tests.apps.basic:app",
+        concurrency: int = 4,
+        queues: str | None = None,
+        burst: bool = False,
+        env: dict[str, str] | None = None,
+        name: str = "worker",
+    ) -> None:
         self.log_path = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
         args = [sys.executable, "-m", "ledgerflow", "worker", "--app", app, "--concurrency", str(concurrency)]
         if queues:
             args += ["--queues", queues]
         if burst:
             args.append("--burst")
-        full_env = {**os.environ, **FAST, "LEDGERFLOW_DATABASE_URL": db_url, "LEDGERFLOW_LOG_JSON": "true",
-                    "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        full_env = {
+            **os.environ,
+            **FAST,
+            "LEDGERFLOW_DATABASE_URL": db_url,
+            "LEDGERFLOW_LOG_JSON": "true",
+            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        }
         full_env.update(env or {})
         self._log = open(self.log_path, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(args, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)

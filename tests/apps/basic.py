@@ -18,8 +18,11 @@ def _mark(phase: str, label: str | None = None) -> None:
     job = current_job()
     assert job is not None
     with app.db.begin() as conn:
-        conn.execute(insert(runs).values(job_id=job.job_id, attempt=job.attempt, pid=os.getpid(),
-                                         label=label, phase=phase))
+        conn.execute(
+            insert(runs).values(
+                job_id=job.job_id, attempt=job.attempt, pid=os.getpid(), label=label, phase=phase
+            )
+        )
 
 
 @app.task(name="record", retry_backoff=0.2)

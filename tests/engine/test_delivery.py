@@ -37,7 +37,9 @@ def test_killed_worker_jobs_are_rescued_and_only_they_may_run_twice(db_url, make
     app = make_app()
     ids = app.enqueue_many([basic.record.prepare(sleep=0.3) for _ in range(120)])
     victim = workers(concurrency=4, name="victim")
-    wait_until(lambda: any(r["pid"] == victim.pid for r in run_rows(db_url)), 30, message="victim starts work")
+    wait_until(
+        lambda: any(r["pid"] == victim.pid for r in run_rows(db_url)), 30, message="victim starts work"
+    )
     survivor = workers(concurrency=4, name="survivor")
     time.sleep(0.5)
     victim.signal(signal.SIGKILL)
@@ -45,8 +47,11 @@ def test_killed_worker_jobs_are_rescued_and_only_they_may_run_twice(db_url, make
     wait_until(lambda: _all_completed(app, ids), 90, 0.3, "every job completed")
     rows = run_rows(db_url)
     ended = {(r["job_id"], r["pid"]) for r in rows if r["phase"] == "end"}
-    in_flight_at_kill = {r["job_id"] for r in rows
-                         if r["phase"] == "start" and r["pid"] == victim.pid and (r["job_id"], r["pid"]) not in ended}
+    in_flight_at_kill = {
+        r["job_id"]
+        for r in rows
+        if r["phase"] == "start" and r["pid"] == victim.pid and (r["job_id"], r["pid"]) not in ended
+    }
     runs = count_runs(db_url)
     assert set(runs) == set(ids), "no job lost"
     duplicated = {j for j, n in runs.items() if n > 1}
@@ -97,8 +102,12 @@ def test_frozen_worker_is_fenced_and_the_rescuer_outcome_stands(db_url, make_app
     wait_until(lambda: run_rows(db_url), 30, message="job started in the first worker")
     frozen.signal(signal.SIGSTOP)
     rescuer = workers(concurrency=1, name="rescuer")
-    wait_until(lambda: any(r["pid"] == rescuer.pid and r["phase"] == "end" for r in run_rows(db_url)),
-               60, 0.2, "rescuer completes the job")
+    wait_until(
+        lambda: any(r["pid"] == rescuer.pid and r["phase"] == "end" for r in run_rows(db_url)),
+        60,
+        0.2,
+        "rescuer completes the job",
+    )
     frozen.signal(signal.SIGCONT)
     wait_until(lambda: "lease_lost" in frozen.log(), 20, 0.2, "frozen worker notices its lost lease")
     job = app.get_job(job_id)

@@ -60,7 +60,9 @@ class Producer(threading.Thread):
 def completions_per_second(url: str) -> Counter[int]:
     db = Database(url)
     with db.read() as conn:
-        times = conn.execute(select(jobs.c.finished_at).where(jobs.c.state == JobState.COMPLETED)).scalars().all()
+        times = (
+            conn.execute(select(jobs.c.finished_at).where(jobs.c.state == JobState.COMPLETED)).scalars().all()
+        )
     db.dispose()
     return Counter(int(t.timestamp()) for t in times)
 
@@ -83,12 +85,16 @@ def assert_nothing_lost_no_double_completion(url: str, ids: list[int]) -> None:
     db = Database(url)
     with db.read() as conn:
         states = Counter(conn.execute(select(jobs.c.state).where(jobs.c.id.in_(ids))).scalars())
-        doubles = conn.execute(
-            select(job_executions.c.job_id)
-            .where(job_executions.c.status == "completed")
-            .group_by(job_executions.c.job_id)
-            .having(func.count() > 1)
-        ).scalars().all()
+        doubles = (
+            conn.execute(
+                select(job_executions.c.job_id)
+                .where(job_executions.c.status == "completed")
+                .group_by(job_executions.c.job_id)
+                .having(func.count() > 1)
+            )
+            .scalars()
+            .all()
+        )
     db.dispose()
     assert states == {JobState.COMPLETED: len(ids)}, states
     assert doubles == [], f"jobs completed twice: {doubles[:10]}"
@@ -120,8 +126,12 @@ def cluster_db(cluster: ThrowawayCluster) -> str:
 
 
 def _start_workers(url: str, tmp_path: Path) -> list[WorkerProcess]:
-    return [WorkerProcess(url, tmp_path, concurrency=4, name=f"outage{i}",
-                          env={"LEDGERFLOW_LOG_LEVEL": "WARNING"}) for i in range(2)]
+    return [
+        WorkerProcess(
+            url, tmp_path, concurrency=4, name=f"outage{i}", env={"LEDGERFLOW_LOG_LEVEL": "WARNING"}
+        )
+        for i in range(2)
+    ]
 
 
 def test_workers_survive_a_20s_server_restart(cluster, cluster_db, tmp_path):
@@ -142,8 +152,12 @@ def test_workers_survive_a_20s_server_restart(cluster, cluster_db, tmp_path):
         assert all("database unavailable" in e for _, e in producer.errors)
         assert producer.slowest_failure < 6, "enqueue hung instead of failing fast"
         app = App(database_url=cluster_db, log_level="ERROR")
-        wait_until(lambda: app.store.counts().get(("default", "record", "completed"), 0) >= len(ids), 60,
-                   0.5, "backlog drained")
+        wait_until(
+            lambda: app.store.counts().get(("default", "record", "completed"), 0) >= len(ids),
+            60,
+            0.5,
+            "backlog drained",
+        )
         assert_nothing_lost_no_double_completion(cluster_db, ids)
         assert_recovered(cluster_db, outage_start, recovered)
         app.close()
@@ -168,8 +182,12 @@ def test_workers_survive_connections_terminated_twice_a_second(cluster, cluster_
         ids = producer.finish()
         assert all(p.proc.poll() is None for p in procs), "a worker exited"
         app = App(database_url=cluster_db, log_level="ERROR")
-        wait_until(lambda: app.store.counts().get(("default", "record", "completed"), 0) >= len(ids), 60,
-                   0.5, "backlog drained")
+        wait_until(
+            lambda: app.store.counts().get(("default", "record", "completed"), 0) >= len(ids),
+            60,
+            0.5,
+            "backlog drained",
+        )
         assert_nothing_lost_no_double_completion(cluster_db, ids)
         assert_recovered(cluster_db, chaos_start, recovered)
         app.close()
@@ -200,7 +218,9 @@ def test_sqlite_workers_wait_while_another_process_holds_the_write_lock(tmp_path
     try:
         producer.start()
         time.sleep(5)
-        hog = subprocess.Popen([sys.executable, "-c", HOG, str(path), "10"], stdout=subprocess.PIPE, text=True)
+        hog = subprocess.Popen(
+            [sys.executable, "-c", HOG, str(path), "10"], stdout=subprocess.PIPE, text=True
+        )
         assert hog.stdout is not None and hog.stdout.readline().strip() == "locked"
         lock_start = time.time()
         assert hog.wait(30) == 0
@@ -209,8 +229,12 @@ def test_sqlite_workers_wait_while_another_process_holds_the_write_lock(tmp_path
         ids = producer.finish()
         assert all(p.proc.poll() is None for p in procs), "a worker exited while the lock was held"
         app = App(database_url=url, log_level="ERROR")
-        wait_until(lambda: app.store.counts().get(("default", "record", "completed"), 0) >= len(ids), 60,
-                   0.5, "backlog drained")
+        wait_until(
+            lambda: app.store.counts().get(("default", "record", "completed"), 0) >= len(ids),
+            60,
+            0.5,
+            "backlog drained",
+        )
         assert_nothing_lost_no_double_completion(url, ids)
         assert_recovered(url, lock_start, released)
         assert "job_rescued" not in "".join(p.log() for p in procs)
