@@ -10,6 +10,7 @@ from typing import Any, overload
 from sqlalchemy import Connection
 
 from ledgerflow.alerts import Alerts, Notifier
+from ledgerflow.clock import Clock
 from ledgerflow.config import Settings, load_settings
 from ledgerflow.db.database import Database
 from ledgerflow.engine.jobs import Job, JobSpec
@@ -25,6 +26,8 @@ from ledgerflow.engine.tasks import (
 )
 from ledgerflow.engine.worker import Worker, WorkerExit, WorkerOptions, parse_queues
 from ledgerflow.logs import configure_logging
+from ledgerflow.scheduler.schedules import Schedule
+from ledgerflow.scheduler.store import ScheduleStore
 
 
 class Transaction:
@@ -65,6 +68,7 @@ class App:
         self._local_wakers: set[Callable[[], None]] = set()
         self._claim_gates: list[Callable[[], bool]] = []
         self._maintenance_hooks: list[Callable[[], None]] = []
+        self._schedules: dict[str, Schedule] = {}
 
     # ---------------------------------------------------------------- parts
     @cached_property
@@ -85,6 +89,10 @@ class App:
     def alerts(self) -> Alerts:
         s = self.settings
         return Alerts(self.db, Notifier(s.alert_webhook_url, s.alert_email, s.smtp_url))
+
+    @cached_property
+    def schedules(self) -> ScheduleStore:
+        return ScheduleStore(self)
 
     def migrate(self) -> None:
         """Create or upgrade the schema (idempotent)."""
@@ -176,6 +184,74 @@ class App:
     # ---------------------------------------------------------------- jobs
     def get_job(self, job_id: int) -> Job:
         return self.store.get(job_id)
+
+    # ---------------------------------------------------------------- schedules
+    def schedule(
+        self,
+        name: str,
+        cron: str,
+        task: str | Task,
+        *,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        timezone: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        **options: Any,
+    ) -> Schedule:
+        """Declare a schedule in code; it is stored (created or updated) by `sync_schedules()`,
+        which `ledgerflow init`, the scheduler and `serve` call. Options: misfire_policy,
+        misfire_max, allow_overlap, holiday_calendar, extra_holidays, business_day, enabled."""
+        task_obj = (
+            task if isinstance(task, Task) else (self.registry.get(task) if task in self.registry else None)
+        )
+        task_name = task.name if isinstance(task, Task) else task
+        if task_obj is None:
+            from ledgerflow.errors import UnknownTask
+
+            raise UnknownTask(f"schedule {name!r}: unknown task {task_name!r}")
+        definition = Schedule(
+            name=name,
+            cron_expression=cron,
+            job_type=task_name,
+            timezone=timezone or self.settings.timezone,
+            args=list(args),
+            kwargs=dict(kwargs or {}),
+            queue=queue or task_obj.options.queue,
+            priority=task_obj.options.priority if priority is None else priority,
+            **options,
+        )
+        self._schedules[name] = definition
+        return definition
+
+    def periodic(
+        self, cron: str, *, name: str | None = None, timezone: str | None = None, **task_options: Any
+    ) -> Callable[[Callable[..., Any]], Task]:
+        """Decorator: register the function as a task and run it on `cron` (schedule name:
+        `name`, else the function's name)."""
+
+        def register(func: Callable[..., Any]) -> Task:
+            t = self.task(func, **task_options) if task_options else self.task(func)
+            self.schedule(name or func.__name__, cron, t, timezone=timezone)
+            return t
+
+        return register
+
+    def sync_schedules(self) -> list[Schedule]:
+        """Store the schedules declared in code and seed the standard ones."""
+        from ledgerflow.scheduler.standard import seed_standard_schedules
+
+        stored = [self.schedules.upsert(s) for s in self._schedules.values()]
+        return stored + seed_standard_schedules(self)
+
+    def seed_standard_schedules(self) -> list[Schedule]:
+        return self.sync_schedules()
+
+    def run_scheduler(self, clock: Clock | None = None, tick_seconds: float = 1.0) -> None:
+        """Run a scheduler in this thread until SIGTERM/SIGINT."""
+        from ledgerflow.scheduler.loop import run_scheduler
+
+        run_scheduler(self, clock, tick_seconds)
 
     # ---------------------------------------------------------------- worker
     def worker(

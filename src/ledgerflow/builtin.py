@@ -12,11 +12,11 @@ from ledgerflow.errors import BadInput
 
 
 def register_builtin_tasks(app: App) -> None:
-    """Add ledgerflow's own tasks (pruning, ...) to `app`."""
+    """Add ledgerflow's own tasks (cleanup, export, ...) to `app`."""
 
-    @app.task(name="ledgerflow.prune", queue="maintenance", max_attempts=3, timeout=600)
-    def prune(days: int | None = None) -> dict[str, int]:
-        """Delete completed jobs and executions older than `days` (default: settings)."""
+    @app.task(name="ledgerflow.cleanup", queue="maintenance", max_attempts=3, timeout=600)
+    def cleanup(days: int | None = None) -> dict[str, int]:
+        """Daily cleanup: prune completed jobs and executions older than `days` (default: settings)."""
         return app.store.prune(timedelta(days=days or app.settings.prune_after_days))
 
 

@@ -34,6 +34,7 @@ class Producer(threading.Thread):
         self.stop_flag = threading.Event()
         self.ids: list[int] = []
         self.errors: list[tuple[float, str]] = []
+        self.successes: list[float] = []
         self.slowest_failure = 0.0
 
     def run(self) -> None:
@@ -44,6 +45,7 @@ class Producer(threading.Thread):
             started = time.monotonic()
             try:
                 self.ids += self.app.enqueue_many([basic.record.prepare() for _ in range(owed)])
+                self.successes.append(time.time())
                 owed = 0
             except DatabaseUnavailable as exc:
                 self.slowest_failure = max(self.slowest_failure, time.monotonic() - started)
@@ -67,7 +69,7 @@ def completions_per_second(url: str) -> Counter[int]:
     return Counter(int(t.timestamp()) for t in times)
 
 
-def assert_recovered(url: str, outage_start: float, recovered: float) -> None:
+def assert_recovered(url: str, outage_start: float, recovered: float, producer: Producer) -> None:
     """Throughput after recovery reaches >= 80 % of the pre-outage rate within 10 s."""
     rates = completions_per_second(url)
     before = [rates.get(s, 0) for s in range(int(outage_start) - 6, int(outage_start) - 1)]
@@ -78,7 +80,12 @@ def assert_recovered(url: str, outage_start: float, recovered: float) -> None:
         if sum(window) / 3 >= 0.8 * baseline:
             return
     after = [rates.get(s, 0) for s in range(int(recovered), int(recovered) + 15)]
-    pytest.fail(f"throughput did not recover to 80 % of {baseline}/s within 10 s: {after}")
+    enqueued = Counter(int(t) for t in producer.successes)
+    produced = [enqueued.get(s, 0) for s in range(int(recovered), int(recovered) + 15)]
+    pytest.fail(
+        f"throughput did not recover to 80 % of {baseline}/s within 10 s: completed/s {after}, "
+        f"successful enqueue calls/s {produced}, enqueue errors {len(producer.errors)}"
+    )
 
 
 def assert_nothing_lost_no_double_completion(url: str, ids: list[int]) -> None:
@@ -159,7 +166,7 @@ def test_workers_survive_a_20s_server_restart(cluster, cluster_db, tmp_path):
             "backlog drained",
         )
         assert_nothing_lost_no_double_completion(cluster_db, ids)
-        assert_recovered(cluster_db, outage_start, recovered)
+        assert_recovered(cluster_db, outage_start, recovered, producer)
         app.close()
     finally:
         producer.stop_flag.set()
@@ -189,7 +196,7 @@ def test_workers_survive_connections_terminated_twice_a_second(cluster, cluster_
             "backlog drained",
         )
         assert_nothing_lost_no_double_completion(cluster_db, ids)
-        assert_recovered(cluster_db, chaos_start, recovered)
+        assert_recovered(cluster_db, chaos_start, recovered, producer)
         app.close()
     finally:
         producer.stop_flag.set()
@@ -236,7 +243,7 @@ def test_sqlite_workers_wait_while_another_process_holds_the_write_lock(tmp_path
             "backlog drained",
         )
         assert_nothing_lost_no_double_completion(url, ids)
-        assert_recovered(url, lock_start, released)
+        assert_recovered(url, lock_start, released, producer)
         assert "job_rescued" not in "".join(p.log() for p in procs)
         app.close()
     finally:

@@ -34,8 +34,9 @@ def init() -> None:
     """Create or upgrade the schema and seed the standard schedules."""
     app = state.app()
     app.migrate()
-    seeded = app.seed_standard_schedules() if hasattr(app, "seed_standard_schedules") else []
-    console.print(f"database ready ({app.db.backend.name}); {len(seeded)} standard schedule(s) seeded")
+    stored = app.sync_schedules()
+    enabled = sum(1 for s in stored if s.enabled)
+    console.print(f"database ready ({app.db.backend.name}); {len(stored)} schedule(s), {enabled} enabled")
 
 
 def worker(

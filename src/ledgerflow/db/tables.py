@@ -168,3 +168,50 @@ alerts = Table(
     ),
     Index("ix_alerts_opened", "opened_at"),
 )
+
+job_schedules = Table(
+    "job_schedules",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("cron_expression", String(100), nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("job_type", String(200), nullable=False),
+    Column("args", Json, nullable=False),
+    Column("kwargs", Json, nullable=False),
+    Column("queue", String(100), nullable=False),
+    Column("priority", SmallInteger, nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("misfire_policy", String(8), nullable=False),
+    Column("misfire_max", Integer, nullable=False),
+    Column("allow_overlap", Boolean, nullable=False),
+    Column("holiday_calendar", String(8)),
+    Column("extra_holidays", Json, nullable=False),
+    Column("business_day", String(10)),
+    Column("disabled_reason", Text),
+    Column("standard", Boolean, nullable=False, server_default=text("false")),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("last_fire_time", UTCDateTime),
+    Column("next_fire_time", UTCDateTime),
+)
+
+#: One row per (schedule, fire time): the record that makes a fire happen once and makes a
+#: missed or skipped fire a queryable fact.
+schedule_fires = Table(
+    "schedule_fires",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("schedule_id", Id, ForeignKey("job_schedules.id", ondelete="CASCADE"), nullable=False),
+    Column("fire_time", UTCDateTime, nullable=False),
+    Column("run_at", UTCDateTime),
+    Column("status", String(10), nullable=False),  # enqueued | skipped | missed
+    Column("reason", Text),
+    Column("job_id", Id, ForeignKey("jobs.id", ondelete="SET NULL")),
+    Column("trigger", String(10), nullable=False),  # cron | manual
+    Column("run_key", String(100)),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("schedule_id", "fire_time", name="uq_schedule_fires_schedule_time"),
+    UniqueConstraint("schedule_id", "run_key", name="uq_schedule_fires_run_key"),
+    Index("ix_schedule_fires_status", "status", "fire_time"),
+)

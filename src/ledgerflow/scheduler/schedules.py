@@ -109,13 +109,19 @@ class Schedule:
     def next_times(self, after: datetime, count: int) -> list[datetime]:
         """The next `count` run times strictly after `after`, in the schedule's zone."""
         start = after - (timedelta(days=62) if self.business_day == "next" else timedelta(0))
-        times: set[datetime] = set()
+        # keyed by UTC: aware datetimes of one zone compare as wall times, so 01:30 EDT would
+        # equal 01:30 EST on the day the clocks go back
+        times: dict[datetime, datetime] = {}
+        latest: datetime | None = None
         for scanned, fire in enumerate(self.fires(start)):
             if fire.adjusted is not None and fire.adjusted > after:
-                times.add(fire.adjusted)
-            if scanned >= MAX_SCAN or (len(times) >= count and fire.nominal > max(times)):
+                key = fire.adjusted.astimezone(UTC)
+                times[key] = fire.adjusted
+                latest = key if latest is None else max(latest, key)
+            enough = len(times) >= count and latest is not None and fire.nominal.astimezone(UTC) > latest
+            if scanned >= MAX_SCAN or enough:
                 break
-        return sorted(times, key=lambda t: t.astimezone(UTC))[:count]
+        return [times[k] for k in sorted(times)][:count]
 
     def to_row(self) -> dict[str, Any]:
         return {

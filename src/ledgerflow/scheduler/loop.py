@@ -1,0 +1,248 @@
+"""The scheduler loop: turns due fire times into jobs, exactly once per (schedule, fire time).
+
+Any number of scheduler processes may run, on any number of hosts. Each computes the same
+due fires; the `schedule_fires` row, unique on (schedule, fire time) and inserted in the
+same transaction as the job, lets exactly one of them enqueue it. No leader is elected,
+so none can split-brain.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import insert, or_, select, update
+
+from ledgerflow.clock import Clock
+from ledgerflow.db.database import is_transient
+from ledgerflow.db.tables import job_schedules, workers
+from ledgerflow.logs import get_logger
+from ledgerflow.scheduler.schedules import Fire, Schedule
+from ledgerflow.scheduler.store import ScheduleStore
+
+if TYPE_CHECKING:
+    from ledgerflow.app import App
+
+
+@dataclass(frozen=True)
+class Decision:
+    schedule: str
+    fire_time: datetime
+    status: str  # enqueued | skipped | missed
+    reason: str | None = None
+    job_id: int | None = None
+
+
+def decide(schedule: Schedule, fires: list[Fire]) -> list[tuple[Fire, str, str | None]]:
+    """What to do with each due fire: the misfire policy and business-day merging, pure."""
+    runnable: list[Fire] = []
+    merged: dict[int, str] = {}
+    seen: dict[datetime, Fire] = {}  # keyed by UTC (see Schedule.next_times)
+    for i, fire in enumerate(fires):
+        if fire.adjusted is None:
+            continue
+        key = fire.adjusted.astimezone(UTC)
+        if key in seen:  # two non-business days moved onto the same run
+            merged[i] = f"runs with the fire of {seen[key].nominal.isoformat()}"
+            continue
+        seen[key] = fire
+        runnable.append(fire)
+    keep = 1 if schedule.misfire_policy == "skip" else schedule.misfire_max
+    chosen = {id(f) for f in runnable[-keep:]}
+    out: list[tuple[Fire, str, str | None]] = []
+    for i, fire in enumerate(fires):
+        if fire.adjusted is None:
+            out.append((fire, "skipped", "not a business day"))
+        elif i in merged:
+            out.append((fire, "skipped", merged[i]))
+        elif id(fire) in chosen:
+            out.append((fire, "enqueued", None))
+        elif schedule.misfire_policy == "skip":
+            out.append(
+                (fire, "missed", "not run in time; misfire policy 'skip' runs only the latest missed fire")
+            )
+        else:
+            out.append((fire, "missed", f"more than {keep} missed fires; catch-up is capped at {keep}"))
+    return out
+
+
+class Scheduler:
+    """Fires enabled schedules. `tick()` does one pass; `run()` loops until stopped."""
+
+    def __init__(self, app: App, clock: Clock | None = None, tick_seconds: float = 1.0) -> None:
+        self.app = app
+        self.db = app.db
+        self.store = ScheduleStore(app)
+        self.clock = clock
+        self.tick_seconds = tick_seconds
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.log = get_logger("scheduler").bind(scheduler_id=self.id)
+        self._stop = threading.Event()
+        self._registered = False
+
+    def now(self) -> datetime:
+        """The injected clock, else the database clock (one clock for every host)."""
+        if self.clock is not None:
+            return self.clock()
+        with self.db.read() as conn:
+            value = conn.execute(select(self.db.now())).scalar_one()
+        return value if value.tzinfo else value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        """Loop until `stop()`; database errors are logged and retried with backoff."""
+        self.log.info("scheduler_started")
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                self.tick()
+                backoff = 0.5
+                wait = self.tick_seconds
+            except Exception as exc:
+                if not is_transient(exc):
+                    self.log.exception("scheduler_tick_failed")
+                else:
+                    self.log.warning("database_unavailable", during="tick", error=str(exc).splitlines()[0])
+                wait, backoff = backoff, min(backoff * 2, 10.0)
+            self._stop.wait(wait)
+        self._unregister()
+        self.log.info("scheduler_stopped")
+
+    def tick(self) -> list[Decision]:
+        """Fire everything due now, once."""
+        now = self.now()
+        decisions: list[Decision] = []
+        for schedule in self.store.list(enabled_only=True):
+            try:
+                decisions += self.fire_due(schedule, now)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                self.log.exception("schedule_fire_failed", schedule=schedule.name)
+        self._heartbeat()
+        return decisions
+
+    def fire_due(self, schedule: Schedule, now: datetime) -> list[Decision]:
+        cursor = schedule.last_fire_time or schedule.created_at or now
+        fires = schedule.due(cursor, now)
+        if not fires:
+            if schedule.next_fire_time is None or schedule.next_fire_time <= now:
+                self._advance(schedule, None, now)
+            return []
+        plan = decide(schedule, fires)
+        decisions: list[Decision] = []
+        with self.db.begin() as conn:
+            busy = None if schedule.allow_overlap else self.store.running_job(conn, schedule.id or 0)
+            for fire, status, reason in plan:
+                if status == "enqueued" and busy is not None:
+                    status, reason = "skipped", f"previous run (job {busy}) is still running"
+                fire_id = self.store.record_fire(
+                    conn, schedule, fire.nominal, status=status, reason=reason, run_at=fire.adjusted
+                )
+                if fire_id is None:
+                    continue  # another scheduler recorded this fire first
+                job_id = None
+                if status == "enqueued":
+                    assert fire.adjusted is not None
+                    job_id = self.store.enqueue_fire(conn, schedule, fire_id, fire.nominal, fire.adjusted)
+                decisions.append(Decision(schedule.name, fire.nominal, status, reason, job_id))
+            self._advance(schedule, fires[-1].nominal, now, conn)
+        for d in decisions:
+            level = self.log.info if d.status == "enqueued" else self.log.warning
+            level(
+                "schedule_fire",
+                schedule=d.schedule,
+                fire_time=d.fire_time.isoformat(),
+                status=d.status,
+                reason=d.reason,
+                job_id=d.job_id,
+            )
+        self._alert(schedule, decisions)
+        if any(d.status == "enqueued" for d in decisions):
+            self.app._wake_local()
+        return decisions
+
+    def _advance(self, schedule: Schedule, last: datetime | None, now: datetime, conn: Any = None) -> None:
+        """Move the schedule's cursor forward (never backward) and refresh its next fire time."""
+        upcoming = schedule.next_times(now, 1)
+        values: dict[str, Any] = {"next_fire_time": upcoming[0] if upcoming else None}
+        stmt = update(job_schedules).where(job_schedules.c.id == schedule.id)
+        if last is not None:
+            values["last_fire_time"] = last
+            stmt = stmt.where(
+                or_(job_schedules.c.last_fire_time.is_(None), job_schedules.c.last_fire_time < last)
+            )
+        if conn is not None:
+            conn.execute(stmt.values(values))
+        else:
+            with self.db.begin() as c:
+                c.execute(stmt.values(values))
+
+    def _alert(self, schedule: Schedule, decisions: list[Decision]) -> None:
+        missed = [d for d in decisions if d.status == "missed"]
+        key = f"schedule_missed:{schedule.name}"
+        if missed:
+            self.app.alerts.raise_alert(
+                key,
+                "warning",
+                f"Schedule {schedule.name} missed {len(missed)} fire(s)",
+                f"{len(missed)} fire(s) of {schedule.name} were not run in time, e.g. "
+                f"{missed[0].fire_time.isoformat()}: {missed[0].reason}",
+                schedule=schedule.name,
+                missed=[d.fire_time.isoformat() for d in missed[:20]],
+            )
+        elif any(d.status == "enqueued" for d in decisions):
+            self.app.alerts.resolve(key, f"schedule {schedule.name} fired on time again")
+
+    def _heartbeat(self) -> None:
+        now = datetime.now(UTC)
+        with self.db.begin() as conn:
+            if not self._registered:
+                conn.execute(
+                    insert(workers).values(
+                        id=self.id,
+                        kind="scheduler",
+                        hostname=socket.gethostname(),
+                        pid=os.getpid(),
+                        queues=[],
+                        concurrency=0,
+                        started_at=now,
+                        heartbeat_at=now,
+                    )
+                )
+                self._registered = True
+            else:
+                conn.execute(update(workers).where(workers.c.id == self.id).values(heartbeat_at=now))
+
+    def _unregister(self) -> None:
+        if self._registered:
+            try:
+                with self.db.begin() as conn:
+                    conn.execute(
+                        update(workers).where(workers.c.id == self.id).values(stopped_at=datetime.now(UTC))
+                    )
+            except Exception as exc:
+                self.log.warning("scheduler_unregister_failed", error=str(exc).splitlines()[0])
+
+
+def run_scheduler(app: App, clock: Clock | None = None, tick_seconds: float = 1.0) -> Scheduler:
+    """Run a scheduler in this thread until SIGTERM/SIGINT (when called from the main thread)."""
+    import signal
+
+    scheduler = Scheduler(app, clock, tick_seconds)
+    app.sync_schedules()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: scheduler.stop())
+    started = time.monotonic()
+    scheduler.run()
+    scheduler.log.debug("scheduler_ran", seconds=round(time.monotonic() - started, 1))
+    return scheduler
