@@ -13,6 +13,7 @@ from ledgerflow.errors import (
     DatabaseUnavailable,
     LedgerflowError,
     NotFound,
+    Snooze,
     UnknownTask,
 )
 
@@ -29,6 +30,7 @@ __all__ = [
     "LedgerflowError",
     "NotFound",
     "Settings",
+    "Snooze",
     "Transaction",
     "UnknownTask",
     "WorkerExit",

@@ -66,3 +66,12 @@ class JobTimeout(LedgerflowError):
     """An attempt ran past its timeout."""
 
     code = "timeout"
+
+
+class Snooze(Exception):
+    """Raised by a task to run again after `seconds` without using up an attempt."""
+
+    def __init__(self, seconds: float, reason: str = "") -> None:
+        super().__init__(reason or f"snoozed for {seconds:g}s")
+        self.seconds = max(0.0, float(seconds))
+        self.reason = reason

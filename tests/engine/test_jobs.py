@@ -343,3 +343,26 @@ def test_enqueue_many_inserts_in_order_and_list_pages_by_id(make_app):
     page2 = app.store.list(limit=500, before_id=page1[-1].id)
     assert len(page1) == len(page2) == 500 and page2[0].id < page1[-1].id
     assert app.store.counts()[("default", "bulk", "available")] == 1200
+
+
+def test_snoozed_job_runs_again_later_without_using_an_attempt(make_app):
+    from ledgerflow import Snooze
+
+    app = make_app()
+    calls: list[int] = []
+
+    @app.task(name="snoozy", max_attempts=1)
+    def snoozy() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise Snooze(0.2, "destination breaker is open")
+        return "done"
+
+    job = snoozy.enqueue()
+    for _ in range(3):
+        app.run_worker(burst=True)
+        time.sleep(0.25)
+    done = app.get_job(job.id)
+    assert done.state == JobState.COMPLETED and done.result == "done" and len(calls) == 3
+    assert done.errors == [] and done.max_attempts == 3
+    assert [e["error_type"] for e in app.store.executions(job.id)] == ["snoozed", "snoozed", None]

@@ -88,7 +88,7 @@ class Outcome:
     """How an attempt ended, waiting to be written (in batches) by the worker."""
 
     claim: Claim
-    kind: Literal["completed", "failed", "released", "returned"]
+    kind: Literal["completed", "failed", "released", "returned", "snoozed"]
     duration: float
     result: Any = None
     error: dict[str, Any] | None = None
@@ -229,6 +229,12 @@ class LeaseSQL:
                 values.update(state=S.AVAILABLE, scheduled_at=db.now(), max_attempts=jobs.c.max_attempts + 1)
             elif o.kind == "returned":  # prefetched, never started: undo the claim
                 values.update(state=S.AVAILABLE, attempt=jobs.c.attempt - 1, started_at=None, worker_id=None)
+            elif o.kind == "snoozed":  # run again later; this attempt does not count
+                values.update(
+                    state=S.SCHEDULED,
+                    scheduled_at=db.after(o.retry_in or 0.0),
+                    max_attempts=jobs.c.max_attempts + 1,
+                )
             else:
                 values["errors"] = [e.__dict__ for e in job.errors] + [o.error]
                 if o.retry_in is None:
@@ -277,7 +283,7 @@ def _execution_params(o: Outcome) -> dict[str, Any]:
         "b_attempt": o.claim.job.attempt,
         "b_status": "completed" if o.kind == "completed" else "failed",
         "b_duration": round(o.duration, 6),
-        "b_error_type": "shutdown" if o.kind == "released" else error.get("type"),
+        "b_error_type": {"released": "shutdown", "snoozed": "snoozed"}.get(o.kind, error.get("type")),
         "b_error_message": error.get("message"),
         "b_metadata": o.metadata or None,
     }

@@ -47,7 +47,7 @@ from ledgerflow.engine.liveness import local_owner_running
 from ledgerflow.engine.pool import DaemonThreadPool, _Item
 from ledgerflow.engine.states import JobState
 from ledgerflow.engine.tasks import Task
-from ledgerflow.errors import JobTimeout
+from ledgerflow.errors import JobTimeout, Snooze
 from ledgerflow.logs import get_logger
 
 if TYPE_CHECKING:
@@ -485,6 +485,14 @@ class Worker:
                 outcome = Outcome(running.claim, "released", self._elapsed(running))
             elif not running.fenced:
                 raise
+        except Snooze as snooze:
+            outcome = Outcome(
+                running.claim,
+                "snoozed",
+                self._elapsed(running),
+                retry_in=snooze.seconds,
+                error={"type": "snoozed", "message": str(snooze)},
+            )
         except (TimeoutError, JobTimeout):
             error = JobTimeout(f"attempt ran past its timeout of {job.timeout:g}s")
             outcome = self._failure(running, task, error, "timeout")
@@ -554,8 +562,8 @@ class Worker:
         }
         if o.kind == "completed":
             self.log.info("job_completed", **fields)
-        elif o.kind == "released":
-            self.log.info("job_released", **fields)
+        elif o.kind in ("released", "snoozed"):
+            self.log.info(f"job_{o.kind}", retry_in=o.retry_in, **fields)
         elif o.retry_in is not None:
             self.log.warning(
                 "job_retryable",
