@@ -25,6 +25,8 @@ from ledgerflow.engine.tasks import (
     make_backoff,
 )
 from ledgerflow.engine.worker import Worker, WorkerExit, WorkerOptions, parse_queues
+from ledgerflow.export.profiles import Profile, get_profile
+from ledgerflow.ledger.store import LedgerStore
 from ledgerflow.logs import configure_logging
 from ledgerflow.scheduler.schedules import Schedule
 from ledgerflow.scheduler.store import ScheduleStore
@@ -93,6 +95,18 @@ class App:
     @cached_property
     def schedules(self) -> ScheduleStore:
         return ScheduleStore(self)
+
+    @cached_property
+    def ledger(self) -> LedgerStore:
+        """Record journal entries: `app.ledger.record({...})`."""
+        return LedgerStore(self)
+
+    @cached_property
+    def export_profile(self) -> Profile:
+        s = self.settings
+        return get_profile(
+            s.export_profile, bom=s.export_bom, date_style=s.export_date_style, encoding=s.export_encoding
+        )
 
     def migrate(self) -> None:
         """Create or upgrade the schema (idempotent)."""

@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     export_bom: bool | None = None
     export_date_style: Literal["iso", "dmy", "buddhist"] | None = None
     export_encoding: str | None = None
+    export_work_dir: str | None = None  # temp files between saga steps (default: system temp dir)
+    export_lock_seconds: float = Field(60.0, gt=0)
+    gdrive_endpoint: str | None = None  # a Drive-compatible server instead of googleapis.com
+    s3_endpoint_url: str | None = None  # an S3-compatible server (MinIO, moto, ...)
     api_token: SecretStr | None = None
     alert_webhook_url: str | None = None
     alert_email: str | None = None

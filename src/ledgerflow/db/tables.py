@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
+    Date,
     Float,
     ForeignKey,
     Index,
@@ -214,4 +216,134 @@ schedule_fires = Table(
     UniqueConstraint("schedule_id", "fire_time", name="uq_schedule_fires_schedule_time"),
     UniqueConstraint("schedule_id", "run_key", name="uq_schedule_fires_run_key"),
     Index("ix_schedule_fires_status", "status", "fire_time"),
+)
+
+journal_entries = Table(
+    "journal_entries",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("reference", String(64), nullable=False, unique=True),
+    Column("entry_date", Date, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("export_path", String(10), nullable=False),  # scheduled | immediate
+    Column("status", String(10), nullable=False),  # posted | draft
+    Column("source", String(20), nullable=False),
+    Column("reverses_id", Id, ForeignKey("journal_entries.id")),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_journal_entries_date", "entry_date"),
+)
+
+#: Amounts are integer minor units of the entry's currency (THB satang, JPY yen): never floats.
+journal_lines = Table(
+    "journal_lines",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("entry_id", Id, ForeignKey("journal_entries.id", ondelete="CASCADE"), nullable=False),
+    Column("line_no", Integer, nullable=False),
+    Column("account", String(40), nullable=False),
+    Column("account_name", String(100), nullable=False),
+    Column("debit_minor", BigInteger, nullable=False),
+    Column("credit_minor", BigInteger, nullable=False),
+    Column("tax_code", String(40)),
+    Column("memo", Text),
+    UniqueConstraint("entry_id", "line_no", name="uq_journal_lines_entry_line"),
+)
+
+export_batches = Table(
+    "export_batches",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("batch_key", String(100), nullable=False, unique=True),  # daily:2026-11-26 | immediate:<entry id>
+    Column("kind", String(10), nullable=False),
+    Column("batch_date", Date, nullable=False),
+    Column("state", String(12), nullable=False),
+    Column("step", String(12), nullable=False),  # last completed step: claimed | generated | uploaded
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("max_attempts", Integer, nullable=False),
+    Column("next_retry_at", UTCDateTime),
+    Column("error_type", String(40)),
+    Column("error", Text),
+    Column("cutoff_at", UTCDateTime, nullable=False),
+    Column("profile", String(20), nullable=False),
+    Column("destination", String(500), nullable=False),
+    Column("lock_token", Id),
+    Column("lock_expires_at", UTCDateTime),
+    Column("reservation", Json, nullable=False),
+    Column("files", Json, nullable=False),
+    Column("manifest", Json),
+    Column("entry_count", Integer, nullable=False, server_default="0"),
+    Column("line_count", Integer, nullable=False, server_default="0"),
+    Column("totals", Json, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("completed_at", UTCDateTime),
+    Column("duration_seconds", Float),  # of the attempt that completed it
+    Index("ix_export_batches_kind_date", "kind", "batch_date"),
+    Index("ix_export_batches_state", "state"),
+)
+
+export_queue = Table(
+    "export_queue",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("entry_id", Id, ForeignKey("journal_entries.id", ondelete="CASCADE"), nullable=False, unique=True),
+    Column("export_path", String(10), nullable=False),
+    Column("status", String(12), nullable=False),  # queued | processing | completed | failed
+    Column("batch_id", Id, ForeignKey("export_batches.id", ondelete="SET NULL")),
+    Column("file_id", Text),
+    Column("file_link", Text),
+    Column("error", Text),
+    Column("queued_at", UTCDateTime, nullable=False),
+    Column("exported_at", UTCDateTime),
+    Index("ix_export_queue_status_path", "status", "export_path"),
+    Index("ix_export_queue_batch", "batch_id"),
+)
+
+#: The entries a batch claimed (its snapshot), so every attempt exports the same set.
+export_batch_entries = Table(
+    "export_batch_entries",
+    metadata,
+    Column("batch_id", Id, ForeignKey("export_batches.id", ondelete="CASCADE"), primary_key=True),
+    Column("entry_id", Id, ForeignKey("journal_entries.id", ondelete="CASCADE"), primary_key=True),
+    Column("late", Boolean, nullable=False, server_default=text("false")),
+)
+
+#: Append-only audit trail; each row stores the SHA-256 of the previous row and of its own content.
+export_logs = Table(
+    "export_logs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("batch_id", Id, ForeignKey("export_batches.id", ondelete="SET NULL")),
+    Column("batch_key", String(100)),
+    Column("action", String(30), nullable=False),
+    Column("batch_date", Date),
+    Column("message", Text, nullable=False),
+    Column("metadata", Json, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("row_hash", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index(
+        "uq_export_logs_delivery",
+        "batch_key",
+        "action",
+        unique=True,
+        sqlite_where=text("action IN ('csv_generated', 'no_entries')"),
+        postgresql_where=text("action IN ('csv_generated', 'no_entries')"),
+    ),
+    Index("ix_export_logs_batch", "batch_id"),
+)
+
+circuit_breakers = Table(
+    "circuit_breakers",
+    metadata,
+    Column("destination", String(500), primary_key=True),
+    Column("state", String(10), nullable=False),  # closed | open | half_open
+    Column("failures", Integer, nullable=False),
+    Column("opened_at", UTCDateTime),
+    Column("open_until", UTCDateTime),
+    Column("trial_token", Id),
+    Column("last_error", Text),
+    Column("updated_at", UTCDateTime, nullable=False),
 )

@@ -1,0 +1,396 @@
+"""Where export files go: a local folder, Google Drive or S3 — each upload idempotent.
+
+Every destination creates a file only if absent and, when the name is taken, compares
+checksums: equal means "already delivered" (success), different is an `ExportConflict`
+(never overwrite accounting data). Sources: research/domain.md §3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from ledgerflow.errors import BadInput, ConfigError, LedgerflowError
+
+
+class DestinationError(LedgerflowError):
+    """The destination failed or could not be reached; retrying later may work."""
+
+    code = "destination_error"
+
+    def __init__(self, message: str, error_type: str = "unknown") -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+class ExportConflict(LedgerflowError):
+    """A different file already has our deterministic name: never overwritten."""
+
+    code = "export_conflict"
+
+
+@dataclass(frozen=True)
+class Remote:
+    file_id: str
+    link: str
+
+
+class Destination(Protocol):
+    key: str  # identifies it for the circuit breaker
+    error_type: str  # google_drive | s3 | unknown (the metric label)
+
+    def reserve(self, count: int) -> list[str]: ...
+    def upload(
+        self,
+        path: Path,
+        name: str,
+        *,
+        sha256: str,
+        md5: str,
+        size: int,
+        batch_key: str,
+        reserved_id: str | None,
+    ) -> Remote: ...
+    def delete(self, remote_id: str, *, batch_key: str, sha256: str) -> bool: ...
+    def fetch_sha256(self, remote_id: str) -> str | None: ...
+
+
+def file_digests(path: Path) -> tuple[str, str, int]:
+    sha, md5, size = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            sha.update(chunk)
+            md5.update(chunk)
+            size += len(chunk)
+    return sha.hexdigest(), md5.hexdigest(), size
+
+
+def _mimetype(name: str) -> str:
+    return "application/json" if name.endswith(".json") else "text/csv"
+
+
+class LocalFolder:
+    """Temp file fsynced, then hard-linked to its final name (fails if the name exists)."""
+
+    error_type = "unknown"
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory).expanduser().resolve()
+        self.key = self.directory.as_uri()
+
+    def reserve(self, count: int) -> list[str]:
+        return []
+
+    def upload(
+        self,
+        path: Path,
+        name: str,
+        *,
+        sha256: str,
+        md5: str,
+        size: int,
+        batch_key: str,
+        reserved_id: str | None,
+    ) -> Remote:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            final = self.directory / name
+            if not final.exists():
+                tmp = self.directory / f".{name}.{secrets.token_hex(4)}.tmp"
+                with open(path, "rb") as src, open(tmp, "wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        dst.write(chunk)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+                try:
+                    os.link(tmp, final)
+                except FileExistsError:
+                    pass  # a concurrent writer won: compared below
+                finally:
+                    tmp.unlink(missing_ok=True)
+                fd = os.open(self.directory, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            if file_digests(final)[0] != sha256:
+                raise ExportConflict(f"{final} exists with different content; not overwritten")
+        except OSError as exc:
+            raise DestinationError(f"cannot write {name} to {self.directory}: {exc}") from exc
+        return Remote(str(final), final.as_uri())
+
+    def delete(self, remote_id: str, *, batch_key: str, sha256: str) -> bool:
+        path = Path(remote_id)
+        if path.exists() and file_digests(path)[0] == sha256:
+            path.unlink()
+            return True
+        return False
+
+    def fetch_sha256(self, remote_id: str) -> str | None:
+        path = Path(remote_id)
+        return file_digests(path)[0] if path.exists() else None
+
+
+class GoogleDrive:
+    """Drive v3 through google-api-python-client: a file id reserved with `files.generateIds`
+    (stored on the batch before uploading) makes a retried create answer 409, not a copy."""
+
+    error_type = "google_drive"
+
+    def __init__(self, folder_id: str, service: Any) -> None:
+        self.folder_id = folder_id
+        self.service = service
+        self.key = f"gdrive://{folder_id}"
+
+    @classmethod
+    def from_settings(cls, folder_id: str, endpoint: str | None = None) -> GoogleDrive:
+        return cls(folder_id, drive_service(endpoint))
+
+    def _call(self, request: Any, what: str) -> Any:
+        from googleapiclient.errors import HttpError
+
+        try:
+            return request.execute(num_retries=0)
+        except HttpError as exc:
+            if exc.resp.status == 409:
+                raise
+            raise DestinationError(
+                f"Google Drive {what} failed: HTTP {exc.resp.status}", "google_drive"
+            ) from exc
+        except (OSError, TimeoutError) as exc:
+            raise DestinationError(f"Google Drive {what} failed: {exc}", "google_drive") from exc
+
+    def reserve(self, count: int) -> list[str]:
+        result = self._call(
+            self.service.files().generateIds(count=count, space="drive", type="files"), "generateIds"
+        )
+        return list(result["ids"])
+
+    def upload(
+        self,
+        path: Path,
+        name: str,
+        *,
+        sha256: str,
+        md5: str,
+        size: int,
+        batch_key: str,
+        reserved_id: str | None,
+    ) -> Remote:
+        from googleapiclient.errors import HttpError
+        from googleapiclient.http import MediaFileUpload
+
+        body = {
+            "name": name,
+            "parents": [self.folder_id],
+            "mimeType": _mimetype(name),
+            "appProperties": {"lf_batch": batch_key, "lf_sha256": sha256[:32]},
+        }
+        if reserved_id:
+            body["id"] = reserved_id
+        fields = "id,webViewLink,md5Checksum,size,appProperties"
+        media = MediaFileUpload(str(path), mimetype=_mimetype(name), resumable=True, chunksize=8 << 20)
+        request = self.service.files().create(
+            body=body, media_body=media, fields=fields, supportsAllDrives=True
+        )
+        try:
+            response = None
+            while response is None:
+                _status, response = request.next_chunk()
+        except HttpError as exc:
+            if exc.resp.status != 409 or not reserved_id:
+                raise DestinationError(
+                    f"Google Drive upload of {name} failed: HTTP {exc.resp.status}", "google_drive"
+                ) from exc
+            response = self._call(
+                self.service.files().get(fileId=reserved_id, fields=fields, supportsAllDrives=True), "get"
+            )
+        except (OSError, TimeoutError) as exc:
+            raise DestinationError(f"Google Drive upload of {name} failed: {exc}", "google_drive") from exc
+        if response.get("md5Checksum") != md5 or int(response.get("size", -1)) != size:
+            props = response.get("appProperties") or {}
+            if props.get("lf_batch") == batch_key and props.get("lf_sha256") == sha256[:32]:
+                raise DestinationError(
+                    f"Google Drive reports a different checksum for {name}", "google_drive"
+                )
+            raise ExportConflict(f"Drive file {response.get('id')} ({name}) differs from the batch file")
+        return Remote(
+            response["id"], response.get("webViewLink") or f"https://drive.google.com/file/d/{response['id']}"
+        )
+
+    def delete(self, remote_id: str, *, batch_key: str, sha256: str) -> bool:
+        from googleapiclient.errors import HttpError
+
+        try:
+            meta = (
+                self.service.files()
+                .get(fileId=remote_id, fields="id,appProperties", supportsAllDrives=True)
+                .execute()
+            )
+        except HttpError as exc:
+            if exc.resp.status == 404:
+                return False
+            raise DestinationError(
+                f"Google Drive get {remote_id} failed: HTTP {exc.resp.status}", "google_drive"
+            ) from exc
+        if (meta.get("appProperties") or {}).get("lf_batch") != batch_key:
+            return False  # not ours: never delete
+        self._call(self.service.files().delete(fileId=remote_id, supportsAllDrives=True), "delete")
+        return True
+
+    def fetch_sha256(self, remote_id: str) -> str | None:
+        meta = self._call(
+            self.service.files().get(fileId=remote_id, fields="appProperties", supportsAllDrives=True), "get"
+        )
+        return (meta.get("appProperties") or {}).get("lf_sha256")
+
+
+def drive_service(endpoint: str | None = None) -> Any:
+    """A Drive v3 client: service-account credentials from GOOGLE_APPLICATION_CREDENTIALS, or,
+    with `endpoint` (LEDGERFLOW_GDRIVE_ENDPOINT), anonymous requests to a Drive-compatible server."""
+    try:
+        import httplib2
+        from googleapiclient import discovery
+    except ImportError:
+        raise ConfigError("Google Drive needs the gdrive extra: pip install 'ledgerflow[gdrive]'") from None
+    if endpoint:
+        import json
+
+        from google.auth.credentials import AnonymousCredentials
+        from google_auth_httplib2 import AuthorizedHttp
+
+        document = json.loads(_bundled_drive_document())
+        document["rootUrl"] = endpoint.rstrip("/") + "/"
+        http = httplib2.Http(timeout=30)
+        http.redirect_codes = http.redirect_codes - {308}  # resumable uploads answer 308
+        return discovery.build_from_document(document, http=AuthorizedHttp(AnonymousCredentials(), http=http))
+    credentials_file = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if not credentials_file:
+        raise ConfigError(
+            "GOOGLE_APPLICATION_CREDENTIALS: set it to a service-account JSON file for gdrive://"
+        )
+    from google.oauth2 import service_account
+    from google_auth_httplib2 import AuthorizedHttp
+
+    credentials = service_account.Credentials.from_service_account_file(
+        credentials_file, scopes=["https://www.googleapis.com/auth/drive.file"]
+    )
+    http = httplib2.Http(timeout=30)
+    http.redirect_codes = http.redirect_codes - {308}
+    return discovery.build("drive", "v3", http=AuthorizedHttp(credentials, http=http), cache_discovery=False)
+
+
+def _bundled_drive_document() -> str:
+    from pathlib import Path as _Path
+
+    import googleapiclient
+
+    return (
+        _Path(googleapiclient.__file__).parent / "discovery_cache" / "documents" / "drive.v3.json"
+    ).read_text()
+
+
+class S3:
+    """S3 (or compatible) through boto3: `PutObject` with `If-None-Match: *` creates only if absent."""
+
+    error_type = "s3"
+
+    def __init__(self, bucket: str, prefix: str, client: Any) -> None:
+        self.bucket, self.prefix, self.client = bucket, prefix.strip("/"), client
+        self.key = f"s3://{bucket}/{self.prefix}"
+
+    @classmethod
+    def from_settings(cls, bucket: str, prefix: str, endpoint: str | None = None) -> S3:
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError:
+            raise ConfigError("S3 needs the s3 extra: pip install 'ledgerflow[s3]'") from None
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint or None,
+            config=Config(connect_timeout=10, read_timeout=60, retries={"max_attempts": 2}),
+        )
+        return cls(bucket, prefix, client)
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def reserve(self, count: int) -> list[str]:
+        return []
+
+    def upload(
+        self,
+        path: Path,
+        name: str,
+        *,
+        sha256: str,
+        md5: str,
+        size: int,
+        batch_key: str,
+        reserved_id: str | None,
+    ) -> Remote:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        key = self._key(name)
+        try:
+            with open(path, "rb") as body:
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=body,
+                    IfNoneMatch="*",
+                    ContentType=_mimetype(name),
+                    Metadata={"lf-sha256": sha256, "lf-batch": batch_key},
+                )
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code not in ("PreconditionFailed", "412"):
+                raise DestinationError(f"S3 upload of {key} failed: {code}", "s3") from exc
+        except (BotoCoreError, OSError) as exc:
+            raise DestinationError(f"S3 upload of {key} failed: {exc}", "s3") from exc
+        if self.fetch_sha256(key) != sha256:
+            raise ExportConflict(f"s3://{self.bucket}/{key} exists with different content; not overwritten")
+        return Remote(key, f"s3://{self.bucket}/{key}")
+
+    def _head(self, key: str) -> dict[str, Any] | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=key)  # type: ignore[no-any-return]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise DestinationError(f"S3 head of {key} failed", "s3") from exc
+        except BotoCoreError as exc:
+            raise DestinationError(f"S3 head of {key} failed: {exc}", "s3") from exc
+
+    def fetch_sha256(self, remote_id: str) -> str | None:
+        head = self._head(remote_id)
+        return None if head is None else head.get("Metadata", {}).get("lf-sha256")
+
+    def delete(self, remote_id: str, *, batch_key: str, sha256: str) -> bool:
+        head = self._head(remote_id)
+        if head is None or head.get("Metadata", {}).get("lf-batch") != batch_key:
+            return False
+        self.client.delete_object(Bucket=self.bucket, Key=remote_id)
+        return True
+
+
+def open_destination(
+    url: str, *, gdrive_endpoint: str | None = None, s3_endpoint: str | None = None
+) -> Destination:
+    """`file://DIR`, `gdrive://FOLDER_ID` or `s3://BUCKET/PREFIX`."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return LocalFolder((parsed.netloc + parsed.path) or ".")
+    if parsed.scheme == "gdrive":
+        return GoogleDrive.from_settings(parsed.netloc, gdrive_endpoint)
+    if parsed.scheme == "s3":
+        return S3.from_settings(parsed.netloc, parsed.path, s3_endpoint)
+    raise BadInput(f"unsupported destination {url!r}")

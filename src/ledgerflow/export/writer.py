@@ -1,0 +1,296 @@
+"""Generate a batch's file set by streaming rows from a database cursor into temp files.
+
+Memory stays flat whatever the batch size: one entry at a time is held, rows go through
+`csv.writer` (RFC 4180 quoting) into a sink that encodes, hashes and writes them. Parts
+are split only above the profile's row limit and only between entries.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from sqlalchemy import Connection, func, select
+
+from ledgerflow.db.tables import export_batch_entries, journal_entries, journal_lines
+from ledgerflow.errors import BadInput, LedgerflowError
+from ledgerflow.export.profiles import Profile, check_entry, rows_for
+from ledgerflow.ledger.entries import Entry, Line
+from ledgerflow.ledger.money import format_amount, from_minor
+
+
+class GenerationTimeout(LedgerflowError):
+    code = "timeout"
+
+
+class EntryRejected(LedgerflowError):
+    """One entry cannot be written in this profile (named in the message)."""
+
+    code = "entry_rejected"
+
+    def __init__(self, entry_id: int, reason: str) -> None:
+        super().__init__(reason)
+        self.entry_id = entry_id
+
+
+class _Sink:
+    """A write(str) target for csv.writer that encodes strictly, hashes and counts bytes."""
+
+    def __init__(self, path: Path, encoding: str, bom: bytes) -> None:
+        self.path = path
+        self.file: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self.encoding = encoding
+        self.sha256 = hashlib.sha256()
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.bytes = 0
+        if bom:
+            self._put(bom)
+
+    def _put(self, data: bytes) -> None:
+        self.file.write(data)
+        self.sha256.update(data)
+        self.md5.update(data)
+        self.bytes += len(data)
+
+    def write(self, text: str) -> None:
+        self._put(text.encode(self.encoding))
+
+    def close(self) -> None:
+        self.file.flush()
+        self.file.close()
+
+
+@dataclass
+class PartFile:
+    name: str
+    path: Path
+    sha256: str
+    md5: str
+    bytes: int
+    rows: int  # data rows, header excluded
+    entries: int
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "sha256": self.sha256,
+            "md5": self.md5,
+            "bytes": self.bytes,
+            "rows": self.rows,
+            "entries": self.entries,
+        }
+
+
+@dataclass
+class Generated:
+    parts: list[PartFile]
+    entry_count: int = 0
+    line_count: int = 0
+    totals: dict[str, dict[str, Decimal]] = field(default_factory=dict)
+    late: list[str] = field(default_factory=list)
+
+    def totals_text(self) -> dict[str, dict[str, str]]:
+        return {
+            cur: {side: format_amount(v, cur) for side, v in t.items()}
+            for cur, t in sorted(self.totals.items())
+        }
+
+    def check_balanced(self) -> None:
+        for cur, t in self.totals.items():
+            if t["debit"] != t["credit"]:
+                raise BadInput(
+                    f"control totals do not balance in {cur}: debit {t['debit']} != credit {t['credit']}"
+                )
+
+
+def batch_lines_query(batch_id: int) -> Any:
+    e, ln, be = journal_entries, journal_lines, export_batch_entries
+    return (
+        select(
+            e.c.id,
+            e.c.reference,
+            e.c.entry_date,
+            e.c.description,
+            e.c.currency,
+            e.c.export_path,
+            be.c.late,
+            ln.c.account,
+            ln.c.account_name,
+            ln.c.debit_minor,
+            ln.c.credit_minor,
+            ln.c.tax_code,
+            ln.c.memo,
+        )
+        .select_from(be.join(e, e.c.id == be.c.entry_id).join(ln, ln.c.entry_id == e.c.id))
+        .where(be.c.batch_id == batch_id)
+        .order_by(e.c.entry_date, e.c.reference, ln.c.line_no)
+    )
+
+
+def count_lines(conn: Connection, batch_id: int) -> int:
+    return int(
+        conn.execute(
+            select(func.count())
+            .select_from(
+                export_batch_entries.join(
+                    journal_lines, journal_lines.c.entry_id == export_batch_entries.c.entry_id
+                )
+            )
+            .where(export_batch_entries.c.batch_id == batch_id)
+        ).scalar_one()
+    )
+
+
+def stream_entries(conn: Connection, query: Any) -> Iterator[tuple[Entry, bool]]:
+    """(entry, late) one at a time, from a server-side cursor (PostgreSQL) or a lazy cursor (SQLite)."""
+    rows = conn.execution_options(stream_results=True, yield_per=5000).execute(query)
+    for _entry_id, group in itertools.groupby(rows, key=lambda r: r.id):
+        lines = list(group)
+        first = lines[0]
+        cur = first.currency
+        entry = Entry(
+            id=int(first.id),
+            reference=first.reference,
+            date=first.entry_date,
+            description=first.description,
+            currency=cur,
+            export_path=first.export_path,
+            lines=tuple(
+                Line(
+                    r.account,
+                    r.account_name,
+                    from_minor(r.debit_minor, cur),
+                    from_minor(r.credit_minor, cur),
+                    r.tax_code,
+                    r.memo,
+                )
+                for r in lines
+            ),
+        )
+        yield entry, bool(first.late)
+
+
+def write_parts(
+    entries: Iterator[tuple[Entry, bool]],
+    profile: Profile,
+    directory: Path,
+    base_name: str,
+    *,
+    timeout: float,
+    on_progress: Callable[[int], None] | None = None,
+    crash_point: Callable[[str], None] | None = None,
+) -> Generated:
+    """Write entries into `<base>.csv` (or `<base>_partNN.csv` parts) under `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    header_rows = 1 if profile.header else 0
+    capacity = profile.max_rows - header_rows
+    generated = Generated(parts=[])
+    sink: _Sink | None = None
+    writer: Any = None
+    part_rows = part_entries = 0
+    paths: list[Path] = []
+
+    def close_part() -> None:
+        nonlocal sink
+        if sink is not None:
+            sink.close()
+            generated.parts.append(
+                PartFile(
+                    sink.path.name,
+                    sink.path,
+                    sink.sha256.hexdigest(),
+                    sink.md5.hexdigest(),
+                    sink.bytes,
+                    part_rows,
+                    part_entries,
+                )
+            )
+            sink = None
+
+    try:
+        for slip, (entry, late) in enumerate(entries, 1):
+            try:
+                check_entry(entry, profile)
+            except BadInput as exc:
+                raise EntryRejected(entry.id or 0, str(exc)) from None
+            rows = rows_for(entry, profile, slip)
+            if len(rows) > capacity:
+                raise EntryRejected(
+                    entry.id or 0, f"entry {entry.reference} has more rows than one file can hold"
+                )
+            if sink is None or part_rows + len(rows) > capacity:
+                close_part()
+                path = directory / f"{base_name}.part{len(paths) + 1:03d}.tmp"
+                paths.append(path)
+                sink = _Sink(path, profile.encoding, profile.byte_order_mark)
+                writer = csv.writer(sink, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+                if profile.header:
+                    writer.writerow(profile.header)
+                part_rows = part_entries = 0
+            writer.writerows(rows)
+            part_rows += len(rows)
+            part_entries += 1
+            generated.entry_count += 1
+            generated.line_count += len(entry.lines)
+            totals = generated.totals.setdefault(entry.currency, {"debit": Decimal(0), "credit": Decimal(0)})
+            totals["debit"] += entry.debit_total
+            totals["credit"] += entry.credit_total
+            if late:
+                generated.late.append(entry.reference)
+            if slip % 500 == 0:
+                if time.monotonic() > deadline:
+                    raise GenerationTimeout(f"CSV generation ran past its timeout of {timeout:g}s")
+                if on_progress:
+                    on_progress(generated.line_count)
+            if crash_point and slip == 1:
+                crash_point("mid_stream")
+        close_part()
+    except BaseException:
+        if sink is not None:
+            sink.close()
+        for path in paths:
+            path.unlink(missing_ok=True)
+        raise
+    # final names: one file, or numbered parts only when split
+    single = len(generated.parts) == 1
+    for n, part in enumerate(generated.parts, 1):
+        name = f"{base_name}.csv" if single else f"{base_name}_part{n:02d}.csv"
+        final = directory / name
+        part.path.replace(final)
+        part.path, part.name = final, name
+    if on_progress:
+        on_progress(generated.line_count)
+    return generated
+
+
+def write_manifest(generated: Generated, directory: Path, base_name: str, info: dict[str, Any]) -> PartFile:
+    """The manifest beside the CSV: names, checksums, sizes, counts, control totals, cut-off, profile."""
+    document = {
+        **info,
+        "files": [p.describe() for p in generated.parts],
+        "entry_count": generated.entry_count,
+        "line_count": generated.line_count,
+        "totals": generated.totals_text(),
+        "late_entries": generated.late,
+    }
+    data = (json.dumps(document, ensure_ascii=False, indent=2, sort_keys=True) + "\n").encode()
+    path = directory / f"{base_name}.manifest.json"
+    path.write_bytes(data)
+    return PartFile(
+        path.name,
+        path,
+        hashlib.sha256(data).hexdigest(),
+        hashlib.md5(data, usedforsecurity=False).hexdigest(),
+        len(data),
+        0,
+        0,
+    )

@@ -1,0 +1,1 @@
+"""The ledger: journal entries with balanced lines, exact money, imports and reversals."""
