@@ -13,7 +13,7 @@ from typing import Annotated
 import click
 import typer
 
-from ledgerflow.cli import jobs, schedules, system
+from ledgerflow.cli import jobs, ledger, schedules, system
 from ledgerflow.cli.context import err_console, state
 from ledgerflow.errors import LedgerflowError
 
@@ -45,6 +45,7 @@ def main(
 system.register(cli)
 jobs.register(cli)
 schedules.register(cli)
+ledger.register(cli)
 
 
 def run(argv: list[str] | None = None) -> None:

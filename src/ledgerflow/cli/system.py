@@ -85,25 +85,53 @@ def prune(
 
 
 def demo(
-    jobs: Annotated[int, typer.Option("--jobs", help="How many demo jobs to run.")] = 500,
+    jobs: Annotated[int, typer.Option("--jobs", help="How many demo jobs to run after the export.")] = 500,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Run a demo batch of jobs through a worker, with a progress bar."""
+    """Load a demo ledger (Thai and Japanese), export today's batch, then run demo jobs."""
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
     from rich.progress import Progress
 
-    from ledgerflow.demo import run_job_demo
+    from ledgerflow.demo import load_demo_ledger, run_job_demo
+    from ledgerflow.export.saga import ExportSaga
 
-    if jobs < 1:
-        raise BadInput(f"--jobs must be >= 1, got {jobs}")
+    if jobs < 0:
+        raise BadInput(f"--jobs must be >= 0, got {jobs}")
     app = state.app()
     app.migrate()
-    with Progress(console=console, disable=as_json or not console.is_terminal) as progress:
-        bar = progress.add_task("demo jobs", total=jobs)
-        summary = run_job_demo(app, jobs, lambda done, total: progress.update(bar, completed=done))
+    today = datetime.now(UTC).astimezone(ZoneInfo(app.settings.timezone)).date()
+    added = load_demo_ledger(app, today)
+    quiet = as_json or not console.is_terminal
+    with Progress(console=console, disable=quiet, transient=True) as progress:
+        bar = progress.add_task(f"daily export {today}", total=None)
+        export = ExportSaga(app).run_daily(
+            today,
+            revive=True,
+            on_progress=lambda done, total: progress.update(bar, completed=done, total=total),
+        )
+    summary: dict[str, object] = {"entries_added": added, "export": export.to_dict()}
+    if jobs:
+        with Progress(console=console, disable=quiet) as progress:
+            bar = progress.add_task("demo jobs", total=jobs)
+            summary["jobs"] = run_job_demo(
+                app, jobs, lambda done, total: progress.update(bar, completed=done)
+            )
     if as_json:
         print_json(summary)
-    else:
+        return
+    console.print(f"demo ledger: {added} new entries")
+    files = [f.get("link") or f["name"] for f in export.files]
+    console.print(
+        f"daily export {export.batch_date}: {export.state}, {export.entry_count} entries -> "
+        f"{', '.join(files) or 'nothing new to export'}",
+        markup=False,
+    )
+    if jobs:
+        j = summary["jobs"]
+        assert isinstance(j, dict)
         console.print(
-            f"demo: {summary['completed']}/{summary['jobs']} jobs completed in {summary['seconds']}s "
-            f"({summary['jobs_per_second']} jobs/s)"
+            f"demo jobs: {j['completed']}/{j['jobs']} completed in {j['seconds']}s "
+            f"({j['jobs_per_second']} jobs/s)"
         )
