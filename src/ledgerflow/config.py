@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     export_encoding: str | None = None
     export_work_dir: str | None = None  # temp files between saga steps (default: system temp dir)
     export_lock_seconds: float = Field(60.0, gt=0)
+    destination_timeout: float = Field(30.0, gt=0)  # seconds per Drive/S3 request
     gdrive_endpoint: str | None = None  # a Drive-compatible server instead of googleapis.com
     s3_endpoint_url: str | None = None  # an S3-compatible server (MinIO, moto, ...)
     api_token: SecretStr | None = None

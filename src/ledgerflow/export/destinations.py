@@ -148,8 +148,8 @@ class GoogleDrive:
         self.key = f"gdrive://{folder_id}"
 
     @classmethod
-    def from_settings(cls, folder_id: str, endpoint: str | None = None) -> GoogleDrive:
-        return cls(folder_id, drive_service(endpoint))
+    def from_settings(cls, folder_id: str, endpoint: str | None = None, timeout: float = 30.0) -> GoogleDrive:
+        return cls(folder_id, drive_service(endpoint, timeout))
 
     def _call(self, request: Any, what: str) -> Any:
         from googleapiclient.errors import HttpError
@@ -250,7 +250,7 @@ class GoogleDrive:
         return (meta.get("appProperties") or {}).get("lf_sha256")
 
 
-def drive_service(endpoint: str | None = None) -> Any:
+def drive_service(endpoint: str | None = None, timeout: float = 30.0) -> Any:
     """A Drive v3 client: service-account credentials from GOOGLE_APPLICATION_CREDENTIALS, or,
     with `endpoint` (LEDGERFLOW_GDRIVE_ENDPOINT), anonymous requests to a Drive-compatible server."""
     try:
@@ -266,7 +266,7 @@ def drive_service(endpoint: str | None = None) -> Any:
 
         document = json.loads(_bundled_drive_document())
         document["rootUrl"] = endpoint.rstrip("/") + "/"
-        http = httplib2.Http(timeout=30)
+        http = httplib2.Http(timeout=timeout)
         http.redirect_codes = http.redirect_codes - {308}  # resumable uploads answer 308
         return discovery.build_from_document(document, http=AuthorizedHttp(AnonymousCredentials(), http=http))
     credentials_file = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
@@ -280,7 +280,7 @@ def drive_service(endpoint: str | None = None) -> Any:
     credentials = service_account.Credentials.from_service_account_file(
         credentials_file, scopes=["https://www.googleapis.com/auth/drive.file"]
     )
-    http = httplib2.Http(timeout=30)
+    http = httplib2.Http(timeout=timeout)
     http.redirect_codes = http.redirect_codes - {308}
     return discovery.build("drive", "v3", http=AuthorizedHttp(credentials, http=http), cache_discovery=False)
 
@@ -305,7 +305,9 @@ class S3:
         self.key = f"s3://{bucket}/{self.prefix}"
 
     @classmethod
-    def from_settings(cls, bucket: str, prefix: str, endpoint: str | None = None) -> S3:
+    def from_settings(
+        cls, bucket: str, prefix: str, endpoint: str | None = None, timeout: float = 30.0
+    ) -> S3:
         try:
             import boto3
             from botocore.config import Config
@@ -314,7 +316,7 @@ class S3:
         client = boto3.client(
             "s3",
             endpoint_url=endpoint or None,
-            config=Config(connect_timeout=10, read_timeout=60, retries={"max_attempts": 2}),
+            config=Config(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 2}),
         )
         return cls(bucket, prefix, client)
 
@@ -383,14 +385,14 @@ class S3:
 
 
 def open_destination(
-    url: str, *, gdrive_endpoint: str | None = None, s3_endpoint: str | None = None
+    url: str, *, gdrive_endpoint: str | None = None, s3_endpoint: str | None = None, timeout: float = 30.0
 ) -> Destination:
     """`file://DIR`, `gdrive://FOLDER_ID` or `s3://BUCKET/PREFIX`."""
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return LocalFolder((parsed.netloc + parsed.path) or ".")
     if parsed.scheme == "gdrive":
-        return GoogleDrive.from_settings(parsed.netloc, gdrive_endpoint)
+        return GoogleDrive.from_settings(parsed.netloc, gdrive_endpoint, timeout)
     if parsed.scheme == "s3":
-        return S3.from_settings(parsed.netloc, parsed.path, s3_endpoint)
+        return S3.from_settings(parsed.netloc, parsed.path, s3_endpoint, timeout)
     raise BadInput(f"unsupported destination {url!r}")

@@ -123,7 +123,10 @@ class ExportSaga:
         self.clock = clock or system_clock
         self.profile = profile or app.export_profile
         self.destination = destination or open_destination(
-            s.export_destination, gdrive_endpoint=s.gdrive_endpoint, s3_endpoint=s.s3_endpoint_url
+            s.export_destination,
+            gdrive_endpoint=s.gdrive_endpoint,
+            s3_endpoint=s.s3_endpoint_url,
+            timeout=s.destination_timeout,
         )
         self.breaker = CircuitBreaker(self.db, self.destination.key, self.clock)
         self.work_root = Path(s.export_work_dir or tempfile.gettempdir()) / "ledgerflow-export"

@@ -35,7 +35,10 @@ def verify_exports(app: App) -> dict[str, Any]:
             try:
                 if url not in destinations:
                     destinations[url] = open_destination(
-                        url, gdrive_endpoint=s.gdrive_endpoint, s3_endpoint=s.s3_endpoint_url
+                        url,
+                        gdrive_endpoint=s.gdrive_endpoint,
+                        s3_endpoint=s.s3_endpoint_url,
+                        timeout=s.destination_timeout,
                     )
                 remote_sha = destinations[url].fetch_sha256(f["remote_id"])
             except (DestinationError, Exception) as exc:
