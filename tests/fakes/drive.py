@@ -80,11 +80,17 @@ def _make_handler(drive: FakeDrive) -> type[BaseHTTPRequestHandler]:
             return False
 
         def _public(self, f: dict[str, Any]) -> dict[str, Any]:
-            return {"id": f["id"], "name": f["name"], "md5Checksum": f["md5"], "size": str(len(f["content"])),
-                    "appProperties": f["appProperties"], "parents": f["parents"],
-                    "webViewLink": f"{drive.url}file/{f['id']}"}
+            return {
+                "id": f["id"],
+                "name": f["name"],
+                "md5Checksum": f["md5"],
+                "size": str(len(f["content"])),
+                "appProperties": f["appProperties"],
+                "parents": f["parents"],
+                "webViewLink": f"{drive.url}file/{f['id']}",
+            }
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             url = urlparse(self.path)
             query = parse_qs(url.query)
             drive.requests.append(("POST", url.path))
@@ -93,24 +99,43 @@ def _make_handler(drive: FakeDrive) -> type[BaseHTTPRequestHandler]:
             if url.path.endswith("/files/generateIds"):
                 self._body()
                 count = int(query.get("count", ["1"])[0])
-                self._send(200, {"ids": [secrets.token_urlsafe(24) for _ in range(count)], "space": "drive",
-                                 "kind": "drive#generatedIds"})
+                self._send(
+                    200,
+                    {
+                        "ids": [secrets.token_urlsafe(24) for _ in range(count)],
+                        "space": "drive",
+                        "kind": "drive#generatedIds",
+                    },
+                )
                 return
             if url.path.startswith("/upload/drive/v3/files") and query.get("uploadType") == ["resumable"]:
                 meta = json.loads(self._body() or b"{}")
                 with drive.lock:
                     if meta.get("id") and meta["id"] in drive.files:
-                        self._send(409, {"error": {"code": 409, "message": "A file already exists with the "
-                                                   "provided ID."}})
+                        self._send(
+                            409,
+                            {
+                                "error": {
+                                    "code": 409,
+                                    "message": "A file already exists with the provided ID.",
+                                }
+                            },
+                        )
                         return
                     session = secrets.token_hex(8)
                     drive.sessions[session] = {"meta": meta, "data": b""}
-                self._send(200, {}, {"Location": f"{drive.url}upload/drive/v3/files?uploadType=resumable"
-                                                 f"&upload_id={session}"})
+                self._send(
+                    200,
+                    {},
+                    {
+                        "Location": f"{drive.url}upload/drive/v3/files?uploadType=resumable"
+                        f"&upload_id={session}"
+                    },
+                )
                 return
             self._send(404, {"error": {"code": 404, "message": f"no route {url.path}"}})
 
-        def do_PUT(self) -> None:  # noqa: N802
+        def do_PUT(self) -> None:
             url = urlparse(self.path)
             query = parse_qs(url.query)
             drive.requests.append(("PUT", url.path))
@@ -134,20 +159,31 @@ def _make_handler(drive: FakeDrive) -> type[BaseHTTPRequestHandler]:
                 if file_id in drive.files:
                     self._send(409, {"error": {"code": 409, "message": "exists"}})
                     return
-                drive.files[file_id] = {"id": file_id, "name": meta.get("name"), "parents": meta.get("parents", []),
-                                        "appProperties": meta.get("appProperties", {}), "content": session["data"],
-                                        "md5": hashlib.md5(session["data"], usedforsecurity=False).hexdigest()}
+                drive.files[file_id] = {
+                    "id": file_id,
+                    "name": meta.get("name"),
+                    "parents": meta.get("parents", []),
+                    "appProperties": meta.get("appProperties", {}),
+                    "content": session["data"],
+                    "md5": hashlib.md5(session["data"], usedforsecurity=False).hexdigest(),
+                }
             self._send(200, self._public(drive.files[file_id]))
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             url = urlparse(self.path)
             drive.requests.append(("GET", url.path))
             if self._failing():
                 return
             if url.path.endswith("/files/generateIds"):
                 count = int(parse_qs(url.query).get("count", ["1"])[0])
-                self._send(200, {"ids": [secrets.token_urlsafe(24) for _ in range(count)], "space": "drive",
-                                 "kind": "drive#generatedIds"})
+                self._send(
+                    200,
+                    {
+                        "ids": [secrets.token_urlsafe(24) for _ in range(count)],
+                        "space": "drive",
+                        "kind": "drive#generatedIds",
+                    },
+                )
                 return
             file_id = url.path.rsplit("/", 1)[-1]
             f = drive.files.get(file_id)
@@ -156,7 +192,7 @@ def _make_handler(drive: FakeDrive) -> type[BaseHTTPRequestHandler]:
             else:
                 self._send(200, self._public(f))
 
-        def do_DELETE(self) -> None:  # noqa: N802
+        def do_DELETE(self) -> None:
             url = urlparse(self.path)
             drive.requests.append(("DELETE", url.path))
             if self._failing():

@@ -171,7 +171,7 @@ def test_japanese_layouts_refuse_other_currencies_negatives_and_unencodable_text
             ],
         }
     )
-    with pytest.raises(BadInput, match="N-1 .*negative amount"):
+    with pytest.raises(BadInput, match=r"N-1 .*negative amount"):
         check_entry(negative, PROFILES["freee"])
     thai = parse_entry(
         {

@@ -407,16 +407,17 @@ class Worker:
             self._outcomes.append(Outcome(self._buffer.popleft(), "returned", 0.0))
 
     def _work_remaining(self) -> bool:
+        """Burst mode goes on while a job of its queues is runnable now or within BURST_HORIZON."""
         with self.db.read() as conn:
-            due = self.db.now()
+            soon = self.db.after(self.BURST_HORIZON)
             query = (
                 select(jobs.c.id)
                 .where(
                     jobs.c.queue.in_(list(self.opts.queues)),
                     jobs.c.task.in_(self._tasks),
                     or_(
-                        jobs.c.state.in_([S.AVAILABLE, S.RETRYABLE]),
-                        (jobs.c.state == S.SCHEDULED) & (jobs.c.scheduled_at <= due),
+                        jobs.c.state == S.AVAILABLE,
+                        jobs.c.state.in_([S.SCHEDULED, S.RETRYABLE]) & (jobs.c.scheduled_at <= soon),
                     ),
                     leases.DEPENDENCIES_MET,
                     leases.NOT_PAUSED,
@@ -424,6 +425,9 @@ class Worker:
                 .limit(1)
             )
             return conn.execute(query).first() is not None
+
+    #: Burst mode waits for retries due within this many seconds, not for later ones.
+    BURST_HORIZON = 5.0
 
     def _seconds_until_due(self) -> float | None:
         with self.db.read() as conn:

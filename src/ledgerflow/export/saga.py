@@ -591,7 +591,9 @@ class ExportSaga:
             reservation.update(zip(missing, ids, strict=True))
             with self.db.begin() as conn:  # stored before anything is uploaded
                 self._guarded(conn, batch["id"], token, reservation=reservation)
-        for f in files:
+        for n, f in enumerate(files):
+            if n == 1:
+                crash_point("mid_upload")
             remote = self.destination.upload(
                 work / f["name"],
                 f["name"],
