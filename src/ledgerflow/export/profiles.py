@@ -25,7 +25,10 @@ EXCEL_MAX_ROWS = 1_048_576
 
 def neutralise_text(value: str) -> str:
     """Prefix `'` to a text cell that a spreadsheet would evaluate (also after leading spaces)."""
-    if value and (value[0] in FORMULA_TRIGGERS or value.lstrip(" ")[:1] in FORMULA_TRIGGERS):
+    if not value:
+        return value
+    first = value[0]
+    if first in FORMULA_TRIGGERS or (first == " " and value.lstrip(" ")[:1] in FORMULA_TRIGGERS):
         return "'" + value
     return value
 
@@ -84,8 +87,8 @@ class Profile:
         return format_amount(value, currency)
 
 
-def check_entry(entry: Entry, profile: Profile) -> None:
-    """Refuse, naming the entry, what this layout cannot hold (before anything is written)."""
+def check_amounts(entry: Entry, profile: Profile) -> None:
+    """Refuse, naming the entry, a currency or sign this layout cannot hold."""
     where = f"entry {entry.reference} ({profile.name} profile)"
     if profile.currencies is not None and entry.currency not in profile.currencies:
         raise BadInput(
@@ -99,6 +102,12 @@ def check_entry(entry: Entry, profile: Profile) -> None:
                     f"{where}: line {n} has a negative amount; this layout only takes "
                     f"positive amounts (put it on the opposite side)"
                 )
+
+
+def check_entry(entry: Entry, profile: Profile) -> None:
+    """Refuse, naming the entry, what this layout cannot hold (before anything is written)."""
+    check_amounts(entry, profile)
+    where = f"entry {entry.reference} ({profile.name} profile)"
     codec = profile.encoding
     for n, row in enumerate(rows_for(entry, profile, 1), 1):
         for cell in row:
@@ -112,13 +121,14 @@ def check_entry(entry: Entry, profile: Profile) -> None:
 # ---------------------------------------------------------------- row builders
 def _generic(entry: Entry, p: Profile, slip: int) -> list[list[str]]:
     day = format_date(entry.date, p.date_style)
+    reference, description = p.text(entry.reference), p.text(entry.description)
     return [
         [
-            p.text(entry.reference),
+            reference,
             day,
             p.text(line.account),
             p.text(line.account_name),
-            p.text(entry.description),
+            description,
             p.amount(line.debit, entry.currency),
             p.amount(line.credit, entry.currency),
             p.text(line.tax_code),

@@ -32,7 +32,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, delete, insert, literal, or_, select, update
+from sqlalchemy import Connection, and_, delete, false, func, insert, literal, or_, select, update
 
 from ledgerflow.clock import Clock, system_clock
 from ledgerflow.db.tables import (
@@ -340,24 +340,14 @@ class ExportSaga:
     def _snapshot(
         self, conn: Connection, batch_id: int, kind: str, batch_date: date, entry_id: int | None
     ) -> int:
-        q, e = export_queue, journal_entries
-        members = (
-            select(q.c.entry_id)
-            .join(e, e.c.id == q.c.entry_id)
-            .where(*self._candidates(batch_date, entry_id))
+        """Reserve the batch's entries and record its snapshot, in SQL (memory flat for any size)."""
+        q, e, be = export_queue, journal_entries, export_batch_entries
+        # UPDATE … FROM, no self-join: linear whatever the planner's statistics say after a bulk import
+        conn.execute(
+            update(q)
+            .where(q.c.entry_id == e.c.id, *self._candidates(batch_date, entry_id))
+            .values(batch_id=batch_id)
         )
-        taken = (
-            conn.execute(
-                update(q)
-                .where(q.c.entry_id.in_(members), q.c.batch_id.is_(None), q.c.status == "queued")
-                .values(batch_id=batch_id)
-                .returning(q.c.entry_id)
-            )
-            .scalars()
-            .all()
-        )
-        if not taken:
-            return 0
         prev = conn.execute(
             select(export_batches.c.batch_date, export_batches.c.cutoff_at)
             .where(
@@ -368,20 +358,23 @@ class ExportSaga:
             .order_by(export_batches.c.batch_date.desc())
             .limit(1)
         ).first()
-        late: set[int] = set()
-        if prev is not None:  # dated into a day already delivered, recorded after it was cut off
-            late = set(
-                conn.execute(
-                    select(e.c.id).where(
-                        e.c.id.in_(taken), e.c.entry_date <= prev.batch_date, e.c.created_at > prev.cutoff_at
-                    )
-                ).scalars()
-            )
-        conn.execute(
-            insert(export_batch_entries),
-            [{"batch_id": batch_id, "entry_id": i, "late": i in late} for i in taken],
+        # late: dated into a day already delivered, recorded after that batch was cut off
+        late = (
+            and_(e.c.entry_date <= prev.batch_date, e.c.created_at > prev.cutoff_at)
+            if prev is not None
+            else false()
         )
-        return len(taken)
+        conn.execute(
+            insert(be).from_select(
+                ["batch_id", "entry_id", "late"],
+                select(literal(batch_id), q.c.entry_id, late)
+                .join(e, e.c.id == q.c.entry_id)
+                .where(q.c.batch_id == batch_id),
+            )
+        )
+        return int(
+            conn.execute(select(func.count()).select_from(be).where(be.c.batch_id == batch_id)).scalar_one()
+        )
 
     def _lock(self, batch_id: int) -> int | None:
         token = secrets.randbits(62)

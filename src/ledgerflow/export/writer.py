@@ -22,7 +22,7 @@ from sqlalchemy import Connection, func, select
 
 from ledgerflow.db.tables import export_batch_entries, journal_entries, journal_lines
 from ledgerflow.errors import BadInput, LedgerflowError
-from ledgerflow.export.profiles import Profile, check_entry, rows_for
+from ledgerflow.export.profiles import Profile, check_amounts, rows_for
 from ledgerflow.ledger.entries import Entry, Line
 from ledgerflow.ledger.money import format_amount, from_minor
 
@@ -219,7 +219,7 @@ def write_parts(
     try:
         for slip, (entry, late) in enumerate(entries, 1):
             try:
-                check_entry(entry, profile)
+                check_amounts(entry, profile)
             except BadInput as exc:
                 raise EntryRejected(entry.id or 0, str(exc)) from None
             rows = rows_for(entry, profile, slip)
@@ -236,7 +236,15 @@ def write_parts(
                 if profile.header:
                     writer.writerow(profile.header)
                 part_rows = part_entries = 0
-            writer.writerows(rows)
+            try:
+                writer.writerows(rows)
+            except UnicodeEncodeError as exc:  # checked here rather than cell by cell beforehand
+                bad = exc.object[exc.start : exc.end]
+                raise EntryRejected(
+                    entry.id or 0,
+                    f"entry {entry.reference} ({profile.name} profile): character "
+                    f"{bad!r} cannot be written in {profile.encoding}",
+                ) from None
             part_rows += len(rows)
             part_entries += 1
             generated.entry_count += 1

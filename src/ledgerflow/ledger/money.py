@@ -62,16 +62,18 @@ def parse_amount(value: Any, currency: str, what: str = "amount") -> Decimal:
     return amount
 
 
+_QUANTUM = {places: Decimal(1).scaleb(-places) for places in set(MINOR_UNITS.values())}
+
+
 def to_minor(amount: Decimal, currency: str) -> int:
     return int(amount.scaleb(MINOR_UNITS[currency]))
 
 
 def from_minor(minor: int, currency: str) -> Decimal:
-    places = MINOR_UNITS[currency]
-    return Decimal(minor).scaleb(-places).quantize(Decimal(1).scaleb(-places))
+    """Integer minor units → Decimal with exactly the currency's places (10700 THB → 107.00)."""
+    return Decimal(minor).scaleb(-MINOR_UNITS[currency])
 
 
 def format_amount(amount: Decimal, currency: str) -> str:
     """Plain decimal text with the currency's places: '107.00' (THB), '1080' (JPY), '-5.50'."""
-    places = MINOR_UNITS[currency]
-    return f"{amount.quantize(Decimal(1).scaleb(-places)):f}"
+    return f"{amount.quantize(_QUANTUM[MINOR_UNITS[currency]]):f}"

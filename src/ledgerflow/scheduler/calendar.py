@@ -8,8 +8,6 @@ from functools import lru_cache
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-import holidays
-
 from ledgerflow.errors import BadInput
 
 BusinessDayRule = Literal["next", "previous", "skip"]
@@ -18,10 +16,14 @@ RULES = ("next", "previous", "skip")
 
 @lru_cache(maxsize=64)
 def _country(code: str, year: int) -> frozenset[date]:
+    import holidays  # imported when a calendar is used: it is a large package
+
     return frozenset(holidays.country_holidays(code, years=year).keys())
 
 
 def check_country(code: str) -> str:
+    import holidays
+
     code = code.upper()
     if code not in holidays.list_supported_countries():
         raise BadInput(f"unknown holiday calendar {code!r} (use an ISO country code such as TH or JP)")
