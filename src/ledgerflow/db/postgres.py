@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, Interval, Select, func, literal
+from sqlalchemy import Connection, Interval, Select, exc, func, literal
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -26,6 +26,17 @@ _JSON = {"args", "kwargs", "errors"}
 def conninfo(engine: Engine) -> str:
     """A libpq URI for a raw psycopg connection to the engine's database."""
     return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def driver_error(conn: Connection, statement: str, error: psycopg.Error) -> exc.DBAPIError:
+    """Turn an error raised on the raw psycopg connection (COPY) into SQLAlchemy's form,
+    invalidating a broken connection so the pool never hands it out again."""
+    raw = conn.connection.driver_connection
+    broken = bool(getattr(raw, "closed", False) or getattr(raw, "broken", False))
+    if broken:
+        conn.invalidate()
+    kind = exc.OperationalError if isinstance(error, psycopg.OperationalError) else exc.DatabaseError
+    return kind(statement, None, error, connection_invalidated=broken)  # type: ignore[arg-type]
 
 
 class PostgresBackend:
@@ -60,29 +71,32 @@ class PostgresBackend:
             {"n": len(rows)},
         ).all()
         ids, now = [r[0] for r in drawn], drawn[0][1]
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        raw = conn.connection.driver_connection
         columns = ", ".join(("id", *BULK_JOB_COLUMNS, "created_at", "errors", "has_dependencies"))
-        with cursor.copy(f"COPY jobs ({columns}) FROM STDIN") as copy:
-            for job_id, (task, queue, priority, state, args, kwargs, attempts, timeout, when) in zip(
-                ids, rows, strict=True
-            ):
-                copy.write_row(
-                    (
-                        job_id,
-                        task,
-                        queue,
-                        priority,
-                        state,
-                        dumps(args) if args else "[]",
-                        dumps(kwargs) if kwargs else "{}",
-                        attempts,
-                        timeout,
-                        when,
-                        now,
-                        "[]",
-                        False,
+        try:
+            with raw.cursor() as cursor, cursor.copy(f"COPY jobs ({columns}) FROM STDIN") as copy:  # type: ignore[union-attr]
+                for job_id, (task, queue, priority, state, args, kwargs, attempts, timeout, when) in zip(
+                    ids, rows, strict=True
+                ):
+                    copy.write_row(
+                        (
+                            job_id,
+                            task,
+                            queue,
+                            priority,
+                            state,
+                            dumps(args) if args else "[]",
+                            dumps(kwargs) if kwargs else "{}",
+                            attempts,
+                            timeout,
+                            when,
+                            now,
+                            "[]",
+                            False,
+                        )
                     )
-                )
+        except psycopg.Error as error:
+            raise driver_error(conn, "COPY jobs", error) from error
         return ids
 
     def waker(self, engine: Engine, poll_seconds: float) -> ListenWaker:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Select, bindparam, event
+from sqlalchemy import Connection, Select, bindparam, event, exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -98,13 +98,18 @@ class SQLiteBackend:
             )
 
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        cursor.executemany(
+        statement = (
             f"INSERT INTO jobs ({', '.join(BULK_JOB_COLUMNS)}, created_at, errors, has_dependencies) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '[]', 0)",
-            [values(r) for r in rows],
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '[]', 0)"
         )
-        last = cursor.execute("SELECT last_insert_rowid()").fetchone()[0]
-        cursor.close()
+        try:
+            cursor.executemany(statement, [values(r) for r in rows])
+            last = cursor.execute("SELECT last_insert_rowid()").fetchone()[0]
+        except sqlite3.Error as error:  # raw cursor: give it SQLAlchemy's form, like every other error
+            kind = exc.OperationalError if isinstance(error, sqlite3.OperationalError) else exc.DatabaseError
+            raise kind(statement, None, error) from error  # type: ignore[arg-type]
+        finally:
+            cursor.close()
         return list(range(last - len(rows) + 1, last + 1))
 
     def waker(self, engine: Engine, poll_seconds: float) -> DataVersionWaker:
