@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, one JSON document on stdout (see docs/benchmarks.md).
 
-    python -m bench.run [--backends sqlite,postgresql] [--only engine,export,peers] [--quick]
+python -m bench.run [--backends sqlite,postgresql] [--only engine,export,peers] [--quick]
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     backends = [b for b in args.backends.split(",") if b]
     parts = set(args.only.split(","))
     started = time.time()
-    report: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     if "engine" in parts:
         report["engine"] = engine.run(backends)
     if "export" in parts:
