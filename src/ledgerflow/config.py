@@ -20,7 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from ledgerflow.errors import ConfigError
+from ledgerflow.errors import BadInput, ConfigError
 
 ENV_PREFIX = "LEDGERFLOW_"
 
@@ -126,7 +126,10 @@ class Settings(BaseSettings):
     def _cron(cls, value: str) -> str:
         from ledgerflow.scheduler.cron import parse_cron
 
-        parse_cron(value)
+        try:
+            parse_cron(value)
+        except BadInput as exc:  # pydantic names the variable only for ValueError
+            raise ValueError(str(exc)) from None
         return value
 
     @field_validator("export_profile")

@@ -1,0 +1,235 @@
+"""The command line, in-process: exit codes 0/1/2, one-line errors, --json everywhere."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ledgerflow.cli.context import state
+from ledgerflow.cli.main import run
+
+
+@pytest.fixture
+def cli(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., tuple[int, str, str]]:
+    monkeypatch.setenv("LEDGERFLOW_DATABASE_URL", db_url)
+    monkeypatch.setenv("LEDGERFLOW_EXPORT_DESTINATION", f"file://{tmp_path / 'out'}")
+    monkeypatch.setenv("LEDGERFLOW_EXPORT_WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("LEDGERFLOW_LOG_LEVEL", "ERROR")
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def invoke(*args: str) -> tuple[int, str, str]:
+        if state._app is not None:
+            state._app.close()
+        state._app, state.app_ref, state.database_url, state.debug = None, None, None, False
+        with pytest.raises(SystemExit) as exit_info:
+            run(list(args))
+        out, err = capsys.readouterr()
+        return int(exit_info.value.code or 0), out, err
+
+    yield invoke
+    if state._app is not None:
+        state._app.close()
+        state._app = None
+
+
+def test_jobs_lifecycle_through_the_cli(cli):
+    assert cli("init")[0] == 0
+    code, out, _ = cli("jobs", "enqueue", "ledgerflow.cleanup", "--args", "[30]", "--priority", "2", "--json")
+    job = json.loads(out)
+    assert code == 0 and job["priority"] == 2 and job["args"] == [30]
+    code, out, _ = cli("jobs", "list", "--state", "available", "--json")
+    assert [j["id"] for j in json.loads(out)] == [job["id"]]
+    assert "ledgerflow.cleanup" in cli("jobs", "list")[1]
+    assert cli("jobs", "cancel", str(job["id"]))[0] == 0
+    code, out, _ = cli("jobs", "show", str(job["id"]), "--json")
+    assert json.loads(out)["state"] == "cancelled"
+    assert cli("jobs", "retry", str(job["id"]), "--json")[0] == 0
+    assert "state" in cli("jobs", "show", str(job["id"]))[1]
+    assert cli("worker", "--burst", "--queues", "maintenance", "-c", "2")[0] == 0
+    code, out, _ = cli("jobs", "show", str(job["id"]), "--json")
+    assert (
+        json.loads(out)["state"] == "completed" and json.loads(out)["executions"][0]["status"] == "completed"
+    )
+    code, out, _ = cli("prune", "--days", "1", "--json")
+    assert code == 0 and json.loads(out) == {"jobs": 0, "executions": 0}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("jobs", "enqueue", "nope"), "error: unknown task 'nope'"),
+        (("jobs", "enqueue", "ledgerflow.cleanup", "--args", "[1"), "--args is not valid JSON"),
+        (("jobs", "enqueue", "ledgerflow.cleanup", "--kwargs", "[]"), "--kwargs must be a JSON object"),
+        (("jobs", "enqueue", "ledgerflow.cleanup", "--priority", "12"), "priority must be 0..9"),
+        (("jobs", "show", "424242"), "unknown job id 424242"),
+        (("worker", "-c", "0"), "--concurrency must be >= 1"),
+        (("prune", "--days", "0"), "--days must be >= 1"),
+        (("schedules", "next", "missing"), "unknown schedule 'missing'"),
+        (("export", "run", "--date", "2026-02-30"), "--date '2026-02-30' is not a date"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_naming_it(cli, args, message):
+    code, _, err = cli(*args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_bad_configuration_exits_2_naming_the_variable(cli, monkeypatch):
+    monkeypatch.setenv("LEDGERFLOW_TIMEZONE", "Mars/Base")
+    code, _, err = cli("jobs", "list")
+    assert code == 2 and err.strip() == "error: LEDGERFLOW_TIMEZONE: unknown time zone 'Mars/Base'"
+    monkeypatch.setenv("LEDGERFLOW_TIMEZONE", "Asia/Bangkok")
+    monkeypatch.setenv("LEDGERFLOW_DAILY_EXPORT_CRON", "0 25 * * *")
+    code, _, err = cli("jobs", "list")
+    assert code == 2 and "LEDGERFLOW_DAILY_EXPORT_CRON: invalid cron expression '0 25 * * *'" in err
+
+
+def test_dead_letter_queue_and_queue_controls(cli):
+    from ledgerflow.cli.context import state as st
+
+    cli("init")
+    app = st.app()
+
+    @app.task(name="always_fails", max_attempts=1)
+    def always_fails() -> None:
+        raise RuntimeError("boom")
+
+    job = always_fails.enqueue()
+    app.run_worker(burst=True)
+    app.close()
+    st._app = None
+    code, out, _ = cli("dlq", "list", "--json")
+    assert [j["id"] for j in json.loads(out)] == [job.id]
+    assert cli("dlq", "list")[0] == 0
+    assert cli("dlq", "retry")[0] == 2
+    code, out, _ = cli("dlq", "retry", "--all", "--json")
+    assert json.loads(out) == {"retried": 1}
+    assert cli("dlq", "retry", str(job.id))[0] == 2  # no longer dead
+    _, out, _ = cli("dlq", "purge", "--yes", "--json")
+    assert json.loads(out) == {"purged": 0}
+    assert "paused" in cli("queues", "pause", "default")[1]
+    assert "already" in cli("queues", "pause", "default")[1]
+    _, out, _ = cli("queues", "list", "--json")
+    assert {q["queue"]: q["paused"] for q in json.loads(out)}["default"] is True
+    assert "resumed" in cli("queues", "resume", "default")[1]
+    assert "paused" in cli("tasks", "pause", "ledgerflow.cleanup", "--reason", "maintenance window")[1]
+    _code, out, _ = cli("tasks", "list", "--json")
+    row = next(t for t in json.loads(out) if t["task"] == "ledgerflow.cleanup")
+    assert row["paused"] and row["reason"] == "maintenance window"
+    assert cli("tasks", "list")[0] == 0 and cli("queues", "list")[0] == 0
+    assert "resumed" in cli("tasks", "resume", "ledgerflow.cleanup")[1]
+    assert "was not paused" in cli("tasks", "resume", "ledgerflow.cleanup")[1]
+
+
+def test_entries_and_export_through_the_cli(cli, tmp_path):
+    entries = tmp_path / "entries.json"
+    entries.write_text(
+        json.dumps(
+            [
+                {
+                    "date": "2026-11-26",
+                    "reference": "CLI-1",
+                    "description": "ค่ากาแฟ",
+                    "currency": "THB",
+                    "lines": [
+                        {"account": "5100", "debit": "50.00", "credit": "0"},
+                        {"account": "1000", "debit": "0", "credit": "50.00"},
+                    ],
+                }
+            ]
+        )
+    )
+    cli("init")
+    code, out, _ = cli("entries", "import", str(entries), "--json")
+    assert code == 0 and json.loads(out) == {"imported": 1, "references": ["CLI-1"]}
+    assert cli("entries", "import", str(entries))[0] == 2  # duplicate reference
+    assert "CLI-1" in cli("entries", "list")[1]
+    code, out, _ = cli("entries", "show", "CLI-1", "--json")
+    assert json.loads(out)["lines"][0]["debit"] == "50.00" and json.loads(out)["export"]["status"] == "queued"
+    assert "ค่ากาแฟ" in cli("entries", "show", "CLI-1")[1]
+    code, out, _ = cli("export", "run", "--date", "2026-11-26")
+    assert code == 0 and "1 entries" in out
+    assert "already delivered" in cli("export", "run", "--date", "2026-11-26")[1]
+    code, out, _ = cli("export", "status", "--json")
+    assert json.loads(out)[0]["state"] == "completed"
+    assert "daily:2026-11-26" in cli("export", "status")[1]
+    code, out, _ = cli("export", "verify")
+    assert code == 0 and "intact" in out
+    code, out, _ = cli("entries", "reverse", "CLI-1", "--date", "2026-11-27", "--json")
+    assert json.loads(out)["reference"] == "REV-CLI-1"
+    assert cli("entries", "list", "--status", "queued", "--json")[0] == 0
+    code, out, _ = cli("export", "run", "--date", "2026-11-27", "--dry-run", "--out", str(tmp_path / "dry"))
+    assert code == 0 and "nothing marked" in out
+
+
+def test_schedules_through_the_cli(cli):
+    cli("init")
+    code, out, _ = cli(
+        "schedules",
+        "add",
+        "close",
+        "--cron",
+        "0 18 L * *",
+        "--task",
+        "ledgerflow.cleanup",
+        "--holidays",
+        "th",
+        "--business-day",
+        "previous",
+        "--extra-holidays",
+        "2026-12-30",
+        "--json",
+    )
+    assert code == 0 and json.loads(out)["holiday_calendar"] == "TH"
+    code, out, _ = cli("schedules", "next", "close", "-n", "1", "--after", "2026-12-01T00:00:00", "--json")
+    assert json.loads(out) == ["2026-12-29T18:00:00+07:00"]
+    assert (
+        cli(
+            "schedules",
+            "add",
+            "x",
+            "--cron",
+            "0 1 * * *",
+            "--task",
+            "ledgerflow.cleanup",
+            "--extra-holidays",
+            "soon",
+        )[0]
+        == 2
+    )
+    assert "close" in cli("schedules", "list")[1]
+    assert cli("schedules", "list", "--json")[0] == 0
+    assert "disabled" in cli("schedules", "disable", "close")[1]
+    code, out, _ = cli("schedules", "run", "close", "--run-id", "dec-close", "--json")
+    assert json.loads(out)["run_key"] == "dec-close"
+    assert cli("schedules", "run", "close", "--run-id", "dec-close")[0] == 1
+    code, out, _ = cli("schedules", "fires", "close", "--json")
+    assert json.loads(out)[0]["trigger"] == "manual"
+    assert cli("schedules", "fires", "close")[0] == 0
+    assert cli("worker", "--burst", "--queues", "maintenance")[0] == 0
+    code, out, _ = cli("schedules", "history", "close", "--json")
+    assert json.loads(out)[0]["status"] == "completed"
+    assert cli("schedules", "history", "close")[0] == 0
+    assert "enabled" in cli("schedules", "enable", "close")[1]
+    assert "removed" in cli("schedules", "remove", "close")[1]
+    assert cli("schedules", "remove", "close")[0] == 2
+
+
+def test_demo_loads_a_ledger_exports_it_and_runs_jobs(cli, tmp_path):
+    code, out, _ = cli("demo", "--jobs", "30", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["entries_added"] == 25 and report["export"]["state"] == "completed"
+    assert report["jobs"]["completed"] == 30
+    csv_files = list((tmp_path / "out").glob("*.csv"))
+    assert len(csv_files) == 1 and "ภาษีซื้อ" in csv_files[0].read_text("utf-8-sig")
+    code, out, _ = cli("demo", "--jobs", "0")
+    assert code == 0 and "0 new entries" in out
+
+
+def test_debug_shows_the_traceback(cli):
+    code, _, err = cli("--debug", "jobs", "show", "999")
+    assert code == 2 and "Traceback" in err
