@@ -21,7 +21,7 @@ dev: $(BIN)/activate
 run: install
 	$(BIN)/ledgerflow init
 	$(BIN)/ledgerflow demo
-	$(BIN)/ledgerflow worker
+	$(BIN)/ledgerflow serve
 
 ## The whole test suite (SQLite and PostgreSQL), with line coverage.
 test: dev

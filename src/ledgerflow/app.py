@@ -267,6 +267,10 @@ class App:
 
         run_scheduler(self, clock, tick_seconds)
 
+    def queues(self) -> list[str]:
+        """Every queue a registered task uses, plus `default`."""
+        return sorted({self.registry.get(n).options.queue for n in self.registry.names()} | {"default"})
+
     # ---------------------------------------------------------------- worker
     def worker(
         self,

@@ -21,6 +21,7 @@ def register(cli: typer.Typer) -> None:
     cli.command("worker")(worker)
     cli.command("prune")(prune)
     cli.command("demo")(demo)
+    cli.command("serve")(serve)
 
 
 def migrate() -> None:
@@ -52,9 +53,7 @@ def worker(
         raise BadInput(f"--concurrency must be >= 1, got {concurrency}")
     app = state.app(app_ref)
     if queues is None:
-        queues = ",".join(
-            sorted({t.options.queue for t in map(app.registry.get, app.registry.names())} | {"default"})
-        )
+        queues = ",".join(app.queues())
     result = app.run_worker(queues, concurrency=concurrency, burst=burst)
     if result == WorkerExit.RESTART:
         sys.stdout.flush()
@@ -135,3 +134,39 @@ def demo(
             f"demo jobs: {j['completed']}/{j['jobs']} completed in {j['seconds']}s "
             f"({j['jobs_per_second']} jobs/s)"
         )
+
+
+def serve(
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+    no_worker: Annotated[
+        bool, typer.Option("--no-worker", help="Do not run a worker in this process.")
+    ] = False,
+    no_scheduler: Annotated[bool, typer.Option("--no-scheduler", help="Do not run the scheduler.")] = False,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow a non-loopback host without a token.")
+    ] = False,
+    queues: Annotated[
+        str | None, typer.Option("--queues", help="Worker queues (default: every task's queue).")
+    ] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c")] = 8,
+    app_ref: AppOption = None,
+) -> None:
+    """Run the HTTP API, a worker and the scheduler in one process (SIGTERM stops it gracefully)."""
+    from ledgerflow.service import serve as run_service
+
+    if concurrency < 1:
+        raise BadInput(f"--concurrency must be >= 1, got {concurrency}")
+    app = state.app(app_ref)
+    if queues is None:
+        queues = ",".join(app.queues())
+    run_service(
+        app,
+        host=host,
+        port=port,
+        worker=not no_worker,
+        scheduler=not no_scheduler,
+        insecure=insecure,
+        queues=queues,
+        concurrency=concurrency,
+    )

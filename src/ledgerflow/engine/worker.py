@@ -40,6 +40,7 @@ from sqlalchemy import insert, or_, select, update
 from ledgerflow.db.database import is_transient
 from ledgerflow.db.tables import jobs, workers
 from ledgerflow.engine import leases
+from ledgerflow.engine.autostop import AutoStop, CpuGate
 from ledgerflow.engine.isolation import ChildProcess, ChildTaskError
 from ledgerflow.engine.jobs import JobContext, reset_current_job, set_current_job
 from ledgerflow.engine.leases import Claim, LeaseSQL, Outcome, error_record
@@ -147,7 +148,12 @@ class Worker:
         self._threads_stop = threading.Event()
         self._pool = DaemonThreadPool(options.concurrency)
         self._tasks = [n for n in app.registry.names()]
-        self.hooks: list[Callable[[], None]] = []  # periodic maintenance hooks (auto-stop, ...)
+        self.hooks: list[Callable[[], None]] = [AutoStop(app).maybe_check]  # periodic maintenance
+        self._gates: list[Callable[[], bool]] = []
+        if app.settings.autostop_cpu_enabled:
+            gate = CpuGate(app, app.settings.autostop_cpu_percent, app.settings.autostop_cpu_seconds)
+            self.hooks.append(gate.sample)
+            self._gates.append(gate.is_open)
 
     # ------------------------------------------------------------ lifecycle
     def run(self) -> WorkerExit:
@@ -449,7 +455,7 @@ class Worker:
                     "claiming_resumed" if ok else "claiming_paused_memory", memory_percent=percent
                 )
             self._memory_ok = ok
-        return self._memory_ok and all(hook_ok() for hook_ok in self.app._claim_gates)
+        return self._memory_ok and all(gate() for gate in [*self._gates, *self.app._claim_gates])
 
     # ------------------------------------------------------------ running
     def _start(self, claim: Claim) -> None:

@@ -1,0 +1,1 @@
+"""The HTTP service: JSON API, health checks, Prometheus metrics, server-sent events."""

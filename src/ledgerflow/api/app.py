@@ -1,0 +1,280 @@
+"""The FastAPI application: health, metrics, events, and the JSON API routers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from sqlalchemy import func, select
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ledgerflow import __version__
+from ledgerflow.api.security import GuardMiddleware
+from ledgerflow.clock import Clock, system_clock
+from ledgerflow.db.tables import (
+    export_batches,
+    export_logs,
+    job_executions,
+    job_schedules,
+    schedule_fires,
+    workers,
+)
+from ledgerflow.errors import DatabaseUnavailable, LedgerflowError
+
+if TYPE_CHECKING:
+    from ledgerflow.app import App
+
+STATUS = {
+    "bad_input": 400,
+    "config_error": 400,
+    "not_found": 404,
+    "unknown_task": 404,
+    "conflict": 409,
+    "database_unavailable": 503,
+}
+
+
+def error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def health(app: App, clock: Clock) -> tuple[int, dict[str, Any]]:
+    """Database reachability plus the heartbeat age of each worker and scheduler."""
+    try:
+        with app.db.read() as conn:
+            rows = conn.execute(
+                select(workers.c.kind, workers.c.id, workers.c.heartbeat_at).where(
+                    workers.c.stopped_at.is_(None)
+                )
+            ).all()
+    except (DatabaseUnavailable, Exception) as exc:
+        return 503, {"status": "unhealthy", "database": "unreachable", "error": str(exc).splitlines()[0]}
+    now = clock()
+    stale_after = 10 * max(app.settings.heartbeat_seconds, 1.0)
+    processes = [
+        {"kind": kind, "id": ident, "heartbeat_age_seconds": round((now - beat).total_seconds(), 1)}
+        for kind, ident, beat in rows
+    ]
+    return 200, {
+        "status": "healthy",
+        "database": "ok",
+        "backend": app.db.backend.name,
+        "version": __version__,
+        "workers": [
+            p for p in processes if p["kind"] == "worker" and p["heartbeat_age_seconds"] < stale_after
+        ],
+        "schedulers": [
+            p for p in processes if p["kind"] == "scheduler" and p["heartbeat_age_seconds"] < stale_after
+        ],
+        "stale": [p for p in processes if p["heartbeat_age_seconds"] >= stale_after],
+    }
+
+
+def cron_health(app: App, clock: Clock) -> tuple[int, dict[str, Any]]:
+    """Healthy when the daily export last succeeded less than LEDGERFLOW_HEALTH_CRON_MAX_AGE_HOURS ago."""
+    with app.db.read() as conn:
+        last = conn.execute(
+            select(func.max(export_batches.c.completed_at)).where(
+                export_batches.c.kind == "daily", export_batches.c.state == "completed"
+            )
+        ).scalar()
+        upcoming = conn.execute(
+            select(job_schedules.c.next_fire_time, job_schedules.c.timezone).where(
+                job_schedules.c.name == "daily_export"
+            )
+        ).first()
+    now = clock()
+    hours = None if last is None else round((now - last).total_seconds() / 3600, 2)
+    healthy = hours is not None and hours < app.settings.health_cron_max_age_hours
+    next_run = None
+    if upcoming is not None and upcoming.next_fire_time is not None:
+        from zoneinfo import ZoneInfo
+
+        next_run = upcoming.next_fire_time.astimezone(ZoneInfo(upcoming.timezone)).isoformat()
+    body = {
+        "status": "healthy" if healthy else "unhealthy",
+        "last_run": last.isoformat() if last else None,
+        "hours_since_last_run": hours,
+        "next_run": next_run,
+    }
+    return (200 if healthy else 503), body
+
+
+def create_api(app: App, *, clock: Clock | None = None) -> FastAPI:
+    """Build the HTTP service for `app` (`clock` is injectable for tests)."""
+    from ledgerflow.api import routes
+
+    clock = clock or system_clock
+    api = FastAPI(
+        title="ledgerflow",
+        version=__version__,
+        description="Jobs, schedules, journal entries and exports. Send `Authorization: Bearer "
+        "<LEDGERFLOW_API_TOKEN>` when a token is configured.",
+    )
+    api.state.app = app
+    api.state.clock = clock
+
+    @api.exception_handler(LedgerflowError)
+    async def _ledgerflow_error(_request: Request, exc: LedgerflowError) -> JSONResponse:
+        return error(STATUS.get(exc.code, 500 if exc.exit_code == 1 else 400), exc.code, str(exc))
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return error(
+            422, "invalid_request", f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+        )
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(exc.status_code, "http_error", str(exc.detail))
+
+    unhealthy = {503: {"description": "unhealthy (by design: uptime checks alert on it)"}}
+
+    @api.get("/api/health", tags=["health"], responses=unhealthy)
+    def get_health() -> JSONResponse:
+        status, body = health(app, clock)
+        return JSONResponse(body, status_code=status)
+
+    @api.get("/api/health/cron", tags=["health"], responses=unhealthy)
+    def get_cron_health() -> JSONResponse:
+        try:
+            status, body = cron_health(app, clock)
+        except DatabaseUnavailable as exc:
+            status, body = (
+                503,
+                {
+                    "status": "unhealthy",
+                    "last_run": None,
+                    "hours_since_last_run": None,
+                    "next_run": None,
+                    "error": str(exc),
+                },
+            )
+        return JSONResponse(body, status_code=status)
+
+    @api.get("/metrics", tags=["health"], response_class=Response)
+    def get_metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        from ledgerflow.api.metrics import render
+
+        return Response(render(app), media_type=CONTENT_TYPE_LATEST)
+
+    @api.get("/api/events", tags=["events"])
+    async def get_events(request: Request) -> StreamingResponse:
+        """Server-sent events of job attempts, schedule fires and export steps, as they happen."""
+        return StreamingResponse(
+            event_stream(app, request), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+        )
+
+    api.include_router(routes.router, prefix="/api")
+    api.add_middleware(
+        GuardMiddleware,
+        token=app.settings.api_token.get_secret_value() if app.settings.api_token else None,
+        public_prefixes=("/static/", "/login"),
+    )
+    return api
+
+
+async def event_stream(app: App, request: Request, poll: float = 1.0) -> AsyncIterator[bytes]:
+    """Poll new rows of job_executions, schedule_fires and export_logs (a short poll on both
+    backends; PostgreSQL also wakes it early through LISTEN/NOTIFY)."""
+    wake = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    waker = None
+    if not app.db.is_sqlite:
+        waker = app.db.backend.waker(app.db.engine, poll)
+        waker.start(lambda _p: loop.call_soon_threadsafe(wake.set))
+
+    def cursors() -> dict[str, int]:
+        with app.db.read() as conn:
+            return {
+                name: int(conn.execute(select(func.coalesce(func.max(t.c.id), 0))).scalar_one())
+                for name, t in (
+                    ("execution", job_executions),
+                    ("fire", schedule_fires),
+                    ("export", export_logs),
+                )
+            }
+
+    def fetch(after: dict[str, int]) -> list[tuple[str, int, dict[str, Any]]]:
+        out: list[tuple[str, int, dict[str, Any]]] = []
+        with app.db.read() as conn:
+            for r in conn.execute(
+                select(job_executions)
+                .where(job_executions.c.id > after["execution"])
+                .order_by(job_executions.c.id)
+                .limit(500)
+            ):
+                out.append(
+                    (
+                        "execution",
+                        r.id,
+                        {
+                            "job_id": r.job_id,
+                            "task": r.task,
+                            "queue": r.queue,
+                            "attempt": r.attempt,
+                            "status": r.status,
+                            "error_type": r.error_type,
+                        },
+                    )
+                )
+            for r in conn.execute(
+                select(schedule_fires)
+                .where(schedule_fires.c.id > after["fire"])
+                .order_by(schedule_fires.c.id)
+                .limit(500)
+            ):
+                out.append(
+                    (
+                        "fire",
+                        r.id,
+                        {
+                            "schedule_id": r.schedule_id,
+                            "fire_time": r.fire_time.isoformat(),
+                            "status": r.status,
+                            "reason": r.reason,
+                            "job_id": r.job_id,
+                        },
+                    )
+                )
+            for r in conn.execute(
+                select(export_logs)
+                .where(export_logs.c.id > after["export"])
+                .order_by(export_logs.c.id)
+                .limit(500)
+            ):
+                out.append(
+                    ("export", r.id, {"batch_key": r.batch_key, "action": r.action, "message": r.message})
+                )
+        return out
+
+    try:
+        after = await asyncio.to_thread(cursors)
+        yield b": connected\n\n"
+        idle = 0.0
+        while not await request.is_disconnected():
+            events = await asyncio.to_thread(fetch, after)
+            for kind, ident, data in events:
+                after[kind] = max(after[kind], ident)
+                yield f"event: {kind}\nid: {kind}-{ident}\ndata: {json.dumps(data, default=str)}\n\n".encode()
+            if not events:
+                idle += poll
+                if idle >= 15:
+                    idle = 0.0
+                    yield b": keep-alive\n\n"
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), poll)
+    finally:
+        if waker is not None:
+            waker.stop()

@@ -1,0 +1,500 @@
+"""JSON API under /api: jobs, dead-letter queue, queues, tasks, schedules, executions,
+entries, exports and alerts. Every route goes through the same services as the CLI."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Body, Query, Request
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from ledgerflow.app import App
+from ledgerflow.db.tables import export_batches, job_executions
+from ledgerflow.engine.jobs import JobSpec
+from ledgerflow.engine.states import CLAIMABLE, JobState
+from ledgerflow.errors import BadInput, NotFound
+from ledgerflow.scheduler.schedules import Schedule
+
+router = APIRouter()
+StateName = Literal["scheduled", "available", "running", "retryable", "completed", "dead", "cancelled"]
+
+
+def _app(request: Request) -> App:
+    return request.app.state.app  # type: ignore[no-any-return]
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime | date) else v for k, v in row.items()}
+
+
+# ------------------------------------------------------------------ jobs
+class EnqueueRequest(BaseModel):
+    task: str = Field(min_length=1, max_length=200)
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    queue: str | None = Field(None, min_length=1, max_length=100)
+    priority: int | None = Field(None, ge=0, le=9)
+    unique_key: str | None = Field(None, min_length=1, max_length=255)
+    delay: float | None = Field(None, ge=0, le=10 * 365 * 86400)
+    max_attempts: int | None = Field(None, ge=1, le=1000)
+
+
+@router.get("/jobs", tags=["jobs"])
+def list_jobs(
+    request: Request,
+    state: StateName | None = None,
+    queue: str | None = None,
+    task: str | None = None,
+    limit: int = Query(50, ge=1, le=1000),
+    before_id: int | None = Query(None, ge=1),
+    offset: int = Query(0, ge=0, le=1_000_000),
+) -> dict[str, Any]:
+    """Newest first; page with `before_id` (the last id of the previous page) or `offset`."""
+    jobs = _app(request).store.list(
+        state=state, queue=queue, task=task, limit=limit, before_id=before_id, offset=offset
+    )
+    return {
+        "jobs": [j.to_dict() for j in jobs],
+        "next_before_id": jobs[-1].id if len(jobs) == limit else None,
+    }
+
+
+@router.post("/jobs", tags=["jobs"], status_code=201)
+def enqueue(request: Request, body: EnqueueRequest) -> dict[str, Any]:
+    app = _app(request)
+    task = app.registry.get(body.task)
+    o = task.options
+    job = app.enqueue(
+        JobSpec(
+            task=task.name,
+            args=tuple(body.args),
+            kwargs=body.kwargs,
+            queue=body.queue or o.queue,
+            priority=o.priority if body.priority is None else body.priority,
+            max_attempts=body.max_attempts or o.max_attempts,
+            timeout=o.timeout,
+            unique_key=body.unique_key,
+            delay=body.delay,
+        )
+    )
+    return job.to_dict()
+
+
+@router.get("/jobs/{job_id}", tags=["jobs"])
+def show_job(request: Request, job_id: int) -> dict[str, Any]:
+    app = _app(request)
+    return {
+        **app.store.get(job_id).to_dict(),
+        "executions": [_jsonable(e) for e in app.store.executions(job_id)],
+    }
+
+
+@router.post("/jobs/{job_id}/retry", tags=["jobs"])
+def retry_job(request: Request, job_id: int) -> dict[str, Any]:
+    return _app(request).store.retry(job_id).to_dict()
+
+
+@router.post("/jobs/{job_id}/cancel", tags=["jobs"])
+def cancel_job(
+    request: Request, job_id: int, reason: str = Body("cancelled through the API", embed=True, max_length=500)
+) -> dict[str, Any]:
+    return _app(request).store.cancel(job_id, reason).to_dict()
+
+
+@router.get("/executions", tags=["jobs"])
+def list_executions(
+    request: Request,
+    job_id: int | None = None,
+    task: str | None = None,
+    status: Literal["running", "completed", "failed"] | None = None,
+    schedule: str | None = None,
+    limit: int = Query(50, ge=1, le=1000),
+    offset: int = Query(0, ge=0, le=1_000_000),
+) -> dict[str, Any]:
+    """Attempt history, newest first, filtered by job, task, status or schedule name."""
+    app = _app(request)
+    query = select(job_executions).order_by(job_executions.c.id.desc()).limit(limit).offset(offset)
+    if job_id is not None:
+        query = query.where(job_executions.c.job_id == job_id)
+    if task:
+        query = query.where(job_executions.c.task == task)
+    if status:
+        query = query.where(job_executions.c.status == status)
+    if schedule:
+        query = query.where(job_executions.c.schedule_id == app.schedules.get(schedule).id)
+    with app.db.read() as conn:
+        return {"executions": [_jsonable(dict(r._mapping)) for r in conn.execute(query)]}
+
+
+# ------------------------------------------------------------------ dead-letter queue
+@router.get("/dlq", tags=["dead-letter queue"])
+def list_dead(
+    request: Request,
+    task: str | None = None,
+    limit: int = Query(50, ge=1, le=1000),
+    before_id: int | None = Query(None, ge=1),
+) -> dict[str, Any]:
+    jobs = _app(request).store.list(state=JobState.DEAD, task=task, limit=limit, before_id=before_id)
+    return {"jobs": [j.to_dict() for j in jobs]}
+
+
+class RetryDead(BaseModel):
+    ids: list[int] | None = Field(None, max_length=10_000)
+    task: str | None = None
+
+
+@router.post("/dlq/retry", tags=["dead-letter queue"])
+def retry_dead(request: Request, body: RetryDead | None = None) -> dict[str, int]:
+    """Retry the given dead jobs, or all of them (optionally of one task)."""
+    body = body or RetryDead()
+    return {"retried": _app(request).store.retry_dead(task=body.task, ids=body.ids)}
+
+
+@router.delete("/dlq", tags=["dead-letter queue"])
+def purge_dead(
+    request: Request, older_than_days: float | None = Query(None, ge=0, le=36500), task: str | None = None
+) -> dict[str, int]:
+    age = timedelta(days=older_than_days) if older_than_days is not None else None
+    return {"purged": _app(request).store.purge_dead(age, task)}
+
+
+# ------------------------------------------------------------------ queues and tasks
+@router.get("/queues", tags=["queues"])
+def list_queues(request: Request) -> dict[str, Any]:
+    app = _app(request)
+    paused = {p.name: p for p in app.store.pauses() if p.kind == "queue"}
+    queues: dict[str, dict[str, Any]] = {}
+    for (queue, _task, state), n in app.store.counts().items():
+        q = queues.setdefault(queue, {"queue": queue, "depth": 0, "running": 0, "dead": 0})
+        key = (
+            "depth"
+            if state in CLAIMABLE
+            else "running"
+            if state == JobState.RUNNING
+            else "dead"
+            if state == JobState.DEAD
+            else None
+        )
+        if key:
+            q[key] += n
+    for name in paused:
+        queues.setdefault(name, {"queue": name, "depth": 0, "running": 0, "dead": 0})
+    return {
+        "queues": [
+            {**q, "paused": q["queue"] in paused} for q in sorted(queues.values(), key=lambda q: q["queue"])
+        ]
+    }
+
+
+@router.post("/queues/{name}/pause", tags=["queues"])
+def pause_queue(request: Request, name: str) -> dict[str, Any]:
+    return {"queue": name, "changed": _app(request).store.pause("queue", name, "paused through the API")}
+
+
+@router.post("/queues/{name}/resume", tags=["queues"])
+def resume_queue(request: Request, name: str) -> dict[str, Any]:
+    return {"queue": name, "changed": _app(request).store.resume("queue", name)}
+
+
+@router.get("/tasks", tags=["queues"])
+def list_tasks(request: Request) -> dict[str, Any]:
+    """Registered tasks with their pause or auto-stop state."""
+    app = _app(request)
+    paused = {p.name: p for p in app.store.pauses() if p.kind == "task"}
+    out = []
+    for name in sorted(set(app.registry.names()) | set(paused)):
+        p = paused.get(name)
+        out.append(
+            {
+                "task": name,
+                "registered": name in app.registry,
+                "paused": p is not None,
+                "paused_by": p.paused_by if p else None,
+                "reason": p.reason if p else None,
+                "paused_at": p.paused_at.isoformat() if p else None,
+            }
+        )
+    return {"tasks": out}
+
+
+@router.post("/tasks/{name}/pause", tags=["queues"])
+def pause_task(request: Request, name: str) -> dict[str, Any]:
+    return {"task": name, "changed": _app(request).store.pause("task", name, "paused through the API")}
+
+
+@router.post("/tasks/{name}/resume", tags=["queues"])
+def resume_task(request: Request, name: str) -> dict[str, Any]:
+    """Resume a task type (also undoes an auto-stop and resolves its alert)."""
+    app = _app(request)
+    changed = app.store.resume("task", name)
+    if changed:
+        app.alerts.resolve(f"autostop:{name}", f"task {name} resumed through the API")
+    return {"task": name, "changed": changed}
+
+
+# ------------------------------------------------------------------ schedules
+class ScheduleCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=100)
+    cron: str = Field(min_length=1, max_length=100)
+    task: str = Field(min_length=1, max_length=200)
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    timezone: str | None = Field(None, max_length=64)
+    queue: str | None = Field(None, min_length=1, max_length=100)
+    priority: int | None = Field(None, ge=0, le=9)
+    misfire_policy: Literal["skip", "all"] = "skip"
+    misfire_max: int = Field(24, ge=1, le=10_000)
+    allow_overlap: bool = False
+    holiday_calendar: str | None = Field(None, max_length=8)
+    extra_holidays: list[date] = Field([], max_length=1000)
+    business_day: Literal["next", "previous", "skip"] | None = None
+    enabled: bool = True
+
+
+@router.get("/schedules", tags=["schedules"])
+def list_schedules(request: Request) -> dict[str, Any]:
+    return {"schedules": [s.to_dict() for s in _app(request).schedules.list()]}
+
+
+@router.post("/schedules", tags=["schedules"], status_code=201)
+def create_schedule(request: Request, body: ScheduleCreate) -> dict[str, Any]:
+    app = _app(request)
+    task = app.registry.get(body.task)
+    schedule = Schedule(
+        name=body.name,
+        cron_expression=body.cron,
+        job_type=task.name,
+        timezone=body.timezone or app.settings.timezone,
+        args=body.args,
+        kwargs=body.kwargs,
+        queue=body.queue or task.options.queue,
+        priority=task.options.priority if body.priority is None else body.priority,
+        enabled=body.enabled,
+        misfire_policy=body.misfire_policy,
+        misfire_max=body.misfire_max,
+        allow_overlap=body.allow_overlap,
+        holiday_calendar=body.holiday_calendar.upper() if body.holiday_calendar else None,
+        extra_holidays=tuple(body.extra_holidays),
+        business_day=body.business_day,
+        disabled_reason=None if body.enabled else "disabled by user",
+    )
+    return app.schedules.add(schedule).to_dict()
+
+
+@router.get("/schedules/{name}", tags=["schedules"])
+def show_schedule(request: Request, name: str) -> dict[str, Any]:
+    return _app(request).schedules.get(name).to_dict()
+
+
+@router.post("/schedules/{name}/enable", tags=["schedules"])
+def enable_schedule(request: Request, name: str) -> dict[str, Any]:
+    return _app(request).schedules.set_enabled(name, True).to_dict()
+
+
+@router.post("/schedules/{name}/disable", tags=["schedules"])
+def disable_schedule(request: Request, name: str) -> dict[str, Any]:
+    return _app(request).schedules.set_enabled(name, False, "disabled through the API").to_dict()
+
+
+@router.post("/schedules/{name}/run", tags=["schedules"])
+def run_schedule(
+    request: Request, name: str, run_id: str | None = Body(None, embed=True, min_length=1, max_length=100)
+) -> dict[str, Any]:
+    """Trigger one run now (also while disabled); once per `run_id`."""
+    return _app(request).schedules.run_now(name, run_id)
+
+
+@router.get("/schedules/{name}/next", tags=["schedules"])
+def next_fires(
+    request: Request, name: str, n: int = Query(5, ge=1, le=100), after: datetime | None = None
+) -> dict[str, Any]:
+    schedule = _app(request).schedules.get(name)
+    start = after or datetime.now(UTC)
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=schedule.tz)
+    return {
+        "schedule": name,
+        "fires": [
+            t.astimezone(schedule.tz).isoformat(timespec="seconds") for t in schedule.next_times(start, n)
+        ],
+    }
+
+
+@router.get("/schedules/{name}/fires", tags=["schedules"])
+def schedule_fires(
+    request: Request,
+    name: str,
+    status: Literal["enqueued", "skipped", "missed"] | None = None,
+    limit: int = Query(50, ge=1, le=1000),
+) -> dict[str, Any]:
+    return {"fires": [_jsonable(r) for r in _app(request).schedules.fires(name, limit, status)]}
+
+
+# ------------------------------------------------------------------ entries
+class LineIn(BaseModel):
+    account: str
+    account_name: str | None = None
+    debit: str | int = "0"
+    credit: str | int = "0"
+    tax_code: str | None = None
+    memo: str | None = None
+
+
+class EntryIn(BaseModel):
+    date: str
+    reference: str
+    description: str | None = None
+    currency: str = "THB"
+    export_path: Literal["scheduled", "immediate"] = "scheduled"
+    lines: list[LineIn] = Field(max_length=1000)
+
+
+@router.post("/entries", tags=["entries"], status_code=201)
+def record_entries(
+    request: Request,
+    body: EntryIn | list[EntryIn] = Body(...),
+    upsert: bool = Query(False, description="replace entries not exported yet"),
+) -> dict[str, Any]:
+    """Record one entry or a list (all or nothing); amounts are decimal strings."""
+    items = body if isinstance(body, list) else [body]
+    if len(items) > 10_000:
+        raise BadInput("at most 10,000 entries per request")
+    stored = _app(request).ledger.record_many([i.model_dump() for i in items], upsert=upsert, source="api")
+    return {"recorded": len(stored), "entries": [e.to_dict() for e in stored]}
+
+
+@router.get("/entries", tags=["entries"])
+def list_entries(
+    request: Request,
+    status: Literal["queued", "processing", "completed", "failed"] | None = None,
+    limit: int = Query(50, ge=1, le=1000),
+    offset: int = Query(0, ge=0, le=10_000_000),
+) -> dict[str, Any]:
+    return {
+        "entries": [
+            _jsonable(r) for r in _app(request).ledger.list(limit=limit, offset=offset, status=status)
+        ]
+    }
+
+
+@router.get("/entries/{reference}", tags=["entries"])
+def show_entry(request: Request, reference: str) -> dict[str, Any]:
+    app = _app(request)
+    return {**app.ledger.get(reference).to_dict(), "export": _jsonable(app.ledger.export_status(reference))}
+
+
+@router.post("/entries/{reference}/reverse", tags=["entries"], status_code=201)
+def reverse_entry(
+    request: Request, reference: str, on: date | None = Body(None, embed=True, alias="date")
+) -> dict[str, Any]:
+    return _app(request).ledger.reverse(reference, on).to_dict()
+
+
+# ------------------------------------------------------------------ exports
+@router.get("/exports", tags=["exports"])
+def list_exports(
+    request: Request, limit: int = Query(30, ge=1, le=1000), offset: int = Query(0, ge=0)
+) -> dict[str, Any]:
+    """Batches, newest first: state, entries, control totals, files, attempts, next retry."""
+    with _app(request).db.read() as conn:
+        rows = conn.execute(
+            select(export_batches)
+            .order_by(export_batches.c.batch_date.desc(), export_batches.c.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        batches = []
+        for r in rows:
+            b = _jsonable(dict(r._mapping))
+            b.pop("lock_token", None)
+            b.pop("reservation", None)
+            batches.append(b)
+    return {"batches": batches}
+
+
+@router.get("/exports/status", tags=["exports"])
+def export_status(request: Request) -> dict[str, Any]:
+    """The last daily batch, open problems and when the next daily export fires."""
+    from ledgerflow.api.app import cron_health
+
+    app = _app(request)
+    code, cron = cron_health(app, request.app.state.clock)
+    with app.db.read() as conn:
+        last = conn.execute(
+            select(export_batches)
+            .where(export_batches.c.kind == "daily")
+            .order_by(export_batches.c.batch_date.desc())
+            .limit(1)
+        ).first()
+        failing = (
+            conn.execute(
+                select(export_batches.c.batch_key).where(
+                    export_batches.c.state.in_(["retryable", "abandoned"])
+                )
+            )
+            .scalars()
+            .all()
+        )
+    return {
+        "cron": cron,
+        "healthy": code == 200,
+        "last_batch": _jsonable(dict(last._mapping)) if last else None,
+        "failing_batches": list(failing),
+    }
+
+
+class ExportRun(BaseModel):
+    day: date | None = Field(None, alias="date")
+
+
+@router.post("/exports/run", tags=["exports"], status_code=202)
+def run_export(request: Request, body: ExportRun | None = None) -> dict[str, Any]:
+    """Queue the daily export of `date` (default: today in LEDGERFLOW_TIMEZONE) for a worker.
+    A failed or abandoned day is run again; a delivered day is not delivered twice."""
+    from ledgerflow.export.tasks import DAILY_TASK
+
+    app = _app(request)
+    day = (
+        body.day
+        if body and body.day
+        else datetime.now(UTC).astimezone(ZoneInfo(app.settings.timezone)).date()
+    )
+    if DAILY_TASK not in app.registry:
+        raise NotFound(f"task {DAILY_TASK} is not registered in this app")
+    revive_abandoned(app, day)
+    task = app.registry.get(DAILY_TASK)
+    job = app.enqueue(
+        JobSpec(
+            task=DAILY_TASK,
+            kwargs={"batch_date": day.isoformat()},
+            queue=task.options.queue,
+            priority=task.options.priority,
+            max_attempts=task.options.max_attempts,
+            timeout=task.options.timeout,
+            unique_key=f"export:daily:{day.isoformat()}",
+        )
+    )
+    return {"batch_date": day.isoformat(), "job": job.to_dict()}
+
+
+def revive_abandoned(app: App, day: date) -> None:
+    """An explicit re-run brings an abandoned day back (its entries were returned to the queue)."""
+    from ledgerflow.export.saga import ExportSaga
+
+    with app.db.read() as conn:
+        state = conn.execute(
+            select(export_batches.c.state).where(export_batches.c.batch_key == f"daily:{day.isoformat()}")
+        ).scalar()
+    if state == "abandoned":
+        ExportSaga(app)._claim(f"daily:{day.isoformat()}", "daily", day, None, revive=True)
+
+
+# ------------------------------------------------------------------ alerts
+@router.get("/alerts", tags=["alerts"])
+def list_alerts(
+    request: Request, open_only: bool = False, limit: int = Query(100, ge=1, le=1000)
+) -> dict[str, Any]:
+    return {"alerts": [a.to_dict() for a in _app(request).alerts.history(limit, open_only)]}

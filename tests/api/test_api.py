@@ -1,0 +1,318 @@
+"""The HTTP API on both backends, through real HTTP: auth, validation, paging, every route."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import date, timedelta
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import func, select
+
+from ledgerflow.db.tables import jobs
+from ledgerflow.export.saga import ExportSaga
+from tests.api.conftest import TOKEN
+
+ENTRY = {
+    "date": "2026-11-26",
+    "reference": "API-1",
+    "description": "ค่ากาแฟ",
+    "currency": "THB",
+    "lines": [
+        {"account": "5100", "account_name": "Meals", "debit": "107.00", "credit": "0", "tax_code": "VAT7"},
+        {"account": "1000", "account_name": "Cash", "debit": "0", "credit": "107.00"},
+    ],
+}
+
+
+def test_token_is_required_except_for_health_and_metrics(service):
+    anonymous = httpx.Client(base_url=service.url)
+    for path in ("/api/jobs", "/api/schedules", "/api/entries", "/openapi.json"):
+        r = anonymous.get(path)
+        assert r.status_code == 401 and r.json() == {
+            "error": {"code": "unauthorized", "message": "missing or invalid bearer token"}
+        }
+    wrong = anonymous.get("/api/jobs", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and TOKEN not in wrong.text
+    assert anonymous.get("/api/health").status_code == 200
+    assert anonymous.get("/metrics").status_code == 200
+    assert service.get("/openapi.json").json()["info"]["title"] == "ledgerflow"
+    anonymous.close()
+
+
+def test_health_reports_database_and_heartbeats(service):
+    body = service.get("/api/health").json()
+    assert body["status"] == "healthy" and body["database"] == "ok" and body["workers"] == []
+    worker = service.app.worker("default", 1)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    time.sleep(1.5)
+    service.clock.set(service.clock() + timedelta(seconds=1))
+    workers = service.get("/api/health").json()["workers"]
+    worker.stop()
+    thread.join(10)
+    assert len(workers) == 1 and workers[0]["heartbeat_age_seconds"] < 5
+
+
+def test_cron_health_goes_unhealthy_when_the_last_export_is_27_hours_old(service):
+    before = service.get("/api/health/cron")
+    assert (
+        before.status_code == 503
+        and before.json()["last_run"] is None
+        and before.json()["status"] == "unhealthy"
+    )
+    service.app.ledger.record(ENTRY)
+    ExportSaga(service.app).run_daily(date(2026, 11, 26))
+    now = service.get("/api/health/cron")
+    body = now.json()
+    assert now.status_code == 200 and body["status"] == "healthy" and body["hours_since_last_run"] < 1
+    assert body["next_run"].endswith("+07:00") and "T18:00:00" in body["next_run"]
+    service.clock.set(service.clock() + timedelta(hours=27))
+    late = service.get("/api/health/cron")
+    assert late.status_code == 503 and late.json()["status"] == "unhealthy"
+    assert late.json()["hours_since_last_run"] >= 27
+
+
+def test_jobs_enqueue_list_page_show_cancel_retry(service):
+    created = [
+        service.post("/api/jobs", json={"task": "ledgerflow.cleanup", "args": [i + 1]}) for i in range(5)
+    ]
+    assert [r.status_code for r in created] == [201] * 5
+    first = service.get("/api/jobs", params={"limit": 2}).json()
+    assert len(first["jobs"]) == 2 and first["next_before_id"] == first["jobs"][-1]["id"]
+    second = service.get("/api/jobs", params={"limit": 2, "before_id": first["next_before_id"]}).json()
+    assert second["jobs"][0]["id"] < first["jobs"][-1]["id"]
+    job_id = created[0].json()["id"]
+    assert service.post(f"/api/jobs/{job_id}/cancel").json()["state"] == "cancelled"
+    assert service.post(f"/api/jobs/{job_id}/cancel").status_code == 409
+    assert service.post(f"/api/jobs/{job_id}/retry").json()["state"] == "available"
+    shown = service.get(f"/api/jobs/{job_id}").json()
+    assert shown["task"] == "ledgerflow.cleanup" and shown["executions"] == []
+    assert service.get("/api/jobs", params={"state": "available"}).status_code == 200
+
+
+def test_bad_requests_get_one_clear_error_and_store_nothing(service):
+    r = service.post("/api/jobs", json={"task": "ledgerflow.cleanup", "priority": 12})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request" and "priority" in r.text
+    r = service.post("/api/jobs", json={"task": "nope"})
+    assert r.status_code == 404 and r.json()["error"] == {
+        "code": "unknown_task",
+        "message": "unknown task 'nope'",
+    }
+    r = service.post("/api/jobs", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422
+    r = service.post(
+        "/api/entries", content=b"x" * (11 * 2**20), headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+    assert service.get("/api/jobs/999999").status_code == 404
+    unbalanced = {
+        **ENTRY,
+        "reference": "BAD-1",
+        "lines": [{**ENTRY["lines"][0]}, {**ENTRY["lines"][1], "credit": "100"}],
+    }
+    r = service.post("/api/entries", json=[ENTRY, unbalanced])
+    assert r.status_code == 400 and "BAD-1" in r.json()["error"]["message"] and "unbalanced" in r.text
+    assert service.get("/api/entries").json()["entries"] == [], "nothing half-written"
+    with service.app.db.read() as conn:
+        assert conn.execute(select(func.count()).select_from(jobs)).scalar_one() == 0
+
+
+def test_entries_record_show_reverse_and_duplicates(service):
+    r = service.post("/api/entries", json=ENTRY)
+    assert r.status_code == 201 and r.json()["entries"][0]["lines"][0]["debit"] == "107.00"
+    assert service.post("/api/entries", json=ENTRY).status_code == 400
+    shown = service.get("/api/entries/API-1").json()
+    assert shown["export"]["status"] == "queued" and shown["description"] == "ค่ากาแฟ"
+    rev = service.post("/api/entries/API-1/reverse", json={"date": "2026-11-27"})
+    assert rev.status_code == 201 and rev.json()["reference"] == "REV-API-1"
+    assert len(service.get("/api/entries", params={"status": "queued"}).json()["entries"]) == 2
+
+
+def test_export_run_status_and_batches(service):
+    service.post("/api/entries", json=ENTRY)
+    queued = service.post("/api/exports/run", json={"date": "2026-11-26"})
+    assert queued.status_code == 202 and queued.json()["job"]["task"] == "ledgerflow.export.daily"
+    service.app.run_worker("exports", burst=True)
+    batches = service.get("/api/exports").json()["batches"]
+    assert batches[0]["batch_key"] == "daily:2026-11-26" and batches[0]["state"] == "completed"
+    assert batches[0]["totals"] == {"THB": {"debit": "107.00", "credit": "107.00"}}
+    status = service.get("/api/exports/status").json()
+    assert status["healthy"] and status["last_batch"]["entry_count"] == 1 and status["failing_batches"] == []
+    again = service.post("/api/exports/run", json={"date": "2026-11-26"})
+    service.app.run_worker("exports", burst=True)
+    assert service.app.get_job(again.json()["job"]["id"]).result["already"] is True
+
+
+def test_schedules_create_next_run_fires_and_toggle(service):
+    body = {
+        "name": "close",
+        "cron": "0 18 L * *",
+        "task": "ledgerflow.cleanup",
+        "holiday_calendar": "TH",
+        "business_day": "previous",
+    }
+    r = service.post("/api/schedules", json=body)
+    assert r.status_code == 201 and r.json()["description"].startswith("At 18:00 on the last day")
+    assert service.post("/api/schedules", json=body).status_code == 400
+    assert service.post("/api/schedules", json={**body, "name": "x", "cron": "0 25 * * *"}).status_code == 400
+    nxt = service.get(
+        "/api/schedules/close/next", params={"n": 1, "after": "2026-12-01T00:00:00+07:00"}
+    ).json()
+    assert nxt["fires"] == ["2026-12-30T18:00:00+07:00"]
+    assert service.post("/api/schedules/close/disable").json()["enabled"] is False
+    run = service.post("/api/schedules/close/run", json={"run_id": "r1"})
+    assert (
+        run.status_code == 200
+        and service.post("/api/schedules/close/run", json={"run_id": "r1"}).status_code == 409
+    )
+    assert service.get("/api/schedules/close/fires").json()["fires"][0]["trigger"] == "manual"
+    assert service.post("/api/schedules/close/enable").json()["enabled"] is True
+    names = [s["name"] for s in service.get("/api/schedules").json()["schedules"]]
+    assert "close" in names and "daily_export" in names
+    assert service.get("/api/schedules/close").json()["business_day"] == "previous"
+
+
+def test_dead_letter_queue_queues_tasks_executions_and_alerts(service):
+    app = service.app
+
+    @app.task(name="api_fails", max_attempts=1)
+    def api_fails() -> None:
+        raise RuntimeError("no")
+
+    job = api_fails.enqueue()
+    app.run_worker(burst=True)
+    dead = service.get("/api/dlq").json()["jobs"]
+    assert [j["id"] for j in dead] == [job.id]
+    execs = service.get("/api/executions", params={"task": "api_fails", "status": "failed"}).json()[
+        "executions"
+    ]
+    assert execs[0]["job_id"] == job.id and execs[0]["error_type"] == "RuntimeError"
+    alerts = service.get("/api/alerts", params={"open_only": True}).json()["alerts"]
+    assert alerts[0]["incident_key"] == "job_dead:api_fails"
+    assert service.post("/api/dlq/retry", json={"ids": [job.id]}).json() == {"retried": 1}
+    app.run_worker(burst=True)
+    assert service.client.delete("/api/dlq").json() == {"purged": 1}
+    assert service.post("/api/queues/default/pause").json()["changed"] is True
+    queues = {q["queue"]: q for q in service.get("/api/queues").json()["queues"]}
+    assert queues["default"]["paused"] is True
+    assert service.post("/api/queues/default/resume").json()["changed"] is True
+    assert service.post("/api/tasks/api_fails/pause").json()["changed"] is True
+    task = next(t for t in service.get("/api/tasks").json()["tasks"] if t["task"] == "api_fails")
+    assert task["paused"] and task["paused_by"] == "user"
+    assert service.post("/api/tasks/api_fails/resume").json()["changed"] is True
+
+
+def test_metrics_match_the_database(service):
+    app = service.app
+    for i in range(3):
+        service.post("/api/jobs", json={"task": "ledgerflow.cleanup", "args": [i + 1]})
+    service.post("/api/entries", json=ENTRY)
+    ExportSaga(app).run_daily(date(2026, 11, 26))
+    text = httpx.get(f"{service.url}/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert {
+        "daily_batch_export_duration_seconds",
+        "daily_batch_export_entries",
+        "daily_batch_export_errors",
+        "ledgerflow_jobs",
+        "ledgerflow_queue_depth",
+        "ledgerflow_dead_jobs",
+        "ledgerflow_job_duration_seconds",
+        "ledgerflow_circuit_breaker_state",
+    } <= set(families)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples
+    }
+    assert samples[("daily_batch_export_entries_total", ())] == 1
+    buckets = [
+        s.labels["le"]
+        for s in families["daily_batch_export_duration_seconds"].samples
+        if s.name.endswith("_bucket")
+    ]
+    assert buckets == ["1.0", "5.0", "10.0", "30.0", "60.0", "+Inf"]
+    assert {s.labels["error_type"] for s in families["daily_batch_export_errors"].samples} == {
+        "timeout",
+        "google_drive",
+        "s3",
+        "unknown",
+    }
+    counts = app.store.counts()
+    for (queue, task, state), n in counts.items():
+        assert samples[("ledgerflow_jobs", (("queue", queue), ("state", state), ("task", task)))] == n
+    assert samples[("ledgerflow_queue_depth", (("queue", "maintenance"),))] == 3
+
+
+def test_server_sent_events_report_job_attempts(service):
+    received: list[str] = []
+
+    def listen() -> None:
+        with httpx.stream(
+            "GET", f"{service.url}/api/events", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=20
+        ) as response:
+            for line in response.iter_lines():
+                received.append(line)
+                if line.startswith("data:") and "event: execution" in received:
+                    return
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    time.sleep(1)
+    service.post("/api/jobs", json={"task": "ledgerflow.cleanup", "args": [1]})
+    service.app.run_worker("maintenance", burst=True)
+    thread.join(15)
+    assert "event: execution" in received
+    data = next(line for line in received if line.startswith("data:"))
+    assert '"task": "ledgerflow.cleanup"' in data
+
+
+def test_autostop_pauses_a_task_that_keeps_failing_and_resume_undoes_it(make_app):
+    from ledgerflow.engine.autostop import AutoStop
+
+    app = make_app(autostop_consecutive_failures=3)
+
+    @app.task(name="flaky_mail", max_attempts=1)
+    def flaky_mail() -> None:
+        raise ConnectionError("SMTP refused")
+
+    for _ in range(3):
+        flaky_mail.enqueue()
+    app.run_worker(burst=True)
+    assert AutoStop(app).check() == ["flaky_mail"]
+    pause = next(p for p in app.store.pauses() if p.name == "flaky_mail")
+    assert pause.paused_by == "autostop" and "3 consecutive failed attempts" in pause.reason
+    assert app.alerts.is_open("autostop:flaky_mail")
+    flaky_mail.enqueue()
+    app.run_worker(burst=True)
+    assert app.store.list(task="flaky_mail", state="available"), "a paused task's jobs wait"
+    assert AutoStop(app).check() == [], "already paused"
+    app.store.resume("task", "flaky_mail")
+    app.alerts.resolve("autostop:flaky_mail")
+    assert not app.alerts.is_open("autostop:flaky_mail")
+
+
+def test_failure_rate_and_dead_job_limits_also_stop_a_task(make_app):
+    from ledgerflow.engine.autostop import AutoStop
+
+    app = make_app(
+        autostop_consecutive_failures=100,
+        autostop_min_attempts=4,
+        autostop_failure_rate=0.5,
+        autostop_dead_jobs=2,
+    )
+    state = {"n": 0}
+
+    @app.task(name="half_broken", max_attempts=1)
+    def half_broken() -> None:
+        state["n"] += 1
+        if state["n"] % 4:
+            raise ValueError("bad receipt")
+
+    for _ in range(4):
+        half_broken.enqueue()
+    app.run_worker(burst=True)
+    paused = AutoStop(app).check()
+    assert paused == ["half_broken"]
+    reason = next(p for p in app.store.pauses() if p.name == "half_broken").reason
+    assert "3 dead jobs" in reason or "3 of 4 attempts failed" in reason
