@@ -1,13 +1,14 @@
 """`ledgerflow serve`: the HTTP API, a worker and a scheduler in one process.
 
-uvicorn owns the main thread and its signals; on SIGTERM/SIGINT it stops serving, then the
-worker drains within its grace period and the scheduler stops.
+On SIGTERM/SIGINT the worker stops claiming and drains within its grace period, the HTTP
+server and the scheduler stop, and the process exits 0.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import sys
 import threading
 from typing import TYPE_CHECKING
@@ -55,7 +56,12 @@ def serve(
     queues: str | None = None,
     concurrency: int = 8,
 ) -> None:
-    """Run until SIGTERM/SIGINT; restarts the whole process if the worker asks to (abandoned threads)."""
+    """Run until SIGTERM/SIGINT; restarts the whole process if the worker asks to (abandoned threads).
+
+    uvicorn runs in a thread (where it installs no signal handlers: in the main thread it would
+    re-raise the signal after its own shutdown and kill the process before the worker drained);
+    the main thread owns the signals and shuts everything down in order.
+    """
     import uvicorn
 
     from ledgerflow.api.app import create_api
@@ -69,32 +75,51 @@ def serve(
             create_api(app), host=host, port=port, log_config=None, access_log=False, lifespan="off"
         )
     )
-    threads: list[threading.Thread] = []
+    stop = threading.Event()
+    signals = {"count": 0}
     outcome: dict[str, WorkerExit] = {}
     the_worker = app.worker(queues, concurrency) if worker else None
     the_scheduler = Scheduler(app) if scheduler else None
+
+    def run_worker() -> None:
+        assert the_worker is not None
+        outcome["worker"] = the_worker.run()
+        stop.set()
+
+    def run_server() -> None:
+        server.run()
+        stop.set()
+
+    threads = [threading.Thread(target=run_server, name="ledgerflow-http")]
     if the_worker is not None:
-
-        def run_worker() -> None:
-            outcome["worker"] = the_worker.run()
-            if outcome["worker"] == WorkerExit.RESTART:
-                server.should_exit = True
-
         threads.append(threading.Thread(target=run_worker, name="ledgerflow-worker"))
     if the_scheduler is not None:
         threads.append(threading.Thread(target=the_scheduler.run, name="ledgerflow-scheduler"))
-    for t in threads:
-        t.start()
-    log.info("service_started", host=host, port=port, worker=worker, scheduler=scheduler)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        signals["count"] += 1
+        log.info("service_signal", signal=signal.Signals(signum).name)
+        if the_worker is not None:
+            the_worker.stop(force=signals["count"] > 1)  # a second signal skips the grace period
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server.run()
+        for t in threads:
+            t.start()
+        log.info("service_started", host=host, port=port, worker=worker, scheduler=scheduler)
+        while not stop.wait(0.5):
+            pass
     finally:
+        server.should_exit = True
         if the_worker is not None:
             the_worker.stop()
         if the_scheduler is not None:
             the_scheduler.stop()
         for t in threads:
             t.join(app.settings.grace_seconds + 15)
-        log.info("service_stopped")
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        log.info("service_stopped", worker_exit=str(outcome.get("worker")))
     if outcome.get("worker") == WorkerExit.RESTART:
         os.execv(sys.executable, sys.orig_argv)
