@@ -34,6 +34,7 @@ lint: dev
 
 ## Benchmarks: prints one JSON document per benchmark (see docs/benchmarks.md).
 bench: dev
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
