@@ -267,6 +267,26 @@ class App:
 
         run_scheduler(self, clock, tick_seconds)
 
+    def task_summary(self) -> list[dict[str, Any]]:
+        """Registered (and paused) task types with their queue and pause or auto-stop state."""
+        paused = {p.name: p for p in self.store.pauses() if p.kind == "task"}
+        out = []
+        for name in sorted(set(self.registry.names()) | set(paused)):
+            task = self.registry.get(name) if name in self.registry else None
+            p = paused.get(name)
+            out.append(
+                {
+                    "task": name,
+                    "queue": task.options.queue if task else None,
+                    "registered": task is not None,
+                    "paused": p is not None,
+                    "paused_by": p.paused_by if p else None,
+                    "reason": p.reason if p else None,
+                    "paused_at": p.paused_at.isoformat() if p else None,
+                }
+            )
+        return out
+
     def queues(self) -> list[str]:
         """Every queue a registered task uses, plus `default`."""
         return sorted({self.registry.get(n).options.queue for n in self.registry.names()} | {"default"})

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from ledgerflow.app import App
 from ledgerflow.db.tables import export_batches, job_executions
 from ledgerflow.engine.jobs import JobSpec
-from ledgerflow.engine.states import CLAIMABLE, JobState
+from ledgerflow.engine.states import JobState
 from ledgerflow.errors import BadInput, NotFound
 from ledgerflow.scheduler.schedules import Schedule
 
@@ -164,29 +164,7 @@ def purge_dead(
 # ------------------------------------------------------------------ queues and tasks
 @router.get("/queues", tags=["queues"])
 def list_queues(request: Request) -> dict[str, Any]:
-    app = _app(request)
-    paused = {p.name: p for p in app.store.pauses() if p.kind == "queue"}
-    queues: dict[str, dict[str, Any]] = {}
-    for (queue, _task, state), n in app.store.counts().items():
-        q = queues.setdefault(queue, {"queue": queue, "depth": 0, "running": 0, "dead": 0})
-        key = (
-            "depth"
-            if state in CLAIMABLE
-            else "running"
-            if state == JobState.RUNNING
-            else "dead"
-            if state == JobState.DEAD
-            else None
-        )
-        if key:
-            q[key] += n
-    for name in paused:
-        queues.setdefault(name, {"queue": name, "depth": 0, "running": 0, "dead": 0})
-    return {
-        "queues": [
-            {**q, "paused": q["queue"] in paused} for q in sorted(queues.values(), key=lambda q: q["queue"])
-        ]
-    }
+    return {"queues": _app(request).store.queue_summary()}
 
 
 @router.post("/queues/{name}/pause", tags=["queues"])
@@ -202,22 +180,7 @@ def resume_queue(request: Request, name: str) -> dict[str, Any]:
 @router.get("/tasks", tags=["queues"])
 def list_tasks(request: Request) -> dict[str, Any]:
     """Registered tasks with their pause or auto-stop state."""
-    app = _app(request)
-    paused = {p.name: p for p in app.store.pauses() if p.kind == "task"}
-    out = []
-    for name in sorted(set(app.registry.names()) | set(paused)):
-        p = paused.get(name)
-        out.append(
-            {
-                "task": name,
-                "registered": name in app.registry,
-                "paused": p is not None,
-                "paused_by": p.paused_by if p else None,
-                "reason": p.reason if p else None,
-                "paused_at": p.paused_at.isoformat() if p else None,
-            }
-        )
-    return {"tasks": out}
+    return {"tasks": _app(request).task_summary()}
 
 
 @router.post("/tasks/{name}/pause", tags=["queues"])
@@ -454,7 +417,7 @@ class ExportRun(BaseModel):
 def run_export(request: Request, body: ExportRun | None = None) -> dict[str, Any]:
     """Queue the daily export of `date` (default: today in LEDGERFLOW_TIMEZONE) for a worker.
     A failed or abandoned day is run again; a delivered day is not delivered twice."""
-    from ledgerflow.export.tasks import DAILY_TASK
+    from ledgerflow.export.tasks import DAILY_TASK, enqueue_daily_export
 
     app = _app(request)
     day = (
@@ -465,18 +428,7 @@ def run_export(request: Request, body: ExportRun | None = None) -> dict[str, Any
     if DAILY_TASK not in app.registry:
         raise NotFound(f"task {DAILY_TASK} is not registered in this app")
     revive_abandoned(app, day)
-    task = app.registry.get(DAILY_TASK)
-    job = app.enqueue(
-        JobSpec(
-            task=DAILY_TASK,
-            kwargs={"batch_date": day.isoformat()},
-            queue=task.options.queue,
-            priority=task.options.priority,
-            max_attempts=task.options.max_attempts,
-            timeout=task.options.timeout,
-            unique_key=f"export:daily:{day.isoformat()}",
-        )
-    )
+    job = enqueue_daily_export(app, day)
     return {"batch_date": day.isoformat(), "job": job.to_dict()}
 
 

@@ -9,7 +9,7 @@ import typer
 
 from ledgerflow.cli.context import console, fmt_time, print_json, print_table, state
 from ledgerflow.engine.jobs import Job, JobSpec
-from ledgerflow.engine.states import CLAIMABLE, JobState
+from ledgerflow.engine.states import JobState
 from ledgerflow.errors import BadInput, NotFound
 
 Json = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
@@ -221,21 +221,7 @@ def dlq_purge(
 @queues_cli.command("list")
 def queues_list(as_json: Json = False) -> None:
     """Queues with their depth (jobs waiting to run), running jobs and pause state."""
-    app = state.app()
-    counts = app.store.counts()
-    paused = {p.name: p for p in app.store.pauses() if p.kind == "queue"}
-    queues: dict[str, dict[str, Any]] = {}
-    for (queue, _task, job_state), n in counts.items():
-        q = queues.setdefault(queue, {"queue": queue, "depth": 0, "running": 0, "dead": 0})
-        if job_state in CLAIMABLE:
-            q["depth"] += n
-        elif job_state == JobState.RUNNING:
-            q["running"] += n
-        elif job_state == JobState.DEAD:
-            q["dead"] += n
-    for name in paused:
-        queues.setdefault(name, {"queue": name, "depth": 0, "running": 0, "dead": 0})
-    rows = [{**q, "paused": q["queue"] in paused} for q in sorted(queues.values(), key=lambda q: q["queue"])]
+    rows = state.app().store.queue_summary()
     if as_json:
         print_json(rows)
     else:
@@ -262,22 +248,7 @@ def queues_resume(queue: str) -> None:
 @tasks_cli.command("list")
 def tasks_list(as_json: Json = False) -> None:
     """Registered tasks, with pause (and auto-stop) state."""
-    app = state.app()
-    paused = {p.name: p for p in app.store.pauses() if p.kind == "task"}
-    rows = []
-    for name in sorted(set(app.registry.names()) | set(paused)):
-        t = app.registry.get(name) if name in app.registry else None
-        p = paused.get(name)
-        rows.append(
-            {
-                "task": name,
-                "queue": t.options.queue if t else None,
-                "registered": t is not None,
-                "paused": p is not None,
-                "paused_by": p.paused_by if p else None,
-                "reason": p.reason if p else None,
-            }
-        )
+    rows = state.app().task_summary()
     if as_json:
         print_json(rows)
     else:

@@ -165,31 +165,15 @@ def run(
         console.print(_describe(result), markup=False)
     if result.state == "retryable" or result.deferred_until is not None:
         when = result.deferred_until or result.next_retry_at
-        _enqueue_retry(app, day, when)
+        from ledgerflow.export.tasks import enqueue_daily_export
+
+        enqueue_daily_export(app, day, when)
         raise OperationFailed(
             f"export {day} did not complete: {result.error or 'destination breaker open'}; "
             f"retry scheduled at {fmt_time(when)}"
         )
     if result.state == "abandoned" and not result.already:
         raise OperationFailed(f"export {day} abandoned after {result.attempts} attempts: {result.error}")
-
-
-def _enqueue_retry(app: Any, day: date, when: datetime | None) -> None:
-    from ledgerflow.engine.jobs import JobSpec
-    from ledgerflow.export.tasks import DAILY_TASK
-
-    task = app.registry.get(DAILY_TASK)
-    app.enqueue(
-        JobSpec(
-            task=DAILY_TASK,
-            kwargs={"batch_date": day.isoformat()},
-            queue=task.options.queue,
-            priority=task.options.priority,
-            max_attempts=task.options.max_attempts,
-            scheduled_at=when,
-            unique_key=f"export:daily:{day.isoformat()}",
-        )
-    )
 
 
 def _totals(totals: dict[str, Any]) -> str:

@@ -240,6 +240,24 @@ class JobStore:
             )
             return {(r[0], r[1], r[2]): int(r[3]) for r in rows}
 
+    def queue_summary(self) -> list[dict[str, Any]]:
+        """Per queue: jobs waiting (depth), running, dead, and whether it is paused."""
+        paused = {p.name for p in self.pauses() if p.kind == "queue"}
+        queues: dict[str, dict[str, Any]] = {
+            n: {"queue": n, "depth": 0, "running": 0, "dead": 0} for n in paused
+        }
+        for (queue, _task, state), n in self.counts().items():
+            q = queues.setdefault(queue, {"queue": queue, "depth": 0, "running": 0, "dead": 0})
+            if state in CLAIMABLE:
+                q["depth"] += n
+            elif state == S.RUNNING:
+                q["running"] += n
+            elif state == S.DEAD:
+                q["dead"] += n
+        return [
+            {**q, "paused": q["queue"] in paused} for q in sorted(queues.values(), key=lambda q: q["queue"])
+        ]
+
     # ------------------------------------------------------------ user moves
     def retry(self, job_id: int) -> Job:
         """Make a dead, cancelled, retryable or scheduled job available now."""

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from ledgerflow.engine.jobs import current_job
+from ledgerflow.engine.jobs import Job, JobSpec, current_job
 from ledgerflow.errors import LedgerflowError, Snooze
 from ledgerflow.export.saga import RETRY_DELAYS, ExportResult, ExportSaga
 
@@ -51,6 +51,24 @@ def settle(result: ExportResult) -> dict[str, Any]:
     if result.state == "retryable":
         raise ExportFailed(f"{result.batch_key}: {result.error}")
     return result.to_dict()
+
+
+def enqueue_daily_export(app: App, day: date, scheduled_at: datetime | None = None) -> Job:
+    """Queue the export of batch `day` for a worker (once: the job's unique key is the batch)."""
+    task = app.registry.get(DAILY_TASK)
+    o = task.options
+    return app.enqueue(
+        JobSpec(
+            task=DAILY_TASK,
+            kwargs={"batch_date": day.isoformat()},
+            queue=o.queue,
+            priority=o.priority,
+            max_attempts=o.max_attempts,
+            timeout=o.timeout,
+            scheduled_at=scheduled_at,
+            unique_key=f"export:daily:{day.isoformat()}",
+        )
+    )
 
 
 def register_export_tasks(app: App) -> None:

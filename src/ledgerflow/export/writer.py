@@ -23,8 +23,9 @@ from sqlalchemy import Connection, func, select
 from ledgerflow.db.tables import export_batch_entries, journal_entries, journal_lines
 from ledgerflow.errors import BadInput, LedgerflowError
 from ledgerflow.export.profiles import Profile, check_amounts, rows_for
-from ledgerflow.ledger.entries import Entry, Line
-from ledgerflow.ledger.money import format_amount, from_minor
+from ledgerflow.ledger.entries import Entry
+from ledgerflow.ledger.money import format_amount
+from ledgerflow.ledger.store import line_from_row
 
 
 class GenerationTimeout(LedgerflowError):
@@ -163,17 +164,7 @@ def stream_entries(conn: Connection, query: Any) -> Iterator[tuple[Entry, bool]]
             description=first.description,
             currency=cur,
             export_path=first.export_path,
-            lines=tuple(
-                Line(
-                    r.account,
-                    r.account_name,
-                    from_minor(r.debit_minor, cur),
-                    from_minor(r.credit_minor, cur),
-                    r.tax_code,
-                    r.memo,
-                )
-                for r in lines
-            ),
+            lines=tuple(line_from_row(r, cur) for r in lines),
         )
         yield entry, bool(first.late)
 

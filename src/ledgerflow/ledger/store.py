@@ -276,15 +276,17 @@ def entry_from_rows(row: Any, lines: Sequence[Any]) -> Entry:
         source=row.source,
         reverses_id=row.reverses_id,
         created_at=row.created_at,
-        lines=tuple(
-            Line(
-                ln.account,
-                ln.account_name,
-                from_minor(ln.debit_minor, cur),
-                from_minor(ln.credit_minor, cur),
-                ln.tax_code,
-                ln.memo,
-            )
-            for ln in lines
-        ),
+        lines=tuple(line_from_row(ln, cur) for ln in lines),
+    )
+
+
+def line_from_row(row: Any, currency: str) -> Line:
+    """A journal line from a database row with `account … memo` and minor-unit amounts."""
+    return Line(
+        row.account,
+        row.account_name,
+        from_minor(row.debit_minor, currency),
+        from_minor(row.credit_minor, currency),
+        row.tax_code,
+        row.memo,
     )
