@@ -26,7 +26,7 @@ run: install
 ## The whole test suite (SQLite and PostgreSQL), with line coverage.
 test: dev
 	$(BIN)/ruff check src tests bench
-	$(BIN)/python -m pytest --cov=ledgerflow --cov-report=term --cov-fail-under=85 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --cov=ledgerflow --cov-report=term --cov-fail-under=85 --durations=15 $(PYTEST_ARGS)
 
 lint: dev
 	$(BIN)/ruff check src tests bench

@@ -26,6 +26,7 @@ from ledgerflow.db.tables import (
     workers,
 )
 from ledgerflow.errors import DatabaseUnavailable, LedgerflowError
+from ledgerflow.web import mount_dashboard
 
 if TYPE_CHECKING:
     from ledgerflow.app import App
@@ -176,10 +177,10 @@ def create_api(app: App, *, clock: Clock | None = None) -> FastAPI:
         )
 
     api.include_router(routes.router, prefix="/api")
+    mount_dashboard(api, app)
     api.add_middleware(
         GuardMiddleware,
         token=app.settings.api_token.get_secret_value() if app.settings.api_token else None,
-        public_prefixes=("/static/", "/login"),
     )
     return api
 

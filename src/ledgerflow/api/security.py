@@ -15,6 +15,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Reachable without a token: load balancers and Prometheus must not need one.
 PUBLIC_PATHS = ("/api/health", "/api/health/cron", "/metrics")
+#: What the bearer token guards; dashboard pages check their own session cookie.
+API_DOCS = ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
 MAX_BODY_BYTES = 10 * 2**20
 
 
@@ -43,24 +45,18 @@ async def _reply(
 class GuardMiddleware:
     """Refuse requests without the bearer token (when one is configured) and oversized bodies."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        token: str | None,
-        max_body: int = MAX_BODY_BYTES,
-        public_prefixes: tuple[str, ...] = (),
-    ) -> None:
+    def __init__(self, app: ASGIApp, token: str | None, max_body: int = MAX_BODY_BYTES) -> None:
         self.app, self.token, self.max_body = app, token, max_body
-        self.public_prefixes = public_prefixes
 
-    def _public(self, path: str) -> bool:
-        return path in PUBLIC_PATHS or any(path.startswith(p) for p in self.public_prefixes)
+    @staticmethod
+    def _guarded(path: str) -> bool:
+        return (path.startswith("/api/") or path in API_DOCS) and path not in PUBLIC_PATHS
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.token and not self._public(scope["path"]) and not self._authorised(scope):
+        if self.token and self._guarded(scope["path"]) and not self._authorised(scope):
             await _reply(
                 send,
                 401,

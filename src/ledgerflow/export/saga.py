@@ -598,7 +598,15 @@ class ExportSaga:
             )
             f["remote_id"], f["link"] = remote.file_id, remote.link
         with self.db.begin() as conn:
-            self._guarded(conn, batch["id"], token, state="uploaded", step="uploaded", files=files)
+            self._guarded(
+                conn,
+                batch["id"],
+                token,
+                state="uploaded",
+                step="uploaded",
+                files=files,
+                destination=self.destination.key,
+            )  # where the files really went
             append_log(
                 self.db,
                 conn,

@@ -238,10 +238,22 @@ def run_scheduler(app: App, clock: Clock | None = None, tick_seconds: float = 1.
     import signal
 
     scheduler = Scheduler(app, clock, tick_seconds)
-    app.sync_schedules()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: scheduler.stop())
+    backoff = 0.5
+    while not scheduler._stop.is_set():  # never exit on a database error, even at start-up
+        try:
+            app.sync_schedules()
+            break
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            scheduler.log.warning(
+                "database_unavailable", during="sync_schedules", error=str(exc).splitlines()[0]
+            )
+            scheduler._stop.wait(backoff)
+            backoff = min(backoff * 2, 10.0)
     started = time.monotonic()
     scheduler.run()
     scheduler.log.debug("scheduler_ran", seconds=round(time.monotonic() - started, 1))

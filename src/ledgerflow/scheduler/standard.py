@@ -47,7 +47,7 @@ def standard_schedules(app: App) -> list[Standard]:
 
 def seed_standard_schedules(app: App) -> list[Schedule]:
     """Create or refresh the standard schedules; enable each one whose task and settings are there."""
-    from ledgerflow.scheduler.store import ScheduleStore
+    from ledgerflow.scheduler.store import ScheduleExists, ScheduleStore
 
     store = ScheduleStore(app)
     out = []
@@ -78,8 +78,11 @@ def seed_standard_schedules(app: App) -> list[Schedule]:
             standard=True,
         )
         if current is None:
-            out.append(store.add(schedule))
-            continue
+            try:
+                out.append(store.add(schedule))
+                continue
+            except ScheduleExists:  # another scheduler seeded it at the same moment
+                current = store.get(std.name)
         updated = store.upsert(schedule, keep_enabled=False)
         if enabled and not current.enabled:
             updated = store.set_enabled(std.name, True)

@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from ledgerflow.app import App
 
 
+class ScheduleExists(BadInput):
+    """A schedule of that name is already stored."""
+
+
 class ScheduleStore:
     def __init__(self, app: App) -> None:
         self.app = app
@@ -37,7 +41,7 @@ class ScheduleStore:
                     insert(job_schedules).values(row).returning(job_schedules.c.id)
                 ).scalar_one()
         except exc.IntegrityError:
-            raise BadInput(f"schedule {schedule.name!r} already exists") from None
+            raise ScheduleExists(f"schedule {schedule.name!r} already exists") from None
         return self.get(int(new_id))
 
     def upsert(self, schedule: Schedule, keep_enabled: bool = True) -> Schedule:
@@ -45,7 +49,10 @@ class ScheduleStore:
         try:
             current = self.get(schedule.name)
         except NotFound:
-            return self.add(schedule)
+            try:
+                return self.add(schedule)
+            except ScheduleExists:  # another process stored it meanwhile: update it instead
+                current = self.get(schedule.name)
         values = schedule.to_row()
         if keep_enabled:
             values["enabled"] = current.enabled

@@ -1,0 +1,391 @@
+"""Dashboard pages: overview, jobs, dead-letter queue, schedules, exports."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+from fastapi import FastAPI, Form, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
+from sqlalchemy import case, func, select
+
+from ledgerflow.app import App
+from ledgerflow.db.tables import circuit_breakers, export_batches, job_executions, job_schedules, workers
+from ledgerflow.engine.states import JobState
+from ledgerflow.errors import LedgerflowError, NotFound
+from ledgerflow.export.destinations import LocalFolder, open_destination
+from ledgerflow.web import (
+    SESSION_COOKIE,
+    SESSION_SECONDS,
+    STATIC,
+    TEMPLATES,
+    csrf_token,
+    new_session,
+    valid_session,
+)
+
+
+def register(api: FastAPI, app: App) -> None:
+    """Add the dashboard's routes to `api`."""
+    secret = app.settings.api_token.get_secret_value() if app.settings.api_token else secrets.token_hex(32)
+    needs_login = app.settings.api_token is not None
+    zone = ZoneInfo(app.settings.timezone)
+    templates = Jinja2Templates(directory=str(TEMPLATES))
+
+    def when(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> Markup:
+        """Local time in the configured zone, UTC on hover."""
+        if value is None:
+            return Markup("—")
+        value = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return Markup('<time datetime="{0}" title="{0} UTC">{1}</time>').format(
+            value.astimezone(UTC).isoformat(timespec="seconds"), value.astimezone(zone).strftime(fmt)
+        )
+
+    def until(value: datetime | None) -> str:
+        if value is None:
+            return "—"
+        seconds = int((value - datetime.now(UTC)).total_seconds())
+        if seconds < 0:
+            return "due"
+        hours, rest = divmod(seconds, 3600)
+        return f"in {hours} h {rest // 60:02d} min" if hours else f"in {rest // 60} min"
+
+    templates.env.filters["when"] = when
+    templates.env.filters["until"] = until
+    templates.env.globals["zone"] = app.settings.timezone
+    api.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+
+    def session(request: Request) -> str | None:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        return cookie if valid_session(secret, cookie) else None
+
+    def page(request: Request, template: str, **context: Any) -> Response:
+        cookie = session(request)
+        if cookie is None:
+            if needs_login:
+                return RedirectResponse(f"/login?{urlencode({'next': request.url.path})}", status_code=303)
+            cookie = new_session(secret)  # no token configured: an open, local dashboard
+        response = templates.TemplateResponse(
+            request,
+            template,
+            {
+                "csrf": csrf_token(secret, cookie),
+                "needs_login": needs_login,
+                "path": request.url.path,
+                **context,
+            },
+        )
+        if request.cookies.get(SESSION_COOKIE) != cookie:
+            _set_cookie(request, response, cookie)
+        return response
+
+    def action(request: Request, csrf: str) -> Response | None:
+        """None when the POST may proceed; otherwise the refusal."""
+        cookie = session(request)
+        if cookie is None:
+            return HTMLResponse("session expired: log in again", status_code=403)
+        if not secrets.compare_digest(csrf, csrf_token(secret, cookie)):
+            return HTMLResponse("invalid CSRF token", status_code=403)
+        return None
+
+    def back(request: Request, default: str, message: str) -> RedirectResponse:
+        target = request.headers.get("referer") or default
+        sep = "&" if "?" in target else "?"
+        return RedirectResponse(
+            f"{target.split('#')[0]}{sep}{urlencode({'flash': message})}", status_code=303
+        )
+
+    # ------------------------------------------------------------------ login
+    @api.get("/login", include_in_schema=False)
+    def login_form(request: Request, next: str = "/", error: str | None = None) -> Response:
+        return templates.TemplateResponse(
+            request,
+            "login.html",
+            {"next": _local(next), "error": error, "needs_login": needs_login, "path": "/login"},
+        )
+
+    @api.post("/login", include_in_schema=False)
+    def login(request: Request, password: str = Form(""), next: str = Form("/")) -> Response:
+        if needs_login and not secrets.compare_digest(password.encode(), secret.encode()):
+            return templates.TemplateResponse(
+                request,
+                "login.html",
+                {"next": _local(next), "error": "Wrong password.", "needs_login": True, "path": "/login"},
+                status_code=401,
+            )
+        response = RedirectResponse(_local(next), status_code=303)
+        _set_cookie(request, response, new_session(secret))
+        return response
+
+    @api.post("/logout", include_in_schema=False)
+    def logout(request: Request, csrf: str = Form("")) -> Response:
+        refused = action(request, csrf)
+        if refused:
+            return refused
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE)
+        return response
+
+    # ------------------------------------------------------------------ overview
+    @api.get("/", include_in_schema=False)
+    def overview(request: Request, partial: bool = False) -> Response:
+        now = datetime.now(UTC)
+        with app.db.read() as conn:
+            hour_ago = now - timedelta(hours=1)
+            edges = [hour_ago + timedelta(minutes=5 * i) for i in range(13)]
+            buckets = conn.execute(
+                select(
+                    *[
+                        func.sum(
+                            case(
+                                ((job_executions.c.started_at >= a) & (job_executions.c.started_at < b), 1),
+                                else_=0,
+                            )
+                        )
+                        for a, b in itertools.pairwise(edges)
+                    ]
+                ).where(job_executions.c.started_at >= hour_ago, job_executions.c.status == "completed")
+            ).one()
+            beats = conn.execute(
+                select(workers.c.kind, workers.c.id, workers.c.heartbeat_at).where(
+                    workers.c.stopped_at.is_(None)
+                )
+            ).all()
+            breakers = conn.execute(select(circuit_breakers)).all()
+            last_export = conn.execute(
+                select(export_batches)
+                .where(export_batches.c.kind == "daily")
+                .order_by(export_batches.c.batch_date.desc())
+                .limit(1)
+            ).first()
+            next_export = conn.execute(
+                select(job_schedules.c.next_fire_time, job_schedules.c.enabled).where(
+                    job_schedules.c.name == "daily_export"
+                )
+            ).first()
+        throughput = [int(b or 0) for b in buckets]
+        fresh = [b for b in beats if (now - b.heartbeat_at) < timedelta(seconds=30)]
+        running = app.store.list(state=JobState.RUNNING, limit=20)
+        counts = app.store.counts()
+        return page(
+            request,
+            "overview_partial.html" if partial else "overview.html",
+            queues=app.store.queue_summary(),
+            throughput=throughput,
+            throughput_max=max([*throughput, 1]),
+            running=running,
+            dead=sum(n for (_q, _t, s), n in counts.items() if s == JobState.DEAD),
+            workers=[b for b in fresh if b.kind == "worker"],
+            schedulers=[b for b in fresh if b.kind == "scheduler"],
+            breakers=breakers,
+            last_export=last_export,
+            next_export=next_export.next_fire_time if next_export and next_export.enabled else None,
+        )
+
+    # ------------------------------------------------------------------ jobs
+    @api.get("/jobs", include_in_schema=False)
+    def jobs_page(
+        request: Request,
+        state: str | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        id: str | None = None,
+        before_id: int | None = None,
+        flash: str | None = None,
+    ) -> Response:
+        if id and id.strip().isdigit():
+            return RedirectResponse(f"/jobs/{int(id)}", status_code=303)
+        try:
+            jobs = app.store.list(
+                state=state or None, queue=queue or None, task=task or None, limit=50, before_id=before_id
+            )
+        except LedgerflowError as exc:
+            jobs, flash = [], str(exc)
+        filters = {k: v for k, v in {"state": state, "queue": queue, "task": task}.items() if v}
+        older = f"/jobs?{urlencode({**filters, 'before_id': jobs[-1].id})}" if len(jobs) == 50 else None
+        return page(
+            request,
+            "jobs.html",
+            jobs=jobs,
+            filters=filters,
+            older=older,
+            flash=flash,
+            states=[s.value for s in JobState],
+            queues=[q["queue"] for q in app.store.queue_summary()],
+            tasks=[t["task"] for t in app.task_summary()],
+        )
+
+    @api.get("/jobs/{job_id}", include_in_schema=False)
+    def job_page(request: Request, job_id: int, flash: str | None = None) -> Response:
+        try:
+            job = app.store.get(job_id)
+        except NotFound:
+            return page(request, "missing.html", what=f"job {job_id}")
+        return page(request, "job.html", job=job, executions=app.store.executions(job_id), flash=flash)
+
+    @api.post("/jobs/{job_id}/{verb}", include_in_schema=False)
+    def job_action(request: Request, job_id: int, verb: str, csrf: str = Form("")) -> Response:
+        refused = action(request, csrf)
+        if refused:
+            return refused
+        try:
+            if verb == "retry":
+                job = app.store.retry(job_id)
+            elif verb == "cancel":
+                job = app.store.cancel(job_id, "cancelled from the dashboard")
+            else:
+                return HTMLResponse("unknown action", status_code=404)
+            message = f"job {job_id} is {job.state}"
+        except LedgerflowError as exc:
+            message = str(exc)
+        return back(request, f"/jobs/{job_id}", message)
+
+    @api.get("/dlq", include_in_schema=False)
+    def dlq_page(request: Request, flash: str | None = None, confirm: bool = False) -> Response:
+        return page(
+            request,
+            "dlq.html",
+            jobs=app.store.list(state=JobState.DEAD, limit=200),
+            flash=flash,
+            confirm=confirm,
+        )
+
+    @api.post("/dlq/retry", include_in_schema=False)
+    def dlq_retry(request: Request, csrf: str = Form(""), confirmed: str = Form("")) -> Response:
+        refused = action(request, csrf)
+        if refused:
+            return refused
+        if confirmed != "yes":
+            return RedirectResponse("/dlq?confirm=true", status_code=303)
+        return RedirectResponse(
+            f"/dlq?{urlencode({'flash': f'retried {app.store.retry_dead()} dead job(s)'})}", status_code=303
+        )
+
+    # ------------------------------------------------------------------ schedules
+    @api.get("/schedules", include_in_schema=False)
+    def schedules_page(request: Request, flash: str | None = None) -> Response:
+        schedules = app.schedules.list()
+        rows = []
+        for s in schedules:
+            last = app.schedules.fires(s.name, 1) if s.id else []
+            upcoming = s.next_times(datetime.now(UTC), 3) if s.enabled else []
+            rows.append({"schedule": s, "last": last[0] if last else None, "upcoming": upcoming})
+        return page(request, "schedules.html", rows=rows, flash=flash)
+
+    @api.post("/schedules/{name}/{verb}", include_in_schema=False)
+    def schedule_action(request: Request, name: str, verb: str, csrf: str = Form("")) -> Response:
+        refused = action(request, csrf)
+        if refused:
+            return refused
+        try:
+            if verb in ("enable", "disable"):
+                app.schedules.set_enabled(name, verb == "enable", "disabled from the dashboard")
+                message = f"schedule {name} {verb}d"
+            elif verb == "run":
+                message = f"schedule {name}: job {app.schedules.run_now(name)['job_id']} enqueued"
+            else:
+                return HTMLResponse("unknown action", status_code=404)
+        except LedgerflowError as exc:
+            message = str(exc)
+        return back(request, "/schedules", message)
+
+    # ------------------------------------------------------------------ exports
+    @api.get("/exports", include_in_schema=False)
+    def exports_page(request: Request, flash: str | None = None, before: str | None = None) -> Response:
+        query = select(export_batches).order_by(
+            export_batches.c.batch_date.desc(), export_batches.c.id.desc()
+        )
+        if before:
+            query = query.where(export_batches.c.batch_date < date.fromisoformat(before))
+        with app.db.read() as conn:
+            batches = [dict(r._mapping) for r in conn.execute(query.limit(30))]
+        local = app.settings.export_destination.startswith("file://")
+        return page(
+            request,
+            "exports.html",
+            batches=batches,
+            flash=flash,
+            local=local,
+            older=f"/exports?before={batches[-1]['batch_date']}" if len(batches) == 30 else None,
+        )
+
+    @api.post("/exports/{day}/rerun", include_in_schema=False)
+    def rerun_export(request: Request, day: str, csrf: str = Form("")) -> Response:
+        refused = action(request, csrf)
+        if refused:
+            return refused
+        from ledgerflow.api.routes import revive_abandoned
+        from ledgerflow.export.tasks import enqueue_daily_export
+
+        try:
+            batch_day = date.fromisoformat(day)
+            revive_abandoned(app, batch_day)
+            with app.db.begin() as conn:  # a retryable day runs now instead of at its next retry time
+                conn.execute(
+                    export_batches.update()
+                    .where(
+                        export_batches.c.batch_key == f"daily:{day}", export_batches.c.state == "retryable"
+                    )
+                    .values(next_retry_at=None)
+                )
+            job = enqueue_daily_export(app, batch_day)
+            if job.state in (JobState.SCHEDULED, JobState.RETRYABLE):
+                app.store.retry(job.id)
+            message = f"export {day} queued (job {job.id})"
+        except (LedgerflowError, ValueError) as exc:
+            message = str(exc)
+        return back(request, "/exports", message)
+
+    @api.get("/exports/{batch_id}/files/{name}", include_in_schema=False)
+    def download(request: Request, batch_id: int, name: str) -> Response:
+        if session(request) is None and needs_login:
+            return RedirectResponse("/login", status_code=303)
+        with app.db.read() as conn:
+            batch = conn.execute(
+                select(export_batches.c.files, export_batches.c.destination).where(
+                    export_batches.c.id == batch_id
+                )
+            ).first()
+        match = next((f for f in (batch.files if batch else []) or [] if f["name"] == name), None)
+        if batch is None or match is None or not match.get("remote_id"):
+            return HTMLResponse("no such file", status_code=404)
+        destination = open_destination(batch.destination)
+        path = Path(match["remote_id"])
+        if (
+            not isinstance(destination, LocalFolder)
+            or path.parent != destination.directory
+            or not path.is_file()
+        ):
+            return HTMLResponse(
+                "only files in a local destination folder can be downloaded here", status_code=404
+            )
+        return FileResponse(
+            path, filename=name, media_type="text/csv" if name.endswith(".csv") else "application/json"
+        )
+
+
+def _local(target: str) -> str:
+    """Only redirect within this site."""
+    return target if target.startswith("/") and not target.startswith("//") else "/"
+
+
+def _set_cookie(request: Request, response: Response, cookie: str) -> None:
+    host = request.url.hostname or ""
+    secure = request.url.scheme == "https" or host in ("localhost", "127.0.0.1", "::1")
+    response.set_cookie(
+        SESSION_COOKIE,
+        cookie,
+        max_age=SESSION_SECONDS,
+        httponly=True,
+        secure=secure,
+        samesite="strict",
+        path="/",
+    )
