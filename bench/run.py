@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, one JSON document on stdout (see docs/benchmarks.md).
 
-python -m bench.run [--backends sqlite,postgresql] [--only engine,export,peers] [--quick]
+python -m bench.run [--backends sqlite,postgresql] [--only engine,export,dashboard,peers] [--quick]
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import sys
 import time
 from typing import Any
 
-from bench import engine, export
+from bench import dashboard, engine, export
 from bench.common import machine
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="bench.run")
     parser.add_argument("--backends", default="sqlite,postgresql")
-    parser.add_argument("--only", default="engine,export,peers")
+    parser.add_argument("--only", default="engine,export,dashboard,peers")
     parser.add_argument("--quick", action="store_true", help="skip the 1M-line export")
     args = parser.parse_args(argv)
     backends = [b for b in args.backends.split(",") if b]
@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "export" in parts:
         sizes = ["10k_lines", "10k_entries"] + ([] if args.quick else ["1m_lines"])
         report["export"] = export.run(backends, sizes)
+    if "dashboard" in parts:
+        report["dashboard"] = dashboard.run(backends)
     if "peers" in parts:
         from bench import peers
 

@@ -19,6 +19,13 @@ def register_builtin_tasks(app: App) -> None:
         """Daily cleanup: prune completed jobs and executions older than `days` (default: settings)."""
         return app.store.prune(timedelta(days=days or app.settings.prune_after_days))
 
+    @app.task(name="ledgerflow.backup", queue="maintenance", max_attempts=3, timeout=3600)
+    def backup() -> dict[str, Any]:
+        """Weekly backup: snapshot, verify by restoring into a scratch database, keep the newest N."""
+        from ledgerflow.backup import create_backup, describe
+
+        return describe(create_backup(app))
+
 
 def build_app(settings: Settings | None = None) -> App:
     from ledgerflow.demo import register_demo_tasks

@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     grace_seconds: float = Field(25.0, ge=0)
     max_abandoned_threads: int = Field(5, ge=1)
     prune_after_days: int = Field(30, ge=1)
+    backup_dir: str = "./backups"
+    backup_keep: int = Field(8, ge=1)
 
     health_cron_max_age_hours: float = Field(26.0, gt=0)
     autostop_consecutive_failures: int = Field(25, ge=1)

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from sqlalchemy import case, func, select
 
-from ledgerflow.db.tables import circuit_breakers, export_batches, export_logs, job_executions, jobs, workers
+from ledgerflow.db.tables import circuit_breakers, export_batches, export_logs, job_executions, workers
 from ledgerflow.engine.states import CLAIMABLE, JobState
 
 if TYPE_CHECKING:
@@ -106,12 +106,7 @@ class DatabaseCollector:
         )
         depth: dict[str, int] = {}
         dead: dict[str, int] = {}
-        rows = conn.execute(
-            select(jobs.c.queue, jobs.c.task, jobs.c.state, func.count()).group_by(
-                jobs.c.queue, jobs.c.task, jobs.c.state
-            )
-        )
-        for queue, task, state, n in rows:
+        for (queue, task, state), n in self.app.store.counts(conn=conn).items():
             by_state.add_metric([queue, task, state], int(n))
             if state in CLAIMABLE:
                 depth[queue] = depth.get(queue, 0) + int(n)

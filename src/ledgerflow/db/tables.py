@@ -89,7 +89,8 @@ jobs = Table(
         sqlite_where=text(f"unique_key IS NOT NULL AND {_LIVE}"),
         postgresql_where=text(f"unique_key IS NOT NULL AND {_LIVE}"),
     ),
-    Index("ix_jobs_state_task", "state", "task"),
+    Index("ix_jobs_state_task_queue", "state", "task", "queue"),
+    Index("ix_jobs_state_id", "state", "id"),
     Index("ix_jobs_state_finished", "state", "finished_at"),
     Index("ix_jobs_schedule", "schedule_id", "state"),
 )

@@ -230,15 +230,19 @@ class JobStore:
             )
             return [dict(r._mapping) for r in rows]
 
-    def counts(self) -> dict[tuple[str, str, str], int]:
-        """(queue, task, state) → number of jobs."""
-        with self.db.read() as conn:
-            rows = conn.execute(
-                select(jobs.c.queue, jobs.c.task, jobs.c.state, func.count()).group_by(
-                    jobs.c.queue, jobs.c.task, jobs.c.state
-                )
-            )
-            return {(r[0], r[1], r[2]): int(r[3]) for r in rows}
+    def counts(
+        self, states: Iterable[str] | None = None, conn: Connection | None = None
+    ) -> dict[tuple[str, str, str], int]:
+        """(queue, task, state) → number of jobs, for all states or only `states` (index-only)."""
+        query = select(jobs.c.queue, jobs.c.task, jobs.c.state, func.count()).group_by(
+            jobs.c.state, jobs.c.task, jobs.c.queue
+        )
+        if states is not None:
+            query = query.where(jobs.c.state.in_(list(states)))
+        if conn is not None:
+            return {(r[0], r[1], r[2]): int(r[3]) for r in conn.execute(query)}
+        with self.db.read() as fresh:
+            return self.counts(states, fresh)
 
     def queue_summary(self) -> list[dict[str, Any]]:
         """Per queue: jobs waiting (depth), running, dead, and whether it is paused."""
@@ -246,7 +250,7 @@ class JobStore:
         queues: dict[str, dict[str, Any]] = {
             n: {"queue": n, "depth": 0, "running": 0, "dead": 0} for n in paused
         }
-        for (queue, _task, state), n in self.counts().items():
+        for (queue, _task, state), n in self.counts([*CLAIMABLE, S.RUNNING, S.DEAD]).items():
             q = queues.setdefault(queue, {"queue": queue, "depth": 0, "running": 0, "dead": 0})
             if state in CLAIMABLE:
                 q["depth"] += n

@@ -174,15 +174,15 @@ def register(api: FastAPI, app: App) -> None:
         throughput = [int(b or 0) for b in buckets]
         fresh = [b for b in beats if (now - b.heartbeat_at) < timedelta(seconds=30)]
         running = app.store.list(state=JobState.RUNNING, limit=20)
-        counts = app.store.counts()
+        queues = app.store.queue_summary()
         return page(
             request,
             "overview_partial.html" if partial else "overview.html",
-            queues=app.store.queue_summary(),
+            queues=queues,
             throughput=throughput,
             throughput_max=max([*throughput, 1]),
             running=running,
-            dead=sum(n for (_q, _t, s), n in counts.items() if s == JobState.DEAD),
+            dead=sum(q["dead"] for q in queues),
             workers=[b for b in fresh if b.kind == "worker"],
             schedulers=[b for b in fresh if b.kind == "scheduler"],
             breakers=breakers,
@@ -219,7 +219,7 @@ def register(api: FastAPI, app: App) -> None:
             older=older,
             flash=flash,
             states=[s.value for s in JobState],
-            queues=[q["queue"] for q in app.store.queue_summary()],
+            queues=sorted(set(app.queues()) | {q["queue"] for q in app.store.queue_summary()}),
             tasks=[t["task"] for t in app.task_summary()],
         )
 
