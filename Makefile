@@ -12,7 +12,7 @@ $(BIN)/activate:
 	$(PY) -m pip install --quiet --upgrade pip
 
 install: $(BIN)/activate
-	$(PY) -m pip install --quiet -e '.[server,gdrive,s3]'
+	$(PY) -m pip install --quiet -e '.[server,gdrive,s3,receipts]'
 
 dev: $(BIN)/activate
 	$(PY) -m pip install --quiet -e '.[dev]'

@@ -30,10 +30,12 @@ def register_builtin_tasks(app: App) -> None:
 def build_app(settings: Settings | None = None) -> App:
     from ledgerflow.demo import register_demo_tasks
     from ledgerflow.export.tasks import register_export_tasks
+    from ledgerflow.receipts.tasks import register_receipt_tasks
 
     app = App(settings=settings)
     register_builtin_tasks(app)
     register_export_tasks(app)
+    register_receipt_tasks(app)
     register_demo_tasks(app)
     return app
 

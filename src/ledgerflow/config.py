@@ -98,6 +98,23 @@ class Settings(BaseSettings):
     backup_dir: str = "./backups"
     backup_keep: int = Field(8, ge=1)
 
+    imap_host: str | None = None
+    imap_port: int | None = Field(None, ge=1, le=65535)  # default 993 with SSL, 143 without
+    imap_user: str | None = None
+    imap_password: SecretStr | None = None
+    imap_ssl: bool = True
+    imap_mailbox: str = "INBOX"
+    imap_timeout: float = Field(30.0, gt=0)
+    receipts_dir: str = "./receipts"
+    receipt_destination: str | None = None  # default: the export destination
+    receipt_min_confidence: float = Field(0.7, ge=0, le=1)
+    receipt_max_bytes: int = Field(20 * 2**20, ge=1024)
+    receipt_currency: str = "THB"  # when the text does not say
+    receipt_expense_account: str = "5900:Miscellaneous expense"
+    receipt_tax_account: str = "1500:Input tax"
+    receipt_credit_account: str = "1000:Cash"
+    receipt_rules: dict[str, str] = {}  # keyword (vendor or text) -> "CODE:Account name"
+
     health_cron_max_age_hours: float = Field(26.0, gt=0)
     autostop_consecutive_failures: int = Field(25, ge=1)
     autostop_failure_rate: float = Field(0.6, gt=0, le=1)
@@ -122,6 +139,31 @@ class Settings(BaseSettings):
     @classmethod
     def _destination(cls, value: str) -> str:
         return check_destination(value)
+
+    @field_validator("receipt_destination")
+    @classmethod
+    def _receipt_destination(cls, value: str | None) -> str | None:
+        return check_destination(value) if value else None
+
+    @field_validator("receipt_expense_account", "receipt_tax_account", "receipt_credit_account")
+    @classmethod
+    def _account(cls, value: str) -> str:
+        return check_account(value)
+
+    @field_validator("receipt_rules")
+    @classmethod
+    def _rules(cls, value: dict[str, str]) -> dict[str, str]:
+        return {keyword: check_account(account) for keyword, account in value.items()}
+
+    @field_validator("receipt_currency")
+    @classmethod
+    def _receipt_currency(cls, value: str) -> str:
+        from ledgerflow.ledger.money import check_currency
+
+        try:
+            return check_currency(value)
+        except BadInput as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("daily_export_cron")
     @classmethod
@@ -167,6 +209,14 @@ class Settings(BaseSettings):
         if toml_path.is_file():
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
         return tuple(sources)
+
+
+def check_account(value: str) -> str:
+    """`CODE:Account name`, e.g. `5200:Meeting expenses`."""
+    code, sep, name = value.partition(":")
+    if not sep or not code.strip() or not name.strip():
+        raise ValueError(f"account {value!r} must look like 'CODE:Account name'")
+    return f"{code.strip()}:{name.strip()}"
 
 
 def load_settings(**overrides: Any) -> Settings:

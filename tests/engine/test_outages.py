@@ -70,10 +70,14 @@ def completions_per_second(url: str) -> Counter[int]:
 
 
 def assert_recovered(url: str, outage_start: float, recovered: float, producer: Producer) -> None:
-    """Throughput after recovery reaches >= 80 % of the pre-outage rate within 10 s."""
+    """Throughput after recovery reaches >= 80 % of the pre-outage rate within 10 s.
+
+    The pre-outage rate may include a start-up backlog; once that is drained the workers can
+    complete no more than the producer enqueues, so the bar is 80 % of whichever is lower.
+    """
     rates = completions_per_second(url)
     before = [rates.get(s, 0) for s in range(int(outage_start) - 6, int(outage_start) - 1)]
-    baseline = sorted(before)[len(before) // 2]
+    baseline = min(sorted(before)[len(before) // 2], round(1 / producer.interval))
     assert baseline > 10, f"no steady baseline before the outage: {before}"
     for second in range(int(recovered), int(recovered) + 11):
         window = [rates.get(s, 0) for s in range(second, second + 3)]

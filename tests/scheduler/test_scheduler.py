@@ -205,7 +205,9 @@ def test_three_scheduler_processes_enqueue_exactly_one_job_per_fire_time(app, db
     created = app.schedules.get("every_minute").created_at
     assert created is not None
     speed = 30.0  # one simulated minute every two real seconds
-    clock = f"accelerated:{created.isoformat()},{time.time()},{speed}"
+    # the simulated clock starts 4 s from now, once the three processes have started: a start-up
+    # slower than one simulated minute would otherwise (rightly) record a missed fire
+    clock = f"accelerated:{created.isoformat()},{time.time() + 4},{speed}"
     env = {
         **os.environ,
         **FAST,
@@ -235,7 +237,7 @@ def test_three_scheduler_processes_enqueue_exactly_one_job_per_fire_time(app, db
         for log in logs
     ]
     try:
-        time.sleep(18)  # about 9 simulated minutes
+        time.sleep(22)  # start-up, then about 9 simulated minutes
     finally:
         for p in procs:
             p.terminate()

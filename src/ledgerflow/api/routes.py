@@ -4,10 +4,10 @@ entries, exports and alerts. Every route goes through the same services as the C
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Path, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
@@ -16,9 +16,12 @@ from ledgerflow.db.tables import export_batches, job_executions
 from ledgerflow.engine.jobs import JobSpec
 from ledgerflow.engine.states import JobState
 from ledgerflow.errors import BadInput, NotFound
+from ledgerflow.receipts.store import ReceiptStore
 from ledgerflow.scheduler.schedules import Schedule
 
 router = APIRouter()
+MAX_ID = 2**63 - 1  # BIGINT: a larger id is refused with 422 instead of overflowing the driver
+RowId = Annotated[int, Path(ge=1, le=MAX_ID)]
 StateName = Literal["scheduled", "available", "running", "retryable", "completed", "dead", "cancelled"]
 
 
@@ -49,7 +52,7 @@ def list_jobs(
     queue: str | None = None,
     task: str | None = None,
     limit: int = Query(50, ge=1, le=1000),
-    before_id: int | None = Query(None, ge=1),
+    before_id: int | None = Query(None, ge=1, le=MAX_ID),
     offset: int = Query(0, ge=0, le=1_000_000),
 ) -> dict[str, Any]:
     """Newest first; page with `before_id` (the last id of the previous page) or `offset`."""
@@ -84,7 +87,7 @@ def enqueue(request: Request, body: EnqueueRequest) -> dict[str, Any]:
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"])
-def show_job(request: Request, job_id: int) -> dict[str, Any]:
+def show_job(request: Request, job_id: RowId) -> dict[str, Any]:
     app = _app(request)
     return {
         **app.store.get(job_id).to_dict(),
@@ -93,13 +96,15 @@ def show_job(request: Request, job_id: int) -> dict[str, Any]:
 
 
 @router.post("/jobs/{job_id}/retry", tags=["jobs"])
-def retry_job(request: Request, job_id: int) -> dict[str, Any]:
+def retry_job(request: Request, job_id: RowId) -> dict[str, Any]:
     return _app(request).store.retry(job_id).to_dict()
 
 
 @router.post("/jobs/{job_id}/cancel", tags=["jobs"])
 def cancel_job(
-    request: Request, job_id: int, reason: str = Body("cancelled through the API", embed=True, max_length=500)
+    request: Request,
+    job_id: RowId,
+    reason: str = Body("cancelled through the API", embed=True, max_length=500),
 ) -> dict[str, Any]:
     return _app(request).store.cancel(job_id, reason).to_dict()
 
@@ -107,7 +112,7 @@ def cancel_job(
 @router.get("/executions", tags=["jobs"])
 def list_executions(
     request: Request,
-    job_id: int | None = None,
+    job_id: int | None = Query(None, ge=1, le=MAX_ID),
     task: str | None = None,
     status: Literal["running", "completed", "failed"] | None = None,
     schedule: str | None = None,
@@ -135,7 +140,7 @@ def list_dead(
     request: Request,
     task: str | None = None,
     limit: int = Query(50, ge=1, le=1000),
-    before_id: int | None = Query(None, ge=1),
+    before_id: int | None = Query(None, ge=1, le=MAX_ID),
 ) -> dict[str, Any]:
     jobs = _app(request).store.list(state=JobState.DEAD, task=task, limit=limit, before_id=before_id)
     return {"jobs": [j.to_dict() for j in jobs]}
@@ -359,7 +364,7 @@ def reverse_entry(
 # ------------------------------------------------------------------ exports
 @router.get("/exports", tags=["exports"])
 def list_exports(
-    request: Request, limit: int = Query(30, ge=1, le=1000), offset: int = Query(0, ge=0)
+    request: Request, limit: int = Query(30, ge=1, le=1000), offset: int = Query(0, ge=0, le=1_000_000)
 ) -> dict[str, Any]:
     """Batches, newest first: state, entries, control totals, files, attempts, next retry."""
     with _app(request).db.read() as conn:
@@ -442,6 +447,63 @@ def revive_abandoned(app: App, day: date) -> None:
         ).scalar()
     if state == "abandoned":
         ExportSaga(app)._claim(f"daily:{day.isoformat()}", "daily", day, None, revive=True)
+
+
+# ------------------------------------------------------------------ receipts
+class ApproveRequest(BaseModel):
+    """Facts a person supplies or corrects; omitted ones keep what was read from the receipt."""
+
+    total: str | None = Field(None, max_length=30, description="decimal string, e.g. '535.00'")
+    tax: str | None = Field(None, max_length=30)
+    on: date | None = Field(None, alias="date")
+    vendor: str | None = Field(None, min_length=1, max_length=300)
+    account: str | None = Field(None, max_length=100, description="CODE:Account name")
+    currency: str | None = Field(None, min_length=3, max_length=3)
+
+
+@router.get("/receipts", tags=["receipts"])
+def list_receipts(
+    request: Request,
+    status: Literal["received", "draft", "review", "approved", "rejected"] | None = None,
+    limit: int = Query(100, ge=1, le=1000),
+) -> dict[str, Any]:
+    store = ReceiptStore(_app(request))
+    return {"receipts": [r.to_dict() for r in store.list(status, limit)], "counts": store.counts()}
+
+
+@router.get("/receipts/{receipt_id}", tags=["receipts"])
+def show_receipt(request: Request, receipt_id: RowId) -> dict[str, Any]:
+    store = ReceiptStore(_app(request))
+    receipt = store.get(receipt_id)
+    sources = [_jsonable(s) for s in store.sources(receipt_id)]
+    return {**receipt.to_dict(), "text": store.text(receipt_id), "sources": sources}
+
+
+@router.post("/receipts/{receipt_id}/approve", tags=["receipts"])
+def approve_receipt(
+    request: Request, receipt_id: RowId, body: ApproveRequest | None = None
+) -> dict[str, Any]:
+    """Book the receipt: its journal entry is recorded and queued for the daily export."""
+    fixes = body or ApproveRequest()
+    receipt, entry = ReceiptStore(_app(request)).approve(
+        receipt_id,
+        total=fixes.total,
+        tax=fixes.tax,
+        on=fixes.on,
+        vendor=fixes.vendor,
+        account=fixes.account,
+        currency=fixes.currency,
+    )
+    return {"receipt": receipt.to_dict(), "entry": entry.to_dict()}
+
+
+@router.post("/receipts/{receipt_id}/reject", tags=["receipts"])
+def reject_receipt(
+    request: Request,
+    receipt_id: RowId,
+    reason: str = Body("rejected by a person", embed=True, max_length=500),
+) -> dict[str, Any]:
+    return ReceiptStore(_app(request)).reject(receipt_id, reason).to_dict()
 
 
 # ------------------------------------------------------------------ alerts

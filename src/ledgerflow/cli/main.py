@@ -13,7 +13,7 @@ from typing import Annotated
 import click
 import typer
 
-from ledgerflow.cli import backup, jobs, ledger, schedules, system
+from ledgerflow.cli import backup, jobs, ledger, receipts, schedules, system
 from ledgerflow.cli.context import err_console, state
 from ledgerflow.errors import LedgerflowError
 
@@ -47,6 +47,7 @@ jobs.register(cli)
 schedules.register(cli)
 ledger.register(cli)
 backup.register(cli)
+receipts.register(cli)
 
 
 def run(argv: list[str] | None = None) -> None:

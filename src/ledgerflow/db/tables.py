@@ -348,3 +348,66 @@ circuit_breakers = Table(
     Column("last_error", Text),
     Column("updated_at", UTCDateTime, nullable=False),
 )
+
+# ---------------------------------------------------------------- receipts
+#: Where each IMAP mailbox scan stopped: only UIDs above `last_uid` are fetched next time.
+mail_cursors = Table(
+    "mail_cursors",
+    metadata,
+    Column("mailbox", String(500), primary_key=True),  # user@host/MAILBOX
+    Column("uid_validity", BigInteger, nullable=False),
+    Column("last_uid", BigInteger, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+#: One row per distinct file (content-addressed by sha256: exact duplicates merge here).
+receipts = Table(
+    "receipts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("sha256", String(64), nullable=False, unique=True),
+    Column("content_type", String(100), nullable=False),
+    Column("extension", String(10), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("original_name", String(300), nullable=False),
+    # received | draft | review | approved | rejected
+    Column("status", String(10), nullable=False),
+    Column("reason", Text),  # why it needs a person
+    Column("text", Text),
+    Column("vendor", String(300)),
+    Column("receipt_date", Date),
+    Column("currency", String(3)),
+    Column("total_minor", BigInteger),
+    Column("tax_minor", BigInteger),
+    Column("tax_rate", Integer),
+    Column("confidence", Float),
+    Column("expense_account", String(100)),
+    Column("duplicate_of", Id, ForeignKey("receipts.id")),
+    Column("entry_reference", String(64)),
+    Column("filed_name", String(500)),
+    Column("filed_id", String(500)),  # reserved (Drive) or final remote id
+    Column("filed_link", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_receipts_status", "status"),
+    Index("ix_receipts_date_total", "receipt_date", "total_minor"),
+)
+
+#: Every message attachment a receipt came from (the same file mailed twice: two sources).
+receipt_sources = Table(
+    "receipt_sources",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("receipt_id", Id, ForeignKey("receipts.id", ondelete="CASCADE"), nullable=False),
+    Column("mailbox", String(500), nullable=False),
+    Column("uid_validity", BigInteger, nullable=False),
+    Column("uid", BigInteger, nullable=False),
+    Column("part", Integer, nullable=False),
+    Column("message_id", String(500)),
+    Column("sender", String(500)),
+    Column("subject", Text),
+    Column("sent_at", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("mailbox", "uid_validity", "uid", "part", name="uq_receipt_sources_message_part"),
+    Index("ix_receipt_sources_receipt", "receipt_id"),
+)

@@ -98,10 +98,12 @@ class LocalFolder:
         reserved_id: str | None,
     ) -> Remote:
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            final = self.directory / name
+            final = self.directory / name  # a name may hold folders: 2026/11/receipt.pdf
+            if self.directory not in final.resolve().parents:
+                raise DestinationError(f"refusing to write {name!r} outside {self.directory}")
+            final.parent.mkdir(parents=True, exist_ok=True)
             if not final.exists():
-                tmp = self.directory / f".{name}.{secrets.token_hex(4)}.tmp"
+                tmp = final.parent / f".{final.name}.{secrets.token_hex(4)}.tmp"
                 with open(path, "rb") as src, open(tmp, "wb") as dst:
                     while chunk := src.read(1 << 20):
                         dst.write(chunk)
@@ -113,7 +115,7 @@ class LocalFolder:
                     pass  # a concurrent writer won: compared below
                 finally:
                     tmp.unlink(missing_ok=True)
-                fd = os.open(self.directory, os.O_RDONLY)
+                fd = os.open(final.parent, os.O_RDONLY)
                 try:
                     os.fsync(fd)
                 finally:
@@ -396,3 +398,13 @@ def open_destination(
     if parsed.scheme == "s3":
         return S3.from_settings(parsed.netloc, parsed.path, s3_endpoint, timeout)
     raise BadInput(f"unsupported destination {url!r}")
+
+
+def destination_for(settings: Any, url: str | None = None) -> Destination:
+    """`url` (default: the export destination) with the Drive/S3 endpoints and timeout of `settings`."""
+    return open_destination(
+        url or settings.export_destination,
+        gdrive_endpoint=settings.gdrive_endpoint,
+        s3_endpoint=settings.s3_endpoint_url,
+        timeout=settings.destination_timeout,
+    )

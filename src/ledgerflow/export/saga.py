@@ -45,7 +45,7 @@ from ledgerflow.db.tables import (
 from ledgerflow.errors import LedgerflowError
 from ledgerflow.export.audit import append_log
 from ledgerflow.export.breaker import CircuitBreaker
-from ledgerflow.export.destinations import Destination, DestinationError, ExportConflict, open_destination
+from ledgerflow.export.destinations import Destination, DestinationError, ExportConflict, destination_for
 from ledgerflow.export.profiles import Profile
 from ledgerflow.export.writer import (
     EntryRejected,
@@ -122,12 +122,7 @@ class ExportSaga:
         self.app, self.db, self.settings = app, app.db, s
         self.clock = clock or system_clock
         self.profile = profile or app.export_profile
-        self.destination = destination or open_destination(
-            s.export_destination,
-            gdrive_endpoint=s.gdrive_endpoint,
-            s3_endpoint=s.s3_endpoint_url,
-            timeout=s.destination_timeout,
-        )
+        self.destination = destination or destination_for(s)
         self.breaker = CircuitBreaker(self.db, self.destination.key, self.clock)
         self.work_root = Path(s.export_work_dir or tempfile.gettempdir()) / "ledgerflow-export"
         self.log = get_logger("export")

@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from ledgerflow.db.tables import export_batches
 from ledgerflow.export.audit import verify_chain
-from ledgerflow.export.destinations import DestinationError, open_destination
+from ledgerflow.export.destinations import DestinationError, destination_for
 
 if TYPE_CHECKING:
     from ledgerflow.app import App
@@ -34,12 +34,7 @@ def verify_exports(app: App) -> dict[str, Any]:
             url = batch.destination
             try:
                 if url not in destinations:
-                    destinations[url] = open_destination(
-                        url,
-                        gdrive_endpoint=s.gdrive_endpoint,
-                        s3_endpoint=s.s3_endpoint_url,
-                        timeout=s.destination_timeout,
-                    )
+                    destinations[url] = destination_for(s, url)
                 remote_sha = destinations[url].fetch_sha256(f["remote_id"])
             except (DestinationError, Exception) as exc:
                 unreachable.append(f"{batch.batch_key} {f['name']}: {exc}")

@@ -28,7 +28,7 @@ class Standard:
 
 def _needs_mail(app: App) -> str | None:
     settings = app.settings
-    missing = [v for v in ("imap_host", "imap_user") if not getattr(settings, v, None)]
+    missing = [v for v in ("imap_host", "imap_user", "imap_password") if not getattr(settings, v, None)]
     return f"needs LEDGERFLOW_{', LEDGERFLOW_'.join(m.upper() for m in missing)}" if missing else None
 
 

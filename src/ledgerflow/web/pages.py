@@ -10,13 +10,14 @@ from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
-from fastapi import FastAPI, Form, Request
+from fastapi import FastAPI, Form, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 from sqlalchemy import case, func, select
 
+from ledgerflow.api.routes import MAX_ID, RowId
 from ledgerflow.app import App
 from ledgerflow.db.tables import circuit_breakers, export_batches, job_executions, job_schedules, workers
 from ledgerflow.engine.states import JobState
@@ -198,7 +199,7 @@ def register(api: FastAPI, app: App) -> None:
         queue: str | None = None,
         task: str | None = None,
         id: str | None = None,
-        before_id: int | None = None,
+        before_id: int | None = Query(None, ge=1, le=MAX_ID),
         flash: str | None = None,
     ) -> Response:
         if id and id.strip().isdigit():
@@ -224,7 +225,7 @@ def register(api: FastAPI, app: App) -> None:
         )
 
     @api.get("/jobs/{job_id}", include_in_schema=False)
-    def job_page(request: Request, job_id: int, flash: str | None = None) -> Response:
+    def job_page(request: Request, job_id: RowId, flash: str | None = None) -> Response:
         try:
             job = app.store.get(job_id)
         except NotFound:
@@ -232,7 +233,7 @@ def register(api: FastAPI, app: App) -> None:
         return page(request, "job.html", job=job, executions=app.store.executions(job_id), flash=flash)
 
     @api.post("/jobs/{job_id}/{verb}", include_in_schema=False)
-    def job_action(request: Request, job_id: int, verb: str, csrf: str = Form("")) -> Response:
+    def job_action(request: Request, job_id: RowId, verb: str, csrf: str = Form("")) -> Response:
         refused = action(request, csrf)
         if refused:
             return refused
@@ -345,7 +346,7 @@ def register(api: FastAPI, app: App) -> None:
         return back(request, "/exports", message)
 
     @api.get("/exports/{batch_id}/files/{name}", include_in_schema=False)
-    def download(request: Request, batch_id: int, name: str) -> Response:
+    def download(request: Request, batch_id: RowId, name: str) -> Response:
         if session(request) is None and needs_login:
             return RedirectResponse("/login", status_code=303)
         with app.db.read() as conn:

@@ -1,0 +1,186 @@
+"""The receipt tasks: email_scan → receipt_process → file_organize, duplicate_cleanup, report.
+
+A receipt mailed in the morning is scanned at 08:00 (`email_monitoring`), read into a draft
+journal entry, filed at the destination; once a person approves it, the evening's daily export
+delivers it. Each task is an ordinary ledgerflow job: timeouts, retries with backoff, dead
+letters and auto-stop apply, and one receipt's failure never blocks another's job.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, select
+
+from ledgerflow.db.tables import receipts
+from ledgerflow.errors import LedgerflowError
+from ledgerflow.logs import get_logger
+from ledgerflow.receipts.store import FILE_TASK
+
+if TYPE_CHECKING:
+    from ledgerflow.app import App
+
+log = get_logger("receipts")
+
+SCAN = "ledgerflow.receipts.email_scan"
+PROCESS = "ledgerflow.receipts.process"
+FILE = FILE_TASK
+DEDUP = "ledgerflow.receipts.duplicate_cleanup"
+REPORT = "ledgerflow.receipts.report"
+
+
+def process_and_file(app: App, conn: Connection, receipt_id: int) -> None:
+    """Enqueue reading the receipt, then filing it once read (a dependency chain, one transaction)."""
+    process = app.registry.get(PROCESS).configure(unique_key=f"receipt-process:{receipt_id}")
+    job = app.enqueue(process.prepare(receipt_id), connection=conn)
+    file = app.registry.get(FILE).configure(depends_on=[job.id], unique_key=f"receipt-file:{receipt_id}")
+    app.enqueue(file.prepare(receipt_id), connection=conn)
+
+
+def choose_account(app: App, vendor: str | None, text: str) -> str:
+    """The expense account of the first rule whose keyword is in the vendor or the text."""
+    haystack = f"{vendor or ''}\n{text}".casefold()
+    for keyword, account in app.settings.receipt_rules.items():
+        if keyword.casefold() in haystack:
+            return account
+    return app.settings.receipt_expense_account
+
+
+def register_receipt_tasks(app: App) -> None:
+    from ledgerflow.receipts.store import ReceiptStore
+
+    store = ReceiptStore(app)
+
+    @app.task(name=SCAN, queue="receipts", max_attempts=5, timeout=600, retry_backoff=60)
+    def email_scan(limit: int = 500) -> dict[str, int]:
+        """Fetch new mail; keep PDF/JPEG/PNG attachments; queue one processing chain per new receipt."""
+        from ledgerflow.receipts.mail import scan
+
+        return scan(app, limit)
+
+    @app.task(name=PROCESS, queue="receipts", max_attempts=3, timeout=300, retry_backoff=30)
+    def receipt_process(receipt_id: int) -> dict[str, Any]:
+        """Read the receipt: a draft entry when confident, otherwise the review list (with the reason)."""
+        from ledgerflow.receipts.extract import Unreadable, extract_text
+        from ledgerflow.receipts.parse import read_receipt
+
+        receipt = store.get(receipt_id)
+        if receipt.status not in ("received", "review") or receipt.confidence is not None:
+            return {"receipt": receipt_id, "status": receipt.status}  # already read (a retried job)
+        try:
+            text = extract_text(store.path(receipt), receipt.content_type)
+        except Unreadable as exc:
+            done = store.mark_unreadable(receipt_id, str(exc))
+            return {"receipt": receipt_id, "status": done.status, "reason": done.reason}
+        reading = read_receipt(text, app.settings.receipt_currency)
+        done = store.record_reading(receipt_id, text, reading, choose_account(app, reading.vendor, text))
+        log.info("receipt_read", receipt=receipt_id, status=done.status, confidence=done.confidence)
+        return {"receipt": receipt_id, "status": done.status, "confidence": done.confidence}
+
+    @app.task(name=FILE, queue="receipts", max_attempts=5, timeout=300, retry_backoff=30)
+    def file_organize(receipt_id: int) -> dict[str, Any]:
+        """File the receipt as YYYY/MM/YYYY-MM-DD_vendor_amount.ext at the destination, idempotently."""
+        return file_receipt(app, receipt_id)
+
+    @app.task(name=DEDUP, queue="receipts", max_attempts=3, timeout=600)
+    def duplicate_cleanup() -> dict[str, int]:
+        """Flag likely duplicates (same date, amount and vendor) for review; nothing is deleted."""
+        return {"flagged": flag_likely_duplicates(app)}
+
+    @app.task(name=REPORT, queue="reports", max_attempts=3, timeout=600)
+    def report(month: str | None = None) -> dict[str, Any]:
+        """The month's receipts report (CSV and HTML) at the destination."""
+        from ledgerflow.receipts.report import publish_report
+
+        return publish_report(app, month)
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    """A file-name-safe vendor: letters (any script) and digits, '-' for the rest."""
+    text = unicodedata.normalize("NFKC", text)
+    for mark in ("株式会社", "有限会社", "合同会社", "บริษัท", "จำกัด", "(株)"):
+        text = text.replace(mark, " ")
+    slug = re.sub(r"[^\w]+", "-", text, flags=re.UNICODE).strip("-_")
+    return slug[:limit].strip("-") or "unknown"
+
+
+def filed_name(receipt: Any) -> str:
+    from ledgerflow.ledger.money import format_amount
+
+    d = receipt.receipt_date
+    amount = format_amount(receipt.total, receipt.currency)
+    return f"{d:%Y}/{d:%m}/{d:%Y-%m-%d}_{_slug(receipt.vendor or '')}_{amount}.{receipt.extension}"
+
+
+def file_receipt(app: App, receipt_id: int) -> dict[str, Any]:
+    from ledgerflow.export.destinations import ExportConflict, destination_for, file_digests
+    from ledgerflow.receipts.store import ReceiptStore
+
+    store = ReceiptStore(app)
+    receipt = store.get(receipt_id)
+    if receipt.filed_name:
+        return {"receipt": receipt_id, "filed": receipt.filed_name, "link": receipt.filed_link}
+    if receipt.status not in ("draft", "approved") or receipt.receipt_date is None or receipt.total is None:
+        return {"receipt": receipt_id, "filed": None, "waiting": f"receipt is {receipt.status}"}
+    destination = destination_for(app.settings, app.settings.receipt_destination)
+    path = store.path(receipt)
+    sha, md5, size = file_digests(path)
+    if sha != receipt.sha256:
+        raise LedgerflowError(f"receipt {receipt_id}: stored file {path} does not match its sha256")
+    reserved = receipt_reserved_id(store, receipt_id, destination)
+    name = filed_name(receipt)
+    common = {"sha256": sha, "md5": md5, "size": size, "batch_key": f"receipt:{sha}", "reserved_id": reserved}
+    try:
+        remote = destination.upload(path, name, **common)
+    except ExportConflict:  # another receipt with the same date, vendor and amount is filed there
+        name = name.replace(f".{receipt.extension}", f"_{sha[:8]}.{receipt.extension}")
+        remote = destination.upload(path, name, **common)
+    store.set_filed(receipt_id, filed_name=name, filed_id=remote.file_id, filed_link=remote.link)
+    return {"receipt": receipt_id, "filed": name, "link": remote.link}
+
+
+def receipt_reserved_id(store: Any, receipt_id: int, destination: Any) -> str | None:
+    """Drive: a file id reserved and stored before the upload, so a retry cannot make a second file."""
+    with store.db.read() as conn:
+        current = conn.execute(select(receipts.c.filed_id).where(receipts.c.id == receipt_id)).scalar()
+    if current:
+        return str(current)
+    ids = destination.reserve(1)
+    if not ids:
+        return None
+    store.set_filed(receipt_id, filed_id=ids[0])
+    return str(ids[0])
+
+
+def flag_likely_duplicates(app: App) -> int:
+    """Receipts with the same date, amount, currency and vendor as an earlier one go to review."""
+    from ledgerflow.receipts.store import ReceiptStore
+
+    store = ReceiptStore(app)
+    flagged = 0
+    with app.db.begin() as conn:
+        rows = conn.execute(
+            select(receipts.c.id, receipts.c.receipt_date, receipts.c.total_minor, receipts.c.currency)
+            .add_columns(receipts.c.vendor, receipts.c.status, receipts.c.duplicate_of)
+            .where(
+                receipts.c.status.in_(("draft", "review", "approved")),
+                receipts.c.receipt_date.is_not(None),
+                receipts.c.total_minor.is_not(None),
+            )
+            .order_by(receipts.c.id)
+        ).all()
+        groups: dict[tuple[Any, ...], list[Any]] = defaultdict(list)
+        for r in rows:
+            vendor = re.sub(r"\W+", "", unicodedata.normalize("NFKC", r.vendor or "").casefold())
+            groups[(r.receipt_date, r.total_minor, r.currency, vendor)].append(r)
+        for group in groups.values():
+            original = group[0]
+            for later in group[1:]:
+                if later.duplicate_of is None and store.flag_duplicate(conn, later.id, original.id):
+                    flagged += 1
+    if flagged:
+        log.warning("receipts_possible_duplicates", flagged=flagged)
+    return flagged

@@ -1,0 +1,238 @@
+"""Mail → receipt → draft → approval → the daily export's CSV, against a real Dovecot, on both backends."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import date
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from ledgerflow.builtin import build_app
+from ledgerflow.config import load_settings
+from ledgerflow.db.tables import receipt_sources, receipts
+from ledgerflow.errors import BadInput
+from ledgerflow.export.saga import ExportSaga
+from ledgerflow.receipts.report import publish_report
+from ledgerflow.receipts.store import ReceiptStore
+from ledgerflow.receipts.tasks import DEDUP, SCAN
+from tests.fakes import receipts as samples
+
+DAY = date(2026, 11, 20)
+pytestmark = pytest.mark.usefixtures("ocr_ready")
+
+
+@pytest.fixture
+def mailbox(dovecot):
+    user, password = dovecot.add_user()
+    return dovecot, user, password
+
+
+@pytest.fixture
+def receipt_app(db_url, tmp_path, mailbox):
+    dovecot, user, password = mailbox
+    app = build_app(
+        load_settings(
+            database_url=db_url,
+            imap_host="127.0.0.1",
+            imap_port=dovecot.port,
+            imap_ssl=False,
+            imap_user=user,
+            imap_password=password,
+            receipts_dir=str(tmp_path / "store"),
+            export_destination=f"file://{tmp_path / 'out'}",
+            export_work_dir=str(tmp_path / "work"),
+            receipt_rules={"コーヒー": "5210:Meeting expenses"},
+            log_level="WARNING",
+        )
+    )
+    yield app
+    app.close()
+
+
+def _run(app, task: str, *args) -> dict:
+    job = app.enqueue(app.registry.get(task).prepare(*args))
+    app.run_worker(["receipts", "reports"], concurrency=4, burst=True)
+    done = app.store.get(job.id)
+    assert done.state == "completed", done.errors
+    return done.result
+
+
+def _deliver_samples(mailbox) -> bytes:
+    dovecot, user, password = mailbox
+    jp_pdf = samples.pdf(samples.japanese_lines())
+    th_png = samples.image(samples.thai_lines())
+    dovecot.deliver(user, password, samples.message("領収書", [("receipt.pdf", jp_pdf, "application/pdf")]))
+    dovecot.deliver(
+        user,
+        password,
+        samples.message(
+            "ใบเสร็จ + the same PDF again",
+            [("coffee.png", th_png, "image/png"), ("copy.pdf", jp_pdf, "application/pdf")],
+        ),
+    )
+    dovecot.deliver(
+        user, password, samples.message("broken", [("broken.pdf", b"%PDF-1.4\n garbage", "application/pdf")])
+    )
+    dovecot.deliver(user, password, samples.message("no attachment", []))
+    return jp_pdf
+
+
+def test_mail_becomes_drafts_filed_then_approved_into_the_daily_export(receipt_app, mailbox, tmp_path):
+    app = receipt_app
+    _deliver_samples(mailbox)
+    counts = _run(app, SCAN)
+    assert counts == {"messages": 4, "attachments": 4, "new_receipts": 3, "duplicates": 1, "skipped": 0}
+    store = ReceiptStore(app)
+    by_name = {r.original_name: r for r in store.list()}
+    jp, th, broken = by_name["receipt.pdf"], by_name["coffee.png"], by_name["broken.pdf"]
+    assert len(store.sources(jp.id)) == 2  # the exact duplicate was merged into one receipt
+
+    assert (jp.status, jp.vendor, jp.receipt_date) == ("draft", "株式会社サンプル商店", DAY)
+    assert (jp.currency, str(jp.total), str(jp.tax), jp.tax_rate) == ("JPY", "2160", "160", 8)
+    assert jp.expense_account == "5210:Meeting expenses"  # the keyword rule
+    assert (th.status, th.receipt_date, th.currency, str(th.total), str(th.tax)) == (
+        "draft",
+        DAY,
+        "THB",
+        "535.00",
+        "35.00",
+    )
+    assert broken.status == "review" and broken.reason.startswith("cannot read the PDF")
+
+    # filed at the destination by the chained jobs, named by date, vendor and amount
+    out = tmp_path / "out"
+    assert (out / "2026/11/2026-11-20_サンプル商店_2160.pdf").read_bytes() == store.path(jp).read_bytes()
+    assert (out / f"2026/11/{Path(th.filed_name).name}").is_file()
+    assert th.filed_name.startswith("2026/11/2026-11-20_") and th.filed_name.endswith("_535.00.png")
+
+    # a second scan fetches nothing again
+    assert _run(app, SCAN)["messages"] == 0
+
+    # approve: the drafts become journal entries queued for the evening's export
+    store.approve(jp.id)
+    store.approve(th.id)
+    with pytest.raises(BadInput, match="needs --total, --date, --vendor"):
+        store.approve(broken.id)
+    result = ExportSaga(app).run_daily(DAY)
+    assert result.state == "completed" and result.entry_count == 2
+    exported = "".join(Path(f["path"]).read_text(encoding="utf-8-sig") for f in result.files if "path" in f)
+    if not exported:
+        exported = "".join(p.read_text(encoding="utf-8-sig") for p in out.glob("*.csv"))
+    assert f"RCPT-{jp.id}" in exported and f"RCPT-{th.id}" in exported
+    rows = list(csv.reader(exported.splitlines()))
+    assert any("5210" in row and "2000" in row for row in rows)  # expense net of the 8 % tax
+
+
+def test_duplicates_are_flagged_never_deleted_and_the_month_is_reported(receipt_app, mailbox, tmp_path):
+    app = receipt_app
+    dovecot, user, password = mailbox
+    first = samples.image(samples.thai_lines())
+    rephotographed = samples.image(samples.thai_lines(), kind="JPEG")  # same receipt, different file
+    dovecot.deliver(user, password, samples.message("a", [("a.png", first, "image/png")]))
+    dovecot.deliver(user, password, samples.message("b", [("b.jpg", rephotographed, "image/jpeg")]))
+    _run(app, SCAN)
+    assert _run(app, DEDUP) == {"flagged": 1}
+    assert _run(app, DEDUP) == {"flagged": 0}  # idempotent
+    store = ReceiptStore(app)
+    a, b = sorted(store.list(), key=lambda r: r.id)
+    assert a.status == "draft" and b.status == "review" and b.duplicate_of == a.id
+    assert f"possible duplicate of receipt {a.id}" in b.reason
+    assert store.path(b).is_file()
+    store.reject(b.id, "duplicate of the photo")
+    with app.db.read() as conn:
+        assert conn.execute(select(func.count()).select_from(receipts)).scalar_one() == 2
+        assert conn.execute(select(func.count()).select_from(receipt_sources)).scalar_one() == 2
+
+    report = publish_report(app, "2026-11")
+    assert report["counts"] == {
+        "processed": 1,
+        "approved": 0,
+        "pending_review": 0,
+        "failed": 0,
+        "rejected": 1,
+    }
+    folder = tmp_path / "out" / "reports" / "2026-11"
+    csv_text = next(folder.glob("*.csv")).read_text(encoding="utf-8-sig")
+    assert "account,5900:Miscellaneous expense,THB,1,500.00,35.00,535.00" in csv_text
+    assert "tax_rate,7 %,THB,1,500.00,35.00,535.00" in csv_text
+    page = next(folder.glob("*.html")).read_text(encoding="utf-8")
+    assert "<svg" in page and "ตัวอย่าง" in page and "<script" not in page and "http" not in page
+
+
+def test_missing_or_wrong_mail_settings_are_one_clear_error(db_url, tmp_path, dovecot):
+    from ledgerflow.receipts.mail import scan
+
+    bare = build_app(load_settings(database_url=db_url, log_level="WARNING"))
+    with pytest.raises(
+        BadInput, match="LEDGERFLOW_IMAP_HOST, LEDGERFLOW_IMAP_USER, LEDGERFLOW_IMAP_PASSWORD"
+    ):
+        scan(bare)
+    bare.close()
+    wrong = build_app(
+        load_settings(
+            database_url=db_url,
+            imap_host="127.0.0.1",
+            imap_port=dovecot.port,
+            imap_ssl=False,
+            imap_user="nobody@example.test",
+            imap_password="wrong",
+            log_level="WARNING",
+        )
+    )
+    with pytest.raises(BadInput, match=r"IMAP login refused for nobody@example\.test"):
+        scan(wrong)
+    wrong.close()
+
+
+def test_receipts_through_the_cli_and_the_api(receipt_app, mailbox, monkeypatch, capsys):
+    from fastapi.testclient import TestClient
+
+    from ledgerflow.api.app import create_api
+    from ledgerflow.cli.context import state
+    from ledgerflow.cli.main import run
+
+    app = receipt_app
+    _deliver_samples(mailbox)
+    _run(app, SCAN)
+    store = ReceiptStore(app)
+    broken = next(r for r in store.list() if r.original_name == "broken.pdf")
+    draft = next(r for r in store.list() if r.original_name == "receipt.pdf")
+
+    client = TestClient(create_api(app))
+    listed = client.get("/api/receipts", params={"status": "review"}).json()
+    assert [r["id"] for r in listed["receipts"]] == [broken.id] and listed["counts"]["draft"] == 2
+    approved = client.post(f"/api/receipts/{draft.id}/approve", json={"account": "5300:Supplies"}).json()
+    assert (
+        approved["entry"]["reference"] == f"RCPT-{draft.id}" and approved["receipt"]["status"] == "approved"
+    )
+    assert client.post(f"/api/receipts/{draft.id}/approve").status_code == 409
+
+    for key, value in app.settings.model_dump().items():
+        if value is not None and key.startswith(("imap", "receipt", "database_url", "export")):
+            raw = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+            monkeypatch.setenv(
+                f"LEDGERFLOW_{key.upper()}", json.dumps(raw) if isinstance(raw, dict) else str(raw)
+            )
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        state._app, state.app_ref, state.database_url = None, None, None
+        with pytest.raises(SystemExit) as exit_info:
+            run(list(args))
+        if state._app is not None:
+            state._app.close()
+            state._app = None
+        out, err = capsys.readouterr()
+        return int(exit_info.value.code or 0), out, err
+
+    code, out, _ = cli("receipts", "list", "--status", "review", "--json")
+    assert code == 0 and [r["id"] for r in json.loads(out)] == [broken.id]
+    code, out, _ = cli(
+        "receipts", "approve", str(broken.id), "--total", "1100", "--date", "2026-11-20", "--vendor", "Cafe",
+        "--currency", "JPY",
+    )  # fmt: skip
+    assert code == 0 and f"entry RCPT-{broken.id} queued" in out
+    code, _, err = cli("receipts", "approve", "999999")
+    assert code == 2 and "no receipt 999999" in err
