@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, one JSON document on stdout (see docs/benchmarks.md).
 
-python -m bench.run [--backends sqlite,postgresql] [--only engine,export,dashboard,peers] [--quick]
+python -m bench.run [--backends sqlite,postgresql] [--only engine,export,dashboard,receipts,peers] [--quick]
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import sys
 import time
 from typing import Any
 
-from bench import dashboard, engine, export
+from bench import dashboard, engine, export, receipts
 from bench.common import machine
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="bench.run")
     parser.add_argument("--backends", default="sqlite,postgresql")
-    parser.add_argument("--only", default="engine,export,dashboard,peers")
+    parser.add_argument("--only", default="engine,export,dashboard,receipts,peers")
     parser.add_argument("--quick", action="store_true", help="skip the 1M-line export")
     args = parser.parse_args(argv)
     backends = [b for b in args.backends.split(",") if b]
@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["export"] = export.run(backends, sizes)
     if "dashboard" in parts:
         report["dashboard"] = dashboard.run(backends)
+    if "receipts" in parts:
+        report["receipts"] = receipts.run(backends)
     if "peers" in parts:
         from bench import peers
 

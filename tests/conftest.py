@@ -236,3 +236,20 @@ def workers(tmp_path: Path, db_url: str) -> Iterator[Callable[..., WorkerProcess
     yield start
     for w in started:
         w.stop()
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """`ledgerflow ARGS` in-process with a fresh app from the environment: (exit code, stdout, stderr)."""
+    from ledgerflow.cli.context import state
+    from ledgerflow.cli.main import run
+
+    state._app, state.app_ref, state.database_url, state.debug = None, None, None, False
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            run(list(args))
+    finally:
+        if state._app is not None:
+            state._app.close()
+            state._app = None
+    out, err = capsys.readouterr()
+    return int(exit_info.value.code or 0), out, err

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ledgerflow.cli.context import state
-from ledgerflow.cli.main import run
+from tests.conftest import run_cli
 
 
 @pytest.fixture
@@ -22,19 +21,7 @@ def cli(
     monkeypatch.setenv("LEDGERFLOW_LOG_LEVEL", "ERROR")
     monkeypatch.setenv("COLUMNS", "200")
 
-    def invoke(*args: str) -> tuple[int, str, str]:
-        if state._app is not None:
-            state._app.close()
-        state._app, state.app_ref, state.database_url, state.debug = None, None, None, False
-        with pytest.raises(SystemExit) as exit_info:
-            run(list(args))
-        out, err = capsys.readouterr()
-        return int(exit_info.value.code or 0), out, err
-
-    yield invoke
-    if state._app is not None:
-        state._app.close()
-        state._app = None
+    return lambda *args: run_cli(capsys, *args)
 
 
 def test_jobs_lifecycle_through_the_cli(cli):

@@ -16,7 +16,7 @@ from ledgerflow.db.tables import jobs, journal_entries, metadata
 from ledgerflow.demo import load_demo_ledger
 from ledgerflow.errors import BadInput, Conflict
 from tests.apps.basic import app as basic_app
-from tests.conftest import wait_until
+from tests.conftest import run_cli, wait_until
 
 
 @pytest.fixture
@@ -109,8 +109,6 @@ def _done(app) -> int:
 
 
 def test_the_weekly_backup_task_and_the_cli(ledger_app, tmp_path, monkeypatch, capsys):
-    from ledgerflow.cli.context import state
-    from ledgerflow.cli.main import run
 
     job = ledger_app.enqueue(ledger_app.registry.get("ledgerflow.backup").prepare())
     ledger_app.run_worker("maintenance", burst=True)
@@ -123,14 +121,7 @@ def test_the_weekly_backup_task_and_the_cli(ledger_app, tmp_path, monkeypatch, c
     monkeypatch.setenv("LEDGERFLOW_LOG_LEVEL", "ERROR")
 
     def cli(*args: str) -> tuple[int, str, str]:
-        state._app, state.app_ref, state.database_url = None, None, None
-        with pytest.raises(SystemExit) as exit_info:
-            run(list(args))
-        if state._app is not None:
-            state._app.close()
-            state._app = None
-        out, err = capsys.readouterr()
-        return int(exit_info.value.code or 0), out, err
+        return run_cli(capsys, *args)
 
     code, out, _ = cli("backup", "create", "--json")
     made = json.loads(out)

@@ -18,6 +18,7 @@ from ledgerflow.export.saga import ExportSaga
 from ledgerflow.receipts.report import publish_report
 from ledgerflow.receipts.store import ReceiptStore
 from ledgerflow.receipts.tasks import DEDUP, SCAN
+from tests.conftest import run_cli
 from tests.fakes import receipts as samples
 
 DAY = date(2026, 11, 20)
@@ -191,8 +192,6 @@ def test_receipts_through_the_cli_and_the_api(receipt_app, mailbox, monkeypatch,
     from fastapi.testclient import TestClient
 
     from ledgerflow.api.app import create_api
-    from ledgerflow.cli.context import state
-    from ledgerflow.cli.main import run
 
     app = receipt_app
     _deliver_samples(mailbox)
@@ -218,14 +217,7 @@ def test_receipts_through_the_cli_and_the_api(receipt_app, mailbox, monkeypatch,
             )
 
     def cli(*args: str) -> tuple[int, str, str]:
-        state._app, state.app_ref, state.database_url = None, None, None
-        with pytest.raises(SystemExit) as exit_info:
-            run(list(args))
-        if state._app is not None:
-            state._app.close()
-            state._app = None
-        out, err = capsys.readouterr()
-        return int(exit_info.value.code or 0), out, err
+        return run_cli(capsys, *args)
 
     code, out, _ = cli("receipts", "list", "--status", "review", "--json")
     assert code == 0 and [r["id"] for r in json.loads(out)] == [broken.id]
