@@ -145,3 +145,31 @@ class TestBusinessDays:
             "2026-11-30T18:00:00+07:00",
             "2026-12-01T18:00:00+07:00",
         ]
+
+
+def test_next_times_stops_scanning_once_it_has_enough():
+    """Regression: the stop test compared a fire with itself, so every call scanned 20,000 fires."""
+    from datetime import UTC, datetime
+
+    from ledgerflow.scheduler.schedules import Schedule
+
+    scanned = []
+    schedule = Schedule(name="daily", cron_expression="0 18 * * *", job_type="t", timezone="Asia/Bangkok")
+    original = Schedule.fires
+
+    def counting(self, after):
+        for fire in original(self, after):
+            scanned.append(fire)
+            yield fire
+
+    Schedule.fires = counting  # type: ignore[method-assign]
+    try:
+        times = schedule.next_times(datetime(2026, 11, 26, 12, tzinfo=UTC), 3)
+    finally:
+        Schedule.fires = original  # type: ignore[method-assign]
+    assert [t.isoformat() for t in times] == [
+        "2026-11-27T18:00:00+07:00",
+        "2026-11-28T18:00:00+07:00",
+        "2026-11-29T18:00:00+07:00",
+    ]
+    assert len(scanned) == 4

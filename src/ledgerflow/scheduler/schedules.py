@@ -112,14 +112,17 @@ class Schedule:
         # keyed by UTC: aware datetimes of one zone compare as wall times, so 01:30 EDT would
         # equal 01:30 EST on the day the clocks go back
         times: dict[datetime, datetime] = {}
-        latest: datetime | None = None
+        # a later nominal fire can still run earlier than those found only by moving back to a
+        # previous business day, and by at most this much
+        reach = timedelta(days=62) if self.business_day == "previous" else timedelta(0)
         for scanned, fire in enumerate(self.fires(start)):
             if fire.adjusted is not None and fire.adjusted > after:
-                key = fire.adjusted.astimezone(UTC)
-                times[key] = fire.adjusted
-                latest = key if latest is None else max(latest, key)
-            enough = len(times) >= count and latest is not None and fire.nominal.astimezone(UTC) > latest
-            if scanned >= MAX_SCAN or enough:
+                times[fire.adjusted.astimezone(UTC)] = fire.adjusted
+            if len(times) >= count:
+                kth = sorted(times)[count - 1]
+                if fire.nominal.astimezone(UTC) - reach > kth:
+                    break
+            if scanned >= MAX_SCAN:
                 break
         return [times[k] for k in sorted(times)][:count]
 
