@@ -127,11 +127,66 @@ def procrastinate_pg() -> dict[str, Any]:
         return {"jobs_per_s": round(N / seconds), "enqueue_many_per_s": round(bulk)}
 
 
+def pgqueuer_pg() -> dict[str, Any]:
+    import asyncio
+
+    from pgqueuer import PsycopgDriver, Queries
+
+    with database("postgresql") as url:
+        dsn = url.replace("postgresql+psycopg", "postgresql")
+        env = {"PEER_DSN": dsn, "PGDSN": dsn}
+        cli = [python(), "-m", "pgqueuer"]
+        subprocess.run(
+            [*cli, "install"], env={**os.environ, **env}, cwd=ROOT, check=True, capture_output=True
+        )
+
+        async def enqueue() -> float:
+            conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+            queries = Queries(PsycopgDriver(conn))
+            start = time.perf_counter()
+            for i in range(0, N, 5000):
+                n = min(5000, N - i)
+                await queries.enqueue(["noop"] * n, [None] * n, [0] * n)
+            seconds = time.perf_counter() - start
+            await conn.close()
+            return N / seconds
+
+        bulk = asyncio.run(enqueue())
+        worker = [
+            *cli,
+            "run",
+            "bench.peer_apps.pgqueuer_app:create",
+            "--max-concurrent-tasks",
+            "4",
+            "--batch-size",
+            "10",
+            "--log-level",
+            "WARNING",
+        ]
+        procs = [_spawn(worker, env) for _ in range(2)]
+
+        def done() -> bool:
+            with psycopg.connect(dsn) as conn:
+                row = conn.execute("SELECT count(*) FROM pgqueuer").fetchone()
+            return bool(row and row[0] == 0)
+
+        try:
+            seconds = _wait(done)
+        finally:
+            _stop(procs)
+        return {
+            "jobs_per_s": round(N / seconds),
+            "enqueue_many_per_s": round(bulk),
+            "note": "finished jobs are deleted from the queue table (statistics kept in pgqueuer_log)",
+        }
+
+
 def run(ledgerflow: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, fn, backend in (
         ("huey_sqlite", huey_sqlite, "sqlite"),
         ("procrastinate", procrastinate_pg, "postgresql"),
+        ("pgqueuer", pgqueuer_pg, "postgresql"),
     ):
         try:
             result = fn()
