@@ -228,3 +228,58 @@ def test_receipts_through_the_cli_and_the_api(receipt_app, mailbox, monkeypatch,
     assert code == 0 and f"entry RCPT-{broken.id} queued" in out
     code, _, err = cli("receipts", "approve", "999999")
     assert code == 2 and "no receipt 999999" in err
+
+
+def test_a_scan_killed_mid_mailbox_resumes_without_losing_or_repeating_a_message(receipt_app, mailbox):
+    """SIGKILL a real `ledgerflow receipts scan` after some messages; the next scan takes the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from ledgerflow.db.tables import jobs, mail_cursors
+    from tests.conftest import ROOT
+
+    app = receipt_app
+    dovecot, user, password = mailbox
+    total = 30
+    for i in range(total):
+        data = samples.pdf(samples.japanese_lines(shop=f"株式会社テスト{i}", net=1000 + i))
+        dovecot.deliver(user, password, samples.message(f"r{i}", [(f"r{i}.pdf", data, "application/pdf")]))
+    s = app.settings
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "LEDGERFLOW_DATABASE_URL": s.database_url,
+        "LEDGERFLOW_IMAP_HOST": "127.0.0.1",
+        "LEDGERFLOW_IMAP_PORT": str(s.imap_port),
+        "LEDGERFLOW_IMAP_SSL": "false",
+        "LEDGERFLOW_IMAP_USER": user,
+        "LEDGERFLOW_IMAP_PASSWORD": password,
+        "LEDGERFLOW_RECEIPTS_DIR": s.receipts_dir,
+        "LEDGERFLOW_LOG_LEVEL": "ERROR",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "ledgerflow", "receipts", "scan"], env=env, cwd=ROOT)
+
+    def cursor() -> int:
+        with app.db.read() as conn:
+            return int(conn.execute(select(func.coalesce(func.max(mail_cursors.c.last_uid), 0))).scalar_one())
+
+    deadline = time.monotonic() + 60
+    while cursor() < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    stopped_at = cursor()
+    assert 3 <= stopped_at < total, f"the scan was not interrupted mid-mailbox (cursor {stopped_at})"
+
+    assert _run(app, SCAN)["messages"] == total - stopped_at
+    with app.db.read() as conn:
+        sources = conn.execute(select(receipt_sources.c.uid)).scalars().all()
+        chains = conn.execute(
+            select(func.count()).select_from(jobs).where(jobs.c.task == "ledgerflow.receipts.process")
+        ).scalar_one()
+    assert sorted(sources) == list(range(1, total + 1))  # every message once, none twice
+    assert chains == total  # one processing job per receipt
+    assert ReceiptStore(app).counts() == {"draft": total}
