@@ -69,6 +69,23 @@ def completions_per_second(url: str) -> Counter[int]:
     return Counter(int(t.timestamp()) for t in times)
 
 
+def warm_up(url: str, steady_seconds: float = 6.0) -> None:
+    """Wait for the workers' first completion (start-up time varies), then a steady stretch:
+    the baseline throughput is measured over its last seconds."""
+    db = Database(url)
+    try:
+
+        def completed() -> int:
+            with db.read() as conn:
+                query = select(func.count()).select_from(jobs).where(jobs.c.state == JobState.COMPLETED)
+                return int(conn.execute(query).scalar_one())
+
+        wait_until(lambda: completed() > 0, 60, 0.2, "workers started")
+    finally:
+        db.dispose()
+    time.sleep(steady_seconds)
+
+
 def assert_recovered(url: str, outage_start: float, recovered: float, producer: Producer) -> None:
     """Throughput after recovery reaches >= 80 % of the pre-outage rate within 10 s.
 
@@ -150,7 +167,7 @@ def test_workers_survive_a_20s_server_restart(cluster, cluster_db, tmp_path):
     producer = Producer(cluster_db)
     try:
         producer.start()
-        time.sleep(8)
+        warm_up(cluster_db)
         outage_start = time.time()
         cluster.stop()
         time.sleep(20)
@@ -183,7 +200,7 @@ def test_workers_survive_connections_terminated_twice_a_second(cluster, cluster_
     producer = Producer(cluster_db)
     try:
         producer.start()
-        time.sleep(8)
+        warm_up(cluster_db)
         chaos_start = time.time()
         while time.time() - chaos_start < 30:
             cluster.terminate_connections("outage")
@@ -228,7 +245,7 @@ def test_sqlite_workers_wait_while_another_process_holds_the_write_lock(tmp_path
     producer = Producer(url, interval=0.02)
     try:
         producer.start()
-        time.sleep(5)
+        warm_up(url)
         hog = subprocess.Popen(
             [sys.executable, "-c", HOG, str(path), "10"], stdout=subprocess.PIPE, text=True
         )
