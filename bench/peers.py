@@ -152,17 +152,7 @@ def pgqueuer_pg() -> dict[str, Any]:
             return N / seconds
 
         bulk = asyncio.run(enqueue())
-        worker = [
-            *cli,
-            "run",
-            "bench.peer_apps.pgqueuer_app:create",
-            "--max-concurrent-tasks",
-            "4",
-            "--batch-size",
-            "10",
-            "--log-level",
-            "WARNING",
-        ]
+        worker = [python(), "-m", "bench.peer_apps.pgqueuer_app"]
         procs = [_spawn(worker, env) for _ in range(2)]
 
         def done() -> bool:

@@ -1,6 +1,7 @@
 """`make bench`: every benchmark, one JSON document on stdout (see docs/benchmarks.md).
 
-python -m bench.run [--backends sqlite,postgresql] [--only engine,export,dashboard,receipts,peers] [--quick]
+python -m bench.run [--backends sqlite,postgresql] [--quick]
+                    [--only engine,export,dashboard,receipts,backup,peers]
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ import sys
 import time
 from typing import Any
 
-from bench import dashboard, engine, export, receipts
+from bench import backup, dashboard, engine, export, receipts
 from bench.common import machine
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="bench.run")
     parser.add_argument("--backends", default="sqlite,postgresql")
-    parser.add_argument("--only", default="engine,export,dashboard,receipts,peers")
+    parser.add_argument("--only", default="engine,export,dashboard,receipts,backup,peers")
     parser.add_argument("--quick", action="store_true", help="skip the 1M-line export")
     args = parser.parse_args(argv)
     backends = [b for b in args.backends.split(",") if b]
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["dashboard"] = dashboard.run(backends)
     if "receipts" in parts:
         report["receipts"] = receipts.run(backends)
+    if "backup" in parts:
+        report["backup"] = backup.run(backends)
     if "peers" in parts:
         from bench import peers
 
