@@ -16,6 +16,7 @@ from ledgerflow.db.tables import export_batches, job_executions
 from ledgerflow.engine.jobs import JobSpec
 from ledgerflow.engine.states import JobState
 from ledgerflow.errors import BadInput, NotFound
+from ledgerflow.export.saga import latest_daily_batch
 from ledgerflow.receipts.store import ReceiptStore
 from ledgerflow.scheduler.schedules import Schedule
 
@@ -391,12 +392,7 @@ def export_status(request: Request) -> dict[str, Any]:
     app = _app(request)
     code, cron = cron_health(app, request.app.state.clock)
     with app.db.read() as conn:
-        last = conn.execute(
-            select(export_batches)
-            .where(export_batches.c.kind == "daily")
-            .order_by(export_batches.c.batch_date.desc())
-            .limit(1)
-        ).first()
+        last = latest_daily_batch(conn)
         failing = (
             conn.execute(
                 select(export_batches.c.batch_key).where(

@@ -109,6 +109,16 @@ def _safe(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", key)
 
 
+def latest_daily_batch(conn: Connection) -> Any:
+    """The daily batch with the latest date (any state), or None."""
+    return conn.execute(
+        select(export_batches)
+        .where(export_batches.c.kind == "daily")
+        .order_by(export_batches.c.batch_date.desc())
+        .limit(1)
+    ).first()
+
+
 class ExportSaga:
     def __init__(
         self,

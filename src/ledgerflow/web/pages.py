@@ -23,6 +23,7 @@ from ledgerflow.db.tables import circuit_breakers, export_batches, job_execution
 from ledgerflow.engine.states import JobState
 from ledgerflow.errors import LedgerflowError, NotFound
 from ledgerflow.export.destinations import LocalFolder, open_destination
+from ledgerflow.export.saga import latest_daily_batch
 from ledgerflow.web import (
     SESSION_COOKIE,
     SESSION_SECONDS,
@@ -161,12 +162,7 @@ def register(api: FastAPI, app: App) -> None:
                 )
             ).all()
             breakers = conn.execute(select(circuit_breakers)).all()
-            last_export = conn.execute(
-                select(export_batches)
-                .where(export_batches.c.kind == "daily")
-                .order_by(export_batches.c.batch_date.desc())
-                .limit(1)
-            ).first()
+            last_export = latest_daily_batch(conn)
             next_export = conn.execute(
                 select(job_schedules.c.next_fire_time, job_schedules.c.enabled).where(
                     job_schedules.c.name == "daily_export"
