@@ -162,6 +162,7 @@ def _make_handler(drive: FakeDrive) -> type[BaseHTTPRequestHandler]:
                 drive.files[file_id] = {
                     "id": file_id,
                     "name": meta.get("name"),
+                    "mimeType": meta.get("mimeType"),
                     "parents": meta.get("parents", []),
                     "appProperties": meta.get("appProperties", {}),
                     "content": session["data"],

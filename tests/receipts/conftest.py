@@ -45,3 +45,7 @@ def ocr_ready() -> None:
     fonts = all(Path(f).exists() for f in (samples.JP_FONT, samples.TH_FONT))
     _need(fonts, f"fonts to draw test receipts (apt-get install {samples.FONT_PACKAGES})")
     _need(shutil.which("tesseract") is not None, "tesseract")
+
+
+# the export's S3 (moto) and Google Drive (fake server) fixtures, for filing receipts there
+from tests.export.conftest import fake_drive, moto_s3  # noqa: E402, F401

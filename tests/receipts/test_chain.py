@@ -283,3 +283,52 @@ def test_a_scan_killed_mid_mailbox_resumes_without_losing_or_repeating_a_message
     assert sorted(sources) == list(range(1, total + 1))  # every message once, none twice
     assert chains == total  # one processing job per receipt
     assert ReceiptStore(app).counts() == {"draft": total}
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # filing does not touch the backend
+@pytest.mark.parametrize("where", ["s3", "gdrive"])
+def test_receipts_are_filed_once_on_s3_and_google_drive(where, db_url, tmp_path, mailbox, request):
+    from ledgerflow.receipts.tasks import file_receipt
+
+    dovecot, user, password = mailbox
+    if where == "s3":
+        endpoint, client, bucket = request.getfixturevalue("moto_s3")
+        place = {"receipt_destination": f"s3://{bucket}/receipts", "s3_endpoint_url": endpoint}
+    else:
+        drive = request.getfixturevalue("fake_drive")
+        place = {"receipt_destination": "gdrive://RECEIPTS", "gdrive_endpoint": drive.url}
+    app = build_app(
+        load_settings(
+            database_url=db_url,
+            imap_host="127.0.0.1",
+            imap_port=dovecot.port,
+            imap_ssl=False,
+            imap_user=user,
+            imap_password=password,
+            receipts_dir=str(tmp_path / "store"),
+            log_level="WARNING",
+            **place,
+        )
+    )
+    try:
+        data = samples.pdf(samples.japanese_lines())
+        dovecot.deliver(user, password, samples.message("領収書", [("receipt.pdf", data, "application/pdf")]))
+        _run(app, SCAN)
+        store = ReceiptStore(app)
+        (receipt,) = store.list()
+        name = "2026/11/2026-11-20_サンプル商店_2160.pdf"
+        assert receipt.filed_name == name
+        store.set_filed(receipt.id, filed_name=None)  # as if the job died after the upload
+        assert file_receipt(app, receipt.id)["filed"] == name  # the retry finds the same file
+        if where == "s3":
+            objects = client.list_objects_v2(Bucket=bucket)["Contents"]
+            assert [o["Key"] for o in objects] == [f"receipts/{name}"]
+            head = client.head_object(Bucket=bucket, Key=f"receipts/{name}")
+            assert head["ContentType"] == "application/pdf"
+            assert client.get_object(Bucket=bucket, Key=f"receipts/{name}")["Body"].read() == data
+        else:
+            files = drive.in_folder("RECEIPTS")
+            assert [f["name"] for f in files] == [name] and files[0]["content"] == data
+            assert files[0]["mimeType"] == "application/pdf"
+    finally:
+        app.close()

@@ -8,6 +8,7 @@ checksums: equal means "already delivered" (success), different is an `ExportCon
 from __future__ import annotations
 
 import hashlib
+import mimetypes
 import os
 import secrets
 from dataclasses import dataclass
@@ -71,7 +72,10 @@ def file_digests(path: Path) -> tuple[str, str, int]:
 
 
 def _mimetype(name: str) -> str:
-    return "application/json" if name.endswith(".json") else "text/csv"
+    """By extension: CSV and manifests, and the receipts (PDF, JPEG, PNG) and reports (HTML) filed."""
+    known = {".csv": "text/csv", ".json": "application/json", ".html": "text/html; charset=utf-8"}
+    suffix = Path(name).suffix.lower()
+    return known.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
 class LocalFolder:
