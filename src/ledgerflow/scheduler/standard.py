@@ -39,8 +39,11 @@ def standard_schedules(app: App) -> list[Standard]:
             "email_monitoring", "0 8 * * 1-5", "ledgerflow.receipts.email_scan", "receipts", 5, _needs_mail
         ),
         Standard("daily_cleanup", "0 23 * * *", "ledgerflow.cleanup", "maintenance", 7),
-        Standard("weekly_dedup", "0 2 * * 0", "ledgerflow.receipts.duplicate_cleanup", "receipts", 7),
-        Standard("monthly_report", "0 1 L * *", "ledgerflow.receipts.report", "reports", 6),
+        # receipts arrive only by mail: without a mailbox there is nothing to de-duplicate or report
+        Standard(
+            "weekly_dedup", "0 2 * * 0", "ledgerflow.receipts.duplicate_cleanup", "receipts", 7, _needs_mail
+        ),
+        Standard("monthly_report", "0 1 L * *", "ledgerflow.receipts.report", "reports", 6, _needs_mail),
         Standard("weekly_backup", "0 3 * * 1", "ledgerflow.backup", "maintenance", 5),
     ]
 
