@@ -24,7 +24,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,12 +89,15 @@ def create_backup(app: App, directory: str | Path | None = None, keep: int | Non
             rows=rows,
             verified_at=None,
         )
-        restored = _verify(final, backup, app.db.url if app.db.is_sqlite else _libpq(app.db.url))
-        if restored != rows:
-            final.unlink(missing_ok=True)
-            raise BackupFailed(f"backup {name} did not verify: restored rows {restored} != snapshot {rows}")
-        backup = Backup(**{**asdict(backup), "verified_at": datetime.now(UTC).isoformat(timespec="seconds")})
-        _write_manifest(folder, backup)
+        try:
+            restored = _verify(final, backup, app.db.url if app.db.is_sqlite else _libpq(app.db.url))
+            if restored != rows:
+                raise BackupFailed(f"backup {name} did not verify: restored rows {restored} != {rows}")
+            backup = replace(backup, verified_at=datetime.now(UTC).isoformat(timespec="seconds"))
+            _write_manifest(folder, backup)
+        except BaseException:
+            final.unlink(missing_ok=True)  # an unverified file never stays to be mistaken for a backup
+            raise
     finally:
         partial.unlink(missing_ok=True)
     rotate(folder, keep if keep is not None else app.settings.backup_keep)
