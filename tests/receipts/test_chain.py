@@ -244,8 +244,9 @@ def test_a_scan_killed_mid_mailbox_resumes_without_losing_or_repeating_a_message
     app = receipt_app
     dovecot, user, password = mailbox
     total = 30
-    for i in range(total):
-        data = samples.pdf(samples.japanese_lines(shop=f"株式会社テスト{i}", net=1000 + i))
+    base = samples.pdf(samples.japanese_lines())
+    for i in range(total):  # distinct files (a comment after %%EOF), one drawing of the PDF
+        data = base + f"\n% copy {i}\n".encode()
         dovecot.deliver(user, password, samples.message(f"r{i}", [(f"r{i}.pdf", data, "application/pdf")]))
     s = app.settings
     env = {
