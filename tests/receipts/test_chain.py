@@ -31,10 +31,10 @@ def mailbox(dovecot):
     return dovecot, user, password
 
 
-@pytest.fixture
-def receipt_app(db_url, tmp_path, mailbox):
+def mail_app(db_url, tmp_path, mailbox, **settings):
+    """The built-in app reading `mailbox` (a Dovecot user), files kept under `tmp_path`."""
     dovecot, user, password = mailbox
-    app = build_app(
+    return build_app(
         load_settings(
             database_url=db_url,
             imap_host="127.0.0.1",
@@ -43,11 +43,21 @@ def receipt_app(db_url, tmp_path, mailbox):
             imap_user=user,
             imap_password=password,
             receipts_dir=str(tmp_path / "store"),
-            export_destination=f"file://{tmp_path / 'out'}",
-            export_work_dir=str(tmp_path / "work"),
-            receipt_rules={"コーヒー": "5210:Meeting expenses"},
             log_level="WARNING",
+            **settings,
         )
+    )
+
+
+@pytest.fixture
+def receipt_app(db_url, tmp_path, mailbox):
+    app = mail_app(
+        db_url,
+        tmp_path,
+        mailbox,
+        export_destination=f"file://{tmp_path / 'out'}",
+        export_work_dir=str(tmp_path / "work"),
+        receipt_rules={"コーヒー": "5210:Meeting expenses"},
     )
     yield app
     app.close()
@@ -298,19 +308,7 @@ def test_receipts_are_filed_once_on_s3_and_google_drive(where, db_url, tmp_path,
     else:
         drive = request.getfixturevalue("fake_drive")
         place = {"receipt_destination": "gdrive://RECEIPTS", "gdrive_endpoint": drive.url}
-    app = build_app(
-        load_settings(
-            database_url=db_url,
-            imap_host="127.0.0.1",
-            imap_port=dovecot.port,
-            imap_ssl=False,
-            imap_user=user,
-            imap_password=password,
-            receipts_dir=str(tmp_path / "store"),
-            log_level="WARNING",
-            **place,
-        )
-    )
+    app = mail_app(db_url, tmp_path, mailbox, **place)
     try:
         data = samples.pdf(samples.japanese_lines())
         dovecot.deliver(user, password, samples.message("領収書", [("receipt.pdf", data, "application/pdf")]))
