@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ledgerflow.cli.context import console, print_json, state
 from ledgerflow.engine.worker import WorkerExit
 from ledgerflow.errors import BadInput
+
+if TYPE_CHECKING:
+    from ledgerflow.app import App
 
 AppOption = Annotated[str | None, typer.Option("--app", help="package.module:app (default: LEDGERFLOW_APP).")]
 
@@ -49,11 +52,7 @@ def worker(
     app_ref: AppOption = None,
 ) -> None:
     """Run a worker process until SIGTERM/SIGINT (or until drained, with --burst)."""
-    if concurrency < 1:
-        raise BadInput(f"--concurrency must be >= 1, got {concurrency}")
-    app = state.app(app_ref)
-    if queues is None:
-        queues = ",".join(app.queues())
+    app, queues = _worker_options(app_ref, queues, concurrency)
     result = app.run_worker(queues, concurrency=concurrency, burst=burst)
     if result == WorkerExit.RESTART:
         sys.stdout.flush()
@@ -155,11 +154,7 @@ def serve(
     """Run the HTTP API, a worker and the scheduler in one process (SIGTERM stops it gracefully)."""
     from ledgerflow.service import serve as run_service
 
-    if concurrency < 1:
-        raise BadInput(f"--concurrency must be >= 1, got {concurrency}")
-    app = state.app(app_ref)
-    if queues is None:
-        queues = ",".join(app.queues())
+    app, queues = _worker_options(app_ref, queues, concurrency)
     run_service(
         app,
         host=host,
@@ -170,3 +165,11 @@ def serve(
         queues=queues,
         concurrency=concurrency,
     )
+
+
+def _worker_options(app_ref: str | None, queues: str | None, concurrency: int) -> tuple[App, str]:
+    """The app, and the queues to serve (default: every queue of its tasks), for worker and serve."""
+    if concurrency < 1:
+        raise BadInput(f"--concurrency must be >= 1, got {concurrency}")
+    app = state.app(app_ref)
+    return app, queues if queues is not None else ",".join(app.queues())
