@@ -9,6 +9,7 @@ from typing import Any, overload
 
 from sqlalchemy import Connection
 
+from ledgerflow import payload
 from ledgerflow.alerts import Alerts, Notifier
 from ledgerflow.clock import Clock
 from ledgerflow.config import Settings, load_settings
@@ -28,6 +29,7 @@ from ledgerflow.engine.worker import Worker, WorkerExit, WorkerOptions, parse_qu
 from ledgerflow.export.profiles import Profile, get_profile
 from ledgerflow.ledger.store import LedgerStore
 from ledgerflow.logs import configure_logging
+from ledgerflow.payload import PayloadLimits
 from ledgerflow.scheduler.schedules import Schedule
 from ledgerflow.scheduler.store import ScheduleStore
 
@@ -66,6 +68,7 @@ class App:
             settings = load_settings(**settings.model_dump())
         self.settings = settings
         configure_logging(settings.log_level, settings.log_json)
+        payload.configure(PayloadLimits(settings.payload_max_depth, settings.payload_max_bytes))
         self.registry = TaskRegistry()
         self._local_wakers: set[Callable[[], None]] = set()
         self._claim_gates: list[Callable[[], bool]] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -10,6 +11,8 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, Select
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
+
+from ledgerflow.db.types import storable_text
 
 
 class Waker(Protocol):
@@ -44,9 +47,20 @@ BULK_JOB_COLUMNS = (
 )
 
 
+#: `\u0000` escapes that are not themselves escaped (an even run of backslashes before them).
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
 def dumps(value: Any) -> str:
-    """Compact JSON, non-ASCII kept (Thai and Japanese stay readable in the database)."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    """Compact JSON, non-ASCII kept (Thai and Japanese stay readable in the database).
+
+    What a JSON column cannot hold on PostgreSQL (NUL, lone surrogates) is stored as U+FFFD,
+    the same rule as text columns (`types.storable_text`); NaN and infinities are refused.
+    """
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    if "\\u0000" in text:
+        text = _NUL_ESCAPE.sub("\\1\\\\ufffd", text)
+    return text if text.isascii() else storable_text(text)
 
 
 def backend_for(url: str) -> Backend:

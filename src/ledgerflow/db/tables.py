@@ -13,14 +13,12 @@ from sqlalchemy import (
     Integer,
     MetaData,
     SmallInteger,
-    String,
     Table,
-    Text,
     UniqueConstraint,
     text,
 )
 
-from ledgerflow.db.types import Id, Json, UTCDateTime
+from ledgerflow.db.types import Id, Json, String, Text, UTCDateTime
 
 metadata = MetaData(
     naming_convention={

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, DateTime, Integer
+from sqlalchemy import String as _String
+from sqlalchemy import Text as _Text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -15,6 +18,37 @@ Id = BigInteger().with_variant(Integer(), "sqlite")
 
 #: JSON document: JSONB on PostgreSQL, text on SQLite.
 Json = JSON().with_variant(JSONB(), "postgresql")
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(value: str) -> str:
+    """`value` with what no database text column can hold (NUL, lone surrogates) as U+FFFD.
+
+    PostgreSQL refuses NUL in text and JSON, and UTF-8 cannot encode a lone surrogate; text
+    from outside (mail subjects, PDF text, error messages) is kept readable rather than lost.
+    """
+    if "\x00" not in value and (value.isascii() or not _UNSTORABLE.search(value)):
+        return value
+    return _UNSTORABLE.sub("\ufffd", value)
+
+
+class String(TypeDecorator[str]):
+    """VARCHAR(n) whose bound values are made storable (see `storable_text`)."""
+
+    impl = _String
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return storable_text(value) if isinstance(value, str) else value
+
+
+class Text(String):
+    """TEXT whose bound values are made storable (see `storable_text`)."""
+
+    impl = _Text
+    cache_ok = True
 
 
 class UTCDateTime(TypeDecorator[datetime]):

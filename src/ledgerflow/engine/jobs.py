@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextvars
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -11,6 +10,7 @@ from typing import Any
 
 from ledgerflow.engine.states import JobState
 from ledgerflow.errors import BadInput
+from ledgerflow.payload import check_json
 
 DEFAULT_QUEUE = "default"
 DEFAULT_PRIORITY = 5
@@ -60,10 +60,8 @@ def validate_spec(spec: JobSpec) -> None:
         raise BadInput(f"scheduled_at must be timezone-aware, got {spec.scheduled_at!r}")
     if spec.unique_key is not None and not 0 < len(spec.unique_key) <= 255:
         raise BadInput("unique_key must be 1..255 characters")
-    try:
-        json.dumps([list(spec.args), dict(spec.kwargs)])
-    except (TypeError, ValueError) as exc:
-        raise BadInput(f"arguments of task {spec.task!r} are not JSON-serialisable: {exc}") from None
+    check_json(list(spec.args), f"args of task {spec.task!r}")
+    check_json(dict(spec.kwargs), f"kwargs of task {spec.task!r}")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,93 @@
+"""The JSON a job carries: limits and storability, for any shape (hypothesis)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ledgerflow.db.backends import dumps
+from ledgerflow.db.types import storable_text
+from ledgerflow.errors import BadInput
+from ledgerflow.payload import PayloadError, PayloadLimits, check_json, storable_result
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=30,
+)
+
+
+def nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_depth_is_counted_from_the_outer_container() -> None:
+    limits = PayloadLimits(max_depth=32)
+    check_json(nested(32), "args", limits)
+    with pytest.raises(PayloadError, match="args: nested more than 32 levels deep"):
+        check_json(nested(33), "args", limits)
+
+
+def test_a_hundred_thousand_levels_are_refused_without_recursion() -> None:
+    with pytest.raises(PayloadError, match="nested more than"):
+        check_json(nested(100_000), "kwargs")
+
+
+def test_size_is_measured_in_encoded_bytes() -> None:
+    limits = PayloadLimits(max_bytes=1024)
+    check_json(["x" * 1000], "args", limits)
+    with pytest.raises(PayloadError, match="over the limit of 1024"):
+        check_json(["ไ" * 400], "args", limits)  # 3 bytes per character
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ([float("nan")], "not a JSON number"),
+        ([float("inf")], "not a JSON number"),
+        (["a\x00b"], "NUL"),
+        (["\udc80"], "lone surrogate"),
+        ([{1: "x"}], "not a string"),
+        ([object()], "is not JSON"),
+        ([b"bytes"], "is not JSON"),
+    ],
+)
+def test_unstorable_values_are_refused_with_the_reason(value: object, why: str) -> None:
+    with pytest.raises(BadInput, match=why):
+        check_json(value, "args")
+    stored, problem = storable_result(value)
+    assert stored is None and why in (problem or "")
+
+
+@given(json_values)
+def test_whatever_check_json_accepts_round_trips_through_storage(value: object) -> None:
+    try:
+        text = check_json(value, "args")
+    except PayloadError:
+        return
+    assert json.loads(dumps(value)) == json.loads(text) == value
+
+
+@given(json_values)
+def test_storage_encoding_never_holds_nul_or_surrogates(value: object) -> None:
+    try:
+        text = dumps(value)
+    except ValueError:  # NaN / infinity: refused before the database sees it
+        return
+    assert "\\u0000" not in text.replace("\\\\", "")
+    text.encode("utf-8")  # no lone surrogate left
+
+
+@given(st.text())
+def test_storable_text_only_replaces_what_cannot_be_stored(value: str) -> None:
+    out = storable_text(value)
+    assert len(out) == len(value)
+    out.encode("utf-8")
+    assert "\x00" not in out
+    assert all(a == b or b == "\ufffd" for a, b in zip(value, out, strict=True))
