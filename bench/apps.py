@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bench import stamp
 from ledgerflow import App
 
 app = App()
@@ -9,4 +10,5 @@ app = App()
 
 @app.task(name="bench.noop")
 def noop(i: int = 0) -> None:
-    """Does nothing: measures the queue, not the work."""
+    """Does nothing but record its start (see bench/stamp.py): measures the queue, not the work."""
+    stamp.record(i)

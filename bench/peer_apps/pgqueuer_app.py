@@ -1,33 +1,44 @@
-"""PgQueuer on PostgreSQL, for the peer benchmark (`pgqueuer run bench.peer_apps.pgqueuer_app:create`)."""
+"""PgQueuer on PostgreSQL, for the peer benchmark, as its performance guide and its own
+benchmark tool run it: an asyncpg connection, an async entrypoint, `batch_size` 10.
+
+Run as `python -m bench.peer_apps.pgqueuer_app` (PgQueuer 1.6's `pgqueuer run` crashes on its
+log-level option). `PGQ_BATCH_SIZE` and `PGQ_MAX_CONCURRENT_TASKS` (unset: no cap, as in
+PgQueuer's benchmark) come from the environment.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 
-import psycopg
-from pgqueuer import PgQueuer, PsycopgDriver
+import asyncpg
+from pgqueuer import PgQueuer
+from pgqueuer.db import AsyncpgDriver
 from pgqueuer.models import Job
+
+from bench import stamp
 
 
 async def create() -> PgQueuer:
-    conn = await psycopg.AsyncConnection.connect(os.environ["PEER_DSN"], autocommit=True)
-    pgq = PgQueuer(PsycopgDriver(conn))
+    conn = await asyncpg.connect(dsn=os.environ["PEER_DSN"])
+    pgq = PgQueuer(AsyncpgDriver(conn))
 
     @pgq.entrypoint("noop")
     async def noop(job: Job) -> None:
-        """Does nothing."""
+        """Records its start (bench/stamp.py), nothing else."""
+        stamp.record((job.payload or b"").decode())
 
     return pgq
 
 
 async def main() -> None:
-    """One worker process: 4 concurrent tasks, batches of 2 (PgQueuer 1.6's CLI fails to start:
-    its log-level option crashes, so the benchmark runs the same loop itself)."""
     pgq = await create()
-    await pgq.run(max_concurrent_tasks=4, batch_size=2)  # it requires tasks >= 2 x batch
+    cap = os.environ.get("PGQ_MAX_CONCURRENT_TASKS")
+    await pgq.run(
+        batch_size=int(os.environ.get("PGQ_BATCH_SIZE", "10")),
+        max_concurrent_tasks=int(cap) if cap else None,
+    )
 
 
 if __name__ == "__main__":
-    import asyncio
-
     asyncio.run(main())
