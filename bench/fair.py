@@ -272,32 +272,32 @@ class Huey(System):
     package = "huey"
     bulk = False
     settings = {
-        "storage": "SqliteHuey defaults: WAL, 8 MB cache, no fsync pragma; results=False",
+        "storage": "SqliteHuey: WAL, 8 MB cache, fsync=False as documented (synchronous=OFF); results=False",
         "consumer": "-k thread -w <concurrency> -d 0.001 -m 0.01 -n (polls every 1-10 ms when idle)",
         "note": "no acknowledgement: a task leaves the queue when dequeued (lost if the worker dies)",
     }
 
     @contextlib.contextmanager
     def store(self) -> Iterator[None]:
-        from huey import SqliteHuey
+        from huey.storage import SqliteStorage
 
         from bench.peer_apps import huey_app
 
         with tempfile.TemporaryDirectory(prefix="huey-bench-") as tmp:
             self.path = f"{tmp}/huey.db"
-            self.huey = SqliteHuey(filename=self.path, results=False)
+            huey_app.huey.storage = SqliteStorage(name=huey_app.huey.name, filename=self.path, fsync=False)
             self.task = huey_app.noop
             try:
                 yield
             finally:
-                self.huey.storage.close()
+                huey_app.huey.storage.close()
 
     def enqueue_many(self, keys: list[str]) -> None:
         for k in keys:
             self.enqueue_one(k)
 
     def enqueue_one(self, key: str) -> None:
-        self.huey.enqueue(self.task.s(key))
+        self.task(key)
 
     def finished(self) -> int:
         return count_lines(self.stamps)  # no acknowledgement: started is all huey knows
