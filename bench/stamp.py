@@ -36,13 +36,14 @@ class Stamps:
     runs: Counter[str]
 
     @classmethod
-    def read(cls, path: Path) -> Stamps:
+    def read(cls, path: Path, prefix: str = "") -> Stamps:
+        """The stamps of `path`, or only those whose key starts with `prefix`."""
         times: list[float] = []
         runs: Counter[str] = Counter()
         if path.exists():
             for line in path.read_text().splitlines():
                 key, _, at = line.partition(" ")
-                if at:
+                if at and key.startswith(prefix):
                     runs[key] += 1
                     times.append(float(at))
         times.sort()
