@@ -32,10 +32,11 @@ lint: dev
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
-## Benchmarks: prints one JSON document per benchmark (see docs/benchmarks.md).
+## Benchmarks: one JSON document (also in bench/results/latest.json) and the growth plot
+## (docs/benchmarks-growth.svg); see docs/benchmarks.md. BENCH_ARGS=--quick validates the harness.
 bench: dev
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
-	$(BIN)/python -m bench.run $(BENCH_ARGS)
+	$(BIN)/python -m bench.run --out bench/results/latest.json --plot docs/benchmarks-growth.svg $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage* htmlcov build dist src/*.egg-info

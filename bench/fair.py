@@ -30,7 +30,7 @@ from typing import Any
 
 import psycopg
 
-from bench.common import PG_ADMIN, ROOT, database, python
+from bench.common import PG_ADMIN, ROOT, RssSampler, database, python
 from bench.stamp import Stamps, count_lines
 
 POLL = 0.025  # how often the harness asks a queue whether it has finished
@@ -337,9 +337,12 @@ def processing_once(system: System, jobs: int, processes: int, concurrency: int)
         load = os.getloadavg()[0]
         spawned = time.time()
         procs = system.spawn(processes, concurrency, stamps)
+        sampler = RssSampler([p.pid for p in procs])
+        sampler.start()
         try:
             done = wait_until(lambda: system.finished() >= jobs, 600, system.name)
         finally:
+            rss = max(sampler.stop())
             stop(procs)
         seen = Stamps.read(stamps)
         one_call = one_call_rate(system)
@@ -352,6 +355,7 @@ def processing_once(system: System, jobs: int, processes: int, concurrency: int)
         "duplicates": seen.duplicates,
         "executions": seen.count,
         "load": load,
+        "rss": rss,
     }
 
 
@@ -421,6 +425,7 @@ def measure(system: System, reps: int, jobs: int, latency_samples: int) -> dict[
         "latency": latency(system, reps, latency_samples, 0.01),
         "executions": col("executions"),
         "duplicate_executions": sum(r["duplicates"] for r in runs),
+        "worker_peak_rss_mb": spread(col("rss"), 1),
         "load_average_at_start": spread(col("load"), 2),
     }
 
