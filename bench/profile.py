@@ -222,28 +222,32 @@ def _pg_env(admin: str) -> Iterator[None]:
 
 
 def claim_plan(system: Ledgerflow) -> dict[str, Any]:
-    """EXPLAIN (ANALYZE, BUFFERS) of the claim statement as the worker sends it (rolled back)."""
-    from sqlalchemy.dialects import postgresql
+    """EXPLAIN (ANALYZE, BUFFERS) of the claim statement exactly as the worker sends it (rolled back)."""
+    from sqlalchemy import event
 
     from ledgerflow.engine.leases import LeaseSQL
 
-    statement = LeaseSQL(system.app.db, 8.0)._claim.params(
-        queues=["default"], tasks=["bench.noop"], limit=16, worker="explain", token=1
-    )
-    sql = str(statement.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
-    with psycopg.connect(system.url.replace("postgresql+psycopg", "postgresql")) as c:
-        plan = c.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql).fetchone()[0][0]  # type: ignore[index]
-        c.rollback()
-        dead = c.execute(
+    def explain(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> Any:
+        return "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, parameters
+
+    claim = LeaseSQL(system.app.db, 8.0)._claim
+    params = {"queues": ["default"], "tasks": ["bench.noop"], "limit": 16, "worker": "explain", "token": 1}
+    with system.app.db.engine.connect() as conn:
+        event.listen(conn, "before_cursor_execute", explain, retval=True)
+        with conn.begin() as transaction:
+            plan = conn.execute(claim, params).cursor.fetchone()[0][0]
+            transaction.rollback()
+        event.remove(conn, "before_cursor_execute", explain)
+        row = conn.exec_driver_sql(
             "SELECT n_live_tup, n_dead_tup FROM pg_stat_user_tables WHERE relname = 'jobs'"
-        ).fetchone()
+        ).first()
     top = plan["Plan"]
     return {
         "ms": round(plan["Execution Time"], 3),
         "shared_buffers_hit": top.get("Shared Hit Blocks"),
         "shared_buffers_read": top.get("Shared Read Blocks"),
-        "live_rows": dead[0] if dead else None,
-        "dead_rows": dead[1] if dead else None,
+        "live_rows": row[0] if row else None,
+        "dead_rows": row[1] if row else None,
     }
 
 
