@@ -7,6 +7,7 @@ message names the variable, so start-up never ends in a traceback or a silent de
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -78,7 +79,10 @@ class Settings(BaseSettings):
     destination_timeout: float = Field(30.0, gt=0)  # seconds per Drive/S3 request
     gdrive_endpoint: str | None = None  # a Drive-compatible server instead of googleapis.com
     s3_endpoint_url: str | None = None  # an S3-compatible server (MinIO, moto, ...)
-    api_token: SecretStr | None = None
+    api_token: SecretStr | None = None  # unset: `serve` makes one and keeps it in api_token_file
+    api_token_file: str | None = None  # default: beside the SQLite file, else ./ledgerflow.token
+    metrics_token: SecretStr | None = None  # set: /metrics and /api/health* need it (or the API token)
+    allowed_hosts: str | None = None  # Host header allow-list; default: bind address and loopback names
     alert_webhook_url: str | None = None
     alert_email: str | None = None
     smtp_url: str | None = None
@@ -126,6 +130,20 @@ class Settings(BaseSettings):
     autostop_cpu_enabled: bool = False
     autostop_cpu_percent: float = Field(90.0, gt=0, le=100)
     autostop_cpu_seconds: float = Field(300.0, gt=0)
+
+    @field_validator("api_token", "metrics_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_token(value.get_secret_value())
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_allowed_hosts(value)
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -211,6 +229,35 @@ class Settings(BaseSettings):
         if toml_path.is_file():
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
         return tuple(sources)
+
+
+MIN_TOKEN_LENGTH = 16
+_TOKEN = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what an HTTP header and a password field carry
+
+
+def check_token(token: str) -> str:
+    """A bearer token: at least 16 visible ASCII characters (no spaces)."""
+    if not token:
+        raise ValueError(f"is empty (use at least {MIN_TOKEN_LENGTH} characters, or unset it)")
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ValueError(f"is {len(token)} characters long; use at least {MIN_TOKEN_LENGTH}")
+    if not _TOKEN.fullmatch(token):
+        raise ValueError("may only contain visible ASCII characters (no spaces)")
+    return token
+
+
+_HOST = re.compile(r"(\*|(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\])")
+
+
+def parse_allowed_hosts(value: str) -> list[str]:
+    """`a.example, *.example.org, 10.0.0.5, [::1]` -> lower-case host names (no ports); `*` allows any."""
+    hosts = [h.strip().lower() for h in value.split(",") if h.strip()]
+    if not hosts:
+        raise ValueError("is empty (list host names separated by commas, or * for any)")
+    for host in hosts:
+        if not _HOST.fullmatch(host):
+            raise ValueError(f"{host!r} is not a host name, IP address, [IPv6] or *.domain")
+    return hosts
 
 
 def check_account(value: str) -> str:

@@ -17,6 +17,7 @@ from ledgerflow.errors import ConfigError
 from ledgerflow.logs import get_logger
 
 if TYPE_CHECKING:
+    from ledgerflow.api.token import ApiToken
     from ledgerflow.app import App
 
 log = get_logger("service")
@@ -31,18 +32,33 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_ready(app: App, host: str, insecure: bool) -> None:
-    """Refuse to start on a configuration that would be unsafe or cannot work (one clear line)."""
-    if not is_loopback(host) and app.settings.api_token is None and not insecure:
-        raise ConfigError(
-            f"refusing to serve on {host} without LEDGERFLOW_API_TOKEN (set it, or pass --insecure)"
-        )
+def check_ready(app: App) -> None:
+    """Refuse to start on a database that cannot work (one clear line)."""
     from ledgerflow.db.migrate import current_revision, head_revision
 
     if current_revision(app.db) != head_revision():
         raise ConfigError(
             "the database schema is not up to date: run `ledgerflow migrate` (or `ledgerflow init`)"
         )
+
+
+def sign_in_message(app: App, host: str, port: int, token: ApiToken) -> str:
+    """What `serve` prints at start: where to sign in, and with which token."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    shown = f"[{shown}]" if ":" in shown else shown
+    lines = [f"ledgerflow is serving the dashboard and API on http://{shown}:{port}/"]
+    if token.file is None:
+        lines.append("sign in with LEDGERFLOW_API_TOKEN (API clients send it as a bearer token)")
+    else:
+        made = "made now" if token.created else "kept"
+        lines.append(
+            f"sign in at http://{shown}:{port}/login with the API token in {token.file.resolve()} ({made})"
+        )
+    if not is_loopback(host) and app.settings.metrics_token is None:
+        lines.append(
+            f"/api/health and /metrics are public on {host}: set LEDGERFLOW_METRICS_TOKEN to require a token"
+        )
+    return "\n".join(lines)
 
 
 def serve(
@@ -52,7 +68,6 @@ def serve(
     port: int = 8000,
     worker: bool = True,
     scheduler: bool = True,
-    insecure: bool = False,
     queues: str | None = None,
     concurrency: int = 8,
 ) -> None:
@@ -65,14 +80,22 @@ def serve(
     import uvicorn
 
     from ledgerflow.api.app import create_api
+    from ledgerflow.api.token import api_token
     from ledgerflow.engine.worker import WorkerExit
     from ledgerflow.scheduler.loop import Scheduler
 
-    check_ready(app, host, insecure)
+    check_ready(app)
+    token = api_token(app.settings)
+    assert token is not None
     app.sync_schedules()
     server = uvicorn.Server(
         uvicorn.Config(
-            create_api(app), host=host, port=port, log_config=None, access_log=False, lifespan="off"
+            create_api(app, host=host, token=token.value),
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
         )
     )
     stop = threading.Event()
@@ -108,6 +131,7 @@ def serve(
         for t in threads:
             t.start()
         log.info("service_started", host=host, port=port, worker=worker, scheduler=scheduler)
+        print(sign_in_message(app, host, port, token), flush=True)
         while not stop.wait(0.5):
             pass
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +21,7 @@ from ledgerflow.builtin import build_app
 from ledgerflow.clock import FixedClock
 from ledgerflow.config import load_settings
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-for-tests"  # at least 16 characters, like every API token
 
 
 def free_port() -> int:
@@ -45,40 +45,57 @@ class Service:
 
 
 @pytest.fixture
-def service(db_url: str, tmp_path: Path) -> Iterator[Service]:
-    settings = load_settings(
-        database_url=db_url,
-        api_token=TOKEN,
-        export_destination=f"file://{tmp_path / 'out'}",
-        export_work_dir=str(tmp_path / "work"),
-        log_level="ERROR",
-        lease_seconds=2,
-        heartbeat_seconds=0.5,
-    )
-    app = build_app(settings)
-    app.sync_schedules()
-    clock = FixedClock(datetime.now(UTC))
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_api(app, clock=clock),
-            host="127.0.0.1",
-            port=port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
+def serve_app(db_url: str, tmp_path: Path) -> Iterator[Callable[..., Service]]:
+    """Start a real HTTP server (uvicorn on loopback) around a fresh app; `settings` override the test's."""
+    started: list[tuple[uvicorn.Server, threading.Thread, Service]] = []
+
+    def start(**overrides: Any) -> Service:
+        settings = load_settings(
+            **{
+                "database_url": db_url,
+                "api_token": TOKEN,
+                "export_destination": f"file://{tmp_path / 'out'}",
+                "export_work_dir": str(tmp_path / "work"),
+                "log_level": "ERROR",
+                "lease_seconds": 2,
+                "heartbeat_seconds": 0.5,
+                **overrides,
+            }
         )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    url = f"http://127.0.0.1:{port}"
-    client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
-    yield Service(app, url, clock, client)
-    client.close()
-    server.should_exit = True
-    thread.join(10)
-    app.close()
+        app = build_app(settings)
+        app.sync_schedules()
+        clock = FixedClock(datetime.now(UTC))
+        port = free_port()
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_api(app, clock=clock),
+                host="127.0.0.1",
+                port=port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+            )
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+        url = f"http://127.0.0.1:{port}"
+        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+        service = Service(app, url, clock, client)
+        started.append((server, thread, service))
+        return service
+
+    yield start
+    for server, thread, service in started:
+        service.client.close()
+        server.should_exit = True
+        thread.join(10)
+        service.app.close()
+
+
+@pytest.fixture
+def service(serve_app: Callable[..., Service]) -> Service:
+    return serve_app()

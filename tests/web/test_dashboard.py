@@ -21,7 +21,7 @@ from ledgerflow.config import load_settings
 from tests.api.conftest import free_port
 from tests.conftest import ARTIFACTS, ON_CI, ROOT
 
-TOKEN = "open-sesame"
+TOKEN = "open-sesame-dashboard"
 SHOTS = ARTIFACTS / "screenshots"
 FAILED_DAY = date(2026, 11, 20)
 

@@ -15,8 +15,9 @@ from sqlalchemy import func, select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ledgerflow import __version__
-from ledgerflow.api.security import GuardMiddleware
+from ledgerflow.api.security import GuardMiddleware, default_allowed_hosts
 from ledgerflow.clock import Clock, system_clock
+from ledgerflow.config import parse_allowed_hosts
 from ledgerflow.db.tables import (
     export_batches,
     export_logs,
@@ -26,6 +27,7 @@ from ledgerflow.db.tables import (
     workers,
 )
 from ledgerflow.errors import DatabaseUnavailable, LedgerflowError
+from ledgerflow.payload import SURROGATES
 from ledgerflow.web import mount_dashboard
 
 if TYPE_CHECKING:
@@ -41,8 +43,16 @@ STATUS = {
 }
 
 
+class SafeJSONResponse(JSONResponse):
+    """JSON whose text is valid UTF-8 even when it echoes a lone surrogate from a request (as U+FFFD)."""
+
+    def render(self, content: Any) -> bytes:
+        text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return SURROGATES.sub("\ufffd", text).encode()
+
+
 def error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+    return SafeJSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
 def health(app: App, clock: Clock) -> tuple[int, dict[str, Any]]:
@@ -107,19 +117,33 @@ def cron_health(app: App, clock: Clock) -> tuple[int, dict[str, Any]]:
     return (200 if healthy else 503), body
 
 
-def create_api(app: App, *, clock: Clock | None = None) -> FastAPI:
-    """Build the HTTP service for `app` (`clock` is injectable for tests)."""
-    from ledgerflow.api import routes
+def create_api(
+    app: App, *, clock: Clock | None = None, host: str = "127.0.0.1", token: str | None = None
+) -> FastAPI:
+    """Build the HTTP service for `app` bound on `host`.
 
+    `token` defaults to LEDGERFLOW_API_TOKEN, else the kept (or a newly made) token file: every
+    /api route needs it. `clock` is injectable for tests.
+    """
+    from ledgerflow.api import routes
+    from ledgerflow.api.token import api_token
+
+    settings = app.settings
+    if token is None:
+        made = api_token(settings)
+        assert made is not None
+        token = made.value
     clock = clock or system_clock
     api = FastAPI(
         title="ledgerflow",
         version=__version__,
-        description="Jobs, schedules, journal entries and exports. Send `Authorization: Bearer "
-        "<LEDGERFLOW_API_TOKEN>` when a token is configured.",
+        description="Jobs, schedules, journal entries and exports. Every route but the health checks "
+        "and metrics needs `Authorization: Bearer <API token>`.",
+        default_response_class=SafeJSONResponse,
     )
     api.state.app = app
     api.state.clock = clock
+    api.state.token = token
 
     @api.exception_handler(LedgerflowError)
     async def _ledgerflow_error(_request: Request, exc: LedgerflowError) -> JSONResponse:
@@ -177,10 +201,16 @@ def create_api(app: App, *, clock: Clock | None = None) -> FastAPI:
         )
 
     api.include_router(routes.router, prefix="/api")
-    mount_dashboard(api, app)
+    mount_dashboard(api, app, token)
     api.add_middleware(
         GuardMiddleware,
-        token=app.settings.api_token.get_secret_value() if app.settings.api_token else None,
+        token=token,
+        metrics_token=settings.metrics_token.get_secret_value() if settings.metrics_token else None,
+        allowed_hosts=(
+            parse_allowed_hosts(settings.allowed_hosts)
+            if settings.allowed_hosts
+            else default_allowed_hosts(host)
+        ),
     )
     return api
 

@@ -142,9 +142,6 @@ def serve(
         bool, typer.Option("--no-worker", help="Do not run a worker in this process.")
     ] = False,
     no_scheduler: Annotated[bool, typer.Option("--no-scheduler", help="Do not run the scheduler.")] = False,
-    insecure: Annotated[
-        bool, typer.Option("--insecure", help="Allow a non-loopback host without a token.")
-    ] = False,
     queues: Annotated[
         str | None, typer.Option("--queues", help="Worker queues (default: every task's queue).")
     ] = None,
@@ -161,7 +158,6 @@ def serve(
         port=port,
         worker=not no_worker,
         scheduler=not no_scheduler,
-        insecure=insecure,
         queues=queues,
         concurrency=concurrency,
     )

@@ -409,3 +409,14 @@ receipt_sources = Table(
     UniqueConstraint("mailbox", "uid_validity", "uid", "part", name="uq_receipt_sources_message_part"),
     Index("ix_receipt_sources_receipt", "receipt_id"),
 )
+
+#: Signed-in dashboard sessions: a row per session, deleted at logout (a copied cookie stops
+#: working). Only a hash of the session id is kept.
+dashboard_sessions = Table(
+    "dashboard_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Index("ix_dashboard_sessions_expires_at", "expires_at"),
+)

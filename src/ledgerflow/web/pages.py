@@ -7,7 +7,7 @@ import secrets
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI, Form, Query, Request
@@ -24,21 +24,14 @@ from ledgerflow.engine.states import JobState
 from ledgerflow.errors import LedgerflowError, NotFound
 from ledgerflow.export.destinations import LocalFolder, open_destination
 from ledgerflow.export.saga import latest_daily_batch
-from ledgerflow.web import (
-    SESSION_COOKIE,
-    SESSION_SECONDS,
-    STATIC,
-    TEMPLATES,
-    csrf_token,
-    new_session,
-    valid_session,
-)
+from ledgerflow.web import SESSION_COOKIE, STATIC, TEMPLATES
+from ledgerflow.web.sessions import SESSION_SECONDS, LoginThrottle, Sessions
 
 
-def register(api: FastAPI, app: App) -> None:
-    """Add the dashboard's routes to `api`."""
-    secret = app.settings.api_token.get_secret_value() if app.settings.api_token else secrets.token_hex(32)
-    needs_login = app.settings.api_token is not None
+def register(api: FastAPI, app: App, token: str) -> None:
+    """Add the dashboard's routes to `api`; signing in takes `token` (the API token)."""
+    sessions = Sessions(app.db, token)
+    throttle = LoginThrottle()
     zone = ZoneInfo(app.settings.timezone)
     templates = Jinja2Templates(directory=str(TEMPLATES))
 
@@ -67,64 +60,63 @@ def register(api: FastAPI, app: App) -> None:
 
     def session(request: Request) -> str | None:
         cookie = request.cookies.get(SESSION_COOKIE)
-        return cookie if valid_session(secret, cookie) else None
+        return cookie if sessions.valid(cookie) else None
 
     def page(request: Request, template: str, **context: Any) -> Response:
         cookie = session(request)
         if cookie is None:
-            if needs_login:
-                return RedirectResponse(f"/login?{urlencode({'next': request.url.path})}", status_code=303)
-            cookie = new_session(secret)  # no token configured: an open, local dashboard
-        response = templates.TemplateResponse(
+            return RedirectResponse(f"/login?{urlencode({'next': request.url.path})}", status_code=303)
+        return templates.TemplateResponse(
             request,
             template,
-            {
-                "csrf": csrf_token(secret, cookie),
-                "needs_login": needs_login,
-                "path": request.url.path,
-                **context,
-            },
+            {"csrf": sessions.csrf_token(cookie), "path": request.url.path, **context},
         )
-        if request.cookies.get(SESSION_COOKIE) != cookie:
-            _set_cookie(request, response, cookie)
-        return response
 
     def action(request: Request, csrf: str) -> Response | None:
         """None when the POST may proceed; otherwise the refusal."""
         cookie = session(request)
         if cookie is None:
             return HTMLResponse("session expired: log in again", status_code=403)
-        if not secrets.compare_digest(csrf, csrf_token(secret, cookie)):
+        if not secrets.compare_digest(csrf.encode(), sessions.csrf_token(cookie).encode()):
             return HTMLResponse("invalid CSRF token", status_code=403)
         return None
 
     def back(request: Request, default: str, message: str) -> RedirectResponse:
-        target = request.headers.get("referer") or default
-        sep = "&" if "?" in target else "?"
+        """Back to the page the form was on (its path only), with a message."""
+        referer = urlsplit(request.headers.get("referer") or "")
+        target = referer.path if referer.path.startswith("/") else default
+        query = [(k, v) for k, v in parse_qsl(referer.query) if k != "flash"] if referer.path else []
         return RedirectResponse(
-            f"{target.split('#')[0]}{sep}{urlencode({'flash': message})}", status_code=303
+            f"{_local(target)}?{urlencode([*query, ('flash', message)])}", status_code=303
         )
 
     # ------------------------------------------------------------------ login
-    @api.get("/login", include_in_schema=False)
-    def login_form(request: Request, next: str = "/", error: str | None = None) -> Response:
+    def login_page(request: Request, next: str, error: str | None, status: int, **headers: str) -> Response:
         return templates.TemplateResponse(
             request,
             "login.html",
-            {"next": _local(next), "error": error, "needs_login": needs_login, "path": "/login"},
+            {"next": _local(next), "error": error, "path": "/login"},
+            status_code=status,
+            headers=headers,
         )
+
+    @api.get("/login", include_in_schema=False)
+    def login_form(request: Request, next: str = "/") -> Response:
+        return login_page(request, next, None, 200)
 
     @api.post("/login", include_in_schema=False)
     def login(request: Request, password: str = Form(""), next: str = Form("/")) -> Response:
-        if needs_login and not secrets.compare_digest(password.encode(), secret.encode()):
-            return templates.TemplateResponse(
-                request,
-                "login.html",
-                {"next": _local(next), "error": "Wrong password.", "needs_login": True, "path": "/login"},
-                status_code=401,
-            )
+        client = request.client.host if request.client else "?"
+        wait = throttle.retry_after(client)
+        if wait:
+            message = f"Too many wrong passwords: try again in {wait} s."
+            return login_page(request, next, message, 429, **{"Retry-After": str(wait)})
+        if not secrets.compare_digest(password.encode(), token.encode()):
+            throttle.failed(client)
+            return login_page(request, next, "Wrong password.", 401)
+        throttle.succeeded(client)
         response = RedirectResponse(_local(next), status_code=303)
-        _set_cookie(request, response, new_session(secret))
+        _set_cookie(request, response, sessions.create())
         return response
 
     @api.post("/logout", include_in_schema=False)
@@ -132,8 +124,9 @@ def register(api: FastAPI, app: App) -> None:
         refused = action(request, csrf)
         if refused:
             return refused
+        sessions.revoke(request.cookies.get(SESSION_COOKIE))
         response = RedirectResponse("/login", status_code=303)
-        response.delete_cookie(SESSION_COOKIE)
+        response.delete_cookie(SESSION_COOKIE, path="/")
         return response
 
     # ------------------------------------------------------------------ overview
@@ -343,7 +336,7 @@ def register(api: FastAPI, app: App) -> None:
 
     @api.get("/exports/{batch_id}/files/{name}", include_in_schema=False)
     def download(request: Request, batch_id: RowId, name: str) -> Response:
-        if session(request) is None and needs_login:
+        if session(request) is None:
             return RedirectResponse("/login", status_code=303)
         with app.db.read() as conn:
             batch = conn.execute(
