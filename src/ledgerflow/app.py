@@ -29,6 +29,7 @@ from ledgerflow.engine.worker import Worker, WorkerExit, WorkerOptions, parse_qu
 from ledgerflow.export.profiles import Profile, get_profile
 from ledgerflow.ledger.store import LedgerStore
 from ledgerflow.logs import configure_logging
+from ledgerflow.names import check_name
 from ledgerflow.payload import PayloadLimits
 from ledgerflow.scheduler.schedules import Schedule
 from ledgerflow.scheduler.store import ScheduleStore
@@ -314,6 +315,8 @@ class App:
             max_abandoned_threads=s.max_abandoned_threads,
             memory_limit_percent=s.autostop_memory_percent,
         )
+        for queue in opts.queues:
+            check_name(queue, "queue")
         for key, value in options.items():
             if not hasattr(opts, key):
                 raise TypeError(f"unknown worker option {key!r}")

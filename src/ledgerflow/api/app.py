@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ledgerflow import __version__
+from ledgerflow.api.responses import SafeJSONResponse, error
 from ledgerflow.api.security import GuardMiddleware, default_allowed_hosts
 from ledgerflow.clock import Clock, system_clock
 from ledgerflow.config import parse_allowed_hosts
@@ -27,7 +28,6 @@ from ledgerflow.db.tables import (
     workers,
 )
 from ledgerflow.errors import DatabaseUnavailable, LedgerflowError
-from ledgerflow.payload import SURROGATES
 from ledgerflow.web import mount_dashboard
 
 if TYPE_CHECKING:
@@ -41,18 +41,6 @@ STATUS = {
     "conflict": 409,
     "database_unavailable": 503,
 }
-
-
-class SafeJSONResponse(JSONResponse):
-    """JSON whose text is valid UTF-8 even when it echoes a lone surrogate from a request (as U+FFFD)."""
-
-    def render(self, content: Any) -> bytes:
-        text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        return SURROGATES.sub("\ufffd", text).encode()
-
-
-def error(status: int, code: str, message: str) -> JSONResponse:
-    return SafeJSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
 def health(app: App, clock: Clock) -> tuple[int, dict[str, Any]]:

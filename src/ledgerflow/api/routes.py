@@ -8,15 +8,19 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Body, Path, Query, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from ledgerflow.api import listing
+from ledgerflow.api.responses import SafeJSONResponse
 from ledgerflow.app import App
 from ledgerflow.db.tables import export_batches, job_executions
 from ledgerflow.engine.jobs import JobSpec
 from ledgerflow.engine.states import JobState
 from ledgerflow.errors import BadInput, NotFound
 from ledgerflow.export.saga import latest_daily_batch
+from ledgerflow.names import check_name
 from ledgerflow.receipts.store import ReceiptStore
 from ledgerflow.scheduler.schedules import Schedule
 
@@ -56,9 +60,12 @@ def list_jobs(
     before_id: int | None = Query(None, ge=1, le=MAX_ID),
     offset: int = Query(0, ge=0, le=1_000_000),
 ) -> dict[str, Any]:
-    """Newest first; page with `before_id` (the last id of the previous page) or `offset`."""
-    jobs = _app(request).store.list(
-        state=state, queue=queue, task=task, limit=limit, before_id=before_id, offset=offset
+    """Newest first; page with `before_id` (the last id of the previous page) or `offset`.
+
+    `args`, `kwargs` and `result` are the first 200 characters of their JSON text and
+    `last_error` the last attempt's error: `GET /api/jobs/{id}` has the whole job."""
+    jobs = listing.list_jobs(
+        _app(request).db, state=state, queue=queue, task=task, limit=limit, before_id=before_id, offset=offset
     )
     return {
         "jobs": [j.to_dict() for j in jobs],
@@ -88,12 +95,19 @@ def enqueue(request: Request, body: EnqueueRequest) -> dict[str, Any]:
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"])
-def show_job(request: Request, job_id: RowId) -> dict[str, Any]:
+def show_job(request: Request, job_id: RowId) -> Response:
+    """The whole job with its errors and attempts (a stored value no decoder can read is
+    shown as its first characters, with `"unreadable": true`)."""
     app = _app(request)
-    return {
-        **app.store.get(job_id).to_dict(),
-        "executions": [_jsonable(e) for e in app.store.executions(job_id)],
-    }
+    executions = [_jsonable(e) for e in app.store.executions(job_id)]
+    try:
+        job = app.store.get(job_id).to_dict()
+        return SafeJSONResponse({**job, "executions": executions})
+    except (RecursionError, ValueError):
+        summary = listing.list_jobs(app.db, before_id=job_id + 1, limit=1)
+        if not summary or summary[0].id != job_id:
+            raise NotFound(f"unknown job id {job_id}") from None
+        return SafeJSONResponse({**summary[0].to_dict(), "unreadable": True, "executions": executions})
 
 
 @router.post("/jobs/{job_id}/retry", tags=["jobs"])
@@ -143,7 +157,9 @@ def list_dead(
     limit: int = Query(50, ge=1, le=1000),
     before_id: int | None = Query(None, ge=1, le=MAX_ID),
 ) -> dict[str, Any]:
-    jobs = _app(request).store.list(state=JobState.DEAD, task=task, limit=limit, before_id=before_id)
+    jobs = listing.list_jobs(
+        _app(request).db, state=JobState.DEAD, task=task, limit=limit, before_id=before_id
+    )
     return {"jobs": [j.to_dict() for j in jobs]}
 
 
@@ -175,11 +191,13 @@ def list_queues(request: Request) -> dict[str, Any]:
 
 @router.post("/queues/{name}/pause", tags=["queues"])
 def pause_queue(request: Request, name: str) -> dict[str, Any]:
+    check_name(name, "queue")
     return {"queue": name, "changed": _app(request).store.pause("queue", name, "paused through the API")}
 
 
 @router.post("/queues/{name}/resume", tags=["queues"])
 def resume_queue(request: Request, name: str) -> dict[str, Any]:
+    check_name(name, "queue")
     return {"queue": name, "changed": _app(request).store.resume("queue", name)}
 
 
@@ -191,6 +209,7 @@ def list_tasks(request: Request) -> dict[str, Any]:
 
 @router.post("/tasks/{name}/pause", tags=["queues"])
 def pause_task(request: Request, name: str) -> dict[str, Any]:
+    check_name(name, "task")
     return {"task": name, "changed": _app(request).store.pause("task", name, "paused through the API")}
 
 
@@ -198,7 +217,7 @@ def pause_task(request: Request, name: str) -> dict[str, Any]:
 def resume_task(request: Request, name: str) -> dict[str, Any]:
     """Resume a task type (also undoes an auto-stop and resolves its alert)."""
     app = _app(request)
-    changed = app.store.resume("task", name)
+    changed = app.store.resume("task", check_name(name, "task"))
     if changed:
         app.alerts.resolve(f"autostop:{name}", f"task {name} resumed through the API")
     return {"task": name, "changed": changed}
@@ -284,11 +303,15 @@ def next_fires(
     start = after or datetime.now(UTC)
     if start.tzinfo is None:
         start = start.replace(tzinfo=schedule.tz)
+    try:
+        fires = schedule.next_times(start, n)
+    except OverflowError:
+        raise BadInput(
+            f"after={start.isoformat()}: no fire times can be computed past the year 9999"
+        ) from None
     return {
         "schedule": name,
-        "fires": [
-            t.astimezone(schedule.tz).isoformat(timespec="seconds") for t in schedule.next_times(start, n)
-        ],
+        "fires": [t.astimezone(schedule.tz).isoformat(timespec="seconds") for t in fires],
     }
 
 

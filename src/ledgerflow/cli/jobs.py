@@ -11,6 +11,7 @@ from ledgerflow.cli.context import console, fmt_time, print_json, print_table, s
 from ledgerflow.engine.jobs import Job, JobSpec
 from ledgerflow.engine.states import JobState
 from ledgerflow.errors import BadInput, NotFound
+from ledgerflow.names import check_name
 
 Json = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
 
@@ -234,14 +235,14 @@ def queues_list(as_json: Json = False) -> None:
 @queues_cli.command("pause")
 def queues_pause(queue: str, reason: Annotated[str, typer.Option("--reason")] = "paused by user") -> None:
     """Stop starting jobs of QUEUE (running ones finish)."""
-    changed = state.app().store.pause("queue", queue, reason)
+    changed = state.app().store.pause("queue", check_name(queue, "queue"), reason)
     console.print(f"queue {queue} {'paused' if changed else 'was already paused'}")
 
 
 @queues_cli.command("resume")
 def queues_resume(queue: str) -> None:
     """Start jobs of QUEUE again."""
-    changed = state.app().store.resume("queue", queue)
+    changed = state.app().store.resume("queue", check_name(queue, "queue"))
     console.print(f"queue {queue} {'resumed' if changed else 'was not paused'}")
 
 
@@ -261,7 +262,7 @@ def tasks_list(as_json: Json = False) -> None:
 @tasks_cli.command("pause")
 def tasks_pause(task: str, reason: Annotated[str, typer.Option("--reason")] = "paused by user") -> None:
     """Stop starting jobs of task type TASK."""
-    changed = state.app().store.pause("task", task, reason)
+    changed = state.app().store.pause("task", check_name(task, "task"), reason)
     console.print(f"task {task} {'paused' if changed else 'was already paused'}")
 
 
@@ -269,7 +270,7 @@ def tasks_pause(task: str, reason: Annotated[str, typer.Option("--reason")] = "p
 def tasks_resume(task: str) -> None:
     """Start jobs of TASK again (also undoes an auto-stop)."""
     app = state.app()
-    changed = app.store.resume("task", task)
+    changed = app.store.resume("task", check_name(task, "task"))
     if changed:
         app.alerts.resolve(f"autostop:{task}", f"task {task} resumed by user")
     console.print(f"task {task} {'resumed' if changed else 'was not paused'}")

@@ -185,7 +185,11 @@ def next_fires(
             raise BadInput(f"--after {after!r} is not an ISO 8601 date-time") from None
         if start.tzinfo is None:
             start = start.replace(tzinfo=schedule.tz)
-    times = [t.astimezone(schedule.tz).isoformat(timespec="seconds") for t in schedule.next_times(start, n)]
+    try:
+        fires = schedule.next_times(start, n)
+    except OverflowError:
+        raise BadInput(f"--after {after!r}: no fire times can be computed past the year 9999") from None
+    times = [t.astimezone(schedule.tz).isoformat(timespec="seconds") for t in fires]
     if as_json:
         print_json(times)
     else:

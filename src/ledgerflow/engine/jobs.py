@@ -10,6 +10,7 @@ from typing import Any
 
 from ledgerflow.engine.states import JobState
 from ledgerflow.errors import BadInput
+from ledgerflow.names import check_name
 from ledgerflow.payload import check_json
 
 DEFAULT_QUEUE = "default"
@@ -42,10 +43,8 @@ class JobSpec:
 
 def validate_spec(spec: JobSpec) -> None:
     """Refuse a spec that could never run, naming the bad value."""
-    if not spec.task:
-        raise BadInput("task name is empty")
-    if not spec.queue or len(spec.queue) > 100:
-        raise BadInput(f"invalid queue name {spec.queue!r}")
+    check_name(spec.task, "task")
+    check_name(spec.queue, "queue")
     if isinstance(spec.priority, bool) or not isinstance(spec.priority, int):
         raise BadInput(f"priority must be an integer 0..9, got {spec.priority!r}")
     if not 0 <= spec.priority <= 9:

@@ -7,8 +7,6 @@ business day (`next`/`previous`), or None when a non-business day is skipped.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -17,6 +15,8 @@ from zoneinfo import ZoneInfo
 
 from ledgerflow.config import check_timezone
 from ledgerflow.errors import BadInput
+from ledgerflow.names import check_name
+from ledgerflow.payload import check_json
 from ledgerflow.scheduler.calendar import RULES, BusinessCalendar, check_country
 from ledgerflow.scheduler.cron import Cron, parse_cron
 
@@ -24,7 +24,6 @@ MISFIRE_POLICIES = ("skip", "all")
 DEFAULT_MISFIRE_MAX = 24
 #: Most occurrences examined in one pass (a long outage of a per-minute schedule).
 MAX_SCAN = 20_000
-_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 
 
 @dataclass(frozen=True)
@@ -176,15 +175,14 @@ def _iso(value: datetime | None, tz: ZoneInfo | None = None) -> str | None:
 
 def validate(s: Schedule) -> None:
     """Refuse a schedule that could never fire correctly, naming the bad value."""
-    if not _NAME.match(s.name or ""):
-        raise BadInput(f"invalid schedule name {s.name!r} (letters, digits, _ . : - ; up to 100)")
+    check_name(s.name, "schedule")
     parse_cron(s.cron_expression)
     try:
         check_timezone(s.timezone)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
-    if not s.job_type:
-        raise BadInput("a schedule needs a task")
+    check_name(s.job_type, "task")
+    check_name(s.queue, "queue")
     if not 0 <= s.priority <= 9:
         raise BadInput(f"priority must be 0..9, got {s.priority}")
     if s.misfire_policy not in MISFIRE_POLICIES:
@@ -197,7 +195,5 @@ def validate(s: Schedule) -> None:
         check_country(s.holiday_calendar)
     if (s.holiday_calendar or s.extra_holidays) and not s.business_day:
         raise BadInput("a holiday calendar needs business_day: next, previous or skip")
-    try:
-        json.dumps([s.args, s.kwargs])
-    except (TypeError, ValueError) as exc:
-        raise BadInput(f"schedule arguments are not JSON: {exc}") from None
+    check_json(list(s.args), f"args of schedule {s.name!r}")
+    check_json(dict(s.kwargs), f"kwargs of schedule {s.name!r}")

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import itertools
+import os
 import secrets
+import stat
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from typing import Any, BinaryIO
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI, Form, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 from sqlalchemy import case, func, select
 
+from ledgerflow.api.listing import list_jobs
 from ledgerflow.api.routes import MAX_ID, RowId
 from ledgerflow.app import App
 from ledgerflow.db.tables import circuit_breakers, export_batches, job_executions, job_schedules, workers
@@ -163,7 +167,7 @@ def register(api: FastAPI, app: App, token: str) -> None:
             ).first()
         throughput = [int(b or 0) for b in buckets]
         fresh = [b for b in beats if (now - b.heartbeat_at) < timedelta(seconds=30)]
-        running = app.store.list(state=JobState.RUNNING, limit=20)
+        running = list_jobs(app.db, state=JobState.RUNNING, limit=20)
         queues = app.store.queue_summary()
         return page(
             request,
@@ -194,8 +198,13 @@ def register(api: FastAPI, app: App, token: str) -> None:
         if id and id.strip().isdigit():
             return RedirectResponse(f"/jobs/{int(id)}", status_code=303)
         try:
-            jobs = app.store.list(
-                state=state or None, queue=queue or None, task=task or None, limit=50, before_id=before_id
+            jobs = list_jobs(
+                app.db,
+                state=state or None,
+                queue=queue or None,
+                task=task or None,
+                limit=50,
+                before_id=before_id,
             )
         except LedgerflowError as exc:
             jobs, flash = [], str(exc)
@@ -219,6 +228,8 @@ def register(api: FastAPI, app: App, token: str) -> None:
             job = app.store.get(job_id)
         except NotFound:
             return page(request, "missing.html", what=f"job {job_id}")
+        except (RecursionError, ValueError):  # a row from before the payload limits
+            return page(request, "missing.html", what=f"a readable form of job {job_id}")
         return page(request, "job.html", job=job, executions=app.store.executions(job_id), flash=flash)
 
     @api.post("/jobs/{job_id}/{verb}", include_in_schema=False)
@@ -243,7 +254,7 @@ def register(api: FastAPI, app: App, token: str) -> None:
         return page(
             request,
             "dlq.html",
-            jobs=app.store.list(state=JobState.DEAD, limit=200),
+            jobs=list_jobs(app.db, state=JobState.DEAD, limit=200),
             flash=flash,
             confirm=confirm,
         )
@@ -289,12 +300,12 @@ def register(api: FastAPI, app: App, token: str) -> None:
 
     # ------------------------------------------------------------------ exports
     @api.get("/exports", include_in_schema=False)
-    def exports_page(request: Request, flash: str | None = None, before: str | None = None) -> Response:
+    def exports_page(request: Request, flash: str | None = None, before: date | None = None) -> Response:
         query = select(export_batches).order_by(
             export_batches.c.batch_date.desc(), export_batches.c.id.desc()
         )
         if before:
-            query = query.where(export_batches.c.batch_date < date.fromisoformat(before))
+            query = query.where(export_batches.c.batch_date < before)
         with app.db.read() as conn:
             batches = [dict(r._mapping) for r in conn.execute(query.limit(30))]
         local = app.settings.export_destination.startswith("file://")
@@ -348,18 +359,39 @@ def register(api: FastAPI, app: App, token: str) -> None:
         if batch is None or match is None or not match.get("remote_id"):
             return HTMLResponse("no such file", status_code=404)
         destination = open_destination(batch.destination)
-        path = Path(match["remote_id"])
-        if (
-            not isinstance(destination, LocalFolder)
-            or path.parent != destination.directory
-            or not path.is_file()
-        ):
-            return HTMLResponse(
-                "only files in a local destination folder can be downloaded here", status_code=404
-            )
-        return FileResponse(
-            path, filename=name, media_type="text/csv" if name.endswith(".csv") else "application/json"
+        if not isinstance(destination, LocalFolder):
+            return HTMLResponse("only files in a local destination folder can be downloaded here", 404)
+        opened = open_inside(destination.directory, Path(match["remote_id"]))
+        if opened is None:
+            return HTMLResponse("this file is not a plain file inside the destination folder", 404)
+        media = "text/csv" if name.endswith(".csv") else "application/json"
+        return StreamingResponse(
+            _chunks(opened),
+            media_type=media,
+            headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}"},
         )
+
+
+def open_inside(directory: Path, path: Path) -> BinaryIO | None:
+    """`path` opened for reading if it is a regular file directly in `directory` — not a symlink,
+    and not resolving anywhere else — else None. Opened without following a symlink, so a file
+    swapped for one after the check is refused too."""
+    if path.parent != directory or path.resolve().parent != directory.resolve():
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
+
+
+def _chunks(file: BinaryIO, size: int = 64 * 1024) -> Iterator[bytes]:
+    with file:
+        while chunk := file.read(size):
+            yield chunk
 
 
 def _local(target: str) -> str:
