@@ -220,3 +220,99 @@ def test_demo_loads_a_ledger_exports_it_and_runs_jobs(cli, tmp_path):
 def test_debug_shows_the_traceback(cli):
     code, _, err = cli("--debug", "jobs", "show", "999")
     assert code == 2 and "Traceback" in err
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("jobs", "show", "99999999999999999999999"), "Invalid value for 'job_id'"),
+        (("jobs", "retry", "0"), "Invalid value for 'job_id'"),
+        (("jobs", "list", "--before-id", "99999999999999999999999"), "Invalid value for '--before-id'"),
+        (("--no-such-option",), "No such option: --no-such-option"),
+        (("jobs", "list", "--no-such-option"), "No such option: --no-such-option"),
+        (("no-such-command",), "No such command 'no-such-command'"),
+        (("jobs", "enqueue", "ledgerflow.cleanup", "--args", "@{deep}"), "--args: JSON nested too deeply"),
+        (
+            ("jobs", "enqueue", "ledgerflow.cleanup", "--kwargs", "@{deep}"),
+            "--kwargs: JSON nested too deeply",
+        ),
+        (("jobs", "enqueue", "ledgerflow.cleanup", "--args", "@{missing}"), "cannot read it (No such file"),
+        (("jobs", "enqueue", "ledgerflow.cleanup", "--args", "[" * 300 + "]" * 300), "nested more than 32"),
+        (
+            (
+                "schedules",
+                "add",
+                "deep",
+                "--cron",
+                "0 1 * * *",
+                "--task",
+                "ledgerflow.cleanup",
+                "--args",
+                "@{deep}",
+            ),
+            "--args: JSON nested too deeply",
+        ),
+        (
+            (
+                "schedules",
+                "add",
+                "deep",
+                "--cron",
+                "0 1 * * *",
+                "--task",
+                "ledgerflow.cleanup",
+                "--args",
+                "[" * 40 + "]" * 40,
+            ),
+            "args of schedule 'deep': nested more than 32 levels deep",
+        ),
+        (("entries", "import", "{folder}"), "no such file"),
+    ],
+)
+def test_bad_ids_options_deep_json_and_folders_exit_2(cli, tmp_path, args, message):
+    (tmp_path / "deep.json").write_text(DEEP)
+    (tmp_path / "folder").mkdir()
+    paths = {
+        "deep": tmp_path / "deep.json",
+        "missing": tmp_path / "missing.json",
+        "folder": tmp_path / "folder",
+    }
+    cli("init")
+    code, out, err = cli(*(a.format(**paths) for a in args))
+    assert code == 2, (out, err)
+    assert message in err and "Traceback" not in err and "unexpected" not in err
+    code, out, _ = cli("jobs", "list", "--json")
+    assert json.loads(out) == [], "nothing stored"
+
+
+@pytest.mark.parametrize(
+    "name", ["x%00y", "x\x00y", 'say"hi', "it's", "x\u200fy", "\u202eevil", "a b", "a,b", "q=2", ""]
+)
+def test_queue_and_task_names_follow_one_rule_everywhere(cli, name):
+    cli("init")
+    for args in (
+        ("jobs", "enqueue", "ledgerflow.cleanup", "--queue", name),
+        ("queues", "pause", name),
+        ("queues", "resume", name),
+        ("tasks", "pause", name),
+        ("schedules", "add", "s1", "--cron", "0 1 * * *", "--task", "ledgerflow.cleanup", "--queue", name),
+        ("worker", "--burst", "--queues", f"default,{name}"),
+    ):
+        code, _, err = cli(*args)
+        if name in ("a,b", "q=2", "") and args[0] == "worker":
+            continue  # the worker's --queues syntax reads these as two queues, a limit, or nothing
+        assert code == 2, (args, err)
+        assert "name" in err and len(err.strip().splitlines()) == 1, (args, err)
+    code, out, _ = cli("queues", "list", "--json")
+    assert all(q["queue"] != name for q in json.loads(out))
+
+
+def test_deep_json_args_from_a_file_within_the_limits_are_accepted(cli, tmp_path):
+    args = tmp_path / "args.json"
+    args.write_text("[30]")
+    cli("init")
+    code, out, _ = cli("jobs", "enqueue", "ledgerflow.cleanup", "--args", f"@{args}", "--json")
+    assert code == 0 and json.loads(out)["args"] == [30]

@@ -16,6 +16,7 @@ from ledgerflow.api import listing
 from ledgerflow.api.responses import SafeJSONResponse
 from ledgerflow.app import App
 from ledgerflow.db.tables import export_batches, job_executions
+from ledgerflow.db.types import MAX_ID
 from ledgerflow.engine.jobs import JobSpec
 from ledgerflow.engine.states import JobState
 from ledgerflow.errors import BadInput, NotFound
@@ -25,7 +26,6 @@ from ledgerflow.receipts.store import ReceiptStore
 from ledgerflow.scheduler.schedules import Schedule
 
 router = APIRouter()
-MAX_ID = 2**63 - 1  # BIGINT: a larger id is refused with 422 instead of overflowing the driver
 RowId = Annotated[int, Path(ge=1, le=MAX_ID)]
 StateName = Literal["scheduled", "available", "running", "retryable", "completed", "dead", "cancelled"]
 

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from ledgerflow.cli.context import console, fmt_time, print_json, print_table, state
+from ledgerflow.db.types import MAX_ID
 from ledgerflow.engine.jobs import Job, JobSpec
 from ledgerflow.engine.states import JobState
 from ledgerflow.errors import BadInput, NotFound
 from ledgerflow.names import check_name
 
 Json = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
+JobId = Annotated[int, typer.Argument(min=1, max=MAX_ID, help="Job id.")]
 
 jobs_cli = typer.Typer(help="Enqueue, list, inspect, retry and cancel jobs.", no_args_is_help=True)
 dlq_cli = typer.Typer(help="The dead-letter queue: jobs whose attempts are exhausted.", no_args_is_help=True)
@@ -31,12 +34,23 @@ def register(cli: typer.Typer) -> None:
 
 
 def _parse_json(value: str, option: str, kind: type) -> Any:
+    """`value` — JSON text, or `@FILE` to read it from a file — as a JSON array or object."""
+    if value.startswith("@"):  # no JSON text starts with @
+        path = Path(value[1:])
+        try:
+            value = path.read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise BadInput(f"{option} {str(path)!r}: cannot read it ({reason})") from None
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as exc:
         raise BadInput(f"{option} is not valid JSON: {exc.msg} (at char {exc.pos})") from None
+    except RecursionError:
+        raise BadInput(f"{option}: JSON nested too deeply to read") from None
     if not isinstance(parsed, kind):
-        raise BadInput(f"{option} must be a JSON {'array' if kind is list else 'object'}, got {value!r}")
+        shown = value if len(value) <= 80 else value[:80] + "…"
+        raise BadInput(f"{option} must be a JSON {'array' if kind is list else 'object'}, got {shown!r}")
     return parsed
 
 
@@ -62,8 +76,12 @@ JOB_COLUMNS = ["id", "task", "queue", "prio", "state", "attempt", "scheduled_at"
 @jobs_cli.command("enqueue")
 def enqueue(
     task: Annotated[str, typer.Argument(help="Registered task name.")],
-    args: Annotated[str, typer.Option("--args", help="JSON array of positional arguments.")] = "[]",
-    kwargs: Annotated[str, typer.Option("--kwargs", help="JSON object of keyword arguments.")] = "{}",
+    args: Annotated[
+        str, typer.Option("--args", help="JSON array of positional arguments (or @FILE holding it).")
+    ] = "[]",
+    kwargs: Annotated[
+        str, typer.Option("--kwargs", help="JSON object of keyword arguments (or @FILE holding it).")
+    ] = "{}",
     queue: Annotated[str | None, typer.Option("--queue")] = None,
     priority: Annotated[int | None, typer.Option("--priority", help="0 (highest) .. 9")] = None,
     unique_key: Annotated[str | None, typer.Option("--unique-key")] = None,
@@ -81,7 +99,7 @@ def enqueue(
         task=t.name,
         args=tuple(parsed_args),
         kwargs=parsed_kwargs,
-        queue=queue or o.queue,
+        queue=o.queue if queue is None else queue,
         priority=o.priority if priority is None else priority,
         max_attempts=max_attempts or o.max_attempts,
         timeout=o.timeout,
@@ -105,7 +123,7 @@ def list_jobs(
     task: Annotated[str | None, typer.Option("--task")] = None,
     limit: Annotated[int, typer.Option("--limit")] = 50,
     before_id: Annotated[
-        int | None, typer.Option("--before-id", help="Page: jobs with a smaller id.")
+        int | None, typer.Option("--before-id", min=1, max=MAX_ID, help="Page: jobs with a smaller id.")
     ] = None,
     as_json: Json = False,
 ) -> None:
@@ -118,7 +136,7 @@ def list_jobs(
 
 
 @jobs_cli.command("show")
-def show(job_id: int, as_json: Json = False) -> None:
+def show(job_id: JobId, as_json: Json = False) -> None:
     """Show one job with its errors and execution history."""
     app = state.app()
     job = app.store.get(job_id)
@@ -152,7 +170,7 @@ def show(job_id: int, as_json: Json = False) -> None:
 
 
 @jobs_cli.command("retry")
-def retry(job_id: int, as_json: Json = False) -> None:
+def retry(job_id: JobId, as_json: Json = False) -> None:
     """Run a dead, cancelled, retryable or scheduled job again now."""
     job = state.app().store.retry(job_id)
     print_json(job) if as_json else console.print(f"job {job.id} is {job.state}")
@@ -160,7 +178,9 @@ def retry(job_id: int, as_json: Json = False) -> None:
 
 @jobs_cli.command("cancel")
 def cancel(
-    job_id: int, reason: Annotated[str, typer.Option("--reason")] = "cancelled by user", as_json: Json = False
+    job_id: JobId,
+    reason: Annotated[str, typer.Option("--reason")] = "cancelled by user",
+    as_json: Json = False,
 ) -> None:
     """Cancel a job that has not finished (its dependents are cancelled too)."""
     job = state.app().store.cancel(job_id, reason)
@@ -183,7 +203,9 @@ def dlq_list(
 
 @dlq_cli.command("retry")
 def dlq_retry(
-    job_id: Annotated[int | None, typer.Argument(help="One dead job; omit with --all.")] = None,
+    job_id: Annotated[
+        int | None, typer.Argument(min=1, max=MAX_ID, help="One dead job; omit with --all.")
+    ] = None,
     all_: Annotated[bool, typer.Option("--all", help="Retry every dead job (optionally of --task).")] = False,
     task: Annotated[str | None, typer.Option("--task")] = None,
     as_json: Json = False,

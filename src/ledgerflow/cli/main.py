@@ -10,7 +10,6 @@ import sys
 import traceback
 from typing import Annotated
 
-import click
 import typer
 
 from ledgerflow.cli import backup, jobs, ledger, receipts, schedules, system
@@ -51,23 +50,18 @@ receipts.register(cli)
 
 
 def run(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    Usage errors (unknown option or command, a value out of range) are handled by the command
+    line parser itself: its message, exit 2.
+    """
     command = typer.main.get_command(cli)
     try:
-        command.main(args=argv, prog_name="ledgerflow", standalone_mode=False)
+        command.main(args=argv, prog_name="ledgerflow", standalone_mode=True)
     except LedgerflowError as exc:
         _fail(str(exc), exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (click.Abort, KeyboardInterrupt):
-        err_console.print("aborted")
-        sys.exit(130)
     except Exception as exc:  # a bug: still one line unless --debug
         _fail(f"unexpected {type(exc).__name__}: {exc}", 1)
-    sys.exit(0)
 
 
 def _fail(message: str, code: int) -> None:

@@ -65,8 +65,8 @@ def add(
     name: str,
     cron: Annotated[str, typer.Option("--cron", help="5-field cron, e.g. '0 18 * * *' or '0 1 L * *'.")],
     task: Annotated[str, typer.Option("--task", help="Registered task name.")],
-    args: Annotated[str, typer.Option("--args", help="JSON array.")] = "[]",
-    kwargs: Annotated[str, typer.Option("--kwargs", help="JSON object.")] = "{}",
+    args: Annotated[str, typer.Option("--args", help="JSON array (or @FILE holding it).")] = "[]",
+    kwargs: Annotated[str, typer.Option("--kwargs", help="JSON object (or @FILE holding it).")] = "{}",
     timezone: Annotated[
         str | None, typer.Option("--timezone", help="IANA zone (default LEDGERFLOW_TIMEZONE).")
     ] = None,
@@ -107,7 +107,7 @@ def add(
         timezone=timezone or app.settings.timezone,
         args=_parse_json(args, "--args", list),
         kwargs=_parse_json(kwargs, "--kwargs", dict),
-        queue=queue or t.options.queue,
+        queue=t.options.queue if queue is None else queue,
         priority=t.options.priority if priority is None else priority,
         enabled=not disabled,
         misfire_policy=misfire,

@@ -15,6 +15,7 @@ from sqlalchemy.types import TypeDecorator
 
 #: Auto-incrementing 64-bit id (SQLite only auto-increments INTEGER PRIMARY KEY).
 Id = BigInteger().with_variant(Integer(), "sqlite")
+MAX_ID = 2**63 - 1  # the largest Id: a larger one is refused as bad input, not sent to the driver
 
 #: JSON document: JSONB on PostgreSQL, text on SQLite.
 Json = JSON().with_variant(JSONB(), "postgresql")

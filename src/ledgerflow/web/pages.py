@@ -21,9 +21,10 @@ from markupsafe import Markup
 from sqlalchemy import case, func, select
 
 from ledgerflow.api.listing import list_jobs
-from ledgerflow.api.routes import MAX_ID, RowId
+from ledgerflow.api.routes import RowId
 from ledgerflow.app import App
 from ledgerflow.db.tables import circuit_breakers, export_batches, job_executions, job_schedules, workers
+from ledgerflow.db.types import MAX_ID
 from ledgerflow.engine.states import JobState
 from ledgerflow.errors import LedgerflowError, NotFound
 from ledgerflow.export.destinations import LocalFolder, open_destination
