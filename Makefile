@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 export LEDGERFLOW_DATABASE_URL ?= sqlite:///./ledgerflow.db
 
-.PHONY: run test lint bench install dev clean
+.PHONY: run test system lint bench install dev clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,13 @@ run: install
 	$(BIN)/ledgerflow demo
 	$(BIN)/ledgerflow serve
 
+## What the tests need from the system (Chromium, Dovecot, Tesseract jpn/tha, fonts, PostgreSQL):
+## installed when missing, or one line saying what is needed and why (see .ci/setup-system).
+system:
+	.ci/setup-system
+
 ## The whole test suite (SQLite and PostgreSQL), with line coverage.
-test: dev
+test: dev system
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest --cov=ledgerflow --cov-report=term --cov-fail-under=85 --durations=15 $(PYTEST_ARGS)
 

@@ -15,14 +15,15 @@ from tests.api.conftest import TOKEN
 
 def _document() -> dict:
     """The OpenAPI document (building it needs no database connection)."""
-    return create_api(build_app(load_settings(database_url="sqlite:////tmp/ledgerflow-openapi.db"))).openapi()
+    settings = load_settings(database_url="sqlite:////tmp/ledgerflow-openapi.db", api_token=TOKEN)
+    return create_api(build_app(settings)).openapi()
 
 
 schema = schemathesis.openapi.from_dict(_document()).exclude(path="/api/events")  # an endless stream
 
 
 @schema.parametrize()
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the API layer is backend-agnostic
+@pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
 @settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck))
 def test_generated_requests_never_cause_a_server_error(case, service):
     response = case.call(base_url=service.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)

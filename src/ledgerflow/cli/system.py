@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -84,6 +85,7 @@ def prune(
 
 def demo(
     jobs: Annotated[int, typer.Option("--jobs", help="How many demo jobs to run after the export.")] = 500,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Log every job as it runs.")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Load a demo ledger (Thai and Japanese), export today's batch, then run demo jobs."""
@@ -92,12 +94,17 @@ def demo(
 
     from rich.progress import Progress
 
+    from ledgerflow.api.token import api_token
+    from ledgerflow.api.token import token_file as token_file_of
     from ledgerflow.demo import load_demo_ledger, run_job_demo
     from ledgerflow.export.saga import ExportSaga
+    from ledgerflow.logs import configure_logging
 
     if jobs < 0:
         raise BadInput(f"--jobs must be >= 0, got {jobs}")
     app = state.app()
+    if not verbose:  # a summary, not a log line per job
+        configure_logging("WARNING", app.settings.log_json)
     app.migrate()
     today = datetime.now(UTC).astimezone(ZoneInfo(app.settings.timezone)).date()
     added = load_demo_ledger(app, today)
@@ -111,28 +118,40 @@ def demo(
         )
     summary: dict[str, object] = {"entries_added": added, "export": export.to_dict()}
     if jobs:
-        with Progress(console=console, disable=quiet) as progress:
+        with Progress(console=console, disable=quiet, transient=True) as progress:
             bar = progress.add_task("demo jobs", total=jobs)
             summary["jobs"] = run_job_demo(
                 app, jobs, lambda done, total: progress.update(bar, completed=done)
             )
+    token = api_token(app.settings, create=False)  # None: `serve` makes it on first start
+    token_file = token_file_of(app.settings) if token is None else token.file
+    summary["token_file"] = str(token_file.resolve()) if token_file else None
     if as_json:
         print_json(summary)
         return
-    console.print(f"demo ledger: {added} new entries")
     files = [f.get("link") or f["name"] for f in export.files]
-    console.print(
-        f"daily export {export.batch_date}: {export.state}, {export.entry_count} entries -> "
-        f"{', '.join(files) or 'nothing new to export'}",
-        markup=False,
-    )
+    url = app.db.engine.url
+    lines = [
+        "database      "
+        + (str(Path(url.database or "").resolve()) if app.db.is_sqlite else url.render_as_string()),
+        f"demo ledger   {added} new journal entries (Thai and Japanese)",
+        f"daily export  {export.batch_date}: {export.state}, {export.entry_count} entries -> "
+        + (", ".join(files) or "nothing new to export"),
+    ]
     if jobs:
         j = summary["jobs"]
         assert isinstance(j, dict)
-        console.print(
-            f"demo jobs: {j['completed']}/{j['jobs']} completed in {j['seconds']}s "
+        lines.append(
+            f"demo jobs     {j['completed']}/{j['jobs']} completed in {j['seconds']} s "
             f"({j['jobs_per_second']} jobs/s)"
         )
+    lines.append("dashboard     http://127.0.0.1:8000/ while `ledgerflow serve` runs")
+    if token_file is None:
+        lines.append("sign in with  LEDGERFLOW_API_TOKEN")
+    else:
+        made = " (made when `ledgerflow serve` first starts)" if token is None else ""
+        lines.append(f"sign in with  the API token in {token_file.resolve()}{made}")
+    console.print("\n".join(lines), markup=False, highlight=False)
 
 
 def serve(
