@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 
 @pytest.fixture
@@ -214,7 +217,7 @@ def test_demo_loads_a_ledger_exports_it_and_runs_jobs(cli, tmp_path):
     csv_files = list((tmp_path / "out").glob("*.csv"))
     assert len(csv_files) == 1 and "ภาษีซื้อ" in csv_files[0].read_text("utf-8-sig")
     code, out, _ = cli("demo", "--jobs", "0")
-    assert code == 0 and "0 new entries" in out
+    assert code == 0 and "0 new journal entries" in out
 
 
 def test_debug_shows_the_traceback(cli):
@@ -316,3 +319,31 @@ def test_deep_json_args_from_a_file_within_the_limits_are_accepted(cli, tmp_path
     cli("init")
     code, out, _ = cli("jobs", "enqueue", "ledgerflow.cleanup", "--args", f"@{args}", "--json")
     assert code == 0 and json.loads(out)["args"] == [30]
+
+
+def test_demo_prints_a_short_summary_not_a_log_line_per_job(db_url, tmp_path):
+    env = {**os.environ, "LEDGERFLOW_DATABASE_URL": db_url, "PYTHONPATH": str(ROOT)}
+    env.update(LEDGERFLOW_LOG_JSON="true")
+    env.pop("LEDGERFLOW_API_TOKEN", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "ledgerflow", "demo", "--jobs", "200"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert len(lines) == 6 and "job_completed" not in done.stderr, (lines, done.stderr[-2000:])
+    assert "25 new journal entries" in lines[1]
+    csv = next(tmp_path.glob("exports/*.csv"))
+    assert lines[2].startswith("daily export  ") and "completed, 25 entries" in lines[2]
+    assert csv.as_uri() in lines[2]
+    assert lines[3].startswith("demo jobs     200/200 completed")
+    assert lines[4] == "dashboard     http://127.0.0.1:8000/ while `ledgerflow serve` runs"
+    sqlite = db_url.startswith("sqlite")
+    token = Path(db_url.removeprefix("sqlite:///") + ".token") if sqlite else tmp_path / "ledgerflow.token"
+    later = "(made when `ledgerflow serve` first starts)"
+    assert lines[5] == f"sign in with  the API token in {token.resolve()} {later}"
+    assert not token.exists(), "the demo only says where the token will be"
