@@ -25,7 +25,7 @@ from ledgerflow.builtin import build_app
 from ledgerflow.config import load_settings
 from ledgerflow.db.tables import job_executions, jobs
 
-TOKEN = "bench-token"
+TOKEN = "bench-token-16-chars-or-more"
 TASKS = [("ledgerflow.daily_export", "exports"), ("bench.mail", "default"), ("bench.ocr", "receipts")]
 MIX = [("completed", 0.93), ("dead", 0.01), ("retryable", 0.01), ("running", 0.001), ("available", 0.049)]
 

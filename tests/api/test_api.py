@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from datetime import date, timedelta
 
 import httpx
@@ -13,6 +12,7 @@ from sqlalchemy import func, select
 from ledgerflow.db.tables import jobs
 from ledgerflow.export.saga import ExportSaga
 from tests.api.conftest import TOKEN
+from tests.conftest import wait_until
 
 ENTRY = {
     "date": "2026-11-26",
@@ -47,11 +47,13 @@ def test_health_reports_database_and_heartbeats(service):
     worker = service.app.worker("default", 1)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
-    time.sleep(1.5)
-    service.clock.set(service.clock() + timedelta(seconds=1))
-    workers = service.get("/api/health").json()["workers"]
-    worker.stop()
-    thread.join(10)
+    try:
+        workers = wait_until(
+            lambda: service.get("/api/health").json()["workers"], 60, 0.1, "the worker's heartbeat"
+        )
+    finally:
+        worker.stop()
+        thread.join(30)
     assert len(workers) == 1 and workers[0]["heartbeat_age_seconds"] < 5
 
 
@@ -249,7 +251,7 @@ def test_server_sent_events_report_job_attempts(service):
 
     def listen() -> None:
         with httpx.stream(
-            "GET", f"{service.url}/api/events", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=20
+            "GET", f"{service.url}/api/events", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120
         ) as response:
             for line in response.iter_lines():
                 received.append(line)
@@ -258,10 +260,10 @@ def test_server_sent_events_report_job_attempts(service):
 
     thread = threading.Thread(target=listen, daemon=True)
     thread.start()
-    time.sleep(1)
+    wait_until(lambda: ": connected" in received, 60, 0.05, "the event stream to connect")
     service.post("/api/jobs", json={"task": "ledgerflow.cleanup", "args": [1]})
     service.app.run_worker("maintenance", burst=True)
-    thread.join(15)
+    thread.join(120)
     assert "event: execution" in received
     data = next(line for line in received if line.startswith("data:"))
     assert '"task": "ledgerflow.cleanup"' in data

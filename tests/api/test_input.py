@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from ledgerflow.db.tables import job_schedules, jobs
+from tests.web.test_sign_in import signed_in
 
 BAD_NAMES = ["x%00y", "x\x00y", 'say"hi', "it's", "x\u200fy", "\u202eevil", "a b", "a,b", "-x"]
 
@@ -83,6 +84,9 @@ def test_one_unreadable_stored_row_does_not_break_any_list_or_page(service):
     unreadable = service.get(f"/api/jobs/{ids[1]}")
     assert unreadable.status_code == 200 and unreadable.json()["unreadable"] is True
     assert service.get(f"/api/jobs/{ok}").json()["args"] == [1]
+    dashboard = signed_in(service.url)
+    for page in ("/", "/jobs", "/dlq", f"/jobs/{ids[0]}", f"/jobs/{ids[1]}", f"/jobs/{ok}"):
+        assert dashboard.get(page).status_code == 200, page
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)

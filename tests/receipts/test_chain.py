@@ -210,7 +210,12 @@ def test_receipts_through_the_cli_and_the_api(receipt_app, mailbox, monkeypatch,
     broken = next(r for r in store.list() if r.original_name == "broken.pdf")
     draft = next(r for r in store.list() if r.original_name == "receipt.pdf")
 
-    client = TestClient(create_api(app))
+    token = "receipts-test-token-0123"
+    client = TestClient(
+        create_api(app, token=token),
+        base_url="http://localhost",
+        headers={"Authorization": f"Bearer {token}"},
+    )
     listed = client.get("/api/receipts", params={"status": "review"}).json()
     assert [r["id"] for r in listed["receipts"]] == [broken.id] and listed["counts"]["draft"] == 2
     approved = client.post(f"/api/receipts/{draft.id}/approve", json={"account": "5300:Supplies"}).json()
