@@ -281,7 +281,7 @@ def test_autostop_pauses_a_task_that_keeps_failing_and_resume_undoes_it(make_app
     for _ in range(3):
         flaky_mail.enqueue()
     app.run_worker(burst=True)
-    assert AutoStop(app).check() == ["flaky_mail"]
+    AutoStop(app).check()  # the worker's own periodic check may have paused it already
     pause = next(p for p in app.store.pauses() if p.name == "flaky_mail")
     assert pause.paused_by == "autostop" and "3 consecutive failed attempts" in pause.reason
     assert app.alerts.is_open("autostop:flaky_mail")
@@ -314,7 +314,7 @@ def test_failure_rate_and_dead_job_limits_also_stop_a_task(make_app):
     for _ in range(4):
         half_broken.enqueue()
     app.run_worker(burst=True)
-    paused = AutoStop(app).check()
-    assert paused == ["half_broken"]
+    AutoStop(app).check()  # the worker's own periodic check may have paused it already
+    assert [p.name for p in app.store.pauses() if p.paused_by == "autostop"] == ["half_broken"]
     reason = next(p for p in app.store.pauses() if p.name == "half_broken").reason
     assert "3 dead jobs" in reason or "3 of 4 attempts failed" in reason
