@@ -184,7 +184,7 @@ def test_priority_out_of_range_and_bad_arguments_are_refused(make_app):
 
     with pytest.raises(BadInput, match=r"priority must be 0\.\.9"):
         p.configure(priority=10).enqueue(1)
-    with pytest.raises(BadInput, match="not JSON-serialisable"):
+    with pytest.raises(BadInput, match=r"args of task .p.: a object is not JSON"):
         p.enqueue(object())
     with pytest.raises(BadInput, match="unknown job option"):
         p.configure(colour="red")
