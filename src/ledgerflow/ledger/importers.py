@@ -135,7 +135,7 @@ def parse_csv(text: str, name: str = "<csv>", problems: Problems | None = None) 
         if not ref:
             collect.add(f"{name}:{number}: reference is required")
             continue
-        entry = groups.setdefault(
+        group = groups.setdefault(
             ref,
             {
                 "reference": ref,
@@ -147,13 +147,13 @@ def parse_csv(text: str, name: str = "<csv>", problems: Problems | None = None) 
         )
         places.setdefault(ref, [])
         for key in ("date", "currency"):
-            if (row[key] or "").strip() != (entry[key] or "").strip():
+            if (row[key] or "").strip() != (group[key] or "").strip():
                 collect.add(
                     f"{name}:{number} (entry {ref}): {key} {row[key]!r} differs from the entry's first "
                     f"row ({places[ref][0]})"
                 )
                 broken.add(ref)
-        entry["lines"].append(
+        group["lines"].append(
             {k: row[k] for k in ("account", "account_name", "debit", "credit", "tax_code", "memo")}
         )
         places[ref].append(f"{name}:{number}")
