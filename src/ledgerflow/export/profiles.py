@@ -120,6 +120,8 @@ class Profile:
 
     def flatten(self, value: str) -> str:
         """Line breaks, tabs and control characters of a text cell, as this importer needs them."""
+        if value.isprintable():  # the common case, at C speed: none of them is printable
+            return value
         value = LINE_BREAKS.sub(self.line_break, value)
         return CONTROL_CHARACTERS.sub(self.control, value.replace("\t", self.tab))
 
@@ -132,8 +134,23 @@ class Profile:
         return format_amount(value, currency)
 
 
-class _Text(str):
-    """A free-text cell (account, description, memo …): flattened and guarded when rendered."""
+class TextCells:
+    """Cleans the free-text cells (account, description, memo …) as a layout builds them, and
+    counts what the profile's rules changed. Amount, date and flag cells never pass here."""
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self.flattened = 0  # cells whose line breaks, tabs or control characters were replaced
+        self.neutralised = 0  # cells the formula guard prefixed with '
+
+    def __call__(self, value: str | None) -> str:
+        if not value:
+            return ""
+        flat = self.profile.flatten(value)
+        safe = neutralise_text(flat) if self.profile.formula_guard else flat
+        self.flattened += flat != value
+        self.neutralised += safe != flat
+        return safe
 
 
 @dataclass(frozen=True)
@@ -141,25 +158,15 @@ class Rendered:
     """The CSV rows of one entry, and how many text cells the profile's rules changed."""
 
     rows: list[list[str]]
-    flattened: int  # cells whose line breaks, tabs or control characters were replaced
-    neutralised: int  # cells the formula guard prefixed with '
+    flattened: int
+    neutralised: int
 
 
 def render(entry: Entry, profile: Profile, slip: int) -> Rendered:
     """The rows of one entry (`slip` numbers the entry within its file: 1, 2, 3 …)."""
-    flattened = neutralised = 0
-    rows = []
-    for raw in LAYOUTS[profile.layout](entry, profile, slip):
-        row = []
-        for cell in raw:
-            if isinstance(cell, _Text):
-                flat, safe = profile.flatten(cell), profile.clean(cell)
-                flattened += flat != cell
-                neutralised += safe != flat
-                cell = safe
-            row.append(str(cell))
-        rows.append(row)
-    return Rendered(rows, flattened, neutralised)
+    text = TextCells(profile)
+    rows = LAYOUTS[profile.layout](entry, profile, slip, text)
+    return Rendered(rows, text.flattened, text.neutralised)
 
 
 def rows_for(entry: Entry, profile: Profile, slip: int) -> list[list[str]]:
@@ -168,8 +175,8 @@ def rows_for(entry: Entry, profile: Profile, slip: int) -> list[list[str]]:
 
 
 def check_layout(entry: Entry, profile: Profile) -> None:
-    """Refuse, naming the entry, what this layout cannot hold: currency, sign, field limits,
-    a tax line whose taxed line is ambiguous. (Encodability is checked by `check_entry`.)"""
+    """Refuse, naming the entry, a currency, sign or field this layout cannot hold. (A tax line
+    whose taxed line is ambiguous is refused by `render`; encodability by `check_entry`.)"""
     where = f"entry {entry.reference} ({profile.name} profile)"
     if profile.currencies is not None and entry.currency not in profile.currencies:
         raise BadInput(
@@ -189,13 +196,12 @@ def check_layout(entry: Entry, profile: Profile) -> None:
                 f"{where}: line {n} amount {amount} is too large; this layout takes at most "
                 f"{digits} digits ({'9' * digits})"
             )
-        limit, account = profile.max_account_chars, profile.clean(_account(line))
-        if limit is not None and len(account) > limit:
+        limit = profile.max_account_chars
+        if limit is not None and len(account := profile.clean(_account(line))) > limit:
             raise BadInput(
                 f"{where}: line {n} account {account!r} has {len(account)} characters; "
                 f"this layout takes at most {limit}"
             )
-    tax_amounts(entry, profile, where)
 
 
 def check_entry(entry: Entry, profile: Profile) -> None:
@@ -212,7 +218,7 @@ def check_entry(entry: Entry, profile: Profile) -> None:
                 raise BadInput(f"{where}: row {n}: character {bad!r} cannot be written in {codec}") from None
 
 
-def tax_amounts(entry: Entry, profile: Profile, where: str = "") -> dict[int, Decimal]:
+def tax_amounts(entry: Entry, profile: Profile) -> dict[int, Decimal]:
     """Line index → the amount for that line's 税額 column.
 
     A tax line is a line on one of the profile's tax accounts (by code or name). Its amount
@@ -221,11 +227,13 @@ def tax_amounts(entry: Entry, profile: Profile, where: str = "") -> dict[int, De
     """
     if not profile.tax_accounts:
         return {}
-    taxes: dict[int, Decimal] = {}
     is_tax = [
         line.account in profile.tax_accounts or line.account_name in profile.tax_accounts
         for line in entry.lines
     ]
+    if not any(is_tax):
+        return {}
+    taxes: dict[int, Decimal] = {}
     for n, (line, tax) in enumerate(zip(entry.lines, is_tax, strict=True)):
         if not tax:
             continue
@@ -240,8 +248,9 @@ def tax_amounts(entry: Entry, profile: Profile, where: str = "") -> dict[int, De
         ]
         if len(taxed) > 1:
             raise BadInput(
-                f"{where or 'entry ' + entry.reference}: tax line {n + 1} ({_account(line)}) could belong "
-                f"to lines {', '.join(str(i + 1) for i in taxed)}; give it the tax code of its line"
+                f"entry {entry.reference} ({profile.name} profile): tax line {n + 1} ({_account(line)}) "
+                f"could belong to lines {', '.join(str(i + 1) for i in taxed)}; "
+                "give it the tax code of its line"
             )
         if taxed:
             taxes[taxed[0]] = taxes.get(taxed[0], Decimal(0)) + (line.debit or line.credit)
@@ -252,21 +261,20 @@ def tax_amounts(entry: Entry, profile: Profile, where: str = "") -> dict[int, De
 Cells = list[list[str]]
 
 
-def _generic(entry: Entry, p: Profile, slip: int) -> Cells:
+def _generic(entry: Entry, p: Profile, slip: int, text: TextCells) -> Cells:
     day = format_date(entry.date, p.date_style)
-    reference, description = _Text(entry.reference), _Text(entry.description)
     return [
         [
-            reference,
+            text(entry.reference),
             day,
-            _Text(line.account),
-            _Text(line.account_name),
-            description,
+            text(line.account),
+            text(line.account_name),
+            text(entry.description),
             p.amount(line.debit, entry.currency),
             p.amount(line.credit, entry.currency),
-            _Text(line.tax_code or ""),
+            text(line.tax_code),
             entry.currency,
-            _Text(line.memo or ""),
+            text(line.memo),
         ]
         for line in entry.lines
     ]
@@ -276,31 +284,32 @@ def _account(line: Line) -> str:
     return line.account_name or line.account
 
 
-def _sides(entry: Entry, p: Profile, blank: str) -> list[tuple[Line, list[str], list[str]]]:
+def _sides(entry: Entry, p: Profile, text: TextCells, blank: str) -> list[tuple[Line, list[str], list[str]]]:
     """Per line: (line, debit cells, credit cells) as [account, tax code, amount, tax amount];
     the side a line is not on gets `blank` amounts and empty text."""
     taxes = tax_amounts(entry, p)
     out = []
     for i, line in enumerate(entry.lines):
         tax = p.amount(taxes[i], entry.currency) if i in taxes else ""
-        cells = {
-            side: [_Text(_account(line)), _Text(line.tax_code or ""), p.amount(amount, entry.currency), tax]
-            if amount > 0
-            else ["", "", blank, ""]
-            for side, amount in (("debit", line.debit), ("credit", line.credit))
-        }
-        out.append((line, cells["debit"], cells["credit"]))
+        filled = [
+            text(_account(line)),
+            text(line.tax_code),
+            p.amount(line.debit or line.credit, entry.currency),
+            tax,
+        ]
+        empty = ["", "", blank, ""]
+        out.append((line, filled, empty) if line.debit else (line, empty, filled))
     return out
 
 
-def _yayoi(entry: Entry, p: Profile, slip: int) -> Cells:
+def _yayoi(entry: Entry, p: Profile, slip: int, text: TextCells) -> Cells:
     """弥生会計 仕訳日記帳: one row per line; 識別フラグ 2110 first / 2100 middle / 2101 last
     (2111 alone); 借方/貸方 勘定科目 (E, K), 税区分 (H, N), 金額 (I, O: `0` on the other side),
     税金額 (J, P); 摘要 (Q), 仕訳メモ (V)."""
     rows = []
     last = len(entry.lines) - 1
     day = format_date(entry.date, p.date_style)
-    for i, (line, debit, credit) in enumerate(_sides(entry, p, blank="0")):
+    for i, (line, debit, credit) in enumerate(_sides(entry, p, text, blank="0")):
         flag = "2111" if last == 0 else "2110" if i == 0 else "2101" if i == last else "2100"
         d_account, d_tax_code, d_amount, d_tax = debit
         c_account, c_tax_code, c_amount, c_tax = credit
@@ -322,12 +331,12 @@ def _yayoi(entry: Entry, p: Profile, slip: int) -> Cells:
                 c_tax_code,
                 c_amount,
                 c_tax,
-                _Text(entry.description),
+                text(entry.description),
                 "",
                 "",
                 "0",
                 "",
-                _Text(line.memo or ""),
+                text(line.memo),
                 "0",
                 "0",
                 "no",
@@ -367,11 +376,11 @@ MONEYFORWARD_HEADER = (
 )
 
 
-def _moneyforward(entry: Entry, p: Profile, slip: int) -> Cells:
+def _moneyforward(entry: Entry, p: Profile, slip: int, text: TextCells) -> Cells:
     """Money Forward 仕訳帳: same 取引No and 取引日 on every line of one entry, one side per row."""
     day = format_date(entry.date, p.date_style)
     rows = []
-    for line, debit, credit in _sides(entry, p, blank=""):
+    for line, debit, credit in _sides(entry, p, text, blank=""):
         d_account, d_tax_code, d_amount, d_tax = debit
         c_account, c_tax_code, c_amount, c_tax = credit
         rows.append(
@@ -394,8 +403,8 @@ def _moneyforward(entry: Entry, p: Profile, slip: int) -> Cells:
                 "",
                 c_amount,
                 c_tax,
-                _Text(entry.description),
-                _Text(line.memo or ""),
+                text(entry.description),
+                text(line.memo),
                 "",
                 "",
                 "",
@@ -425,11 +434,11 @@ FREEE_HEADER = (
 )
 
 
-def _freee(entry: Entry, p: Profile, slip: int) -> Cells:
+def _freee(entry: Entry, p: Profile, slip: int, text: TextCells) -> Cells:
     """freee 仕訳インポート (振替伝票): rows with the same 日付 and 伝票番号 form one entry."""
     day = format_date(entry.date, p.date_style)
     rows = []
-    for line, debit, credit in _sides(entry, p, blank=""):
+    for line, debit, credit in _sides(entry, p, text, blank=""):
         d_account, d_tax_code, d_amount, d_tax = debit
         c_account, c_tax_code, c_amount, c_tax = credit
         rows.append(
@@ -445,14 +454,14 @@ def _freee(entry: Entry, p: Profile, slip: int) -> Cells:
                 c_tax_code,
                 c_amount,
                 c_tax,
-                _Text(entry.description),
-                _Text(line.memo or ""),
+                text(entry.description),
+                text(line.memo),
             ]
         )
     return rows
 
 
-LAYOUTS: dict[str, Callable[[Entry, Profile, int], Cells]] = {
+LAYOUTS: dict[str, Callable[[Entry, Profile, int, TextCells], Cells]] = {
     "generic": _generic,
     "yayoi": _yayoi,
     "moneyforward": _moneyforward,

@@ -218,9 +218,9 @@ def write_parts(
         for slip, (entry, late) in enumerate(entries, 1):
             try:
                 check_layout(entry, profile)
+                rendered = render(entry, profile, slip)
             except BadInput as exc:
                 raise EntryRejected(entry.id or 0, str(exc)) from None
-            rendered = render(entry, profile, slip)
             rows = rendered.rows
             if len(rows) > capacity:
                 raise EntryRejected(
