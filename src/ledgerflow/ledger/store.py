@@ -131,7 +131,7 @@ class LedgerStore:
         upsert: bool,
         source: str,
     ) -> list[Entry]:
-        replaced = self._replaceable(conn, entries, places, problems, upsert)
+        replaced = self._to_replace(conn, entries, places, problems, upsert)
         if not entries:
             return []
         if replaced:
@@ -198,7 +198,7 @@ class LedgerStore:
             for i, e in zip(ids, entries, strict=True)
         ]
 
-    def _replaceable(
+    def _to_replace(
         self,
         conn: Connection,
         entries: list[Entry],
@@ -228,9 +228,9 @@ class LedgerStore:
             if not upsert:
                 problems.add(
                     f"{prefix}reference {row.reference} is already recorded (use upsert to replace an "
-                    f"entry that has not been exported)"
+                    f"entry that never reached the books)"
                 )
-            elif not _replaceable(row):
+            elif not _may_replace(row):
                 conflicts.append(f"{prefix}{_why_not_replaceable(row)}")
         problems.raise_if_any()
         if conflicts:
@@ -331,7 +331,7 @@ def _entry_from(item: Entry | Mapping[str, Any], where: str) -> Entry:
     return check_built_entry(item) if isinstance(item, Entry) else parse_entry(item, where)
 
 
-def _replaceable(row: Any) -> bool:
+def _may_replace(row: Any) -> bool:
     """Not exported, not in a batch being exported, or held back and never delivered."""
     if row.delivered or row.exported_at is not None or row.batch_id is not None:
         return False
