@@ -26,7 +26,8 @@ from ledgerflow.engine.tasks import (
     make_backoff,
 )
 from ledgerflow.engine.worker import Worker, WorkerExit, WorkerOptions, parse_queues
-from ledgerflow.export.profiles import Profile, get_profile
+from ledgerflow.export.profiles import Profile, check_entry
+from ledgerflow.ledger.entries import Entry
 from ledgerflow.ledger.store import LedgerStore
 from ledgerflow.logs import configure_logging
 from ledgerflow.names import check_name
@@ -102,14 +103,42 @@ class App:
 
     @cached_property
     def ledger(self) -> LedgerStore:
-        """Record journal entries: `app.ledger.record({...})`."""
-        return LedgerStore(self)
+        """Record journal entries: `app.ledger.record({...})`, checked against the export profile."""
+        profile = self.export_profile
+
+        def exportable(entry: Entry) -> None:
+            check_entry(entry, profile)
+
+        return LedgerStore(
+            self.db,
+            timezone=self.settings.timezone,
+            checks=[exportable],
+            on_immediate=self._enqueue_immediate_exports,
+            wake=self._wake_local,
+        )
 
     @cached_property
     def export_profile(self) -> Profile:
-        s = self.settings
-        return get_profile(
-            s.export_profile, bom=s.export_bom, date_style=s.export_date_style, encoding=s.export_encoding
+        """`LEDGERFLOW_EXPORT_PROFILE` with its overrides (checked when the settings load)."""
+        return self.settings.profile()
+
+    def _enqueue_immediate_exports(self, connection: Connection, entry_ids: list[int]) -> None:
+        """One export job per `immediate` entry, in the transaction that records the entries."""
+        from ledgerflow.export.tasks import IMMEDIATE_TASK
+
+        self.store.enqueue(
+            connection,
+            [
+                JobSpec(
+                    task=IMMEDIATE_TASK,
+                    args=(entry_id,),
+                    queue="exports",
+                    priority=1,
+                    max_attempts=4,
+                    unique_key=f"export:immediate:{entry_id}",
+                )
+                for entry_id in entry_ids
+            ],
         )
 
     def migrate(self) -> None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,6 +22,9 @@ from pydantic_settings import (
 )
 
 from ledgerflow.errors import BadInput, ConfigError
+
+if TYPE_CHECKING:
+    from ledgerflow.export.profiles import Profile
 
 ENV_PREFIX = "LEDGERFLOW_"
 
@@ -74,6 +77,8 @@ class Settings(BaseSettings):
     export_bom: bool | None = None
     export_date_style: Literal["iso", "dmy", "buddhist"] | None = None
     export_encoding: str | None = None
+    export_formula_guard: bool | None = None  # None: the profile's default (on for every profile)
+    export_tax_accounts: str | None = None  # comma-separated codes or names of tax lines
     export_work_dir: str | None = None  # temp files between saga steps (default: system temp dir)
     export_lock_seconds: float = Field(60.0, gt=0)
     destination_timeout: float = Field(30.0, gt=0)  # seconds per Drive/S3 request
@@ -205,6 +210,52 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown profile {value!r} (known: {', '.join(sorted(PROFILES))})")
         return value
 
+    @field_validator("export_tax_accounts")
+    @classmethod
+    def _tax_accounts(cls, value: str | None) -> str | None:
+        if value is not None and not [a for a in value.split(",") if a.strip()]:
+            raise ValueError("give comma-separated account codes or names, e.g. '1190,仮払消費税'")
+        return value
+
+    @model_validator(mode="after")
+    def _export_profile_can_be_written(self) -> Settings:
+        """The profile with its overrides must be able to write a file: checked at start-up."""
+        from ledgerflow.export.profiles import PROFILES
+
+        base = PROFILES[self.export_profile]
+        encoding = self.export_encoding or base.encoding
+        try:
+            self.profile()
+        except BadInput as exc:
+            if "byte-order mark" not in str(exc):
+                raise ValueError(
+                    f"LEDGERFLOW_EXPORT_ENCODING={encoding} ({base.name} profile): {exc}"
+                ) from None
+            default = " (the default)" if self.export_bom is None else ""
+            raise ValueError(
+                f"LEDGERFLOW_EXPORT_ENCODING={encoding} with LEDGERFLOW_EXPORT_BOM=true{default}: {exc}; "
+                f"set LEDGERFLOW_EXPORT_BOM=false"
+            ) from None
+        return self
+
+    def profile(self) -> Profile:
+        """The export profile with the LEDGERFLOW_EXPORT_* overrides applied."""
+        from ledgerflow.export.profiles import get_profile
+
+        return get_profile(
+            self.export_profile,
+            bom=self.export_bom,
+            date_style=self.export_date_style,
+            encoding=self.export_encoding,
+            formula_guard=self.export_formula_guard,
+            tax_accounts=self.tax_accounts(),
+        )
+
+    def tax_accounts(self) -> list[str] | None:
+        if self.export_tax_accounts is None:
+            return None
+        return [a.strip() for a in self.export_tax_accounts.split(",") if a.strip()]
+
     @field_validator("alert_webhook_url", "smtp_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
@@ -275,8 +326,9 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "?"
         message = str(first["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"{ENV_PREFIX}{field.upper()}: {message}") from None
+        if not first["loc"]:  # a rule across several variables names them itself
+            raise ConfigError(message) from None
+        raise ConfigError(f"{ENV_PREFIX}{str(first['loc'][0]).upper()}: {message}") from None
     except ValueError as exc:  # a malformed ledgerflow.toml
         raise ConfigError(f"ledgerflow.toml: {exc}") from None

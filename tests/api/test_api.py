@@ -127,9 +127,10 @@ def test_entries_record_show_reverse_and_duplicates(service):
     assert service.post("/api/entries", json=ENTRY).status_code == 400
     shown = service.get("/api/entries/API-1").json()
     assert shown["export"]["status"] == "queued" and shown["description"] == "ค่ากาแฟ"
+    ExportSaga(service.app).run_daily(date(2026, 11, 26))  # only an entry in the books is reversed
     rev = service.post("/api/entries/API-1/reverse", json={"date": "2026-11-27"})
     assert rev.status_code == 201 and rev.json()["reference"] == "REV-API-1"
-    assert len(service.get("/api/entries", params={"status": "queued"}).json()["entries"]) == 2
+    assert len(service.get("/api/entries", params={"status": "queued"}).json()["entries"]) == 1
 
 
 def test_export_run_status_and_batches(service):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Body, Path, Query, Request
 from fastapi.responses import Response
@@ -21,6 +20,7 @@ from ledgerflow.engine.jobs import JobSpec
 from ledgerflow.engine.states import JobState
 from ledgerflow.errors import BadInput, NotFound
 from ledgerflow.export.saga import latest_daily_batch
+from ledgerflow.ledger.dates import check_not_after_today, parse_day, today_in
 from ledgerflow.names import check_name
 from ledgerflow.receipts.store import ReceiptStore
 from ledgerflow.scheduler.schedules import Schedule
@@ -326,11 +326,15 @@ def schedule_fires(
 
 
 # ------------------------------------------------------------------ entries
+#: An amount as sent: checked by the ledger's one amount rule, which names what is wrong.
+AmountIn = Annotated[Any, Field(description="decimal string such as '107.00', or a whole number")]
+
+
 class LineIn(BaseModel):
     account: str
     account_name: str | None = None
-    debit: str | int = "0"
-    credit: str | int = "0"
+    debit: AmountIn = "0"
+    credit: AmountIn = "0"
     tax_code: str | None = None
     memo: str | None = None
 
@@ -380,9 +384,12 @@ def show_entry(request: Request, reference: str) -> dict[str, Any]:
 
 @router.post("/entries/{reference}/reverse", tags=["entries"], status_code=201)
 def reverse_entry(
-    request: Request, reference: str, on: date | None = Body(None, embed=True, alias="date")
+    request: Request,
+    reference: str,
+    on: str | None = Body(None, embed=True, alias="date", description="YYYY-MM-DD (default: today)"),
 ) -> dict[str, Any]:
-    return _app(request).ledger.reverse(reference, on).to_dict()
+    """Reverse an exported entry, dated `date` (never before the entry itself)."""
+    return _app(request).ledger.reverse(reference, parse_day(on) if on is not None else None).to_dict()
 
 
 # ------------------------------------------------------------------ exports
@@ -434,7 +441,7 @@ def export_status(request: Request) -> dict[str, Any]:
 
 
 class ExportRun(BaseModel):
-    day: date | None = Field(None, alias="date")
+    day: str | None = Field(None, alias="date", description="YYYY-MM-DD, not after today")
 
 
 @router.post("/exports/run", tags=["exports"], status_code=202)
@@ -444,10 +451,11 @@ def run_export(request: Request, body: ExportRun | None = None) -> dict[str, Any
     from ledgerflow.export.tasks import DAILY_TASK, enqueue_daily_export
 
     app = _app(request)
+    zone = app.settings.timezone
     day = (
-        body.day
-        if body and body.day
-        else datetime.now(UTC).astimezone(ZoneInfo(app.settings.timezone)).date()
+        check_not_after_today(parse_day(body.day), zone, "date")
+        if body and body.day is not None
+        else today_in(zone)
     )
     if DAILY_TASK not in app.registry:
         raise NotFound(f"task {DAILY_TASK} is not registered in this app")

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo
 
 import typer
 
 from ledgerflow.cli.context import console, err_console, fmt_time, print_json, print_table, state
-from ledgerflow.errors import BadInput, LedgerflowError
+from ledgerflow.errors import LedgerflowError
+from ledgerflow.ledger.dates import check_not_after_today, parse_day, today_in
 
 Json = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
 entries_cli = typer.Typer(help="Journal entries: import, list, show, reverse.", no_args_is_help=True)
@@ -26,20 +25,14 @@ def register(cli: typer.Typer) -> None:
     cli.add_typer(export_cli, name="export")
 
 
-def _day(value: str | None, option: str) -> date | None:
-    if value is None:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise BadInput(f"{option} {value!r} is not a date (YYYY-MM-DD)") from None
-
-
 @entries_cli.command("import")
 def import_entries(
     file: Path,
     upsert: Annotated[
-        bool, typer.Option("--upsert", help="Replace entries not yet exported that have the same reference.")
+        bool,
+        typer.Option(
+            "--upsert", help="Replace entries with the same reference that never reached the books."
+        ),
     ] = False,
     as_json: Json = False,
 ) -> None:
@@ -104,11 +97,16 @@ def show(reference: str, as_json: Json = False) -> None:
 @entries_cli.command("reverse")
 def reverse(
     reference: str,
-    on: Annotated[str | None, typer.Option("--date", help="Date of the reversal (default: today)")] = None,
+    on: Annotated[
+        str | None,
+        typer.Option(
+            "--date", help="Date of the reversal, YYYY-MM-DD (default: today; never before the entry)."
+        ),
+    ] = None,
     as_json: Json = False,
 ) -> None:
-    """Record the entry that cancels REFERENCE (an exported entry is never edited)."""
-    entry = state.app().ledger.reverse(reference, _day(on, "--date"))
+    """Record the entry that cancels exported entry REFERENCE (an exported entry is never edited)."""
+    entry = state.app().ledger.reverse(reference, parse_day(on, "--date") if on else None)
     print_json(entry.to_dict()) if as_json else console.print(
         f"recorded {entry.reference} reversing {reference}, queued for the next batch"
     )
@@ -117,7 +115,11 @@ def reverse(
 @export_cli.command("run")
 def run(
     on: Annotated[
-        str | None, typer.Option("--date", help="Batch date D (default: today in LEDGERFLOW_TIMEZONE).")
+        str | None,
+        typer.Option(
+            "--date",
+            help="Batch date D, YYYY-MM-DD, not after today (default: today in LEDGERFLOW_TIMEZONE).",
+        ),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Write the file locally and show counts; mark nothing.")
@@ -131,7 +133,8 @@ def run(
     from ledgerflow.export.saga import ExportSaga
 
     app = state.app()
-    day = _day(on, "--date") or datetime.now(UTC).astimezone(ZoneInfo(app.settings.timezone)).date()
+    zone = app.settings.timezone
+    day = check_not_after_today(parse_day(on, "--date"), zone, "--date") if on else today_in(zone)
     saga = ExportSaga(app)
     if dry_run:
         directory = out or Path("exports") / "dry-run"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Annotated
 
 import typer
@@ -76,12 +75,9 @@ def approve(
     as_json: Json = False,
 ) -> None:
     """Book a draft (or a reviewed receipt, giving what is missing): queued for the daily export."""
-    from ledgerflow.errors import BadInput
+    from ledgerflow.ledger.dates import parse_day
 
-    try:
-        day = date.fromisoformat(on) if on else None
-    except ValueError:
-        raise BadInput(f"--date {on!r} is not YYYY-MM-DD") from None
+    day = parse_day(on, "--date") if on else None
     receipt, entry = _store().approve(
         receipt_id, total=total, tax=tax, on=day, vendor=vendor, account=account, currency=currency
     )

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 from ledgerflow.engine.jobs import Job, JobSpec, current_job
 from ledgerflow.errors import LedgerflowError, Snooze
 from ledgerflow.export.saga import RETRY_DELAYS, ExportResult, ExportSaga
+from ledgerflow.ledger.dates import check_not_after_today, parse_day
 
 if TYPE_CHECKING:
     from ledgerflow.app import App
@@ -26,9 +27,10 @@ class ExportFailed(LedgerflowError):
 
 
 def batch_date_for(app: App, batch_date: str | None) -> date:
-    """The explicit date, else the local date of the schedule's fire time, else today (local)."""
+    """The explicit date (YYYY-MM-DD, not after today), else the local date of the schedule's
+    fire time, else today (local)."""
     if batch_date:
-        return date.fromisoformat(batch_date)
+        return check_not_after_today(parse_day(batch_date, "batch_date"), app.settings.timezone, "batch_date")
     zone = ZoneInfo(app.settings.timezone)
     job = current_job()
     if job is not None and job.fire_time is not None:

@@ -22,7 +22,7 @@ from sqlalchemy import Connection, func, select
 
 from ledgerflow.db.tables import export_batch_entries, journal_entries, journal_lines
 from ledgerflow.errors import BadInput, LedgerflowError
-from ledgerflow.export.profiles import Profile, check_amounts, rows_for
+from ledgerflow.export.profiles import Profile, check_layout, render
 from ledgerflow.ledger.entries import Entry
 from ledgerflow.ledger.money import format_amount
 from ledgerflow.ledger.store import line_from_row
@@ -97,12 +97,19 @@ class Generated:
     line_count: int = 0
     totals: dict[str, dict[str, Decimal]] = field(default_factory=dict)
     late: list[str] = field(default_factory=list)
+    formula_guard: bool = True  # the profile's setting when the files were written
+    neutralised_cells: int = 0  # text cells the formula guard prefixed with '
+    flattened_cells: int = 0  # text cells whose line breaks, tabs or control characters were replaced
 
     def totals_text(self) -> dict[str, dict[str, str]]:
         return {
             cur: {side: format_amount(v, cur) for side, v in t.items()}
             for cur, t in sorted(self.totals.items())
         }
+
+    def cells_changed(self) -> dict[str, int]:
+        """Text cells altered on the way into the file (the manifest carries these counts)."""
+        return {"formula_guard": self.neutralised_cells, "line_breaks_and_controls": self.flattened_cells}
 
     def check_balanced(self) -> None:
         for cur, t in self.totals.items():
@@ -184,7 +191,7 @@ def write_parts(
     deadline = time.monotonic() + timeout
     header_rows = 1 if profile.header else 0
     capacity = profile.max_rows - header_rows
-    generated = Generated(parts=[])
+    generated = Generated(parts=[], formula_guard=profile.formula_guard)
     sink: _Sink | None = None
     writer: Any = None
     part_rows = part_entries = 0
@@ -210,10 +217,11 @@ def write_parts(
     try:
         for slip, (entry, late) in enumerate(entries, 1):
             try:
-                check_amounts(entry, profile)
+                check_layout(entry, profile)
+                rendered = render(entry, profile, slip)
             except BadInput as exc:
                 raise EntryRejected(entry.id or 0, str(exc)) from None
-            rows = rows_for(entry, profile, slip)
+            rows = rendered.rows
             if len(rows) > capacity:
                 raise EntryRejected(
                     entry.id or 0, f"entry {entry.reference} has more rows than one file can hold"
@@ -238,6 +246,8 @@ def write_parts(
                 ) from None
             part_rows += len(rows)
             part_entries += 1
+            generated.neutralised_cells += rendered.neutralised
+            generated.flattened_cells += rendered.flattened
             generated.entry_count += 1
             generated.line_count += len(entry.lines)
             totals = generated.totals.setdefault(entry.currency, {"debit": Decimal(0), "credit": Decimal(0)})
@@ -272,7 +282,8 @@ def write_parts(
 
 
 def write_manifest(generated: Generated, directory: Path, base_name: str, info: dict[str, Any]) -> PartFile:
-    """The manifest beside the CSV: names, checksums, sizes, counts, control totals, cut-off, profile."""
+    """The manifest beside the CSV: names, checksums, sizes, counts, control totals, cut-off,
+    profile, and how many text cells the profile's rules changed."""
     document = {
         **info,
         "files": [p.describe() for p in generated.parts],
@@ -280,6 +291,8 @@ def write_manifest(generated: Generated, directory: Path, base_name: str, info: 
         "line_count": generated.line_count,
         "totals": generated.totals_text(),
         "late_entries": generated.late,
+        "formula_guard": generated.formula_guard,
+        "text_cells_changed": generated.cells_changed(),
     }
     data = (json.dumps(document, ensure_ascii=False, indent=2, sort_keys=True) + "\n").encode()
     path = directory / f"{base_name}.manifest.json"

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from ledgerflow.errors import BadInput
-from ledgerflow.ledger.money import check_currency, format_amount, parse_amount
+from ledgerflow.ledger.dates import parse_day
+from ledgerflow.ledger.money import check_amount, check_currency, format_amount, parse_amount
 
 EXPORT_PATHS = ("scheduled", "immediate")
 MAX_LINES = 1000
+#: How many refused entries one error lists (the count of the rest follows).
+MAX_REPORTED = 50
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -92,18 +97,21 @@ def _text(
     return text
 
 
-def parse_entry(obj: Any, where: str = "entry") -> Entry:
-    """Validate one entry mapping; every problem names the entry (reference) and the field."""
+def parse_entry(obj: Any, where: str = "entry", line_places: Sequence[str] | None = None) -> Entry:
+    """Validate one entry mapping; every problem names the entry (reference) and the field.
+
+    `where` says where the entry came from (`entries.csv:4`); `line_places`, where each of
+    its lines did (a CSV file's line numbers), else lines are named by position.
+    """
     if not isinstance(obj, Mapping):
         raise BadInput(f"{where}: expected an object, got {type(obj).__name__}")
     reference = _text(obj, "reference", where, limit=64)
     assert reference is not None
     where = f"{where} {reference}" if where == "entry" else f"{where} (entry {reference})"
-    raw_date = obj.get("date")
     try:
-        entry_date = raw_date if isinstance(raw_date, date) else date.fromisoformat(str(raw_date))
-    except (TypeError, ValueError):
-        raise BadInput(f"{where}: bad date {raw_date!r} (expected YYYY-MM-DD)") from None
+        entry_date = parse_day(obj.get("date"))
+    except BadInput as exc:
+        raise BadInput(f"{where}: {exc}") from None
     currency = obj.get("currency") or "THB"
     try:
         currency = check_currency(currency)
@@ -117,7 +125,12 @@ def parse_entry(obj: Any, where: str = "entry") -> Entry:
         raise BadInput(f"{where}: an entry needs at least one line")
     if len(raw_lines) > MAX_LINES:
         raise BadInput(f"{where}: more than {MAX_LINES} lines")
-    lines = tuple(_parse_line(raw, currency, f"{where} line {n}") for n, raw in enumerate(raw_lines, 1))
+    places = (
+        [f"{place} (entry {reference})" for place in line_places]
+        if line_places is not None and len(line_places) == len(raw_lines)
+        else [f"{where} line {n}" for n in range(1, len(raw_lines) + 1)]
+    )
+    lines = tuple(_parse_line(raw, currency, place) for raw, place in zip(raw_lines, places, strict=True))
     entry = Entry(
         reference=reference,
         date=entry_date,
@@ -126,12 +139,60 @@ def parse_entry(obj: Any, where: str = "entry") -> Entry:
         lines=lines,
         export_path=path,
     )
-    if entry.debit_total != entry.credit_total:
-        raise BadInput(
-            f"{where}: unbalanced: debits {format_amount(entry.debit_total, currency)} != credits "
-            f"{format_amount(entry.credit_total, currency)} {currency}"
-        )
+    check_balanced(entry, where)
     return entry
+
+
+def check_balanced(entry: Entry, where: str) -> None:
+    """Σ debit = Σ credit, or a clear error with both totals."""
+    if entry.debit_total != entry.credit_total:
+        cur = entry.currency
+        raise BadInput(
+            f"{where}: unbalanced: debits {format_amount(entry.debit_total, cur)} != credits "
+            f"{format_amount(entry.credit_total, cur)} {cur}"
+        )
+
+
+def check_built_entry(entry: Entry) -> Entry:
+    """Validate an `Entry` built in Python (not parsed): currency, amounts, balance."""
+    where = f"entry {entry.reference}"
+    currency = check_currency(entry.currency)
+    if not entry.lines or len(entry.lines) > MAX_LINES:
+        raise BadInput(f"{where}: an entry needs 1 to {MAX_LINES} lines")
+    for n, line in enumerate(entry.lines, 1):
+        check_amount(line.debit, currency, f"{where} line {n}: debit")
+        check_amount(line.credit, currency, f"{where} line {n}: credit")
+    check_balanced(entry, where)
+    return entry
+
+
+@dataclass
+class Problems:
+    """Problems found in many entries, reported together in one error (nothing is stored)."""
+
+    count: int = 0
+    messages: list[str] = field(default_factory=list)
+
+    def add(self, message: str) -> None:
+        self.count += 1
+        if len(self.messages) < MAX_REPORTED:
+            self.messages.append(message)
+
+    def attempt(self, func: Callable[..., T], *args: Any, place: str = "") -> T | None:
+        """`func(*args)`, or None with its BadInput recorded (prefixed with `place`)."""
+        try:
+            return func(*args)
+        except BadInput as exc:
+            self.add(f"{place}: {exc}" if place else str(exc))
+            return None
+
+    def raise_if_any(self) -> None:
+        if not self.count:
+            return
+        if self.count == 1:
+            raise BadInput(self.messages[0])
+        more = f"\n  … and {self.count - len(self.messages)} more" if self.count > len(self.messages) else ""
+        raise BadInput(f"{self.count} problems, nothing stored:\n  " + "\n  ".join(self.messages) + more)
 
 
 def _parse_line(raw: Any, currency: str, where: str) -> Line:

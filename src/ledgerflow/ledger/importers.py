@@ -1,7 +1,8 @@
 """Reading entries from files: a JSON list, JSON lines, or CSV with one row per line.
 
-Every problem is reported with the file's line number, and nothing from a file is stored
-unless all of it is valid.
+Every bad entry is reported (up to `MAX_REPORTED`, then a count) with its place in the
+file: `entries.csv:4` (the file's line), `entries.jsonl:2`, `entries.json item 3 (line 14)`.
+Nothing from a file is stored unless all of it is valid.
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-from decimal import Decimal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ledgerflow.errors import BadInput
-from ledgerflow.ledger.entries import Entry, parse_entry
+from ledgerflow.ledger.entries import Entry, Problems, parse_entry
+from ledgerflow.ledger.money import JsonNumber
 
 CSV_HEADER = (
     "reference",
@@ -29,10 +31,25 @@ CSV_HEADER = (
     "memo",
 )
 MAX_FILE_BYTES = 50 * 2**20
+#: A JSON integer longer than this is kept as its text, so the amount rule refuses it by size
+#: (Python would refuse to convert more than 4,300 digits with an unrelated error).
+_LONG_INT_DIGITS = 40
 
 
-def read_entries(path: Path) -> list[Entry]:
-    """Parse a .json, .jsonl/.ndjson or .csv file into validated entries."""
+@dataclass(frozen=True)
+class Located:
+    """An entry and where it came from (`entries.csv:4`)."""
+
+    place: str
+    entry: Entry
+
+
+def read_entries(path: Path, problems: Problems | None = None) -> list[Located]:
+    """Parse a .json, .jsonl/.ndjson or .csv file into validated entries.
+
+    With `problems`, bad entries are recorded there and left out; without, they are raised
+    together as one `BadInput`.
+    """
     if not path.is_file():
         raise BadInput(f"{path}: no such file")
     if path.stat().st_size > MAX_FILE_BYTES:
@@ -42,58 +59,83 @@ def read_entries(path: Path) -> list[Entry]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise BadInput(f"{path}: not UTF-8 (byte {exc.start})") from None
+    own = problems is None
+    problems = problems if problems is not None else Problems()
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        return parse_csv(text, str(path))
-    if suffix in (".jsonl", ".ndjson"):
-        return parse_json_lines(text, str(path))
-    return parse_json(text, str(path))
+        found = parse_csv(text, str(path), problems)
+    elif suffix in (".jsonl", ".ndjson"):
+        found = parse_json_lines(text, str(path), problems)
+    else:
+        found = parse_json(text, str(path), problems)
+    if own:
+        problems.raise_if_any()
+    return found
 
 
 def _loads(text: str, where: str) -> Any:
     try:
-        return json.loads(text, parse_float=Decimal)
+        return json.loads(text, parse_float=JsonNumber, parse_int=_json_int)
     except json.JSONDecodeError as exc:
         raise BadInput(f"{where}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
 
 
-def parse_json(text: str, name: str = "<json>") -> list[Entry]:
+def _json_int(text: str) -> int | str:
+    return int(text) if len(text) <= _LONG_INT_DIGITS else text
+
+
+def parse_json(text: str, name: str = "<json>", problems: Problems | None = None) -> list[Located]:
+    """A JSON list of entries (item N is named with the line its object starts on)."""
     stripped = text.lstrip()
     if not stripped.startswith("["):
-        return parse_json_lines(text, name)
+        return parse_json_lines(text, name, problems)
     data = _loads(text, name)
-    starts = _object_start_lines(text)
+    starts = _item_start_lines(text)
     out = []
+    collect = problems if problems is not None else Problems()
     for i, obj in enumerate(data):
-        line = starts[i] if i < len(starts) else "?"
-        out.append(parse_entry(obj, f"{name}:{line}"))
-    return _unique(out, name)
+        place = f"{name} item {i + 1}" + (f" (line {starts[i]})" if i < len(starts) else "")
+        entry = collect.attempt(parse_entry, obj, place)
+        if entry is not None:
+            out.append(Located(place, entry))
+    return _unique(out, collect, problems is None)
 
 
-def parse_json_lines(text: str, name: str = "<jsonl>") -> list[Entry]:
+def parse_json_lines(text: str, name: str = "<jsonl>", problems: Problems | None = None) -> list[Located]:
+    """One entry per line; blank lines are skipped."""
     out = []
+    collect = problems if problems is not None else Problems()
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
-            out.append(parse_entry(_loads(line, f"{name}:{number}"), f"{name}:{number}"))
-    return _unique(out, name)
+            place = f"{name}:{number}"
+            obj = collect.attempt(_loads, line, place)
+            entry = collect.attempt(parse_entry, obj, place) if obj is not None else None
+            if entry is not None:
+                out.append(Located(place, entry))
+    return _unique(out, collect, problems is None)
 
 
-def parse_csv(text: str, name: str = "<csv>") -> list[Entry]:
+def parse_csv(text: str, name: str = "<csv>", problems: Problems | None = None) -> list[Located]:
+    """One row per journal line; rows with the same reference form one entry."""
+    collect = problems if problems is not None else Problems()
     reader = csv.DictReader(io.StringIO(text, newline=""))
     header = tuple(h.strip() for h in (reader.fieldnames or ()))
     missing = [c for c in CSV_HEADER if c not in header]
     if missing:
         raise BadInput(f"{name}:1: missing column(s) {', '.join(missing)} (header: {','.join(CSV_HEADER)})")
     groups: dict[str, dict[str, Any]] = {}
-    first_line: dict[str, int] = {}
+    places: dict[str, list[str]] = {}
+    broken: set[str] = set()
     for row in reader:
         number = reader.line_num
         if None in row or any(v is None for v in row.values()):
-            raise BadInput(f"{name}:{number}: wrong number of fields")
+            collect.add(f"{name}:{number}: wrong number of fields")
+            continue
         ref = (row.get("reference") or "").strip()
         if not ref:
-            raise BadInput(f"{name}:{number}: reference is required")
-        entry = groups.setdefault(
+            collect.add(f"{name}:{number}: reference is required")
+            continue
+        group = groups.setdefault(
             ref,
             {
                 "reference": ref,
@@ -103,50 +145,71 @@ def parse_csv(text: str, name: str = "<csv>") -> list[Entry]:
                 "lines": [],
             },
         )
-        first_line.setdefault(ref, number)
+        places.setdefault(ref, [])
         for key in ("date", "currency"):
-            if (row[key] or "").strip() != (entry[key] or "").strip():
-                raise BadInput(
-                    f"{name}:{number}: {key} {row[key]!r} differs from the entry's first row "
-                    f"(line {first_line[ref]})"
+            if (row[key] or "").strip() != (group[key] or "").strip():
+                collect.add(
+                    f"{name}:{number} (entry {ref}): {key} {row[key]!r} differs from the entry's first "
+                    f"row ({places[ref][0]})"
                 )
-        entry["lines"].append(
+                broken.add(ref)
+        group["lines"].append(
             {k: row[k] for k in ("account", "account_name", "debit", "credit", "tax_code", "memo")}
         )
-        entry.setdefault("_lines", []).append(number)
+        places[ref].append(f"{name}:{number}")
     out = []
     for ref, obj in groups.items():
-        obj.pop("_lines")
-        out.append(parse_entry(obj, f"{name}:{first_line[ref]}"))
+        if ref in broken or not obj["lines"]:
+            continue
+        entry = collect.attempt(parse_entry, obj, places[ref][0], places[ref])
+        if entry is not None:
+            out.append(Located(places[ref][0], entry))
+    if problems is None:
+        collect.raise_if_any()
     return out
 
 
-def _unique(entries: list[Entry], name: str) -> list[Entry]:
-    seen: set[str] = set()
-    for e in entries:
-        if e.reference in seen:
-            raise BadInput(f"{name}: reference {e.reference} appears twice in the file")
-        seen.add(e.reference)
-    return entries
+def _unique(found: list[Located], problems: Problems, raise_now: bool) -> list[Located]:
+    first: dict[str, str] = {}
+    out = []
+    for item in found:
+        ref = item.entry.reference
+        if ref in first:
+            problems.add(f"{item.place}: reference {ref} appears twice in the file (first at {first[ref]})")
+        else:
+            first[ref] = item.place
+            out.append(item)
+    if raise_now:
+        problems.raise_if_any()
+    return out
 
 
-def _object_start_lines(text: str) -> list[int]:
-    """Line numbers where each top-level object of a JSON array starts (for error messages)."""
-    out, depth, line, in_string, escape = [], 0, 1, False, False
+def _item_start_lines(text: str) -> list[int]:
+    """Line numbers where each item of a top-level JSON array starts (for error messages)."""
+    out: list[int] = []
+    depth, line, in_string, escape, expect = 0, 1, False, False, False
     for ch in text:
         if ch == "\n":
             line += 1
         if in_string:
-            escape = not escape and ch == "\\"
-            if ch == '"' and not escape:
+            if escape:
+                escape = False
+            elif ch == "\\":
+                escape = True
+            elif ch == '"':
                 in_string = False
             continue
+        if depth == 1 and expect and ch not in " \t\r\n":
+            if ch != "]":
+                out.append(line)
+            expect = False
         if ch == '"':
             in_string = True
         elif ch in "[{":
             depth += 1
-            if ch == "{" and depth == 2:
-                out.append(line)
+            expect = depth == 1
         elif ch in "]}":
             depth -= 1
+        elif ch == "," and depth == 1:
+            expect = True
     return out

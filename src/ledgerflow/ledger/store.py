@@ -1,28 +1,54 @@
-"""LedgerStore: record entries (with their export queue rows) and read them back."""
+"""LedgerStore: record entries (with their export queue rows) and read them back.
+
+The ledger knows nothing of file layouts or jobs: the composition root (`App`) hands it
+`checks` (each refuses an entry the configured export could never deliver) and
+`on_immediate` (queues the export of `immediate` entries inside the recording transaction).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
+from typing import Any
 
-from sqlalchemy import Connection, delete, exc, func, insert, select
+from sqlalchemy import Connection, delete, exc, exists, func, insert, select
 
-from ledgerflow.db.tables import export_queue, journal_entries, journal_lines
+from ledgerflow.db.database import Database
+from ledgerflow.db.tables import (
+    export_batch_entries,
+    export_batches,
+    export_queue,
+    journal_entries,
+    journal_lines,
+)
 from ledgerflow.errors import BadInput, Conflict, NotFound
-from ledgerflow.ledger.entries import Entry, Line, parse_entry, reversal_of
+from ledgerflow.ledger.dates import today_in
+from ledgerflow.ledger.entries import Entry, Line, Problems, check_built_entry, parse_entry, reversal_of
+from ledgerflow.ledger.importers import read_entries
 from ledgerflow.ledger.money import from_minor, to_minor
 
-if TYPE_CHECKING:
-    from ledgerflow.app import App
+#: Refuses (BadInput, naming the entry) an entry the configured export could never deliver.
+EntryCheck = Callable[[Entry], None]
+#: Queues the export of newly recorded `immediate` entries (their ids), in the same transaction.
+ImmediateHook = Callable[[Connection, list[int]], None]
 
 
 class LedgerStore:
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self.db = app.db
+    def __init__(
+        self,
+        db: Database,
+        *,
+        timezone: str,
+        checks: Sequence[EntryCheck] = (),
+        on_immediate: ImmediateHook | None = None,
+        wake: Callable[[], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.timezone = timezone
+        self.checks = tuple(checks)
+        self.on_immediate = on_immediate
+        self.wake = wake
 
     # ---------------------------------------------------------------- write
     def record(
@@ -44,70 +70,72 @@ class LedgerStore:
         source: str = "api",
         connection: Connection | None = None,
     ) -> list[Entry]:
-        """All or nothing: one invalid entry or duplicate reference stores none of them."""
-        parsed = [e if isinstance(e, Entry) else parse_entry(e) for e in entries]
-        refs = [e.reference for e in parsed]
-        if len(set(refs)) != len(refs):
-            raise BadInput(f"reference {next(r for r in refs if refs.count(r) > 1)} appears twice")
-        self.check_exportable(parsed)
+        """All or nothing: every invalid entry or duplicate reference is reported, none stored."""
+        items = list(entries)
+        problems = Problems()
+        parsed = []
+        for n, item in enumerate(items, 1):
+            where = "entry" if len(items) == 1 else f"item {n}"
+            entry = problems.attempt(_entry_from, item, where)
+            if entry is not None:
+                parsed.append(("", entry))
+        return self._record(parsed, problems, upsert, source, connection)
+
+    def import_file(self, path: str | Path, *, upsert: bool = False) -> list[Entry]:
+        """Record every entry of a JSON, JSON-lines or CSV file; every problem is reported with
+        its place in the file, and nothing is stored unless all of it is valid."""
+        problems = Problems()
+        found = read_entries(Path(path), problems)
+        return self._record([(f.place, f.entry) for f in found], problems, upsert, "import", None)
+
+    def _record(
+        self,
+        located: list[tuple[str, Entry]],
+        problems: Problems,
+        upsert: bool,
+        source: str,
+        connection: Connection | None,
+    ) -> list[Entry]:
+        first: dict[str, str] = {}
+        for place, entry in located:
+            if entry.reference in first:
+                problems.add(f"{place + ': ' if place else ''}reference {entry.reference} appears twice")
+                continue
+            first[entry.reference] = place
+            for check in self.checks:
+                problems.attempt(check, entry, place=place)
+        entries = [entry for _, entry in located]
+        places = dict(first)
+
+        def insert_all(conn: Connection) -> list[Entry]:
+            return self._insert(conn, entries, places, problems, upsert, source)
+
         if connection is not None:
-            return self._insert(connection, parsed, upsert, source)
+            return insert_all(connection)
         try:
-            stored = self.db.run(lambda conn: self._insert(conn, parsed, upsert, source))
+            stored = self.db.run(insert_all)
         except exc.IntegrityError:  # a concurrent writer recorded the same reference first
             raise BadInput(
                 "an entry with one of these references was recorded concurrently; nothing stored"
             ) from None
-        if any(e.export_path == "immediate" for e in stored):
-            self.app._wake_local()
+        if self.wake is not None and any(e.export_path == "immediate" for e in stored):
+            self.wake()
         return stored
 
-    def import_file(self, path: str | Path, *, upsert: bool = False) -> list[Entry]:
-        from ledgerflow.ledger.importers import read_entries
-
-        return self.record_many(read_entries(Path(path)), upsert=upsert, source="import")
-
-    def check_exportable(self, entries: Sequence[Entry]) -> None:
-        """Refuse entries the configured export profile could never deliver (encoding, yen, sign)."""
-        from ledgerflow.export.profiles import check_entry
-
-        profile = self.app.export_profile
-        for entry in entries:
-            check_entry(entry, profile)
-
-    def _insert(self, conn: Connection, entries: list[Entry], upsert: bool, source: str) -> list[Entry]:
+    def _insert(
+        self,
+        conn: Connection,
+        entries: list[Entry],
+        places: dict[str, str],
+        problems: Problems,
+        upsert: bool,
+        source: str,
+    ) -> list[Entry]:
+        replaced = self._to_replace(conn, entries, places, problems, upsert)
         if not entries:
             return []
-        existing = {
-            r.reference: r
-            for r in conn.execute(
-                select(
-                    journal_entries.c.id,
-                    journal_entries.c.reference,
-                    export_queue.c.status,
-                    export_queue.c.batch_id,
-                )
-                .select_from(
-                    journal_entries.outerjoin(export_queue, export_queue.c.entry_id == journal_entries.c.id)
-                )
-                .where(journal_entries.c.reference.in_([e.reference for e in entries]))
-            )
-        }
-        for ref, row in existing.items():
-            if not upsert:
-                raise BadInput(
-                    f"reference {ref} is already recorded (nothing stored; use upsert to replace an "
-                    f"entry that has not been exported)"
-                )
-            if row.status != "queued" or row.batch_id is not None:
-                raise Conflict(
-                    f"reference {ref} is already in an export batch or exported; record a reversal "
-                    f"instead (nothing stored)"
-                )
-        if existing:
-            conn.execute(
-                delete(journal_entries).where(journal_entries.c.id.in_([r.id for r in existing.values()]))
-            )
+        if replaced:
+            conn.execute(delete(journal_entries).where(journal_entries.c.id.in_(replaced)))
         now = datetime.now(UTC)
         ids = (
             conn.execute(
@@ -155,25 +183,9 @@ class LedgerStore:
                 for entry_id, e in zip(ids, entries, strict=True)
             ],
         )
-        immediate = [i for i, e in zip(ids, entries, strict=True) if e.export_path == "immediate"]
-        if immediate:
-            from ledgerflow.engine.jobs import JobSpec
-            from ledgerflow.export.tasks import IMMEDIATE_TASK
-
-            self.app.store.enqueue(
-                conn,
-                [
-                    JobSpec(
-                        task=IMMEDIATE_TASK,
-                        args=(int(i),),
-                        queue="exports",
-                        priority=1,
-                        max_attempts=4,
-                        unique_key=f"export:immediate:{i}",
-                    )
-                    for i in immediate
-                ],
-            )
+        immediate = [int(i) for i, e in zip(ids, entries, strict=True) if e.export_path == "immediate"]
+        if immediate and self.on_immediate is not None:
+            self.on_immediate(conn, immediate)
         return [
             Entry(
                 **{
@@ -186,16 +198,68 @@ class LedgerStore:
             for i, e in zip(ids, entries, strict=True)
         ]
 
+    def _to_replace(
+        self,
+        conn: Connection,
+        entries: list[Entry],
+        places: dict[str, str],
+        problems: Problems,
+        upsert: bool,
+    ) -> list[int]:
+        """Ids of stored entries that `upsert` replaces; raises (nothing stored) for every
+        reference already recorded without upsert, or already in the books."""
+        q, e = export_queue, journal_entries
+        delivered = exists().where(
+            export_batch_entries.c.entry_id == e.c.id,
+            export_batch_entries.c.batch_id == export_batches.c.id,
+            export_batches.c.state == "completed",
+        )
+        rows = conn.execute(
+            select(
+                e.c.id, e.c.reference, q.c.status, q.c.batch_id, q.c.exported_at, delivered.label("delivered")
+            )
+            .select_from(e.outerjoin(q, q.c.entry_id == e.c.id))
+            .where(e.c.reference.in_([entry.reference for entry in entries]))
+        ).all()
+        conflicts = []
+        for row in rows:
+            place = places.get(row.reference, "")
+            prefix = f"{place}: " if place else ""
+            if not upsert:
+                problems.add(
+                    f"{prefix}reference {row.reference} is already recorded (use upsert to replace an "
+                    f"entry that never reached the books)"
+                )
+            elif not _may_replace(row):
+                conflicts.append(f"{prefix}{_why_not_replaceable(row)}")
+        problems.raise_if_any()
+        if conflicts:
+            raise Conflict("; ".join(conflicts) + " (nothing stored)")
+        return [int(row.id) for row in rows]
+
     def reverse(self, reference: str, on: date | None = None) -> Entry:
-        """Record the entry that cancels `reference` (queued for the next batch); never edits it."""
+        """Record the entry that cancels `reference` (queued for the next batch); never edits it.
+
+        Only an entry that reached the books (exported) is reversed; one that did not is
+        corrected with an upsert. The reversal is dated `on` (default today), never before
+        the original.
+        """
         original = self.get(reference)
+        status = self.export_status(reference)
         with self.db.read() as conn:
             already = conn.execute(
                 select(journal_entries.c.reference).where(journal_entries.c.reverses_id == original.id)
             ).scalar()
         if already:
             raise Conflict(f"{reference} was already reversed by {already}")
-        day = on or datetime.now(ZoneInfo(self.app.settings.timezone)).date()
+        if status["status"] != "completed":
+            raise Conflict(_not_in_the_books(reference, status))
+        day = on or today_in(self.timezone)
+        if day < original.date:
+            raise BadInput(
+                f"a reversal of {reference} cannot be dated {day.isoformat()}, before the entry itself "
+                f"({original.date.isoformat()}); give a date on or after {original.date.isoformat()}"
+            )
         return self.record(reversal_of(original, day), source="reversal")
 
     # ---------------------------------------------------------------- read
@@ -261,6 +325,38 @@ class LedgerStore:
         for r in rows:
             r["debit_total"] = str(from_minor(int(r.pop("debit_minor")), r["currency"]))
         return rows
+
+
+def _entry_from(item: Entry | Mapping[str, Any], where: str) -> Entry:
+    return check_built_entry(item) if isinstance(item, Entry) else parse_entry(item, where)
+
+
+def _may_replace(row: Any) -> bool:
+    """Not exported, not in a batch being exported, or held back and never delivered."""
+    if row.delivered or row.exported_at is not None or row.batch_id is not None:
+        return False
+    return row.status in ("queued", "failed", None)
+
+
+def _why_not_replaceable(row: Any) -> str:
+    if row.delivered or row.exported_at is not None or row.status == "completed":
+        return f"reference {row.reference} is already exported; record a reversal instead"
+    return f"reference {row.reference} is in an export batch being delivered now; try again when it ends"
+
+
+def _not_in_the_books(reference: str, status: dict[str, Any]) -> str:
+    if status["status"] == "failed":
+        return (
+            f"{reference} was held back from the export and never reached the books "
+            f"({status.get('error') or 'no reason recorded'}); correct it with an upsert "
+            f"(`entries import --upsert`) instead of reversing it"
+        )
+    if status["status"] == "processing" or status.get("batch_id") is not None:
+        return f"{reference} is being exported right now; reverse it once its batch has completed"
+    return (
+        f"{reference} has not been exported yet, so it is not in the books; correct it with an "
+        f"upsert (`entries import --upsert`) instead of reversing it"
+    )
 
 
 def entry_from_rows(row: Any, lines: Sequence[Any]) -> Entry:

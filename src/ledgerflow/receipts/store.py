@@ -262,7 +262,6 @@ class ReceiptStore:
         same transaction that marks the receipt approved.
         """
         from ledgerflow.config import check_account
-        from ledgerflow.ledger.store import LedgerStore
 
         with self.db.begin() as conn:
             r = self.get(receipt_id, conn)
@@ -291,7 +290,7 @@ class ReceiptStore:
                 receipt_id, day, name, cur, amount, tax_amount or Decimal(0), r.tax_rate, expense
             )
             # through the mapping form, so the entry is validated like any other (balanced, exportable)
-            stored = LedgerStore(self.app).record(entry.to_dict(), source="receipt", connection=conn)
+            stored = self.app.ledger.record(entry.to_dict(), source="receipt", connection=conn)
             conn.execute(
                 update(receipts)
                 .where(receipts.c.id == receipt_id)
