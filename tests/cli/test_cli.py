@@ -273,6 +273,7 @@ DEEP = "[" * 100_000 + "]" * 100_000
             "args of schedule 'deep': nested more than 32 levels deep",
         ),
         (("entries", "import", "{folder}"), "no such file"),
+        (("entries", "import", "{deep}"), "JSON nested too deeply to be a journal entry"),
     ],
 )
 def test_bad_ids_options_deep_json_and_folders_exit_2(cli, tmp_path, args, message):

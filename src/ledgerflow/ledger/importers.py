@@ -78,6 +78,8 @@ def _loads(text: str, where: str) -> Any:
         return json.loads(text, parse_float=JsonNumber, parse_int=_json_int)
     except json.JSONDecodeError as exc:
         raise BadInput(f"{where}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise BadInput(f"{where}: JSON nested too deeply to be a journal entry") from None
 
 
 def _json_int(text: str) -> int | str:
