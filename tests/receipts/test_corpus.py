@@ -1,0 +1,136 @@
+"""A hand-written corpus of Japanese and Thai receipt lines, each with what it must read as.
+
+Every line is one way a real receipt prints a date, a total, a tax or a number that is not money.
+`None` means "must not be read"; a problem names why a person has to look.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+
+import pytest
+
+from ledgerflow.receipts.parse import amounts, read_receipt
+
+TODAY = date(2026, 11, 30)  # the day the receipts arrived: places two-digit years
+D = date(2026, 11, 29)
+
+#: (script, text, field, expected): `text` is read after a vendor line in that script.
+CORPUS = [
+    # ---- Japanese dates
+    ("ja", "2026年11月29日(日) 12:34", "date", D),
+    ("ja", "2026/11/29 12:34", "date", D),
+    ("ja", "2026-11-29", "date", D),
+    ("ja", "令和8年11月29日", "date", D),
+    ("ja", "令和 8 年 11 月 29 日", "date", D),
+    ("ja", "令和元年5月1日", "date", date(2019, 5, 1)),
+    ("ja", "R8.11.29", "date", D),
+    ("ja", "R08/11/29 18:02", "date", D),
+    ("ja", "H30.11.29", "date", date(2018, 11, 29)),
+    ("ja", "平成30年11月29日", "date", date(2018, 11, 29)),
+    ("ja", "平成31年4月30日", "date", date(2019, 4, 30)),
+    ("ja", "26/11/29 10:32", "date", D),
+    ("ja", "26.11.29", "date", D),
+    ("ja", "２０２６年１１月２９日", "date", D),
+    # ---- Japanese totals
+    ("ja", "合計 ¥1,100", "total", Decimal(1100)),
+    ("ja", "合計　￥１，１００", "total", Decimal(1100)),
+    ("ja", "合計 \\1, 100", "total", Decimal(1100)),
+    ("ja", "お会計 1,100円", "total", Decimal(1100)),
+    ("ja", "合計(税込) ¥1,100", "total", Decimal(1100)),
+    ("ja", "税込合計 ¥1,100", "total", Decimal(1100)),
+    ("ja", "合計 3点 ¥1,100", "total", Decimal(1100)),
+    ("ja", "小計 ¥1,000", "total", None),
+    ("ja", "10%対象 ¥1,100", "total", None),
+    ("ja", "税抜合計 ¥1,000", "total", None),
+    # ---- Japanese tax
+    ("ja", "外税10% ¥100", "tax", Decimal(100)),
+    ("ja", "外税10% ¥100", "tax_rate", 10),
+    ("ja", "(内税 ¥100)", "tax", Decimal(100)),
+    ("ja", "(内消費税等 ¥100)", "tax", Decimal(100)),
+    ("ja", "消費税(8%) ¥160", "tax_rate", 8),
+    ("ja", "消費税等 10% 100円", "tax", Decimal(100)),
+    ("ja", "内税額 ¥100", "tax", Decimal(100)),
+    ("ja", "(10%対象 ¥1,100 内税 ¥100)", "tax", Decimal(100)),
+    ("ja", "(10%対象 ¥1,100 内税 ¥100)", "tax_rate", 10),
+    ("ja", "合計 ¥1,100 (内消費税 ¥100)", "tax", Decimal(100)),
+    ("ja", "合計 ¥1,100 (内消費税 ¥100)", "total", Decimal(1100)),
+    # ---- Japanese numbers that are not money
+    ("ja", "登録番号 T1234567890123", "total", None),
+    ("ja", "TEL 03-1234-5678", "total", None),
+    ("ja", "レシートNo.0042", "total", None),
+    # ---- Thai dates
+    ("th", "วันที่ 29/11/2569", "date", D),
+    ("th", "29/11/69", "date", D),
+    ("th", "29-11-2569 14:05", "date", D),
+    ("th", "29 พฤศจิกายน 2569", "date", D),
+    ("th", "29 พ.ย. 2569", "date", D),
+    ("th", "29 พ.ย. 69", "date", D),
+    ("th", "29 พย 2569", "date", D),
+    ("th", "วันที่ 29 พ.ย. พ.ศ. 2569", "date", D),
+    ("th", "1 มกราคม 2569", "date", date(2026, 1, 1)),
+    ("th", "15 มี.ค. 2569", "date", date(2026, 3, 15)),
+    ("th", "29 พฤศจกายน 2569", "date", D),  # OCR dropped a vowel mark
+    ("th", "29/11/2026", "date", D),
+    # ---- Thai totals
+    ("th", "รวมทั้งสิ้น 535.00 บาท", "total", Decimal("535.00")),
+    ("th", "รวมทังสิน 535.00", "total", Decimal("535.00")),  # OCR dropped the marks
+    ("th", "ยอดสุทธิ 1,070.00", "total", Decimal("1070.00")),
+    ("th", "รวม 535.00", "total", Decimal("535.00")),
+    ("th", "Total (VAT Included) 535.00", "total", Decimal("535.00")),
+    ("th", "มูลค่าสินค้า 500.00", "total", None),
+    ("th", "ราคาก่อนภาษี 500.00", "total", None),
+    ("th", "Amount before VAT 500.00", "tax", None),
+    # ---- Thai tax
+    ("th", "ภาษีมูลค่าเพิ่ม 7% 35.00", "tax", Decimal("35.00")),
+    ("th", "VAT 7% 35.00", "tax_rate", 7),
+    ("th", "VAT 7 % 35.00", "tax", Decimal("35.00")),
+    # ---- Thai numbers that are not money
+    ("th", "TAX ID 0107542000011 (VAT Included)", "tax", None),
+    ("th", "TAX ID 0107542000011 (VAT Included)", "total", None),
+    ("th", "TAX INV 000345", "tax", None),
+    ("th", "TAX INVOICE (ABB) No. 000345", "tax", None),
+    ("th", "เลขประจำตัวผู้เสียภาษี 0105556000011", "tax", None),
+    ("th", "ใบกำกับภาษีอย่างย่อ เลขที่ 000123", "tax", None),
+    ("th", "โทร 02-123-4567", "total", None),
+    ("th", "POS ID E051234567890", "total", None),
+]
+
+
+VENDOR = {"ja": "株式会社サンプル", "th": "ร้านตัวอย่าง"}
+
+
+def test_the_corpus_has_at_least_fifty_lines():
+    assert len({text for _, text, _, _ in CORPUS}) >= 50
+    assert {script for script, *_ in CORPUS} == {"ja", "th"}
+
+
+@pytest.mark.parametrize(
+    ("script", "text", "what", "expected"), CORPUS, ids=[f"{s}-{w}:{t}" for s, t, w, _ in CORPUS]
+)
+def test_corpus_line_reads_as_written(script, text, what, expected):
+    reading = read_receipt(f"{VENDOR[script]}\n{text}", today=TODAY)
+    assert getattr(reading, what) == expected, reading
+
+
+UNREADABLE = [
+    ("26/11/25", "date '26/11/25' is ambiguous (2025-11-26 or 2026-11-25)"),
+    ("01/02/03", "date '01/02/03' is not a plausible date"),
+    ("31/02/2569", "date '31/02/2569' is not a plausible date"),
+    ("消費税 ¥", "a tax is mentioned (消費税) but its amount could not be read"),
+    ("VAT 7%", "a tax is mentioned (vat) but its amount could not be read"),
+    ("(8%) 内税 ¥80\n(10%) 消費税 ¥100", "taxes at several rates (8 %, 10 %)"),
+]
+
+
+@pytest.mark.parametrize(("text", "reason"), UNREADABLE, ids=[t for t, _ in UNREADABLE])
+def test_what_cannot_be_read_is_named(text, reason):
+    reading = read_receipt(f"cafe\n{text}", today=TODAY)
+    assert any(p.startswith(reason) for p in reading.problems), reading.problems
+
+
+def test_identifiers_are_never_amounts():
+    assert amounts("TAX ID 0107542000011") == []
+    assert amounts("No. 000345 JAN 4901234567894") == []
+    assert amounts("¥0 0.50 10") == [Decimal(0), Decimal("0.50"), Decimal(10)]
