@@ -111,6 +111,7 @@ class Settings(BaseSettings):
     imap_port: int | None = Field(None, ge=1, le=65535)  # default 993 with SSL, 143 without
     imap_user: str | None = None
     imap_password: SecretStr | None = None
+    imap_oauth2_token_file: str | None = None  # set: XOAUTH2 (Gmail, Microsoft 365) instead of a password
     imap_ssl: bool = True
     imap_mailbox: str = "INBOX"
     imap_timeout: float = Field(30.0, gt=0)
@@ -124,7 +125,8 @@ class Settings(BaseSettings):
     receipt_expense_account: str = "5900:Miscellaneous expense"
     receipt_tax_account: str = "1500:Input tax"
     receipt_credit_account: str = "1000:Cash"
-    receipt_rules: dict[str, str] = {}  # keyword (vendor or text) -> "CODE:Account name"
+    # vendor/text/amount rules with a priority (see receipts/rules.py), or keyword -> "CODE:Account"
+    receipt_rules: list[dict[str, Any]] | dict[str, str] = []
 
     health_cron_max_age_hours: float = Field(26.0, gt=0)
     autostop_consecutive_failures: int = Field(25, ge=1)
@@ -177,8 +179,11 @@ class Settings(BaseSettings):
 
     @field_validator("receipt_rules")
     @classmethod
-    def _rules(cls, value: dict[str, str]) -> dict[str, str]:
-        return {keyword: check_account(account) for keyword, account in value.items()}
+    def _rules(cls, value: list[dict[str, Any]] | dict[str, str]) -> list[dict[str, Any]] | dict[str, str]:
+        from ledgerflow.receipts.rules import parse_rules
+
+        parse_rules(value)  # ValueError naming the rule and the field
+        return value
 
     @field_validator("receipt_currency")
     @classmethod

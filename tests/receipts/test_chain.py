@@ -95,7 +95,14 @@ def test_mail_becomes_drafts_filed_then_approved_into_the_daily_export(receipt_a
     app = receipt_app
     _deliver_samples(mailbox)
     counts = _run(app, SCAN)
-    assert counts == {"messages": 4, "attachments": 4, "new_receipts": 3, "duplicates": 1, "skipped": 0}
+    assert counts == {
+        "messages": 4,
+        "attachments": 4,
+        "new_receipts": 3,
+        "duplicates": 1,
+        "skipped": 1,  # the message without an attachment, recorded with its reason
+        "stored_by_another_scan": 0,
+    }
     store = ReceiptStore(app)
     by_name = {r.original_name: r for r in store.list()}
     jp, th, broken = by_name["receipt.pdf"], by_name["coffee.png"], by_name["broken.pdf"]
@@ -111,7 +118,7 @@ def test_mail_becomes_drafts_filed_then_approved_into_the_daily_export(receipt_a
         "535.00",
         "35.00",
     )
-    assert broken.status == "review" and broken.reason.startswith("cannot read the PDF")
+    assert broken.status == "review" and broken.reason.startswith("malformed PDF (cannot read it")
 
     # filed at the destination by the chained jobs, named by date, vendor and amount
     out = tmp_path / "out"
@@ -145,10 +152,11 @@ def test_duplicates_are_flagged_never_deleted_and_the_month_is_reported(receipt_
     dovecot.deliver(user, password, samples.message("a", [("a.png", first, "image/png")]))
     dovecot.deliver(user, password, samples.message("b", [("b.jpg", rephotographed, "image/jpeg")]))
     _run(app, SCAN)
-    assert _run(app, DEDUP) == {"flagged": 1}
+    # flagged when read (whichever was read second) or by the sweep (both read at once)
+    assert _run(app, DEDUP)["flagged"] in (0, 1)
     assert _run(app, DEDUP) == {"flagged": 0}  # idempotent
     store = ReceiptStore(app)
-    a, b = sorted(store.list(), key=lambda r: r.id)
+    a, b = sorted(store.list(), key=lambda r: r.status)  # draft, review
     assert a.status == "draft" and b.status == "review" and b.duplicate_of == a.id
     assert f"possible duplicate of receipt {a.id}" in b.reason
     assert store.path(b).is_file()
@@ -298,7 +306,10 @@ def test_a_scan_killed_mid_mailbox_resumes_without_losing_or_repeating_a_message
         ).scalar_one()
     assert sorted(sources) == list(range(1, total + 1))  # every message once, none twice
     assert chains == total  # one processing job per receipt
-    assert ReceiptStore(app).counts() == {"draft": total}
+    read = ReceiptStore(app).list(limit=total)
+    assert len(read) == total and {r.status for r in read} <= {"draft", "review"}
+    # the same receipt 30 times: all but the first read are flagged as its possible duplicates
+    assert all(r.reason.startswith("possible duplicate of receipt") for r in read if r.status == "review")
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # filing does not touch the backend

@@ -387,8 +387,15 @@ receipts = Table(
     Column("filed_link", Text),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("tax_code", String(40)),  # set by a correction; else JCT8, VAT7 ... from the rate
+    Column("account_note", Text),  # where the expense account came from (rule, learned, default)
+    # what was read, kept when a person corrects the booked values (duplicates are found by both)
+    Column("read_vendor", String(300)),
+    Column("read_date", Date),
+    Column("read_total_minor", BigInteger),
     Index("ix_receipts_status", "status"),
     Index("ix_receipts_date_total", "receipt_date", "total_minor"),
+    Index("ix_receipts_read_date_total", "read_date", "read_total_minor"),
 )
 
 #: Every message attachment a receipt came from (the same file mailed twice: two sources).
@@ -419,4 +426,26 @@ dashboard_sessions = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
     Index("ix_dashboard_sessions_expires_at", "expires_at"),
+)
+
+#: Every message or attachment that did not become a receipt, with the reason (a zip, a file
+#: over the size limit, an inline logo, a message whose text is not a receipt).
+mail_skipped = Table(
+    "mail_skipped",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("mailbox", String(500), nullable=False),
+    Column("uid_validity", BigInteger, nullable=False),
+    Column("uid", BigInteger, nullable=False),
+    Column("part", Integer, nullable=False),  # 0: the message itself
+    Column("name", String(300)),
+    Column("content_type", String(100)),
+    Column("size", Integer, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("message_id", String(500)),
+    Column("sender", String(500)),
+    Column("subject", Text),
+    Column("sent_at", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("mailbox", "uid_validity", "uid", "part", name="uq_mail_skipped_message_part"),
 )

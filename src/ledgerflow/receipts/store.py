@@ -11,12 +11,20 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, and_, exc, func, insert, or_, select, update
 
-from ledgerflow.db.tables import mail_cursors, receipt_sources, receipts
+from ledgerflow.db.tables import (
+    journal_entries,
+    journal_lines,
+    mail_cursors,
+    mail_skipped,
+    receipt_sources,
+    receipts,
+)
 from ledgerflow.errors import BadInput, Conflict, NotFound
 from ledgerflow.ledger.entries import Entry, Line
 from ledgerflow.ledger.money import check_currency, format_amount, from_minor, parse_amount, to_minor
+from ledgerflow.receipts.rules import fold, same_vendor
 
 if TYPE_CHECKING:
     from ledgerflow.app import App
@@ -25,6 +33,12 @@ if TYPE_CHECKING:
 FILE_TASK = "ledgerflow.receipts.file"
 #: received → draft (read with confidence) | review (needs a person) → approved | rejected
 STATES = ("received", "draft", "review", "approved", "rejected")
+#: Tax codes written on the entry's lines, from the currency and the rate (JCT10, VAT7).
+TAX_CODE_PREFIX = {"JPY": "JCT"}
+
+
+def tax_code_for(currency: str, rate: int | None) -> str | None:
+    return f"{TAX_CODE_PREFIX.get(currency, 'VAT')}{rate}" if rate is not None else None
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,8 @@ class Receipt:
     filed_name: str | None
     filed_link: str | None
     created_at: datetime
+    tax_code: str | None = None
+    account_note: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Receipt:
@@ -116,22 +132,39 @@ class ReceiptStore:
         existing = conn.execute(select(receipts.c.id).where(receipts.c.sha256 == sha256)).scalar()
         new = existing is None
         if new:
-            existing = conn.execute(
-                insert(receipts)
-                .values(
-                    sha256=sha256,
-                    content_type=content_type,
-                    extension=extension,
-                    size=size,
-                    original_name=name[:300],
-                    status="received",
-                    created_at=now,
-                    updated_at=now,
-                )
-                .returning(receipts.c.id)
-            ).scalar_one()
+            try:
+                with conn.begin_nested():
+                    existing = conn.execute(
+                        insert(receipts)
+                        .values(
+                            sha256=sha256,
+                            content_type=content_type,
+                            extension=extension,
+                            size=size,
+                            original_name=name[:300],
+                            status="received",
+                            created_at=now,
+                            updated_at=now,
+                        )
+                        .returning(receipts.c.id)
+                    ).scalar_one()
+            except exc.IntegrityError:  # another scan (another mailbox) stored the same file first
+                existing = conn.execute(select(receipts.c.id).where(receipts.c.sha256 == sha256)).scalar_one()
+                new = False
         conn.execute(insert(receipt_sources).values(receipt_id=existing, created_at=now, **source))
         return int(existing), new
+
+    def skip(self, conn: Connection, *, reason: str, size: int, **where: Any) -> None:
+        """Record a message or attachment that is not a receipt (in the cursor's transaction)."""
+        conn.execute(
+            insert(mail_skipped).values(reason=reason, size=size, created_at=datetime.now(UTC), **where)
+        )
+
+    def skipped(self, limit: int = 100) -> list[dict[str, Any]]:
+        """What mail did not become a receipt, newest first, with the reason."""
+        query = select(mail_skipped).order_by(mail_skipped.c.id.desc()).limit(max(1, min(limit, 1000)))
+        with self.db.read() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
 
     def cursor(self, mailbox: str) -> tuple[int, int] | None:
         """(uid_validity, last_uid) of the last scan of `mailbox`."""
@@ -139,12 +172,27 @@ class ReceiptStore:
             row = conn.execute(select(mail_cursors).where(mail_cursors.c.mailbox == mailbox)).first()
         return (int(row.uid_validity), int(row.last_uid)) if row else None
 
-    def advance(self, conn: Connection, mailbox: str, uid_validity: int, uid: int) -> None:
-        """Move the cursor to `uid` (in the transaction that stored that message's receipts)."""
+    def claim(self, conn: Connection, mailbox: str, uid_validity: int, uid: int) -> bool:
+        """Move the cursor to `uid`, first thing in the transaction that stores that message.
+
+        False when another scan of the mailbox already stored it: the guarded UPDATE waits for
+        that scan's transaction (the row lock on PostgreSQL, the write lock on SQLite), then sees
+        its cursor and matches nothing. Scans take UIDs in ascending order, so a cursor at or
+        past `uid` means the message was stored.
+        """
         values = {"uid_validity": uid_validity, "last_uid": uid, "updated_at": datetime.now(UTC)}
-        done = conn.execute(update(mail_cursors).where(mail_cursors.c.mailbox == mailbox).values(values))
-        if done.rowcount == 0:
-            conn.execute(insert(mail_cursors).values(mailbox=mailbox, **values))
+        behind = or_(mail_cursors.c.uid_validity != uid_validity, mail_cursors.c.last_uid < uid)
+        guarded = update(mail_cursors).where(mail_cursors.c.mailbox == mailbox, behind).values(values)
+        if conn.execute(guarded).rowcount == 1:
+            return True
+        if conn.execute(select(mail_cursors.c.mailbox).where(mail_cursors.c.mailbox == mailbox)).first():
+            return False
+        try:
+            with conn.begin_nested():
+                conn.execute(insert(mail_cursors).values(mailbox=mailbox, **values))
+            return True
+        except exc.IntegrityError:  # the first scan of this mailbox, raced by another
+            return conn.execute(guarded).rowcount == 1
 
     # ------------------------------------------------------------ reading
     def get(self, receipt_id: int, conn: Connection | None = None) -> Receipt:
@@ -184,43 +232,105 @@ class ReceiptStore:
             return [dict(r._mapping) for r in rows]
 
     # ------------------------------------------------------------ processing
-    def record_reading(self, receipt_id: int, text: str, reading: Reading, account: str) -> Receipt:
-        """Store what was read: a draft when confident enough, otherwise the review list."""
+    def record_reading(
+        self, receipt_id: int, text: str, reading: Reading, account: str, account_note: str
+    ) -> Receipt:
+        """Store what was read: a draft when it is complete (total, date, vendor) and confident
+        enough, otherwise the review list with every reason; a likely duplicate of a receipt or
+        a booked entry goes to review too."""
         minimum = self.app.settings.receipt_min_confidence
         problems = list(reading.problems)
         if reading.confidence < minimum:
             problems.insert(0, f"confidence {reading.confidence:.2f} < {minimum:.2f}")
-        status = "draft" if reading.total is not None and reading.confidence >= minimum else "review"
+        complete = reading.total is not None and reading.date is not None and bool(reading.vendor)
         currency = reading.currency
+        total_minor = to_minor(reading.total, currency) if reading.total is not None else None
         values = {
-            "status": status,
-            "reason": "; ".join(problems) if status == "review" else None,
             "text": text[:20000],
             "vendor": reading.vendor,
             "receipt_date": reading.date,
             "currency": currency,
-            "total_minor": to_minor(reading.total, currency) if reading.total is not None else None,
+            "total_minor": total_minor,
             "tax_minor": to_minor(reading.tax, currency) if reading.tax is not None else None,
             "tax_rate": reading.tax_rate,
             "confidence": reading.confidence,
             "expense_account": account,
+            "account_note": account_note,
+            "read_vendor": reading.vendor,
+            "read_date": reading.date,
+            "read_total_minor": total_minor,
         }
-        return self._move(receipt_id, ("received", "review"), values)
+        with self.db.begin() as conn:
+            duplicate = None
+            if reading.date is not None and total_minor is not None and currency is not None:
+                duplicate = self.likely_duplicate(
+                    conn, receipt_id, reading.date, total_minor, currency, reading.vendor
+                )
+            if duplicate:
+                problems.insert(0, duplicate[1])
+            status = "draft" if complete and reading.confidence >= minimum and not duplicate else "review"
+            values |= {
+                "status": status,
+                "reason": "; ".join(problems) if status == "review" else None,
+                "duplicate_of": duplicate[0] if duplicate else None,
+            }
+            return self._move(receipt_id, ("received", "review"), values, conn)
+
+    def likely_duplicate(
+        self, conn: Connection, receipt_id: int, day: date, total_minor: int, currency: str,
+        vendor: str | None,
+    ) -> tuple[int | None, str] | None:  # fmt: skip
+        """Another receipt (not rejected, not itself flagged) with the same date and amount, as
+        booked or as read, and the same vendor; else a journal entry of that date and amount
+        naming the vendor. Returns (the receipt's id or None, the reason) or None."""
+        booked = and_(receipts.c.receipt_date == day, receipts.c.total_minor == total_minor)
+        read = and_(receipts.c.read_date == day, receipts.c.read_total_minor == total_minor)
+        rows = conn.execute(
+            select(receipts.c.id, receipts.c.status, receipts.c.vendor, receipts.c.read_vendor)
+            .add_columns(receipts.c.entry_reference)
+            .where(or_(booked, read), receipts.c.currency == currency)
+            .where(receipts.c.id != receipt_id, receipts.c.status != "rejected")
+            .where(receipts.c.duplicate_of.is_(None))  # the original of a pair, never both ways
+            .order_by(receipts.c.id)
+        ).all()
+        amount = format_amount(from_minor(total_minor, currency), currency)
+        for row in rows:
+            if same_vendor(vendor, row.vendor) or same_vendor(vendor, row.read_vendor):
+                booked_as = f", booked as entry {row.entry_reference}" if row.entry_reference else ""
+                return row.id, (
+                    f"possible duplicate of receipt {row.id} ({row.status}{booked_as}: "
+                    f"same date, amount and vendor)"
+                )
+        debits = (
+            select(journal_lines.c.entry_id, func.sum(journal_lines.c.debit_minor).label("debit"))
+            .group_by(journal_lines.c.entry_id)
+            .subquery()
+        )
+        entries = conn.execute(
+            select(journal_entries.c.reference, journal_entries.c.description)
+            .join(debits, debits.c.entry_id == journal_entries.c.id)
+            .where(journal_entries.c.entry_date == day, journal_entries.c.currency == currency)
+            .where(debits.c.debit == total_minor, journal_entries.c.reverses_id.is_(None))
+            .where(journal_entries.c.source != "receipt")
+        ).all()
+        name = fold(vendor)
+        for entry in entries:
+            if len(name) >= 3 and name in fold(entry.description):
+                return None, (
+                    f"possible duplicate of entry {entry.reference} (same date {day}, amount {amount} "
+                    f"and vendor)"
+                )
+        return None
 
     def mark_unreadable(self, receipt_id: int, reason: str) -> Receipt:
         return self._move(receipt_id, ("received", "review"), {"status": "review", "reason": reason})
 
-    def flag_duplicate(self, conn: Connection, receipt_id: int, original_id: int) -> bool:
+    def flag_duplicate(self, conn: Connection, receipt_id: int, original_id: int | None, reason: str) -> bool:
         done = conn.execute(
             update(receipts)
             .where(receipts.c.id == receipt_id, receipts.c.status.in_(("draft", "review")))
             .where(receipts.c.duplicate_of.is_(None))
-            .values(
-                status="review",
-                duplicate_of=original_id,
-                reason=f"possible duplicate of receipt {original_id} (same date, amount and vendor)",
-                updated_at=datetime.now(UTC),
-            )
+            .values(status="review", duplicate_of=original_id, reason=reason, updated_at=datetime.now(UTC))
         )
         return done.rowcount == 1
 
@@ -232,17 +342,28 @@ class ReceiptStore:
                 .values(updated_at=datetime.now(UTC), **values)
             )
 
-    def _move(self, receipt_id: int, sources: tuple[str, ...], values: dict[str, Any]) -> Receipt:
-        with self.db.begin() as conn:
-            done = conn.execute(
-                update(receipts)
-                .where(receipts.c.id == receipt_id, receipts.c.status.in_(sources))
-                .values(updated_at=datetime.now(UTC), **values)
-            )
-            current = self.get(receipt_id, conn)
-            if done.rowcount == 0:
-                raise Conflict(f"receipt {receipt_id} is {current.status}; expected {' or '.join(sources)}")
-            return current
+    def _move(
+        self,
+        receipt_id: int,
+        sources: tuple[str, ...],
+        values: dict[str, Any],
+        conn: Connection | None = None,
+    ) -> Receipt:
+        """The one guarded state change: UPDATE … WHERE status IN sources; a lost race is a Conflict."""
+        if conn is None:
+            with self.db.begin() as fresh:
+                return self._move(receipt_id, sources, values, fresh)
+        done = conn.execute(
+            update(receipts)
+            .where(receipts.c.id == receipt_id, receipts.c.status.in_(sources))
+            .values(updated_at=datetime.now(UTC), **values)
+        )
+        current = self.get(receipt_id, conn)
+        if done.rowcount == 0:
+            if current.status in ("approved", "rejected"):
+                raise Conflict(f"receipt {receipt_id} is already {current.status}")
+            raise Conflict(f"receipt {receipt_id} is {current.status}; expected {' or '.join(sources)}")
+        return current
 
     # ------------------------------------------------------------ a person decides
     def approve(
@@ -255,23 +376,25 @@ class ReceiptStore:
         vendor: str | None = None,
         account: str | None = None,
         currency: str | None = None,
+        tax_rate: int | None = None,
     ) -> tuple[Receipt, Entry]:
         """Turn a draft (or a reviewed receipt, with the missing facts given) into a journal entry.
 
-        The entry (reference `RCPT-<id>`) is recorded and queued for the daily export in the
-        same transaction that marks the receipt approved.
+        The receipt is claimed first (a guarded UPDATE), so of two concurrent approvals one books
+        and the other is told "receipt N is already approved". The entry (reference `RCPT-<id>`)
+        is recorded and queued for the daily export in the same transaction. Corrections are
+        read by the ledger's strict amount rule; the receipt is (re)filed under the booked values.
         """
         from ledgerflow.config import check_account
+        from ledgerflow.receipts.tasks import filed_as_booked
 
         with self.db.begin() as conn:
-            r = self.get(receipt_id, conn)
-            if r.status not in ("draft", "review"):
-                raise Conflict(
-                    f"receipt {receipt_id} is {r.status}; only drafts and reviewed receipts approve"
-                )
+            r = self._move(receipt_id, ("draft", "review"), {"status": "approved"}, conn)
             cur = check_currency(currency or r.currency or self.app.settings.receipt_currency)
-            amount = parse_amount(total, cur, "total") if total is not None else r.total
-            tax_amount = parse_amount(tax, cur, "tax") if tax is not None else r.tax
+            amount = parse_amount(total, cur, "--total") if total is not None else r.total
+            if amount is not None and total is None and currency is not None:
+                amount = parse_amount(format(amount, "f"), cur, "the total read")  # another currency
+            tax_amount = parse_amount(tax, cur, "--tax") if tax is not None else r.tax
             day = on or r.receipt_date
             name = (vendor or r.vendor or "").strip()
             missing = [w for w, v in (("--total", amount), ("--date", day), ("--vendor", name)) if not v]
@@ -280,37 +403,42 @@ class ReceiptStore:
             assert amount is not None and day is not None
             if amount <= 0 or (tax_amount is not None and not 0 <= tax_amount < amount):
                 raise BadInput(f"receipt {receipt_id}: total must be > 0 and tax between 0 and the total")
+            if tax_rate is not None and not 0 <= tax_rate <= 100:
+                raise BadInput(f"receipt {receipt_id}: --tax-rate {tax_rate} must be a percentage 0-100")
+            rate = tax_rate if tax_rate is not None else r.tax_rate
+            if tax_amount and rate is None:
+                raise BadInput(
+                    f"receipt {receipt_id}: give --tax-rate for the tax {tax_amount} (none was read)"
+                )
             try:
                 expense = check_account(
                     account or r.expense_account or self.app.settings.receipt_expense_account
                 )
             except ValueError as exc:
                 raise BadInput(str(exc)) from None
-            entry = self._entry(
-                receipt_id, day, name, cur, amount, tax_amount or Decimal(0), r.tax_rate, expense
-            )
+            code = tax_code_for(cur, rate)
+            entry = self._entry(receipt_id, day, name, cur, amount, tax_amount or Decimal(0), code, expense)
             # through the mapping form, so the entry is validated like any other (balanced, exportable)
             stored = self.app.ledger.record(entry.to_dict(), source="receipt", connection=conn)
-            conn.execute(
-                update(receipts)
-                .where(receipts.c.id == receipt_id)
-                .values(
-                    status="approved",
-                    reason=None,
-                    vendor=name,
-                    receipt_date=day,
-                    currency=cur,
-                    total_minor=to_minor(amount, cur),
-                    tax_minor=to_minor(tax_amount, cur) if tax_amount is not None else None,
-                    expense_account=expense,
-                    entry_reference=entry.reference,
-                    updated_at=datetime.now(UTC),
-                )
-            )
-            if r.filed_name is None and FILE_TASK in self.app.registry:  # a reviewed receipt: file it now
+            values = {
+                "reason": None,
+                "vendor": name,
+                "receipt_date": day,
+                "currency": cur,
+                "total_minor": to_minor(amount, cur),
+                "tax_minor": to_minor(tax_amount, cur) if tax_amount is not None else None,
+                "tax_rate": rate,
+                "tax_code": code,
+                "expense_account": expense,
+                "entry_reference": entry.reference,
+            }
+            conn.execute(update(receipts).where(receipts.c.id == receipt_id).values(values))
+            approved = self.get(receipt_id, conn)
+            if not filed_as_booked(approved) and FILE_TASK in self.app.registry:
+                # a reviewed receipt is filed now; a corrected one moves to its booked name
                 task = self.app.registry.get(FILE_TASK).configure(unique_key=f"receipt-file:{receipt_id}")
                 self.app.enqueue(task.prepare(receipt_id), connection=conn)
-            return self.get(receipt_id, conn), stored
+            return approved, stored
 
     def reject(self, receipt_id: int, reason: str = "rejected by a person") -> Receipt:
         """Keep the file and its history, but never book it (e.g. a confirmed duplicate)."""
@@ -320,11 +448,10 @@ class ReceiptStore:
 
     def _entry(
         self, receipt_id: int, day: date, vendor: str, currency: str, total: Decimal, tax: Decimal,
-        rate: int | None, expense: str,
+        tax_code: str | None, expense: str,
     ) -> Entry:  # fmt: skip
         settings = self.app.settings
         code, _, name = expense.partition(":")
-        tax_code = f"{'JCT' if currency == 'JPY' else 'VAT'}{rate}" if rate else None
         lines = [Line(code, name, total - tax, Decimal(0), tax_code, vendor[:200])]
         if tax:
             tcode, _, tname = settings.receipt_tax_account.partition(":")
