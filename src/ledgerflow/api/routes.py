@@ -486,6 +486,7 @@ class ApproveRequest(BaseModel):
     vendor: str | None = Field(None, min_length=1, max_length=300)
     account: str | None = Field(None, max_length=100, description="CODE:Account name")
     currency: str | None = Field(None, min_length=3, max_length=3)
+    tax_rate: int | None = Field(None, ge=0, le=100, description="percent; sets the tax code")
 
 
 @router.get("/receipts", tags=["receipts"])
@@ -495,7 +496,14 @@ def list_receipts(
     limit: int = Query(100, ge=1, le=1000),
 ) -> dict[str, Any]:
     store = ReceiptStore(_app(request))
-    return {"receipts": [r.to_dict() for r in store.list(status, limit)], "counts": store.counts()}
+    counts = {**store.counts(), "skipped_mail": store.skipped_count()}
+    return {"receipts": [r.to_dict() for r in store.list(status, limit)], "counts": counts}
+
+
+@router.get("/receipts/skipped", tags=["receipts"])
+def list_skipped_mail(request: Request, limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+    """Messages and attachments that did not become receipts, newest first, with the reason."""
+    return {"skipped": [_jsonable(s) for s in ReceiptStore(_app(request)).skipped(limit)]}
 
 
 @router.get("/receipts/{receipt_id}", tags=["receipts"])
@@ -520,6 +528,7 @@ def approve_receipt(
         vendor=fixes.vendor,
         account=fixes.account,
         currency=fixes.currency,
+        tax_rate=fixes.tax_rate,
     )
     return {"receipt": receipt.to_dict(), "entry": entry.to_dict()}
 

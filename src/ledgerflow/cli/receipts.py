@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -27,12 +27,37 @@ def _store():
 
 @receipts_cli.command("list")
 def list_(
-    status: Annotated[str | None, typer.Option("--status", help="draft, review, approved, ...")] = None,
+    status: Annotated[
+        str | None,
+        typer.Option("--status", help="draft, review, approved, rejected, ... or skipped (mail not read)"),
+    ] = None,
     limit: Annotated[int, typer.Option("--limit")] = 100,
     as_json: Json = False,
 ) -> None:
-    """Receipts, newest first (`--status review` is the list waiting for a person)."""
-    found = _store().list(status, limit)
+    """Receipts, newest first (`--status review` is the list waiting for a person; `--status
+    skipped` lists the messages and attachments that were not receipts, with the reason)."""
+    store = _store()
+    if status == "skipped":
+        skipped = store.skipped(limit)
+        if as_json:
+            print_json(skipped)
+            return
+        print_table(
+            ["when", "mail", "subject", "part", "name", "why"],
+            [
+                [
+                    s["created_at"].isoformat(timespec="seconds"),
+                    f"{s['mailbox']} UID {s['uid']}",
+                    s["subject"] or "",
+                    s["part"] or "message",
+                    s["name"] or "",
+                    s["reason"],
+                ]
+                for s in skipped
+            ],
+        )
+        return
+    found = store.list(status, limit)
     if as_json:
         print_json([r.to_dict() for r in found])
         return
@@ -47,12 +72,22 @@ def list_(
                 f"{r.to_dict()['total']} {r.currency}" if r.total is not None else "",
                 r.to_dict()["tax"] or "",
                 r.confidence if r.confidence is not None else "",
-                r.expense_account or "",
+                f"{r.expense_account or ''}{' (learned)' if _learned(r) else ''}",
                 r.reason or "",
             ]
             for r in found
         ],
     )
+    skipped_count = store.skipped_count()
+    if status is None and skipped_count:
+        console.print(
+            f"{skipped_count} message(s) or attachment(s) were not receipts: "
+            "`ledgerflow receipts list --status skipped` says why"
+        )
+
+
+def _learned(receipt: Any) -> bool:
+    return bool(receipt.account_note and receipt.account_note.startswith("learned"))
 
 
 @receipts_cli.command("show")
@@ -72,14 +107,26 @@ def approve(
     vendor: Annotated[str | None, typer.Option("--vendor")] = None,
     account: Annotated[str | None, typer.Option("--account", help="CODE:Account name")] = None,
     currency: Annotated[str | None, typer.Option("--currency")] = None,
+    tax_rate: Annotated[
+        int | None, typer.Option("--tax-rate", help="Percent, e.g. 8: sets the tax code (JCT8, VAT7).")
+    ] = None,
     as_json: Json = False,
 ) -> None:
-    """Book a draft (or a reviewed receipt, giving what is missing): queued for the daily export."""
+    """Book a draft (or a reviewed receipt, giving what is missing): queued for the daily export.
+
+    Amounts follow the ledger's rule: `1,234.50` or `1234.50`, never a decimal comma."""
     from ledgerflow.ledger.dates import parse_day
 
     day = parse_day(on, "--date") if on else None
     receipt, entry = _store().approve(
-        receipt_id, total=total, tax=tax, on=day, vendor=vendor, account=account, currency=currency
+        receipt_id,
+        total=total,
+        tax=tax,
+        on=day,
+        vendor=vendor,
+        account=account,
+        currency=currency,
+        tax_rate=tax_rate,
     )
     if as_json:
         print_json({"receipt": receipt.to_dict(), "entry": entry.to_dict()})

@@ -160,6 +160,10 @@ class ReceiptStore:
             insert(mail_skipped).values(reason=reason, size=size, created_at=datetime.now(UTC), **where)
         )
 
+    def skipped_count(self) -> int:
+        with self.db.read() as conn:
+            return int(conn.execute(select(func.count()).select_from(mail_skipped)).scalar_one())
+
     def skipped(self, limit: int = 100) -> list[dict[str, Any]]:
         """What mail did not become a receipt, newest first, with the reason."""
         query = select(mail_skipped).order_by(mail_skipped.c.id.desc()).limit(max(1, min(limit, 1000)))
