@@ -97,11 +97,15 @@ class Dovecot:
         """A new empty mailbox: (user, password)."""
         return self._users.pop()
 
-    def deliver(self, user: str, password: str, message: EmailMessage, mailbox: str = "INBOX") -> None:
+    def deliver(
+        self, user: str, password: str, message: EmailMessage | bytes, mailbox: str = "INBOX"
+    ) -> None:
+        """APPEND a message (or its raw bytes, for headers no mail library would write)."""
+        raw = message if isinstance(message, bytes) else message.as_bytes()
         conn = imaplib.IMAP4("127.0.0.1", self.port, timeout=10)
         try:
             conn.login(user, password)
-            status, data = conn.append(mailbox, None, None, message.as_bytes())
+            status, data = conn.append(mailbox, None, None, raw)
             assert status == "OK", data
         finally:
             conn.logout()

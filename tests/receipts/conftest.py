@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from ledgerflow.builtin import build_app
+from ledgerflow.config import load_settings
 from tests.conftest import ON_CI
 from tests.fakes import receipts as samples
 from tests.fakes.dovecot import Dovecot, dovecot_binary
@@ -45,6 +47,67 @@ def ocr_ready() -> None:
     fonts = all(Path(f).exists() for f in (samples.JP_FONT, samples.TH_FONT))
     _need(fonts, f"fonts to draw test receipts (apt-get install {samples.FONT_PACKAGES})")
     _need(shutil.which("tesseract") is not None, "tesseract")
+
+
+@pytest.fixture
+def mailbox(dovecot):
+    user, password = dovecot.add_user()
+    return dovecot, user, password
+
+
+def mail_app(db_url, tmp_path, mailbox, **settings):
+    """The built-in app reading `mailbox` (a Dovecot user), files kept under `tmp_path`."""
+    dovecot, user, password = mailbox
+    return build_app(
+        load_settings(
+            database_url=db_url,
+            imap_host="127.0.0.1",
+            imap_port=dovecot.port,
+            imap_ssl=False,
+            imap_user=user,
+            imap_password=password,
+            receipts_dir=str(tmp_path / "store"),
+            log_level="WARNING",
+            **settings,
+        )
+    )
+
+
+@pytest.fixture
+def receipt_app(db_url, tmp_path, mailbox):
+    app = mail_app(
+        db_url,
+        tmp_path,
+        mailbox,
+        export_destination=f"file://{tmp_path / 'out'}",
+        export_work_dir=str(tmp_path / "work"),
+        receipt_rules={"コーヒー": "5210:Meeting expenses"},
+    )
+    yield app
+    app.close()
+
+
+def run_task(app, task: str, *args) -> dict:
+    job = app.enqueue(app.registry.get(task).prepare(*args))
+    app.run_worker(["receipts", "reports"], concurrency=4, burst=True)
+    done = app.store.get(job.id)
+    assert done.state == "completed", done.errors
+    return done.result
+
+
+def cli_env(app) -> dict[str, str]:
+    """The environment that makes a `ledgerflow` subprocess use `app`'s database, mailbox and files."""
+    import json
+    import os
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LEDGERFLOW_LOG_LEVEL": "ERROR"}
+    for key, value in app.settings.model_dump().items():
+        if value is not None and key.startswith(("imap", "receipt", "database_url", "export")):
+            raw = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+            env[f"LEDGERFLOW_{key.upper()}"] = json.dumps(raw) if isinstance(raw, dict | list) else str(raw)
+    return env
 
 
 # the export's S3 (moto) and Google Drive (fake server) fixtures, for filing receipts there

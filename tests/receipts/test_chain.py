@@ -20,55 +20,10 @@ from ledgerflow.receipts.store import ReceiptStore
 from ledgerflow.receipts.tasks import DEDUP, SCAN
 from tests.conftest import run_cli
 from tests.fakes import receipts as samples
+from tests.receipts.conftest import mail_app, run_task
 
 DAY = date(2026, 11, 20)
 pytestmark = pytest.mark.usefixtures("ocr_ready")
-
-
-@pytest.fixture
-def mailbox(dovecot):
-    user, password = dovecot.add_user()
-    return dovecot, user, password
-
-
-def mail_app(db_url, tmp_path, mailbox, **settings):
-    """The built-in app reading `mailbox` (a Dovecot user), files kept under `tmp_path`."""
-    dovecot, user, password = mailbox
-    return build_app(
-        load_settings(
-            database_url=db_url,
-            imap_host="127.0.0.1",
-            imap_port=dovecot.port,
-            imap_ssl=False,
-            imap_user=user,
-            imap_password=password,
-            receipts_dir=str(tmp_path / "store"),
-            log_level="WARNING",
-            **settings,
-        )
-    )
-
-
-@pytest.fixture
-def receipt_app(db_url, tmp_path, mailbox):
-    app = mail_app(
-        db_url,
-        tmp_path,
-        mailbox,
-        export_destination=f"file://{tmp_path / 'out'}",
-        export_work_dir=str(tmp_path / "work"),
-        receipt_rules={"コーヒー": "5210:Meeting expenses"},
-    )
-    yield app
-    app.close()
-
-
-def _run(app, task: str, *args) -> dict:
-    job = app.enqueue(app.registry.get(task).prepare(*args))
-    app.run_worker(["receipts", "reports"], concurrency=4, burst=True)
-    done = app.store.get(job.id)
-    assert done.state == "completed", done.errors
-    return done.result
 
 
 def _deliver_samples(mailbox) -> bytes:
@@ -94,7 +49,7 @@ def _deliver_samples(mailbox) -> bytes:
 def test_mail_becomes_drafts_filed_then_approved_into_the_daily_export(receipt_app, mailbox, tmp_path):
     app = receipt_app
     _deliver_samples(mailbox)
-    counts = _run(app, SCAN)
+    counts = run_task(app, SCAN)
     assert counts == {
         "messages": 4,
         "attachments": 4,
@@ -127,7 +82,7 @@ def test_mail_becomes_drafts_filed_then_approved_into_the_daily_export(receipt_a
     assert th.filed_name.startswith("2026/11/2026-11-20_") and th.filed_name.endswith("_535.00.png")
 
     # a second scan fetches nothing again
-    assert _run(app, SCAN)["messages"] == 0
+    assert run_task(app, SCAN)["messages"] == 0
 
     # approve: the drafts become journal entries queued for the evening's export
     store.approve(jp.id)
@@ -151,10 +106,10 @@ def test_duplicates_are_flagged_never_deleted_and_the_month_is_reported(receipt_
     rephotographed = samples.image(samples.thai_lines(), kind="JPEG")  # same receipt, different file
     dovecot.deliver(user, password, samples.message("a", [("a.png", first, "image/png")]))
     dovecot.deliver(user, password, samples.message("b", [("b.jpg", rephotographed, "image/jpeg")]))
-    _run(app, SCAN)
+    run_task(app, SCAN)
     # flagged when read (whichever was read second) or by the sweep (both read at once)
-    assert _run(app, DEDUP)["flagged"] in (0, 1)
-    assert _run(app, DEDUP) == {"flagged": 0}  # idempotent
+    assert run_task(app, DEDUP)["flagged"] in (0, 1)
+    assert run_task(app, DEDUP) == {"flagged": 0}  # idempotent
     store = ReceiptStore(app)
     a, b = sorted(store.list(), key=lambda r: r.status)  # draft, review
     assert a.status == "draft" and b.status == "review" and b.duplicate_of == a.id
@@ -213,7 +168,7 @@ def test_receipts_through_the_cli_and_the_api(receipt_app, mailbox, monkeypatch,
 
     app = receipt_app
     _deliver_samples(mailbox)
-    _run(app, SCAN)
+    run_task(app, SCAN)
     store = ReceiptStore(app)
     broken = next(r for r in store.list() if r.original_name == "broken.pdf")
     draft = next(r for r in store.list() if r.original_name == "receipt.pdf")
@@ -298,7 +253,7 @@ def test_a_scan_killed_mid_mailbox_resumes_without_losing_or_repeating_a_message
     stopped_at = cursor()
     assert 3 <= stopped_at < total, f"the scan was not interrupted mid-mailbox (cursor {stopped_at})"
 
-    assert _run(app, SCAN)["messages"] == total - stopped_at
+    assert run_task(app, SCAN)["messages"] == total - stopped_at
     with app.db.read() as conn:
         sources = conn.execute(select(receipt_sources.c.uid)).scalars().all()
         chains = conn.execute(
@@ -328,7 +283,7 @@ def test_receipts_are_filed_once_on_s3_and_google_drive(where, db_url, tmp_path,
     try:
         data = samples.pdf(samples.japanese_lines())
         dovecot.deliver(user, password, samples.message("領収書", [("receipt.pdf", data, "application/pdf")]))
-        _run(app, SCAN)
+        run_task(app, SCAN)
         store = ReceiptStore(app)
         (receipt,) = store.list()
         name = "2026/11/2026-11-20_サンプル商店_2160.pdf"

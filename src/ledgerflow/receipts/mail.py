@@ -198,7 +198,8 @@ class Part:
 
 def read_message(message: EmailMessage, max_bytes: int) -> list[Part]:
     """Every attachment as a receipt or a skip with its reason; without a receipt attachment,
-    the message's own text (HTML, else plain) is a receipt when it reads as one (a total)."""
+    the message's own text (HTML, else plain) is a receipt when it reads as one (a total), and
+    a message with nothing at all is recorded as not a receipt."""
     from ledgerflow.receipts.extract import html_text
     from ledgerflow.receipts.parse import read_receipt
 
@@ -235,7 +236,7 @@ def read_message(message: EmailMessage, max_bytes: int) -> list[Part]:
     data = (texts.get(kind) or "").encode("utf-8")
     if body.strip() and read_receipt(body).total is not None:
         parts.append(Part(0, f"message.{MESSAGE_TEXT[kind]}", kind, data))
-    else:
+    elif not parts:  # skipped attachments already say why
         why = "no total in its text" if body.strip() else "no text"
         reason = f"no PDF, JPEG or PNG attachment, and the message is not a receipt ({why})"
         parts.append(Part(0, "message", kind, data, reason))

@@ -21,6 +21,7 @@ from ledgerflow.db.tables import (
     receipt_sources,
     receipts,
 )
+from ledgerflow.db.types import storable_text
 from ledgerflow.errors import BadInput, Conflict, NotFound
 from ledgerflow.ledger.entries import Entry, Line
 from ledgerflow.ledger.money import check_currency, format_amount, from_minor, parse_amount, to_minor
@@ -400,7 +401,7 @@ class ReceiptStore:
                 amount = parse_amount(format(amount, "f"), cur, "the total read")  # another currency
             tax_amount = parse_amount(tax, cur, "--tax") if tax is not None else r.tax
             day = on or r.receipt_date
-            name = (vendor or r.vendor or "").strip()
+            name = storable_text((vendor or r.vendor or "").strip())  # the entry says what is stored
             missing = [w for w, v in (("--total", amount), ("--date", day), ("--vendor", name)) if not v]
             if missing:
                 raise BadInput(f"receipt {receipt_id} needs {', '.join(missing)} before it can be approved")
