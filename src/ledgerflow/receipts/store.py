@@ -413,7 +413,7 @@ class ReceiptStore:
             rate = tax_rate if tax_rate is not None else r.tax_rate
             if tax_amount and rate is None:
                 raise BadInput(
-                    f"receipt {receipt_id}: give --tax-rate for the tax {tax_amount} (none was read)"
+                    f"receipt {receipt_id}: give --tax-rate for the tax {tax_amount} (no rate was read)"
                 )
             try:
                 expense = check_account(

@@ -129,7 +129,7 @@ def register_receipt_tasks(app: App) -> None:
 def slug(text: str, limit: int = 40) -> str:
     """A file-name-safe vendor: letters of any script with their marks (Thai vowels and tone
     marks stay on their letters) and digits; '-' for the rest; company forms left out."""
-    text = unicodedata.normalize("NFKC", text)
+    text = unicodedata.normalize("NFKC", text).replace("\u0e4d\u0e32", "\u0e33")  # NFKC splits ำ
     for form in ("株式会社", "有限会社", "合同会社", "(株)", "บริษัท", "จำกัด"):
         text = text.replace(form, " ")
     kept = "".join(ch if unicodedata.category(ch)[0] in "LMN" else "-" for ch in text)
