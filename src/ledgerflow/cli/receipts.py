@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ledgerflow.cli.context import console, print_json, print_table, state
+
+if TYPE_CHECKING:
+    from ledgerflow.receipts.store import ReceiptStore
 
 Json = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
 receipts_cli = typer.Typer(
@@ -19,7 +22,7 @@ def register(cli: typer.Typer) -> None:
     cli.add_typer(receipts_cli, name="receipts")
 
 
-def _store():
+def _store() -> ReceiptStore:
     from ledgerflow.receipts.store import ReceiptStore
 
     return ReceiptStore(state.app())

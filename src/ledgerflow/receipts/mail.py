@@ -83,7 +83,7 @@ def _login(app: App, conn: imaplib.IMAP4) -> None:
     try:
         for force_refresh in (False, True):  # a stored token the server refuses: refresh once
             response = xoauth2(s.imap_user, tokens.access_token(force_refresh))
-            sent = []
+            sent: list[int] = []
 
             def answer(challenge: bytes, response: bytes = response, sent: list[int] = sent) -> bytes:
                 sent.append(1)  # after a failure the server sends its error as a challenge

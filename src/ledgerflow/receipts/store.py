@@ -248,7 +248,7 @@ class ReceiptStore:
         if reading.confidence < minimum:
             problems.insert(0, f"confidence {reading.confidence:.2f} < {minimum:.2f}")
         complete = reading.total is not None and reading.date is not None and bool(reading.vendor)
-        currency = reading.currency
+        currency = reading.currency or self.app.settings.receipt_currency  # always set by read_receipt
         total_minor = to_minor(reading.total, currency) if reading.total is not None else None
         values = {
             "text": text[:20000],
@@ -267,7 +267,7 @@ class ReceiptStore:
         }
         with self.db.begin() as conn:
             duplicate = None
-            if reading.date is not None and total_minor is not None and currency is not None:
+            if reading.date is not None and total_minor is not None:
                 duplicate = self.likely_duplicate(
                     conn, receipt_id, reading.date, total_minor, currency, reading.vendor
                 )

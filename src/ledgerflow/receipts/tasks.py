@@ -185,7 +185,8 @@ def file_receipt(app: App, receipt_id: int) -> dict[str, Any]:
     if sha != receipt.sha256:
         raise LedgerflowError(f"receipt {receipt_id}: stored file {path} does not match its sha256")
     reserved = receipt_reserved_id(store, receipt_id, destination)
-    common = {"sha256": sha, "md5": md5, "size": size, "batch_key": f"receipt:{sha}", "reserved_id": reserved}
+    common: dict[str, Any] = {"sha256": sha, "md5": md5, "size": size, "batch_key": f"receipt:{sha}"}
+    common["reserved_id"] = reserved
     try:
         remote = destination.upload(path, name, **common)
     except ExportConflict:  # another receipt with the same date, vendor and amount is filed there
