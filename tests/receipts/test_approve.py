@@ -8,7 +8,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import unicodedata
+from datetime import date, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from hypothesis import assume, given
@@ -49,23 +51,24 @@ def app(db_url, tmp_path):
 
 def mailed(app, text: str, copy: int = 0) -> int:
     """A receipt mailed as plain text, read by the worker like any other; its id."""
+    return mailed_many(app, [(text, copy)])[0]
+
+
+def mailed_many(app, texts: list[tuple[str, int]]) -> list[int]:
+    """Receipts mailed as plain text (text, copy number), then read by one worker run."""
     store = ReceiptStore(app)
-    data = text.encode() + (f"\n-- copy {copy}" if copy else "").encode()
-    sha = store.keep_file(data, "txt")
-    with app.db.begin() as tx:
-        source = {"mailbox": "test", "uid_validity": 1, "uid": 1000 + copy, "part": 0}
-        receipt_id, _ = store.ingest(
-            tx,
-            sha256=sha,
-            content_type="text/plain",
-            extension="txt",
-            size=len(data),
-            name="r.txt",
-            source=source,
-        )
-        process_and_file(app, tx, receipt_id)
+    ids = []
+    for text, copy in texts:
+        data = text.encode() + (f"\n-- copy {copy}" if copy else "").encode()
+        sha = store.keep_file(data, "txt")
+        with app.db.begin() as tx:
+            source = {"mailbox": "test", "uid_validity": 1, "uid": 1000 + copy, "part": 0}
+            kind = {"content_type": "text/plain", "extension": "txt", "size": len(data), "name": "r.txt"}
+            receipt_id, _ = store.ingest(tx, sha256=sha, source=source, **kind)
+            process_and_file(app, tx, receipt_id)
+        ids.append(receipt_id)
     app.run_worker(["receipts"], concurrency=2, burst=True)
-    return receipt_id
+    return ids
 
 
 def entries(app) -> dict[str, list[tuple]]:
@@ -282,3 +285,50 @@ def test_vendor_names_match_across_company_forms_and_spacing():
     assert same_vendor("株式会社サンプル商店", "サンプル商店")
     assert same_vendor("บริษัท ตัวอย่าง จำกัด", "ตัวอย่าง")
     assert not same_vendor("Cafe A", "Cafe B") and not same_vendor(None, "x")
+
+
+def test_a_correction_converges_on_one_filed_copy_after_a_fault_at_any_statement(app, tmp_path):
+    """Approve with corrections, then the filing job moves the copy: a transient error after each
+    statement in turn (a COMMIT included: the ambiguous case), then a retry, leaves exactly one
+    entry and exactly one file, under the booked values."""
+    from sqlalchemy.exc import OperationalError
+
+    from ledgerflow.errors import DatabaseUnavailable
+    from ledgerflow.receipts.tasks import file_receipt
+    from tests.faults import StatementFaults
+
+    store = ReceiptStore(app)
+    out = tmp_path / "out"
+    fixes = {"total": "1,000.00", "vendor": "Shop R Ltd"}
+
+    def correct(receipt_id: int) -> None:
+        store.approve(receipt_id, **fixes)
+        file_receipt(app, receipt_id)
+
+    def text(day: int) -> tuple[str, int]:  # a day of its own: one filed name per receipt
+        return f"Shop R\n{date(2026, 1, 1) + timedelta(days=day)}\nTotal 1,100.00 THB\n", day
+
+    counting = StatementFaults().install(app.db.engine)
+    correct(mailed(app, *text(1)))
+    counting.uninstall()
+    assert counting.count > 10
+    receipt_ids = mailed_many(app, [text(1 + k) for k in range(1, counting.count + 1)])
+    for k, receipt_id in enumerate(receipt_ids, 1):
+        day = 1 + k
+        faults = StatementFaults("error_after", k).install(app.db.engine)
+        try:
+            correct(receipt_id)
+        except (OperationalError, DatabaseUnavailable):
+            pass
+        finally:
+            faults.uninstall()
+        if store.get(receipt_id).status != "approved":  # else the COMMIT went through
+            store.approve(receipt_id, **fixes)
+        file_receipt(app, receipt_id)  # the job's retry
+        done = store.get(receipt_id)
+        on = date(2026, 1, 1) + timedelta(days=day)
+        booked = f"{on:%Y/%m}/{on}_Shop-R-Ltd_1000.00.txt"
+        assert done.filed_name == booked, (k, faults.fired)
+        assert sorted(p.name for p in out.rglob(f"{on}_*")) == [Path(booked).name], (k, faults.fired)
+        assert f"RCPT-{receipt_id}" in entries(app)
+    assert len(entries(app)) == counting.count + 1
