@@ -270,3 +270,52 @@ def test_concurrent_scans_store_every_message_once_and_exit_cleanly(receipt_app,
         assert conn.execute(select(func.count()).select_from(mail_skipped)).scalar_one() == 0
     assert sorted(uids) == list(range(1, total + 1))  # every message once
     assert stored == total - total // 6 + 1  # the shared file is one receipt
+
+
+def test_a_scan_hit_by_a_fault_at_any_statement_stores_each_message_and_skip_once(receipt_app, mailbox):
+    """A transient error after each statement of a scan in turn (a COMMIT included: the
+    ambiguous case), then the next scan: every receipt, source, skip and chain exactly once."""
+    from sqlalchemy import delete
+
+    from ledgerflow.db.tables import jobs, mail_cursors
+    from ledgerflow.errors import DatabaseUnavailable
+    from ledgerflow.receipts.mail import scan
+    from tests.faults import StatementFaults
+
+    app = receipt_app
+    dovecot, user, password = mailbox
+    messages = not_receipts(64 * 1024)
+    for name in ("html", "zip", "chat"):
+        dovecot.deliver(user, password, messages[name])
+    pdf = samples.pdf(samples.japanese_lines())
+    dovecot.deliver(user, password, samples.message("pdf", [("r.pdf", pdf, "application/pdf")]))
+
+    def stored() -> tuple:
+        with app.db.read() as conn:
+            sources = sorted(conn.execute(select(receipt_sources.c.uid, receipt_sources.c.part)).all())
+            skips = sorted(conn.execute(select(mail_skipped.c.uid, mail_skipped.c.part)).all())
+            chains = conn.execute(select(func.count()).select_from(jobs)).scalar_one()
+            count = conn.execute(select(func.count()).select_from(receipts)).scalar_one()
+        return sources, skips, chains, count
+
+    def forget() -> None:
+        with app.db.begin() as conn:
+            for table in (jobs, receipt_sources, mail_skipped, receipts, mail_cursors):
+                conn.execute(delete(table))
+
+    counting = StatementFaults().install(app.db.engine)
+    scan(app)
+    counting.uninstall()
+    expected = stored()
+    assert expected[:2] == ([(1, 0), (4, 2)], [(1, 3), (2, 2), (3, 0)])  # (uid, part): 0 the text
+    for k in range(1, counting.count + 1):
+        forget()
+        faults = StatementFaults("error_after", k).install(app.db.engine)
+        try:
+            scan(app)
+        except DatabaseUnavailable:
+            pass
+        finally:
+            faults.uninstall()
+        scan(app)  # the job's retry
+        assert stored() == expected, (k, faults.fired)
