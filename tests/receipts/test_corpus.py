@@ -6,10 +6,12 @@ Every line is one way a real receipt prints a date, a total, a tax or a number t
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ledgerflow.receipts.parse import amounts, read_receipt
 
@@ -134,3 +136,80 @@ def test_identifiers_are_never_amounts():
     assert amounts("TAX ID 0107542000011") == []
     assert amounts("No. 000345 JAN 4901234567894") == []
     assert amounts("¥0 0.50 10") == [Decimal(0), Decimal("0.50"), Decimal(10)]
+
+
+JP_VENDORS = ["株式会社サンプル商店", "カフェ東京", "有限会社やまだ書店", "ローソン 新宿店"]
+TH_VENDORS = ["บริษัท ตัวอย่าง จำกัด", "ร้านกาแฟสุขใจ", "ห้างหุ้นส่วน ดีดี", "บริษัท ซีพี ออลล์ จำกัด (มหาชน)"]
+THAI_MONTH_NAMES = ["มกราคม", "กุมภาพันธ์", "มีนาคม", "เมษายน", "พฤษภาคม", "มิถุนายน", "กรกฎาคม"]
+THAI_MONTH_NAMES += ["สิงหาคม", "กันยายน", "ตุลาคม", "พฤศจิกายน", "ธันวาคม"]
+THAI_ABBR = ["ม.ค.", "ก.พ.", "มี.ค.", "เม.ย.", "พ.ค.", "มิ.ย.", "ก.ค.", "ส.ค.", "ก.ย.", "ต.ค.", "พ.ย.", "ธ.ค."]
+RECENT = st.dates(min_value=TODAY - timedelta(days=3 * 365), max_value=TODAY)
+
+
+def _jp_date(day: date, style: int) -> str:
+    return [
+        f"{day.year}年{day.month}月{day.day}日",
+        f"{day:%Y/%m/%d} 12:34",
+        f"令和{day.year - 2018}年{day.month}月{day.day}日" if day.year > 2019 else f"{day:%Y-%m-%d}",
+        f"R{day.year - 2018}.{day:%m.%d}",
+        f"{day:%y/%m/%d}",
+    ][style]
+
+
+def _th_date(day: date, style: int) -> str:
+    be = day.year + 543
+    return [
+        f"{day:%d/%m}/{be}",
+        f"{day:%d/%m}/{be % 100:02d}",
+        f"{day.day} {THAI_MONTH_NAMES[day.month - 1]} {be}",
+        f"{day.day} {THAI_ABBR[day.month - 1]} {be % 100:02d}",
+        f"{day:%d-%m-%Y}",
+    ][style]
+
+
+@given(
+    vendor=st.sampled_from(JP_VENDORS),
+    day=RECENT,
+    style=st.integers(0, 4),
+    net=st.integers(100, 999_999),
+    rate=st.sampled_from([8, 10]),
+    tax_style=st.integers(0, 2),
+    registration=st.integers(10**12, 10**13 - 1),
+)
+def test_generated_japanese_receipts_read_back_exactly(
+    vendor, day, style, net, rate, tax_style, registration
+):
+    tax = net * rate // 100
+    total = net + tax
+    tax_lines = [
+        f"外税{rate}% ¥{tax:,}",
+        f"({rate}%対象 ¥{total:,} 内税 ¥{tax:,})",
+        f"消費税({rate}%) ¥{tax:,}",
+    ]
+    head = [vendor, f"登録番号 T{registration}", _jp_date(day, style), f"小計 ¥{net:,}"]
+    text = "\n".join([*head, tax_lines[tax_style], f"合計 ¥{total:,}", "レシートNo.0042 TEL 03-1234-5678"])
+    r = read_receipt(text, today=TODAY)
+    assert (r.vendor, r.date, r.currency) == (vendor, day, "JPY")
+    assert (r.total, r.tax, r.tax_rate) == (Decimal(total), Decimal(tax), rate)
+    assert r.problems == [] and r.confidence == 1.0
+
+
+@given(
+    vendor=st.sampled_from(TH_VENDORS),
+    day=RECENT,
+    style=st.integers(0, 4),
+    net_satang=st.integers(1_000, 99_999_999),
+    tax_id=st.integers(0, 10**12 - 1),
+    invoice=st.integers(1, 99_999),
+)
+def test_generated_thai_receipts_read_back_exactly(vendor, day, style, net_satang, tax_id, invoice):
+    net = Decimal(net_satang).scaleb(-2)
+    vat = (net * 7 / 100).quantize(Decimal("0.01"))
+    total = net + vat
+    head = [vendor, f"TAX ID 0{tax_id:012d} (VAT Included)", f"TAX INV {invoice:06d}"]
+    money = [f"มูลค่าสินค้า {net:,.2f}", f"ภาษีมูลค่าเพิ่ม 7% {vat:,.2f}", f"รวมทั้งสิ้น {total:,.2f} บาท"]
+    text = "\n".join([*head, f"วันที่ {_th_date(day, style)}", *money])
+    r = read_receipt(text, today=TODAY)
+    assert (r.vendor, r.date, r.currency) == (vendor, day, "THB")
+    assert (r.total, r.tax, r.tax_rate) == (total, vat, 7)
+    assert r.problems == [] and r.confidence == 1.0

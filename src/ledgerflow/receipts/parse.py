@@ -319,6 +319,14 @@ def _year(value: str) -> int:
     return year - 543 if year > 2400 else year
 
 
+def _thai_month(written: str) -> int:
+    """The month of a Thai month name as written: the exact spelling first (ม.ค. is January,
+    มี.ค. March), else the name it matches with marks or dots dropped by OCR."""
+    bare = re.sub(r"[\s.]", "", written)
+    exact = next((n for n in _MONTH_NAMES if n.replace(".", "") == bare), None)
+    return THAI_MONTHS[exact or next(n for n in _MONTH_NAMES if re.fullmatch(_month_pattern(n), written))]
+
+
 def _candidates(m: re.Match[str], script: str | None) -> list[tuple[int, int, int]]:
     """The (year, month, day) readings of one date-like match; two-digit years give several
     (Japanese receipts write YY/MM/DD, Thai ones DD/MM/YY in either era)."""
@@ -331,7 +339,7 @@ def _candidates(m: re.Match[str], script: str | None) -> list[tuple[int, int, in
     if pattern is _DMY:
         return [(_year(m[3]), int(m[2]), int(m[1]))]
     if pattern is _THAI_DATE:
-        month = THAI_MONTHS[next(n for n in _MONTH_NAMES if re.fullmatch(_month_pattern(n), m[2]))]
+        month = _thai_month(m[2])
         if len(m[3]) == 4:
             return [(_year(m[3]), month, int(m[1]))]
         return [(2500 + int(m[3]) - 543, month, int(m[1])), (2000 + int(m[3]), month, int(m[1]))]
