@@ -106,6 +106,14 @@ def test_corrections_are_refused_by_the_ledgers_strict_amount_rule(app, args, na
     use_cli(app, monkeypatch)
     code, _, err = run_cli(capsys, "receipts", "approve", str(receipt_id), *args)
     assert code == 2 and named in err and len(err.strip().splitlines()) == 1
+    from fastapi.testclient import TestClient
+
+    from ledgerflow.api.app import create_api
+
+    fixes = dict(zip([a.removeprefix("--") for a in args[::2]], args[1::2], strict=True))
+    answer = TestClient(create_api(app)).post(f"/api/receipts/{receipt_id}/approve", json=fixes)
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "bad_input"
+    assert named in answer.json()["error"]["message"]
     receipt = ReceiptStore(app).get(receipt_id)
     assert receipt.status == "draft" and receipt.total == Decimal(1100) and entries(app) == {}
 

@@ -239,6 +239,11 @@ def test_nul_characters_are_stored_through_every_receipt_entry_point(
         )
         assert code == 0, err
         assert json.loads(out)["entry"]["description"].startswith("Shop\ufffdC")
+        dovecot.deliver(user, password, samples.message("4th", [("4.pdf", pdf + b"%4", "application/pdf")]))
+        run_task(app, SCAN)
+        fourth = store.list()[0]
+        code, out, err = run_cli(capsys, "receipts", "reject", str(fourth.id), "--reason", "dup\x00licate")
+        assert code == 0 and store.get(fourth.id).reason == "dup\ufffdlicate", err
     finally:
         app.close()
 
