@@ -79,7 +79,7 @@ def test_mail_becomes_drafts_filed_then_approved_into_the_daily_export(receipt_a
     out = tmp_path / "out"
     assert (out / "2026/11/2026-11-20_サンプル商店_2160.pdf").read_bytes() == store.path(jp).read_bytes()
     assert (out / f"2026/11/{Path(th.filed_name).name}").is_file()
-    assert th.filed_name.startswith("2026/11/2026-11-20_") and th.filed_name.endswith("_535.00.png")
+    assert th.filed_name == "2026/11/2026-11-20_ตัวอย่าง_535.00.png"  # the Thai name whole, marks kept
 
     # a second scan fetches nothing again
     assert run_task(app, SCAN)["messages"] == 0
