@@ -286,8 +286,9 @@ class ReceiptStore:
         vendor: str | None,
     ) -> tuple[int | None, str] | None:  # fmt: skip
         """Another receipt (not rejected, not itself flagged) with the same date and amount, as
-        booked or as read, and the same vendor; else a journal entry of that date and amount
-        naming the vendor. Returns (the receipt's id or None, the reason) or None."""
+        booked or as read, and the same vendor; else a journal entry booked by hand that day for
+        that amount (not a reversal) naming the vendor. Returns (the receipt's id or None, the
+        reason) or None."""
         booked = and_(receipts.c.receipt_date == day, receipts.c.total_minor == total_minor)
         read = and_(receipts.c.read_date == day, receipts.c.read_total_minor == total_minor)
         rows = conn.execute(
@@ -306,17 +307,13 @@ class ReceiptStore:
                     f"possible duplicate of receipt {row.id} ({row.status}{booked_as}: "
                     f"same date, amount and vendor)"
                 )
-        debits = (
-            select(journal_lines.c.entry_id, func.sum(journal_lines.c.debit_minor).label("debit"))
-            .group_by(journal_lines.c.entry_id)
-            .subquery()
-        )
         entries = conn.execute(
             select(journal_entries.c.reference, journal_entries.c.description)
-            .join(debits, debits.c.entry_id == journal_entries.c.id)
+            .join(journal_lines, journal_lines.c.entry_id == journal_entries.c.id)
             .where(journal_entries.c.entry_date == day, journal_entries.c.currency == currency)
-            .where(debits.c.debit == total_minor, journal_entries.c.reverses_id.is_(None))
-            .where(journal_entries.c.source != "receipt")
+            .where(journal_entries.c.source != "receipt", journal_entries.c.reverses_id.is_(None))
+            .group_by(journal_entries.c.id, journal_entries.c.reference, journal_entries.c.description)
+            .having(func.sum(journal_lines.c.debit_minor) == total_minor)
         ).all()
         name = fold(vendor)
         for entry in entries:
