@@ -396,6 +396,8 @@ receipts = Table(
     Index("ix_receipts_status", "status"),
     Index("ix_receipts_date_total", "receipt_date", "total_minor"),
     Index("ix_receipts_read_date_total", "read_date", "read_total_minor"),
+    Index("ix_receipts_vendor", "vendor"),  # the accounts learned per vendor
+    Index("ix_receipts_read_vendor", "read_vendor"),
 )
 
 #: Every message attachment a receipt came from (the same file mailed twice: two sources).

@@ -2,7 +2,8 @@
 
 * receipts.tax_code (set by a correction), account_note (rule, learned or default account),
   read_vendor / read_date / read_total_minor (the values read, compared for duplicates after
-  a person corrected the booked ones), indexed by (read_date, read_total_minor).
+  a person corrected the booked ones), indexed by (read_date, read_total_minor); vendor and
+  read_vendor indexed for the accounts learned per vendor.
 * mail_skipped: one row per message or attachment that did not become a receipt.
 
 Revision ID: 0007
@@ -31,6 +32,8 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("read_date", sa.Date(), nullable=True))
         batch_op.add_column(sa.Column("read_total_minor", sa.BigInteger(), nullable=True))
         batch_op.create_index("ix_receipts_read_date_total", ["read_date", "read_total_minor"], unique=False)
+        batch_op.create_index("ix_receipts_vendor", ["vendor"], unique=False)
+        batch_op.create_index("ix_receipts_read_vendor", ["read_vendor"], unique=False)
     op.execute(
         "UPDATE receipts SET read_vendor = vendor, read_date = receipt_date, read_total_minor = total_minor"
     )
@@ -60,6 +63,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("mail_skipped")
     with op.batch_alter_table("receipts", schema=None) as batch_op:
+        batch_op.drop_index("ix_receipts_read_vendor")
+        batch_op.drop_index("ix_receipts_vendor")
         batch_op.drop_index("ix_receipts_read_date_total")
         batch_op.drop_column("read_total_minor")
         batch_op.drop_column("read_date")
