@@ -152,3 +152,24 @@ def test_a_missing_or_broken_token_file_is_named(tmp_path):
     (tmp_path / "t.json").write_text("{not json")
     with pytest.raises(BadInput, match=r"cannot read .*t\.json as JSON"):
         TokenFile(tmp_path / "t.json").access_token()
+
+
+def test_a_token_file_is_enough_for_the_mail_schedules(db_url, tmp_path):
+    from ledgerflow.scheduler.standard import seed_standard_schedules
+
+    def seeded(**mail) -> dict[str, str | None]:
+        app = build_app(load_settings(database_url=db_url, log_level="WARNING", **mail))
+        try:
+            return {
+                s.name: s.disabled_reason
+                for s in seed_standard_schedules(app)
+                if s.name == "email_monitoring"
+            }
+        finally:
+            app.close()
+
+    assert seeded(imap_host="imap.gmail.com") == {
+        "email_monitoring": "needs LEDGERFLOW_IMAP_USER, LEDGERFLOW_IMAP_PASSWORD"
+    }
+    token = {"imap_host": "imap.gmail.com", "imap_user": "books@example.com"}
+    assert seeded(**token, imap_oauth2_token_file=str(tmp_path / "t.json")) == {"email_monitoring": None}

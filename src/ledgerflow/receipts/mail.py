@@ -40,14 +40,19 @@ def mailbox_key(app: App) -> str:
     return f"{s.imap_user}@{s.imap_host}/{s.imap_mailbox}"
 
 
+def missing_mail_settings(settings: Any) -> list[str]:
+    """The variables a scan still needs: host, user, and a password or an OAuth 2.0 token file."""
+    secret = "imap_oauth2_token_file" if settings.imap_oauth2_token_file else "imap_password"
+    return [f"LEDGERFLOW_{n.upper()}" for n in ("imap_host", "imap_user", secret) if not getattr(settings, n)]
+
+
 @contextmanager
 def imap_session(app: App) -> Iterator[imaplib.IMAP4]:
     """A logged-in IMAP connection: XOAUTH2 with LEDGERFLOW_IMAP_OAUTH2_TOKEN_FILE, else a password."""
     s = app.settings
-    secret = "imap_oauth2_token_file" if s.imap_oauth2_token_file else "imap_password"
-    missing = [n for n in ("imap_host", "imap_user", secret) if not getattr(s, n)]
+    missing = missing_mail_settings(s)
     if missing:
-        raise BadInput("email_scan needs " + ", ".join(f"LEDGERFLOW_{n.upper()}" for n in missing))
+        raise BadInput(f"email_scan needs {', '.join(missing)}")
     assert s.imap_host and s.imap_user
     port = s.imap_port or (993 if s.imap_ssl else 143)
     try:

@@ -27,9 +27,10 @@ class Standard:
 
 
 def _needs_mail(app: App) -> str | None:
-    settings = app.settings
-    missing = [v for v in ("imap_host", "imap_user", "imap_password") if not getattr(settings, v, None)]
-    return f"needs LEDGERFLOW_{', LEDGERFLOW_'.join(m.upper() for m in missing)}" if missing else None
+    from ledgerflow.receipts.mail import missing_mail_settings
+
+    missing = missing_mail_settings(app.settings)
+    return f"needs {', '.join(missing)}" if missing else None
 
 
 def standard_schedules(app: App) -> list[Standard]:
