@@ -110,5 +110,19 @@ def cli_env(app) -> dict[str, str]:
     return env
 
 
+def api_client(app):
+    """The HTTP API of `app`, signed in, as a local client (an allowed Host)."""
+    from fastapi.testclient import TestClient
+
+    from ledgerflow.api.app import create_api
+
+    token = "receipts-test-token-0123"
+    return TestClient(
+        create_api(app, token=token),
+        base_url="http://localhost",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+
+
 # the export's S3 (moto) and Google Drive (fake server) fixtures, for filing receipts there
 from tests.export.conftest import fake_drive, moto_s3  # noqa: E402, F401

@@ -25,7 +25,7 @@ from ledgerflow.receipts.rules import parse_rules, same_vendor
 from ledgerflow.receipts.store import ReceiptStore
 from ledgerflow.receipts.tasks import process_and_file, slug
 from tests.conftest import ROOT, run_cli
-from tests.receipts.conftest import cli_env
+from tests.receipts.conftest import api_client, cli_env
 
 JP = "株式会社サンプル商店\n2026年11月20日\n小計 ¥1,000\n外税10% ¥100\n合計 ¥1,100\n"
 
@@ -106,12 +106,8 @@ def test_corrections_are_refused_by_the_ledgers_strict_amount_rule(app, args, na
     use_cli(app, monkeypatch)
     code, _, err = run_cli(capsys, "receipts", "approve", str(receipt_id), *args)
     assert code == 2 and named in err and len(err.strip().splitlines()) == 1
-    from fastapi.testclient import TestClient
-
-    from ledgerflow.api.app import create_api
-
     fixes = dict(zip([a.removeprefix("--") for a in args[::2]], args[1::2], strict=True))
-    answer = TestClient(create_api(app)).post(f"/api/receipts/{receipt_id}/approve", json=fixes)
+    answer = api_client(app).post(f"/api/receipts/{receipt_id}/approve", json=fixes)
     assert answer.status_code == 400 and answer.json()["error"]["code"] == "bad_input"
     assert named in answer.json()["error"]["message"]
     receipt = ReceiptStore(app).get(receipt_id)

@@ -19,7 +19,7 @@ from ledgerflow.receipts.store import ReceiptStore
 from ledgerflow.receipts.tasks import SCAN
 from tests.conftest import ROOT, run_cli
 from tests.fakes import receipts as samples
-from tests.receipts.conftest import cli_env, mail_app, run_task
+from tests.receipts.conftest import api_client, cli_env, mail_app, run_task
 
 pytestmark = pytest.mark.usefixtures("ocr_ready")
 
@@ -70,10 +70,6 @@ def not_receipts(max_bytes: int) -> dict[str, EmailMessage]:
 def test_mail_that_is_not_a_receipt_attachment_is_recorded_or_read(
     db_url, tmp_path, mailbox, capsys, monkeypatch
 ):
-    from fastapi.testclient import TestClient
-
-    from ledgerflow.api.app import create_api
-
     dovecot, user, password = mailbox
     limit = 64 * 1024
     app = mail_app(
@@ -120,7 +116,7 @@ def test_mail_that_is_not_a_receipt_attachment_is_recorded_or_read(
         assert code == 0 and "5 message(s) or attachment(s) were not receipts" in out
         code, out, _ = run_cli(capsys, "receipts", "list", "--status", "skipped", "--json")
         assert code == 0 and {s["reason"] for s in json.loads(out)} == set(why.values())
-        client = TestClient(create_api(app))
+        client = api_client(app)
         listed = client.get("/api/receipts/skipped").json()["skipped"]
         assert {s["subject"] for s in listed} == set(why) and all(s["uid"] for s in listed)
         assert client.get("/api/receipts").json()["counts"]["skipped_mail"] == 5
@@ -177,10 +173,6 @@ def test_nul_characters_are_stored_through_every_receipt_entry_point(
 ):
     """A mail subject and sender with %00, a file name with NUL, a PDF text and a mail text with
     NUL, a vendor and a reason typed with NUL: every one is stored (as U+FFFD) and nothing stops."""
-    from fastapi.testclient import TestClient
-
-    from ledgerflow.api.app import create_api
-
     dovecot, user, password = mailbox
     app = mail_app(db_url, tmp_path, mailbox, export_destination=f"file://{tmp_path}/out")
     try:
@@ -222,7 +214,7 @@ def test_nul_characters_are_stored_through_every_receipt_entry_point(
         assert store.skipped()[0]["name"] == "z\ufffd.zip" and store.skipped()[0]["subject"] == "zip\ufffd"
         assert {r.status for r in store.list()} == {"draft"}
 
-        client = TestClient(create_api(app))
+        client = api_client(app)
         done = client.post(f"/api/receipts/{pdf_receipt.id}/approve", json={"vendor": "Shop\x00A"})
         assert done.status_code == 200 and done.json()["receipt"]["vendor"] == "Shop\ufffdA"
         rejected = client.post(f"/api/receipts/{text_receipt.id}/reject", json={"reason": "dup\x00"})
