@@ -106,6 +106,7 @@ class Settings(BaseSettings):
     prune_after_days: int = Field(30, ge=1)
     backup_dir: str = "./backups"
     backup_keep: int = Field(8, ge=1)
+    backup_destination: str | None = None  # file://DIR, gdrive://FOLDER_ID or s3://BUCKET/PREFIX
 
     imap_host: str | None = None
     imap_port: int | None = Field(None, ge=1, le=65535)  # default 993 with SSL, 143 without
@@ -170,6 +171,11 @@ class Settings(BaseSettings):
     @field_validator("receipt_destination")
     @classmethod
     def _receipt_destination(cls, value: str | None) -> str | None:
+        return check_destination(value) if value else None
+
+    @field_validator("backup_destination")
+    @classmethod
+    def _backup_destination(cls, value: str | None) -> str | None:
         return check_destination(value) if value else None
 
     @field_validator("receipt_expense_account", "receipt_tax_account", "receipt_credit_account")

@@ -1,322 +1,248 @@
-"""Verified database backups: create, rotate, list, restore (`ledgerflow backup …`, task `ledgerflow.backup`).
+"""Verified database backups: create, list, rotate, restore (`ledgerflow backup …`, task `ledgerflow.backup`).
 
-SQLite: the online backup API copies a consistent snapshot while workers keep writing; the copy
-is checked (`PRAGMA integrity_check`), its rows counted, then gzip-compressed.
-PostgreSQL: `pg_dump -Fc` of an exported snapshot, with the rows counted in that same snapshot.
-
-Every backup is **verified** before it counts: it is restored into a scratch database (a
-temporary file, or a temporary PostgreSQL database) whose row counts must equal the ones taken
-from the snapshot. A manifest (`NAME.json`: sha256, bytes, schema revision, row counts) sits
-beside each file; restore checks the sha256 first, so a damaged file is refused before anything
-is touched. Only verified backups count towards the `keep` newest that rotation retains.
+Every backup is **verified** before it counts (`snapshot.py`), published into the folder with
+its manifest last (`folder.py`), optionally put off the machine (`offsite.py`), and rotated
+to the newest `keep` backups of this database. A restore checks the file's sha256, refuses
+while workers run, and refuses to roll the books back unless forced; a forced restore carries
+over what had been delivered (`books.py`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import gzip
-import hashlib
-import json
-import os
-import shutil
-import sqlite3
-import subprocess
-import tempfile
-import uuid
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import psycopg
 from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
-from ledgerflow.db.tables import metadata, workers
-from ledgerflow.errors import BadInput, Conflict, LedgerflowError, NotFound
+from ledgerflow.backup import books, offsite, snapshot
+from ledgerflow.backup.books import CarriedOver, Newer, RestoreDivergence, restore_divergences
+from ledgerflow.backup.faults import crash_point
+from ledgerflow.backup.folder import (
+    Backup,
+    check_keep,
+    clean_stale,
+    database_identity,
+    is_backup_name,
+    list_backups,
+    new_name,
+    publish,
+    rotate,
+    sha256_of,
+    work_folder,
+)
+from ledgerflow.backup.snapshot import BackupFailed
+from ledgerflow.db.tables import workers
+from ledgerflow.errors import BadInput, Conflict, DatabaseUnavailable, LedgerflowError, NotFound
 
 if TYPE_CHECKING:
     from ledgerflow.app import App
 
-_CHUNK = 1 << 20
+__all__ = [
+    "Backup",
+    "BackupFailed",
+    "CarriedOver",
+    "Newer",
+    "RestoreDivergence",
+    "RestoreRefused",
+    "Restored",
+    "create_backup",
+    "describe",
+    "list_backups",
+    "restore_backup",
+    "restore_divergences",
+    "restore_lines",
+    "rotate",
+]
 
 
-class BackupFailed(LedgerflowError):
-    """A backup could not be made or did not verify."""
+class RestoreRefused(Conflict):
+    """Restoring would roll back books that are newer than the backup (or could not be compared)."""
+
+    exit_code = 2
+    code = "restore_refused"
 
 
 @dataclass(frozen=True)
-class Backup:
-    """One backup file and its manifest."""
+class Restored:
+    """What a restore did: the backup, what the replaced database held beyond it, what was carried over."""
 
-    name: str
-    backend: str
-    created_at: str
-    bytes: int
-    sha256: str
-    revision: str | None
-    rows: dict[str, int]
-    verified_at: str | None
+    backup: Backup
+    newer: Newer | None
+    carried: CarriedOver
+    unread: str | None = None  # why the replaced database could not be compared
 
     @property
-    def total_rows(self) -> int:
-        return sum(self.rows.values())
+    def rolled_back(self) -> bool:
+        return self.unread is not None or (self.newer is not None and not self.newer.empty)
 
 
-# ------------------------------------------------------------------ public API
+# ------------------------------------------------------------------ create
 def create_backup(app: App, directory: str | Path | None = None, keep: int | None = None) -> Backup:
-    """Snapshot the database into `directory`, verify it by restoring it, then rotate."""
+    """Snapshot the database into `directory`, verify it, rotate, and put it off the machine if configured."""
+    keep = app.settings.backup_keep if keep is None else keep
+    check_keep(keep)  # before anything is made
+    destination = offsite.backup_destination(app.settings)
     folder = Path(directory or app.settings.backup_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    clean_stale(folder)
     stamp = datetime.now(UTC)
-    suffix = "sqlite.gz" if app.db.is_sqlite else "pgdump"
-    name = f"ledgerflow-{stamp:%Y%m%dT%H%M%S_%f}-{uuid.uuid4().hex[:4]}.{suffix}"
-    final = folder / name
-    partial = folder / f".{name}.partial"
-    try:
-        rows = _dump_sqlite(app, partial) if app.db.is_sqlite else _dump_postgres(app, partial)
-        digest, size = _sha256(partial)
-        _fsync(partial)
-        os.replace(partial, final)
+    name = new_name(stamp, app.db.backend.name)
+    with work_folder(folder) as work:
+        made = snapshot.dump(app.db.url, work, work / name, app.settings.sqlite_busy_timeout)
+        digest, size = sha256_of(work / name)
+        restored, verified_by = snapshot.verify(app.db.url, work / name, work)
+        if restored != made.rows:
+            raise BackupFailed(f"backup {name} did not verify: restored rows {restored} != {made.rows}")
         backup = Backup(
             name=name,
             backend=app.db.backend.name,
-            created_at=stamp.isoformat(timespec="seconds"),
+            created_at=stamp.isoformat(timespec="microseconds"),
             bytes=size,
             sha256=digest,
             revision=_revision(app),
-            rows=rows,
-            verified_at=None,
+            rows=made.rows,
+            verified_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            verified_by=verified_by,
+            database=database_identity(app.db.url),
+            books=made.books,
         )
+        crash_point("before_publish")
+        publish(work, folder, backup)
+    rotate(folder, keep, backup.database, protect=name)
+    crash_point("after_rotate")
+    if destination is not None:
         try:
-            restored = _verify(final, backup, app.db.url if app.db.is_sqlite else _libpq(app.db.url))
-            if restored != rows:
-                raise BackupFailed(f"backup {name} did not verify: restored rows {restored} != {rows}")
-            backup = replace(backup, verified_at=datetime.now(UTC).isoformat(timespec="seconds"))
-            _write_manifest(folder, backup)
-        except BaseException:
-            final.unlink(missing_ok=True)  # an unverified file never stays to be mistaken for a backup
-            raise
-    finally:
-        partial.unlink(missing_ok=True)
-    rotate(folder, keep if keep is not None else app.settings.backup_keep)
+            with work_folder(folder) as work:
+                for kept in reversed(list_backups(folder, backup.database)):  # catches up on failed uploads
+                    if kept.usable:
+                        offsite.push(destination, folder, kept)
+                offsite.rotate_remote(destination, work, keep, backup.database or "", protect=name)
+        except LedgerflowError as exc:
+            raise BackupFailed(
+                f"backup {name} is verified and kept in {folder}, but not at {destination.key}: {exc} "
+                "(the next `backup create` uploads it)"
+            ) from exc
     return backup
 
 
-def list_backups(directory: str | Path) -> list[Backup]:
-    """Backups in `directory` that have a manifest, newest first."""
-    folder = Path(directory)
-    if not folder.is_dir():
-        return []
-    found = []
-    for manifest in folder.glob("ledgerflow-*.json"):
-        with contextlib.suppress(ValueError, TypeError, KeyError):
-            found.append(Backup(**json.loads(manifest.read_text())))
-    return sorted(found, key=lambda b: b.name, reverse=True)
+# ------------------------------------------------------------------ restore
+def restore_backup(app: App, name: str, directory: str | Path | None = None, force: bool = False) -> Restored:
+    """Replace `app`'s database with backup `name` (fetched from the destination if not local).
 
-
-def rotate(directory: str | Path, keep: int) -> list[str]:
-    """Delete all but the `keep` newest verified backups; returns the names removed."""
-    if keep < 1:
-        raise BadInput("keep must be at least 1")
-    folder = Path(directory)
-    removed = []
-    for old in [b for b in list_backups(folder) if b.verified_at][keep:]:
-        (folder / old.name).unlink(missing_ok=True)
-        (folder / f"{old.name}.json").unlink(missing_ok=True)
-        removed.append(old.name)
-    return removed
-
-
-def restore_backup(app: App, name: str, directory: str | Path | None = None, force: bool = False) -> Backup:
-    """Replace `app`'s database with backup `name` (checked by sha256 first).
-
-    Stop workers, schedulers and `serve` first: a live process is refused unless `force`.
+    Refused (`RestoreRefused`) when the database holds journal entries, export batches or
+    audit rows newer than the backup, or while workers run, unless `force`. A forced restore
+    carries over what had been delivered, records the restore in the audit chain and raises
+    a critical alert.
     """
     folder = Path(directory or app.settings.backup_dir)
-    backup = next((b for b in list_backups(folder) if b.name == name), None)
-    path = folder / name
-    if backup is None or not path.is_file():
-        raise NotFound(f"no backup {name!r} in {folder}")
-    digest, _ = _sha256(path)
+    backup = _find(app, folder, name)
+    path = folder / backup.name
+    digest, _ = sha256_of(path)
     if digest != backup.sha256:
         raise BadInput(f"backup {name} is damaged: sha256 {digest} != {backup.sha256} in its manifest")
     if backup.backend != app.db.backend.name:
         raise BadInput(f"backup {name} is a {backup.backend} backup; the database is {app.db.backend.name}")
-    if not force:
-        live = _live_processes(app)
+    newer, unread = None, None
+    try:
+        live = 0 if force else _live_processes(app)
         if live:
             raise Conflict(
                 f"{live} worker/scheduler process(es) are running against this database: stop them "
                 "(or pass --force)"
             )
-    if app.db.is_sqlite:
-        _restore_sqlite(app, path)
-    else:
-        app.db.engine.dispose()  # pooled sessions would hold locks pg_restore --clean waits for
-        _restore_postgres(_libpq(app.db.url), path)
-    return backup
+        if backup.books is None:
+            unread = f"backup {name} was made before backups recorded the state of the books"
+        else:
+            newer = books.compare(app.db, backup.books, datetime.fromisoformat(backup.created_at))
+        delivered = books.capture(app.db, newer) if newer is not None else books.Delivered()
+    except (SQLAlchemyError, DatabaseUnavailable) as exc:
+        unread, delivered = _first_line(exc), books.Delivered()
+    if not force:
+        if unread:
+            raise RestoreRefused(
+                f"cannot tell what restoring {name} would roll back: {unread}; --force restores it anyway"
+            )
+        if newer is not None and not newer.empty:
+            raise RestoreRefused(
+                f"refusing to restore {name}: the database holds {newer.describe()}; "
+                "--force restores it and carries over what was delivered"
+            )
+    app.db.dispose()  # no pooled connection may keep the old file open or hold locks pg_restore waits for
+    snapshot.restore(app.db.url, path, name)
+    app.db.dispose()
+    if delivered.batches and backup.revision != _head_revision():
+        from ledgerflow.db.migrate import migrate
+
+        migrate(app.db)  # carried rows have the current schema
+    carried = books.carry_over(app.db, delivered, newer, backup=name, forced=force, unread=unread)
+    result = Restored(backup, newer, carried, unread)
+    if result.rolled_back:
+        app.alerts.raise_alert(
+            f"backup_restore_rolled_back:{name}",
+            "critical",
+            f"Restored backup {name}: the books were rolled back",
+            "; ".join(restore_lines(result)),
+            backup=name,
+        )
+    return result
 
 
-# ------------------------------------------------------------------ SQLite
-def _sqlite_file(url: str) -> Path:
-    database = make_url(url).database
-    if not database or database == ":memory:":
-        raise BadInput("an in-memory SQLite database cannot be backed up")
-    return Path(database)
+def restore_lines(result: Restored) -> list[str]:
+    """What a restore did, one line each (CLI output and alert)."""
+    b, c = result.backup, result.carried
+    lines = [f"restored {b.name} ({b.total_rows:,} rows, schema {b.revision})"]
+    if result.newer is not None and not result.newer.empty:
+        lines.append(f"rolled back: the replaced database held {result.newer.describe()}")
+    if c.batches:
+        lines.append(
+            f"carried over what was delivered: {len(c.batches)} batch(es) ({', '.join(c.batches)}), "
+            f"{c.entries} entries, {c.receipts} receipt(s)"
+        )
+    if c.audit_rows:
+        lines.append(f"export audit chain re-joined: {c.audit_rows} row(s)")
+    if c.dropped:
+        shown = ", ".join(c.dropped[:5]) + (", …" if len(c.dropped) > 5 else "")
+        lines.append(
+            f"dropped: {len(c.dropped)} entries recorded after the backup and never exported ({shown})"
+        )
+    lines += [f"divergence: {p}" for p in c.problems]
+    return lines
 
 
-def _dump_sqlite(app: App, target: Path) -> dict[str, int]:
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".lf-backup-") as tmp:
-        copy = Path(tmp) / "snapshot.db"
-        source = sqlite3.connect(_sqlite_file(app.db.url), timeout=app.settings.sqlite_busy_timeout)
-        dest = sqlite3.connect(copy)
-        try:
-            source.backup(dest, pages=4096)  # in steps: writers are not blocked for the whole copy
-        finally:
-            source.close()
-        try:
-            dest.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, no -wal beside it
-            _check_integrity(dest)
-            rows = _count_sqlite(dest)
-        finally:
-            dest.close()
-        with copy.open("rb") as raw, gzip.open(target, "wb", compresslevel=6) as packed:
-            shutil.copyfileobj(raw, packed, _CHUNK)
-    return rows
-
-
-def _check_integrity(conn: sqlite3.Connection) -> None:
-    result = conn.execute("PRAGMA integrity_check").fetchone()[0]
-    if result != "ok":
-        raise BackupFailed(f"SQLite integrity check failed: {result}")
-
-
-def _count_sqlite(conn: sqlite3.Connection) -> dict[str, int]:
-    return {t: int(conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]) for t in _tables()}
-
-
-def _unpack(path: Path, target: Path) -> None:
-    try:
-        with gzip.open(path, "rb") as packed, target.open("wb") as raw:
-            shutil.copyfileobj(packed, raw, _CHUNK)
-    except (OSError, EOFError) as exc:
-        raise BadInput(f"backup {path.name} cannot be unpacked: {exc}") from None
-
-
-def _restore_sqlite(app: App, path: Path) -> None:
-    target = _sqlite_file(app.db.url)
-    staged = target.with_name(f".{target.name}.restore")
-    try:
-        _unpack(path, staged)
-        conn = sqlite3.connect(staged)
-        try:
-            _check_integrity(conn)
-            conn.execute("PRAGMA journal_mode=WAL")
-        finally:
-            conn.close()
-        app.db.engine.dispose()  # no pooled connection may keep the old file open
-        _fsync(staged)
-        for stale in (target.with_name(target.name + "-wal"), target.with_name(target.name + "-shm")):
-            stale.unlink(missing_ok=True)
-        os.replace(staged, target)
-    finally:
-        staged.unlink(missing_ok=True)
-
-
-# ------------------------------------------------------------------ PostgreSQL
-def _libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def _run(args: list[str], what: str) -> None:
-    try:
-        done = subprocess.run(args, capture_output=True, text=True, timeout=3600, check=False)
-    except FileNotFoundError:
-        raise BackupFailed(
-            f"{args[0]} is not installed (Debian: apt-get install postgresql-client)"
-        ) from None
-    if done.returncode != 0:
-        first = (done.stderr or done.stdout).strip().splitlines()
-        raise BackupFailed(f"{what} failed: {first[0] if first else f'exit {done.returncode}'}")
-
-
-def _dump_postgres(app: App, target: Path) -> dict[str, int]:
-    """pg_dump of an exported snapshot; rows counted inside that same snapshot."""
-    dsn = _libpq(app.db.url)
-    with psycopg.connect(dsn) as conn:
-        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
-        rows = {
-            t: int(conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0])  # type: ignore[index]
-            for t in _tables()
-        }
-        _run(["pg_dump", "--format=custom", f"--snapshot={snapshot}", f"--file={target}", dsn], "pg_dump")
-        conn.execute("COMMIT")
-    return rows
-
-
-def _restore_postgres(dsn: str, path: Path) -> None:
-    _run(
-        [
-            "pg_restore",
-            "--clean",
-            "--if-exists",
-            "--no-owner",
-            "--single-transaction",
-            "--exit-on-error",
-            f"--dbname={dsn}",
-            str(path),
-        ],
-        "pg_restore",
-    )
-
-
-@contextlib.contextmanager
-def _scratch_postgres(dsn: str) -> Iterator[str]:
-    """A temporary database on the same server, dropped afterwards."""
-    name = f"lf_verify_{uuid.uuid4().hex[:10]}"
-    admin = make_url(dsn).set(database="postgres").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
-    try:
-        yield make_url(dsn).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+def _find(app: App, folder: Path, name: str) -> Backup:
+    """Backup `name` in `folder`, else fetched from the backup destination."""
+    local = next((b for b in list_backups(folder) if b.name == name), None)
+    destination = offsite.backup_destination(app.settings) if is_backup_name(name) else None
+    if local is not None and (local.problem is None or destination is None):
+        if local.problem:
+            raise BadInput(f"backup {name} is damaged: {local.problem}")
+        return local
+    if destination is None:
+        raise NotFound(f"no backup {name!r} in {folder}")
+    folder.mkdir(parents=True, exist_ok=True)
+    with work_folder(folder) as work:
+        return offsite.fetch(destination, name, folder, work)
 
 
 # ------------------------------------------------------------------ shared
-def _verify(path: Path, backup: Backup, source_dsn: str) -> dict[str, int]:
-    """Restore `path` into a scratch database (beside `source_dsn` for PostgreSQL) and count its rows."""
-    if backup.backend == "sqlite":
-        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".lf-verify-") as tmp:
-            scratch = Path(tmp) / "verify.db"
-            _unpack(path, scratch)
-            conn = sqlite3.connect(scratch)
-            try:
-                _check_integrity(conn)
-                return _count_sqlite(conn)
-            finally:
-                conn.close()
-    with _scratch_postgres(source_dsn) as scratch:
-        _restore_postgres(scratch, path)
-        with psycopg.connect(scratch) as conn:
-            return {
-                t: int(conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0])  # type: ignore[index]
-                for t in _tables()
-            }
-
-
-def _tables() -> list[str]:
-    return sorted(metadata.tables)
+def describe(backup: Backup) -> dict[str, Any]:
+    """A backup as JSON-ready data (CLI and API)."""
+    return {**asdict(backup), "total_rows": backup.total_rows}
 
 
 def _revision(app: App) -> str | None:
     from ledgerflow.db.migrate import current_revision
 
     return current_revision(app.db)
+
+
+def _head_revision() -> str | None:
+    from ledgerflow.db.migrate import head_revision
+
+    return head_revision()
 
 
 def _live_processes(app: App) -> int:
@@ -329,28 +255,7 @@ def _live_processes(app: App) -> int:
         )
 
 
-def _sha256(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
-def _fsync(path: Path) -> None:
-    with path.open("rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def _write_manifest(folder: Path, backup: Backup) -> None:
-    manifest = folder / f"{backup.name}.json"
-    staged = folder / f".{backup.name}.json.partial"
-    staged.write_text(json.dumps({**asdict(backup)}, indent=2, sort_keys=True) + "\n")
-    _fsync(staged)
-    os.replace(staged, manifest)
-
-
-def describe(backup: Backup) -> dict[str, Any]:
-    """A backup as JSON-ready data (CLI and API)."""
-    return {**asdict(backup), "total_rows": backup.total_rows}
+def _first_line(error: BaseException) -> str:
+    orig = getattr(error, "orig", None) or error
+    lines = str(orig).strip().splitlines()
+    return lines[0] if lines else type(orig).__name__

@@ -412,3 +412,157 @@ def destination_for(settings: Any, url: str | None = None) -> Destination:
         s3_endpoint=settings.s3_endpoint_url,
         timeout=settings.destination_timeout,
     )
+
+
+# ---------------------------------------------------------------- read helpers (used by backups)
+@dataclass(frozen=True)
+class StoredFile:
+    """A file directly in a destination folder, with the checksums the service itself keeps (hex).
+
+    `sha256`/`md5` are None when the service keeps none (or a listing does not return them).
+    """
+
+    name: str
+    file_id: str
+    size: int
+    sha256: str | None = None
+    md5: str | None = None
+
+
+def list_files(destination: Destination, prefix: str) -> list[StoredFile]:
+    """Files directly in the destination folder whose names start with `prefix`."""
+    if isinstance(destination, LocalFolder):
+        folder = destination.directory
+        if not folder.is_dir():
+            return []
+        return [
+            StoredFile(p.name, str(p), p.stat().st_size)
+            for p in sorted(folder.glob(f"{prefix}*"))
+            if p.is_file() and not p.is_symlink()
+        ]
+    if isinstance(destination, S3):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        base = destination._key("")
+        found = []
+        try:
+            pages = destination.client.get_paginator("list_objects_v2").paginate(
+                Bucket=destination.bucket, Prefix=base + prefix
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    name = obj["Key"][len(base) :]
+                    if "/" not in name:
+                        found.append(StoredFile(name, obj["Key"], int(obj["Size"])))
+        except (BotoCoreError, ClientError) as exc:
+            raise DestinationError(f"S3 listing of {destination.key} failed: {exc}", "s3") from exc
+        return found
+    if isinstance(destination, GoogleDrive):
+        return [
+            f for f in _drive_query(destination, f"name contains '{prefix}'") if f.name.startswith(prefix)
+        ]
+    raise TypeError(f"cannot list {destination!r}")
+
+
+def stored_file(destination: Destination, name: str) -> StoredFile | None:
+    """The file called `name` directly in the destination folder, with the service's checksums."""
+    if isinstance(destination, LocalFolder):
+        path = destination.directory / name
+        if not path.is_file() or path.is_symlink() or path.parent != destination.directory:
+            return None
+        sha256, md5, size = file_digests(path)
+        return StoredFile(name, str(path), size, sha256, md5)
+    if isinstance(destination, S3):
+        import base64
+
+        key = destination._key(name)
+        head = _s3_head_with_checksum(destination, key)
+        if head is None:
+            return None
+        checksum = head.get("ChecksumSHA256")
+        sha256 = base64.b64decode(checksum).hex() if checksum and "-" not in checksum else None
+        return StoredFile(name, key, int(head["ContentLength"]), sha256)
+    if isinstance(destination, GoogleDrive):
+        found = _drive_query(destination, f"name = '{name}'")
+        return found[0] if found else None
+    raise TypeError(f"cannot read {destination!r}")
+
+
+def download(destination: Destination, file_id: str, target: Path) -> None:
+    """Copy a stored file to `target`."""
+    try:
+        if isinstance(destination, LocalFolder):
+            with open(file_id, "rb") as src, open(target, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+        elif isinstance(destination, S3):
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            try:
+                destination.client.download_file(destination.bucket, file_id, str(target))
+            except (BotoCoreError, ClientError) as exc:
+                raise DestinationError(f"S3 download of {file_id} failed: {exc}", "s3") from exc
+        elif isinstance(destination, GoogleDrive):
+            from googleapiclient.http import MediaIoBaseDownload
+
+            with open(target, "wb") as dst:
+                request = destination.service.files().get_media(fileId=file_id, supportsAllDrives=True)
+                fetcher, done = MediaIoBaseDownload(dst, request, chunksize=8 << 20), False
+                while not done:
+                    _status, done = _drive_chunk(fetcher)
+        else:
+            raise TypeError(f"cannot download from {destination!r}")
+    except OSError as exc:
+        raise DestinationError(f"cannot download {file_id}: {exc}") from exc
+
+
+def _s3_head_with_checksum(destination: S3, key: str) -> dict[str, Any] | None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return destination.client.head_object(  # type: ignore[no-any-return]
+            Bucket=destination.bucket, Key=key, ChecksumMode="ENABLED"
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise DestinationError(f"S3 head of {key} failed", "s3") from exc
+    except BotoCoreError as exc:
+        raise DestinationError(f"S3 head of {key} failed: {exc}", "s3") from exc
+
+
+def _drive_query(destination: GoogleDrive, condition: str) -> list[StoredFile]:
+    found: list[StoredFile] = []
+    token = None
+    while True:
+        page = destination._call(
+            destination.service.files().list(
+                q=f"'{destination.folder_id}' in parents and trashed = false and {condition}",
+                fields="nextPageToken, files(id, name, size, md5Checksum, sha256Checksum)",
+                pageSize=1000,
+                pageToken=token,
+                supportsAllDrives=True,
+                includeItemsFromAllDrives=True,
+            ),
+            "list",
+        )
+        found += [
+            StoredFile(
+                f["name"], f["id"], int(f.get("size", 0)), f.get("sha256Checksum"), f.get("md5Checksum")
+            )
+            for f in page.get("files", [])
+        ]
+        token = page.get("nextPageToken")
+        if not token:
+            return found
+
+
+def _drive_chunk(fetcher: Any) -> tuple[Any, bool]:
+    from googleapiclient.errors import HttpError
+
+    try:
+        return fetcher.next_chunk(num_retries=0)  # type: ignore[no-any-return]
+    except HttpError as exc:
+        raise DestinationError(
+            f"Google Drive download failed: HTTP {exc.resp.status}", "google_drive"
+        ) from exc

@@ -1,0 +1,531 @@
+"""Restores never roll the books back silently.
+
+A backup's manifest holds the **watermark** of the books in its snapshot: the highest journal
+entry id (and the ids below it that the snapshot lacks), the highest export batch id, and the
+length and last hash of the export audit chain. Before a restore, `compare` finds what the
+database holds beyond that watermark — journal entries, export batches, audit rows — and the
+restore is refused unless forced.
+
+A forced restore keeps what was **delivered**: the batches the replaced database had
+delivered since the backup (completed, or uploaded), with their entries, lines, queue rows,
+the receipts those entries came from, and the tail of the audit chain, are captured before
+the restore and written back after it (`carry_over`), so the next export never sends them
+again. What was recorded but never delivered is gone, and named. Every restore appends a
+`restored` row to the audit chain; `restore_divergences` lists the restores that rolled the
+books back, for `ledgerflow export verify` and people.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Table, and_, delete, func, insert, inspect, or_, select, text, update
+
+from ledgerflow.db.tables import (
+    export_batch_entries,
+    export_batches,
+    export_logs,
+    export_queue,
+    journal_entries,
+    journal_lines,
+    receipts,
+)
+from ledgerflow.export.audit import GENESIS, append_log
+
+if TYPE_CHECKING:
+    from ledgerflow.db.database import Database
+
+RESTORED = "restored"  # the audit action of a restore
+_EXAMPLES = 5
+_GAPS_SQL = (
+    "SELECT id + 1, next_id - 1 FROM (SELECT id, lead(id) OVER (ORDER BY id) AS next_id "
+    "FROM journal_entries) AS t WHERE next_id > id + 1"
+)
+
+
+# ------------------------------------------------------------------ the watermark
+def watermark(conn: Any) -> dict[str, Any]:
+    """The books in a snapshot, read through a DB-API connection (sqlite3 or psycopg) inside it."""
+
+    def one(sql: str) -> Any:
+        row = conn.execute(sql).fetchone()
+        return row[0] if row else None
+
+    first, last = conn.execute("SELECT min(id), max(id) FROM journal_entries").fetchone()
+    absent = [[int(a), int(b)] for a, b in conn.execute(_GAPS_SQL).fetchall()]
+    if first is not None and first > 1:
+        absent.insert(0, [1, int(first) - 1])
+    return {
+        "entries_max_id": int(last or 0),
+        "entries_absent_ids": absent,  # ranges: rolled back, or not yet committed at the snapshot
+        "entries_last_reference": one(f"SELECT reference FROM journal_entries WHERE id = {int(last)}")
+        if last is not None
+        else None,
+        "batches_max_id": int(one("SELECT max(id) FROM export_batches") or 0),
+        "audit_rows": int(one("SELECT count(*) FROM export_logs")),
+        "audit_head": one("SELECT row_hash FROM export_logs ORDER BY id DESC LIMIT 1") or GENESIS,
+    }
+
+
+# ------------------------------------------------------------------ what a restore rolls back
+@dataclass(frozen=True)
+class BatchSeen:
+    batch_key: str
+    batch_date: str
+    state: str
+
+
+@dataclass(frozen=True)
+class Newer:
+    """What the database holds beyond a backup's watermark: what restoring it would roll back."""
+
+    entries: tuple[str, ...] = ()  # references
+    batches: tuple[BatchSeen, ...] = ()
+    audit_rows: int = 0
+    chain_diverged: bool = False  # the chain here does not continue the backup's
+    journal_diverged: bool = False  # the entry ids here are not the backup's
+    audit_after: int | None = None  # id here of the backup's last audit row (None: no common row)
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.entries or self.batches or self.audit_rows or self.chain_diverged or self.journal_diverged
+        )
+
+    def describe(self) -> str:
+        parts = []
+        if self.entries:
+            shown = ", ".join(self.entries[:_EXAMPLES]) + (", …" if len(self.entries) > _EXAMPLES else "")
+            parts.append(
+                f"{len(self.entries)} journal entr{'y' if len(self.entries) == 1 else 'ies'} ({shown})"
+            )
+        if self.batches:
+            listed = ", ".join(f"{b.batch_date} {b.state}" for b in self.batches)
+            parts.append(
+                f"{len(self.batches)} export batch{'' if len(self.batches) == 1 else 'es'} ({listed})"
+            )
+        if self.audit_rows:
+            parts.append(f"{self.audit_rows} export audit row{'' if self.audit_rows == 1 else 's'}")
+        text_ = " and ".join([", ".join(parts[:-1]), parts[-1]] if len(parts) > 1 else parts) or "nothing"
+        notes = [
+            note
+            for flag, note in (
+                (self.chain_diverged, "its export audit chain does not continue the backup's"),
+                (self.journal_diverged, "its journal entry ids are not the backup's"),
+            )
+            if flag
+        ]
+        return f"{text_} newer than the backup" + (f"; {' and '.join(notes)}" if notes else "")
+
+    @property
+    def batch_keys(self) -> list[str]:
+        return [b.batch_key for b in self.batches]
+
+
+def compare(db: Database, books: dict[str, Any], since: datetime) -> Newer:
+    """What the database holds that a snapshot with watermark `books` (taken at `since`) does not."""
+    with db.read() as conn:
+        if not inspect(conn).has_table("export_logs"):
+            return Newer()  # an empty database: nothing to lose
+        after, diverged = _common_audit_row(conn, books)
+        logs = export_logs.c
+        audit_newer = [
+            logs.action != RESTORED,
+            logs.id > after if after is not None else logs.created_at > since,
+        ]
+        audit_rows = int(conn.execute(select(func.count()).where(*audit_newer)).scalar_one())
+        touched = select(logs.batch_key).where(*audit_newer, logs.batch_key.is_not(None)).distinct()
+        b = export_batches.c
+        batches = conn.execute(
+            select(b.batch_key, b.batch_date, b.state)
+            .where(or_(b.id > books["batches_max_id"], b.batch_key.in_(touched)))
+            .order_by(b.batch_date, b.batch_key)
+        ).all()
+        entries, journal_diverged = _newer_entries(conn, books)
+    return Newer(
+        entries=tuple(entries),
+        batches=tuple(BatchSeen(r.batch_key, r.batch_date.isoformat(), r.state) for r in batches),
+        audit_rows=audit_rows,
+        chain_diverged=diverged,
+        journal_diverged=journal_diverged,
+        audit_after=after,
+    )
+
+
+def _common_audit_row(conn: Connection, books: dict[str, Any]) -> tuple[int | None, bool]:
+    """(id here of the backup's last audit row, whether the chains diverge)."""
+    if books["audit_rows"] == 0:
+        return 0, False
+    logs = export_logs.c
+    head = conn.execute(select(logs.id).where(logs.row_hash == books["audit_head"])).scalar()
+    if (
+        head is None
+        or conn.execute(select(func.count()).where(logs.id <= head)).scalar_one() != books["audit_rows"]
+    ):
+        return None, True
+    return int(head), False
+
+
+def _newer_entries(conn: Connection, books: dict[str, Any]) -> tuple[list[str], bool]:
+    top, absent = books["entries_max_id"], books["entries_absent_ids"]
+    starts = [a for a, _ in absent]
+    floor = starts[0] if starts else top + 1
+    e = journal_entries.c
+    newer = []
+    for entry_id, reference in conn.execute(select(e.id, e.reference).where(e.id >= floor).order_by(e.id)):
+        i = bisect.bisect_right(starts, entry_id) - 1
+        if entry_id > top or (i >= 0 and entry_id <= absent[i][1]):
+            newer.append(reference)
+    diverged = bool(top) and (
+        conn.execute(select(e.reference).where(e.id == top)).scalar() != books["entries_last_reference"]
+    )
+    return newer, diverged
+
+
+# ------------------------------------------------------------------ what was delivered
+@dataclass
+class Delivered:
+    """What the replaced database had delivered since the backup (rows as dicts)."""
+
+    batches: list[dict[str, Any]] = field(default_factory=list)
+    members: list[dict[str, Any]] = field(default_factory=list)  # export_batch_entries + reference
+    entries: list[dict[str, Any]] = field(default_factory=list)  # + reverses_reference
+    lines: list[dict[str, Any]] = field(default_factory=list)  # + reference
+    queue: list[dict[str, Any]] = field(default_factory=list)  # + reference
+    receipts: list[dict[str, Any]] = field(default_factory=list)
+    audit_tail: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def references(self) -> set[str]:
+        return {e["reference"] for e in self.entries}
+
+
+def _delivered_batch() -> Any:
+    b = export_batches.c
+    return or_(b.state == "completed", and_(b.step == "uploaded", b.state != "abandoned"))
+
+
+def capture(db: Database, newer: Newer) -> Delivered:
+    """Read, before a restore, what it would take away that already left the building."""
+    out = Delivered()
+    with db.read() as conn:
+        if newer.audit_after is not None:
+            out.audit_tail = _rows(
+                conn,
+                select(export_logs).where(export_logs.c.id > newer.audit_after).order_by(export_logs.c.id),
+            )
+        if not newer.batches:
+            return out
+        b, m, e, ln, q = export_batches, export_batch_entries, journal_entries, journal_lines, export_queue
+        out.batches = _rows(
+            conn, select(b).where(b.c.batch_key.in_(newer.batch_keys), _delivered_batch()).order_by(b.c.id)
+        )
+        batch_ids = [x["id"] for x in out.batches]
+        if not batch_ids:
+            return out
+        out.members = _rows(
+            conn, select(m, e.c.reference).join(e, e.c.id == m.c.entry_id).where(m.c.batch_id.in_(batch_ids))
+        )
+        entry_ids = sorted({x["entry_id"] for x in out.members})
+        reversed_ = e.alias("reversed")
+        out.entries = _rows(
+            conn,
+            select(e, reversed_.c.reference.label("reverses_reference"))
+            .outerjoin(reversed_, reversed_.c.id == e.c.reverses_id)
+            .where(e.c.id.in_(entry_ids))
+            .order_by(e.c.id),
+        )
+        out.lines = _rows(
+            conn,
+            select(ln, e.c.reference)
+            .join(e, e.c.id == ln.c.entry_id)
+            .where(ln.c.entry_id.in_(entry_ids))
+            .order_by(ln.c.entry_id, ln.c.line_no),
+        )
+        out.queue = _rows(
+            conn, select(q, e.c.reference).join(e, e.c.id == q.c.entry_id).where(q.c.entry_id.in_(entry_ids))
+        )
+        if inspect(conn).has_table("receipts"):
+            out.receipts = _rows(
+                conn, select(receipts).where(receipts.c.entry_reference.in_(sorted(out.references)))
+            )
+    return out
+
+
+def _rows(conn: Connection, query: Any) -> list[dict[str, Any]]:
+    return [dict(r._mapping) for r in conn.execute(query)]
+
+
+# ------------------------------------------------------------------ after the restore
+@dataclass(frozen=True)
+class CarriedOver:
+    """What a restore wrote back, what it dropped, and what it could not reconcile."""
+
+    batches: tuple[str, ...] = ()
+    entries: int = 0
+    receipts: int = 0
+    audit_rows: int = 0  # audit rows re-joined to the restored chain
+    dropped: tuple[str, ...] = ()  # references recorded after the backup and never delivered
+    problems: tuple[str, ...] = ()
+
+
+def carry_over(
+    db: Database, delivered: Delivered, newer: Newer | None, *, backup: str, forced: bool, unread: str | None
+) -> CarriedOver:
+    """Write back, into the restored database, what the replaced one had delivered; record the restore.
+
+    `newer` is what the replaced database held beyond the backup (None when it could not be
+    read: `unread` says why, and nothing can be carried over).
+    """
+    problems: list[str] = []
+    if unread:
+        problems.append(
+            f"the replaced database could not be read ({unread}): what it had delivered since the backup "
+            "was not carried over; compare the export destination with `ledgerflow export status` before "
+            "the next export"
+        )
+    if newer is not None and newer.chain_diverged:
+        problems.append(
+            "the replaced database's export audit chain did not continue the backup's: not re-joined"
+        )
+    with db.begin() as conn:
+        batch_ids = _carry_batches(conn, delivered, problems)
+        entry_ids = _carry_entries(conn, delivered, batch_ids, problems)
+        carried_receipts = _carry_receipts(conn, delivered, problems)
+        rejoined = _rejoin_audit(conn, delivered, batch_ids, problems)
+        if not db.is_sqlite:
+            for table in (export_batches, journal_entries, receipts):
+                conn.execute(
+                    text(
+                        f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
+                        f"GREATEST((SELECT max(id) FROM {table.name}), 1))"
+                    )
+                )
+        dropped = sorted(set(newer.entries if newer else ()) - set(entry_ids))
+        result = CarriedOver(
+            batches=tuple(b["batch_key"] for b in delivered.batches),
+            entries=len(entry_ids),
+            receipts=carried_receipts,
+            audit_rows=rejoined,
+            dropped=tuple(dropped),
+            problems=tuple(problems),
+        )
+        rolled_back = bool(unread) or (newer is not None and not newer.empty)
+        append_log(
+            db,
+            conn,
+            action=RESTORED,
+            message=f"database restored from backup {backup}"
+            + (": books rolled back, delivered batches carried over" if rolled_back else ""),
+            metadata={
+                "backup": backup,
+                "forced": forced,
+                "rolled_back": rolled_back,
+                "newer": newer.describe() if newer is not None else None,
+                "carried_batches": list(result.batches),
+                "carried_entries": result.entries,
+                "carried_receipts": result.receipts,
+                "rejoined_audit_rows": result.audit_rows,
+                "dropped_entries": len(dropped),
+                "dropped_examples": dropped[:20],
+                "problems": problems,
+            },
+        )
+    return result
+
+
+def _columns(table: Table, *leave_out: str) -> list[str]:
+    return [c.name for c in table.c if c.name not in leave_out]
+
+
+def _insert_keeping_id(conn: Connection, table: Table, row: dict[str, Any]) -> tuple[int, bool]:
+    """Insert `row` under its own id when that id is free here; (id, whether it was kept)."""
+    values = {k: v for k, v in row.items() if k in table.c}
+    kept = conn.execute(select(table.c.id).where(table.c.id == values["id"])).scalar() is None
+    if not kept:
+        del values["id"]
+    return int(conn.execute(insert(table).values(values).returning(table.c.id)).scalar_one()), kept
+
+
+def _carry_batches(conn: Connection, delivered: Delivered, problems: list[str]) -> dict[int, int]:
+    """old batch id → id here."""
+    ids = {}
+    for batch in delivered.batches:
+        values = {k: v for k, v in batch.items() if k != "id"} | {"lock_token": None, "lock_expires_at": None}
+        here = conn.execute(
+            select(export_batches.c.id).where(export_batches.c.batch_key == batch["batch_key"])
+        ).scalar()
+        if here is None:
+            here, kept = _insert_keeping_id(conn, export_batches, {**batch, **values})
+            if not kept:
+                problems.append(
+                    f"batch {batch['batch_key']} carried over as id {here} (id {batch['id']} is taken)"
+                )
+        else:
+            conn.execute(update(export_batches).where(export_batches.c.id == here).values(values))
+        ids[batch["id"]] = int(here)
+    return ids
+
+
+def _carry_entries(
+    conn: Connection, delivered: Delivered, batch_ids: dict[int, int], problems: list[str]
+) -> dict[str, int]:
+    """The delivered version of each entry wins; returns reference → id here."""
+    e = journal_entries.c
+    ids: dict[str, int] = {}
+    header = _columns(journal_entries, "id", "reverses_id")
+    for entry in delivered.entries:  # in id order: a reversal comes after the entry it reverses
+        reverses = entry["reverses_reference"]
+        reverses_id = None
+        if reverses is not None:
+            reverses_id = (
+                ids.get(reverses) or conn.execute(select(e.id).where(e.reference == reverses)).scalar()
+            )
+        values = {c: entry[c] for c in header} | {"reverses_id": reverses_id}
+        here = conn.execute(select(e.id).where(e.reference == entry["reference"])).scalar()
+        if here is None:
+            here, kept = _insert_keeping_id(conn, journal_entries, {"id": entry["id"], **values})
+            if not kept:
+                problems.append(
+                    f"entry {entry['reference']} carried over as id {here} (id {entry['id']} is taken)"
+                )
+        else:
+            conn.execute(update(journal_entries).where(e.id == here).values(values))
+            conn.execute(delete(journal_lines).where(journal_lines.c.entry_id == here))
+        ids[entry["reference"]] = int(here)
+    line_columns = _columns(journal_lines, "id", "entry_id")
+    if delivered.lines:
+        conn.execute(
+            insert(journal_lines),
+            [{c: ln[c] for c in line_columns} | {"entry_id": ids[ln["reference"]]} for ln in delivered.lines],
+        )
+    queue_columns = _columns(export_queue, "id", "entry_id", "batch_id")
+    for row in delivered.queue:
+        here = ids[row["reference"]]
+        conn.execute(delete(export_queue).where(export_queue.c.entry_id == here))
+        conn.execute(
+            insert(export_queue).values(
+                {c: row[c] for c in queue_columns}
+                | {"entry_id": here, "batch_id": batch_ids.get(row["batch_id"])}
+            )
+        )
+    if batch_ids:
+        conn.execute(
+            delete(export_batch_entries).where(export_batch_entries.c.batch_id.in_(list(batch_ids.values())))
+        )
+    if delivered.members:
+        conn.execute(
+            insert(export_batch_entries),
+            [
+                {"batch_id": batch_ids[m["batch_id"]], "entry_id": ids[m["reference"]], "late": m["late"]}
+                for m in delivered.members
+            ],
+        )
+    return ids
+
+
+def _carry_receipts(conn: Connection, delivered: Delivered, problems: list[str]) -> int:
+    """Receipts whose entries were delivered keep their approval (else re-approving them books twice)."""
+    r = receipts.c
+    carried = 0
+    for receipt in delivered.receipts:
+        here = conn.execute(select(r.sha256).where(r.id == receipt["id"])).scalar()
+        if here == receipt["sha256"]:
+            conn.execute(
+                update(receipts)
+                .where(r.id == receipt["id"])
+                .values({k: v for k, v in receipt.items() if k != "id"})
+            )
+        elif (
+            here is None and conn.execute(select(r.id).where(r.sha256 == receipt["sha256"])).scalar() is None
+        ):
+            conn.execute(insert(receipts).values(receipt))
+        else:
+            problems.append(
+                f"receipt {receipt['id']} (booked as {receipt['entry_reference']}) is another file here: "
+                "left as restored"
+            )
+            continue
+        carried += 1
+    return carried
+
+
+def _rejoin_audit(
+    conn: Connection, delivered: Delivered, batch_ids: dict[int, int], problems: list[str]
+) -> int:
+    """Append the replaced chain's tail, row for row, when the restored chain ends where it began."""
+    tail = delivered.audit_tail
+    if not tail:
+        return 0
+    head = (
+        conn.execute(select(export_logs.c.row_hash).order_by(export_logs.c.id.desc()).limit(1)).scalar()
+        or GENESIS
+    )
+    if tail[0]["prev_hash"] != head:
+        problems.append(f"{len(tail)} export audit rows of the replaced database could not be re-joined")
+        return 0
+    conn.execute(
+        insert(export_logs),
+        [
+            {k: v for k, v in row.items() if k != "id"} | {"batch_id": batch_ids.get(row["batch_id"])}
+            for row in tail
+        ],
+    )
+    return len(tail)
+
+
+# ------------------------------------------------------------------ for `export verify` and people
+@dataclass(frozen=True)
+class RestoreDivergence:
+    """A restore that rolled the books back, as recorded in the export audit chain."""
+
+    at: datetime
+    backup: str
+    newer: str | None
+    carried_batches: tuple[str, ...]
+    dropped_entries: int
+    problems: tuple[str, ...]
+
+    def describe(self) -> str:
+        parts = [f"{self.at.isoformat(timespec='seconds')}: restore of {self.backup} rolled the books back"]
+        if self.newer:
+            parts.append(f"(the replaced database held {self.newer})")
+        if self.carried_batches:
+            parts.append(f"; delivered batches carried over: {', '.join(self.carried_batches)}")
+        if self.dropped_entries:
+            parts.append(
+                f"; {self.dropped_entries} entries recorded after the backup and never exported were dropped"
+            )
+        if self.problems:
+            parts.append("; " + "; ".join(self.problems))
+        return " ".join(parts[:2]) + "".join(parts[2:])
+
+
+def restore_divergences(db: Database) -> list[RestoreDivergence]:
+    """Every restore that rolled the books back (forced over newer batches, entries or audit rows).
+
+    Read from the `restored` rows of the export audit chain, oldest first: what the replaced
+    database held, which delivered batches were carried over, what was dropped, and anything
+    that could not be reconciled. `ledgerflow export verify` reports them.
+    """
+    with db.read() as conn:
+        rows = conn.execute(
+            select(export_logs.c.created_at, export_logs.c.metadata)
+            .where(export_logs.c.action == RESTORED)
+            .order_by(export_logs.c.id)
+        ).all()
+    return [
+        RestoreDivergence(
+            at=row.created_at,
+            backup=str(row.metadata.get("backup")),
+            newer=row.metadata.get("newer"),
+            carried_batches=tuple(row.metadata.get("carried_batches") or ()),
+            dropped_entries=int(row.metadata.get("dropped_entries") or 0),
+            problems=tuple(row.metadata.get("problems") or ()),
+        )
+        for row in rows
+        if row.metadata.get("rolled_back")
+    ]
