@@ -1,14 +1,17 @@
 """A small Google Drive v3 server on loopback, driven by the real google-api-python-client.
 
 It implements what ledgerflow uses: files.generateIds, resumable files.create (409 when a
-reserved id is reused), files.get and files.delete, and can fail on demand (HTTP 500 or
-a hang longer than the client's timeout).
+reserved id is reused), files.get (metadata, or the content with `alt=media`), files.list
+(the `q` conditions ledgerflow sends: `'ID' in parents`, `trashed = false`, `name = '…'`,
+`name contains '…'`) and files.delete, and can fail on demand (HTTP 500 or a hang longer
+than the client's timeout). Like Drive, it reports md5Checksum and sha256Checksum.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import threading
 import time
@@ -84,6 +87,7 @@ def _make_handler(drive: FakeDrive) -> type[BaseHTTPRequestHandler]:
                 "id": f["id"],
                 "name": f["name"],
                 "md5Checksum": f["md5"],
+                "sha256Checksum": hashlib.sha256(f["content"]).hexdigest(),
                 "size": str(len(f["content"])),
                 "appProperties": f["appProperties"],
                 "parents": f["parents"],
@@ -186,10 +190,25 @@ def _make_handler(drive: FakeDrive) -> type[BaseHTTPRequestHandler]:
                     },
                 )
                 return
+            query = parse_qs(url.query)
+            if url.path.endswith("/files"):
+                try:
+                    matching = [self._public(f) for f in drive.files.values() if _matches(f, query["q"][0])]
+                except ValueError as exc:
+                    self._send(400, {"error": {"code": 400, "message": str(exc)}})
+                    return
+                self._send(200, {"kind": "drive#fileList", "files": matching})
+                return
             file_id = url.path.rsplit("/", 1)[-1]
             f = drive.files.get(file_id)
             if f is None:
                 self._send(404, {"error": {"code": 404, "message": "File not found"}})
+            elif query.get("alt") == ["media"]:
+                self.send_response(200)
+                self.send_header("Content-Type", f.get("mimeType") or "application/octet-stream")
+                self.send_header("Content-Length", str(len(f["content"])))
+                self.end_headers()
+                self.wfile.write(f["content"])
             else:
                 self._send(200, self._public(f))
 
@@ -207,3 +226,22 @@ def _make_handler(drive: FakeDrive) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
 
     return Handler
+
+
+_CONDITION = re.compile(r"'([^']*)' in parents|trashed = false|name = '([^']*)'|name contains '([^']*)'")
+
+
+def _matches(f: dict[str, Any], q: str) -> bool:
+    """The `and`-joined conditions of a files.list query (an unknown one is an error, not a match)."""
+    for condition in q.split(" and "):
+        match = _CONDITION.fullmatch(condition.strip())
+        if match is None:
+            raise ValueError(f"the fake Drive does not understand {condition!r}")
+        parent, name, prefix = match.groups()
+        if parent is not None and parent not in f["parents"]:
+            return False
+        if name is not None and f["name"] != name:
+            return False
+        if prefix is not None and not f["name"].startswith(prefix):
+            return False
+    return True
