@@ -53,7 +53,8 @@ def test_backup_is_verified_listed_and_restores_the_snapshot(ledger_app, tmp_pat
     ledger_app.enqueue(ledger_app.registry.get("ledgerflow.cleanup").prepare(3))
     load_demo_ledger(ledger_app, date(2026, 11, 21))
     assert _count(ledger_app, journal_entries) > entries
-    restore_backup(ledger_app, backup.name)
+    restored = restore_backup(ledger_app, backup.name, force=True)  # newer entries: only by force
+    assert set(restored.carried.dropped) == set(restored.newer.entries) != set()  # named, not silent
     assert _count(ledger_app, journal_entries) == entries
     assert _count(ledger_app, jobs) == backup.rows["jobs"]
     # and the restored database still works
@@ -81,7 +82,7 @@ def test_rotation_keeps_the_newest_verified_backups(ledger_app, tmp_path):
     assert [b.name for b in list_backups(tmp_path / "backups")] == sorted(made, reverse=True)[:2]
     assert len(list((tmp_path / "backups").iterdir())) == 4  # two files, two manifests
     with pytest.raises(BadInput, match="keep"):
-        rotate(tmp_path / "backups", 0)
+        rotate(tmp_path / "backups", 0, None)
 
 
 def test_backup_while_a_worker_writes_is_consistent(db_url, tmp_path, workers):
@@ -128,7 +129,7 @@ def test_the_weekly_backup_task_and_the_cli(ledger_app, tmp_path, monkeypatch, c
     assert code == 0 and made["verified_at"] and made["total_rows"] > 0
     code, out, _ = cli("backup", "list", "--json")
     assert code == 0 and [b["name"] for b in json.loads(out)][:1] == [made["name"]]
-    code, out, _ = cli("backup", "restore", made["name"])
-    assert code == 0 and f"restored {made['name']}" in out
+    code, out, err = cli("backup", "restore", made["name"])
+    assert code == 0 and f"restored {made['name']}" in out, err
     code, _, err = cli("backup", "restore", "nope")
     assert code == 2 and "no backup 'nope'" in err and len(err.strip().splitlines()) == 1
