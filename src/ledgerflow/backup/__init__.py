@@ -92,6 +92,7 @@ def create_backup(app: App, directory: str | Path | None = None, keep: int | Non
     name = new_name(stamp, app.db.backend.name)
     with work_folder(folder) as work:
         made = snapshot.dump(app.db.url, work, work / name, app.settings.sqlite_busy_timeout)
+        crash_point("after_dump")
         digest, size = sha256_of(work / name)
         restored, verified_by = snapshot.verify(app.db.url, work / name, work)
         if restored != made.rows:

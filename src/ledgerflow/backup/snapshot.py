@@ -73,7 +73,7 @@ def verify(url: str, path: Path, work: Path) -> tuple[dict[str, int], str]:
             "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user"
         ).fetchone()
     if not (can_create and can_create[0]):
-        return _archive_rows(path), "archive"
+        return _archive_rows(path, "pg_restore could not read the archive back"), "archive"
     with _scratch_postgres(dsn) as scratch:
         _pg_restore(scratch, path, path.name)
         with psycopg.connect(scratch) as conn:
@@ -85,13 +85,13 @@ def restore(url: str, path: Path, name: str) -> None:
     if _is_sqlite(url):
         _restore_sqlite(sqlite_file(url), path, name)
     else:
-        dsn = libpq(url)
         listing = _run(
             ["pg_restore", "--list", str(path)], f"backup {name} is not a pg_dump archive", BadInput
         )
         if not re.search(rf"^\d+; \d+ \d+ TABLE \S+ {_MARKER_TABLE} ", listing, re.M):
             raise BadInput(f"backup {name} is a pg_dump archive but not of a ledgerflow database")
-        _pg_restore(dsn, path, name)
+        _archive_rows(path, f"backup {name} cannot be read back whole", BadInput)  # before anything changes
+        _pg_restore(libpq(url), path, name)
 
 
 # ------------------------------------------------------------------ SQLite
@@ -112,9 +112,6 @@ def _dump_sqlite(source_file: Path, work: Path, target: Path, busy_timeout: floa
     with contextlib.closing(_open_checked(copy, "the snapshot")) as conn:
         conn.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, no -wal beside it
         snapshot = Snapshot(_count(conn, _sqlite_tables(conn)), watermark(conn))
-    from ledgerflow.backup.faults import crash_point
-
-    crash_point("after_copy")
     with copy.open("rb") as raw, gzip.open(target, "wb", compresslevel=3) as packed:
         shutil.copyfileobj(raw, packed, _CHUNK)
     copy.unlink()
@@ -233,7 +230,7 @@ def _scratch_postgres(dsn: str) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
 
 
-def _archive_rows(path: Path) -> dict[str, int]:
+def _archive_rows(path: Path, what: str, error: type[LedgerflowError] = BackupFailed) -> dict[str, int]:
     """Rows per table in a pg_dump archive, read back whole by pg_restore (no database needed).
 
     In COPY text format every row is one line (line breaks in values are escaped), so the
@@ -254,11 +251,9 @@ def _archive_rows(path: Path) -> dict[str, int]:
                 table = None
             else:
                 rows[table] += 1
-        error = proc.stderr.read().decode(errors="replace").strip()
+        problem = proc.stderr.read().decode(errors="replace").strip()
     if proc.returncode != 0 or table is not None:
-        raise BackupFailed(
-            f"pg_restore could not read the archive back: {error.splitlines()[0] if error else 'cut short'}"
-        )
+        raise error(f"{what}: {problem.splitlines()[0] if problem else 'cut short'}")
     return {t: n for t, n in sorted(rows.items()) if t in metadata.tables}
 
 
