@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ from sqlalchemy import func, select
 from ledgerflow import App
 from ledgerflow.builtin import build_app
 from ledgerflow.config import load_settings
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, _admin, pg_url, run_cli
 
 # the export's S3 (moto) and Google Drive (fake server) fixtures, for backups off the machine
 from tests.export.conftest import entry, fake_drive, moto_s3  # noqa: F401
@@ -34,6 +36,20 @@ def backup_env(db_url: str, tmp_path: Path) -> dict[str, str]:
         "LEDGERFLOW_RECEIPTS_DIR": str(tmp_path / "receipts"),
         "LEDGERFLOW_LOG_LEVEL": "ERROR",
     }
+
+
+@pytest.fixture
+def other_db_url(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> Iterator[str]:
+    """A second, separate ledgerflow database on the same backend."""
+    if backend == "sqlite":
+        path = tmp_path / "other.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
+        return
+    name = f"lf_other_{uuid.uuid4().hex[:10]}"
+    _admin(f"CREATE DATABASE {name} TEMPLATE {request.getfixturevalue('pg_template')}")
+    yield pg_url(name)
+    _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from hypothesis import given
@@ -12,7 +11,6 @@ from hypothesis import strategies as st
 from ledgerflow.backup import create_backup, list_backups
 from ledgerflow.backup.folder import NAME_RE, database_identity, is_backup_name, parse_manifest
 from tests.backup.conftest import entry
-from tests.conftest import _admin, pg_url
 
 FUTURE = "ledgerflow-29991231T235959_999999-ffff"
 
@@ -53,26 +51,14 @@ def test_forged_manifests_never_delete_outside_the_folder_nor_the_new_backup(boo
     )
 
 
-def test_rotation_keeps_to_this_databases_backups(books_app, backend, tmp_path, db_url):
-    if backend == "sqlite":
-        other_url = f"sqlite:///{tmp_path / 'other.db'}"
-        shutil.copy(db_url.removeprefix("sqlite:///"), tmp_path / "other.db")
-    else:
-        name = f"lf_other_{tmp_path.name[-8:].lower()}".replace("-", "_")
-        _admin(f"CREATE DATABASE {name} TEMPLATE {db_url.rsplit('/', 1)[1]}")
-        other_url = pg_url(name)
-    try:
-        ours, theirs = books_app(), books_app(database_url=other_url)
-        folder = tmp_path / "backups"
-        kept = [create_backup(theirs, keep=5).name for _ in range(2)]
-        made = [create_backup(ours, keep=1).name for _ in range(3)]
-        assert [b.name for b in list_backups(folder, database_identity(ours.db.url))] == made[-1:]
-        assert [b.name for b in list_backups(folder, database_identity(theirs.db.url))] == kept[::-1]
-        assert all((folder / n).is_file() for n in kept)
-    finally:
-        if backend == "postgresql":
-            theirs.close()
-            _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+def test_rotation_keeps_to_this_databases_backups(books_app, tmp_path, other_db_url):
+    ours, theirs = books_app(), books_app(database_url=other_db_url)
+    folder = tmp_path / "backups"
+    kept = [create_backup(theirs, keep=5).name for _ in range(2)]
+    made = [create_backup(ours, keep=1).name for _ in range(3)]
+    assert [b.name for b in list_backups(folder, database_identity(ours.db.url))] == made[-1:]
+    assert [b.name for b in list_backups(folder, database_identity(theirs.db.url))] == kept[::-1]
+    assert all((folder / n).is_file() for n in kept)
 
 
 def test_keep_zero_is_refused_before_any_backup_is_made(cli, tmp_path):

@@ -16,9 +16,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ledgerflow.backup.faults import crash_point
 from ledgerflow.backup.folder import Backup, is_backup_name, parse_manifest, publish, sha256_of
 from ledgerflow.backup.snapshot import BackupFailed
-from ledgerflow.errors import NotFound
+from ledgerflow.errors import BadInput, NotFound
 from ledgerflow.export.destinations import (
     S3,
     Destination,
@@ -45,6 +46,7 @@ def backup_destination(settings: Settings) -> Destination | None:
 def push(destination: Destination, folder: Path, backup: Backup) -> None:
     """Put a verified local backup and then its manifest at the destination, each checked there."""
     _put(destination, folder / backup.name, backup.name)
+    crash_point("between_upload_and_manifest")
     _put(destination, folder / f"{backup.name}.json", f"{backup.name}.json")
 
 
@@ -169,8 +171,6 @@ def fetch(destination: Destination, name: str, folder: Path, work: Path) -> Back
     digest, size = sha256_of(work / name)
     if digest != backup.sha256 or size != backup.bytes:
         os.unlink(work / name)
-        raise BackupFailed(
-            f"backup {name} at {destination.key} is damaged: sha256 {digest} != {backup.sha256}"
-        )
+        raise BadInput(f"backup {name} at {destination.key} is damaged: sha256 {digest} != {backup.sha256}")
     publish(work, folder, backup)
     return backup
