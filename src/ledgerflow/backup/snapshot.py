@@ -61,22 +61,17 @@ def dump(url: str, work: Path, target: Path, busy_timeout: float) -> Snapshot:
 def verify(url: str, path: Path, work: Path) -> tuple[dict[str, int], str]:
     """Rows per table read back from the file, and how: "restore" or "archive"."""
     if _is_sqlite(url):
-        scratch = work / "verify.db"
-        _unpack(path, scratch, path.name)
-        with contextlib.closing(_open_checked(scratch, path.name)) as conn:
-            rows = _count(conn, _sqlite_tables(conn))
-        scratch.unlink()
-        return rows, "restore"
+        return _verify_sqlite(path, work), "restore"
     dsn = libpq(url)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        can_create = conn.execute(
+        allowed = conn.execute(
             "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user"
         ).fetchone()
-    if not (can_create and can_create[0]):
+    if not (allowed and allowed[0]):
         return _archive_rows(path, "pg_restore could not read the archive back"), "archive"
-    with _scratch_postgres(dsn) as scratch:
-        _pg_restore(scratch, path, path.name)
-        with psycopg.connect(scratch) as conn:
+    with _scratch_postgres(dsn) as scratch_dsn:
+        _pg_restore(scratch_dsn, path, path.name)
+        with psycopg.connect(scratch_dsn) as conn:
             return _count(conn, _postgres_tables(conn)), "restore"
 
 
@@ -116,6 +111,15 @@ def _dump_sqlite(source_file: Path, work: Path, target: Path, busy_timeout: floa
         shutil.copyfileobj(raw, packed, _CHUNK)
     copy.unlink()
     return snapshot
+
+
+def _verify_sqlite(path: Path, work: Path) -> dict[str, int]:
+    scratch = work / "verify.db"
+    _unpack(path, scratch, path.name)
+    with contextlib.closing(_open_checked(scratch, path.name)) as conn:
+        rows = _count(conn, _sqlite_tables(conn))
+    scratch.unlink()
+    return rows
 
 
 def _open_checked(path: Path, what: str) -> sqlite3.Connection:
@@ -222,12 +226,12 @@ def _scratch_postgres(dsn: str) -> Iterator[str]:
     """A temporary database on the same server, dropped afterwards."""
     name = f"lf_verify_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+        conn.execute(f'CREATE DATABASE "{name}"')
     try:
         yield make_url(dsn).set(database=name).render_as_string(hide_password=False)
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _archive_rows(path: Path, what: str, error: type[LedgerflowError] = BackupFailed) -> dict[str, int]:

@@ -480,8 +480,8 @@ def stored_file(destination: Destination, name: str) -> StoredFile | None:
         if head is None:
             return None
         checksum = head.get("ChecksumSHA256")
-        sha256 = base64.b64decode(checksum).hex() if checksum and "-" not in checksum else None
-        return StoredFile(name, key, int(head["ContentLength"]), sha256)
+        kept = base64.b64decode(checksum).hex() if checksum and "-" not in checksum else None
+        return StoredFile(name, key, int(head["ContentLength"]), kept)
     if isinstance(destination, GoogleDrive):
         found = _drive_query(destination, f"name = '{name}'")
         return found[0] if found else None
@@ -533,7 +533,7 @@ def _s3_head_with_checksum(destination: S3, key: str) -> dict[str, Any] | None:
 
 def _drive_query(destination: GoogleDrive, condition: str) -> list[StoredFile]:
     found: list[StoredFile] = []
-    token = None
+    token: str | None = None
     while True:
         page = destination._call(
             destination.service.files().list(
