@@ -287,3 +287,20 @@ def test_a_batch_that_completed_after_the_snapshot_is_carried_over_in_place(
     assert result.state == "completed" and result.already
     assert delivered_references(tmp_path / "out") == {"U-1": 1, "U-2": 1}
     assert verify_chain(app.db).ok
+
+
+def test_a_backup_restores_into_a_new_empty_database_without_force(books_app, cli, other_db_url, tmp_path):
+    """The new machine after a disaster: `ledgerflow migrate`, then the restore; nothing to roll back."""
+    app = books_app()
+    app.ledger.record_many([entry("N-1", D1), entry("N-2", D2)])
+    _export(app, D1)
+    name = create_backup(app).name
+
+    code, stdout, err = cli("backup", "restore", name, env={"LEDGERFLOW_DATABASE_URL": other_db_url})
+
+    assert code == 0 and "rolled back" not in stdout, err
+    new = books_app(database_url=other_db_url)
+    assert _references(new) == {"N-1", "N-2"} and verify_chain(new.db).ok
+    assert not restore_divergences(new.db)
+    _export(new, D2)
+    assert delivered_references(tmp_path / "out") == {"N-1": 1, "N-2": 1}

@@ -156,10 +156,18 @@ def compare(db: Database, books: dict[str, Any], since: datetime) -> Newer:
 
 
 def _common_audit_row(conn: Connection, books: dict[str, Any]) -> tuple[int | None, bool]:
-    """(id here of the backup's last audit row, whether the chains diverge)."""
-    if books["audit_rows"] == 0:
-        return 0, False
+    """(id here of the backup's last audit row, whether the chains diverge).
+
+    An empty chain here (a new database to restore into) continues any chain; a chain here that
+    lacks the backup's last row does not (it may only be shorter: a restore cannot tell, and
+    refuses).
+    """
     logs = export_logs.c
+    if (
+        books["audit_rows"] == 0
+        or conn.execute(select(func.count()).select_from(export_logs)).scalar_one() == 0
+    ):
+        return 0, False
     head = conn.execute(select(logs.id).where(logs.row_hash == books["audit_head"])).scalar()
     if (
         head is None
@@ -179,10 +187,8 @@ def _newer_entries(conn: Connection, books: dict[str, Any]) -> tuple[list[str], 
         i = bisect.bisect_right(starts, entry_id) - 1
         if entry_id > top or (i >= 0 and entry_id <= absent[i][1]):
             newer.append(reference)
-    diverged = bool(top) and (
-        conn.execute(select(e.reference).where(e.id == top)).scalar() != books["entries_last_reference"]
-    )
-    return newer, diverged
+    here = conn.execute(select(e.reference).where(e.id == top)).scalar() if top else None
+    return newer, here is not None and here != books["entries_last_reference"]
 
 
 # ------------------------------------------------------------------ what was delivered
