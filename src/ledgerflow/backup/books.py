@@ -18,7 +18,7 @@ books back, for `ledgerflow export verify` and people.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from ledgerflow.db.database import Database
 
 RESTORED = "restored"  # the audit action of a restore
-_EXAMPLES = 5
+_EXAMPLES = 8
 _GAPS_SQL = (
     "SELECT id + 1, next_id - 1 FROM (SELECT id, lead(id) OVER (ORDER BY id) AS next_id "
     "FROM journal_entries) AS t WHERE next_id > id + 1"
@@ -71,6 +71,10 @@ def watermark(conn: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ what a restore rolls back
+def _examples(items: list[str] | tuple[str, ...]) -> str:
+    return ", ".join(items[:_EXAMPLES]) + (", …" if len(items) > _EXAMPLES else "")
+
+
 @dataclass(frozen=True)
 class BatchSeen:
     batch_key: str
@@ -88,6 +92,20 @@ class Newer:
     chain_diverged: bool = False  # the chain here does not continue the backup's
     journal_diverged: bool = False  # the entry ids here are not the backup's
     audit_after: int | None = None  # id here of the backup's last audit row (None: no common row)
+    batches_max_id: int = 0  # the backup's
+    since: datetime | None = None  # when the backup was taken
+
+    def audit_rows_clause(self) -> list[Any]:
+        """Audit rows newer than the backup: after its last row, else (diverged) made after it."""
+        logs = export_logs.c
+        after = logs.id > self.audit_after if self.audit_after is not None else logs.created_at > self.since
+        return [logs.action != RESTORED, after]
+
+    def batches_clause(self) -> Any:
+        """Export batches newer than the backup: made after it, or touched by a newer audit row."""
+        logs, b = export_logs.c, export_batches.c
+        touched = select(logs.batch_key).where(*self.audit_rows_clause(), logs.batch_key.is_not(None))
+        return or_(b.id > self.batches_max_id, b.batch_key.in_(touched.distinct()))
 
     @property
     def empty(self) -> bool:
@@ -96,20 +114,18 @@ class Newer:
         )
 
     def describe(self) -> str:
+        """One line: how many of each, with examples (references, batch dates and states)."""
         parts = []
         if self.entries:
-            shown = ", ".join(self.entries[:_EXAMPLES]) + (", …" if len(self.entries) > _EXAMPLES else "")
-            parts.append(
-                f"{len(self.entries)} journal entr{'y' if len(self.entries) == 1 else 'ies'} ({shown})"
-            )
+            n = len(self.entries)
+            parts.append(f"{n} journal entr{'y' if n == 1 else 'ies'} ({_examples(self.entries)})")
         if self.batches:
-            listed = ", ".join(f"{b.batch_date} {b.state}" for b in self.batches)
-            parts.append(
-                f"{len(self.batches)} export batch{'' if len(self.batches) == 1 else 'es'} ({listed})"
-            )
+            n = len(self.batches)
+            seen = _examples([f"{b.batch_date} {b.state}" for b in self.batches])
+            parts.append(f"{n} export batch{'' if n == 1 else 'es'} ({seen})")
         if self.audit_rows:
             parts.append(f"{self.audit_rows} export audit row{'' if self.audit_rows == 1 else 's'}")
-        text_ = " and ".join([", ".join(parts[:-1]), parts[-1]] if len(parts) > 1 else parts) or "nothing"
+        listed = " and ".join([", ".join(parts[:-1]), parts[-1]]) if len(parts) > 1 else "".join(parts)
         notes = [
             note
             for flag, note in (
@@ -118,11 +134,7 @@ class Newer:
             )
             if flag
         ]
-        return f"{text_} newer than the backup" + (f"; {' and '.join(notes)}" if notes else "")
-
-    @property
-    def batch_keys(self) -> list[str]:
-        return [b.batch_key for b in self.batches]
+        return f"{listed or 'nothing'} newer than the backup" + "".join(f"; {note}" for note in notes)
 
 
 def compare(db: Database, books: dict[str, Any], since: datetime) -> Newer:
@@ -131,27 +143,22 @@ def compare(db: Database, books: dict[str, Any], since: datetime) -> Newer:
         if not inspect(conn).has_table("export_logs"):
             return Newer()  # an empty database: nothing to lose
         after, diverged = _common_audit_row(conn, books)
-        logs = export_logs.c
-        audit_newer = [
-            logs.action != RESTORED,
-            logs.id > after if after is not None else logs.created_at > since,
-        ]
-        audit_rows = int(conn.execute(select(func.count()).where(*audit_newer)).scalar_one())
-        touched = select(logs.batch_key).where(*audit_newer, logs.batch_key.is_not(None)).distinct()
+        newer = Newer(audit_after=after, batches_max_id=books["batches_max_id"], since=since)
+        audit_rows = int(conn.execute(select(func.count()).where(*newer.audit_rows_clause())).scalar_one())
         b = export_batches.c
         batches = conn.execute(
             select(b.batch_key, b.batch_date, b.state)
-            .where(or_(b.id > books["batches_max_id"], b.batch_key.in_(touched)))
+            .where(newer.batches_clause())
             .order_by(b.batch_date, b.batch_key)
         ).all()
         entries, journal_diverged = _newer_entries(conn, books)
-    return Newer(
+    return replace(
+        newer,
         entries=tuple(entries),
         batches=tuple(BatchSeen(r.batch_key, r.batch_date.isoformat(), r.state) for r in batches),
         audit_rows=audit_rows,
         chain_diverged=diverged,
         journal_diverged=journal_diverged,
-        audit_after=after,
     )
 
 
@@ -204,10 +211,6 @@ class Delivered:
     receipts: list[dict[str, Any]] = field(default_factory=list)
     audit_tail: list[dict[str, Any]] = field(default_factory=list)
 
-    @property
-    def references(self) -> set[str]:
-        return {e["reference"] for e in self.entries}
-
 
 def _delivered_batch() -> Any:
     b = export_batches.c
@@ -226,38 +229,36 @@ def capture(db: Database, newer: Newer) -> Delivered:
         if not newer.batches:
             return out
         b, m, e, ln, q = export_batches, export_batch_entries, journal_entries, journal_lines, export_queue
-        out.batches = _rows(
-            conn, select(b).where(b.c.batch_key.in_(newer.batch_keys), _delivered_batch()).order_by(b.c.id)
-        )
-        batch_ids = [x["id"] for x in out.batches]
-        if not batch_ids:
-            return out
+        delivered = and_(newer.batches_clause(), _delivered_batch())
+        out.batches = _rows(conn, select(b).where(delivered).order_by(b.c.id))
+        in_batches = select(m.c.entry_id).where(m.c.batch_id.in_(select(b.c.id).where(delivered)))
         out.members = _rows(
-            conn, select(m, e.c.reference).join(e, e.c.id == m.c.entry_id).where(m.c.batch_id.in_(batch_ids))
+            conn,
+            select(m, e.c.reference)
+            .join(e, e.c.id == m.c.entry_id)
+            .where(m.c.batch_id.in_(select(b.c.id).where(delivered))),
         )
-        entry_ids = sorted({x["entry_id"] for x in out.members})
         reversed_ = e.alias("reversed")
         out.entries = _rows(
             conn,
             select(e, reversed_.c.reference.label("reverses_reference"))
             .outerjoin(reversed_, reversed_.c.id == e.c.reverses_id)
-            .where(e.c.id.in_(entry_ids))
+            .where(e.c.id.in_(in_batches))
             .order_by(e.c.id),
         )
         out.lines = _rows(
             conn,
             select(ln, e.c.reference)
             .join(e, e.c.id == ln.c.entry_id)
-            .where(ln.c.entry_id.in_(entry_ids))
+            .where(ln.c.entry_id.in_(in_batches))
             .order_by(ln.c.entry_id, ln.c.line_no),
         )
         out.queue = _rows(
-            conn, select(q, e.c.reference).join(e, e.c.id == q.c.entry_id).where(q.c.entry_id.in_(entry_ids))
+            conn, select(q, e.c.reference).join(e, e.c.id == q.c.entry_id).where(q.c.entry_id.in_(in_batches))
         )
         if inspect(conn).has_table("receipts"):
-            out.receipts = _rows(
-                conn, select(receipts).where(receipts.c.entry_reference.in_(sorted(out.references)))
-            )
+            booked = select(e.c.reference).where(e.c.id.in_(in_batches))
+            out.receipts = _rows(conn, select(receipts).where(receipts.c.entry_reference.in_(booked)))
     return out
 
 
