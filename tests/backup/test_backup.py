@@ -54,7 +54,7 @@ def test_backup_is_verified_listed_and_restores_the_snapshot(ledger_app, tmp_pat
     load_demo_ledger(ledger_app, date(2026, 11, 21))
     assert _count(ledger_app, journal_entries) > entries
     restored = restore_backup(ledger_app, backup.name, force=True)  # newer entries: only by force
-    assert set(restored.carried.dropped) == set(restored.newer.entries) != set()  # named, not silent
+    assert set(restored.carried.dropped) == set(restored.plan.newer_entries) != set()  # named, not silent
     assert _count(ledger_app, journal_entries) == entries
     assert _count(ledger_app, jobs) == backup.rows["jobs"]
     # and the restored database still works

@@ -304,3 +304,32 @@ def test_a_backup_restores_into_a_new_empty_database_without_force(books_app, cl
     assert not restore_divergences(new.db)
     _export(new, D2)
     assert delivered_references(tmp_path / "out") == {"N-1": 1, "N-2": 1}
+
+
+@pytest.mark.parametrize("point", ["before_restore", "after_restore"])
+def test_a_forced_restore_killed_half_way_is_finished_by_the_next_one(
+    books_app, cli, cli_process, tmp_path, point
+):
+    """What must be carried over is saved before the database is replaced: after a SIGKILL on
+    either side of the replacement, running the restore again ends with nothing sent twice."""
+    app = books_app()
+    app.ledger.record(entry("A-1", D1))
+    name = create_backup(app).name
+    app.ledger.record(entry("B-1", D1))
+    _export(app, D1)
+    app.db.dispose()
+    killed = cli_process("backup", "restore", name, "--force", env={"LEDGERFLOW_BACKUP_CRASH_AT": point})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+
+    code, stdout, err = cli("backup", "restore", name, "--force")
+    assert code == 0, err
+    assert ("finished the interrupted restore" in stdout) == (point == "after_restore")
+    app.db.dispose()
+    app.ledger.record(entry("C-1", D2))
+    _export(app, D1)
+    _export(app, D2)
+    assert delivered_references(tmp_path / "out") == {"A-1": 1, "B-1": 1, "C-1": 1}
+    assert count(app, export_batches, export_batches.c.state == "abandoned") == 0
+    assert verify_chain(app.db).ok and len(restore_divergences(app.db)) == 1
+    assert app.alerts.is_open(f"backup_restore_rolled_back:{name}")
+    assert not list((tmp_path / "backups").glob(".lf-restore-*")), "the plan is gone once carried out"

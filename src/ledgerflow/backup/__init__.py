@@ -9,6 +9,7 @@ over what had been delivered (`books.py`).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,13 +19,14 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ledgerflow.backup import books, offsite, snapshot
-from ledgerflow.backup.books import CarriedOver, Newer, RestoreDivergence, restore_divergences
+from ledgerflow.backup.books import CarriedOver, Newer, RestoreDivergence, RestorePlan, restore_divergences
 from ledgerflow.backup.faults import crash_point
 from ledgerflow.backup.folder import (
     Backup,
     check_keep,
     clean_stale,
     database_identity,
+    fsync,
     is_backup_name,
     list_backups,
     new_name,
@@ -67,16 +69,17 @@ class RestoreRefused(Conflict):
 
 @dataclass(frozen=True)
 class Restored:
-    """What a restore did: the backup, what the replaced database held beyond it, what was carried over."""
+    """What a restore did: the backup, what it rolled back and carried over, and whether it first
+    finished an earlier restore that had been killed half-way."""
 
     backup: Backup
-    newer: Newer | None
+    plan: RestorePlan
     carried: CarriedOver
-    unread: str | None = None  # why the replaced database could not be compared
+    finished: str | None = None  # the backup of an interrupted restore this one completed first
 
     @property
     def rolled_back(self) -> bool:
-        return self.unread is not None or (self.newer is not None and not self.newer.empty)
+        return self.plan.rolled_back
 
 
 # ------------------------------------------------------------------ create
@@ -136,17 +139,23 @@ def restore_backup(app: App, name: str, directory: str | Path | None = None, for
     Refused (`RestoreRefused`) when the database holds journal entries, export batches or
     audit rows newer than the backup, or while workers run, unless `force`. A forced restore
     carries over what had been delivered, records the restore in the audit chain and raises
-    a critical alert.
+    a critical alert. What must be carried over is saved first: a restore killed half-way is
+    finished by the next one.
     """
     folder = Path(directory or app.settings.backup_dir)
+    pending = _pending_plan(folder, app)
+    interrupted = _finish_interrupted(app, pending)
     backup = _find(app, folder, name)
+    if interrupted is not None and interrupted[0].backup == name:
+        return _announce(app, Restored(backup, *interrupted, finished=name))  # that was this very restore
+    finished = interrupted[0].backup if interrupted else None
     path = folder / backup.name
     digest, _ = sha256_of(path)
     if digest != backup.sha256:
         raise BadInput(f"backup {name} is damaged: sha256 {digest} != {backup.sha256} in its manifest")
     if backup.backend != app.db.backend.name:
         raise BadInput(f"backup {name} is a {backup.backend} backup; the database is {app.db.backend.name}")
-    newer, unread = None, None
+    newer, unread, delivered = None, None, books.Delivered()
     try:
         live = 0 if force else _live_processes(app)
         if live:
@@ -158,9 +167,9 @@ def restore_backup(app: App, name: str, directory: str | Path | None = None, for
             unread = f"backup {name} was made before backups recorded the state of the books"
         else:
             newer = books.compare(app.db, backup.books, datetime.fromisoformat(backup.created_at))
-        delivered = books.capture(app.db, newer) if newer is not None else books.Delivered()
+            delivered = books.capture(app.db, newer)
     except (SQLAlchemyError, DatabaseUnavailable) as exc:
-        unread, delivered = _first_line(exc), books.Delivered()
+        unread = _first_line(exc)
     if not force:
         if unread:
             raise RestoreRefused(
@@ -171,16 +180,24 @@ def restore_backup(app: App, name: str, directory: str | Path | None = None, for
                 f"refusing to restore {name}: the database holds {newer.describe()}; "
                 "--force restores it and carries over what was delivered"
             )
+    since = datetime.fromisoformat(backup.created_at)
+    plan = books.plan_restore(name, backup.books, since, newer, delivered, forced=force, unread=unread)
+    pending.write_bytes(plan.to_json())
+    fsync(pending)
+    crash_point("before_restore")
     app.db.dispose()  # no pooled connection may keep the old file open or hold locks pg_restore waits for
     snapshot.restore(app.db.url, path, name)
     app.db.dispose()
-    if delivered.batches and backup.revision != _head_revision():
-        from ledgerflow.db.migrate import migrate
+    crash_point("after_restore")
+    result = Restored(backup, plan, _carry_over(app, plan, backup.revision), finished)
+    pending.unlink()
+    return _announce(app, result)
 
-        migrate(app.db)  # carried rows have the current schema
-    carried = books.carry_over(app.db, delivered, newer, backup=name, forced=force, unread=unread)
-    result = Restored(backup, newer, carried, unread)
+
+def _announce(app: App, result: Restored) -> Restored:
+    """A restore that rolled the books back raises a critical alert."""
     if result.rolled_back:
+        name = result.plan.backup
         app.alerts.raise_alert(
             f"backup_restore_rolled_back:{name}",
             "critical",
@@ -191,12 +208,38 @@ def restore_backup(app: App, name: str, directory: str | Path | None = None, for
     return result
 
 
+def _pending_plan(folder: Path, app: App) -> Path:
+    """Where a restore of this database keeps its plan until it is carried out."""
+    database = database_identity(app.db.url)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f".lf-restore-{hashlib.sha256(database.encode()).hexdigest()[:16]}.json"
+
+
+def _finish_interrupted(app: App, pending: Path) -> tuple[RestorePlan, CarriedOver] | None:
+    """Carry out the plan of a restore killed after it replaced the database, if there is one."""
+    if not pending.exists():
+        return None
+    plan = books.RestorePlan.from_json(pending.read_bytes())
+    finished = (plan, _carry_over(app, plan, None)) if books.restore_happened(app.db, plan) else None
+    pending.unlink()  # else it was killed before the database was replaced: nothing to finish
+    return finished
+
+
+def _carry_over(app: App, plan: RestorePlan, revision: str | None) -> CarriedOver:
+    if plan.delivered.batches and revision != _head_revision():
+        from ledgerflow.db.migrate import migrate
+
+        migrate(app.db)  # carried rows have the current schema
+    return books.carry_over(app.db, plan)
+
+
 def restore_lines(result: Restored) -> list[str]:
     """What a restore did, one line each (CLI output and alert)."""
     b, c = result.backup, result.carried
-    lines = [f"restored {b.name} ({b.total_rows:,} rows, schema {b.revision})"]
-    if result.newer is not None and not result.newer.empty:
-        lines.append(f"rolled back: the replaced database held {result.newer.describe()}")
+    lines = [f"finished the interrupted restore of {result.finished}"] if result.finished else []
+    lines.append(f"restored {b.name} ({b.total_rows:,} rows, schema {b.revision})")
+    if result.plan.newer:
+        lines.append(f"rolled back: the replaced database held {result.plan.newer}")
     if c.batches:
         lines.append(
             f"carried over what was delivered: {len(c.batches)} batch(es) ({', '.join(c.batches)}), "

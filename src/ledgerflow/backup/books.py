@@ -18,11 +18,13 @@ books back, for `ledgerflow export verify` and people.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, field, replace
-from datetime import datetime
+import json
+from dataclasses import asdict, dataclass, field, replace
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Table, and_, delete, func, insert, inspect, or_, select, text, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from ledgerflow.db.tables import (
     export_batch_entries,
@@ -33,6 +35,7 @@ from ledgerflow.db.tables import (
     journal_lines,
     receipts,
 )
+from ledgerflow.errors import DatabaseUnavailable
 from ledgerflow.export.audit import GENESIS, append_log
 
 if TYPE_CHECKING:
@@ -279,22 +282,92 @@ class CarriedOver:
     problems: tuple[str, ...] = ()
 
 
-def carry_over(
-    db: Database, delivered: Delivered, newer: Newer | None, *, backup: str, forced: bool, unread: str | None
-) -> CarriedOver:
-    """Write back, into the restored database, what the replaced one had delivered; record the restore.
+@dataclass
+class RestorePlan:
+    """What a restore must write back once the file is in place.
 
-    `newer` is what the replaced database held beyond the backup (None when it could not be
-    read: `unread` says why, and nothing can be carried over).
+    Saved to a file before the database is replaced, so a restore killed half-way is finished
+    by the next `backup restore` (`books` tells whether the replacement happened).
     """
+
+    backup: str
+    books: dict[str, Any] | None  # the backup's watermark (None: made before watermarks)
+    since: datetime  # when the backup was taken
+    forced: bool
+    unread: str | None = None  # why the replaced database could not be compared
+    newer: str | None = None  # what it held beyond the backup, described (None: nothing)
+    newer_entries: list[str] = field(default_factory=list)
+    chain_diverged: bool = False
+    delivered: Delivered = field(default_factory=Delivered)
+
+    @property
+    def rolled_back(self) -> bool:
+        return self.unread is not None or self.newer is not None
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), default=_tagged, ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> RestorePlan:
+        document = json.loads(data, object_hook=_untagged)
+        return cls(**{**document, "delivered": Delivered(**document["delivered"])})
+
+
+def plan_restore(
+    backup: str, books: dict[str, Any] | None, since: datetime, newer: Newer | None, delivered: Delivered,
+    *, forced: bool, unread: str | None,
+) -> RestorePlan:  # fmt: skip
+    rolled_back = newer is not None and not newer.empty
+    return RestorePlan(
+        backup=backup,
+        books=books,
+        since=since,
+        forced=forced,
+        unread=unread,
+        newer=newer.describe() if newer is not None and rolled_back else None,
+        newer_entries=list(newer.entries) if newer is not None else [],
+        chain_diverged=newer is not None and newer.chain_diverged,
+        delivered=delivered,
+    )
+
+
+def _tagged(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"__datetime__": value.isoformat()}
+    if isinstance(value, date):
+        return {"__date__": value.isoformat()}
+    raise TypeError(f"cannot save {type(value).__name__} in a restore plan")
+
+
+def _untagged(value: dict[str, Any]) -> Any:
+    if value.keys() == {"__datetime__"}:
+        return datetime.fromisoformat(value["__datetime__"])
+    if value.keys() == {"__date__"}:
+        return date.fromisoformat(value["__date__"])
+    return value
+
+
+def restore_happened(db: Database, plan: RestorePlan) -> bool:
+    """Whether the database now holds nothing beyond the plan's backup (the restore replaced it)."""
+    if plan.books is None:
+        return False
+    try:
+        return compare(db, plan.books, plan.since).empty
+    except (SQLAlchemyError, DatabaseUnavailable):
+        return False
+
+
+def carry_over(db: Database, plan: RestorePlan) -> CarriedOver:
+    """Write back, into the restored database, what the replaced one had delivered; record the restore."""
+    delivered = plan.delivered
     problems: list[str] = []
-    if unread:
+    if plan.unread:
         problems.append(
-            f"the replaced database could not be read ({unread}): what it had delivered since the backup "
-            "was not carried over; compare the export destination with `ledgerflow export status` before "
-            "the next export"
+            f"the replaced database could not be read ({plan.unread}): what it had delivered since the "
+            "backup was not carried over; compare the export destination with `ledgerflow export status` "
+            "before the next export"
         )
-    if newer is not None and newer.chain_diverged:
+    if plan.chain_diverged:
         problems.append(
             "the replaced database's export audit chain did not continue the backup's: not re-joined"
         )
@@ -311,7 +384,7 @@ def carry_over(
                         f"GREATEST((SELECT max(id) FROM {table.name}), 1))"
                     )
                 )
-        dropped = sorted(set(newer.entries if newer else ()) - set(entry_ids))
+        dropped = sorted(set(plan.newer_entries) - set(entry_ids))
         result = CarriedOver(
             batches=tuple(b["batch_key"] for b in delivered.batches),
             entries=len(entry_ids),
@@ -320,18 +393,17 @@ def carry_over(
             dropped=tuple(dropped),
             problems=tuple(problems),
         )
-        rolled_back = bool(unread) or (newer is not None and not newer.empty)
         append_log(
             db,
             conn,
             action=RESTORED,
-            message=f"database restored from backup {backup}"
-            + (": books rolled back, delivered batches carried over" if rolled_back else ""),
+            message=f"database restored from backup {plan.backup}"
+            + (": books rolled back, delivered batches carried over" if plan.rolled_back else ""),
             metadata={
-                "backup": backup,
-                "forced": forced,
-                "rolled_back": rolled_back,
-                "newer": newer.describe() if newer is not None else None,
+                "backup": plan.backup,
+                "forced": plan.forced,
+                "rolled_back": plan.rolled_back,
+                "newer": plan.newer,
                 "carried_batches": list(result.batches),
                 "carried_entries": result.entries,
                 "carried_receipts": result.receipts,
