@@ -59,7 +59,7 @@ def test_a_backup_finishes_while_two_threads_keep_writing(books_app, tmp_path, d
     "point", ["after_dump", "before_publish", "between_file_and_manifest", "after_rotate"]
 )
 def test_a_backup_killed_at_any_step_leaves_no_half_backup_and_the_next_one_cleans_up(
-    books_app, cli_process, tmp_path, point
+    books_app, cli, cli_process, tmp_path, point
 ):
     app = books_app()
     app.ledger.record(entry("K-1"))
@@ -69,8 +69,8 @@ def test_a_backup_killed_at_any_step_leaves_no_half_backup_and_the_next_one_clea
     published = point == "after_rotate"
     assert len(list_backups(folder)) == published, "a backup exists once its manifest is in place"
 
-    done = cli_process("backup", "create", "--json")
-    assert done.returncode == 0, done.stderr
+    code, _, err = cli("backup", "create", "--json")
+    assert code == 0, err
     listed = list_backups(folder, check=True)
     # a run killed between its file and its manifest had verified its backup: it is finished
     assert len(listed) == 1 + (point in ("after_rotate", "between_file_and_manifest"))

@@ -273,8 +273,9 @@ def _find(app: App, folder: Path, name: str) -> Backup:
 
 # ------------------------------------------------------------------ shared
 def describe(backup: Backup) -> dict[str, Any]:
-    """A backup as JSON-ready data (CLI and API)."""
-    return {**asdict(backup), "total_rows": backup.total_rows}
+    """A backup as JSON-ready data (CLI, API, the weekly task's result); the books' watermark stays
+    in the manifest."""
+    return {**{k: v for k, v in asdict(backup).items() if k != "books"}, "total_rows": backup.total_rows}
 
 
 def _revision(app: App) -> str | None:

@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from ledgerflow.backup.faults import crash_point
 from ledgerflow.errors import BadInput
 
 NAME_RE = re.compile(r"ledgerflow-\d{8}T\d{6}_\d{6}-[0-9a-f]{4}\.(?:sqlite\.gz|pgdump)")
@@ -196,8 +197,6 @@ def publish(work: Path, folder: Path, backup: Backup) -> None:
     fsync(staged)
     fsync(work / backup.name)
     os.replace(work / backup.name, folder / backup.name)
-    from ledgerflow.backup.faults import crash_point
-
     crash_point("between_file_and_manifest")
     os.replace(staged, folder / staged.name)
     fsync(folder)
