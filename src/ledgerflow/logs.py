@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -43,3 +44,16 @@ def get_logger(name: str) -> Any:
     if not _configured:
         configure_logging()
     return structlog.get_logger(component=name)
+
+
+def best_effort(log: Any, event: str, action: Callable[[], object]) -> None:
+    """Run `action`; a failure is logged as `event`, never raised.
+
+    For work after a decision was committed (resolving an alert, removing temp files): an
+    error there must not be mistaken for a failure of what was already decided.
+    """
+    try:
+        action()
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        log.warning(event, error=lines[0] if lines else type(exc).__name__)

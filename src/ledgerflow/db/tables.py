@@ -342,7 +342,8 @@ circuit_breakers = Table(
     Column("failures", Integer, nullable=False),
     Column("opened_at", UTCDateTime),
     Column("open_until", UTCDateTime),
-    Column("trial_token", Id),
+    Column("trial_token", Id),  # the half-open trial is a lease (db/lease.py)
+    Column("trial_expires_at", UTCDateTime),
     Column("last_error", Text),
     Column("updated_at", UTCDateTime, nullable=False),
 )
