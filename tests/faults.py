@@ -9,7 +9,9 @@ number `k` with one fault:
   COMMIT this is the ambiguous case: the transaction *is* committed but the caller believes
   it failed;
 * `kill` — the process SIGKILLs itself just before statement `k` (use it in a subprocess:
-  `python -m tests.faultrun …` with `LEDGERFLOW_TEST_FAULT=kill:K`).
+  `python -m tests.faultrun …` with `LEDGERFLOW_TEST_FAULT=kill:K`);
+* `stop` — the process SIGSTOPs itself just before statement `k` (a frozen process: every
+  thread stops, leases expire); after SIGCONT it sends statement `k` and carries on.
 
 Usage in-process::
 
@@ -31,12 +33,13 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Engine
 
-Mode = Literal["count", "error_before", "error_after", "kill"]
+Mode = Literal["count", "error_before", "error_after", "kill", "stop"]
 
 
 class InjectedFault(Exception):
@@ -132,6 +135,9 @@ class StatementFaults:
             return
         if self.mode == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.mode == "stop":
+            self.fired = statement
+            os.kill(os.getpid(), signal.SIGSTOP)
         if self.mode == "error_before":
             self.fired = statement
             raise injected_error(sql)
@@ -150,6 +156,12 @@ class StatementFaults:
 
     def _after_execute(self, conn: Any, cursor: Any, statement: str, *_: Any) -> None:
         self._maybe_fail_after(conn.info.pop("ledgerflow_fault_statement", None), statement)
+
+
+def process_state(pid: int) -> str:
+    """The state letter of a Linux process: `T` once a `stop` fault has frozen it."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0]
 
 
 def from_environment() -> StatementFaults | None:

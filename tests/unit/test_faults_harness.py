@@ -95,3 +95,30 @@ def test_a_subprocess_can_be_killed_at_a_statement_and_logs_what_it_counted(tmp_
     killed = subprocess.run([sys.executable, "-m", "tests.faultrun", "init"], cwd=ROOT, env=env, timeout=120)
     assert killed.returncode == -9
     assert len((tmp_path / "killed.log").read_text().splitlines()) == 3
+
+
+def test_a_subprocess_can_be_frozen_at_a_statement_and_carries_on_after_sigcont(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, wait_until
+    from tests.faults import process_state
+
+    env = {
+        **os.environ,
+        "LEDGERFLOW_DATABASE_URL": f"sqlite:///{tmp_path / 's.db'}",
+        "LEDGERFLOW_TEST_FAULT": "stop:3",
+        "LEDGERFLOW_TEST_FAULT_LOG": str(tmp_path / "stopped.log"),
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "tests.faultrun", "init"], cwd=ROOT, env=env)
+    try:
+        wait_until(lambda: process_state(proc.pid) == "T", 60, message="the process to stop itself")
+        assert len((tmp_path / "stopped.log").read_text().splitlines()) == 3  # frozen before it ran #3
+        proc.send_signal(signal.SIGCONT)
+        assert proc.wait(120) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert len((tmp_path / "stopped.log").read_text().splitlines()) > 3
