@@ -166,7 +166,7 @@ def run(
         print_json(result.to_dict())
     else:
         console.print(_describe(result), markup=False)
-    if result.state == "retryable" or result.deferred_until is not None:
+    if result.unfinished or result.deferred_until is not None:
         when = result.deferred_until or result.next_retry_at
         from ledgerflow.export.tasks import enqueue_daily_export
 

@@ -46,6 +46,10 @@ class Destination(Protocol):
     error_type: str  # google_drive | s3 | unknown (the metric label)
 
     def reserve(self, count: int) -> list[str]: ...
+    def remote_id_for(self, name: str) -> str | None:
+        """The id `upload(name)` gives the file when the name alone decides it (None: Drive)."""
+        ...
+
     def upload(
         self,
         path: Path,
@@ -89,6 +93,9 @@ class LocalFolder:
 
     def reserve(self, count: int) -> list[str]:
         return []
+
+    def remote_id_for(self, name: str) -> str:
+        return str(self.directory / name)
 
     def upload(
         self,
@@ -176,6 +183,9 @@ class GoogleDrive:
             self.service.files().generateIds(count=count, space="drive", type="files"), "generateIds"
         )
         return list(result["ids"])
+
+    def remote_id_for(self, name: str) -> None:
+        return None  # Drive ids are reserved (`reserve`), never derived from the name
 
     def upload(
         self,
@@ -331,6 +341,9 @@ class S3:
 
     def reserve(self, count: int) -> list[str]:
         return []
+
+    def remote_id_for(self, name: str) -> str:
+        return self._key(name)
 
     def upload(
         self,

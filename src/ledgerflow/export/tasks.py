@@ -21,7 +21,7 @@ IMMEDIATE_TASK = "ledgerflow.export.immediate"
 
 
 class ExportFailed(LedgerflowError):
-    """An export attempt failed; the batch is retryable and the job retries it."""
+    """An export attempt failed (or its compensation is pending); the job runs it again."""
 
     code = "export_failed"
 
@@ -50,7 +50,7 @@ def settle(result: ExportResult) -> dict[str, Any]:
         )
     if result.in_progress:
         raise Snooze(30.0, f"batch {result.batch_key} is being exported by another process")
-    if result.state == "retryable":
+    if result.unfinished:  # an attempt failed, or compensation is still pending
         raise ExportFailed(f"{result.batch_key}: {result.error}")
     return result.to_dict()
 
