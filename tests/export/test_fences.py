@@ -14,14 +14,20 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from ledgerflow.db.tables import export_batches
 from ledgerflow.export.destinations import Remote
 from ledgerflow.export.saga import BATCH_LOCK, ExportResult, ExportSaga
 from tests.conftest import wait_until
 from tests.export.conftest import D, entry, queue_states
-from tests.export.exactly_once import WitnessFolder, assert_exactly_once, expire_leases, sha256_of
+from tests.export.exactly_once import (
+    WitnessFolder,
+    assert_exactly_once,
+    expire_leases,
+    on_last_attempt,
+    sha256_of,
+)
 from tests.faults import Statement, StatementFaults
 
 REFS = {f"F-{i}" for i in range(3)}
@@ -193,18 +199,11 @@ class HookFolder(WitnessFolder):
         return super().upload(path, name, **kwargs)
 
 
-def on_last_attempt(app: Any) -> None:
-    """Claim the batch and count three failed attempts: the next failure abandons it."""
-    ExportSaga(app)._claim(f"daily:{D.isoformat()}", "daily", D, None, revive=False)
-    with app.db.begin() as conn:
-        conn.execute(update(export_batches).values(attempts=3))
-
-
 def test_a_runner_that_lost_its_lock_cannot_upload(make_export_app, tmp_path):
     app = make_export_app(export_lock_seconds=60)  # no renewal during the test: the stall is explicit
     record(app)
     out = tmp_path / "out"
-    on_last_attempt(app)
+    on_last_attempt(app, D)
     a_folder = HookFolder(out)
 
     def stall_then_b_abandons() -> None:
@@ -226,7 +225,7 @@ def test_a_runner_that_lost_its_lock_cannot_delete_the_delivery_of_the_runner_th
     app = make_export_app(export_lock_seconds=60)
     record(app)
     out = tmp_path / "out"
-    on_last_attempt(app)
+    on_last_attempt(app, D)
     a_folder = HookFolder(out, fail_names=lambda name: name.endswith(".csv"))
 
     def stall_then_b_completes() -> None:
@@ -243,7 +242,7 @@ def test_a_runner_that_lost_its_lock_cannot_abandon_the_batch_another_runner_hol
     app = make_export_app(export_lock_seconds=60)
     record(app)
     out = tmp_path / "out"
-    on_last_attempt(app)
+    on_last_attempt(app, D)
     a_folder = HookFolder(out, fail_names=lambda name: name.endswith(".json"))
     holder: list[Any] = []
 

@@ -119,6 +119,18 @@ class Renewer:
             self._held.append(held)
         return self
 
+    @property
+    def holding(self) -> list[Held]:
+        """The leases it still renews."""
+        with self._lock:
+            return list(self._held)
+
+    def remove(self, held: Held) -> None:
+        """Stop renewing `held` (it was released, or ended by a verdict)."""
+        with self._lock:
+            if held in self._held:
+                self._held.remove(held)
+
     def start(self) -> Renewer:
         self._thread.start()
         return self
@@ -128,17 +140,14 @@ class Renewer:
 
     def _loop(self, stop: threading.Event) -> None:
         while True:
-            with self._lock:
-                held = list(self._held)
-            interval = min((h.seconds for h in held), default=3.0) / 3
+            interval = min((h.seconds for h in self.holding), default=3.0) / 3
             if stop.wait(interval):
                 return
-            for h in held:
+            for h in self.holding:
                 try:
                     if not h.renew():
                         self.log.warning("lease_lost", table=h.lease.table.name, key=str(h.key))
-                        with self._lock:
-                            self._held.remove(h)
+                        self.remove(h)
                 except Exception as exc:
                     self.log.warning("lease_renew_failed", table=h.lease.table.name, error=_first_line(exc))
 

@@ -347,9 +347,11 @@ class ExportSaga:
             verdict = True
             raise
         finally:
-            if permit.trial is not None and not verdict:
+            if permit.trial is not None:  # every outcome ends the trial: a verdict, or given back
                 trial = permit.trial
-                best_effort(self.log, "breaker_trial_end_failed", lambda: a.breaker.end_trial(trial))
+                a.renewer.remove(trial)
+                if not verdict:
+                    best_effort(self.log, "breaker_trial_end_failed", lambda: a.breaker.end_trial(trial))
         return self._complete(a, files, time.monotonic() - started)
 
     def _deliver(self, a: Attempt, on_progress: Callable[[int, int], None] | None) -> list[dict[str, Any]]:
@@ -803,7 +805,7 @@ class ExportSaga:
 
     def _after_completion(self, a: Attempt) -> None:
         """Best-effort work after `completed` was committed: nothing here can move the batch."""
-        best_effort(self.log, "export_cleanup_failed", lambda: shutil.rmtree(self.work_root / _safe(a.key)))
+        shutil.rmtree(self.work_root / _safe(a.key), ignore_errors=True)
         best_effort(
             self.log,
             "export_alert_resolve_failed",
