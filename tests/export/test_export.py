@@ -20,6 +20,7 @@ from ledgerflow.db.tables import export_batches, export_logs, export_queue
 from ledgerflow.export.audit import verify_chain
 from ledgerflow.export.saga import ExportSaga
 from ledgerflow.export.tasks import DAILY_TASK
+from tests.conftest import wait_until
 from tests.export.conftest import D, csv_generated_rows, entry, queue_states
 
 
@@ -296,8 +297,14 @@ def test_google_drive_delivery_is_idempotent_across_a_crash(make_export_app, run
     )
     assert crashed.returncode == -signal.SIGKILL
     assert len(fake_drive.in_folder("FOLDER")) == 1  # the CSV made it, the manifest did not
-    time.sleep(3.2)
-    done = run_cli("export", "run", "--date", D.isoformat(), "--json", env=env)
+    runs = []
+
+    def finished() -> bool:  # once the killed run's batch lock has expired
+        runs.append(run_cli("export", "run", "--date", D.isoformat(), "--json", env=env))
+        return runs[-1].returncode != 0 or not json.loads(runs[-1].stdout)["in_progress"]
+
+    wait_until(finished, 60, interval=0.5, message="the killed run's lock to expire")
+    done = runs[-1]
     assert done.returncode == 0 and json.loads(done.stdout)["state"] == "completed", done.stderr
     files = fake_drive.in_folder("FOLDER")
     assert sorted(f["name"] for f in files) == [
