@@ -206,7 +206,7 @@ def test_a_runner_frozen_past_its_lock_is_fenced_when_it_wakes(
             frozen.send_signal(signal.SIGCONT)
             out, err = frozen.communicate(timeout=300)
             assert frozen.returncode == 0, err
-            assert '"in_progress": true' in out and "export_fenced" in err, f"not fenced: {out}"
+            assert '"in_progress": true' in out and "export_fenced" in err, f"not fenced: {out[-300:]}"
             check_recovery(app, tmp_path, WitnessFolder(tmp_path / "out"))
         except AssertionError as error:
             failures.append(f"frozen at #{k} {statements[k - 1]}: {error}")

@@ -182,6 +182,23 @@ def test_a_partial_upload_that_cannot_be_reproduced_is_compensated_when_abandone
     assert_exactly_once(app, tmp_path / "out", REFS)
 
 
+def test_a_destination_changed_during_an_unfinished_upload_is_emptied_before_the_new_one_gets_it(
+    make_export_app, run_cli, tmp_path
+):
+    app = make_export_app()
+    record(app)
+    crashed = run_cli(
+        "export", "run", "--date", D.isoformat(), env={"LEDGERFLOW_EXPORT_CRASH_AT": "mid_upload"}
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert list(delivered(tmp_path / "out")) == ["journal_generic_2026-11-26.csv"]
+    moved = make_export_app(export_destination=f"file://{tmp_path / 'new-out'}")
+    result = run_when_unlocked(lambda: ExportSaga(moved))
+    assert result.state == "completed", result.error
+    assert list((tmp_path / "out").iterdir()) == [], "nothing left at the old destination"
+    assert_exactly_once(moved, tmp_path / "new-out", REFS)
+
+
 # ---------------------------------------------------------------- item 3: fence first
 class HookFolder(WitnessFolder):
     """A local folder that calls `hooks[event]` first: `reserve`, or `upload:<file name>`."""

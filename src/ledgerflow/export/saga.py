@@ -97,16 +97,18 @@ STEPS = ("claimed", "generated", "uploading", "uploaded")
 LIVE = ("claimed", "generated", "uploading", "uploaded", "retryable")
 #: Nothing moves a batch out of these (an explicit re-run revives an abandoned day).
 FINAL = ("completed", "abandoned")
-#: The one table of moves: target state -> what the batch row must satisfy to make it.
-MOVES: dict[str, ColumnElement[bool]] = {
+#: The one table of moves: name -> (the state it moves to, what the batch row must satisfy).
+MOVES: dict[str, tuple[str, ColumnElement[bool]]] = {
     # files are (re)written only while none can be at the destination
-    "generated": and_(b.state.in_(LIVE), b.step.in_(("claimed", "generated"))),
-    "uploading": and_(b.state.in_(LIVE), b.step.in_(("generated", "uploading"))),
-    "uploaded": b.state == "uploading",
-    "completed": and_(b.state.in_(LIVE), or_(b.step == "uploaded", b.entry_count == 0)),
-    "retryable": b.state.in_(LIVE),
-    "abandoning": b.state.in_(LIVE),
-    "abandoned": b.state == "abandoning",
+    "generated": ("generated", and_(b.state.in_(LIVE), b.step.in_(("claimed", "generated")))),
+    "uploading": ("uploading", and_(b.state.in_(LIVE), b.step.in_(("generated", "uploading")))),
+    "uploaded": ("uploaded", b.state == "uploading"),
+    "completed": ("completed", and_(b.state.in_(LIVE), or_(b.step == "uploaded", b.entry_count == 0))),
+    "retryable": ("retryable", b.state.in_(LIVE)),
+    "abandoning": ("abandoning", b.state.in_(LIVE)),
+    "abandoned": ("abandoned", b.state == "abandoning"),
+    # an unfinished upload whose files were removed from the old destination starts afresh
+    "relocated": ("generated", and_(b.state.in_(LIVE), b.step == "uploading")),
 }
 BATCH_LOCK = Lease(b.id, b.lock_token, b.lock_expires_at)
 
@@ -121,6 +123,12 @@ class DeliveryLost(LedgerflowError):
     """The destination no longer holds a delivered file as recorded (missing or changed)."""
 
     code = "delivery_lost"
+
+
+class DeletionFailed(LedgerflowError):
+    """A file the batch placed at its destination could not be deleted (compensation, relocation)."""
+
+    code = "deletion_failed"
 
 
 class NotReproducible(LedgerflowError):
@@ -329,6 +337,8 @@ class ExportSaga:
             return self._compensate(a)  # a previous runner fenced the batch for compensation
         if a.batch["entry_count"] == 0:
             return self._complete_empty(a)
+        if a.batch["step"] == "uploading" and a.destination is not self.destination:
+            self._relocate(a)
         permit = a.breaker.permit()
         if not permit.allowed:
             self.log.warning("export_deferred_breaker_open", batch_key=a.key, retry_at=str(permit.retry_at))
@@ -507,24 +517,26 @@ class ExportSaga:
         if not a.lock.move(conn, condition, **values):
             raise LockLost(f"export batch {a.key}: lost the lock, or the batch moved on")
 
-    def _move(self, conn: Connection, a: Attempt, to: str, **values: Any) -> None:
-        """The one way a batch changes state: guarded by the lock and by `MOVES[to]`."""
-        if to in STEPS:
-            values["step"] = to
-        self._guard(conn, a, MOVES[to], state=to, **values)
+    def _move(self, conn: Connection, a: Attempt, move: str, **values: Any) -> None:
+        """The one way a batch changes state: guarded by the lock and by `MOVES[move]`."""
+        state, condition = MOVES[move]
+        if state in STEPS:
+            values["step"] = state
+        self._guard(conn, a, condition, state=state, **values)
 
-    def _fence(self, a: Attempt, state: str) -> None:
-        """Before another file is sent or deleted: are we still the holder, in `state`?"""
+    def _fence(self, a: Attempt, condition: ColumnElement[bool]) -> None:
+        """Before a file is sent or deleted: are we still the holder, and does `condition` hold?"""
         with self.db.begin() as conn:
-            self._guard(conn, a, b.state == state)
+            self._guard(conn, a, condition)
 
     def _unlock(self, a: Attempt) -> None:
         with self.db.begin() as conn:
             a.lock.release(conn)
 
     def _destination_of(self, batch: dict[str, Any]) -> Destination:
-        """Where the batch was claimed for: a changed setting never moves a batch in flight."""
-        if batch["destination"] == self.destination.key:
+        """The configured destination until the batch's upload starts; from then on the one
+        recorded at that moment, whatever the settings say now (files may be there)."""
+        if batch["step"] not in ("uploading", "uploaded") or batch["destination"] == self.destination.key:
             return self.destination
         return destination_for(self.settings, batch["destination"])
 
@@ -647,7 +659,7 @@ class ExportSaga:
         """Take an entry the profile cannot hold out of the batch: marked failed, alerted, never lost."""
         with self.db.begin() as conn:
             # only while the batch may still change its files (nothing can be at the destination)
-            self._guard(conn, a, MOVES["generated"], entry_count=b.entry_count - 1)
+            self._guard(conn, a, MOVES["generated"][1], entry_count=b.entry_count - 1)
             conn.execute(
                 update(export_queue)
                 .where(export_queue.c.entry_id == rejected.entry_id)
@@ -689,14 +701,16 @@ class ExportSaga:
                 if remote_id:
                     reservation[name] = remote_id
         with self.db.begin() as conn:
-            self._move(conn, a, "uploading", reservation=reservation, files=files)
+            self._move(
+                conn, a, "uploading", reservation=reservation, files=files, destination=a.destination.key
+            )
             self._set_queue_status(conn, a.id, "processing")
-        a.batch["step"] = "uploading"
+        a.batch.update(step="uploading", reservation=reservation)
         for n, f in enumerate(files):
             if n == 1:
                 crash_point("mid_upload")
             if n:
-                self._fence(a, "uploading")
+                self._fence(a, b.state == "uploading")
             remote = a.destination.upload(
                 work / f["name"],
                 f["name"],
@@ -825,7 +839,7 @@ class ExportSaga:
             return self._result(self._load(a.id), in_progress=True)
 
     def _record_failure(self, a: Attempt, exc: Exception) -> ExportResult:
-        batch = self._load(a.id)
+        batch = a.batch = self._load(a.id)
         if batch["state"] not in LIVE:  # decided before the error (e.g. an error after a commit)
             return self._result(batch)
         error_type = (
@@ -911,15 +925,10 @@ class ExportSaga:
         entries stay with it (never exported twice); the next run carries on.
         """
         batch = a.batch = self._load(a.id)
-        deleted: list[str] = []
-        for n, (name, remote_id, sha256) in enumerate(_placed(batch)):
-            if n:
-                self._fence(a, "abandoning")
-            try:
-                if a.destination.delete(remote_id, batch_key=a.key, sha256=sha256):
-                    deleted.append(remote_id)
-            except Exception as exc:
-                return self._compensation_pending(a, name, exc)
+        try:
+            deleted = self._delete_placed(a, b.state == "abandoning")
+        except DeletionFailed as failed:
+            return self._compensation_pending(a, failed)
         with self.db.begin() as conn:
             self._move(conn, a, "abandoned")
             conn.execute(
@@ -954,8 +963,8 @@ class ExportSaga:
         )
         return self._result(self._load(a.id))
 
-    def _compensation_pending(self, a: Attempt, name: str, exc: Exception) -> ExportResult:
-        message = f"cannot delete {name} from {a.destination.key}: {type(exc).__name__}: {exc}"
+    def _compensation_pending(self, a: Attempt, failed: DeletionFailed) -> ExportResult:
+        message = str(failed)
         self.log.error("compensation_failed", batch_key=a.key, error=message)
         with self.db.begin() as conn:
             self._guard(
@@ -974,6 +983,46 @@ class ExportSaga:
             batch_key=a.key,
         )
         return self._result(self._load(a.id))
+
+    def _delete_placed(self, a: Attempt, fence: ColumnElement[bool]) -> list[str]:
+        """Delete each file the batch may have placed at `a.destination`, fenced one by one.
+
+        Each delete checks that the file carries this batch (its key or checksum): a file that
+        is not ours is never deleted. Returns the ids deleted; a failure raises `DeletionFailed`.
+        """
+        deleted: list[str] = []
+        for name, remote_id, sha256 in _placed(a.batch):
+            self._fence(a, fence)
+            try:
+                if a.destination.delete(remote_id, batch_key=a.key, sha256=sha256):
+                    deleted.append(remote_id)
+            except Exception as exc:
+                raise DeletionFailed(
+                    f"cannot delete {name} from {a.destination.key}: {type(exc).__name__}: {exc}"
+                ) from exc
+        return deleted
+
+    def _relocate(self, a: Attempt) -> None:
+        """The destination setting changed while an upload was unfinished: remove what the batch
+        may have placed at the old destination (fenced first), then upload it all to the new one."""
+        old = a.destination.key
+        deleted = self._delete_placed(a, MOVES["relocated"][1])
+        files = [{k: v for k, v in f.items() if k not in ("remote_id", "link")} for f in a.batch["files"]]
+        with self.db.begin() as conn:
+            self._move(conn, a, "relocated", destination=self.destination.key, reservation={}, files=files)
+            append_log(
+                self.db,
+                conn,
+                action="relocated",
+                batch_id=a.id,
+                batch_key=a.key,
+                batch_date=a.batch["batch_date"],
+                message=f"upload moved from {old} to {self.destination.key}",
+                metadata={"from": old, "to": self.destination.key, "deleted_files": deleted},
+            )
+        self.log.warning("export_relocated", batch_key=a.key, old=old, new=self.destination.key)
+        a.batch = self._load(a.id)
+        a.destination, a.breaker = self.destination, self.breaker
 
     # ------------------------------------------------------------------ helpers
     def _load(self, batch_id: int) -> dict[str, Any]:
