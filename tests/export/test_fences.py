@@ -143,6 +143,23 @@ def test_finishing_after_upload_first_checks_the_destination_still_holds_the_fil
     assert_exactly_once(app, tmp_path / "out", REFS)
 
 
+def test_a_delivered_drive_file_gone_missing_is_a_lost_delivery_not_an_outage(
+    make_export_app, run_cli, fake_drive
+):
+    env = {"LEDGERFLOW_EXPORT_DESTINATION": "gdrive://FOLDER", "LEDGERFLOW_GDRIVE_ENDPOINT": fake_drive.url}
+    app = make_export_app(export_destination="gdrive://FOLDER", gdrive_endpoint=fake_drive.url)
+    record(app)
+    crashed = run_cli(
+        "export", "run", "--date", D.isoformat(), env={**env, "LEDGERFLOW_EXPORT_CRASH_AT": "after_upload"}
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    (csv_file,) = [f for f in fake_drive.in_folder("FOLDER") if f["name"].endswith(".csv")]
+    del fake_drive.files[csv_file["id"]]
+    result = run_when_unlocked(lambda: ExportSaga(app))
+    assert result.state == "retryable" and "no longer at gdrive://FOLDER" in result.error
+    assert ExportSaga(app).breaker.state()["failures"] == 0, "the destination answered: not an outage"
+
+
 def test_a_partial_upload_is_finished_only_with_the_recorded_bytes(make_export_app, run_cli, tmp_path):
     app = make_export_app()
     record(app)

@@ -164,12 +164,15 @@ class GoogleDrive:
     def from_settings(cls, folder_id: str, endpoint: str | None = None, timeout: float = 30.0) -> GoogleDrive:
         return cls(folder_id, drive_service(endpoint, timeout))
 
-    def _call(self, request: Any, what: str) -> Any:
+    def _call(self, request: Any, what: str, *, missing_ok: bool = False) -> Any:
+        """Execute `request`; with `missing_ok`, a 404 (no such file) returns None."""
         from googleapiclient.errors import HttpError
 
         try:
             return request.execute(num_retries=0)
         except HttpError as exc:
+            if exc.resp.status == 404 and missing_ok:
+                return None
             if exc.resp.status == 409:
                 raise
             raise DestinationError(
@@ -261,9 +264,11 @@ class GoogleDrive:
 
     def fetch_sha256(self, remote_id: str) -> str | None:
         meta = self._call(
-            self.service.files().get(fileId=remote_id, fields="appProperties", supportsAllDrives=True), "get"
+            self.service.files().get(fileId=remote_id, fields="appProperties", supportsAllDrives=True),
+            "get",
+            missing_ok=True,
         )
-        return (meta.get("appProperties") or {}).get("lf_sha256")
+        return None if meta is None else (meta.get("appProperties") or {}).get("lf_sha256")
 
 
 def drive_service(endpoint: str | None = None, timeout: float = 30.0) -> Any:
