@@ -1,7 +1,7 @@
 """Circuit breakers: the half-open trial is a lease with an expiry (a crashed trial ends).
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-11-30
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 import ledgerflow.db.types
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
