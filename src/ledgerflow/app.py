@@ -13,6 +13,7 @@ from ledgerflow import payload
 from ledgerflow.alerts import Alerts, Notifier
 from ledgerflow.clock import Clock
 from ledgerflow.config import Settings, load_settings
+from ledgerflow.db.backends import SessionLimits
 from ledgerflow.db.database import Database
 from ledgerflow.engine.jobs import Job, JobSpec
 from ledgerflow.engine.retry import Backoff
@@ -86,6 +87,7 @@ class App:
             sqlite_synchronous=s.sqlite_synchronous,
             busy_timeout=s.sqlite_busy_timeout,
             connect_timeout=s.connect_timeout,
+            limits=SessionLimits(s.db_statement_timeout, s.db_lock_timeout, s.db_idle_in_transaction_timeout),
         )
 
     @cached_property

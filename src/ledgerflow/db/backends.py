@@ -6,6 +6,7 @@ import json
 import re
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Select
@@ -22,13 +23,27 @@ class Waker(Protocol):
     def stop(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class SessionLimits:
+    """Server-side limits on every session of the pool, in seconds (0 turns one off).
+
+    They bound what a process cut off mid-transaction can hold: its locks are released
+    once the server ends the idle transaction, and nobody waits on a lock for long.
+    """
+
+    statement_timeout: float = 30.0
+    lock_timeout: float = 5.0
+    idle_in_transaction_timeout: float = 5.0
+
+
 class Backend(Protocol):
     name: str
 
     def create_engine(self, url: str, factory: Callable[..., Engine], **options: Any) -> Engine: ...
     def now(self) -> ColumnElement[Any]: ...
     def after(self, seconds: float) -> ColumnElement[Any]: ...
-    def lock_for_claim(self, query: Select[Any]) -> Select[Any]: ...
+    def skip_locked(self, query: Select[Any]) -> Select[Any]: ...
+    def lift_limits(self, conn: Connection, *, lock_wait: bool) -> None: ...
     def waker(self, engine: Engine, poll_seconds: float) -> Waker: ...
     def insert_jobs(self, conn: Connection, rows: list[tuple[Any, ...]]) -> list[int]: ...
 

@@ -2,7 +2,9 @@
 
 Write transactions on SQLite start with `BEGIN IMMEDIATE` (a second writer waits for
 the lock instead of failing half-way); read-only transactions use a plain `BEGIN`.
-Connection failures surface as `DatabaseUnavailable`, a retryable error.
+PostgreSQL sessions carry `SessionLimits` and TCP keepalives (see `postgres.py`).
+Connection failures, and timeouts of those limits, surface as `DatabaseUnavailable`,
+a retryable error.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from sqlalchemy import Connection, create_engine, exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
-from ledgerflow.db.backends import Backend, backend_for, dumps
+from ledgerflow.db.backends import Backend, SessionLimits, backend_for, dumps
 from ledgerflow.errors import DatabaseUnavailable
 
 T = TypeVar("T")
@@ -49,6 +51,7 @@ class Database:
         busy_timeout: float = 30.0,
         connect_timeout: float = 5.0,
         pool_size: int = 5,
+        limits: SessionLimits = SessionLimits(),
     ) -> None:
         self.url = url
         self.backend: Backend = backend_for(url)
@@ -60,6 +63,7 @@ class Database:
             busy_timeout=busy_timeout,
             connect_timeout=connect_timeout,
             pool_size=pool_size,
+            limits=limits,
         )
 
     @property
@@ -89,6 +93,11 @@ class Database:
             conn.begin(),
         ):
             yield conn
+
+    def lift_limits(self, conn: Connection, *, lock_wait: bool = False) -> None:
+        """Let the rest of this transaction run statements of any length (bulk work), and with
+        `lock_wait` also wait for locks as long as it takes (migrations)."""
+        self.backend.lift_limits(conn, lock_wait=lock_wait)
 
     def run(self, fn: Callable[[Connection], T]) -> T:
         """Run `fn` in one write transaction and return its result.

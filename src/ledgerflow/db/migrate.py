@@ -26,6 +26,7 @@ def migrate(db: Database, revision: str = "head") -> None:
     """Upgrade the schema to `revision`, in one transaction, serialised across processes."""
     cfg = alembic_config()
     with db.begin() as conn:
+        db.lift_limits(conn, lock_wait=True)  # a migration may rewrite big tables, or wait for another
         if not db.is_sqlite:
             conn.execute(text(f"SELECT pg_advisory_xact_lock({_LOCK_ID})"))
         cfg.attributes["connection"] = conn

@@ -2,6 +2,13 @@
 
 A statement-level trigger (see the first migration) sends `NOTIFY ledgerflow_jobs, '<queue>'`
 when jobs become available, so idle workers start them within milliseconds.
+
+Every connection (pooled or LISTEN) notices a dead network within seconds: TCP keepalives
+probe an idle connection, and `tcp_user_timeout` ends one whose sent data stays
+unacknowledged (without it, a statement sent during a partition waits for the kernel's
+retransmissions, which back off to minutes). Every session starts with `SessionLimits`
+(statement, lock and idle-in-transaction timeouts) in its startup `options`: no extra
+round trip. Values given in the database URL's query win over these defaults.
 """
 
 from __future__ import annotations
@@ -12,15 +19,47 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, Interval, Select, exc, func, literal
+from sqlalchemy import Connection, Interval, Select, exc, func, literal, make_url
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
-from ledgerflow.db.backends import BULK_JOB_COLUMNS, StoppableThread, dumps
+from ledgerflow.db.backends import BULK_JOB_COLUMNS, SessionLimits, StoppableThread, dumps
 from ledgerflow.db.types import UTCDateTime
 
 CHANNEL = "ledgerflow_jobs"
 _JSON = {"args", "kwargs", "errors"}
+
+#: libpq parameters set on every connection unless the database URL gives its own.
+NETWORK_DEFAULTS: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,  # seconds of silence before the first probe
+    "keepalives_interval": 2,  # seconds between probes
+    "keepalives_count": 3,  # unanswered probes before the connection is dead
+    "tcp_user_timeout": 5000,  # milliseconds sent data may stay unacknowledged
+}
+
+
+def connect_args(url: str, connect_timeout: float, limits: SessionLimits) -> dict[str, Any]:
+    """psycopg connection parameters: the network defaults and the session limits, under the URL's own."""
+    given = make_url(url).query
+    args: dict[str, Any] = {k: v for k, v in NETWORK_DEFAULTS.items() if k not in given}
+    args["connect_timeout"] = max(2, int(connect_timeout))
+    settings = {
+        "statement_timeout": limits.statement_timeout,
+        "lock_timeout": limits.lock_timeout,
+        "idle_in_transaction_session_timeout": limits.idle_in_transaction_timeout,
+    }
+    options = " ".join(f"-c {name}={_milliseconds(seconds)}" for name, seconds in settings.items())
+    own = given.get("options")
+    if own:  # the URL's options come last, so its settings win
+        options += " " + (own if isinstance(own, str) else " ".join(own))
+    args["options"] = options
+    return args
+
+
+def _milliseconds(seconds: float) -> int:
+    """A PostgreSQL timeout in ms; a positive value never rounds down to 0 (which means 'off')."""
+    return max(1, round(seconds * 1000)) if seconds > 0 else 0
 
 
 def conninfo(engine: Engine) -> str:
@@ -42,10 +81,14 @@ def driver_error(conn: Connection, statement: str, error: psycopg.Error) -> exc.
 class PostgresBackend:
     name = "postgresql"
 
+    def __init__(self) -> None:
+        self._connect_args: dict[str, Any] = {}
+
     def create_engine(self, url: str, factory: Callable[..., Engine], **options: Any) -> Engine:
+        self._connect_args = connect_args(url, options["connect_timeout"], options["limits"])
         return factory(
             url,
-            connect_args={"connect_timeout": max(2, int(options["connect_timeout"]))},
+            connect_args=self._connect_args,
             json_serializer=options["json_serializer"],
             pool_size=options["pool_size"],
             max_overflow=10,
@@ -58,14 +101,22 @@ class PostgresBackend:
     def after(self, seconds: float) -> ColumnElement[Any]:
         return func.now(type_=UTCDateTime) + literal(timedelta(seconds=seconds), Interval())
 
-    def lock_for_claim(self, query: Select[Any]) -> Select[Any]:
+    def skip_locked(self, query: Select[Any]) -> Select[Any]:
         return query.with_for_update(skip_locked=True)
+
+    def lift_limits(self, conn: Connection, *, lock_wait: bool) -> None:
+        conn.exec_driver_sql(
+            "SELECT set_config('statement_timeout', '0', true)"
+            + (", set_config('lock_timeout', '0', true)" if lock_wait else "")
+        )
 
     def insert_jobs(self, conn: Connection, rows: list[tuple[Any, ...]]) -> list[int]:
         """Many jobs through COPY, with ids drawn from the sequence first (so they come back in order).
 
-        COPY fires the statement-level NOTIFY trigger like an INSERT does.
+        COPY fires the statement-level NOTIFY trigger like an INSERT does. Bulk work: the statement
+        timeout is lifted for the rest of the transaction.
         """
+        self.lift_limits(conn, lock_wait=False)
         drawn = conn.exec_driver_sql(
             "SELECT nextval(pg_get_serial_sequence('jobs', 'id')), now() FROM generate_series(1, %(n)s)",
             {"n": len(rows)},
@@ -100,14 +151,15 @@ class PostgresBackend:
         return ids
 
     def waker(self, engine: Engine, poll_seconds: float) -> ListenWaker:
-        return ListenWaker(conninfo(engine))
+        return ListenWaker(conninfo(engine), self._connect_args)
 
 
 class ListenWaker:
     """LISTENs on a dedicated autocommit connection; reconnects (and re-LISTENs) with backoff."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, connect_args: dict[str, Any]) -> None:
         self._dsn = dsn
+        self._connect_args = connect_args
         self._thread: StoppableThread | None = None
 
     def start(self, callback: Callable[[str | None], None]) -> None:
@@ -115,7 +167,7 @@ class ListenWaker:
             backoff = 0.1
             while not stop.is_set():
                 try:
-                    with psycopg.connect(self._dsn, autocommit=True, connect_timeout=5) as conn:
+                    with psycopg.connect(self._dsn, autocommit=True, **self._connect_args) as conn:
                         conn.execute(f"LISTEN {CHANNEL}")
                         callback(None)  # catch up on anything sent while disconnected
                         backoff = 0.1

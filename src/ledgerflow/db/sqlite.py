@@ -3,6 +3,9 @@
 Durability: WAL with `synchronous=NORMAL` (the default) survives process crashes; a power
 cut may lose the last transactions. `LEDGERFLOW_SQLITE_SYNCHRONOUS=FULL` makes every commit
 durable at the cost of an fsync each.
+
+SQLite has no network and no server sessions: of PostgreSQL's connection limits only the
+lock wait applies, as the busy timeout (a writer waits that long for the write lock).
 """
 
 from __future__ import annotations
@@ -67,8 +70,11 @@ class SQLiteBackend:
         delta = timedelta(seconds=seconds)
         return bindparam(None, type_=UTCDateTime, unique=True, callable_=lambda: _utcnow() + delta)
 
-    def lock_for_claim(self, query: Select[Any]) -> Select[Any]:
-        return query  # BEGIN IMMEDIATE already serialises writers
+    def skip_locked(self, query: Select[Any]) -> Select[Any]:
+        return query  # BEGIN IMMEDIATE already serialises writers: no row is locked by another
+
+    def lift_limits(self, conn: Connection, *, lock_wait: bool) -> None:
+        return None  # no statement timeout to lift; the busy timeout stays
 
     def insert_jobs(self, conn: Connection, rows: list[tuple[Any, ...]]) -> list[int]:
         """Many jobs in one executemany; ids are the rowids just allocated.

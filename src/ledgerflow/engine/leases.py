@@ -126,7 +126,7 @@ class LeaseSQL:
         )
         self._claim = (
             update(jobs)
-            .where(jobs.c.id.in_(db.backend.lock_for_claim(candidates).scalar_subquery()))
+            .where(jobs.c.id.in_(db.backend.skip_locked(candidates).scalar_subquery()))
             .values(
                 state=S.RUNNING,
                 attempt=jobs.c.attempt + 1,
@@ -305,19 +305,25 @@ def expired_leases(db: Database, conn: Connection, limit: int = 500) -> list[tup
 
 
 def rescue(db: Database, conn: Connection, pairs: Sequence[tuple[int, int]]) -> list[Job]:
-    """Give jobs whose worker vanished back to the queue (or the DLQ if out of attempts)."""
+    """Give jobs whose worker vanished back to the queue (or the DLQ if out of attempts).
+
+    A job whose row another session has locked is skipped, not waited for: that session may be
+    a worker cut off in the middle of its heartbeat, holding the lock until the server ends it.
+    """
     rescued: list[Job] = []
     dead: list[int] = []
     for job_id, token in pairs:
         row = conn.execute(
-            select(jobs).where(
-                jobs.c.id == job_id,
-                jobs.c.lease_token == token,
-                jobs.c.state == S.RUNNING,
-                jobs.c.lease_expires_at < db.now(),
+            db.backend.skip_locked(
+                select(jobs).where(
+                    jobs.c.id == job_id,
+                    jobs.c.lease_token == token,
+                    jobs.c.state == S.RUNNING,
+                    jobs.c.lease_expires_at < db.now(),
+                )
             )
         ).first()
-        if row is None:
+        if row is None:  # not expired any more, or locked by a session that may be renewing it: never wait
             continue
         job = Job.from_row(row)
         error = error_record(job.attempt, None, "lease_expired")

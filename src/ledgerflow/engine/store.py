@@ -346,6 +346,7 @@ class JobStore:
         """Delete completed/cancelled jobs and executions finished before now - `older_than`."""
         cutoff = datetime.now(UTC) - older_than
         with self.db.begin() as conn:
+            self.db.lift_limits(conn)  # the first prune of a long history deletes many rows
             execs = conn.execute(
                 delete(job_executions).where(
                     job_executions.c.status == "completed", job_executions.c.completed_at < cutoff

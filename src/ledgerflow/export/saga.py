@@ -478,6 +478,7 @@ class ExportSaga:
     ) -> int:
         """Reserve the batch's entries and record its snapshot, in SQL (memory flat for any size)."""
         q, e, be = export_queue, journal_entries, export_batch_entries
+        self.db.lift_limits(conn)  # a batch of any size: its statements may run long
         # UPDATE … FROM, no self-join: linear whatever the planner's statistics say after a bulk import
         conn.execute(
             update(q)
@@ -646,6 +647,7 @@ class ExportSaga:
         self, batch: dict[str, Any], work: Path, base: str, on_progress: Callable[[int, int], None] | None
     ) -> Generated:
         with self.db.read() as conn:
+            self.db.lift_limits(conn)  # the generation timeout bounds this, not the statement timeout
             total = count_lines(conn, batch["id"]) if on_progress else 0
             return write_parts(
                 stream_entries(conn, batch_lines_query(batch["id"])),

@@ -3,7 +3,9 @@
 Any number of scheduler processes may run, on any number of hosts. Each computes the same
 due fires; the `schedule_fires` row, unique on (schedule, fire time) and inserted in the
 same transaction as the job, lets exactly one of them enqueue it. No leader is elected,
-so none can split-brain.
+so none can split-brain. A scheduler fires a schedule under its row lock and skips a
+schedule another one holds rather than wait: one cut off mid-transaction delays only the
+schedule it held, until the server ends its idle transaction.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import Connection, insert, or_, select, update
 
 from ledgerflow.clock import Clock
 from ledgerflow.db.database import is_transient
@@ -131,15 +133,21 @@ class Scheduler:
         return decisions
 
     def fire_due(self, schedule: Schedule, now: datetime) -> list[Decision]:
-        cursor = schedule.last_fire_time or schedule.created_at or now
-        fires = schedule.due(cursor, now)
-        if not fires:
-            if schedule.next_fire_time is None or schedule.next_fire_time <= now:
-                self._advance(schedule, None, now)
+        """Record and enqueue the schedule's due fires, unless another scheduler holds it now."""
+        if not _due(schedule, now) and not _stale(schedule, now):
             return []
-        plan = decide(schedule, fires)
         decisions: list[Decision] = []
         with self.db.begin() as conn:
+            locked = self.store.lock(conn, schedule.id or 0)
+            if locked is None:
+                return []  # another scheduler is firing it (or was cut off doing so): never wait
+            schedule = locked  # as committed by the last scheduler that fired it
+            fires = _due(schedule, now)
+            if not fires:
+                if _stale(schedule, now):
+                    self._advance(schedule, None, now, conn)
+                return []
+            plan = decide(schedule, fires)
             busy = None if schedule.allow_overlap else self.store.running_job(conn, schedule.id or 0)
             for fire, status, reason in plan:
                 if status == "enqueued" and busy is not None:
@@ -170,7 +178,7 @@ class Scheduler:
             self.app._wake_local()
         return decisions
 
-    def _advance(self, schedule: Schedule, last: datetime | None, now: datetime, conn: Any = None) -> None:
+    def _advance(self, schedule: Schedule, last: datetime | None, now: datetime, conn: Connection) -> None:
         """Move the schedule's cursor forward (never backward) and refresh its next fire time."""
         upcoming = schedule.next_times(now, 1)
         values: dict[str, Any] = {"next_fire_time": upcoming[0] if upcoming else None}
@@ -180,11 +188,7 @@ class Scheduler:
             stmt = stmt.where(
                 or_(job_schedules.c.last_fire_time.is_(None), job_schedules.c.last_fire_time < last)
             )
-        if conn is not None:
-            conn.execute(stmt.values(values))
-        else:
-            with self.db.begin() as c:
-                c.execute(stmt.values(values))
+        conn.execute(stmt.values(values))
 
     def _alert(self, schedule: Schedule, decisions: list[Decision]) -> None:
         missed = [d for d in decisions if d.status == "missed"]
@@ -231,6 +235,16 @@ class Scheduler:
                     )
             except Exception as exc:
                 self.log.warning("scheduler_unregister_failed", error=str(exc).splitlines()[0])
+
+
+def _due(schedule: Schedule, now: datetime) -> list[Fire]:
+    """Fire times of `schedule` due by `now` since its last recorded fire."""
+    return schedule.due(schedule.last_fire_time or schedule.created_at or now, now)
+
+
+def _stale(schedule: Schedule, now: datetime) -> bool:
+    """True when the stored next fire time needs refreshing."""
+    return schedule.next_fire_time is None or schedule.next_fire_time <= now
 
 
 def run_scheduler(app: App, clock: Clock | None = None, tick_seconds: float = 1.0) -> Scheduler:

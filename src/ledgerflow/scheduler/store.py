@@ -161,6 +161,13 @@ class ScheduleStore:
         conn.execute(update(schedule_fires).where(schedule_fires.c.id == fire_id).values(job_id=job_id))
         return job_id
 
+    def lock(self, conn: Connection, schedule_id: int) -> Schedule | None:
+        """The schedule, row-locked for this transaction; None if another transaction holds it
+        (SKIP LOCKED: a scheduler never waits for another) or it was removed."""
+        query = select(job_schedules).where(job_schedules.c.id == schedule_id)
+        row = conn.execute(self.db.backend.skip_locked(query)).first()
+        return Schedule.from_row(row) if row is not None else None
+
     def running_job(self, conn: Connection, schedule_id: int) -> int | None:
         """A job of this schedule that has not finished yet, if any (overlap check)."""
         return conn.execute(
