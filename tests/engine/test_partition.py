@@ -24,7 +24,6 @@ from sqlalchemy import func, make_url, select, text, update
 
 from ledgerflow import App, DatabaseUnavailable, JobState
 from ledgerflow.clock import FixedClock
-from ledgerflow.db.database import Database
 from ledgerflow.db.tables import job_executions, job_schedules, jobs, schedule_fires, workers
 from ledgerflow.engine import leases
 from ledgerflow.scheduler.loop import Scheduler
@@ -270,78 +269,3 @@ def test_a_scheduler_cut_off_mid_transaction_does_not_delay_the_other_schedulers
         held_schedule_delay=round(held_delay, 2),
         cut_off_statement_failed_after=round(failed_after, 2),
     )
-
-
-# ---------------------------------------------------------------------------- session limits
-
-
-def session_settings(db: Database) -> dict[str, str]:
-    names = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
-    with db.read() as conn:
-        return {n: conn.exec_driver_sql(f"SHOW {n}").scalar_one() for n in names}
-
-
-def test_pooled_sessions_carry_timeouts_and_tcp_keepalives(db_url, make_app):
-    import socket
-
-    app = make_app()
-    assert session_settings(app.db) == {
-        "statement_timeout": "30s",
-        "lock_timeout": "5s",
-        "idle_in_transaction_session_timeout": "5s",
-    }
-    with app.db.read() as conn:
-        fd = conn.connection.driver_connection.pgconn.socket  # type: ignore[union-attr]
-        sock = socket.socket(fileno=fd)
-        try:
-            options = {
-                "keepalive": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
-                "idle": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
-                "interval": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
-                "count": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
-                "user_timeout_ms": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
-            }
-        finally:
-            sock.detach()  # the fd stays psycopg's
-    assert options == {"keepalive": 1, "idle": 5, "interval": 2, "count": 3, "user_timeout_ms": 5000}
-
-
-def test_settings_and_url_parameters_override_the_defaults(db_url, make_app):
-    app = make_app(db_statement_timeout=12, db_lock_timeout=0, db_idle_in_transaction_timeout=0.5)
-    assert session_settings(app.db) == {
-        "statement_timeout": "12s",
-        "lock_timeout": "0",
-        "idle_in_transaction_session_timeout": "500ms",
-    }
-    db = Database(db_url + "?keepalives_idle=9&options=-c%20lock_timeout%3D7s")
-    with db.read() as conn:
-        params = conn.connection.driver_connection.info.get_parameters()  # type: ignore[union-attr]
-    assert params["keepalives_idle"] == "9" and params["tcp_user_timeout"] == "5000"
-    assert session_settings(db)["lock_timeout"] == "7s"
-    db.dispose()
-
-
-def test_a_statement_past_the_timeout_fails_as_retryable_and_bulk_work_lifts_it(db_url, make_app):
-    app = make_app(db_statement_timeout=0.2)
-    with pytest.raises(DatabaseUnavailable, match="statement timeout"), app.db.read() as conn:
-        conn.execute(text("SELECT pg_sleep(1)"))
-    with app.db.begin() as conn:
-        app.db.lift_limits(conn)
-        conn.execute(text("SELECT pg_sleep(0.5)"))
-    assert session_settings(app.db)["statement_timeout"] == "200ms", "lifted for that transaction only"
-
-
-def test_a_lock_held_by_a_session_that_went_quiet_is_released_and_no_one_waits_long(db_url, make_app):
-    app = make_app(db_idle_in_transaction_timeout=1, db_lock_timeout=0.3)
-    (job_id,) = app.enqueue_many([partition.record.prepare()])
-    quiet = app.db.engine.connect()
-    quiet.begin()
-    quiet.execute(update(jobs).where(jobs.c.id == job_id).values(priority=1))  # then says nothing
-    with pytest.raises(DatabaseUnavailable, match="lock timeout"), app.db.begin() as conn:
-        conn.execute(update(jobs).where(jobs.c.id == job_id).values(priority=2))
-    wait_until(lambda: idle_in_transaction(app) == [], 10, 0.1, "the server ended the idle transaction")
-    with app.db.begin() as conn:
-        conn.execute(update(jobs).where(jobs.c.id == job_id).values(priority=3))
-    with pytest.raises(Exception, match="idle-in-transaction"):
-        quiet.commit()
-    quiet.close()

@@ -126,7 +126,11 @@ class Database:
         raise AssertionError("unreachable")
 
     def run_single(self, fn: Callable[[Connection], T]) -> T:
-        """Run one self-contained statement in autocommit mode: one round trip on PostgreSQL."""
+        """Run one self-contained statement in autocommit mode: one round trip on PostgreSQL,
+        and no transaction left open if the network goes between BEGIN and COMMIT. On SQLite
+        (no round trips to save) it is an ordinary write transaction."""
+        if self.is_sqlite:
+            return self.run(fn)
         with (
             self._translate(),
             self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,

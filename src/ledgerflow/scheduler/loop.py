@@ -207,24 +207,23 @@ class Scheduler:
             self.app.alerts.resolve(key, f"schedule {schedule.name} fired on time again")
 
     def _heartbeat(self) -> None:
+        """Register this scheduler, then mark it alive: one statement, one round trip."""
         now = datetime.now(UTC)
-        with self.db.begin() as conn:
-            if not self._registered:
-                conn.execute(
-                    insert(workers).values(
-                        id=self.id,
-                        kind="scheduler",
-                        hostname=socket.gethostname(),
-                        pid=os.getpid(),
-                        queues=[],
-                        concurrency=0,
-                        started_at=now,
-                        heartbeat_at=now,
-                    )
-                )
-                self._registered = True
-            else:
-                conn.execute(update(workers).where(workers.c.id == self.id).values(heartbeat_at=now))
+        if self._registered:
+            stmt: Any = update(workers).where(workers.c.id == self.id).values(heartbeat_at=now)
+        else:
+            stmt = insert(workers).values(
+                id=self.id,
+                kind="scheduler",
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                queues=[],
+                concurrency=0,
+                started_at=now,
+                heartbeat_at=now,
+            )
+        self.db.run_single(lambda conn: conn.execute(stmt))
+        self._registered = True
 
     def _unregister(self) -> None:
         if self._registered:

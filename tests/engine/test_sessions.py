@@ -1,0 +1,166 @@
+"""Database sessions: PostgreSQL's connection limits and keepalives, bulk work, one-round-trip writes.
+
+The limits are PostgreSQL's: SQLite has no network and no server sessions (its lock wait is the
+busy timeout), so those tests run on PostgreSQL only.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+from sqlalchemy import func, select, text, update
+
+from ledgerflow import DatabaseUnavailable
+from ledgerflow.db.database import Database
+from ledgerflow.db.migrate import _LOCK_ID, migrate
+from ledgerflow.db.tables import jobs
+from tests.apps import partition
+from tests.conftest import wait_until
+
+postgresql_only = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+
+
+def session_settings(db: Database) -> dict[str, str]:
+    names = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
+    with db.read() as conn:
+        return {n: conn.exec_driver_sql(f"SHOW {n}").scalar_one() for n in names}
+
+
+def idle_in_transaction(db: Database) -> list[int]:
+    with db.read() as conn:
+        query = (
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND state = 'idle in transaction'"
+        )
+        return list(conn.exec_driver_sql(query).scalars())
+
+
+def test_a_single_statement_write_commits_on_both_backends(db_url):
+    db = Database(db_url)
+    db.run_single(lambda conn: conn.execute(text("CREATE TABLE single_write (x integer)")))
+    db.run_single(lambda conn: conn.execute(text("INSERT INTO single_write VALUES (1)")))
+    with db.read() as conn:
+        assert conn.execute(text("SELECT count(*) FROM single_write")).scalar_one() == 1
+    db.dispose()
+
+
+@postgresql_only
+def test_pooled_sessions_carry_timeouts_and_tcp_keepalives(db_url, make_app):
+    app = make_app()
+    assert session_settings(app.db) == {
+        "statement_timeout": "30s",
+        "lock_timeout": "5s",
+        "idle_in_transaction_session_timeout": "5s",
+    }
+    with app.db.read() as conn:
+        sock = socket.socket(fileno=conn.connection.driver_connection.pgconn.socket)  # type: ignore[union-attr]
+        try:
+            options = {
+                "keepalive": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                "idle": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                "interval": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                "count": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                "user_timeout_ms": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+            }
+        finally:
+            sock.detach()  # the descriptor stays psycopg's
+    assert options == {"keepalive": 1, "idle": 5, "interval": 2, "count": 3, "user_timeout_ms": 5000}
+
+
+@postgresql_only
+def test_settings_and_url_parameters_override_the_defaults(db_url, make_app):
+    app = make_app(db_statement_timeout=12, db_lock_timeout=0, db_idle_in_transaction_timeout=0.5)
+    assert session_settings(app.db) == {
+        "statement_timeout": "12s",
+        "lock_timeout": "0",
+        "idle_in_transaction_session_timeout": "500ms",
+    }
+    db = Database(db_url + "?keepalives_idle=9&options=-c%20lock_timeout%3D7s")
+    with db.read() as conn:
+        params = conn.connection.driver_connection.info.get_parameters()  # type: ignore[union-attr]
+    assert params["keepalives_idle"] == "9" and params["tcp_user_timeout"] == "5000"
+    assert session_settings(db)["lock_timeout"] == "7s"
+    db.dispose()
+
+
+@postgresql_only
+def test_a_statement_past_the_timeout_fails_as_retryable_and_bulk_work_lifts_it(db_url, make_app):
+    app = make_app(db_statement_timeout=0.2)
+    with pytest.raises(DatabaseUnavailable, match="statement timeout"), app.db.read() as conn:
+        conn.execute(text("SELECT pg_sleep(1)"))
+    with app.db.begin() as conn:
+        app.db.lift_limits(conn)
+        conn.execute(text("SELECT pg_sleep(0.5)"))
+    assert session_settings(app.db)["statement_timeout"] == "200ms", "lifted for that transaction only"
+
+
+@postgresql_only
+def test_a_bulk_enqueue_is_not_cut_by_the_statement_timeout(db_url, make_app):
+    app = make_app(db_statement_timeout=0.1)  # far shorter than a COPY of 100,000 jobs
+    ids = app.enqueue_many([partition.record.prepare() for _ in range(100_000)])
+    with app.db.read() as conn:
+        app.db.lift_limits(conn)
+        assert conn.execute(select(func.count()).select_from(jobs)).scalar_one() == len(ids) == 100_000
+
+
+@postgresql_only
+def test_a_lock_held_by_a_session_that_went_quiet_is_released_and_no_one_waits_long(db_url, make_app):
+    app = make_app(db_idle_in_transaction_timeout=1, db_lock_timeout=0.3)
+    (job_id,) = app.enqueue_many([partition.record.prepare()])
+    quiet = app.db.engine.connect()
+    quiet.begin()
+    quiet.execute(update(jobs).where(jobs.c.id == job_id).values(priority=1))  # then says nothing
+    with pytest.raises(DatabaseUnavailable, match="lock timeout"), app.db.begin() as conn:
+        conn.execute(update(jobs).where(jobs.c.id == job_id).values(priority=2))
+    wait_until(lambda: idle_in_transaction(app.db) == [], 10, 0.1, "the server ended the idle transaction")
+    with app.db.begin() as conn:
+        conn.execute(update(jobs).where(jobs.c.id == job_id).values(priority=3))
+    with pytest.raises(Exception, match="idle-in-transaction"):
+        quiet.commit()
+    quiet.close()
+
+
+@postgresql_only
+def test_a_migration_waits_for_another_migrator_longer_than_the_lock_timeout(db_url, make_app):
+    app = make_app(db_lock_timeout=0.2)
+    holder = Database(db_url)
+    release = threading.Event()
+    errors: list[BaseException] = []
+
+    def hold_the_migration_lock() -> None:
+        with holder.begin() as conn:
+            conn.execute(text(f"SELECT pg_advisory_xact_lock({_LOCK_ID})"))
+            release.wait(60)
+
+    def run_migrate() -> None:
+        try:
+            migrate(app.db)
+        except BaseException as exc:
+            errors.append(exc)
+
+    waiting = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory' "
+        "AND clock_timestamp() - query_start > interval '1 second'"
+    )
+    threads = [threading.Thread(target=hold_the_migration_lock), threading.Thread(target=run_migrate)]
+    try:
+        threads[0].start()
+        wait_until(
+            lambda: holder.run_single(
+                lambda c: c.execute(
+                    text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+                ).scalar_one()
+            ),
+            30,
+            0.05,
+        )
+        threads[1].start()
+        wait_until(lambda: errors or holder.run_single(lambda c: c.execute(waiting).scalar_one()), 30, 0.1)
+    finally:
+        release.set()
+        for t in threads:
+            t.join(60)
+    assert errors == [], "the migration waited (5 lock timeouts and more) instead of failing"
+    holder.dispose()
