@@ -21,6 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from ledgerflow.db.backends import SessionLimits
 from ledgerflow.errors import BadInput, ConfigError
 
 if TYPE_CHECKING:
@@ -98,10 +99,10 @@ class Settings(BaseSettings):
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     sqlite_busy_timeout: float = Field(30.0, gt=0)
     connect_timeout: float = Field(5.0, gt=0)
-    # PostgreSQL session limits, seconds (0: off); see ledgerflow.db.backends.SessionLimits
-    db_statement_timeout: float = Field(30.0, ge=0)
-    db_lock_timeout: float = Field(5.0, ge=0)
-    db_idle_in_transaction_timeout: float = Field(5.0, ge=0)
+    # PostgreSQL session limits, seconds (0: off)
+    db_statement_timeout: float = Field(SessionLimits.statement_timeout, ge=0)
+    db_lock_timeout: float = Field(SessionLimits.lock_timeout, ge=0)
+    db_idle_in_transaction_timeout: float = Field(SessionLimits.idle_in_transaction_timeout, ge=0)
     lease_seconds: float = Field(8.0, ge=1)
     heartbeat_seconds: float = Field(2.0, gt=0)
     rescue_interval: float = Field(1.0, gt=0)

@@ -4,12 +4,14 @@ Its tasks record their runs through `LEDGERFLOW_TEST_RUNS_URL`, a direct connect
 partition does not cut: like a side effect at some other service, a run happens (and is
 counted) even while the worker cannot reach its queue. Statements are sent as text every time
 (psycopg otherwise prepares a statement after five runs and sends only its name), so the proxy
-can recognise the one to cut after.
+can recognise the one to cut after. `LEDGERFLOW_TEST_HOSTNAME` gives the worker a host name of
+its own: a partition separates hosts, and the rescue treats a worker on its own host differently.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import time
 from typing import Any
 
@@ -18,6 +20,9 @@ from sqlalchemy import event, insert
 from ledgerflow import App, current_job
 from ledgerflow.db.database import Database
 from tests.conftest import runs
+
+if hostname := os.environ.get("LEDGERFLOW_TEST_HOSTNAME"):
+    socket.gethostname = lambda: hostname  # before the worker names itself
 
 app = App()
 _runs_db = Database(os.environ.get("LEDGERFLOW_TEST_RUNS_URL") or app.settings.database_url)

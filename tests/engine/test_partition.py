@@ -11,7 +11,6 @@ Each test prints one `partition_figures` JSON line with what it measured (run wi
 from __future__ import annotations
 
 import json
-import signal
 import threading
 import time
 from collections import Counter
@@ -105,44 +104,52 @@ def idle_in_transaction(app: App) -> list[int]:
 def test_a_worker_partitioned_past_its_lease_is_fenced_and_its_jobs_run_elsewhere_once(
     db_url, make_app, workers, proxy
 ):
+    """The cut-off worker stands for another host (a host name of its own), as a partition separates
+    hosts: for a worker on this host the rescue would wait ten leases (see engine/liveness.py)."""
     app = make_app()
     env = {"LEDGERFLOW_TEST_RUNS_URL": db_url}
     first = app.enqueue_many([partition.record.prepare(sleep=3.0) for _ in range(4)])
-    cut_off = workers(app=APP, db_url=behind(proxy, db_url), concurrency=4, env=env, name="cutoff")
+    cut_off = workers(
+        app=APP,
+        db_url=behind(proxy, db_url),
+        queues="default,late",
+        concurrency=4,
+        env={**env, "LEDGERFLOW_TEST_HOSTNAME": "cut-off-host"},
+        name="cutoff",
+    )
     wait_until(lambda: set(starts(db_url, cut_off.pid)) == set(first), 60, message="all four jobs running")
 
     proxy.drop()  # in flight: their completions cannot be written
     cut, cut_wall = time.monotonic(), datetime.now(UTC)
-    elsewhere = workers(app=APP, concurrency=4, env=env, name="elsewhere")
+    elsewhere = workers(app=APP, queues="default", concurrency=4, env=env, name="elsewhere")
     wait_until(lambda: states(app, first) == {JobState.COMPLETED: 4}, 90, 0.2, "rescued and run elsewhere")
     failed = wait_until(lambda: logged(cut_off, "heartbeat_failed"), 30, 0.2, "the failed heartbeat logged")
     failure_logged = (datetime.fromisoformat(failed[0]["timestamp"]) - cut_wall).total_seconds()
-    elsewhere.signal(signal.SIGTERM)  # from now on only the cut-off worker can run new jobs
-    assert elsewhere.wait(60) == 0
 
     healed_db = db_clock(app)
     proxy.heal()
     healed = time.monotonic()
+    # claimed as soon as it can, each running longer than a lease: unless the cut-off worker renews
+    # their leases in time, the other worker rescues them and they run twice
+    late = app.enqueue_many([partition.record.configure(queue="late").prepare(sleep=3.0) for _ in range(4)])
     wait_until(
         lambda: (heartbeat_at(app, cut_off.pid) or healed_db) > healed_db, 20, 0.05, "renewal after heal"
     )
     renewal = time.monotonic() - healed
-    refused = wait_until(
-        lambda: {e["job_id"] for e in logged(cut_off, "outcome_refused_lease_lost")} >= set(first) or None,
+    wait_until(
+        lambda: {e["job_id"] for e in logged(cut_off, "outcome_refused_lease_lost")} >= set(first),
         30,
         0.2,
         "the late completions refused",
     )
-    assert refused
-    second = app.enqueue_many([partition.record.prepare() for _ in range(4)])
-    wait_until(lambda: states(app, second) == {JobState.COMPLETED: 4}, 30, 0.1, "new work after the heal")
+    wait_until(lambda: states(app, late) == {JobState.COMPLETED: 4}, 60, 0.1, "new work after the heal")
     recovered = time.monotonic() - healed
 
     assert cut_off.proc.poll() is None, "the cut-off worker exited"
     by_cut_off, by_elsewhere = starts(db_url, cut_off.pid), starts(db_url, elsewhere.pid)
     assert {j: by_elsewhere[j] for j in first} == dict.fromkeys(first, 1), "run elsewhere exactly once"
     assert {j: by_cut_off[j] for j in first} == dict.fromkeys(first, 1), "not run again after the heal"
-    assert {j: by_cut_off[j] for j in second} == dict.fromkeys(second, 1)
+    assert {j: by_cut_off[j] for j in late} == dict.fromkeys(late, 1), "renewed in time, never rescued"
     with app.db.read() as conn:
         completions = Counter(
             conn.execute(
@@ -150,14 +157,14 @@ def test_a_worker_partitioned_past_its_lease_is_fenced_and_its_jobs_run_elsewher
             ).scalars()
         )
         running = conn.execute(select(func.count()).where(jobs.c.state == JobState.RUNNING)).scalar_one()
-    assert completions == Counter(dict.fromkeys(first + second, 1)), "each job completed once"
+    assert completions == Counter(dict.fromkeys(first + late, 1)), "each job completed once"
     assert running == 0
     figures(
         "worker_partitioned_past_its_lease",
         partition_seconds=round(healed - cut, 2),
         heartbeat_failure_logged_after_cut=round(failure_logged, 2),
         heal_to_first_renewal=round(renewal, 2),
-        heal_to_new_work_completed=round(recovered, 2),
+        heal_to_late_jobs_completed=round(recovered, 2),
     )
 
 

@@ -16,6 +16,7 @@ from ledgerflow import DatabaseUnavailable
 from ledgerflow.db.database import Database
 from ledgerflow.db.migrate import _LOCK_ID, migrate
 from ledgerflow.db.tables import jobs
+from ledgerflow.engine import leases
 from tests.apps import partition
 from tests.conftest import wait_until
 
@@ -164,3 +165,33 @@ def test_a_migration_waits_for_another_migrator_longer_than_the_lock_timeout(db_
             t.join(60)
     assert errors == [], "the migration waited (5 lock timeouts and more) instead of failing"
     holder.dispose()
+
+
+@pytest.mark.timeout(60)  # before the fix it waited for ever
+@postgresql_only
+def test_the_rescue_skips_a_job_whose_row_another_session_holds(db_url, make_app):
+    """The holder may be a worker cut off in the middle of its heartbeat: never wait for it."""
+    app = make_app()
+    (job_id,) = app.enqueue_many([partition.record.prepare()])
+    with app.db.begin() as conn:
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id)
+            .values(
+                state="running",
+                attempt=1,
+                lease_token=7,
+                lease_expires_at=func.now() - text("interval '1 minute'"),
+            )
+        )
+    holder = app.db.engine.connect()
+    holder.begin()
+    holder.execute(select(jobs.c.id).where(jobs.c.id == job_id).with_for_update())
+    try:
+        with app.db.begin() as conn:
+            assert leases.rescue(app.db, conn, [(job_id, 7)]) == []
+    finally:
+        holder.rollback()
+        holder.close()
+    with app.db.begin() as conn:
+        assert [j.id for j in leases.rescue(app.db, conn, [(job_id, 7)])] == [job_id]

@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 
 from ledgerflow import App, BadInput, Conflict, JobState
 from ledgerflow.clock import FixedClock
-from ledgerflow.db.tables import job_schedules, jobs, schedule_fires
+from ledgerflow.db.tables import job_schedules, jobs, schedule_fires, workers
 from ledgerflow.scheduler.loop import Scheduler
 from ledgerflow.scheduler.schedules import Schedule
 from tests.conftest import FAST, ROOT
@@ -357,3 +357,33 @@ def test_enqueued_fire_and_its_job_are_written_together(app):
     job = app.get_job(decision.job_id)
     assert job.fire_time == T0.replace(minute=0, second=0) + timedelta(hours=1)
     assert job.state == JobState.AVAILABLE
+
+
+@pytest.mark.timeout(60)  # before the fix it waited for ever
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_schedule_another_transaction_holds_is_skipped_not_waited_for(app):
+    """No leader: a scheduler cut off while firing one schedule holds back only that schedule.
+    (PostgreSQL: on SQLite a write transaction holds the whole file, not a row.)"""
+    held = hourly(app, "held")
+    hourly(app, "free")
+    clock = FixedClock(T0 + timedelta(hours=1))
+    holder = app.db.engine.connect()
+    holder.begin()
+    holder.execute(select(job_schedules.c.id).where(job_schedules.c.id == held.id).with_for_update())
+    try:
+        assert [d.schedule for d in Scheduler(app, clock).tick()] == ["free"]
+    finally:
+        holder.rollback()
+        holder.close()
+    assert [d.schedule for d in Scheduler(app, clock).tick()] == ["held"]
+
+
+def test_registering_a_scheduler_twice_is_harmless(app):
+    """A registration whose commit went unanswered (a partition) is simply sent again."""
+    scheduler = Scheduler(app, FixedClock(T0))
+    scheduler.tick()
+    scheduler._registered = False
+    scheduler.tick()
+    with app.db.read() as conn:
+        rows = conn.execute(select(func.count()).where(workers.c.id == scheduler.id)).scalar_one()
+    assert rows == 1

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, insert, or_, select, update
+from sqlalchemy import Connection, or_, select, update
 
 from ledgerflow.clock import Clock
 from ledgerflow.db.database import is_transient
 from ledgerflow.db.tables import job_schedules, workers
+from ledgerflow.engine.store import dialect_insert
 from ledgerflow.logs import get_logger
 from ledgerflow.scheduler.schedules import Fire, Schedule
 from ledgerflow.scheduler.store import ScheduleStore
@@ -207,20 +208,27 @@ class Scheduler:
             self.app.alerts.resolve(key, f"schedule {schedule.name} fired on time again")
 
     def _heartbeat(self) -> None:
-        """Register this scheduler, then mark it alive: one statement, one round trip."""
+        """Register this scheduler, then mark it alive: one statement, one round trip.
+
+        Registering twice is harmless: a first INSERT whose commit went unanswered (a partition)
+        may have happened."""
         now = datetime.now(UTC)
         if self._registered:
             stmt: Any = update(workers).where(workers.c.id == self.id).values(heartbeat_at=now)
         else:
-            stmt = insert(workers).values(
-                id=self.id,
-                kind="scheduler",
-                hostname=socket.gethostname(),
-                pid=os.getpid(),
-                queues=[],
-                concurrency=0,
-                started_at=now,
-                heartbeat_at=now,
+            stmt = (
+                dialect_insert(self.db, workers)
+                .values(
+                    id=self.id,
+                    kind="scheduler",
+                    hostname=socket.gethostname(),
+                    pid=os.getpid(),
+                    queues=[],
+                    concurrency=0,
+                    started_at=now,
+                    heartbeat_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=["id"])
             )
         self.db.run_single(lambda conn: conn.execute(stmt))
         self._registered = True
