@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
@@ -17,7 +18,7 @@ from ledgerflow.clock import FixedClock
 from ledgerflow.db.tables import job_schedules, jobs, schedule_fires, workers
 from ledgerflow.scheduler.loop import Scheduler
 from ledgerflow.scheduler.schedules import Schedule
-from tests.conftest import FAST, ROOT
+from tests.conftest import FAST, ROOT, wait_until
 
 T0 = datetime(2026, 11, 26, 0, 0, 30, tzinfo=UTC)
 
@@ -192,6 +193,12 @@ def test_code_declared_schedule_and_periodic_decorator_are_synced(app):
         app.schedule("x", "0 2 * * *", "missing")
 
 
+def schedulers_registered(app: App) -> int:
+    """Scheduler processes that completed a tick (they register at the end of their first)."""
+    with app.db.read() as conn:
+        return int(conn.execute(select(func.count()).where(workers.c.kind == "scheduler")).scalar_one())
+
+
 def test_three_scheduler_processes_enqueue_exactly_one_job_per_fire_time(app, db_url, tmp_path):
     app.schedules.add(
         Schedule(
@@ -205,9 +212,8 @@ def test_three_scheduler_processes_enqueue_exactly_one_job_per_fire_time(app, db
     created = app.schedules.get("every_minute").created_at
     assert created is not None
     speed = 30.0  # one simulated minute every two real seconds
-    # the simulated clock starts 4 s from now, once the three processes have started: a start-up
-    # slower than one simulated minute would otherwise (rightly) record a missed fire
-    clock = f"accelerated:{created.isoformat()},{time.time() + 4},{speed}"
+    anchor = time.time()
+    clock = f"accelerated:{created.isoformat()},{anchor},{speed}"
     env = {
         **os.environ,
         **FAST,
@@ -236,8 +242,18 @@ def test_three_scheduler_processes_enqueue_exactly_one_job_per_fire_time(app, db
         )
         for log in logs
     ]
+
+    def fires() -> list[Any]:
+        with app.db.read() as conn:
+            query = select(schedule_fires.c.fire_time, schedule_fires.c.status, schedule_fires.c.job_id)
+            return list(conn.execute(query.order_by(schedule_fires.c.fire_time)))
+
     try:
-        time.sleep(22)  # start-up, then about 9 simulated minutes
+        # fires due before all three have started may rightly be missed (however slow the start-up);
+        # from then on every simulated minute must fire once
+        wait_until(lambda: schedulers_registered(app) == 3, 120, 0.1, "three schedulers ticking")
+        ready = created + timedelta(seconds=(time.time() - anchor) * speed)
+        wait_until(lambda: len([r for r in fires() if r.fire_time > ready]) >= 6, 120, 0.2, "six fires")
     finally:
         for p in procs:
             p.terminate()
@@ -245,18 +261,15 @@ def test_three_scheduler_processes_enqueue_exactly_one_job_per_fire_time(app, db
             assert p.wait(15) == 0
         for log in logs:
             log.close()
+    rows = fires()
     with app.db.read() as conn:
-        rows = conn.execute(
-            select(schedule_fires.c.fire_time, schedule_fires.c.status, schedule_fires.c.job_id).order_by(
-                schedule_fires.c.fire_time
-            )
-        ).all()
         per_fire = conn.execute(select(jobs.c.fire_time, func.count()).group_by(jobs.c.fire_time)).all()
-    assert len(rows) >= 6, rows
-    assert {r.status for r in rows} == {"enqueued"}, "none missed or skipped"
-    minutes = [r.fire_time for r in rows]
+    since_ready = [r for r in rows if r.fire_time > ready]
+    assert {r.status for r in since_ready} == {"enqueued"}, "none missed or skipped"
+    minutes = [r.fire_time for r in since_ready]
     assert all(b - a == timedelta(minutes=1) for a, b in itertools.pairwise(minutes)), "consecutive"
-    assert {n for _, n in per_fire} == {1} and len(per_fire) == len(rows), "exactly one job per fire time"
+    enqueued = [r for r in rows if r.status == "enqueued"]
+    assert {n for _, n in per_fire} == {1} and len(per_fire) == len(enqueued), "exactly one job per fire time"
     pids = {
         line
         for p in (tmp_path / f"scheduler{i}.log" for i in range(3))
