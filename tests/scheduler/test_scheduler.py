@@ -67,6 +67,32 @@ def test_misfire_skip_runs_only_the_latest_fire_after_a_3_hour_outage(app):
     assert scheduler.tick() == []  # nothing fires twice
 
 
+def test_after_a_weekend_outage_the_fire_records_say_what_really_happened(app):
+    """Saturday's and Sunday's fires move to Monday's run; the scheduler is down until Wednesday.
+    With misfire 'skip' only Wednesday runs: the weekend fires are recorded missed, not
+    "skipped — runs with the fire of" a fire that was itself missed."""
+    schedule = app.schedules.add(
+        Schedule(
+            name="weekday", cron_expression="0 9 * * *", job_type="tick", timezone="UTC", business_day="next"
+        )
+    )
+    friday = datetime(2026, 11, 6, 9, 30, tzinfo=UTC)
+    with app.db.begin() as conn:
+        conn.execute(update(job_schedules).where(job_schedules.c.id == schedule.id).values(created_at=friday))
+    Scheduler(app, FixedClock(datetime(2026, 11, 11, 9, 30, tzinfo=UTC))).tick()
+    recorded = [
+        (r["fire_time"].strftime("%a"), r["status"], r["job_id"] is not None)
+        for r in reversed(app.schedules.fires("weekday"))
+    ]
+    assert recorded == [
+        ("Sat", "missed", False),
+        ("Sun", "missed", False),
+        ("Mon", "missed", False),
+        ("Tue", "missed", False),
+        ("Wed", "enqueued", True),
+    ]
+
+
 def test_misfire_all_catches_up_every_missed_fire_up_to_the_cap(app):
     hourly(app, misfire_policy="all", misfire_max=2, allow_overlap=True)
     clock = FixedClock(T0)

@@ -43,35 +43,41 @@ class Decision:
 
 
 def decide(schedule: Schedule, fires: list[Fire]) -> list[tuple[Fire, str, str | None]]:
-    """What to do with each due fire: the misfire policy and business-day merging, pure."""
+    """What to do with each due fire: the misfire policy and business-day merging, pure.
+
+    Fires moved onto the same run (two non-business days moved to one business day) share
+    the fate of the first of them: `skipped` ("runs with the fire of X") when X runs, and
+    `missed`, like X, when the misfire policy does not run it.
+    """
     runnable: list[Fire] = []
-    merged: dict[int, str] = {}
+    merged: dict[int, Fire] = {}
     seen: dict[datetime, Fire] = {}  # keyed by UTC (see Schedule.next_times)
     for i, fire in enumerate(fires):
         if fire.adjusted is None:
             continue
         key = fire.adjusted.astimezone(UTC)
-        if key in seen:  # two non-business days moved onto the same run
-            merged[i] = f"runs with the fire of {seen[key].nominal.isoformat()}"
+        if key in seen:
+            merged[i] = seen[key]
             continue
         seen[key] = fire
         runnable.append(fire)
     keep = 1 if schedule.misfire_policy == "skip" else schedule.misfire_max
     chosen = {id(f) for f in runnable[-keep:]}
+    if schedule.misfire_policy == "skip":
+        missed = "not run in time; misfire policy 'skip' runs only the latest missed fire"
+    else:
+        missed = f"more than {keep} missed fires; catch-up is capped at {keep}"
     out: list[tuple[Fire, str, str | None]] = []
     for i, fire in enumerate(fires):
+        runs_with = merged.get(i, fire)
         if fire.adjusted is None:
             out.append((fire, "skipped", "not a business day"))
-        elif i in merged:
-            out.append((fire, "skipped", merged[i]))
-        elif id(fire) in chosen:
-            out.append((fire, "enqueued", None))
-        elif schedule.misfire_policy == "skip":
-            out.append(
-                (fire, "missed", "not run in time; misfire policy 'skip' runs only the latest missed fire")
-            )
+        elif id(runs_with) not in chosen:
+            out.append((fire, "missed", missed))
+        elif runs_with is not fire:
+            out.append((fire, "skipped", f"runs with the fire of {runs_with.nominal.isoformat()}"))
         else:
-            out.append((fire, "missed", f"more than {keep} missed fires; catch-up is capped at {keep}"))
+            out.append((fire, "enqueued", None))
     return out
 
 
