@@ -20,12 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, unquote, urlparse
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
+from sqlalchemy.sql.elements import ColumnElement
 
 from ledgerflow.db.tables import alerts as alerts_table
+from ledgerflow.errors import BadInput
 from ledgerflow.logs import get_logger
 
 if TYPE_CHECKING:
@@ -264,10 +266,45 @@ class Alerts:
                 is not None
             )
 
-    def history(self, limit: int = 100, open_only: bool = False) -> list[Alert]:
+    def open_keys(self, *kinds: str) -> set[str]:
+        """Keys of the open incidents of these kinds (a kind is a key, or its part before a `:`)."""
+        with self.db.read() as conn:
+            return set(
+                conn.execute(
+                    select(alerts_table.c.incident_key).where(
+                        or_(*(_of_kind(k) for k in kinds)), alerts_table.c.resolved_at.is_(None)
+                    )
+                ).scalars()
+            )
+
+    def history(
+        self,
+        limit: int = 100,
+        open_only: bool = False,
+        *,
+        state: Literal["open", "resolved"] | None = None,
+        severity: str | None = None,
+        kind: str | None = None,
+        since: datetime | None = None,
+        before_id: int | None = None,
+    ) -> list[Alert]:
+        """Alerts newest first; filtered by state (`open_only` is `state="open"`), severity,
+        kind (the incident key up to its first `:`, or the whole key), opened since, page by id."""
+        if severity is not None and severity not in SEVERITIES:
+            raise BadInput(f"unknown severity {severity!r} (use {', '.join(SEVERITIES)})")
         query = select(alerts_table).order_by(alerts_table.c.id.desc()).limit(limit)
-        if open_only:
+        if open_only or state == "open":
             query = query.where(alerts_table.c.resolved_at.is_(None))
+        elif state == "resolved":
+            query = query.where(alerts_table.c.resolved_at.is_not(None))
+        if severity:
+            query = query.where(alerts_table.c.severity == severity)
+        if kind:
+            query = query.where(_of_kind(kind))
+        if since:
+            query = query.where(alerts_table.c.opened_at >= since)
+        if before_id:
+            query = query.where(alerts_table.c.id < before_id)
         with self.db.read() as conn:
             return [Alert(**r._mapping) for r in conn.execute(query)]
 
@@ -289,6 +326,13 @@ class Alerts:
             return
         with self.db.begin() as conn:
             conn.execute(update(alerts_table).where(alerts_table.c.id == alert_id).values(delivery=result))
+
+
+def _of_kind(kind: str) -> ColumnElement[bool]:
+    """Incident keys equal to `kind` or starting with `kind:` (LIKE wildcards in `kind` are literal)."""
+    pattern = kind.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ":%"
+    key = alerts_table.c.incident_key
+    return (key == kind) | key.like(pattern, escape="\\")
 
 
 def _jsonable(value: dict[str, Any]) -> dict[str, Any]:

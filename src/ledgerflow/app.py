@@ -88,6 +88,8 @@ class App:
             busy_timeout=s.sqlite_busy_timeout,
             connect_timeout=s.connect_timeout,
             limits=SessionLimits(s.db_statement_timeout, s.db_lock_timeout, s.db_idle_in_transaction_timeout),
+            pool_size=s.db_pool_size,
+            pool_timeout=s.db_pool_timeout,
         )
 
     @cached_property

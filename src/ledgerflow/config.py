@@ -103,12 +103,18 @@ class Settings(BaseSettings):
     db_statement_timeout: float = Field(SessionLimits.statement_timeout, ge=0)
     db_lock_timeout: float = Field(SessionLimits.lock_timeout, ge=0)
     db_idle_in_transaction_timeout: float = Field(SessionLimits.idle_in_transaction_timeout, ge=0)
+    db_pool_size: int = Field(5, ge=1)  # pooled connections per process (plus 10 overflow)
+    db_pool_timeout: float = Field(30.0, gt=0)  # seconds to wait for a free pooled connection
     lease_seconds: float = Field(8.0, ge=1)
     heartbeat_seconds: float = Field(2.0, gt=0)
     rescue_interval: float = Field(1.0, gt=0)
     grace_seconds: float = Field(25.0, ge=0)
     max_abandoned_threads: int = Field(5, ge=1)
-    prune_after_days: int = Field(30, ge=1)
+    prune_after_days: int = Field(30, ge=1)  # completed/cancelled jobs and their executions
+    prune_fires_after_days: int = Field(90, ge=1)  # schedule_fires rows
+    prune_alerts_after_days: int = Field(90, ge=1)  # resolved alerts
+    prune_workers_after_days: int = Field(7, ge=1)  # rows of stopped or vanished workers/schedulers
+    prune_export_work_after_days: int = Field(7, ge=1)  # work folders of completed/abandoned batches
     backup_dir: str = "./backups"
     backup_keep: int = Field(8, ge=1)
     backup_destination: str | None = None  # file://DIR, gdrive://FOLDER_ID or s3://BUCKET/PREFIX
@@ -135,6 +141,11 @@ class Settings(BaseSettings):
     receipt_rules: list[dict[str, Any]] | dict[str, str] = []
 
     health_cron_max_age_hours: float = Field(26.0, gt=0)
+    alert_check_seconds: float = Field(10.0, gt=0)  # how often each worker runs the alert checks
+    alert_queue_depth: int = Field(10_000, ge=1)  # waiting jobs in one queue that raise an alert
+    alert_queue_depths: dict[str, int] = {}  # per-queue thresholds, e.g. {"exports": 50}
+    alert_scheduler_silence_seconds: float = Field(120.0, gt=0)  # no scheduler heartbeat for this long
+    alert_dlq_size: int = Field(100, ge=1)  # dead jobs across all tasks
     autostop_consecutive_failures: int = Field(25, ge=1)
     autostop_failure_rate: float = Field(0.6, gt=0, le=1)
     autostop_min_attempts: int = Field(20, ge=1)
@@ -194,6 +205,20 @@ class Settings(BaseSettings):
         from ledgerflow.receipts.rules import parse_rules
 
         parse_rules(value)  # ValueError naming the rule and the field
+        return value
+
+    @field_validator("alert_queue_depths")
+    @classmethod
+    def _queue_depths(cls, value: dict[str, int]) -> dict[str, int]:
+        from ledgerflow.names import check_name
+
+        for queue, limit in value.items():
+            try:
+                check_name(queue, "queue")
+            except BadInput as exc:
+                raise ValueError(str(exc)) from None
+            if limit < 1:
+                raise ValueError(f"queue {queue!r}: the threshold must be at least 1, got {limit}")
         return value
 
     @field_validator("receipt_currency")

@@ -6,13 +6,24 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from sqlalchemy import update
 
+from ledgerflow import App
+from ledgerflow.alert_checks import AlertChecks
 from ledgerflow.alerts import Notifier
+from ledgerflow.clock import FixedClock
+from ledgerflow.db.tables import job_schedules
+from ledgerflow.engine.autostop import HostGate
+from ledgerflow.errors import DatabaseUnavailable
+from ledgerflow.scheduler.loop import Scheduler
+from ledgerflow.scheduler.schedules import Schedule
 
 
 class Webhook:
@@ -134,3 +145,222 @@ def test_undeliverable_webhook_is_retried_then_logged_and_never_raises():
         from ledgerflow.alerts import Alerts
 
         Alerts(None, notifier).raise_alert("k", "catastrophic", "t", "m")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ every alert, end to end
+class Probe:
+    """Makes one alert's condition start and clear, and runs what detects it."""
+
+    key: str
+
+    def start(self) -> None: ...
+    def clear(self) -> None: ...
+    def check(self) -> None: ...
+
+
+class QueueOverflow(Probe):
+    key = "queue_overflow:bulk"
+    settings = {"alert_queue_depths": {"bulk": 3}}
+
+    def __init__(self, app: App) -> None:
+        self.app, self.checks = app, AlertChecks(app)
+
+        @app.task(name="bulk_item", queue="bulk")
+        def bulk_item() -> None: ...
+
+        self.task = bulk_item
+
+    def start(self) -> None:
+        self.app.enqueue_many([self.task.prepare() for _ in range(4)])
+
+    def clear(self) -> None:
+        self.app.run_worker("bulk", burst=True)
+
+    def check(self) -> None:
+        self.checks.check()
+
+
+class DeadLetters(Probe):
+    key = "dlq_size"
+    settings = {"alert_dlq_size": 2}
+
+    def __init__(self, app: App) -> None:
+        self.app, self.checks = app, AlertChecks(app)
+
+        @app.task(name="doomed", max_attempts=1)
+        def doomed() -> None:
+            raise RuntimeError("no")
+
+        @app.task(name="doomed_too", max_attempts=1)
+        def doomed_too() -> None:
+            raise RuntimeError("no either")
+
+        self.tasks = (doomed, doomed, doomed_too)
+
+    def start(self) -> None:  # dead jobs of two tasks count together
+        self.app.enqueue_many([task.prepare() for task in self.tasks])
+        self.app.run_worker(burst=True)
+
+    def clear(self) -> None:
+        self.app.store.purge_dead()
+
+    def check(self) -> None:
+        self.checks.check()
+
+
+class SchedulerDown(Probe):
+    key = "scheduler_down"
+    settings = {"alert_scheduler_silence_seconds": 0.5}
+
+    def __init__(self, app: App) -> None:
+        self.app, self.checks = app, AlertChecks(app)
+
+        @app.task(name="yearly")
+        def yearly() -> None: ...
+
+        app.schedules.add(Schedule(name="yearly", cron_expression="0 0 1 1 *", job_type="yearly"))
+        self.scheduler = Scheduler(app)
+
+    def start(self) -> None:
+        """The scheduler stops writing heartbeats: the alert waits for the silence to last."""
+
+    def clear(self) -> None:
+        self.scheduler.tick()  # a scheduler runs again (its heartbeat)
+
+    def check(self) -> None:
+        self.checks.check()
+
+
+class PoolExhausted(Probe):
+    settings = {"db_pool_size": 1, "db_pool_timeout": 0.2}
+
+    def __init__(self, app: App) -> None:
+        self.app, self.checks = app, AlertChecks(app)
+        self.key = self.checks.pool_key
+
+    def start(self) -> None:
+        held = [self.app.db.engine.connect() for _ in range(1 + 10)]  # pool size + overflow
+        try:
+            with pytest.raises(DatabaseUnavailable), self.app.db.read():
+                pass
+        finally:
+            for conn in held:
+                conn.close()
+
+    def check(self) -> None:
+        self.checks.check()
+
+
+class HostReading(Probe):
+    """A host gate with its reading injected (the real-process tests use the real one)."""
+
+    def __init__(self, app: App, resource: str, seconds: float) -> None:
+        self.app, self.reading = app, 10.0
+        self.gate = HostGate(app, resource, 90.0, seconds, lambda: self.reading, every=0)
+        self.key = self.gate.key
+
+    def start(self) -> None:
+        self.reading = 97.0
+
+    def clear(self) -> None:
+        self.reading = 40.0
+
+    def check(self) -> None:
+        self.gate.sample()
+        if self.app.alerts.is_open(self.key):
+            assert not self.gate.is_open(), "an open incident means no claiming"
+
+
+class MissedFires(Probe):
+    key = "schedule_missed:hourly"
+
+    def __init__(self, app: App) -> None:
+        @app.task(name="tick")
+        def tick() -> None: ...
+
+        schedule = app.schedules.add(
+            Schedule(name="hourly", cron_expression="0 * * * *", job_type="tick", allow_overlap=True)
+        )
+        self.at = datetime(2026, 11, 26, 0, 0, 30, tzinfo=UTC)
+        with app.db.begin() as conn:
+            conn.execute(
+                update(job_schedules).where(job_schedules.c.id == schedule.id).values(created_at=self.at)
+            )
+        self.clock = FixedClock(self.at)
+        self.scheduler = Scheduler(app, self.clock)
+
+    def start(self) -> None:  # the scheduler was down for three hours
+        self.at += timedelta(hours=3)
+        self.clock.set(self.at)
+
+    def clear(self) -> None:  # the next fire on time
+        self.at += timedelta(hours=1)
+        self.clock.set(self.at)
+
+    def check(self) -> None:
+        self.scheduler.tick()
+
+
+PROBES: dict[str, Callable[[App], Probe]] = {
+    "queue_overflow": QueueOverflow,
+    "dlq_size": DeadLetters,
+    "scheduler_down": SchedulerDown,
+    "db_pool_exhausted": PoolExhausted,
+    "memory": lambda app: HostReading(app, "memory", 0),
+    "cpu": lambda app: HostReading(app, "cpu", 0.3),
+    "schedule_missed": MissedFires,
+}
+
+
+@pytest.fixture
+def quiet_webhook():
+    hook = Webhook()
+    yield hook
+    hook.close()
+
+
+@pytest.mark.parametrize("kind", PROBES)
+def test_each_alert_is_raised_delivered_once_resolved_when_it_clears_and_listed(
+    kind, make_app, quiet_webhook, smtp
+):
+    box, smtp_url = smtp
+    probe_type = PROBES[kind]
+    settings = getattr(probe_type, "settings", {})
+    app = make_app(
+        alert_webhook_url=quiet_webhook.url, alert_email="ops@example.test", smtp_url=smtp_url, **settings
+    )
+    probe = probe_type(app)
+    key = probe.key
+
+    def sent() -> list[bool]:
+        """The `resolved` flag of each webhook message and e-mail of this incident, in order."""
+        app.alerts.notifier.flush()
+        hooks = [m["resolved"] for m in quiet_webhook.received if m["incident_key"] == key]
+        mails = [
+            "RESOLVED" in m.content.decode() for m in box.messages if f"incident: {key}" in m.content.decode()
+        ]
+        assert hooks == mails, "the webhook and the e-mail tell the same story"
+        return hooks
+
+    def detected(state: bool) -> bool:
+        probe.check()
+        return app.alerts.is_open(key) is state
+
+    probe.check()
+    assert not app.alerts.is_open(key) and sent() == []
+    probe.start()
+    wait_for(lambda: detected(True))
+    probe.start()  # the condition goes on (or happens again): still one incident
+    probe.check()
+    assert app.alerts.is_open(key)
+    wait_for(lambda: sent() == [False])
+    probe.clear()
+    wait_for(lambda: detected(False))
+    probe.check()
+    wait_for(lambda: sent() == [False, True])
+    (resolved,) = app.alerts.history(kind=key)
+    assert resolved.resolved_at is not None and resolved.delivery == {"webhook": "ok", "email": "ok"}
+    probe.start()  # it comes back: a new incident
+    wait_for(lambda: detected(True))
+    assert [a.resolved_at is None for a in app.alerts.history(kind=key)] == [True, False]
+    wait_for(lambda: sent() == [False, True, False])

@@ -545,6 +545,24 @@ def reject_receipt(
 # ------------------------------------------------------------------ alerts
 @router.get("/alerts", tags=["alerts"])
 def list_alerts(
-    request: Request, open_only: bool = False, limit: int = Query(100, ge=1, le=1000)
+    request: Request,
+    state: Literal["open", "resolved"] | None = None,
+    open_only: bool = False,
+    severity: Literal["info", "warning", "error", "critical"] | None = None,
+    kind: str | None = Query(None, min_length=1, max_length=255),
+    since: datetime | None = None,
+    before_id: int | None = Query(None, ge=1, le=MAX_ID),
+    limit: int = Query(100, ge=1, le=1000),
 ) -> dict[str, Any]:
-    return {"alerts": [a.to_dict() for a in _app(request).alerts.history(limit, open_only)]}
+    """Open and resolved alerts, newest first. `state` open|resolved (`open_only` = open),
+    `severity`, `kind` (e.g. `queue_overflow`, or a whole incident key), `since` (opened at or
+    after, ISO 8601 with offset); page with `before_id` = the last id of the previous page."""
+    if since is not None and since.tzinfo is None:
+        raise BadInput(f"since {since.isoformat()!r} needs a UTC offset (e.g. +07:00 or Z)")
+    found = _app(request).alerts.history(
+        limit, open_only, state=state, severity=severity, kind=kind, since=since, before_id=before_id
+    )
+    return {
+        "alerts": [a.to_dict() for a in found],
+        "next_before_id": found[-1].id if len(found) == limit else None,
+    }

@@ -4,7 +4,8 @@ Write transactions on SQLite start with `BEGIN IMMEDIATE` (a second writer waits
 the lock instead of failing half-way); read-only transactions use a plain `BEGIN`.
 PostgreSQL sessions carry `SessionLimits` and TCP keepalives (see `postgres.py`).
 Connection failures, and timeouts of those limits, surface as `DatabaseUnavailable`,
-a retryable error.
+a retryable error; a checkout that times out waiting for a pooled connection is also
+counted (`pool_timeouts`, for the alert).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Database:
         connect_timeout: float = 5.0,
         pool_size: int = 5,
         limits: SessionLimits = SessionLimits(),
+        pool_timeout: float = 30.0,
     ) -> None:
         self.url = url
         self.backend: Backend = backend_for(url)
@@ -64,7 +66,10 @@ class Database:
             connect_timeout=connect_timeout,
             pool_size=pool_size,
             limits=limits,
+            pool_timeout=pool_timeout,
         )
+        #: Checkouts that waited `pool_timeout` for a pooled connection and gave up (pool exhausted).
+        self.pool_timeouts = 0
 
     @property
     def is_sqlite(self) -> bool:
@@ -152,6 +157,8 @@ class Database:
         except DatabaseUnavailable:
             raise
         except Exception as error:
+            if isinstance(error, exc.TimeoutError):
+                self.pool_timeouts += 1
             if is_transient(error) and not isinstance(error, exc.IntegrityError):
                 raise DatabaseUnavailable(
                     f"database unavailable ({self.backend.name}): {_first_line(error)}"

@@ -92,6 +92,7 @@ class PostgresBackend:
             json_serializer=options["json_serializer"],
             pool_size=options["pool_size"],
             max_overflow=10,
+            pool_timeout=options["pool_timeout"],
             pool_recycle=1800,
         )
 

@@ -42,6 +42,7 @@ class SQLiteBackend:
             json_serializer=options["json_serializer"],
             pool_size=options["pool_size"],
             max_overflow=10,
+            pool_timeout=options["pool_timeout"],
         )
 
         @event.listens_for(engine, "connect")

@@ -3,13 +3,15 @@
 A task type is paused (with a critical alert) after N consecutive failed attempts, when its
 failure rate over the last hour exceeds a threshold (with a minimum number of attempts), or
 when it has too many dead jobs. `ledgerflow tasks resume TASK` undoes it. A worker also stops
-claiming while the host's CPU stays above a threshold for a while (when enabled).
+claiming while the host's memory use is over a threshold, and (when enabled) while its CPU
+stays above a threshold for a while; each raises an alert, resolved when claiming resumes.
 """
 
 from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -110,41 +112,84 @@ class AutoStop:
         return list(reasons)
 
 
-class CpuGate:
-    """Closed (no claiming) while host CPU stays above `percent` for `seconds`; off by default."""
+class HostGate:
+    """Closed (this worker claims nothing) while a host reading stays above `percent` for
+    `seconds`, with a critical alert per host (`autostop:RESOURCE:HOST`) resolved on reopening.
 
-    def __init__(self, app: App, percent: float, seconds: float) -> None:
-        import psutil
+    Sampled from the maintenance thread every `every` seconds; `is_open` only reads a flag, so
+    the claim loop never waits for a reading or for the database. A gate that needs no duration
+    takes its first reading at once, so a worker started over the limit never claims.
+    """
 
-        self.app, self.percent, self.seconds = app, percent, seconds
-        self._psutil = psutil
-        psutil.cpu_percent(None)  # prime: the first reading is meaningless
-        self._busy_since: float | None = None
-        self._open = True
-        self._last = 0.0
+    def __init__(
+        self,
+        app: App,
+        resource: str,
+        percent: float,
+        seconds: float,
+        read: Callable[[], float],
+        every: float,
+    ) -> None:
+        self.app, self.resource, self.percent, self.seconds = app, resource, percent, seconds
+        self.read, self.every = read, every
+        self.key = f"autostop:{resource}:{socket.gethostname()}"
+        self.log = get_logger("autostop")
+        self._over_since: float | None = None
+        self._open = seconds > 0 or read() <= percent
+        self._announced: bool | None = None  # the state last told the alerts (None: not yet)
+        self._last = -float("inf")
 
     def sample(self) -> None:
-        if time.monotonic() - self._last < 5:
-            return
-        self._last = time.monotonic()
-        usage = self._psutil.cpu_percent(None)
         now = time.monotonic()
-        if usage <= self.percent:
-            self._busy_since = None
-            if not self._open:
-                self._open = True
-                self.app.alerts.resolve(f"autostop:cpu:{socket.gethostname()}", f"CPU back to {usage:.0f}%")
+        if now - self._last < self.every:
             return
-        self._busy_since = self._busy_since or now
-        if self._open and now - self._busy_since >= self.seconds:
-            self._open = False
-            self.app.alerts.raise_alert(
-                f"autostop:cpu:{socket.gethostname()}",
-                "critical",
-                "Worker stopped claiming: CPU overloaded",
-                f"host CPU above {self.percent:.0f}% for {self.seconds:.0f}s",
-                cpu_percent=usage,
-            )
+        self._last = now
+        usage = self.read()
+        was_open = self._open
+        if usage <= self.percent:
+            self._over_since = None
+            self._open = True
+        else:
+            self._over_since = self._over_since if self._over_since is not None else now
+            self._open = self._open and now - self._over_since < self.seconds
+        if self._open != was_open:
+            log = self.log.info if self._open else self.log.error
+            log("claiming_resumed" if self._open else f"claiming_paused_{self.resource}", percent=usage)
+        if self._open != self._announced:  # also at the first reading: an earlier worker's incident
+            self._announce(usage)
+            self._announced = self._open
+
+    def _announce(self, usage: float) -> None:
+        host = socket.gethostname()
+        if self._open:
+            self.app.alerts.resolve(self.key, f"{self.resource} use on {host} back to {usage:.0f}%")
+            return
+        held = f" for {self.seconds:g}s" if self.seconds else ""
+        self.app.alerts.raise_alert(
+            self.key,
+            "critical",
+            f"Worker stopped claiming: {self.resource} over {self.percent:g}%",
+            f"{self.resource} use on {host} is {usage:.0f}% (limit {self.percent:g}%{held}): "
+            "its workers claim no new jobs until it falls back",
+            host=host,
+            percent=usage,
+            limit=self.percent,
+        )
 
     def is_open(self) -> bool:
         return self._open
+
+
+def memory_gate(app: App, percent: float) -> HostGate:
+    """No claiming while the host's memory use is over `percent` (checked every second)."""
+    import psutil
+
+    return HostGate(app, "memory", percent, 0.0, lambda: float(psutil.virtual_memory().percent), 1.0)
+
+
+def cpu_gate(app: App, percent: float, seconds: float) -> HostGate:
+    """No claiming while host CPU stays over `percent` for `seconds` (sampled every 5 s); off by default."""
+    import psutil
+
+    psutil.cpu_percent(None)  # prime: the first reading is meaningless
+    return HostGate(app, "cpu", percent, seconds, lambda: float(psutil.cpu_percent(None)), 5.0)

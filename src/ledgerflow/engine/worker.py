@@ -37,10 +37,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import insert, or_, select, update
 
+from ledgerflow.alert_checks import AlertChecks
 from ledgerflow.db.database import is_transient
 from ledgerflow.db.tables import jobs, workers
 from ledgerflow.engine import leases
-from ledgerflow.engine.autostop import AutoStop, CpuGate
+from ledgerflow.engine.autostop import AutoStop, cpu_gate, memory_gate
 from ledgerflow.engine.isolation import ChildProcess, ChildTaskError
 from ledgerflow.engine.jobs import JobContext, reset_current_job, set_current_job
 from ledgerflow.engine.leases import Claim, LeaseSQL, Outcome, error_record
@@ -141,19 +142,20 @@ class Worker:
         self._restart = False
         self._abandoned = 0
         self._last_heartbeat_ok = time.monotonic()
-        self._memory_checked = 0.0
-        self._memory_ok = True
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._threads_stop = threading.Event()
         self._pool = DaemonThreadPool(options.concurrency)
         self._tasks = [n for n in app.registry.names()]
-        self.hooks: list[Callable[[], None]] = [AutoStop(app).maybe_check]  # periodic maintenance
-        self._gates: list[Callable[[], bool]] = []
+        gates = [memory_gate(app, options.memory_limit_percent)]
         if app.settings.autostop_cpu_enabled:
-            gate = CpuGate(app, app.settings.autostop_cpu_percent, app.settings.autostop_cpu_seconds)
-            self.hooks.append(gate.sample)
-            self._gates.append(gate.is_open)
+            gates.append(cpu_gate(app, app.settings.autostop_cpu_percent, app.settings.autostop_cpu_seconds))
+        self._gates: list[Callable[[], bool]] = [g.is_open for g in gates]
+        self.hooks: list[Callable[[], None]] = [  # periodic maintenance
+            AutoStop(app).maybe_check,
+            AlertChecks(app).maybe_check,
+            *(g.sample for g in gates),
+        ]
 
     # ------------------------------------------------------------ lifecycle
     def run(self) -> WorkerExit:
@@ -443,19 +445,8 @@ class Worker:
         return (due - datetime.now(UTC)).total_seconds()
 
     def _may_claim(self) -> bool:
-        now = time.monotonic()
-        if now - self._memory_checked >= 1.0:
-            import psutil
-
-            self._memory_checked = now
-            percent = psutil.virtual_memory().percent
-            ok = percent < self.opts.memory_limit_percent
-            if ok != self._memory_ok:
-                (self.log.info if ok else self.log.error)(
-                    "claiming_resumed" if ok else "claiming_paused_memory", memory_percent=percent
-                )
-            self._memory_ok = ok
-        return self._memory_ok and all(gate() for gate in [*self._gates, *self.app._claim_gates])
+        """No claiming while a host gate (memory, CPU) or an app's own gate is closed."""
+        return all(gate() for gate in [*self._gates, *self.app._claim_gates])
 
     # ------------------------------------------------------------ running
     def _start(self, claim: Claim) -> None:
