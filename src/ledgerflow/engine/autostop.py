@@ -137,6 +137,7 @@ class HostGate:
         self._over_since: float | None = None
         self._open = seconds > 0 or read() <= percent
         self._announced: bool | None = None  # the state last told the alerts (None: not yet)
+        self._logged: bool | None = None  # ... and the log
         self._last = -float("inf")
 
     def sample(self) -> None:
@@ -145,16 +146,18 @@ class HostGate:
             return
         self._last = now
         usage = self.read()
-        was_open = self._open
         if usage <= self.percent:
             self._over_since = None
             self._open = True
         else:
             self._over_since = self._over_since if self._over_since is not None else now
             self._open = self._open and now - self._over_since < self.seconds
-        if self._open != was_open:
-            log = self.log.info if self._open else self.log.error
-            log("claiming_resumed" if self._open else f"claiming_paused_{self.resource}", percent=usage)
+        if self._open != self._logged:
+            if not self._open:
+                self.log.error(f"claiming_paused_{self.resource}", percent=usage, limit=self.percent)
+            elif self._logged is False:
+                self.log.info("claiming_resumed", resource=self.resource, percent=usage)
+            self._logged = self._open
         if self._open != self._announced:  # also at the first reading: an earlier worker's incident
             self._announce(usage)
             self._announced = self._open
