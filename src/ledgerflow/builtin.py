@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-from datetime import timedelta
 from typing import Any
 
 from ledgerflow.app import App
@@ -16,8 +15,10 @@ def register_builtin_tasks(app: App) -> None:
 
     @app.task(name="ledgerflow.cleanup", queue="maintenance", max_attempts=3, timeout=600)
     def cleanup(days: int | None = None) -> dict[str, int]:
-        """Daily cleanup: prune completed jobs and executions older than `days` (default: settings)."""
-        return app.store.prune(timedelta(days=days or app.settings.prune_after_days))
+        """Daily cleanup: prune every kind of record after its retention (`days`: jobs' retention)."""
+        from ledgerflow.cleanup import Retention, prune
+
+        return prune(app, Retention.from_settings(app.settings, days))
 
     @app.task(name="ledgerflow.backup", queue="maintenance", max_attempts=3, timeout=3600)
     def backup() -> dict[str, Any]:

@@ -46,7 +46,14 @@ def test_jobs_lifecycle_through_the_cli(cli):
         json.loads(out)["state"] == "completed" and json.loads(out)["executions"][0]["status"] == "completed"
     )
     code, out, _ = cli("prune", "--days", "1", "--json")
-    assert code == 0 and json.loads(out) == {"jobs": 0, "executions": 0}
+    assert code == 0 and json.loads(out) == {
+        "executions": 0,
+        "jobs": 0,
+        "schedule_fires": 0,
+        "alerts": 0,
+        "workers": 0,
+        "export_work_folders": 0,
+    }
 
 
 @pytest.mark.parametrize(

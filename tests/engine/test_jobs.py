@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select, text
 
 from ledgerflow import BadInput, Conflict, JobState, NotFound, current_job
+from ledgerflow.cleanup import prune
 from ledgerflow.db.tables import job_executions, jobs
 
 
@@ -324,7 +325,8 @@ def test_prune_deletes_old_completed_jobs_and_executions_only(make_app):
         past = datetime.now(UTC) - timedelta(days=40)
         conn.execute(jobs.update().where(jobs.c.id == done.id).values(finished_at=past))
         conn.execute(job_executions.update().values(completed_at=past))
-    assert app.store.prune(timedelta(days=30)) == {"jobs": 1, "executions": 1}
+    pruned = prune(app)
+    assert (pruned["jobs"], pruned["executions"]) == (1, 1)
     with pytest.raises(NotFound):
         app.get_job(done.id)
     assert app.get_job(waiting.id).state == JobState.SCHEDULED

@@ -63,24 +63,22 @@ def worker(
 
 def prune(
     days: Annotated[
-        int | None, typer.Option("--days", help="Age in days (default: LEDGERFLOW_PRUNE_AFTER_DAYS).")
+        int | None, typer.Option("--days", help="Jobs' age in days (default: LEDGERFLOW_PRUNE_AFTER_DAYS).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Delete completed/cancelled jobs and their executions older than N days."""
-    from datetime import timedelta
+    """Run the daily cleanup now: every kind of record after its retention (see LEDGERFLOW_PRUNE_*)."""
+    from ledgerflow.cleanup import Retention
+    from ledgerflow.cleanup import prune as prune_all
 
     app = state.app()
-    days = days if days is not None else app.settings.prune_after_days
-    if days < 1:
+    if days is not None and days < 1:
         raise BadInput(f"--days must be >= 1, got {days}")
-    result = app.store.prune(timedelta(days=days))
+    result = prune_all(app, Retention.from_settings(app.settings, days))
     if as_json:
         print_json(result)
     else:
-        console.print(
-            f"pruned {result['jobs']} job(s) and {result['executions']} execution(s) older than {days} day(s)"
-        )
+        console.print("pruned " + ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in result.items()))
 
 
 def demo(

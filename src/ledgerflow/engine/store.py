@@ -342,21 +342,6 @@ class JobStore:
                 stmt = stmt.where(jobs.c.task == task)
             return int(conn.execute(stmt).rowcount)
 
-    def prune(self, older_than: timedelta) -> dict[str, int]:
-        """Delete completed/cancelled jobs and executions finished before now - `older_than`."""
-        cutoff = datetime.now(UTC) - older_than
-        with self.db.begin() as conn:
-            self.db.lift_limits(conn)  # the first prune of a long history deletes many rows
-            execs = conn.execute(
-                delete(job_executions).where(
-                    job_executions.c.status == "completed", job_executions.c.completed_at < cutoff
-                )
-            ).rowcount
-            done = conn.execute(
-                delete(jobs).where(jobs.c.state.in_([S.COMPLETED, S.CANCELLED]), jobs.c.finished_at < cutoff)
-            ).rowcount
-        return {"jobs": int(done), "executions": int(execs)}
-
     # ----------------------------------------------------------- pause/resume
     def pause(self, kind: str, name: str, reason: str = "paused by user", by: str = "user") -> bool:
         """Pause a queue or a task type; returns False if it was already paused."""

@@ -88,6 +88,7 @@ from ledgerflow.logs import best_effort, get_logger
 
 if TYPE_CHECKING:
     from ledgerflow.app import App
+    from ledgerflow.config import Settings
 
 RETRY_DELAYS = (300.0, 900.0, 2700.0)  # 5, 15 and 45 minutes after each failure
 MAX_ATTEMPTS = 4
@@ -199,6 +200,15 @@ def _safe(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", key)
 
 
+def work_root(settings: Settings) -> Path:
+    """Where batches keep their files between saga steps: one folder per batch (`batch_folder`)."""
+    return Path(settings.export_work_dir or tempfile.gettempdir()) / "ledgerflow-export"
+
+
+def batch_folder(settings: Settings, batch_key: str) -> Path:
+    return work_root(settings) / _safe(batch_key)
+
+
 def latest_daily_batch(conn: Connection) -> Any:
     """The daily batch with the latest date (any state), or None."""
     return conn.execute(
@@ -224,7 +234,7 @@ class ExportSaga:
         self.profile = profile or app.export_profile
         self.destination = destination or destination_for(s)  # for new batches
         self.breaker = self._breaker(self.destination)
-        self.work_root = Path(s.export_work_dir or tempfile.gettempdir()) / "ledgerflow-export"
+        self.work_root = work_root(s)
         self.log = get_logger("export")
 
     # ------------------------------------------------------------------ entry points
