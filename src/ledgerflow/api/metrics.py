@@ -7,7 +7,7 @@ numbers however many workers run (no per-process counters to aggregate).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -91,6 +91,7 @@ class DatabaseCollector:
         for dest, state in conn.execute(select(circuit_breakers.c.destination, circuit_breakers.c.state)):
             breakers.add_metric([dest], BREAKER_STATES.get(state, 2))
         yield breakers
+        yield from self._recent_batches(conn, daily_done)
         last = conn.execute(select(func.max(export_batches.c.completed_at)).where(*daily_done)).scalar()
         age = GaugeMetricFamily(
             "ledgerflow_daily_export_age_seconds",
@@ -99,6 +100,35 @@ class DatabaseCollector:
         if last is not None:
             age.add_metric([], (datetime.now(UTC) - _aware(last)).total_seconds())
         yield age
+
+    def _recent_batches(self, conn: Any, daily_done: list[Any]) -> Iterator[Metric]:
+        """Duration and size of the latest completed daily batch and of the day before it (when that
+        day has one), for rules such as "slow on two consecutive days" or "a batch too large"."""
+        rows = conn.execute(
+            select(
+                export_batches.c.batch_date, export_batches.c.duration_seconds, export_batches.c.entry_count
+            )
+            .where(*daily_done)
+            .order_by(export_batches.c.batch_date.desc())
+            .limit(2)
+        ).all()
+        if len(rows) == 2 and rows[0].batch_date - rows[1].batch_date != timedelta(days=1):
+            rows = rows[:1]  # not consecutive days
+        duration = GaugeMetricFamily(
+            "ledgerflow_daily_export_batch_duration_seconds",
+            "Duration of the latest completed daily batch, and of the previous day's",
+            labels=["batch"],
+        )
+        entries = GaugeMetricFamily(
+            "ledgerflow_daily_export_batch_entries",
+            "Entries in the latest completed daily batch, and in the previous day's",
+            labels=["batch"],
+        )
+        for label, row in zip(("latest", "previous"), rows, strict=False):
+            duration.add_metric([label], float(row.duration_seconds or 0.0))
+            entries.add_metric([label], int(row.entry_count))
+        yield duration
+        yield entries
 
     def _jobs(self, conn: Any) -> Iterator[Metric]:
         by_state = GaugeMetricFamily(
