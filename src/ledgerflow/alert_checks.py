@@ -136,17 +136,17 @@ class AlertChecks:
         db = self.app.db
         timeouts, self._pool_timeouts = db.pool_timeouts - self._pool_timeouts, db.pool_timeouts
         if timeouts and self.pool_key not in open_now:
-            pool = db.engine.pool
+            size = self.app.settings.db_pool_size
             self.app.alerts.raise_alert(
                 self.pool_key,
                 "critical",
                 "Database connection pool exhausted",
                 f"{timeouts} request(s) in process {os.getpid()} on {socket.gethostname()} waited "
                 f"{self.app.settings.db_pool_timeout:g}s for a database connection and gave up: all "
-                f"{pool.size()} pooled (+10 overflow) were in use. Raise LEDGERFLOW_DB_POOL_SIZE, or "
+                f"{size} pooled (+10 overflow) were in use. Raise LEDGERFLOW_DB_POOL_SIZE, or "
                 "lower the load (worker concurrency, API clients); on PostgreSQL mind max_connections",
                 timeouts=timeouts,
-                pool_size=pool.size(),
+                pool_size=size,
             )
         for key in open_now:
             if not key.startswith("db_pool_exhausted:"):
