@@ -19,12 +19,12 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
+from ledgerflow.clock import Clock, system_clock
 from ledgerflow.db.tables import job_schedules, workers
 from ledgerflow.engine.liveness import process_running
 from ledgerflow.engine.states import CLAIMABLE, JobState
@@ -41,19 +41,19 @@ CLEARS_AT = 0.9
 class AlertChecks:
     """Raise and resolve the incidents above; `check()` does one pass."""
 
-    def __init__(self, app: App, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, app: App, clock: Clock = system_clock) -> None:
         s = app.settings
         self.app, self.clock = app, clock
         self.interval = s.alert_check_seconds
         self.log = get_logger("alerts")
-        self._watching_since = datetime.now(UTC)  # a scheduler that never ran counts from here
+        self._watching_since = clock()  # a scheduler that never ran counts from here
         self._pool_timeouts = app.db.pool_timeouts
         self._last = -float("inf")
         self.pool_key = f"db_pool_exhausted:{socket.gethostname()}:{os.getpid()}"
 
     def maybe_check(self) -> None:
-        if self.clock() - self._last >= self.interval:
-            self._last = self.clock()
+        if time.monotonic() - self._last >= self.interval:
+            self._last = time.monotonic()
             self.check()
 
     def check(self) -> None:
@@ -114,7 +114,7 @@ class AlertChecks:
 
     def _scheduler(self, schedules: int, last_beat: datetime | None, open_now: set[str]) -> None:
         s = self.app.settings
-        now = datetime.now(UTC)
+        now = self.clock()
         beat = _aware(last_beat) if last_beat is not None else None
         silent = (now - max(beat or self._watching_since, self._watching_since)).total_seconds()
         down = schedules > 0 and silent > s.alert_scheduler_silence_seconds

@@ -210,10 +210,11 @@ class DeadLetters(Probe):
 
 class SchedulerDown(Probe):
     key = "scheduler_down"
-    settings = {"alert_scheduler_silence_seconds": 0.5}
+    settings = {"alert_scheduler_silence_seconds": 120}
 
     def __init__(self, app: App) -> None:
-        self.app, self.checks = app, AlertChecks(app)
+        self.clock = FixedClock(datetime.now(UTC))
+        self.app, self.checks = app, AlertChecks(app, self.clock)
 
         @app.task(name="yearly")
         def yearly() -> None: ...
@@ -222,10 +223,12 @@ class SchedulerDown(Probe):
         self.scheduler = Scheduler(app)
 
     def start(self) -> None:
-        """The scheduler stops writing heartbeats: the alert waits for the silence to last."""
+        """No scheduler heartbeat for longer than the silence allowed."""
+        self.clock.advance(seconds=121)
 
     def clear(self) -> None:
-        self.scheduler.tick()  # a scheduler runs again (its heartbeat)
+        self.scheduler.tick()  # a scheduler runs again: its heartbeat is now
+        self.clock.set(datetime.now(UTC))
 
     def check(self) -> None:
         self.checks.check()
