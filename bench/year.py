@@ -29,7 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -46,7 +45,6 @@ from ledgerflow.db.tables import (
     schedule_fires,
     workers,
 )
-from ledgerflow.engine.jobs import JobSpec
 from ledgerflow.export.saga import ExportSaga, batch_folder
 from ledgerflow.ledger.dates import today_in
 
@@ -111,7 +109,8 @@ def simulate(
         if on_day:
             on_day(n, day, pruned)
         if n % sample_every == sample_every - 1 or n == days - 1:
-            samples.append({"day": n + 1, **size(app)})
+            samples.append({"day": n + 1, "seconds": round(time.monotonic() - started), **size(app)})
+            print(json.dumps({"backend": app.db.backend.name, **samples[-1]}), file=sys.stderr, flush=True)
     return {"samples": samples, "rows": rows(app), "seconds": round(time.monotonic() - started, 1)}
 
 
@@ -168,12 +167,22 @@ def _books(app: App, day: date, count: int, n: int) -> None:
 
 def _jobs(app: App, day: date, tz: ZoneInfo, count: int) -> list[int]:
     base = datetime.combine(day, clock_time(6, 0), tz).astimezone(UTC)
-    specs = [
-        JobSpec(task="sim.process_receipt", args=(10_000 + i,), kwargs={"mailbox": "books@example.test"})
+    rows = [  # the columns of the store's bulk enqueue (`db.backends.BULK_JOB_COLUMNS`)
+        (
+            "sim.process_receipt",
+            "default",
+            5,
+            "available",
+            [10_000 + i],
+            {"mailbox": "books@example.test"},
+            5,
+            1800.0,
+            base,
+        )
         for i in range(count)
     ]
     with app.db.begin() as conn:
-        ids = app.store.enqueue(conn, specs)
+        ids = app.db.backend.insert_jobs(conn, rows)
         executions = []
         for i, job_id in enumerate(ids):
             at = base + timedelta(seconds=30 * i)
@@ -354,5 +363,3 @@ if __name__ == "__main__":
     span = int(sys.argv[2]) if len(sys.argv) > 2 else 365
     report = run(chosen, span)
     print(json.dumps(report, indent=2))
-    Path("artifacts").mkdir(exist_ok=True)
-    Path("artifacts/year.json").write_text(json.dumps(report, indent=2) + "\n")
