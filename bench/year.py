@@ -91,6 +91,7 @@ def simulate(
     schedule_ids = _schedules(app, first, tz)
     samples = []
     started = time.monotonic()
+    slowest_cleanup = 0.0
     for n in range(days):
         day = first + timedelta(days=n)
         evening = datetime.combine(day, clock_time(23, 0), tz).astimezone(UTC)
@@ -104,12 +105,22 @@ def simulate(
             (folder / "part.csv").write_text("half a file\n")
             os.utime(folder / "part.csv", (evening.timestamp(),) * 2)
             os.utime(folder, (evening.timestamp(),) * 2)
+        cleanup_started = time.monotonic()
         pruned = prune(app, retention, now=evening)
+        slowest_cleanup = max(slowest_cleanup, time.monotonic() - cleanup_started)
         _vacuum(app)
         if on_day:
             on_day(n, day, pruned)
         if n % sample_every == sample_every - 1 or n == days - 1:
-            samples.append({"day": n + 1, "seconds": round(time.monotonic() - started), **size(app)})
+            samples.append(
+                {
+                    "day": n + 1,
+                    "seconds": round(time.monotonic() - started),
+                    "slowest_cleanup_seconds": round(slowest_cleanup, 2),
+                    **size(app),
+                }
+            )
+            slowest_cleanup = 0.0
             print(json.dumps({"backend": app.db.backend.name, **samples[-1]}), file=sys.stderr, flush=True)
     return {"samples": samples, "rows": rows(app), "seconds": round(time.monotonic() - started, 1)}
 

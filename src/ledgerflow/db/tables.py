@@ -215,6 +215,8 @@ schedule_fires = Table(
     UniqueConstraint("schedule_id", "fire_time", name="uq_schedule_fires_schedule_time"),
     UniqueConstraint("schedule_id", "run_key", name="uq_schedule_fires_run_key"),
     Index("ix_schedule_fires_status", "status", "fire_time"),
+    # pruning a job sets its fires' job_id to NULL: without this, every deleted job scans them all
+    Index("ix_schedule_fires_job", "job_id"),
 )
 
 journal_entries = Table(
