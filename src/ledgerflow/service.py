@@ -113,9 +113,22 @@ def serve(
         server.run()
         stop.set()
 
+    def run_alert_checks() -> None:
+        """Without a worker here, nobody else checks this process (its database pool) for alerts."""
+        from ledgerflow.alert_checks import AlertChecks
+
+        checks = AlertChecks(app)
+        while not stop.wait(min(1.0, app.settings.alert_check_seconds)):
+            try:
+                checks.maybe_check()
+            except Exception as exc:  # the database may be what is failing: try again later
+                log.warning("alert_checks_failed", error=str(exc).splitlines()[0])
+
     threads = [threading.Thread(target=run_server, name="ledgerflow-http")]
     if the_worker is not None:
         threads.append(threading.Thread(target=run_worker, name="ledgerflow-worker"))
+    else:
+        threads.append(threading.Thread(target=run_alert_checks, name="ledgerflow-alert-checks"))
     if the_scheduler is not None:
         threads.append(threading.Thread(target=the_scheduler.run, name="ledgerflow-scheduler"))
 

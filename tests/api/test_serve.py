@@ -140,3 +140,20 @@ def test_sigterm_lets_the_running_job_finish_and_exits_zero(served, db_url, make
     err = s.err.read_text()
     assert app.get_job(job_id).state == "completed"
     assert '"service_stopped"' in err and '"worker_draining"' in err
+
+
+def test_serve_without_a_worker_still_runs_the_alert_checks(served, make_app):
+    """An API-only process is where the connection pool runs out: it checks itself."""
+    app = make_app()
+    from tests.apps import basic
+
+    app.enqueue_many([basic.record.prepare() for _ in range(4)])
+    s = served(
+        "--app",
+        "tests.apps.basic:app",
+        "--no-worker",
+        env={"LEDGERFLOW_ALERT_QUEUE_DEPTHS": '{"default": 3}', "LEDGERFLOW_ALERT_CHECK_SECONDS": "0.2"},
+    )
+    s.ready()
+    wait_until(lambda: app.alerts.is_open("queue_overflow:default"), 60, 0.1, "the queue alert")
+    assert s.stop() == 0, s.err.read_text()[-2000:]
