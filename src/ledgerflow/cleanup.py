@@ -29,7 +29,7 @@ from ledgerflow.db.tables import (
     workers,
 )
 from ledgerflow.engine.states import JobState
-from ledgerflow.export.saga import DONE, batch_folder, work_root
+from ledgerflow.export.saga import FINAL, batch_folder, work_root
 from ledgerflow.logs import get_logger
 
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ def _prune_work_folders(app: App, cutoff: datetime) -> int:
         live = {
             batch_folder(app.settings, key).name
             for key in conn.execute(
-                select(export_batches.c.batch_key).where(export_batches.c.state.not_in(DONE))
+                select(export_batches.c.batch_key).where(export_batches.c.state.not_in(FINAL))
             ).scalars()
         }
     removed = 0

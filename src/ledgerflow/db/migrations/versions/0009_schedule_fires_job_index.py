@@ -3,8 +3,8 @@
 Deleting a job sets `schedule_fires.job_id` to NULL (ON DELETE SET NULL); without an index the
 database looks for referencing fires by scanning the table once per deleted job.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-11-30
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
