@@ -87,3 +87,23 @@ def test_bad_alert_filters_are_refused_with_one_clear_error(service):
         assert response.status_code in (400, 422), (params, response.text)
         error = response.json()["error"]
         assert error["code"] and word in error["message"], (params, response.text)
+
+
+def test_an_open_export_circuit_breaker_is_listed_as_a_critical_alert_until_it_closes(service):
+    from ledgerflow.export.saga import ExportSaga
+
+    breaker = ExportSaga(service.app).breaker
+    assert [breaker.failure("HTTP 503 from the destination") for _ in range(3)] == [False, False, True]
+    listed = service.get("/api/alerts", params={"kind": "export_breaker_open", "state": "open"}).json()[
+        "alerts"
+    ]
+    assert [(a["incident_key"], a["severity"]) for a in listed] == [
+        (f"export_breaker_open:{breaker.destination}", "critical")
+    ]
+    breaker.success()
+    assert (
+        service.get("/api/alerts", params={"kind": "export_breaker_open", "state": "open"}).json()["alerts"]
+        == []
+    )
+    resolved = service.get("/api/alerts", params={"kind": "export_breaker_open", "state": "resolved"}).json()
+    assert [a["id"] for a in resolved["alerts"]] == [listed[0]["id"]]
