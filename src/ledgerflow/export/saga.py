@@ -59,27 +59,34 @@ from ledgerflow.db.lease import Held, Lease, Renewer
 from ledgerflow.db.tables import (
     export_batch_entries,
     export_batches,
+    export_logs,
     export_queue,
     journal_entries,
     journal_lines,
 )
-from ledgerflow.errors import LedgerflowError
-from ledgerflow.export.audit import append_log
+from ledgerflow.errors import BadInput, LedgerflowError
+from ledgerflow.export.audit import GENESIS, append_log
 from ledgerflow.export.breaker import CircuitBreaker
 from ledgerflow.export.destinations import (
     Destination,
     DestinationError,
     ExportConflict,
+    LocalFolder,
     destination_for,
     file_digests,
+    same_content,
 )
 from ledgerflow.export.profiles import Profile
 from ledgerflow.export.writer import (
     EntryRejected,
     Generated,
     GenerationTimeout,
+    TotalsMismatch,
     batch_lines_query,
+    books_totals,
     count_lines,
+    file_totals,
+    reconcile,
     stream_entries,
     write_manifest,
     write_parts,
@@ -90,6 +97,8 @@ if TYPE_CHECKING:
     from ledgerflow.app import App
     from ledgerflow.config import Settings
 
+#: Dry-run files are named so that they cannot be taken for a delivery.
+DRY_RUN_PREFIX = "DRYRUN-"
 RETRY_DELAYS = (300.0, 900.0, 2700.0)  # 5, 15 and 45 minutes after each failure
 MAX_ATTEMPTS = 4
 
@@ -120,12 +129,6 @@ class LockLost(LedgerflowError):
     """Another runner took over the batch (or moved it on); this one must stop writing."""
 
     code = "lock_lost"
-
-
-class DeliveryLost(LedgerflowError):
-    """The destination no longer holds a delivered file as recorded (missing or changed)."""
-
-    code = "delivery_lost"
 
 
 class DeletionFailed(LedgerflowError):
@@ -163,6 +166,12 @@ class ExportResult:
     already: bool = False
     in_progress: bool = False
     directory: str | None = None
+    #: entries set aside at export time, with the reason: [{"reference", "entry_id", "reason"}]
+    held_back: list[dict[str, Any]] = field(default_factory=list)
+    #: delivered files the destination no longer holds as recorded (the batch completed anyway)
+    delivery_lost: list[str] = field(default_factory=list)
+    #: a dry run of a day already delivered: that batch (state, entries, files, completed_at)
+    delivered: dict[str, Any] | None = None
 
     @property
     def unfinished(self) -> bool:
@@ -186,6 +195,7 @@ class Attempt:
     destination: Destination
     breaker: CircuitBreaker
     renewer: Renewer
+    lost: list[str] = field(default_factory=list)  # delivered files found missing or changed
 
     @property
     def id(self) -> int:
@@ -257,40 +267,65 @@ class ExportSaga:
         return self._run(f"immediate:{entry_id}", "immediate", day, entry_id, False, None)
 
     def dry_run(self, batch_date: date, directory: Path) -> ExportResult:
-        """Write what batch D would contain to `directory`; claim and mark nothing."""
+        """Preview batch D in `directory`; claim, mark and send nothing.
+
+        The files are named `DRYRUN-…` (the manifest says `"dry_run": true`) so they cannot be
+        taken for a delivery, and `directory` may not be a local destination or lie inside one.
+        Entries the profile cannot hold are left out and listed (`held_back`), as a run would;
+        if the day was already delivered, `delivered` describes that batch.
+        """
+        self._check_preview_folder(directory)
         key = f"daily:{batch_date.isoformat()}"
-        base = self._base_name(key, "daily", batch_date, None)
+        base = DRY_RUN_PREFIX + self._base_name(key, "daily", batch_date, None)
+        held: list[dict[str, Any]] = []
         with self.db.read() as conn:
+            done = conn.execute(
+                select(export_batches).where(b.batch_key == key, b.state == "completed")
+            ).first()
             e, ln, q = journal_entries, journal_lines, export_queue
-            query = (
-                select(
-                    e.c.id,
-                    e.c.reference,
-                    e.c.entry_date,
-                    e.c.description,
-                    e.c.currency,
-                    e.c.export_path,
-                    literal(False).label("late"),
-                    ln.c.account,
-                    ln.c.account_name,
-                    ln.c.debit_minor,
-                    ln.c.credit_minor,
-                    ln.c.tax_code,
-                    ln.c.memo,
+            for _ in range(50):  # each rejected entry is left out, then we write again
+                query = (
+                    select(
+                        e.c.id,
+                        e.c.reference,
+                        e.c.entry_date,
+                        e.c.description,
+                        e.c.currency,
+                        e.c.export_path,
+                        literal(False).label("late"),
+                        ln.c.account,
+                        ln.c.account_name,
+                        ln.c.debit_minor,
+                        ln.c.credit_minor,
+                        ln.c.tax_code,
+                        ln.c.memo,
+                    )
+                    .select_from(q.join(e, e.c.id == q.c.entry_id).join(ln, ln.c.entry_id == e.c.id))
+                    .where(*self._candidates(batch_date), e.c.id.not_in([h["entry_id"] for h in held]))
+                    .order_by(e.c.entry_date, e.c.reference, ln.c.line_no)
                 )
-                .select_from(q.join(e, e.c.id == q.c.entry_id).join(ln, ln.c.entry_id == e.c.id))
-                .where(*self._candidates(batch_date))
-                .order_by(e.c.entry_date, e.c.reference, ln.c.line_no)
-            )
-            generated = write_parts(
-                stream_entries(conn, query),
-                self.profile,
-                directory,
-                base,
-                timeout=self.settings.export_generation_timeout,
-            )
+                try:
+                    generated = write_parts(
+                        stream_entries(conn, query),
+                        self.profile,
+                        directory,
+                        base,
+                        timeout=self.settings.export_generation_timeout,
+                    )
+                    break
+                except EntryRejected as rejected:
+                    held.append(
+                        {
+                            "reference": rejected.reference,
+                            "entry_id": rejected.entry_id,
+                            "reason": str(rejected),
+                        }
+                    )
+            else:
+                raise ExportConflict(f"dry run of {key}: too many entries rejected by the profile")
         generated.check_balanced()
-        manifest = write_manifest(generated, directory, base, self._manifest_info(key, batch_date, None))
+        info = {**self._manifest_info(key, batch_date, None), "dry_run": True, "held_back": held}
+        manifest = write_manifest(generated, directory, base, info)
         return ExportResult(
             key,
             batch_date,
@@ -300,7 +335,28 @@ class ExportSaga:
             [p.describe() for p in [*generated.parts, manifest]],
             generated.totals_text(),
             directory=str(directory),
+            held_back=held,
+            delivered=(
+                {
+                    "entry_count": done.entry_count,
+                    "completed_at": done.completed_at.isoformat() if done.completed_at else None,
+                    "files": [f["name"] for f in done.files or []],
+                    "destination": done.destination,
+                }
+                if done is not None
+                else None
+            ),
         )
+
+    def _check_preview_folder(self, directory: Path) -> None:
+        if not isinstance(self.destination, LocalFolder):
+            return
+        target, delivered = directory.expanduser().resolve(), self.destination.directory
+        if target == delivered or delivered in target.parents:
+            raise BadInput(
+                f"--out {directory}: dry-run files are never written into the export destination "
+                f"({self.destination.key}); choose a folder outside it"
+            )
 
     # ------------------------------------------------------------------ the saga
     def _run(
@@ -609,9 +665,20 @@ class ExportSaga:
         if generated.entry_count == 0:
             raise ExportConflict(f"batch {a.key}: every entry was rejected by the profile")
         generated.check_balanced()
-        manifest = write_manifest(
-            generated, work, base, self._manifest_info(a.key, batch["batch_date"], batch["cutoff_at"])
-        )
+        recorded = batch["manifest"] or {}
+        with self.db.read() as conn:
+            self.db.lift_limits(conn)
+            books = books_totals(conn, a.id)
+            # the chain head the manifest anchors: once recorded, kept (the bytes must not change)
+            anchor = recorded.get("audit_anchor") or _chain_head(conn)
+        reconcile(generated, books, file_totals(generated.parts, self.profile))
+        held_back = recorded.get("held_back", [])
+        info = {
+            **self._manifest_info(a.key, batch["batch_date"], batch["cutoff_at"]),
+            "audit_anchor": anchor,
+            "held_back": held_back,
+        }
+        manifest = write_manifest(generated, work, base, info)
         files = [{**p.describe(), "kind": "csv"} for p in generated.parts] + [
             {**manifest.describe(), "kind": "manifest"}
         ]
@@ -628,7 +695,7 @@ class ExportSaga:
                 a,
                 "generated",
                 files=files,
-                manifest=_manifest_doc(generated, batch),
+                manifest={**_manifest_doc(generated, batch), "audit_anchor": anchor, "held_back": held_back},
                 entry_count=generated.entry_count,
                 line_count=generated.line_count,
                 totals=generated.totals_text(),
@@ -671,9 +738,16 @@ class ExportSaga:
 
     def _eject(self, a: Attempt, rejected: EntryRejected) -> None:
         """Take an entry the profile cannot hold out of the batch: marked failed, alerted, never lost."""
+        held = {
+            "reference": rejected.reference,
+            "entry_id": rejected.entry_id,
+            "reason": str(rejected),
+        }
+        manifest = {**(a.batch["manifest"] or {})}
+        manifest["held_back"] = [*manifest.get("held_back", []), held]
         with self.db.begin() as conn:
             # only while the batch may still change its files (nothing can be at the destination)
-            self._guard(conn, a, MOVES["generated"][1], entry_count=b.entry_count - 1)
+            self._guard(conn, a, MOVES["generated"][1], entry_count=b.entry_count - 1, manifest=manifest)
             conn.execute(
                 update(export_queue)
                 .where(export_queue.c.entry_id == rejected.entry_id)
@@ -693,8 +767,9 @@ class ExportSaga:
                 batch_key=a.key,
                 batch_date=a.batch["batch_date"],
                 message=str(rejected),
-                metadata={"entry_id": rejected.entry_id},
+                metadata={"entry_id": rejected.entry_id, "reference": rejected.reference},
             )
+        a.batch["manifest"] = manifest
         self.app.alerts.raise_alert(
             f"export_entry_rejected:{rejected.entry_id}",
             "error",
@@ -752,18 +827,18 @@ class ExportSaga:
         return files
 
     def _check_delivered(self, a: Attempt) -> list[dict[str, Any]]:
-        """After `uploaded`: the destination must still hold every recorded file, byte for byte."""
+        """After `uploaded`: is every recorded file still at the destination, byte for byte?
+
+        The batch completes from the recorded checksums either way: a file the destination
+        lost is never re-sent nor regenerated (someone may have imported and moved it); it is
+        named in the audit row and in a critical alert (`export_delivery_lost:<batch>`).
+        """
         files: list[dict[str, Any]] = a.batch["files"]
         for f in files:
-            remote = a.destination.fetch_sha256(f["remote_id"])
-            if remote is None:
-                raise DeliveryLost(
-                    f"batch {a.key}: delivered file {f['name']} is no longer at {a.destination.key}"
-                )
-            if remote != f["sha256"][: len(remote)]:
-                raise DeliveryLost(
-                    f"batch {a.key}: delivered file {f['name']} was changed at {a.destination.key}"
-                )
+            same = same_content(a.destination, f["remote_id"], sha256=f["sha256"], md5=f.get("md5"))
+            if not same:
+                how = "is no longer" if same is None else "was changed"
+                a.lost.append(f"delivered file {f['name']} {how} at {a.destination.key}")
         return files
 
     def _complete(self, a: Attempt, files: list[dict[str, Any]], seconds: float) -> ExportResult:
@@ -810,10 +885,14 @@ class ExportSaga:
                     "line_count": fresh["line_count"],
                     "totals": fresh["totals"],
                     "sha256": {f["name"]: f["sha256"] for f in files},
+                    "md5": {f["name"]: f["md5"] for f in files if f.get("md5")},
+                    "destination": a.destination.key,
                     "profile": fresh["profile"],
+                    "held_back": [h["reference"] for h in (fresh["manifest"] or {}).get("held_back", [])],
+                    **({"delivery_lost": a.lost} if a.lost else {}),
                 },
             )
-        return self._result(fresh)
+        return self._result(fresh, delivery_lost=a.lost)
 
     def _complete_empty(self, a: Attempt) -> ExportResult:
         with self.db.begin() as conn:
@@ -834,6 +913,21 @@ class ExportSaga:
     def _after_completion(self, a: Attempt) -> None:
         """Best-effort work after `completed` was committed: nothing here can move the batch."""
         shutil.rmtree(self.work_root / _safe(a.key), ignore_errors=True)
+        if a.lost:
+            self.log.error("export_delivery_lost", batch_key=a.key, lost=a.lost)
+            best_effort(
+                self.log,
+                "export_alert_failed",
+                lambda: self.app.alerts.raise_alert(
+                    f"export_delivery_lost:{a.key}",
+                    "critical",
+                    f"Export {a.key}: the destination lost delivered files",
+                    "; ".join(a.lost) + ": the batch was completed from the recorded checksums and is "
+                    "never sent again; check with the accountant whether it was imported, and re-deliver "
+                    "the files by hand if not (`ledgerflow export verify` lists them)",
+                    batch_key=a.key,
+                ),
+            )
         best_effort(
             self.log,
             "export_alert_resolve_failed",
@@ -863,6 +957,8 @@ class ExportSaga:
             if isinstance(exc, DestinationError)
             else "conflict"
             if isinstance(exc, ExportConflict)
+            else "totals_mismatch"
+            if isinstance(exc, TotalsMismatch)
             else "unknown"
         )
         message = f"{type(exc).__name__}: {exc}"
@@ -870,7 +966,7 @@ class ExportSaga:
         self.log.error(
             "export_attempt_failed", batch_key=a.key, error_type=error_type, error=message, attempt=attempts
         )
-        if isinstance(exc, ExportConflict) or attempts >= batch["max_attempts"]:
+        if isinstance(exc, (ExportConflict, TotalsMismatch)) or attempts >= batch["max_attempts"]:
             return self._abandon(a, attempts, error_type, message)
         delay = RETRY_DELAYS[min(attempts, len(RETRY_DELAYS)) - 1]
         with self.db.begin() as conn:
@@ -1044,7 +1140,12 @@ class ExportSaga:
             return dict(conn.execute(select(export_batches).where(b.id == batch_id)).one()._mapping)
 
     def _result(
-        self, batch: dict[str, Any], *, already: bool = False, in_progress: bool = False
+        self,
+        batch: dict[str, Any],
+        *,
+        already: bool = False,
+        in_progress: bool = False,
+        delivery_lost: list[str] | None = None,
     ) -> ExportResult:
         return ExportResult(
             batch["batch_key"],
@@ -1060,7 +1161,14 @@ class ExportSaga:
             batch["error_type"],
             already=already,
             in_progress=in_progress,
+            held_back=held_back(batch),
+            delivery_lost=list(delivery_lost or []),
         )
+
+
+def held_back(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """The entries set aside from this batch at export time, with why (`reference`, `entry_id`, `reason`)."""
+    return list((batch.get("manifest") or {}).get("held_back", []))
 
 
 def _placed(batch: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -1074,6 +1182,14 @@ def _placed(batch: dict[str, Any]) -> list[tuple[str, str, str]]:
         if remote_id:
             placed.append((f["name"], remote_id, f["sha256"]))
     return placed
+
+
+def _chain_head(conn: Connection) -> dict[str, Any]:
+    """The audit chain's last row: `seq` (its id in export_logs) and its hash (seq 0: empty chain)."""
+    head = conn.execute(
+        select(export_logs.c.id, export_logs.c.row_hash).order_by(export_logs.c.id.desc()).limit(1)
+    ).first()
+    return {"seq": int(head.id), "row_hash": head.row_hash} if head else {"seq": 0, "row_hash": GENESIS}
 
 
 def _manifest_doc(generated: Generated, batch: dict[str, Any]) -> dict[str, Any]:
