@@ -272,3 +272,22 @@ def test_a_dry_run_lists_the_entries_a_run_would_hold_back(make_export_app, run_
     assert preview.returncode == 0 and result["entry_count"] == 1
     assert [h["reference"] for h in result["held_back"]] == ["TH-1"]
     assert queue_states(recorder) == {"queued": 2}, "a preview marks nothing"
+
+
+# ---------------------------------------------------------------- restores
+def test_verify_reports_a_restore_that_rolled_the_books_back(make_export_app, run_cli, tmp_path):
+    from ledgerflow.backup import create_backup
+
+    folders = {"backup_dir": str(tmp_path / "backups"), "receipts_dir": str(tmp_path / "receipts")}
+    app = make_export_app(**folders)
+    app.ledger.record(entry("A-1"))
+    assert ExportSaga(app).run_daily(D).state == "completed"
+    name = create_backup(app).name
+    app.ledger.record(entry("B-1", D2))  # newer than the backup, never exported: dropped by the restore
+    app.db.dispose()
+    restored = run_cli("backup", "restore", name, "--force", env=cli_env(folders))
+    assert restored.returncode == 0, restored.stderr
+    done = run_cli("export", "verify", env=cli_env(folders))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "restore divergence: " in done.stdout and f"restore of {name} rolled the books back" in done.stdout
+    assert "1 entries recorded after the backup and never exported were dropped" in done.stdout
