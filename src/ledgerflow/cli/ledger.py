@@ -166,7 +166,7 @@ def run(
             )
         console.print(
             f"dry run for {day}: {result.entry_count} entries, {result.line_count} lines, totals "
-            f"{_totals(result.totals)}; DRYRUN- files in {directory} (a preview: nothing sent or marked)",
+            f"{_totals(result.totals)}; DRYRUN- files in {directory} (a preview: nothing marked or sent)",
             markup=False,
         )
         for line in _held_back_lines(result.held_back):
