@@ -54,7 +54,7 @@ def test_failing_task_retries_with_growing_delays_then_dead_and_dlq_retry_revive
     assert [e["status"] for e in app.store.executions(job.id)] == ["failed"] * 3
     assert app.alerts.is_open("job_dead:flaky")
 
-    assert app.store.retry_dead(ids=[job.id]) == 1
+    assert app.store.retry_dead(ids=[job.id]).retried == [job.id]
     assert app.get_job(job.id).state == JobState.AVAILABLE
     app.run_worker(burst=True)
     again = app.get_job(job.id)
