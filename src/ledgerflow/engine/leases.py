@@ -245,7 +245,7 @@ class LeaseSQL:
             elif o.kind == "returned":  # prefetched, never started: undo the claim
                 values.update(attempt=jobs.c.attempt - 1, started_at=None, worker_id=None)
             elif o.kind == "snoozed":  # run again later; this attempt does not count
-                values.update(scheduled_at=db.after(o.retry_in or 0.0), max_attempts=jobs.c.max_attempts + 1)
+                values.update(scheduled_at=db.after(o.retry_in or 0.0), snoozes=jobs.c.snoozes + 1)
             else:
                 values["errors"] = [e.__dict__ for e in job.errors] + [o.error]
                 if move is BURY:
@@ -346,7 +346,7 @@ def rescue(db: Database, conn: Connection, pairs: Sequence[tuple[int, int]]) -> 
         job = Job.from_row(row)
         error = error_record(job.attempt, None, "lease_expired")
         error["message"] = f"worker {job.worker_id} stopped renewing its lease"
-        out_of_attempts = job.attempt >= job.max_attempts
+        out_of_attempts = job.out_of_attempts
         move = RESCUE_DEAD if out_of_attempts else RESCUE
         result = conn.execute(
             update(jobs)

@@ -356,8 +356,8 @@ class JobStore:
                 scheduled_at=self.db.now(),
                 # a retried dead job gets at least one more attempt
                 max_attempts=case(
-                    (jobs.c.max_attempts > jobs.c.attempt, jobs.c.max_attempts),
-                    else_=jobs.c.attempt + 1,
+                    (jobs.c.max_attempts > jobs.c.attempt - jobs.c.snoozes, jobs.c.max_attempts),
+                    else_=jobs.c.attempt - jobs.c.snoozes + 1,
                 ),
                 finished_at=None,
                 state_reason=None,

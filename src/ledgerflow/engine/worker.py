@@ -520,7 +520,7 @@ class Worker:
             job.task,
             job.queue,
             job.attempt,
-            job.max_attempts,
+            job.max_attempts + job.snoozes,  # snoozed attempts do not count
             job.schedule_id,
             job.fire_time,
             self.id,
@@ -544,13 +544,7 @@ class Worker:
             elif not running.fenced:
                 raise
         except Snooze as snooze:
-            outcome = Outcome(
-                running.claim,
-                "snoozed",
-                self._elapsed(running),
-                retry_in=snooze.seconds,
-                error={"type": "snoozed", "message": str(snooze)},
-            )
+            outcome = self._snoozed(running, snooze)
         except (TimeoutError, JobTimeout):
             error = JobTimeout(f"attempt ran past its timeout of {job.timeout:g}s")
             outcome = self._failure(running, task, error, "timeout")
@@ -606,8 +600,20 @@ class Worker:
         error = error_record(job.attempt, exc, kind)
         if isinstance(exc, ChildTaskError):
             error.update(type=exc.type_name, traceback=exc.child_traceback[-8000:])
-        retry_in = task.backoff(job.attempt) if job.attempt < job.max_attempts else None
+        retry_in = None if job.out_of_attempts else task.backoff(job.attempts_counted)
         return Outcome(running.claim, "failed", self._elapsed(running), error=error, retry_in=retry_in)
+
+    def _snoozed(self, running: _Running, snooze: Snooze) -> Outcome:
+        """Run again later without spending an attempt, up to `max_snoozes` times; then the job fails."""
+        job, limit = running.claim.job, self.app.settings.max_snoozes
+        if job.snoozes < limit:
+            error = {"type": "snoozed", "message": str(snooze)}
+            return Outcome(
+                running.claim, "snoozed", self._elapsed(running), retry_in=snooze.seconds, error=error
+            )
+        record = error_record(job.attempt, None, "snooze_limit")
+        record["message"] = f"snoozed {job.snoozes} times, the limit (LEDGERFLOW_MAX_SNOOZES={limit})"
+        return Outcome(running.claim, "failed", self._elapsed(running), error=record, retry_in=None)
 
     def _log_outcome(self, o: Outcome) -> None:
         job = o.claim.job
@@ -725,7 +731,7 @@ class Worker:
                 rescued = leases.rescue(self.db, conn, ready)
                 self.app.store.notify(conn, [j.queue for j in rescued])
             for job in rescued:
-                dead = job.attempt >= job.max_attempts
+                dead = job.out_of_attempts
                 self.log.warning(
                     "job_rescued",
                     job_id=job.id,
