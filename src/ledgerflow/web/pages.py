@@ -28,7 +28,7 @@ from ledgerflow.db.types import MAX_ID
 from ledgerflow.engine.states import JobState
 from ledgerflow.errors import LedgerflowError, NotFound
 from ledgerflow.export.destinations import LocalFolder, open_destination
-from ledgerflow.export.saga import latest_daily_batch
+from ledgerflow.export.saga import held_back, latest_daily_batch
 from ledgerflow.web import SESSION_COOKIE, STATIC, TEMPLATES
 from ledgerflow.web.sessions import SESSION_SECONDS, LoginThrottle, Sessions
 
@@ -312,6 +312,8 @@ def register(api: FastAPI, app: App, token: str) -> None:
             query = query.where(export_batches.c.batch_date < before)
         with app.db.read() as conn:
             batches = [dict(r._mapping) for r in conn.execute(query.limit(30))]
+        for batch in batches:
+            batch["held_back"] = held_back(batch)
         local = app.settings.export_destination.startswith("file://")
         return page(
             request,
