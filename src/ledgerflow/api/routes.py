@@ -169,10 +169,14 @@ class RetryDead(BaseModel):
 
 
 @router.post("/dlq/retry", tags=["dead-letter queue"])
-def retry_dead(request: Request, body: RetryDead | None = None) -> dict[str, int]:
-    """Retry the given dead jobs, or all of them (optionally of one task)."""
+def retry_dead(request: Request, body: RetryDead | None = None) -> dict[str, Any]:
+    """Retry the given dead jobs, or all of them (optionally of one task).
+
+    Returns how many were retried and each job refused, with the reason (a live job holds its
+    unique key): `{"retried": 2, "refused": [{"job_id": 7, "reason": "..."}]}`.
+    """
     body = body or RetryDead()
-    return {"retried": _app(request).store.retry_dead(task=body.task, ids=body.ids)}
+    return _app(request).store.retry_dead(task=body.task, ids=body.ids).to_dict()
 
 
 @router.delete("/dlq", tags=["dead-letter queue"])

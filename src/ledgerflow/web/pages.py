@@ -267,9 +267,12 @@ def register(api: FastAPI, app: App, token: str) -> None:
             return refused
         if confirmed != "yes":
             return RedirectResponse("/dlq?confirm=true", status_code=303)
-        return RedirectResponse(
-            f"/dlq?{urlencode({'flash': f'retried {app.store.retry_dead()} dead job(s)'})}", status_code=303
+        report = app.store.retry_dead()
+        message = "; ".join(
+            [f"retried {len(report.retried)} dead job(s)"]
+            + [f"job {job_id} not retried: {why}" for job_id, why in sorted(report.refused.items())]
         )
+        return RedirectResponse(f"/dlq?{urlencode({'flash': message})}", status_code=303)
 
     # ------------------------------------------------------------------ schedules
     @api.get("/schedules", include_in_schema=False)
