@@ -29,6 +29,7 @@ from ledgerflow.db.tables import (
 )
 from ledgerflow.errors import DatabaseUnavailable, LedgerflowError
 from ledgerflow.web import mount_dashboard
+from ledgerflow.web.sessions import LoginThrottle
 
 if TYPE_CHECKING:
     from ledgerflow.app import App
@@ -189,10 +190,12 @@ def create_api(
         )
 
     api.include_router(routes.router, prefix="/api")
-    mount_dashboard(api, app, token)
+    throttle = LoginThrottle()
+    mount_dashboard(api, app, token, throttle)
     api.add_middleware(
         GuardMiddleware,
         token=token,
+        throttle=throttle,
         metrics_token=settings.metrics_token.get_secret_value() if settings.metrics_token else None,
         allowed_hosts=(
             parse_allowed_hosts(settings.allowed_hosts)

@@ -33,10 +33,10 @@ from ledgerflow.web import SESSION_COOKIE, STATIC, TEMPLATES
 from ledgerflow.web.sessions import SESSION_SECONDS, LoginThrottle, Sessions
 
 
-def register(api: FastAPI, app: App, token: str) -> None:
-    """Add the dashboard's routes to `api`; signing in takes `token` (the API token)."""
+def register(api: FastAPI, app: App, token: str, throttle: LoginThrottle) -> None:
+    """Add the dashboard's routes to `api`; signing in takes `token` (the API token), and wrong
+    passwords count in `throttle`."""
     sessions = Sessions(app.db, token)
-    throttle = LoginThrottle()
     zone = ZoneInfo(app.settings.timezone)
     templates = Jinja2Templates(directory=str(TEMPLATES))
 
