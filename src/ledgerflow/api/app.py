@@ -27,7 +27,7 @@ from ledgerflow.db.tables import (
     schedule_fires,
     workers,
 )
-from ledgerflow.errors import DatabaseUnavailable, LedgerflowError
+from ledgerflow.errors import Conflict, DatabaseUnavailable, LedgerflowError
 from ledgerflow.web import mount_dashboard
 from ledgerflow.web.sessions import LoginThrottle
 
@@ -136,7 +136,8 @@ def create_api(
 
     @api.exception_handler(LedgerflowError)
     async def _ledgerflow_error(_request: Request, exc: LedgerflowError) -> JSONResponse:
-        return error(STATUS.get(exc.code, 500 if exc.exit_code == 1 else 400), exc.code, str(exc))
+        fallback = 409 if isinstance(exc, Conflict) else 500 if exc.exit_code == 1 else 400
+        return error(STATUS.get(exc.code, fallback), exc.code, str(exc))
 
     @api.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
