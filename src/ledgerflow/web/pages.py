@@ -271,6 +271,17 @@ def register(api: FastAPI, app: App, token: str, throttle: LoginThrottle) -> Non
             f"/dlq?{urlencode({'flash': f'retried {app.store.retry_dead()} dead job(s)'})}", status_code=303
         )
 
+    # ------------------------------------------------------------------ alerts
+    @api.get("/alerts", include_in_schema=False)
+    def alerts_page(request: Request) -> Response:
+        """Open incidents first, then the latest resolved ones (what `/api/alerts` lists)."""
+        return page(
+            request,
+            "alerts.html",
+            open_alerts=app.alerts.history(limit=200, state="open"),
+            resolved=app.alerts.history(limit=50, state="resolved"),
+        )
+
     # ------------------------------------------------------------------ schedules
     @api.get("/schedules", include_in_schema=False)
     def schedules_page(request: Request, flash: str | None = None) -> Response:
