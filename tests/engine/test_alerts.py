@@ -389,7 +389,7 @@ def test_a_dead_job_alert_resolves_once_the_dlq_of_its_task_is_empty_so_the_next
     assert app.alerts.is_open("job_dead:flaky_export"), "dead jobs left: still open"
 
     broken["now"] = False
-    assert app.store.retry_dead("flaky_export") == 1
+    assert len(app.store.retry_dead("flaky_export").retried) == 1
     app.run_worker(concurrency=1, burst=True)
     checks.check()
     assert not app.alerts.is_open("job_dead:flaky_export"), "the DLQ of the task is empty: resolved"
