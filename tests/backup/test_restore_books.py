@@ -139,8 +139,9 @@ def test_a_forced_restore_keeps_the_approval_of_receipts_whose_entries_were_deli
     first = _receipt(app, store, b"%PDF first receipt")
     name = create_backup(app).name
     second = _receipt(app, store, b"%PDF second receipt")  # arrived after the backup
+    totals = {first: "107.00", second: "214.00"}  # two purchases (the same values would be a duplicate)
     for receipt_id in (first, second):
-        store.approve(receipt_id, total="107.00", on=D1, vendor="Shop")
+        store.approve(receipt_id, total=totals[receipt_id], on=D1, vendor="Shop")
     _export(app, D1)
 
     code, stdout, err = cli("backup", "restore", name, "--force")
@@ -152,7 +153,7 @@ def test_a_forced_restore_keeps_the_approval_of_receipts_whose_entries_were_deli
         receipt = store.get(receipt_id)
         assert receipt.status == "approved" and receipt.entry_reference == f"RCPT-{receipt_id}"
         with pytest.raises(Conflict, match="approved"):
-            store.approve(receipt_id, total="107.00", on=D1, vendor="Shop")  # cannot be booked twice
+            store.approve(receipt_id, total=totals[receipt_id], on=D1, vendor="Shop")  # not booked twice
     app.ledger.record(entry("AFTER-1", D2))
     _export(app, D1)
     _export(app, D2)
