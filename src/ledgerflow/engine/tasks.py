@@ -17,6 +17,7 @@ from ledgerflow.engine.jobs import (
     JobSpec,
     as_id_tuple,
 )
+from ledgerflow.engine.limits import check_concurrency, parse_rate
 from ledgerflow.engine.retry import Backoff, default_backoff, exponential_backoff, fixed_schedule
 from ledgerflow.errors import BadInput, UnknownTask
 
@@ -52,6 +53,8 @@ class Task:
         options: TaskOptions,
         isolation: Isolation,
         backoff: Backoff,
+        global_limit: int | None = None,
+        rate_limit: str | tuple[int, float] | None = None,
     ) -> None:
         if isolation not in ("thread", "process"):
             raise BadInput(f"isolation must be 'thread' or 'process', got {isolation!r}")
@@ -61,6 +64,11 @@ class Task:
         self.options = options
         self.isolation = isolation
         self.backoff = backoff
+        #: (concurrency, (starts, period)) this task declares for every worker together.
+        self.declared_limits = (
+            check_concurrency(global_limit),
+            parse_rate(rate_limit) if rate_limit is not None else None,
+        )
         self.is_async = inspect.iscoroutinefunction(func)
         self.__doc__ = func.__doc__
         self.__wrapped__ = func
