@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from ledgerflow import JobState
-from ledgerflow.db.tables import jobs
+from ledgerflow.db.tables import job_executions, jobs
+from ledgerflow.engine.leases import LeaseSQL
 from tests.apps import limited
 from tests.conftest import wait_until
 
@@ -117,3 +118,52 @@ def test_cleared_limit_releases_waiting_jobs_and_a_new_limit_holds_at_once(db_ur
     wait_until(lambda: _finished(app, second), 120, message="jobs ran under the new limit")
     assert max_overlap(runs(app, "mail.send", second)) == 1
     proc.stop()
+
+
+def _starts(app, ids) -> list[float]:
+    """Database-clock start times (epoch seconds) of every attempt of these jobs, in order."""
+    with app.db.read() as conn:
+        rows = conn.execute(select(job_executions.c.started_at).where(job_executions.c.job_id.in_(ids)))
+        return sorted(r.started_at.timestamp() for r in rows)
+
+
+def test_rate_limit_holds_across_worker_processes_and_spends_no_attempts(db_url, make_app, workers):
+    app = _prepare(make_app)
+    app.limits.set("queue", "mail", rate="4/2s")
+    ids = app.enqueue_many([limited.send.prepare(sleep=0.0) for _ in range(14)])
+    procs = [workers(app="tests.apps.limited:app", queues="mail", concurrency=4) for _ in range(3)]
+    wait_until(lambda: _finished(app, ids), 240, message="all mail jobs completed")
+    starts = _starts(app, ids)
+    assert len(starts) == 14, "a job started more than once"
+    # no 2-second window holds a fifth start (1 ms: the stored clock's rounding)
+    assert all(later - first >= 2.0 - 1e-3 for first, later in zip(starts, starts[4:], strict=False))
+    assert {app.get_job(i).attempt for i in ids} == {1}, "waiting for the rate limit spent an attempt"
+    for p in procs:
+        p.stop()
+
+
+def test_task_and_queue_limits_together(db_url, make_app):
+    """A job under two limits waits for both; the rate window and running count are shared."""
+    app = _prepare(make_app)
+    app.limits.set("queue", "mail", concurrency=3, rate="5/minute")
+    app.limits.set("task", "mail.send", concurrency=2)
+    ids = app.enqueue_many([limited.send.prepare() for _ in range(8)])
+
+    sql = LeaseSQL(app.db, 30)
+    claim = dict(worker_id="w", queues=["mail"], tasks=["mail.send"], local_caps={})
+    with app.db.begin() as conn:
+        ordinary = sql.claim(conn, limit=8, worker_id="w", queues=["mail"], tasks=["mail.send"])
+        assert ordinary == [], "the ordinary claim took a limited job"
+        first = sql.claim_limited(conn, limit=8, **claim)
+    assert len(first) == 2, "the task's concurrency limit of 2 was not applied"
+    with app.db.begin() as conn:
+        assert sql.claim_limited(conn, limit=8, **claim) == []
+        conn.execute(update(jobs).where(jobs.c.id == first[0].job.id).values(state="completed"))
+        assert len(sql.claim_limited(conn, limit=8, **claim)) == 1
+        conn.execute(update(jobs).where(jobs.c.state == "running").values(state="completed"))
+        assert len(sql.claim_limited(conn, limit=8, **claim)) == 2, "the queue's rate of 5 allows 2 more"
+        conn.execute(update(jobs).where(jobs.c.state == "running").values(state="completed"))
+        assert sql.claim_limited(conn, limit=8, **claim) == [], "the rate window is full"
+    assert len(ids) == 8
+    stored = app.limits.get("queue", "mail")
+    assert stored is not None and stored.rate == "5/minute"
