@@ -26,6 +26,8 @@ from ledgerflow.errors import BadInput, Conflict, NotFound
 S = JobState
 # Must match the partial index's WHERE text exactly for SQLite's ON CONFLICT to find it.
 _UNIQUE_WHERE = UNIQUE_KEY_WHERE
+#: First key of the advisory lock taken by enqueues with `unique_for` (the second is the key's hash).
+_UNIQUE_FOR_LOCK = 72_771_002
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,8 @@ class JobStore:
     def enqueue(self, conn: Connection, specs: Sequence[JobSpec]) -> list[int]:
         """Insert jobs inside the caller's transaction and return their ids, in order.
 
-        A spec with a `unique_key` that a live job already holds yields that job's id.
+        A spec with a `unique_key` that a live job already holds yields that job's id; with
+        `unique_for`, so does a job of that key completed within the window.
         """
         ids: list[int | None] = [None] * len(specs)
         plain = [i for i, s in enumerate(specs) if is_plain(s)]
@@ -143,6 +146,8 @@ class JobStore:
         row["created_at"] = datetime.now(UTC)
         if not spec.unique_key:
             new_id = conn.execute(insert(jobs).values(row).returning(jobs.c.id)).scalar_one()
+        elif spec.unique_for and (recent := self._recent_unique(conn, spec.unique_key, spec.unique_for)):
+            return recent
         else:
             new_id = self._insert_unique(conn, spec.unique_key, row)
         if spec.depends_on and row["state"] != S.CANCELLED:
@@ -169,6 +174,28 @@ class JobStore:
             if existing is not None:
                 return int(existing)
         raise Conflict(f"could not enqueue unique job {key!r}: key keeps changing hands")
+
+    def _recent_unique(self, conn: Connection, key: str, seconds: float) -> int | None:
+        """The newest job of `key` created in the last `seconds` that is live or completed.
+
+        On PostgreSQL a transaction-scoped advisory lock on the key serialises these enqueues
+        until commit, so two of them never both find nothing and both insert (the second would
+        otherwise miss a first job that already completed); SQLite's write lock does the same.
+        """
+        if not self.db.is_sqlite:
+            conn.execute(select(func.pg_advisory_xact_lock(_UNIQUE_FOR_LOCK, func.hashtext(key))))
+        since = datetime.now(UTC) - timedelta(seconds=seconds)
+        found = conn.execute(
+            select(jobs.c.id)
+            .where(
+                jobs.c.unique_key == key,
+                jobs.c.created_at >= since,
+                jobs.c.state.in_([*LIVE, S.COMPLETED]),
+            )
+            .order_by(jobs.c.created_at.desc())
+            .limit(1)
+        ).scalar()
+        return int(found) if found is not None else None
 
     def _dependency_state(self, conn: Connection, spec: JobSpec) -> tuple[JobState | None, str | None]:
         wanted = sorted(set(spec.depends_on))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from ledgerflow.engine.jobs import (
@@ -36,6 +36,7 @@ class TaskOptions:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     timeout: float = DEFAULT_TIMEOUT
     unique_key: str | None = None
+    unique_for: float | timedelta | None = None
     delay: float | None = None
     scheduled_at: datetime | None = None
     depends_on: tuple[int, ...] = ()
@@ -80,8 +81,8 @@ class Task:
         return f"<Task {self.name}>"
 
     def configure(self, **overrides: Any) -> ConfiguredTask:
-        """Per-call options: queue, priority, max_attempts, timeout, unique_key, delay,
-        scheduled_at, depends_on."""
+        """Per-call options: queue, priority, max_attempts, timeout, unique_key, unique_for,
+        delay, scheduled_at, depends_on."""
         return ConfiguredTask(self, self.options).configure(**overrides)
 
     def prepare(self, *args: Any, **kwargs: Any) -> JobSpec:
@@ -117,6 +118,7 @@ class ConfiguredTask:
             max_attempts=o.max_attempts,
             timeout=o.timeout,
             unique_key=o.unique_key,
+            unique_for=o.unique_for,
             scheduled_at=o.scheduled_at,
             delay=o.delay,
             depends_on=o.depends_on,
