@@ -18,7 +18,14 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.sql import Insert
 
 from ledgerflow.db.database import Database
-from ledgerflow.db.tables import UNIQUE_KEY_WHERE, job_dependencies, job_executions, jobs, pauses
+from ledgerflow.db.tables import (
+    UNIQUE_KEY_WHERE,
+    job_dependencies,
+    job_executions,
+    job_limits,
+    jobs,
+    pauses,
+)
 from ledgerflow.engine.jobs import Job, JobSpec
 from ledgerflow.engine.states import CLAIMABLE, LIVE, JobState, sources
 from ledgerflow.errors import BadInput, Conflict, NotFound
@@ -272,10 +279,11 @@ class JobStore:
             return self.counts(states, fresh)
 
     def queue_summary(self) -> list[dict[str, Any]]:
-        """Per queue: jobs waiting (depth), running, dead, and whether it is paused."""
+        """Per queue: jobs waiting (depth), running, dead, whether it is paused, and its global limits."""
         paused = {p.name for p in self.pauses() if p.kind == "queue"}
+        limits = self._queue_limits()
         queues: dict[str, dict[str, Any]] = {
-            n: {"queue": n, "depth": 0, "running": 0, "dead": 0} for n in paused
+            n: {"queue": n, "depth": 0, "running": 0, "dead": 0} for n in sorted(paused | set(limits))
         }
         for (queue, _task, state), n in self.counts([*CLAIMABLE, S.RUNNING, S.DEAD]).items():
             q = queues.setdefault(queue, {"queue": queue, "depth": 0, "running": 0, "dead": 0})
@@ -286,8 +294,20 @@ class JobStore:
             elif state == S.DEAD:
                 q["dead"] += n
         return [
-            {**q, "paused": q["queue"] in paused} for q in sorted(queues.values(), key=lambda q: q["queue"])
+            {**q, "paused": q["queue"] in paused, **limits.get(q["queue"], {"limit": None, "rate": None})}
+            for q in sorted(queues.values(), key=lambda q: q["queue"])
         ]
+
+    def _queue_limits(self) -> dict[str, dict[str, Any]]:
+        """Queue → its global concurrency limit and rate (see engine/limits.py)."""
+        from ledgerflow.engine.limits import format_rate
+
+        with self.db.read() as conn:
+            rows = conn.execute(select(job_limits).where(job_limits.c.kind == "queue"))
+            return {
+                r.name: {"limit": r.concurrency, "rate": format_rate(r.rate_limit, r.rate_period)}
+                for r in rows
+            }
 
     # ------------------------------------------------------------ user moves
     def retry(self, job_id: int) -> Job:
