@@ -314,8 +314,6 @@ def limited_candidates(
             window = [t for t in r.recent_starts if t > now - r.rate_period]
             windows[key] = window
             room = r.rate_limit - len(window)
-        if key[0] == "queue" and key[1] in local_caps:
-            room = min(room, local_caps[key[1]])
         budget[key] = room
     limited_queues = [n for k, n in limited if k == "queue"]
     limited_tasks = [n for k, n in limited if k == "task"]
@@ -335,12 +333,15 @@ def limited_candidates(
                     counted[key] -= n
         for key, room in counted.items():
             budget[key] = min(budget[key], room)
-    open_queues = [q for q in queues if budget.get(("queue", q), 1) > 0]
-    open_tasks = [t for t in tasks if budget.get(("task", t), 1) > 0]
-    if not open_queues or not open_tasks:
-        return [], started
-    candidates = conn.execute(
-        db.backend.skip_locked(
+    for queue, cap in local_caps.items():  # this worker's own cap, limited globally or not
+        budget[("queue", queue)] = min(budget.get(("queue", queue), math.inf), cap)
+    picked: list[int] = []
+    while len(picked) < want:  # each round claims at least its first candidate
+        open_queues = [q for q in queues if budget.get(("queue", q), 1) > 0]
+        open_tasks = [t for t in tasks if budget.get(("task", t), 1) > 0]
+        if not open_queues or not open_tasks:
+            break
+        query = (
             select(jobs.c.id, jobs.c.queue, jobs.c.task)
             .where(
                 CLAIMABLE_SQL,
@@ -350,18 +351,22 @@ def limited_candidates(
                 not_blocked,
             )
             .order_by(jobs.c.priority, jobs.c.scheduled_at, jobs.c.id)
-            .limit(want)
+            .limit(want - len(picked))
         )
-    ).all()
-    picked: list[int] = []
-    for job_id, queue, task in candidates:
-        keys = [k for k in (("queue", queue), ("task", task)) if k in budget]
-        if all(budget[k] > 0 for k in keys):
-            for k in keys:
-                budget[k] -= 1
-                if k in windows:
-                    windows[k].append(now)
-            picked.append(int(job_id))
+        if picked:
+            query = query.where(jobs.c.id.not_in(picked))
+        candidates = conn.execute(db.backend.skip_locked(query)).all()
+        before = len(picked)
+        for job_id, queue, task in candidates:
+            keys = [k for k in (("queue", queue), ("task", task)) if k in budget]
+            if all(budget[k] > 0 for k in keys):
+                for k in keys:
+                    budget[k] -= 1
+                    if k in windows:
+                        windows[k].append(now)
+                picked.append(int(job_id))
+        if len(picked) - before == len(candidates):
+            break  # nothing passed over: the limits did not hold back anything more
     for key, window in windows.items():
         if window != limited[key].recent_starts:
             conn.execute(
