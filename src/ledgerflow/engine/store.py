@@ -223,9 +223,18 @@ class JobStore:
         On PostgreSQL a transaction-scoped advisory lock on the key serialises these enqueues
         until commit, so two of them never both find nothing and both insert (the second would
         otherwise miss a first job that already completed); SQLite's write lock does the same.
+        Waiting for that lock may take up to 60 s, past the session's `lock_timeout`.
         """
-        if not self.db.is_sqlite:
-            conn.execute(select(func.pg_advisory_xact_lock(_UNIQUE_FOR_LOCK, func.hashtext(key))))
+        if not self.db.is_sqlite:  # others enqueuing the key hold it for a moment: wait past lock_timeout
+            previous = conn.execute(
+                select(func.current_setting("lock_timeout"), func.set_config("lock_timeout", "60s", True))
+            ).scalar_one()
+            conn.execute(
+                select(
+                    func.pg_advisory_xact_lock(_UNIQUE_FOR_LOCK, func.hashtext(key)),
+                    func.set_config("lock_timeout", previous, True),
+                )
+            )
         since = datetime.now(UTC) - timedelta(seconds=seconds)
         found = conn.execute(
             select(jobs.c.id)

@@ -155,6 +155,7 @@ class Worker:
         self._gates: list[Callable[[], bool]] = [g.is_open for g in gates]
         self._limit_store = LimitStore(app.db)
         self._limited = False  # whether a global limit names one of our queues or tasks
+        self._limited_retry_at = 0.0
         self.hooks: list[Callable[[], None]] = [  # periodic maintenance
             self._refresh_limits,
             AutoStop(app).maybe_check,
@@ -473,11 +474,11 @@ class Worker:
         """Claim jobs under global limits: only what can start now (no prefetch), as the limits allow."""
         free = self.opts.concurrency - len(self._inflight) - len(self._buffer) - len(taken)
         want = min(free, sum(slots.values()) - len(taken))
-        if want <= 0:
+        if want <= 0 or time.monotonic() < self._limited_retry_at:
             return []
         per_queue = Counter(c.job.queue for c in taken)
         local_caps = {q: slots.get(q, 0) - per_queue[q] for q, n in self.opts.queues.items() if n is not None}
-        return self._sql.claim_limited(
+        claimed = self._sql.claim_limited(
             conn,
             worker_id=self.id,
             queues=list(self.opts.queues),
@@ -485,6 +486,12 @@ class Worker:
             limit=want,
             local_caps=local_caps,
         )
+        if not claimed:  # each try locks the limit rows: the cycles of other queues do not pay it each time
+            self._limited_retry_at = time.monotonic() + self.LIMITED_RETRY
+        return claimed
+
+    #: After a limited claim that found nothing, wait this long before the next try.
+    LIMITED_RETRY = 0.25
 
     def _sync_limits(self) -> None:
         """Store the limits our tasks declare, then learn whether any limit concerns us."""
