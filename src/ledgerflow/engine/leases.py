@@ -171,12 +171,23 @@ class LeaseSQL:
         self._beat = update(workers).where(workers.c.id == bindparam("worker")).values(heartbeat_at=db.now())
 
     def claim(
-        self, conn: Connection, *, worker_id: str, queues: Sequence[str], tasks: Sequence[str], limit: int
+        self,
+        conn: Connection,
+        *,
+        worker_id: str,
+        queues: Sequence[str],
+        tasks: Sequence[str],
+        limit: int,
+        token: int | None = None,
     ) -> list[Claim]:
-        """Take up to `limit` runnable jobs (lowest priority number first) and lease them."""
+        """Take up to `limit` runnable jobs (lowest priority number first) and lease them.
+
+        Pass `token` (from `new_token()`) to be able to find the claimed jobs again with
+        `reclaim` when the COMMIT's answer is lost.
+        """
         if limit <= 0 or not queues or not tasks:
             return []
-        token = new_token()
+        token = new_token() if token is None else token
         rows = conn.execute(
             self._claim,
             {
@@ -207,6 +218,28 @@ class LeaseSQL:
             )
             claimed.sort(key=lambda c: (c.job.priority, c.job.scheduled_at, c.job.id))
         return claimed
+
+    def reclaim(self, conn: Connection, *, worker_id: str, token: int) -> list[Claim]:
+        """The jobs a claim with `token` leased and this worker still holds (after an ambiguous
+        commit: none if the claim was rolled back, all of them if it committed)."""
+        rows = conn.execute(
+            select(jobs)
+            .where(jobs.c.lease_token == token, jobs.c.state == S.RUNNING, jobs.c.worker_id == worker_id)
+            .order_by(jobs.c.priority, jobs.c.scheduled_at, jobs.c.id)
+        )
+        return [Claim(Job.from_row(r), token) for r in rows]
+
+    def still_held(self, conn: Connection, keys: Sequence[tuple[int, int]]) -> set[tuple[int, int]]:
+        """Which of these (id, token) leases are still held: an outcome whose lease is no longer
+        held was written (or fenced) and must not be written again."""
+        if not keys:
+            return set()
+        rows = conn.execute(
+            select(jobs.c.id, jobs.c.lease_token).where(
+                jobs.c.state == S.RUNNING, tuple_(jobs.c.id, jobs.c.lease_token).in_(list(keys))
+            )
+        )
+        return {(int(r[0]), int(r[1])) for r in rows}
 
     def apply_outcomes(self, conn: Connection, outcomes: Sequence[Outcome]) -> list[Outcome]:
         """Write finished attempts; returns the outcomes refused because the lease was lost."""

@@ -135,6 +135,12 @@ class Worker:
         self._inflight: dict[Key, _Running] = {}
         self._outcomes: list[Outcome] = []
         self._buffer: deque[Claim] = deque()
+        #: When each buffered claim's lease was last known to start (claim or renewal), monotonic.
+        self._leased_at: dict[Key, float] = {}
+        #: After a cycle whose outcome is unknown (its COMMIT's answer lost) and whose re-read
+        #: failed too: the claim tokens to look up and the outcomes to check before writing again.
+        self._unsettled_tokens: dict[int, float] = {}  # token → when its cycle began
+        self._unsettled_keys: set[Key] = set()
         self._avg_duration: float | None = None
         self._sql = LeaseSQL(app.db, options.lease_seconds)
         self._stopping = False
@@ -282,7 +288,7 @@ class Worker:
                 if slots or self._should_flush():
                     batch, self._outcomes = self._outcomes, []
                     try:
-                        claims, refused = await self._loop.run_in_executor(
+                        claims, refused, unwritten = await self._loop.run_in_executor(
                             db_thread, self._cycle, batch, slots
                         )
                     except Exception as exc:
@@ -303,6 +309,7 @@ class Worker:
                         backoff = min(backoff * 2, 5.0)
                         continue
                     backoff = 0.05
+                    self._outcomes[:0] = unwritten
                     for outcome in refused:
                         self.log.warning(
                             "outcome_refused_lease_lost",
@@ -345,17 +352,14 @@ class Worker:
         return time.monotonic() - self._outcomes[0].finished >= self.FLUSH_AFTER
 
     def _prefetch(self) -> int:
-        """How many claimed-but-not-started jobs to keep: many for fast jobs, none for slow ones."""
+        """How many claimed-but-not-started jobs to keep: many for fast jobs, none for slow ones,
+        and never more than the pool can start within a quarter of a lease."""
+        per_job = max(self._avg_duration if self._avg_duration is not None else 0.01, 1e-4)
+        within_lease = int(self.opts.lease_seconds / 4 / per_job) * self.opts.concurrency
         if self.opts.prefetch is not None:
-            return self.opts.prefetch
-        per_job = self._avg_duration if self._avg_duration is not None else 0.01
-        return max(
-            0,
-            min(
-                8 * self.opts.concurrency,
-                int(self.PREFETCH_SECONDS / max(per_job, 1e-4)) * self.opts.concurrency // 4,
-            ),
-        )
+            return min(self.opts.prefetch, within_lease)
+        adaptive = int(self.PREFETCH_SECONDS / per_job) * self.opts.concurrency // 4
+        return max(0, min(8 * self.opts.concurrency, adaptive, within_lease))
 
     async def _read(self, executor: ThreadPoolExecutor, fn: Callable[[], T], default: T) -> T:
         """Run a read on the database thread; on any error log it and return `default`."""
@@ -392,27 +396,103 @@ class Worker:
             slots[q] = min(free, n - running.get(q, 0))
         return {q: n for q, n in slots.items() if n > 0}
 
-    def _cycle(self, outcomes: list[Outcome], slots: dict[str, int]) -> tuple[list[Claim], list[Outcome]]:
-        """One transaction: write finished outcomes, then claim up to the budget."""
-        with self.db.begin() as conn:
-            refused = self._sql.apply_outcomes(conn, outcomes) if outcomes else []
-            claims: list[Claim] = []
-            for queue, n in slots.items():
-                names = [q for q, lim in self.opts.queues.items() if lim is None] if queue == "*" else [queue]
-                claims += self._sql.claim(conn, worker_id=self.id, queues=names, tasks=self._tasks, limit=n)
-        for o in outcomes:
+    def _cycle(
+        self, outcomes: list[Outcome], slots: dict[str, int]
+    ) -> tuple[list[Claim], list[Outcome], list[Outcome]]:
+        """One transaction: write finished outcomes, then claim up to the budget.
+
+        Returns (claims, outcomes refused because the lease was lost, outcomes still to write).
+        When the transaction fails, its COMMIT may still have happened (an ambiguous commit):
+        what it did is read back by lease token before anything is written again.
+        """
+        token = leases.new_token()
+        started = time.monotonic()
+        written = outcomes
+        try:
+            with self.db.begin() as conn:
+                claims = self._settle(conn) if self._unsettled_tokens else []
+                if self._unsettled_keys:  # written by an earlier ambiguous cycle? then not again
+                    doubtful = [o.key for o in outcomes if o.key in self._unsettled_keys]
+                    held = self._sql.still_held(conn, doubtful)
+                    written = [o for o in outcomes if o.key not in self._unsettled_keys or o.key in held]
+                refused = self._sql.apply_outcomes(conn, written) if written else []
+                for queue, n in slots.items():
+                    names = self._shared_queues() if queue == "*" else [queue]
+                    claims += self._sql.claim(
+                        conn, worker_id=self.id, queues=names, tasks=self._tasks, limit=n, token=token
+                    )
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            return self._after_ambiguous_cycle(outcomes, token, started, exc)
+        self._unsettled_tokens.clear()
+        self._unsettled_keys.clear()
+        for o in outcomes:  # those not written now were written by an earlier ambiguous cycle
             if o not in refused:
                 self._log_outcome(o)
-        return claims, refused
+        self._leased_at.update((c.key, started) for c in claims if c.key not in self._leased_at)
+        return claims, refused, []
+
+    def _shared_queues(self) -> list[str]:
+        return [q for q, limit in self.opts.queues.items() if limit is None]
+
+    def _settle(self, conn: Any) -> list[Claim]:
+        """The claims of earlier unsettled cycles that did commit (and are still ours)."""
+        claims: list[Claim] = []
+        for token, began in self._unsettled_tokens.items():
+            found = self._sql.reclaim(conn, worker_id=self.id, token=token)
+            self._leased_at.update((c.key, began) for c in found)
+            claims += found
+        if claims:
+            self.log.warning("claims_recovered_after_ambiguous_commit", jobs=len(claims))
+        return claims
+
+    def _after_ambiguous_cycle(
+        self, outcomes: list[Outcome], token: int, started: float, error: Exception
+    ) -> tuple[list[Claim], list[Outcome], list[Outcome]]:
+        """Read back what a failed cycle did: its claims (by token) are kept and run, and the
+        outcomes whose lease is no longer held were written (or fenced) and are not written again.
+        If the database does not answer this either, the next cycle does it first."""
+        self._unsettled_tokens[token] = started
+        self._unsettled_keys.update(o.key for o in outcomes)
+        try:
+            with self.db.read() as conn:
+                claims = self._settle(conn)
+                held = self._sql.still_held(conn, [o.key for o in outcomes])
+        except Exception:
+            raise error from None
+        self._unsettled_tokens.clear()
+        self._unsettled_keys.clear()
+        for o in outcomes:
+            if o.key not in held:
+                self._log_outcome(o)
+        self.log.warning(
+            "database_unavailable",
+            during="cycle",
+            error=str(error).splitlines()[0],
+            claims_recovered=len(claims),
+            outcomes_written=len(outcomes) - len(held),
+        )
+        return claims, [], [o for o in outcomes if o.key in held]
 
     def _start_buffered(self) -> None:
+        """Start buffered claims while slots are free; a claim whose lease may have run out
+        (not renewed for three quarters of a lease) is given back instead of started."""
         while self._buffer and len(self._inflight) < self.opts.concurrency and not self._stopping:
-            self._start(self._buffer.popleft())
+            claim = self._buffer.popleft()
+            leased_at = self._leased_at.pop(claim.key, None)
+            if leased_at is None or time.monotonic() - leased_at > 0.75 * self.opts.lease_seconds:
+                self.log.warning("buffered_job_lease_stale", job_id=claim.job.id, task=claim.job.task)
+                self._outcomes.append(Outcome(claim, "returned", 0.0))
+                continue
+            self._start(claim)
 
     def _return_buffer(self) -> None:
         """Shutdown: give back prefetched jobs that never started."""
         while self._buffer:
-            self._outcomes.append(Outcome(self._buffer.popleft(), "returned", 0.0))
+            claim = self._buffer.popleft()
+            self._leased_at.pop(claim.key, None)
+            self._outcomes.append(Outcome(claim, "returned", 0.0))
 
     def _work_remaining(self) -> bool:
         """Burst mode goes on while a job of its queues is runnable now or within BURST_HORIZON."""
@@ -594,10 +674,18 @@ class Worker:
                     running.child.kill()
                 running.task.cancel()
 
+    def _renewed(self, keys: set[Key], began: float) -> None:
+        """A heartbeat that began at `began` renewed these buffered leases."""
+        for key in keys:
+            if key in self._leased_at:
+                self._leased_at[key] = max(self._leased_at[key], began)
+
     def _fence(self, keys: set[Key]) -> None:
         """The database says we lost these leases: stop their work and drop their outcome."""
         if any(c.key in keys for c in self._buffer):
             self._buffer = deque(c for c in self._buffer if c.key not in keys)
+            for key in keys:
+                self._leased_at.pop(key, None)
         for key in keys:
             running = self._inflight.get(key)
             if running is None or running.fenced:
@@ -618,6 +706,7 @@ class Worker:
                 + [c.key for c in list(self._buffer)]
                 + [o.key for o in list(self._outcomes)]
             )
+            began = time.monotonic()
             try:
                 with self.db.begin() as conn:
                     still = self._sql.heartbeat(conn, worker_id=self.id, held=held)
@@ -626,6 +715,9 @@ class Worker:
                 continue
             self._last_heartbeat_ok = time.monotonic()
             buffered = {c.key for c in list(self._buffer)}
+            if buffered & still and self._loop is not None:
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._renewed, buffered & still, began)
             lost = {k for k in held if k not in still and (k in self._inflight or k in buffered)}
             if lost and self._loop is not None:
                 with contextlib.suppress(RuntimeError):

@@ -1,0 +1,135 @@
+"""Worker faults (issue 11): ambiguous commits, stale prefetched claims, blocked event loops,
+orphaned child processes and shutdown — each with real worker processes on both backends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import delete
+
+from ledgerflow import JobState
+from ledgerflow.db.tables import job_dependencies, job_executions, jobs
+from tests.apps import basic
+from tests.conftest import FAST, ROOT, count_runs, run_rows, runs, wait_until
+
+DB_THREAD = "ledgerflow-db"
+
+
+def worker_cli(
+    db_url: str,
+    log_path: Path,
+    fault: str = "count:0",
+    *,
+    burst: bool = True,
+    concurrency: int = 2,
+    env: dict[str, str] | None = None,
+    statements: Path | None = None,
+) -> subprocess.Popen[str]:
+    """`ledgerflow worker --app tests.apps.basic:app` with `LEDGERFLOW_TEST_FAULT=fault`."""
+    full_env = {
+        **os.environ,
+        **FAST,
+        "LEDGERFLOW_DATABASE_URL": db_url,
+        "LEDGERFLOW_LOG_JSON": "true",
+        "PYTHONPATH": str(ROOT),
+        "LEDGERFLOW_TEST_FAULT": fault,
+        **(env or {}),
+    }
+    if statements is not None:
+        full_env["LEDGERFLOW_TEST_FAULT_LOG"] = str(statements)
+    args = ["worker", "--app", "tests.apps.basic:app", "--concurrency", str(concurrency)]
+    out = open(log_path, "w")  # noqa: SIM115 (closed by the child's exit)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.faultrun", *args, *(["--burst"] if burst else [])],
+        env=full_env,
+        cwd=ROOT,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def reset_jobs(app: Any) -> None:
+    """Forget every job and run (between the runs of a sweep)."""
+    with app.db.begin() as conn:
+        for table in (runs, job_dependencies, job_executions, jobs):
+            conn.execute(delete(table))
+
+
+def executions(app: Any, job_id: int) -> list[tuple[int, str]]:
+    return [(e["attempt"], e["status"]) for e in app.store.executions(job_id)]
+
+
+@pytest.mark.parametrize(
+    ("point", "fragment"),
+    [("claim", "INSERT INTO job_executions"), ("ack", "finished_at")],
+)
+def test_an_ambiguous_commit_of_a_claim_or_an_ack_is_read_back_by_lease_token(
+    db_url, make_app, tmp_path, point, fragment
+):
+    """The COMMIT succeeds, the worker sees an error: it reads back what the transaction did.
+    A claimed job is kept and run (a max_attempts=1 job still runs, once); an acknowledged
+    outcome is not written again."""
+    app = make_app()
+    (job_id,) = app.enqueue_many([basic.record.configure(max_attempts=1).prepare()])
+    log = tmp_path / "worker.log"
+    proc = worker_cli(db_url, log, f"error_after:1:{DB_THREAD}:{fragment}")
+    assert proc.wait(120) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "injected fault" in text, "the fault fired"
+    job = app.get_job(job_id)
+    assert job.state == JobState.COMPLETED, text[-3000:]
+    assert executions(app, job_id) == [(1, "completed")]
+    assert count_runs(db_url) == {job_id: 1}
+    assert "outcome_refused_lease_lost" not in text
+    assert text.count('"job_completed"') == 1
+    if point == "claim":
+        assert "claims_recovered" in text
+
+
+def test_a_buffered_claim_whose_lease_went_stale_is_given_back_not_started(db_url, make_app, workers):
+    """A worker frozen past its leases holds a running job and a prefetched one; both are
+    rescued and run elsewhere. When it wakes, the prefetched job must not start there too."""
+    app = make_app()
+    slow, buffered = app.enqueue_many([basic.record.prepare(sleep=3.0), basic.record.prepare()])
+    frozen = workers(concurrency=1, name="frozen")
+    wait_until(lambda: count_runs(db_url).get(slow), 30, message="the slow job started")
+    assert app.get_job(buffered).state == JobState.RUNNING, "the second job is prefetched"
+    frozen.signal(signal.SIGSTOP)
+    rescuer = workers(concurrency=1, name="rescuer")
+    wait_until(
+        lambda: {app.get_job(slow).state, app.get_job(buffered).state} == {JobState.COMPLETED},
+        60,
+        0.2,
+        "the rescuer ran both jobs",
+    )
+    frozen.signal(signal.SIGCONT)
+    wait_until(
+        lambda: "lease_lost_fenced" in frozen.log() or "outcome_refused_lease_lost" in frozen.log(),
+        30,
+        0.2,
+        "the frozen worker is fenced",
+    )
+    frozen.signal(signal.SIGTERM)
+    assert frozen.wait(30) == 0
+    started_by_frozen = {r["job_id"] for r in run_rows(db_url) if r["pid"] == frozen.pid}
+    assert buffered not in started_by_frozen, frozen.log()[-3000:]
+    assert count_runs(db_url)[buffered] == 1
+    assert executions(app, buffered)[-1] == (2, "completed")
+    assert "job_rescued" in rescuer.log()
+
+
+def test_prefetch_is_bounded_by_what_the_pool_starts_within_a_quarter_lease(make_app):
+    app = make_app()
+    worker = app.worker(concurrency=4, prefetch=1000, lease_seconds=8.0)
+    worker._avg_duration = 1.0  # one second a job: four slots start 8 jobs in 2 s
+    assert worker._prefetch() == 8
+    worker.opts.prefetch = None
+    worker._avg_duration = 0.001  # fast jobs: the adaptive depth, capped by the pool
+    assert worker._prefetch() == 32
