@@ -133,3 +133,17 @@ def test_prefetch_is_bounded_by_what_the_pool_starts_within_a_quarter_lease(make
     worker.opts.prefetch = None
     worker._avg_duration = 0.001  # fast jobs: the adaptive depth, capped by the pool
     assert worker._prefetch() == 32
+
+
+def test_an_async_task_blocking_its_event_loop_is_failed_past_timeout_and_grace(db_url, make_app, workers):
+    """The task's own timeout cannot fire (its loop is blocked); the heartbeat thread stops
+    renewing it and fails it as a timeout one lease after its timeout, while it still blocks."""
+    app = make_app()
+    (job_id,) = app.enqueue_many([basic.block_async.configure(timeout=1.0, max_attempts=1).prepare(40.0)])
+    blocked = workers(concurrency=1, name="blocked")
+    wait_until(lambda: count_runs(db_url).get(job_id), 30, message="the blocking job started")
+    wait_until(lambda: app.get_job(job_id).state == JobState.DEAD, 20, 0.2, "the job failed as overdue")
+    assert [r["phase"] for r in run_rows(db_url)] == ["start"], "failed while its worker still blocks"
+    assert app.get_job(job_id).errors[-1].type == "timeout"
+    assert app.store.executions(job_id)[0]["error_type"] == "timeout"
+    assert "job_overdue_failed" in blocked.log()

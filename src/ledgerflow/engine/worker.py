@@ -141,6 +141,8 @@ class Worker:
         #: failed too: the claim tokens to look up and the outcomes to check before writing again.
         self._unsettled_tokens: dict[int, float] = {}  # token → when its cycle began
         self._unsettled_keys: set[Key] = set()
+        #: Jobs the heartbeat failed for running past timeout + one lease (no longer renewed).
+        self._failed_overdue: set[Key] = set()
         self._avg_duration: float | None = None
         self._sql = LeaseSQL(app.db, options.lease_seconds)
         self._stopping = False
@@ -700,20 +702,41 @@ class Worker:
 
     # ------------------------------------------------------------ background threads
     def _heartbeat_loop(self) -> None:
+        """Renew the leases this worker holds, on a thread of its own: a task that blocks the
+        event loop (or a thread that cannot be stopped) cannot stop it. A job running past its
+        timeout by more than a lease is not renewed but failed here, as a timeout, whatever the
+        event loop believes (`_overdue`)."""
         while not self._threads_stop.wait(self.opts.heartbeat_seconds):
+            began = time.monotonic()
+            overdue = self._overdue(began)
             held = (
-                list(self._inflight)
+                [k for k in list(self._inflight) if k not in self._failed_overdue]
                 + [c.key for c in list(self._buffer)]
                 + [o.key for o in list(self._outcomes)]
             )
-            began = time.monotonic()
             try:
                 with self.db.begin() as conn:
                     still = self._sql.heartbeat(conn, worker_id=self.id, held=held)
+                    refused = self._sql.apply_outcomes(conn, overdue) if overdue else []
             except Exception as exc:
                 self.log.warning("heartbeat_failed", error=str(exc).splitlines()[0])
                 continue
             self._last_heartbeat_ok = time.monotonic()
+            for outcome in overdue:
+                self._failed_overdue.add(outcome.key)
+                if outcome not in refused:
+                    self.log.error(
+                        "job_overdue_failed",
+                        job_id=outcome.claim.job.id,
+                        task=outcome.claim.job.task,
+                        timeout=outcome.claim.job.timeout,
+                        running_for=round(outcome.duration, 2),
+                    )
+                    self._log_outcome(outcome)
+            stop = {o.key for o in overdue} - {o.key for o in refused}
+            if stop and self._loop is not None:  # stop it if the loop ever runs again
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._fence, stop)
             buffered = {c.key for c in list(self._buffer)}
             if buffered & still and self._loop is not None:
                 with contextlib.suppress(RuntimeError):
@@ -722,6 +745,22 @@ class Worker:
             if lost and self._loop is not None:
                 with contextlib.suppress(RuntimeError):
                     self._loop.call_soon_threadsafe(self._fence, lost)
+
+    def _overdue(self, now: float) -> list[Outcome]:
+        """Timeout failures for the jobs running past their timeout plus one lease (their own
+        timeout should have ended them: the event loop is blocked or the task ignores it)."""
+        self._failed_overdue &= set(self._inflight)
+        overdue: list[Outcome] = []
+        for key, running in list(self._inflight.items()):
+            job = running.claim.job
+            if key in self._failed_overdue or now - running.started <= job.timeout + self.opts.lease_seconds:
+                continue
+            task = self.app.registry.get(job.task)
+            error = JobTimeout(
+                f"attempt ran past its timeout of {job.timeout:g}s and did not stop; failed by the heartbeat"
+            )
+            overdue.append(self._failure(running, task, error, "timeout"))
+        return overdue
 
     def _maintenance_loop(self) -> None:
         suspects: dict[Key, float] = {}
