@@ -15,6 +15,7 @@ from sqlalchemy import delete
 
 from ledgerflow import JobState
 from ledgerflow.db.tables import job_dependencies, job_executions, jobs
+from ledgerflow.engine.liveness import process_running
 from tests.apps import basic
 from tests.conftest import FAST, ROOT, count_runs, run_rows, runs, wait_until
 
@@ -147,3 +148,16 @@ def test_an_async_task_blocking_its_event_loop_is_failed_past_timeout_and_grace(
     assert app.get_job(job_id).errors[-1].type == "timeout"
     assert app.store.executions(job_id)[0]["error_type"] == "timeout"
     assert "job_overdue_failed" in blocked.log()
+
+
+def test_a_process_isolated_child_dies_with_its_sigkilled_worker(db_url, make_app, workers, tmp_path):
+    app = make_app()
+    app.enqueue_many([basic.isolated_effect.prepare(str(tmp_path), 3.0)])
+    worker = workers(concurrency=1, name="parent")
+    started = wait_until(lambda: (tmp_path / "started").exists(), 60, 0.1, "the child started")
+    assert started
+    child = int((tmp_path / "started").read_text())
+    worker.signal(signal.SIGKILL)
+    worker.wait(10)
+    wait_until(lambda: not process_running(child), 10, 0.1, "the child to die with its parent")
+    assert not (tmp_path / "effect").exists(), "the orphaned child finished its side effect"

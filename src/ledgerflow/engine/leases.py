@@ -88,7 +88,7 @@ class Outcome:
     """How an attempt ended, waiting to be written (in batches) by the worker."""
 
     claim: Claim
-    kind: Literal["completed", "failed", "released", "returned", "snoozed"]
+    kind: Literal["completed", "failed", "released", "returned", "snoozed", "left_running"]
     duration: float
     result: Any = None
     error: dict[str, Any] | None = None
@@ -256,7 +256,9 @@ class LeaseSQL:
                 continue
             values: dict[str, Any] = {"lease_token": None, "lease_expires_at": None}
             job = o.claim.job
-            if o.kind == "completed":
+            if o.kind == "left_running":  # shutdown, thread unstoppable: keep the lease until it lapses
+                values = {"max_attempts": jobs.c.max_attempts + 1}
+            elif o.kind == "completed":
                 values.update(state=S.COMPLETED, finished_at=db.now(), result=o.result)
             elif o.kind == "released":  # shutdown: give the attempt back
                 values.update(state=S.AVAILABLE, scheduled_at=db.now(), max_attempts=jobs.c.max_attempts + 1)
@@ -285,7 +287,7 @@ class LeaseSQL:
                     returned.append(o)
                 elif values.get("state") == S.DEAD:
                     dead.append(job.id)
-        done = [o for o in outcomes if o.key in accepted and o.kind != "returned"]
+        done = [o for o in outcomes if o.key in accepted and o.kind not in ("returned", "left_running")]
         if done:
             conn.execute(self._finish_executions, [_execution_params(o) for o in done])
         for o in returned:

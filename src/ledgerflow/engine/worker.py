@@ -564,7 +564,12 @@ class Worker:
             self._avg_duration = elapsed if avg is None else 0.8 * avg + 0.2 * elapsed
             outcome = Outcome(running.claim, "completed", elapsed, result=storable(result))
         except asyncio.CancelledError:
-            if running.released:
+            if running.released and self._thread_still_runs(running):
+                # handed back only once this process (and so the thread) is gone: the lease
+                # lapses and a rescue makes it available; the attempt is given back now
+                self.log.warning("job_left_until_exit", job_id=job.id, task=job.task, attempt=job.attempt)
+                outcome = Outcome(running.claim, "left_running", self._elapsed(running))
+            elif running.released:
                 outcome = Outcome(running.claim, "released", self._elapsed(running))
             elif not running.fenced:
                 raise
@@ -614,6 +619,11 @@ class Worker:
         except asyncio.CancelledError:
             child.kill()
             raise
+
+    @staticmethod
+    def _thread_still_runs(running: _Running) -> bool:
+        """A sync task's thread that cannot be stopped is still running it."""
+        return running.child is None and running.item is not None and not running.item.future.done()
 
     def _abandon(self, item: _Item) -> None:
         if item.future.done():
