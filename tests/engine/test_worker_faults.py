@@ -183,6 +183,8 @@ def count_cycle(app: Any, db_url: str, tmp_path: Path, thread: str) -> list[tupl
     """(kind, sql) of each statement `thread` sends in a clean run, up to the last write."""
     reset_jobs(app)
     sweep_jobs(app)
+    if thread != DB_THREAD:
+        app.enqueue_many([basic.record.prepare(sleep=1.5)])
     log = tmp_path / "statements.log"
     log.unlink(missing_ok=True)
     proc = worker_cli(db_url, tmp_path / "clean.log", f"count:0:{thread}", statements=log)
@@ -260,9 +262,10 @@ def test_a_fault_at_any_statement_of_the_worker_cycle_never_breaks_exactly_once(
     transaction. A worker that survives its fault must finish alone with no job run twice; after
     a kill, the rescue and another worker finish, and only the killed worker's jobs ran twice."""
     app = make_app()
-    # the heartbeat renews while a job runs: its first two beats
-    statements = count_cycle(app, db_url, tmp_path, thread) if thread == DB_THREAD else [("execute", "")] * 8
-    points = distinct_points(statements) if thread == DB_THREAD else list(range(1, 9))
+    statements = count_cycle(app, db_url, tmp_path, thread)
+    if thread != DB_THREAD:  # the heartbeat renews while a job runs: its first two beats
+        statements = statements[: transaction_starts(statements)[2] - 1]
+    points = distinct_points(statements) if thread == DB_THREAD else list(range(1, len(statements) + 1))
     plans = [f"error_before:{k}" for k in points]
     plans += [f"error_after:{k}" for k in points if statements[k - 1][0] == "commit"]
     if thread == DB_THREAD:

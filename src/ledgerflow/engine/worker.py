@@ -73,9 +73,9 @@ class WorkerOptions:
     queues: dict[str, int | None] = field(default_factory=lambda: {"default": None})
     concurrency: int = 8
     burst: bool = False
-    lease_seconds: float = 8.0
-    heartbeat_seconds: float = 2.0
-    rescue_interval: float = 1.0
+    lease_seconds: float = 6.0
+    heartbeat_seconds: float = 1.5
+    rescue_interval: float = 0.5
     grace_seconds: float = 25.0
     max_abandoned_threads: int = 5
     prefetch: int | None = None  # None: adaptive (deep for fast jobs, none for slow ones)
