@@ -101,6 +101,7 @@ def run_backend(backend: str, kills: int) -> dict[str, Any]:
 
             rerun_at = wait_for(second_attempt, 120, "the rescued job to run again")
             times.append((_aware(rerun_at) - killed_at).total_seconds())
+            print(f"rescue {backend} {round_no + 1}/{kills}: {times[-1]:.2f} s", file=sys.stderr, flush=True)
             replacement = start_worker(url)
             procs[replacement.pid] = replacement
             wait_for(lambda: live_workers() == 2, 300, "the replacement worker")
