@@ -26,6 +26,7 @@ VALUES: dict[str, Any] = {
     "surrogate": "before\udc80after",
     "object": Opaque(),
     "poison": "poison",  # refused by a trigger in the test that installs one
+    "stubborn": "stubborn",  # every outcome of its first attempt refused by a trigger
     "fine": {"ok": True},
 }
 

@@ -115,3 +115,45 @@ def test_an_outcome_the_database_refuses_fails_alone_and_the_batch_is_written(
     assert "outcome_batch_refused" in worker.log()
     more = app.enqueue_many([outcomes.returns.prepare("fine") for _ in range(5)])
     wait_until(lambda: _final(app, more), 60, 0.2, "the worker keeps claiming")
+
+
+_STUBBORN = {  # refuse every outcome of an attempt that was not rescued (the rescue's error says so)
+    "sqlite": [
+        """CREATE TRIGGER refuse_stubborn BEFORE UPDATE OF state ON jobs
+           WHEN OLD.state = 'running' AND NEW.state != 'running' AND NEW.args LIKE '%stubborn%'
+                AND NEW.errors NOT LIKE '%lease_expired%'
+           BEGIN SELECT RAISE(ABORT, 'outcome refused by a check of the test'); END""",
+    ],
+    "postgresql": [
+        """CREATE FUNCTION refuse_stubborn() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+             IF OLD.state = 'running' AND NEW.state != 'running' AND NEW.args::text LIKE '%stubborn%'
+                AND NEW.errors::text NOT LIKE '%lease_expired%' THEN
+               RAISE EXCEPTION 'outcome refused by a check of the test' USING ERRCODE = '22000';
+             END IF;
+             RETURN NEW;
+           END $$""",
+        """CREATE TRIGGER refuse_stubborn BEFORE UPDATE ON jobs
+           FOR EACH ROW EXECUTE FUNCTION refuse_stubborn()""",
+    ],
+}
+
+
+def test_a_job_whose_every_outcome_is_refused_is_not_held_for_ever(db_url, backend, make_app, workers):
+    """Even the failure record refused: the worker drops the outcome, stops renewing the lease,
+    and the rescue takes the job back; its second attempt is stored."""
+    engine = create_engine(Database(db_url).url)
+    with engine.begin() as conn:
+        for statement in _STUBBORN[backend]:
+            conn.execute(text(statement))
+    engine.dispose()
+    app = make_app()
+    stubborn = app.enqueue(outcomes.returns.configure(max_attempts=2).prepare("stubborn")).id
+    good = app.enqueue_many([outcomes.returns.prepare("fine") for _ in range(10)])
+    worker = workers(app="tests.apps.outcomes:app", concurrency=4, name="stubborn")
+    wait_until(lambda: _final(app, [stubborn, *good]), 90, 0.2, "every job ends")
+    assert {app.get_job(i).state for i in good} == {JobState.COMPLETED}
+    job = app.get_job(stubborn)
+    assert (job.state, job.attempt, job.result) == (JobState.COMPLETED, 2, "stubborn")
+    assert [e.type for e in job.errors] == ["lease_expired"]
+    assert "outcome_not_written" in worker.log()
