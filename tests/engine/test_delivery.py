@@ -88,7 +88,7 @@ def test_sigterm_past_grace_period_releases_unfinished_jobs_to_the_queue(db_url,
         [basic.record.prepare(sleep=8), basic.record_async.prepare(sleep=8)]
     )
     w = workers(concurrency=2, name="short-grace", env={"LEDGERFLOW_GRACE_SECONDS": "0.5"})
-    wait_until(lambda: len(run_rows(db_url)) == 2, 30, message="both jobs running")
+    wait_until(lambda: len(run_rows(db_url)) == 2, 90, message="both jobs running")
     w.signal(signal.SIGTERM)
     assert w.wait(15) == 0
     released = app.get_job(async_job)  # cancelled: handed back at once
