@@ -273,7 +273,7 @@ def test_a_fault_at_any_statement_of_the_worker_cycle_never_breaks_exactly_once(
     failures: list[str] = []
     replays = 0
     for plan in plans:
-        for _replay in range(3):  # a replay whose polls came out fewer may end before statement k
+        for _replay in range(6):  # a replay whose polls came out fewer may end before statement k
             replays += 1
             reset_jobs(app)
             ids = sweep_jobs(app)
