@@ -104,7 +104,7 @@ class Outcome:
     """How an attempt ended, waiting to be written (in batches) by the worker."""
 
     claim: Claim
-    kind: Literal["completed", "failed", "released", "returned", "snoozed"]
+    kind: Literal["completed", "failed", "released", "returned", "snoozed", "left_running"]
     duration: float
     result: Any = None
     error: dict[str, Any] | None = None
@@ -195,12 +195,23 @@ class LeaseSQL:
         self._beat = update(workers).where(workers.c.id == bindparam("worker")).values(heartbeat_at=db.now())
 
     def claim(
-        self, conn: Connection, *, worker_id: str, queues: Sequence[str], tasks: Sequence[str], limit: int
+        self,
+        conn: Connection,
+        *,
+        worker_id: str,
+        queues: Sequence[str],
+        tasks: Sequence[str],
+        limit: int,
+        token: int | None = None,
     ) -> list[Claim]:
-        """Take up to `limit` runnable jobs (lowest priority number first) and lease them."""
+        """Take up to `limit` runnable jobs (lowest priority number first) and lease them.
+
+        Pass `token` (from `new_token()`) to be able to find the claimed jobs again with
+        `reclaim` when the COMMIT's answer is lost.
+        """
         if limit <= 0 or not queues or not tasks:
             return []
-        token = new_token()
+        token = new_token() if token is None else token
         rows = conn.execute(
             self._claim,
             {
@@ -222,8 +233,10 @@ class LeaseSQL:
         tasks: Sequence[str],
         limit: int,
         local_caps: dict[str, int],
+        token: int | None = None,
     ) -> list[Claim]:
-        """Take up to `limit` jobs of queues or tasks under a global limit, as the limits allow."""
+        """Take up to `limit` jobs of queues or tasks under a global limit, as the limits allow
+        (`token` as for `claim`: the cycle's claims are found again after an ambiguous commit)."""
         if limit <= 0 or not queues or not tasks:
             return []
         ids, started = limited_candidates(
@@ -237,7 +250,7 @@ class LeaseSQL:
         )
         if not ids:
             return []
-        token = new_token()
+        token = new_token() if token is None else token
         rows = conn.execute(
             self._claim_ids, {"ids": ids, "worker": worker_id, "token": token, "started": started}
         )
@@ -266,6 +279,28 @@ class LeaseSQL:
             claimed.sort(key=lambda c: (c.job.priority, c.job.scheduled_at, c.job.id))
         return claimed
 
+    def reclaim(self, conn: Connection, *, worker_id: str, token: int) -> list[Claim]:
+        """The jobs a claim with `token` leased and this worker still holds (after an ambiguous
+        commit: none if the claim was rolled back, all of them if it committed)."""
+        rows = conn.execute(
+            select(jobs)
+            .where(jobs.c.lease_token == token, in_states(LEASED), jobs.c.worker_id == worker_id)
+            .order_by(jobs.c.priority, jobs.c.scheduled_at, jobs.c.id)
+        )
+        return [Claim(Job.from_row(r), token) for r in rows]
+
+    def still_held(self, conn: Connection, keys: Sequence[tuple[int, int]]) -> set[tuple[int, int]]:
+        """Which of these (id, token) leases are still held: an outcome whose lease is no longer
+        held was written (or fenced) and must not be written again."""
+        if not keys:
+            return set()
+        rows = conn.execute(
+            select(jobs.c.id, jobs.c.lease_token).where(
+                in_states(LEASED), tuple_(jobs.c.id, jobs.c.lease_token).in_(list(keys))
+            )
+        )
+        return {(int(r[0]), int(r[1])) for r in rows}
+
     def apply_outcomes(self, conn: Connection, outcomes: Sequence[Outcome]) -> list[Outcome]:
         """Write finished attempts; returns the outcomes refused because the lease was lost."""
         db = self.db
@@ -281,6 +316,15 @@ class LeaseSQL:
                 continue
             values: dict[str, Any] = {"lease_token": None, "lease_expires_at": None}
             job = o.claim.job
+            if o.kind == "left_running":  # shutdown, thread unstoppable: the lease lapses at exit
+                kept = conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job.id, jobs.c.lease_token == o.claim.token, in_states(LEASED))
+                    .values(max_attempts=jobs.c.max_attempts + 1)  # the attempt is given back
+                )
+                if kept.rowcount:
+                    accepted.add(o.key)
+                continue
             move = outcome_move(o)
             if o.kind == "completed":
                 values.update(finished_at=db.now(), result=o.result)
@@ -307,7 +351,7 @@ class LeaseSQL:
                     returned.append(o)
                 elif move is BURY:
                     dead.append(job.id)
-        done = [o for o in outcomes if o.key in accepted and o.kind != "returned"]
+        done = [o for o in outcomes if o.key in accepted and o.kind not in ("returned", "left_running")]
         if done:
             conn.execute(self._finish_executions, [_execution_params(o) for o in done])
         for o in returned:
