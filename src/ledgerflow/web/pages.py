@@ -26,7 +26,7 @@ from ledgerflow.app import App
 from ledgerflow.db.tables import circuit_breakers, export_batches, job_executions, job_schedules, workers
 from ledgerflow.db.types import MAX_ID
 from ledgerflow.engine.limits import running_by_limit
-from ledgerflow.engine.states import JobState
+from ledgerflow.engine.states import CANCEL, RETRY, JobState
 from ledgerflow.errors import BadInput, LedgerflowError, NotFound
 from ledgerflow.export.destinations import LocalFolder, open_destination
 from ledgerflow.export.saga import held_back, latest_daily_batch
@@ -62,6 +62,9 @@ def register(api: FastAPI, app: App, token: str, throttle: LoginThrottle) -> Non
     templates.env.filters["when"] = when
     templates.env.filters["until"] = until
     templates.env.globals["zone"] = app.settings.timezone
+    # the job page offers the user moves the state machine allows from the job's state
+    templates.env.globals["retry_from"] = [str(s) for s in RETRY.sources]
+    templates.env.globals["cancel_from"] = [str(s) for s in CANCEL.sources]
     api.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
     def session(request: Request) -> str | None:
