@@ -17,19 +17,24 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
+    Float,
     and_,
     bindparam,
+    column,
     delete,
     exists,
     false,
     func,
     insert,
+    literal,
     or_,
     select,
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import aliased
 
 from ledgerflow.db.database import Database
@@ -124,7 +129,7 @@ class LeaseSQL:
             .order_by(jobs.c.priority, jobs.c.scheduled_at, jobs.c.id)
             .limit(bindparam("limit"))
         )
-        self._claim = (
+        claim = (
             update(jobs)
             .where(jobs.c.id.in_(db.backend.skip_locked(candidates).scalar_subquery()))
             .values(
@@ -135,18 +140,56 @@ class LeaseSQL:
                 lease_token=bindparam("token"),
                 lease_expires_at=db.after(lease_seconds),
             )
-            .returning(*jobs.c)
         )
-        self._insert_executions = insert(job_executions)
-        self._complete = (
+        complete = (
             update(jobs)
             .where(
                 jobs.c.state == S.RUNNING,
                 tuple_(jobs.c.id, jobs.c.lease_token).in_(bindparam("keys", expanding=True)),
             )
             .values(state=S.COMPLETED, finished_at=db.now(), lease_token=None, lease_expires_at=None)
-            .returning(jobs.c.id)
         )
+        #: PostgreSQL writes the execution rows inside the claim and completion statements
+        #: (data-modifying CTEs): one statement and one round trip each, whatever the batch.
+        self._folded = not db.is_sqlite
+        if self._folded:
+            claimed = claim.returning(*jobs.c).cte("claimed")
+            started = insert(job_executions).from_select(
+                _EXECUTION_START,
+                select(
+                    claimed.c.id,
+                    claimed.c.schedule_id,
+                    claimed.c.attempt,
+                    claimed.c.task,
+                    claimed.c.queue,
+                    literal("running"),
+                    claimed.c.worker_id,
+                    claimed.c.started_at,
+                ),
+            )
+            self._claim = select(claimed).add_cte(started.cte("started"))
+            done = complete.returning(jobs.c.id, jobs.c.attempt).cte("done")
+            durations = (
+                func.unnest(
+                    bindparam("ids", type_=ARRAY(BigInteger)), bindparam("durations", type_=ARRAY(Float))
+                )
+                .table_valued(column("job_id", BigInteger), column("duration", Float), name="durations")
+                .render_derived()
+            )
+            finished = (
+                update(job_executions)
+                .where(
+                    job_executions.c.job_id == done.c.id,
+                    job_executions.c.attempt == done.c.attempt,
+                    durations.c.job_id == done.c.id,
+                )
+                .values(status="completed", completed_at=db.now(), duration_seconds=durations.c.duration)
+            )
+            self._complete = select(done.c.id).add_cte(finished.cte("finished"))
+        else:
+            self._claim = claim.returning(*jobs.c)
+            self._complete = complete.returning(jobs.c.id)
+        self._insert_executions = insert(job_executions)
         self._finish_executions = (
             update(job_executions)
             .where(job_executions.c.job_id == _bind("job_id"), job_executions.c.attempt == _bind("attempt"))
@@ -188,7 +231,7 @@ class LeaseSQL:
             },
         )
         claimed = [Claim(Job.from_row(r), token) for r in rows]
-        if claimed:
+        if claimed and not self._folded:
             conn.execute(
                 self._insert_executions,
                 [
@@ -205,21 +248,24 @@ class LeaseSQL:
                     for c in claimed
                 ],
             )
-            claimed.sort(key=lambda c: (c.job.priority, c.job.scheduled_at, c.job.id))
+        claimed.sort(key=lambda c: (c.job.priority, c.job.scheduled_at, c.job.id))
         return claimed
 
     def apply_outcomes(self, conn: Connection, outcomes: Sequence[Outcome]) -> list[Outcome]:
         """Write finished attempts; returns the outcomes refused because the lease was lost."""
         db = self.db
         accepted: set[tuple[int, int]] = set()
-        plain = [o for o in outcomes if o.kind == "completed" and o.result is None]
+        plain = [o for o in outcomes if _plain(o)]
         if plain:
-            ids = set(conn.execute(self._complete, {"keys": [o.key for o in plain]}).scalars())
+            params: dict[str, Any] = {"keys": [o.key for o in plain]}
+            if self._folded:
+                params.update(ids=[o.claim.job.id for o in plain], durations=[_duration(o) for o in plain])
+            ids = set(conn.execute(self._complete, params).scalars())
             accepted.update(o.key for o in plain if o.claim.job.id in ids)
         dead: list[int] = []
         returned: list[Outcome] = []
         for o in outcomes:
-            if o.kind == "completed" and o.result is None:
+            if _plain(o):
                 continue
             values: dict[str, Any] = {"lease_token": None, "lease_expires_at": None}
             job = o.claim.job
@@ -252,7 +298,10 @@ class LeaseSQL:
                     returned.append(o)
                 elif values.get("state") == S.DEAD:
                     dead.append(job.id)
-        done = [o for o in outcomes if o.key in accepted and o.kind != "returned"]
+        written = self._folded  # the folded completion already finished the plain successes' rows
+        done = [
+            o for o in outcomes if o.key in accepted and o.kind != "returned" and not (written and _plain(o))
+        ]
         if done:
             conn.execute(self._finish_executions, [_execution_params(o) for o in done])
         for o in returned:
@@ -276,13 +325,26 @@ class LeaseSQL:
         return {(int(r[0]), int(r[1])) for r in result}
 
 
+#: The columns a claim fills in a new execution row.
+_EXECUTION_START = ["job_id", "schedule_id", "attempt", "task", "queue", "status", "worker_id", "started_at"]
+
+
+def _plain(o: Outcome) -> bool:
+    """A success with nothing to store but its duration: written by the batched completion."""
+    return o.kind == "completed" and o.result is None and not o.metadata
+
+
+def _duration(o: Outcome) -> float:
+    return round(o.duration, 6)
+
+
 def _execution_params(o: Outcome) -> dict[str, Any]:
     error = o.error or {}
     return {
         "b_job_id": o.claim.job.id,
         "b_attempt": o.claim.job.attempt,
         "b_status": "completed" if o.kind == "completed" else "failed",
-        "b_duration": round(o.duration, 6),
+        "b_duration": _duration(o),
         "b_error_type": {"released": "shutdown", "snoozed": "snoozed"}.get(o.kind, error.get("type")),
         "b_error_message": error.get("message"),
         "b_metadata": o.metadata or None,
