@@ -1,8 +1,9 @@
 """Limits on the JSON a job carries (args, kwargs, results), checked before anything is stored.
 
 Every entry point (Python API, CLI, HTTP API, schedules) goes through `check_json`; the
-worker uses `storable_result` so an outcome the database cannot hold (NaN, NUL, too deep,
-too big) becomes a clear failure of that attempt instead of a write that fails for ever.
+worker uses `result_to_store` so a return value the database cannot or must not hold (NaN,
+NUL, too deep, over `LEDGERFLOW_RESULT_MAX_BYTES`) is replaced by a visible marker instead of
+being lost silently or failing a job whose work is already done.
 """
 
 from __future__ import annotations
@@ -101,3 +102,37 @@ def storable_result(value: Any, limits: PayloadLimits | None = None) -> tuple[An
     except PayloadError as exc:
         return None, str(exc)
     return value, None
+
+
+#: The key that marks a stored result as "not stored" (see `result_to_store`).
+NOT_STORED = "result_not_stored"
+
+
+def result_to_store(value: Any, max_bytes: int, max_depth: int | None = None) -> tuple[Any, str | None]:
+    """What to store as a completed job's result: (value, None), or a marker and the reason.
+
+    A return value that is not storable JSON or is over `max_bytes` encoded becomes
+    `{"result_not_stored": true, "reason": ..., "limit_bytes": max_bytes}` (plus `"bytes"`
+    when it was only too big). The job still completes: its work is done, and running it
+    again to get a smaller result would repeat its side effects.
+    """
+    if value is None:
+        return None, None
+    limits = PayloadLimits(max_depth or _limits.max_depth, max_bytes)
+    try:
+        check_json(value, "result", limits)
+    except PayloadError as exc:
+        marker: dict[str, Any] = {NOT_STORED: True, "reason": str(exc), "limit_bytes": max_bytes}
+        size = _encoded_size(value)
+        if size is not None:
+            marker["bytes"] = size
+        return marker, str(exc)
+    return value, None
+
+
+def _encoded_size(value: Any) -> int | None:
+    """The size of `value` as JSON text, or None if it cannot be encoded at all."""
+    try:
+        return len(json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode())
+    except (TypeError, ValueError, RecursionError):
+        return None

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import secrets
 import signal
@@ -43,7 +42,7 @@ from ledgerflow.db.tables import jobs, workers
 from ledgerflow.engine import leases
 from ledgerflow.engine.autostop import AutoStop, cpu_gate, memory_gate
 from ledgerflow.engine.isolation import ChildProcess, ChildTaskError
-from ledgerflow.engine.jobs import JobContext, reset_current_job, set_current_job
+from ledgerflow.engine.jobs import Job, JobContext, reset_current_job, set_current_job
 from ledgerflow.engine.leases import Claim, LeaseSQL, Outcome, error_record
 from ledgerflow.engine.liveness import local_owner_running
 from ledgerflow.engine.pool import DaemonThreadPool, _Item
@@ -51,6 +50,7 @@ from ledgerflow.engine.states import JobState
 from ledgerflow.engine.tasks import Task
 from ledgerflow.errors import JobTimeout, Snooze
 from ledgerflow.logs import get_logger
+from ledgerflow.payload import result_to_store
 
 if TYPE_CHECKING:
     from ledgerflow.app import App
@@ -111,16 +111,6 @@ def parse_queues(spec: str | Sequence[str] | None) -> dict[str, int | None]:
             raise BadInput(f"bad queue limit in {part!r} (expected NAME or NAME=N with N >= 1)")
         out[name.strip()] = int(limit) if limit else None
     return out or {"default": None}
-
-
-def storable(result: Any) -> Any:
-    """The task's return value if it is small JSON, else None."""
-    if result is None:
-        return None
-    try:
-        return result if len(json.dumps(result)) <= 65536 else None
-    except (TypeError, ValueError):
-        return None
 
 
 class Worker:
@@ -480,7 +470,7 @@ class Worker:
             elapsed = self._elapsed(running)
             avg = self._avg_duration
             self._avg_duration = elapsed if avg is None else 0.8 * avg + 0.2 * elapsed
-            outcome = Outcome(running.claim, "completed", elapsed, result=storable(result))
+            outcome = Outcome(running.claim, "completed", elapsed, result=self._result(job, result))
         except asyncio.CancelledError:
             if running.released:
                 outcome = Outcome(running.claim, "released", self._elapsed(running))
@@ -581,6 +571,13 @@ class Worker:
                 **fields,
             )
             self.app.alerts.job_dead(job, o.error or {})
+
+    def _result(self, job: Job, value: Any) -> Any:
+        """The return value to store, or the marker saying why it was not stored (logged)."""
+        stored, why = result_to_store(value, self.app.settings.result_max_bytes)
+        if why is not None:
+            self.log.warning("result_not_stored", job_id=job.id, task=job.task, reason=why)
+        return stored
 
     @staticmethod
     def _elapsed(running: _Running) -> float:
