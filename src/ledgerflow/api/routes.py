@@ -25,7 +25,7 @@ from ledgerflow.export.saga import latest_daily_batch
 from ledgerflow.ledger.dates import check_not_after_today, parse_day, today_in
 from ledgerflow.names import check_name
 from ledgerflow.receipts.store import ReceiptStore
-from ledgerflow.scheduler.schedules import Schedule
+from ledgerflow.scheduler.schedules import PREVIEW_COUNT, Schedule
 
 router = APIRouter()
 RowId = Annotated[int, Path(ge=1, le=MAX_ID)]
@@ -355,8 +355,63 @@ def list_schedules(request: Request) -> dict[str, Any]:
     return {"schedules": [s.to_dict() for s in _app(request).schedules.list()]}
 
 
+class ScheduleEdit(BaseModel):
+    """The fields to change; those left out keep their value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cron: str | None = Field(None, min_length=1, max_length=100)
+    task: str | None = Field(None, min_length=1, max_length=200)
+    args: list[Any] | None = None
+    kwargs: dict[str, Any] | None = None
+    timezone: str | None = Field(None, min_length=1, max_length=64)
+    queue: str | None = Field(None, min_length=1, max_length=100)
+    priority: int | None = Field(None, ge=0, le=9)
+    misfire_policy: Literal["skip", "all"] | None = None
+    misfire_max: int | None = Field(None, ge=1, le=10_000)
+    allow_overlap: bool | None = None
+    holiday_calendar: str | None = Field(None, max_length=8, description="'' removes it")
+    extra_holidays: list[date] | None = Field(None, max_length=1000)
+    business_day: Literal["next", "previous", "skip", ""] | None = Field(None, description="'' removes it")
+    enabled: bool | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """The given fields, under the names of `Schedule` ('' clears an optional one)."""
+        given = self.model_dump(exclude_unset=True)
+        renamed = {"cron": "cron_expression", "task": "job_type"}
+        out: dict[str, Any] = {}
+        for key, value in given.items():
+            if value is None:
+                raise BadInput(f"{key} cannot be null (leave it out to keep it)")
+            if key in ("holiday_calendar", "business_day"):
+                value = value.upper() if key == "holiday_calendar" and value else (value or None)
+            if key == "extra_holidays":
+                value = tuple(value)
+            out[renamed.get(key, key)] = value
+        return out
+
+
+class SchedulePreview(BaseModel):
+    """An unsaved timing, checked like a schedule's: its next fire times."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cron: str = Field(min_length=1, max_length=100)
+    timezone: str | None = Field(None, max_length=64)
+    holiday_calendar: str | None = Field(None, max_length=8)
+    extra_holidays: list[date] = Field([], max_length=1000)
+    business_day: Literal["next", "previous", "skip"] | None = None
+    n: int = Field(PREVIEW_COUNT, ge=1, le=100)
+
+
+def _with_preview(schedule: Schedule) -> dict[str, Any]:
+    """The schedule as JSON, with `next_fires`: its next 5 run times in its zone."""
+    return {**schedule.to_dict(), "next_fires": schedule.preview() if schedule.enabled else []}
+
+
 @router.post("/schedules", tags=["schedules"], status_code=201)
 def create_schedule(request: Request, body: ScheduleCreate) -> dict[str, Any]:
+    """Add a schedule (a duplicate name is refused); `next_fires` previews its next 5 runs."""
     app = _app(request)
     task = app.registry.get(body.task)
     schedule = Schedule(
@@ -377,12 +432,42 @@ def create_schedule(request: Request, body: ScheduleCreate) -> dict[str, Any]:
         business_day=body.business_day,
         disabled_reason=None if body.enabled else "disabled by user",
     )
-    return app.schedules.add(schedule).to_dict()
+    return _with_preview(app.schedules.add(schedule))
+
+
+@router.post("/schedules/preview", tags=["schedules"])
+def preview_schedule(request: Request, body: SchedulePreview) -> dict[str, Any]:
+    """The next `n` run times of a timing not stored yet (a bad cron or zone: one 4xx error)."""
+    app = _app(request)
+    probe = Schedule(
+        name="preview",
+        cron_expression=body.cron,
+        job_type="preview",
+        timezone=body.timezone or app.settings.timezone,
+        holiday_calendar=body.holiday_calendar.upper() if body.holiday_calendar else None,
+        extra_holidays=tuple(body.extra_holidays),
+        business_day=body.business_day,
+    )
+    return {"description": probe.describe(), "next_fires": probe.preview(body.n)}
 
 
 @router.get("/schedules/{name}", tags=["schedules"])
 def show_schedule(request: Request, name: str) -> dict[str, Any]:
-    return _app(request).schedules.get(name).to_dict()
+    return _with_preview(_app(request).schedules.get(name))
+
+
+@router.patch("/schedules/{name}", tags=["schedules"])
+def edit_schedule(request: Request, name: str, body: ScheduleEdit) -> dict[str, Any]:
+    """Change the given fields; a new timing applies from now (fires it would have made
+    before the edit are not owed). `next_fires` previews the next 5 runs."""
+    return _with_preview(_app(request).schedules.edit(name, **body.changes()))
+
+
+@router.delete("/schedules/{name}", tags=["schedules"])
+def remove_schedule(request: Request, name: str) -> dict[str, Any]:
+    """Delete a schedule and its fire records (jobs it enqueued stay)."""
+    _app(request).schedules.remove(name)
+    return {"removed": name}
 
 
 @router.post("/schedules/{name}/enable", tags=["schedules"])
