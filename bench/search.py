@@ -29,7 +29,7 @@ from sqlalchemy import insert
 
 import ledgerflow.db
 from bench.common import database, machine
-from ledgerflow import App, JobFilter, JobState
+from ledgerflow import App, JobFilter, JobSpec, JobState
 from ledgerflow.api import listing
 from ledgerflow.db.tables import jobs
 
@@ -166,6 +166,43 @@ def measure(app: App, fn: Callable[[App], Any], repeat: int) -> dict[str, Any]:
     return {"median_ms": round(statistics.median(times), 1), "max_ms": round(max(times), 1), "rows": found}
 
 
+def write_cost(backend: str, count: int = 20_000, rounds: int = 3) -> dict[str, Any]:
+    """Seconds to enqueue `count` plain jobs (`enqueue_many`, 1,000 a call) with the search
+    index and without it (dropped), best of `rounds`: what the index costs each write."""
+    search = _search_migration()
+    out: dict[str, Any] = {"jobs": count}
+    with database(backend) as url:
+        app = App(database_url=url, log_level="WARNING")
+        try:
+            app.migrate()
+            for label in ("with_index_s", "without_index_s"):
+                best = None
+                for _ in range(rounds):
+                    t = time.perf_counter()
+                    for start in range(0, count, 1000):
+                        app.enqueue_many(
+                            [
+                                JobSpec(task="t", args=(f"customer-{i:05d} Trading", f"INV-{i:07d}"))
+                                for i in range(start, start + 1000)
+                            ]
+                        )
+                    took = time.perf_counter() - t
+                    best = took if best is None else min(best, took)
+                out[label] = round(best or 0.0, 2)
+                with app.db.begin() as conn:
+                    for statement in (
+                        search.SQLITE_DOWN[:3]
+                        if app.db.is_sqlite
+                        else ["DROP INDEX IF EXISTS ix_jobs_search"]
+                    ):
+                        conn.exec_driver_sql(statement)
+        finally:
+            app.close()
+    out["jobs_per_second_with"] = round(count / out["with_index_s"])
+    out["jobs_per_second_without"] = round(count / out["without_index_s"])
+    return out
+
+
 def run(backend: str, count: int, repeat: int) -> dict[str, Any]:
     with database(backend) as url:
         app = App(database_url=url, log_level="WARNING")
@@ -184,9 +221,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1_000_000)
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--write-cost-only", action="store_true", help="only time enqueue with/without index")
     args = parser.parse_args(argv)
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
-    out = {"machine": machine(), "runs": [run(b, args.jobs, args.repeat) for b in backends]}
+    out: dict[str, Any] = {"machine": machine(), "write_cost": {b: write_cost(b) for b in backends}}
+    if not args.write_cost_only:
+        out["runs"] = [run(b, args.jobs, args.repeat) for b in backends]
     print(json.dumps(out, indent=2))
 
 
