@@ -30,12 +30,15 @@ from ledgerflow.errors import BadInput
 from ledgerflow.names import check_name
 
 if TYPE_CHECKING:
+    from ledgerflow.db.database import Database
     from ledgerflow.engine.store import JobStore
 
 S = JobState
 MIN_TERM = 3  # a trigram index cannot answer shorter substrings
 MAX_TERM = 200
 CHUNK = 500
+#: Lists (not bulk actions) look for a text among the newest this many jobs holding it.
+LIST_WINDOW = 10_000
 
 Action = Literal["cancel", "retry", "delete"]
 #: The states each bulk action moves jobs from: the state machine's sources, narrowed.
@@ -120,8 +123,15 @@ def _like(term: str) -> str:
     return f"%{escaped}%"
 
 
-def conditions(filt: JobFilter, is_sqlite: bool) -> list[ColumnElement[bool]]:
-    """The WHERE conditions of `filt` on the jobs table, for the current backend."""
+def conditions(
+    filt: JobFilter, is_sqlite: bool, *, newest: int | None = None, below: int | None = None
+) -> list[ColumnElement[bool]]:
+    """The WHERE conditions of `filt` on the jobs table, for the current backend.
+
+    With `newest` (SQLite, for lists), a text condition looks only among the newest `newest`
+    jobs holding the text (with ids below `below`, the list's page boundary): the FTS index
+    yields those in id order and stops, where every match of a text held by most jobs would
+    otherwise be read to find the 50 newest. Bulk actions and counts pass no limit."""
     where: list[ColumnElement[bool]] = []
     if filt.states:
         where.append(jobs.c.state.in_([str(s) for s in filt.states]))
@@ -133,11 +143,14 @@ def conditions(filt: JobFilter, is_sqlite: bool) -> list[ColumnElement[bool]]:
         if term is None:
             continue
         if is_sqlite:
-            query = _fts_phrase("{" + " ".join(columns) + "}", term)
-            found = text(f"SELECT rowid FROM jobs_search WHERE jobs_search MATCH :search_{name}").bindparams(
-                **{f"search_{name}": query}
-            )
-            where.append(jobs.c.id.in_(found))
+            sql = f"SELECT rowid FROM jobs_search WHERE jobs_search MATCH :search_{name}"
+            values: dict[str, Any] = {f"search_{name}": _fts_phrase("{" + " ".join(columns) + "}", term)}
+            if newest is not None:
+                if below is not None:
+                    sql += f" AND rowid < :below_{name}"
+                    values[f"below_{name}"] = below
+                sql += f" ORDER BY rowid DESC LIMIT {int(newest)}"
+            where.append(jobs.c.id.in_(text(sql).bindparams(**values)))
         else:
             pattern = _like(term)
             matches = [cast(jobs.c[c], Text).ilike(pattern, escape="\\") for c in columns]
@@ -153,10 +166,19 @@ def conditions(filt: JobFilter, is_sqlite: bool) -> list[ColumnElement[bool]]:
     return where
 
 
-def matching(filt: JobFilter | None, is_sqlite: bool) -> ColumnElement[bool]:
-    """All of `filt`'s conditions as one clause (true for no filter)."""
-    where = conditions(filt, is_sqlite) if filt is not None else []
+def matching(
+    filt: JobFilter | None, is_sqlite: bool, *, newest: int | None = None, below: int | None = None
+) -> ColumnElement[bool]:
+    """All of `filt`'s conditions as one clause (true for no filter); see `conditions`."""
+    where = conditions(filt, is_sqlite, newest=newest, below=below) if filt is not None else []
     return and_(true(), *where)
+
+
+def count_matching(db: Database, filt: JobFilter, cap: int = LIST_WINDOW) -> int:
+    """How many jobs match `filt`, counted up to `cap` + 1 (more: "over `cap`")."""
+    found = select(jobs.c.id).where(matching(filt, db.is_sqlite, newest=cap + 1)).limit(cap + 1)
+    with db.read() as conn:
+        return int(conn.execute(select(func.count()).select_from(found.subquery())).scalar_one())
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,15 @@ from sqlalchemy.sql import Insert
 from ledgerflow.db.database import Database
 from ledgerflow.db.tables import UNIQUE_KEY_WHERE, job_dependencies, job_executions, jobs, pauses
 from ledgerflow.engine.jobs import Job, JobSpec
-from ledgerflow.engine.search import ACTION_SOURCES, Action, BulkActions, BulkResult, JobFilter, matching
+from ledgerflow.engine.search import (
+    ACTION_SOURCES,
+    LIST_WINDOW,
+    Action,
+    BulkActions,
+    BulkResult,
+    JobFilter,
+    matching,
+)
 from ledgerflow.engine.states import CLAIMABLE, LIVE, JobState, sources
 from ledgerflow.errors import BadInput, Conflict, NotFound
 
@@ -355,13 +363,10 @@ class JobStore:
     def find(
         self, filt: JobFilter | None = None, *, limit: int = 50, before_id: int | None = None
     ) -> list[Job]:
-        """Jobs matching `filt`, newest first; page with `before_id`."""
-        query = (
-            select(jobs)
-            .where(matching(filt, self.db.is_sqlite))
-            .order_by(jobs.c.id.desc())
-            .limit(max(1, min(limit, 1000)))
-        )
+        """Jobs matching `filt`, newest first; page with `before_id`. On SQLite a text is
+        looked for among the newest 10,000 jobs holding it (below `before_id`)."""
+        window = matching(filt, self.db.is_sqlite, newest=LIST_WINDOW, below=before_id)
+        query = select(jobs).where(window).order_by(jobs.c.id.desc()).limit(max(1, min(limit, 1000)))
         if before_id:
             query = query.where(jobs.c.id < before_id)
         with self.db.read() as conn:

@@ -27,7 +27,7 @@ from ledgerflow.api.routes import RowId
 from ledgerflow.app import App
 from ledgerflow.db.tables import circuit_breakers, export_batches, job_executions, job_schedules, workers
 from ledgerflow.db.types import MAX_ID
-from ledgerflow.engine.search import ACTION_SOURCES, JobFilter, parse_age
+from ledgerflow.engine.search import ACTION_SOURCES, LIST_WINDOW, JobFilter, count_matching, parse_age
 from ledgerflow.engine.search import enqueued_before as enqueued_before_bound
 from ledgerflow.engine.states import JobState
 from ledgerflow.errors import BadInput, LedgerflowError, NotFound
@@ -249,7 +249,7 @@ def register(api: FastAPI, app: App, token: str) -> None:
             filt = job_filter(filters)
             jobs = list_jobs(app.db, limit=50, before_id=before_id, filt=filt)
             if filters:
-                matched = app.store.bulk("cancel", filt, dry_run=True).matched
+                matched = count_matching(app.db, filt)
             if bulk and filters:
                 confirm = app.store.bulk(bulk, filt, dry_run=True)
         except LedgerflowError as exc:
@@ -261,6 +261,7 @@ def register(api: FastAPI, app: App, token: str) -> None:
             jobs=jobs,
             filters=filters,
             matched=matched,
+            window=LIST_WINDOW,
             confirm=confirm,
             sources={a: ", ".join(ACTION_SOURCES[a]) for a in ACTION_SOURCES},
             older=older,
