@@ -32,6 +32,7 @@ from bench.common import database, machine
 from ledgerflow import App, JobFilter, JobSpec, JobState
 from ledgerflow.api import listing
 from ledgerflow.db.tables import jobs
+from ledgerflow.engine.search import count_matching
 
 S = JobState
 CHUNK = 5_000
@@ -146,6 +147,12 @@ def queries(now: datetime, count: int) -> dict[str, Callable[[App], Any]]:
         "text + enqueued in one month": page(
             text="customer-01234", enqueued_after=middle, enqueued_before=middle + 30 * day
         ),
+        "dashboard match count (up to 10,000): one customer": lambda app: count_matching(
+            app.db, JobFilter(text="customer-01234")
+        ),
+        "dashboard match count (up to 10,000): in every job": lambda app: count_matching(
+            app.db, JobFilter(text="amount")
+        ),
         "bulk dry-run count: retry dead of one error": count_of(
             "retry", error="FROZEN-7731", states=(S.DEAD,)
         ),
@@ -162,7 +169,10 @@ def measure(app: App, fn: Callable[[App], Any], repeat: int) -> dict[str, Any]:
         t = time.perf_counter()
         result = fn(app)
         times.append((time.perf_counter() - t) * 1000)
-    found = result.count if hasattr(result, "count") and not isinstance(result, list) else len(result)
+    if isinstance(result, int):
+        found = result
+    else:
+        found = result.count if hasattr(result, "count") and not isinstance(result, list) else len(result)
     return {"median_ms": round(statistics.median(times), 1), "max_ms": round(max(times), 1), "rows": found}
 
 
