@@ -247,7 +247,7 @@ class App:
     def cancel_jobs(
         self, where: JobFilter, *, dry_run: bool = False, reason: str | None = None
     ) -> BulkResult:
-        """Cancel every unfinished or dead job `where` matches (dependents too)."""
+        """Cancel every unfinished job `where` matches (dependents too)."""
         return self.store.bulk("cancel", where, dry_run=dry_run, reason=reason)
 
     def retry_jobs(self, where: JobFilter, *, dry_run: bool = False) -> BulkResult:

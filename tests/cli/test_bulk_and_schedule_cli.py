@@ -68,7 +68,7 @@ def test_bulk_cancel_retry_delete_count_first_and_ask(cli):
     assert cli("jobs", "cancel", str(b["id"]))[0] == 0
     code, out, _ = cli("jobs", "retry", "--task", CLEANUP, "--older-than", "0s", "--yes", "--json")
     assert json.loads(out)["count"] == 1 and _states(cli)[b["id"]] == "available"
-    assert cli("jobs", "delete", str(b["id"]))[0] == 1  # a live job is not deleted
+    assert cli("jobs", "delete", str(b["id"]))[0] == 2  # a live job is not deleted (not allowed)
     assert cli("jobs", "cancel", str(b["id"]))[0] == 0
     assert cli("jobs", "delete", str(b["id"]), "--json")[0] == 0
     assert set(_states(cli)) == {other["id"]}

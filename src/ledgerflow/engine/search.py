@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy import ColumnElement, Connection, Text, and_, cast, delete, func, select, text, true
 
 from ledgerflow.db.tables import jobs
-from ledgerflow.engine.states import FINAL, JobState
+from ledgerflow.engine.states import CANCEL, DELETE, RETRY, JobState
 from ledgerflow.errors import BadInput
 from ledgerflow.names import check_name
 
@@ -41,13 +41,13 @@ CHUNK = 500
 LIST_WINDOW = 10_000
 
 Action = Literal["cancel", "retry", "delete"]
-#: The states each bulk action moves jobs from: the state machine's sources, narrowed.
-#: Retry never takes a running job (its worker still holds it); delete only takes
+#: The states each bulk action moves jobs from: the sources of the user moves of the state
+#: machine. Retry never takes a running job (its worker still holds it); delete only takes
 #: finished jobs (cancel live ones first), so nothing a worker runs or waits for vanishes.
 ACTION_SOURCES: dict[str, tuple[JobState, ...]] = {
-    "cancel": (S.SCHEDULED, S.AVAILABLE, S.RUNNING, S.RETRYABLE, S.DEAD),
-    "retry": (S.SCHEDULED, S.RETRYABLE, S.DEAD, S.CANCELLED),
-    "delete": FINAL,
+    "cancel": CANCEL.sources,
+    "retry": RETRY.sources,
+    "delete": DELETE.sources,
 }
 
 
@@ -249,8 +249,8 @@ class BulkActions:
     ) -> int:
         if action == "cancel":
             return self.store.cancel_ids(conn, ids, reason or "cancelled in bulk")
-        if action == "retry":
-            return self.store._make_available(conn, ids, sources)
+        if action == "retry":  # a job whose unique key a live job holds now stays as it is
+            return len(self.store._make_available(conn, ids).retried)
         result = conn.execute(delete(jobs).where(jobs.c.id.in_(ids), jobs.c.state.in_(list(sources))))
         return int(result.rowcount)
 
