@@ -153,6 +153,9 @@ class App:
         migrate(self.db)
 
     def close(self) -> None:
+        """Deliver the alerts still queued (bounded wait), then close the database pool."""
+        if "alerts" in self.__dict__:
+            self.alerts.notifier.flush()
         if "db" in self.__dict__:
             self.db.dispose()
 

@@ -688,6 +688,9 @@ class ApproveRequest(BaseModel):
     account: str | None = Field(None, max_length=100, description="CODE:Account name")
     currency: str | None = Field(None, min_length=3, max_length=3)
     tax_rate: int | None = Field(None, ge=0, le=100, description="percent; sets the tax code")
+    not_duplicate: bool = Field(
+        False, description="book it although it looks like a receipt or entry already booked (409 otherwise)"
+    )
 
 
 @router.get("/receipts", tags=["receipts"])
@@ -730,6 +733,7 @@ def approve_receipt(
         account=fixes.account,
         currency=fixes.currency,
         tax_rate=fixes.tax_rate,
+        not_duplicate=fixes.not_duplicate,
     )
     return {"receipt": receipt.to_dict(), "entry": entry.to_dict()}
 

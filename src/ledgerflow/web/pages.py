@@ -38,10 +38,10 @@ from ledgerflow.web import SESSION_COOKIE, STATIC, TEMPLATES
 from ledgerflow.web.sessions import SESSION_SECONDS, LoginThrottle, Sessions
 
 
-def register(api: FastAPI, app: App, token: str) -> None:
-    """Add the dashboard's routes to `api`; signing in takes `token` (the API token)."""
+def register(api: FastAPI, app: App, token: str, throttle: LoginThrottle) -> None:
+    """Add the dashboard's routes to `api`; signing in takes `token` (the API token), and wrong
+    passwords count in `throttle`."""
     sessions = Sessions(app.db, token)
-    throttle = LoginThrottle()
     zone = ZoneInfo(app.settings.timezone)
     templates = Jinja2Templates(directory=str(TEMPLATES))
 
@@ -341,6 +341,17 @@ def register(api: FastAPI, app: App, token: str) -> None:
             + [f"job {job_id} not retried: {why}" for job_id, why in sorted(report.refused.items())]
         )
         return RedirectResponse(f"/dlq?{urlencode({'flash': message})}", status_code=303)
+
+    # ------------------------------------------------------------------ alerts
+    @api.get("/alerts", include_in_schema=False)
+    def alerts_page(request: Request) -> Response:
+        """Open incidents first, then the latest resolved ones (what `/api/alerts` lists)."""
+        return page(
+            request,
+            "alerts.html",
+            open_alerts=app.alerts.history(limit=200, state="open"),
+            resolved=app.alerts.history(limit=50, state="resolved"),
+        )
 
     # ------------------------------------------------------------------ schedules
     @api.get("/schedules", include_in_schema=False)
