@@ -4,6 +4,7 @@ journal export for small accounting teams, on SQLite or PostgreSQL."""
 from ledgerflow.app import App, Transaction
 from ledgerflow.config import Settings, load_settings
 from ledgerflow.engine.jobs import Job, JobContext, JobSpec, current_job
+from ledgerflow.engine.search import BulkResult, JobFilter
 from ledgerflow.engine.states import JobState
 from ledgerflow.engine.worker import WorkerExit
 from ledgerflow.errors import (
@@ -21,11 +22,13 @@ from ledgerflow.errors import (
 __all__ = [
     "App",
     "BadInput",
+    "BulkResult",
     "ConfigError",
     "Conflict",
     "DatabaseUnavailable",
     "Job",
     "JobContext",
+    "JobFilter",
     "JobSpec",
     "JobState",
     "LedgerflowError",

@@ -18,6 +18,7 @@ from ledgerflow.db.database import Database
 from ledgerflow.engine.jobs import Job, JobSpec
 from ledgerflow.engine.limits import LimitStore
 from ledgerflow.engine.retry import Backoff
+from ledgerflow.engine.search import BulkResult, JobFilter
 from ledgerflow.engine.store import JobStore, is_plain
 from ledgerflow.engine.tasks import (
     Isolation,
@@ -255,6 +256,27 @@ class App:
     # ---------------------------------------------------------------- jobs
     def get_job(self, job_id: int) -> Job:
         return self.store.get(job_id)
+
+    def find_jobs(
+        self, where: JobFilter | None = None, *, limit: int = 50, before_id: int | None = None
+    ) -> list[Job]:
+        """Jobs matching `where` (state, queue, task, args/kwargs text, error text, time
+        ranges), newest first; page with `before_id` = the last id of the previous page."""
+        return self.store.find(where, limit=limit, before_id=before_id)
+
+    def cancel_jobs(
+        self, where: JobFilter, *, dry_run: bool = False, reason: str | None = None
+    ) -> BulkResult:
+        """Cancel every unfinished job `where` matches (dependents too)."""
+        return self.store.bulk("cancel", where, dry_run=dry_run, reason=reason)
+
+    def retry_jobs(self, where: JobFilter, *, dry_run: bool = False) -> BulkResult:
+        """Make every dead, cancelled, retryable or scheduled job `where` matches run now."""
+        return self.store.bulk("retry", where, dry_run=dry_run)
+
+    def delete_jobs(self, where: JobFilter, *, dry_run: bool = False) -> BulkResult:
+        """Delete every completed, dead or cancelled job `where` matches, with its history."""
+        return self.store.bulk("delete", where, dry_run=dry_run)
 
     # ---------------------------------------------------------------- schedules
     def schedule(

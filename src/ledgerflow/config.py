@@ -134,6 +134,7 @@ class Settings(BaseSettings):
     receipt_max_bytes: int = Field(20 * 2**20, ge=1024)
     payload_max_depth: int = Field(32, ge=2, le=1000)  # args, kwargs and results of jobs
     payload_max_bytes: int = Field(256 * 1024, ge=1024)
+    result_max_bytes: int = Field(256 * 1024, ge=1024)  # a larger result fails the attempt (dead)
     receipt_currency: str = "THB"  # when the text does not say
     receipt_expense_account: str = "5900:Miscellaneous expense"
     receipt_tax_account: str = "1500:Input tax"

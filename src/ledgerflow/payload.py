@@ -1,8 +1,9 @@
 """Limits on the JSON a job carries (args, kwargs, results), checked before anything is stored.
 
 Every entry point (Python API, CLI, HTTP API, schedules) goes through `check_json`; the
-worker uses `storable_result` so an outcome the database cannot hold (NaN, NUL, too deep,
-too big) becomes a clear failure of that attempt instead of a write that fails for ever.
+worker uses `result_problem` so a return value the database cannot or must not hold (NaN,
+NUL, too deep, over `LEDGERFLOW_RESULT_MAX_BYTES`) is recorded as a clear failure of the
+attempt (the job goes dead, not retried: its work is done) instead of being lost silently.
 """
 
 from __future__ import annotations
@@ -101,3 +102,15 @@ def storable_result(value: Any, limits: PayloadLimits | None = None) -> tuple[An
     except PayloadError as exc:
         return None, str(exc)
     return value, None
+
+
+def result_problem(value: Any, max_bytes: int, max_depth: int | None = None) -> str | None:
+    """Why a task's return value cannot be stored (not JSON, too deep, over `max_bytes`
+    encoded), or None when it can."""
+    if value is None:
+        return None
+    try:
+        check_json(value, "result", PayloadLimits(max_depth or _limits.max_depth, max_bytes))
+    except PayloadError as exc:
+        return str(exc)
+    return None

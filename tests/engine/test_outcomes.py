@@ -29,8 +29,8 @@ def _check_bad_jobs(app, bad: dict[str, int], raised: int) -> None:
     jobs = {kind: app.get_job(job_id) for kind, job_id in bad.items()}
     for kind in ("nan", "inf"):
         assert jobs[kind].state in FINAL and "is not a JSON number" in _said(jobs[kind]), kind
-    for kind in ("nul", "surrogate"):  # kept readable (U+FFFD) or refused with the reason
-        assert jobs[kind].state in FINAL and "before" in _said(jobs[kind]), kind
+    for kind, reason in (("nul", "NUL"), ("surrogate", "surrogate")):  # refused with the reason
+        assert jobs[kind].state == JobState.DEAD and reason in _said(jobs[kind]), (kind, _said(jobs[kind]))
     assert jobs["object"].state in FINAL  # not stored (the results policy says how it is shown)
     for job in jobs.values():
         said = _said(job)

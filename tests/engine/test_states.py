@@ -21,7 +21,8 @@ WRITERS = [SRC / "engine" / "leases.py", SRC / "engine" / "store.py", SRC / "cle
 
 def test_user_moves_are_apart_from_internal_ones_and_never_take_a_running_job_back():
     users = {m.name for m in MOVES.values() if m.user}
-    assert users == {"retry", "cancel", "purge"}
+    assert users == {"retry", "cancel", "purge", "delete"}
+    assert JobState.RUNNING not in MOVES["delete"].sources  # bulk delete takes finished jobs only
     assert JobState.RUNNING not in RETRY.sources and JobState.AVAILABLE not in RETRY.sources
     assert set(RETRY.sources) == {JobState.DEAD, JobState.CANCELLED, JobState.RETRYABLE, JobState.SCHEDULED}
     back = {

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from ledgerflow.api import listing
@@ -17,13 +17,15 @@ from ledgerflow.app import App
 from ledgerflow.db.tables import export_batches, job_executions
 from ledgerflow.db.types import MAX_ID
 from ledgerflow.engine.jobs import JobSpec
+from ledgerflow.engine.search import JobFilter, parse_age
+from ledgerflow.engine.search import enqueued_before as enqueued_before_bound
 from ledgerflow.engine.states import JobState
 from ledgerflow.errors import BadInput, NotFound
 from ledgerflow.export.saga import held_back, latest_daily_batch
 from ledgerflow.ledger.dates import check_not_after_today, parse_day, today_in
 from ledgerflow.names import check_name
 from ledgerflow.receipts.store import ReceiptStore
-from ledgerflow.scheduler.schedules import Schedule
+from ledgerflow.scheduler.schedules import PREVIEW_COUNT, Schedule
 
 router = APIRouter()
 RowId = Annotated[int, Path(ge=1, le=MAX_ID)]
@@ -40,6 +42,10 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ jobs
 class EnqueueRequest(BaseModel):
+    """A job to enqueue: what the Python API's `Task.enqueue` takes, task defaults otherwise."""
+
+    model_config = ConfigDict(extra="forbid")
+
     task: str = Field(min_length=1, max_length=200)
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
@@ -50,26 +56,107 @@ class EnqueueRequest(BaseModel):
         None, gt=0, le=366 * 86400, description="Seconds during which unique_key also covers completed jobs."
     )
     delay: float | None = Field(None, ge=0, le=10 * 365 * 86400)
+    scheduled_at: datetime | None = Field(None, description="ISO 8601 with an offset; not with delay")
     max_attempts: int | None = Field(None, ge=1, le=1000)
+    timeout: float | None = Field(None, gt=0, le=7 * 86400, description="seconds per attempt")
+    depends_on: list[Annotated[int, Field(ge=1, le=MAX_ID)]] = Field([], max_length=1000)
+
+
+class JobFilterIn(BaseModel):
+    """Which jobs (every condition given must hold); see `GET /api/jobs` for each field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    states: list[StateName] = Field([], max_length=7)
+    queue: str | None = Field(None, min_length=1, max_length=100)
+    task: str | None = Field(None, min_length=1, max_length=200)
+    search: str | None = Field(None, max_length=200)
+    error_contains: str | None = Field(None, max_length=200)
+    older_than: str | None = Field(None, max_length=20, description="30m, 12h, 7d, 2w")
+    enqueued_after: datetime | None = None
+    enqueued_before: datetime | None = None
+    finished_after: datetime | None = None
+    finished_before: datetime | None = None
+
+    def to_filter(self) -> JobFilter:
+        return _job_filter(**self.model_dump())
+
+
+def _job_filter(
+    *,
+    states: list[str],
+    queue: str | None,
+    task: str | None,
+    search: str | None,
+    error_contains: str | None,
+    older_than: str | None,
+    enqueued_after: datetime | None,
+    enqueued_before: datetime | None,
+    finished_after: datetime | None,
+    finished_before: datetime | None,
+) -> JobFilter:
+    age = parse_age(older_than) if older_than is not None else None
+    return JobFilter(
+        states=tuple(JobState(s) for s in states),
+        queue=queue,
+        task=task,
+        text=search,
+        error=error_contains,
+        enqueued_after=enqueued_after,
+        enqueued_before=enqueued_before_bound(age, enqueued_before),
+        finished_after=finished_after,
+        finished_before=finished_before,
+    )
+
+
+class BulkRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["cancel", "retry", "delete"]
+    filter: JobFilterIn
+    dry_run: bool = False
+    reason: str | None = Field(None, max_length=500, description="kept on cancelled jobs")
 
 
 @router.get("/jobs", tags=["jobs"])
 def list_jobs(
     request: Request,
-    state: StateName | None = None,
+    state: list[StateName] = Query([], description="one or more states"),
     queue: str | None = None,
     task: str | None = None,
+    search: str | None = Query(None, max_length=200, description="text in args or kwargs (3+ chars)"),
+    error_contains: str | None = Query(None, max_length=200, description="text in the errors (3+ chars)"),
+    older_than: str | None = Query(None, max_length=20, description="enqueued longer ago: 30m, 12h, 7d"),
+    enqueued_after: datetime | None = None,
+    enqueued_before: datetime | None = None,
+    finished_after: datetime | None = None,
+    finished_before: datetime | None = None,
     limit: int = Query(50, ge=1, le=1000),
     before_id: int | None = Query(None, ge=1, le=MAX_ID),
     offset: int = Query(0, ge=0, le=1_000_000),
 ) -> dict[str, Any]:
     """Newest first; page with `before_id` (the last id of the previous page) or `offset`.
 
+    Filters, all optional, must all hold: `state` (repeat it for several), `queue`, `task`,
+    `search` (case-insensitive text in the JSON of args or kwargs), `error_contains` (in the
+    errors of failed attempts), `older_than`, and times with a UTC offset: `enqueued_after`,
+    `enqueued_before`, `finished_after`, `finished_before` (after: at or after; before: before).
+
     `args`, `kwargs` and `result` are the first 200 characters of their JSON text and
     `last_error` the last attempt's error: `GET /api/jobs/{id}` has the whole job."""
-    jobs = listing.list_jobs(
-        _app(request).db, state=state, queue=queue, task=task, limit=limit, before_id=before_id, offset=offset
+    filt = _job_filter(
+        states=list(state),
+        queue=queue,
+        task=task,
+        search=search,
+        error_contains=error_contains,
+        older_than=older_than,
+        enqueued_after=enqueued_after,
+        enqueued_before=enqueued_before,
+        finished_after=finished_after,
+        finished_before=finished_before,
     )
+    jobs = listing.list_jobs(_app(request).db, limit=limit, before_id=before_id, offset=offset, filt=filt)
     return {
         "jobs": [j.to_dict() for j in jobs],
         "next_before_id": jobs[-1].id if len(jobs) == limit else None,
@@ -89,13 +176,27 @@ def enqueue(request: Request, body: EnqueueRequest) -> dict[str, Any]:
             queue=body.queue or o.queue,
             priority=o.priority if body.priority is None else body.priority,
             max_attempts=body.max_attempts or o.max_attempts,
-            timeout=o.timeout,
             unique_key=body.unique_key,
             unique_for=body.unique_for,
             delay=body.delay,
+            scheduled_at=body.scheduled_at,
+            timeout=o.timeout if body.timeout is None else body.timeout,
+            depends_on=tuple(body.depends_on),
         )
     )
     return job.to_dict()
+
+
+@router.post("/jobs/bulk", tags=["jobs"])
+def bulk_action(request: Request, body: BulkRequest) -> dict[str, Any]:
+    """Cancel, retry or delete every job the filter matches, through the state machine:
+    cancel takes unfinished jobs, retry dead, cancelled, retryable and scheduled
+    ones (never running), delete only finished ones. `dry_run` only counts. Returns
+    `matched` (jobs the filter matches) and `count` (moved, or that would be)."""
+    store = _app(request).store
+    return store.bulk(
+        body.action, body.filter.to_filter(), dry_run=body.dry_run, reason=body.reason
+    ).to_dict()
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"])
@@ -112,6 +213,13 @@ def show_job(request: Request, job_id: RowId) -> Response:
         if not summary or summary[0].id != job_id:
             raise NotFound(f"unknown job id {job_id}") from None
         return SafeJSONResponse({**summary[0].to_dict(), "unreadable": True, "executions": executions})
+
+
+@router.delete("/jobs/{job_id}", tags=["jobs"])
+def delete_job(request: Request, job_id: RowId) -> dict[str, Any]:
+    """Delete a completed, dead or cancelled job (a live one is refused: cancel it first)."""
+    _app(request).store.delete(job_id)
+    return {"deleted": job_id}
 
 
 @router.post("/jobs/{job_id}/retry", tags=["jobs"])
@@ -301,8 +409,63 @@ def list_schedules(request: Request) -> dict[str, Any]:
     return {"schedules": [s.to_dict() for s in _app(request).schedules.list()]}
 
 
+class ScheduleEdit(BaseModel):
+    """The fields to change; those left out keep their value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cron: str | None = Field(None, min_length=1, max_length=100)
+    task: str | None = Field(None, min_length=1, max_length=200)
+    args: list[Any] | None = None
+    kwargs: dict[str, Any] | None = None
+    timezone: str | None = Field(None, min_length=1, max_length=64)
+    queue: str | None = Field(None, min_length=1, max_length=100)
+    priority: int | None = Field(None, ge=0, le=9)
+    misfire_policy: Literal["skip", "all"] | None = None
+    misfire_max: int | None = Field(None, ge=1, le=10_000)
+    allow_overlap: bool | None = None
+    holiday_calendar: str | None = Field(None, max_length=8, description="'' removes it")
+    extra_holidays: list[date] | None = Field(None, max_length=1000)
+    business_day: Literal["next", "previous", "skip", ""] | None = Field(None, description="'' removes it")
+    enabled: bool | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """The given fields, under the names of `Schedule` ('' clears an optional one)."""
+        given = self.model_dump(exclude_unset=True)
+        renamed = {"cron": "cron_expression", "task": "job_type"}
+        out: dict[str, Any] = {}
+        for key, value in given.items():
+            if value is None:
+                raise BadInput(f"{key} cannot be null (leave it out to keep it)")
+            if key in ("holiday_calendar", "business_day"):
+                value = value.upper() if key == "holiday_calendar" and value else (value or None)
+            if key == "extra_holidays":
+                value = tuple(value)
+            out[renamed.get(key, key)] = value
+        return out
+
+
+class SchedulePreview(BaseModel):
+    """An unsaved timing, checked like a schedule's: its next fire times."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cron: str = Field(min_length=1, max_length=100)
+    timezone: str | None = Field(None, max_length=64)
+    holiday_calendar: str | None = Field(None, max_length=8)
+    extra_holidays: list[date] = Field([], max_length=1000)
+    business_day: Literal["next", "previous", "skip"] | None = None
+    n: int = Field(PREVIEW_COUNT, ge=1, le=100)
+
+
+def _with_preview(schedule: Schedule) -> dict[str, Any]:
+    """The schedule as JSON, with `next_fires`: its next 5 run times in its zone."""
+    return {**schedule.to_dict(), "next_fires": schedule.preview() if schedule.enabled else []}
+
+
 @router.post("/schedules", tags=["schedules"], status_code=201)
 def create_schedule(request: Request, body: ScheduleCreate) -> dict[str, Any]:
+    """Add a schedule (a duplicate name is refused); `next_fires` previews its next 5 runs."""
     app = _app(request)
     task = app.registry.get(body.task)
     schedule = Schedule(
@@ -323,12 +486,42 @@ def create_schedule(request: Request, body: ScheduleCreate) -> dict[str, Any]:
         business_day=body.business_day,
         disabled_reason=None if body.enabled else "disabled by user",
     )
-    return app.schedules.add(schedule).to_dict()
+    return _with_preview(app.schedules.add(schedule))
+
+
+@router.post("/schedules/preview", tags=["schedules"])
+def preview_schedule(request: Request, body: SchedulePreview) -> dict[str, Any]:
+    """The next `n` run times of a timing not stored yet (a bad cron or zone: one 4xx error)."""
+    app = _app(request)
+    probe = Schedule(
+        name="preview",
+        cron_expression=body.cron,
+        job_type="preview",
+        timezone=body.timezone or app.settings.timezone,
+        holiday_calendar=body.holiday_calendar.upper() if body.holiday_calendar else None,
+        extra_holidays=tuple(body.extra_holidays),
+        business_day=body.business_day,
+    )
+    return {"description": probe.describe(), "next_fires": probe.preview(body.n)}
 
 
 @router.get("/schedules/{name}", tags=["schedules"])
 def show_schedule(request: Request, name: str) -> dict[str, Any]:
-    return _app(request).schedules.get(name).to_dict()
+    return _with_preview(_app(request).schedules.get(name))
+
+
+@router.patch("/schedules/{name}", tags=["schedules"])
+def edit_schedule(request: Request, name: str, body: ScheduleEdit) -> dict[str, Any]:
+    """Change the given fields; a new timing applies from now (fires it would have made
+    before the edit are not owed). `next_fires` previews the next 5 runs."""
+    return _with_preview(_app(request).schedules.edit(name, **body.changes()))
+
+
+@router.delete("/schedules/{name}", tags=["schedules"])
+def remove_schedule(request: Request, name: str) -> dict[str, Any]:
+    """Delete a schedule and its fire records (jobs it enqueued stay)."""
+    _app(request).schedules.remove(name)
+    return {"removed": name}
 
 
 @router.post("/schedules/{name}/enable", tags=["schedules"])

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 import typer
 
 from ledgerflow.cli.context import console, fmt_time, print_json, print_table, state
 from ledgerflow.db.types import MAX_ID
 from ledgerflow.engine.jobs import Job, JobSpec
+from ledgerflow.engine.search import Action, JobFilter, parse_age
+from ledgerflow.engine.search import enqueued_before as enqueued_before_bound
 from ledgerflow.engine.states import JobState
 from ledgerflow.errors import BadInput, NotFound
 from ledgerflow.names import check_name
@@ -62,6 +66,19 @@ def _parse_json(value: str, option: str, kind: type) -> Any:
     return parsed
 
 
+def _ids(value: str | None, option: str) -> tuple[int, ...]:
+    """`12,13` as job ids."""
+    if not value:
+        return ()
+    ids = []
+    for part in value.split(","):
+        part = part.strip()
+        if not part.isdigit() or not 1 <= int(part) <= MAX_ID:
+            raise BadInput(f"{option}: {part!r} is not a job id")
+        ids.append(int(part))
+    return tuple(ids)
+
+
 def _job_rows(jobs: list[Job]) -> list[list[Any]]:
     return [
         [
@@ -98,10 +115,18 @@ def enqueue(
         typer.Option("--unique-for", help="Seconds during which --unique-key also covers completed jobs."),
     ] = None,
     delay: Annotated[float | None, typer.Option("--delay", help="Seconds before it may run.")] = None,
+    scheduled_at: Annotated[
+        str | None,
+        typer.Option("--scheduled-at", help="Not before this ISO 8601 time (no offset: the app's zone)."),
+    ] = None,
     max_attempts: Annotated[int | None, typer.Option("--max-attempts")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds per attempt.")] = None,
+    depends_on: Annotated[
+        str | None, typer.Option("--depends-on", help="Job ids that must complete first: 12,13.")
+    ] = None,
     as_json: Json = False,
 ) -> None:
-    """Enqueue one job of TASK."""
+    """Enqueue one job of TASK (options not given: the task's defaults)."""
     app = state.app()
     t = app.registry.get(task)
     parsed_args = _parse_json(args, "--args", list)
@@ -113,11 +138,13 @@ def enqueue(
         kwargs=parsed_kwargs,
         queue=o.queue if queue is None else queue,
         priority=o.priority if priority is None else priority,
-        max_attempts=max_attempts or o.max_attempts,
-        timeout=o.timeout,
+        max_attempts=o.max_attempts if max_attempts is None else max_attempts,
+        timeout=o.timeout if timeout is None else timeout,
         unique_key=unique_key,
         unique_for=unique_for,
         delay=delay,
+        scheduled_at=_instant(scheduled_at, "--scheduled-at"),
+        depends_on=_ids(depends_on, "--depends-on"),
     )
     job = app.enqueue(spec)
     if as_json:
@@ -126,22 +153,100 @@ def enqueue(
         console.print(f"enqueued job {job.id} ({job.task}, queue {job.queue}, state {job.state})")
 
 
+StateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--state", help="scheduled|available|running|retryable|completed|dead|cancelled (comma-separated)"
+    ),
+]
+QueueOpt = Annotated[str | None, typer.Option("--queue")]
+TaskOpt = Annotated[str | None, typer.Option("--task")]
+SearchOpt = Annotated[
+    str | None, typer.Option("--search", help="Text in the args or kwargs (3+ characters, any case).")
+]
+ErrorOpt = Annotated[
+    str | None, typer.Option("--error-contains", help="Text in the errors of failed attempts (3+ chars).")
+]
+OlderOpt = Annotated[
+    str | None, typer.Option("--older-than", help="Enqueued longer ago than this: 30m, 12h, 7d, 2w.")
+]
+TimeOpt = Annotated[str | None, typer.Option(help="ISO 8601 (without an offset: LEDGERFLOW_TIMEZONE).")]
+
+
+def _instant(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadInput(f"{option} {value!r} is not an ISO 8601 date or date-time") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=ZoneInfo(state.app().settings.timezone))
+    return parsed
+
+
+def job_filter(
+    states: str | None,
+    queue: str | None,
+    task: str | None,
+    search: str | None,
+    error: str | None,
+    older_than: str | None,
+    enqueued_after: str | None,
+    enqueued_before: str | None,
+    finished_after: str | None,
+    finished_before: str | None,
+) -> JobFilter:
+    """A JobFilter from the CLI's filter options (each checked, one clear error)."""
+    age = parse_age(older_than, "--older-than") if older_than is not None else None
+    before = _instant(enqueued_before, "--enqueued-before")
+    if age is not None and before is not None:
+        raise BadInput("give --older-than or --enqueued-before, not both")
+    return JobFilter(
+        states=tuple(s.strip() for s in states.split(",") if s.strip()) if states else (),  # type: ignore[misc]
+        queue=queue,
+        task=task,
+        text=search,
+        error=error,
+        enqueued_after=_instant(enqueued_after, "--enqueued-after"),
+        enqueued_before=enqueued_before_bound(age, before),
+        finished_after=_instant(finished_after, "--finished-after"),
+        finished_before=_instant(finished_before, "--finished-before"),
+    )
+
+
 @jobs_cli.command("list")
 def list_jobs(
-    state_: Annotated[
-        str | None,
-        typer.Option("--state", help="scheduled|available|running|retryable|completed|dead|cancelled"),
-    ] = None,
-    queue: Annotated[str | None, typer.Option("--queue")] = None,
-    task: Annotated[str | None, typer.Option("--task")] = None,
-    limit: Annotated[int, typer.Option("--limit")] = 50,
+    state_: StateOpt = None,
+    queue: QueueOpt = None,
+    task: TaskOpt = None,
+    search: SearchOpt = None,
+    error_contains: ErrorOpt = None,
+    older_than: OlderOpt = None,
+    enqueued_after: TimeOpt = None,
+    enqueued_before: TimeOpt = None,
+    finished_after: TimeOpt = None,
+    finished_before: TimeOpt = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 50,
     before_id: Annotated[
         int | None, typer.Option("--before-id", min=1, max=MAX_ID, help="Page: jobs with a smaller id.")
     ] = None,
     as_json: Json = False,
 ) -> None:
-    """List jobs, newest first."""
-    jobs = state.app().store.list(state=state_, queue=queue, task=task, limit=limit, before_id=before_id)
+    """List jobs, newest first; the filters (all optional) must all hold."""
+    filt = job_filter(
+        state_,
+        queue,
+        task,
+        search,
+        error_contains,
+        older_than,
+        enqueued_after,
+        enqueued_before,
+        finished_after,
+        finished_before,
+    )
+    jobs = state.app().store.find(filt, limit=limit, before_id=before_id)
     if as_json:
         print_json([j.to_dict() for j in jobs])
     else:
@@ -182,22 +287,100 @@ def show(job_id: JobId, as_json: Json = False) -> None:
     )
 
 
-@jobs_cli.command("retry")
-def retry(job_id: JobId, as_json: Json = False) -> None:
-    """Run a dead, cancelled, retryable or scheduled job again now."""
-    job = state.app().store.retry(job_id)
-    print_json(job) if as_json else console.print(f"job {job.id} is {job.state}")
-
-
-@jobs_cli.command("cancel")
-def cancel(
-    job_id: JobId,
-    reason: Annotated[str, typer.Option("--reason")] = "cancelled by user",
-    as_json: Json = False,
+def _bulk(
+    action: Action,
+    job_filter_: JobFilter,
+    *,
+    yes: bool,
+    dry_run: bool,
+    as_json: bool,
+    reason: str | None = None,
 ) -> None:
-    """Cancel a job that has not finished (its dependents are cancelled too)."""
-    job = state.app().store.cancel(job_id, reason)
+    """Count what `action` would touch, ask (unless --yes), then do it and say how many moved."""
+    store = state.app().store
+    preview = store.bulk(action, job_filter_, dry_run=True)
+    past = {"cancel": "cancelled", "retry": "retried", "delete": "deleted"}[action]
+    if dry_run:
+        if as_json:
+            print_json(preview.to_dict())
+        else:
+            console.print(f"{preview.matched} job(s) match; {preview.count} would be {past}")
+        return
+    if not yes:
+        console.print(f"{preview.matched} job(s) match; {preview.count} can be {past}")
+        if not preview.count or not typer.confirm(f"{action.capitalize()} {preview.count} job(s)?"):
+            raise typer.Exit(0 if not preview.count else 1)
+    done = store.bulk(action, job_filter_, reason=reason)
+    print_json(done.to_dict()) if as_json else console.print(f"{past} {done.count} job(s)")
+
+
+def _bulk_command(action: Action, summary: str) -> Any:
+    """A `jobs <action>` command: one job by id, or every job the filter options match."""
+
+    def command(
+        job_id: Annotated[
+            int | None, typer.Argument(min=1, max=MAX_ID, help="One job; omit it to use the filters.")
+        ] = None,
+        state_: StateOpt = None,
+        queue: QueueOpt = None,
+        task: TaskOpt = None,
+        search: SearchOpt = None,
+        error_contains: ErrorOpt = None,
+        older_than: OlderOpt = None,
+        enqueued_after: TimeOpt = None,
+        enqueued_before: TimeOpt = None,
+        finished_after: TimeOpt = None,
+        finished_before: TimeOpt = None,
+        reason: Annotated[str | None, typer.Option("--reason", help="Kept on cancelled jobs.")] = None,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count the jobs.")] = False,
+        yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+        as_json: Json = False,
+    ) -> None:
+        filt = job_filter(
+            state_,
+            queue,
+            task,
+            search,
+            error_contains,
+            older_than,
+            enqueued_after,
+            enqueued_before,
+            finished_after,
+            finished_before,
+        )
+        if job_id is None:
+            _bulk(action, filt, yes=yes, dry_run=dry_run, as_json=as_json, reason=reason)
+            return
+        if not filt.is_empty() or dry_run:
+            raise BadInput("give a job id or filter options, not both")
+        _one(action, job_id, reason, as_json)
+
+    command.__doc__ = summary
+    return jobs_cli.command(action)(command)
+
+
+def _one(action: Action, job_id: int, reason: str | None, as_json: bool) -> None:
+    store = state.app().store
+    if action == "delete":
+        store.delete(job_id)
+        print_json({"deleted": job_id}) if as_json else console.print(f"job {job_id} deleted")
+        return
+    job = store.retry(job_id) if action == "retry" else store.cancel(job_id, reason or "cancelled by user")
     print_json(job) if as_json else console.print(f"job {job.id} is {job.state}")
+
+
+_bulk_command(
+    "retry",
+    "Run a dead, cancelled, retryable or scheduled job again now; or every such job the filters match.",
+)
+_bulk_command(
+    "cancel",
+    "Cancel a job that has not finished (its dependents too); or every such job the filters match.",
+)
+_bulk_command(
+    "delete",
+    "Delete a finished (completed, dead or cancelled) job; or every finished job the filters match.",
+)
 
 
 @dlq_cli.command("list")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -14,7 +14,7 @@ from ledgerflow.scheduler.schedules import Schedule
 
 Json = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
 schedules_cli = typer.Typer(
-    help="Cron schedules: list, add, enable, disable, remove, run, next, fires.", no_args_is_help=True
+    help="Cron schedules: list, add, edit, enable, disable, remove, run, next, fires.", no_args_is_help=True
 )
 
 
@@ -94,12 +94,7 @@ def add(
     """Add a schedule (a duplicate name is refused)."""
     app = state.app()
     t = app.registry.get(task)
-    try:
-        extra = (
-            tuple(date.fromisoformat(d.strip()) for d in extra_holidays.split(",")) if extra_holidays else ()
-        )
-    except ValueError as exc:
-        raise BadInput(f"--extra-holidays: {exc}") from None
+    extra = _extra_holidays(extra_holidays) if extra_holidays else ()
     schedule = Schedule(
         name=name,
         cron_expression=cron,
@@ -118,14 +113,87 @@ def add(
         business_day=business_day,
         disabled_reason="disabled by user" if disabled else None,
     )
-    stored = app.schedules.add(schedule)
+    _show_stored(app.schedules.add(schedule), "added", as_json)
+
+
+def _show_stored(stored: Schedule, done: str, as_json: bool) -> None:
+    """The schedule just stored, with its next 5 run times (`next_fires` in JSON)."""
+    fires = stored.preview() if stored.enabled else []
     if as_json:
-        print_json(stored.to_dict())
+        print_json({**stored.to_dict(), "next_fires": fires})
+        return
+    console.print(f"{done} schedule {stored.name}: {stored.describe()}", highlight=False)
+    if not stored.enabled:
+        console.print(f"disabled ({stored.disabled_reason or 'by user'}): it does not fire", highlight=False)
     else:
-        console.print(
-            f"added schedule {stored.name}: {stored.describe()}; next fire "
-            f"{fmt_time(stored.next_fire_time.astimezone(stored.tz)) if stored.next_fire_time else '-'}"
-        )
+        console.print(f"next {len(fires)} fires:", highlight=False)
+        typer.echo("\n".join(f"  {t}" for t in fires))
+
+
+def _extra_holidays(value: str) -> tuple[date, ...]:
+    try:
+        return tuple(date.fromisoformat(d.strip()) for d in value.split(",") if d.strip())
+    except ValueError as exc:
+        raise BadInput(f"--extra-holidays: {exc}") from None
+
+
+@schedules_cli.command("edit")
+def edit(
+    name: str,
+    cron: Annotated[str | None, typer.Option("--cron", help="5-field cron.")] = None,
+    task: Annotated[str | None, typer.Option("--task", help="Registered task name.")] = None,
+    args: Annotated[str | None, typer.Option("--args", help="JSON array (or @FILE holding it).")] = None,
+    kwargs: Annotated[str | None, typer.Option("--kwargs", help="JSON object (or @FILE holding it).")] = None,
+    timezone: Annotated[str | None, typer.Option("--timezone", help="IANA zone.")] = None,
+    queue: Annotated[str | None, typer.Option("--queue")] = None,
+    priority: Annotated[int | None, typer.Option("--priority")] = None,
+    misfire: Annotated[str | None, typer.Option("--misfire", help="skip or all.")] = None,
+    misfire_max: Annotated[int | None, typer.Option("--misfire-max")] = None,
+    allow_overlap: Annotated[
+        bool | None, typer.Option("--allow-overlap/--no-overlap", help="Fire while the last run runs.")
+    ] = None,
+    holidays: Annotated[
+        str | None, typer.Option("--holidays", help="Holiday calendar, e.g. TH; '' removes it.")
+    ] = None,
+    extra_holidays: Annotated[
+        str | None, typer.Option("--extra-holidays", help="YYYY-MM-DD,...; '' removes them.")
+    ] = None,
+    business_day: Annotated[
+        str | None, typer.Option("--business-day", help="next, previous or skip; '' removes it.")
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Change some fields of a schedule (the others are kept); a new timing applies from now.
+    Prints the next 5 fire times."""
+    app = state.app()
+    changes: dict[str, Any] = {}
+    if cron is not None:
+        changes["cron_expression"] = cron
+    if task is not None:
+        changes["job_type"] = app.registry.get(task).name
+    if args is not None:
+        changes["args"] = _parse_json(args, "--args", list)
+    if kwargs is not None:
+        changes["kwargs"] = _parse_json(kwargs, "--kwargs", dict)
+    for key, value in (
+        ("timezone", timezone),
+        ("queue", queue),
+        ("priority", priority),
+        ("misfire_policy", misfire),
+        ("misfire_max", misfire_max),
+        ("allow_overlap", allow_overlap),
+    ):
+        if value is not None:
+            changes[key] = value
+    if holidays is not None:
+        changes["holiday_calendar"] = holidays.upper() or None
+    if extra_holidays is not None:
+        changes["extra_holidays"] = _extra_holidays(extra_holidays)
+    if business_day is not None:
+        changes["business_day"] = business_day or None
+    if not changes:
+        raise BadInput("nothing to change: give at least one option (see --help)")
+    _show_stored(app.schedules.edit(name, **changes), "edited", as_json)
 
 
 @schedules_cli.command("enable")

@@ -59,6 +59,8 @@ def validate_spec(spec: JobSpec) -> None:
         raise BadInput(f"timeout must be > 0 seconds, got {spec.timeout}")
     if spec.delay is not None and spec.delay < 0:
         raise BadInput(f"delay must be >= 0 seconds, got {spec.delay}")
+    if spec.delay is not None and spec.scheduled_at is not None:
+        raise BadInput("give delay or scheduled_at, not both")
     if spec.scheduled_at is not None and spec.scheduled_at.tzinfo is None:
         raise BadInput(f"scheduled_at must be timezone-aware, got {spec.scheduled_at!r}")
     if spec.unique_key is not None and not 0 < len(spec.unique_key) <= 255:

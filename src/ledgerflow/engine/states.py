@@ -67,6 +67,7 @@ PRUNE = _move("prune", (S.COMPLETED, S.CANCELLED), None)  # history past its ret
 RETRY = _move("retry", (S.DEAD, S.CANCELLED, S.RETRYABLE, S.SCHEDULED), S.AVAILABLE, user=True)
 CANCEL = _move("cancel", LIVE, S.CANCELLED, user=True)  # a running job's worker is fenced off
 PURGE = _move("purge", (S.DEAD,), None, user=True)  # delete from the dead-letter queue
+DELETE = _move("delete", FINAL, None, user=True)  # delete a finished job (bulk delete by filter)
 
 MOVES: dict[str, Move] = {
     m.name: m
@@ -86,6 +87,7 @@ MOVES: dict[str, Move] = {
         RETRY,
         CANCEL,
         PURGE,
+        DELETE,
     )
 }
 

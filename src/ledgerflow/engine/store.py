@@ -28,10 +28,12 @@ from ledgerflow.db.tables import (
     pauses,
 )
 from ledgerflow.engine.jobs import Job, JobSpec
+from ledgerflow.engine.search import LIST_WINDOW, Action, BulkActions, BulkResult, JobFilter, matching
 from ledgerflow.engine.states import (
     CANCEL,
     CANCEL_DEPENDENT,
     CLAIMABLE,
+    DELETE,
     LIVE,
     PURGE,
     RETRY,
@@ -435,22 +437,57 @@ class JobStore:
     def cancel(self, job_id: int, reason: str = "cancelled by user") -> Job:
         """Cancel a job that has not finished; a running job's worker is fenced off."""
         with self.db.begin() as conn:
-            result = conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, allowed(CANCEL))
-                .values(
-                    state=CANCEL.target,
-                    finished_at=self.db.now(),
-                    state_reason=reason,
-                    lease_token=None,
-                    lease_expires_at=None,
-                )
-            )
-            if result.rowcount == 0:
+            if not self.cancel_ids(conn, [job_id], reason):
                 state = self.get(job_id, conn).state
                 raise NotAllowed(f"job {job_id} is {state} and cannot be cancelled")
-            cancel_dependents(self.db, conn, [job_id])
             return self.get(job_id, conn)
+
+    def cancel_ids(self, conn: Connection, ids: Sequence[int], reason: str) -> int:
+        """Cancel those of `ids` that may be cancelled, and their dependents; returns how many
+        of `ids` were cancelled (a running job's lease is dropped: its worker is fenced off)."""
+        result = conn.execute(
+            update(jobs)
+            .where(jobs.c.id.in_(list(ids)), allowed(CANCEL))
+            .values(
+                state=CANCEL.target,
+                finished_at=self.db.now(),
+                state_reason=reason,
+                lease_token=None,
+                lease_expires_at=None,
+            )
+            .returning(jobs.c.id)
+        )
+        cancelled = [int(i) for i in result.scalars()]
+        if cancelled:
+            cancel_dependents(self.db, conn, cancelled)
+        return len(cancelled)
+
+    def delete(self, job_id: int) -> None:
+        """Delete a finished (completed, dead or cancelled) job with its execution history."""
+        with self.db.begin() as conn:
+            if not conn.execute(delete(jobs).where(jobs.c.id == job_id, allowed(DELETE))).rowcount:
+                state = self.get(job_id, conn).state
+                raise NotAllowed(f"job {job_id} is {state}; only {describe(DELETE.sources)} jobs are deleted")
+
+    # ------------------------------------------------------ search and bulk
+    def find(
+        self, filt: JobFilter | None = None, *, limit: int = 50, before_id: int | None = None
+    ) -> list[Job]:
+        """Jobs matching `filt`, newest first; page with `before_id`. On SQLite a text is
+        looked for among the newest 10,000 jobs holding it (below `before_id`)."""
+        window = matching(filt, self.db.is_sqlite, newest=LIST_WINDOW, below=before_id)
+        query = select(jobs).where(window).order_by(jobs.c.id.desc()).limit(max(1, min(limit, 1000)))
+        if before_id:
+            query = query.where(jobs.c.id < before_id)
+        with self.db.read() as conn:
+            return [Job.from_row(r) for r in conn.execute(query)]
+
+    def bulk(
+        self, action: Action, filt: JobFilter, *, dry_run: bool = False, reason: str | None = None
+    ) -> BulkResult:
+        """Cancel, retry or delete every job `filt` matches (see `ledgerflow.engine.search`);
+        with `dry_run`, only count them."""
+        return BulkActions(self).run(action, filt, dry_run=dry_run, reason=reason)
 
     def purge_dead(self, older_than: timedelta | None = None, task: str | None = None) -> int:
         """Delete dead jobs (the dead-letter queue), optionally only older ones or of one task."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import secrets
 import signal
@@ -52,7 +51,7 @@ from ledgerflow.engine.states import JobState
 from ledgerflow.engine.tasks import Task
 from ledgerflow.errors import JobTimeout, Snooze
 from ledgerflow.logs import get_logger
-from ledgerflow.payload import storable_result
+from ledgerflow.payload import result_problem, storable_result
 
 if TYPE_CHECKING:
     from ledgerflow.app import App
@@ -113,16 +112,6 @@ def parse_queues(spec: str | Sequence[str] | None) -> dict[str, int | None]:
             raise BadInput(f"bad queue limit in {part!r} (expected NAME or NAME=N with N >= 1)")
         out[name.strip()] = int(limit) if limit else None
     return out or {"default": None}
-
-
-def storable(result: Any) -> Any:
-    """The task's return value if it is small JSON, else None."""
-    if result is None:
-        return None
-    try:
-        return result if len(json.dumps(result)) <= 65536 else None
-    except (TypeError, ValueError):
-        return None
 
 
 class Worker:
@@ -653,7 +642,12 @@ class Worker:
             elapsed = self._elapsed(running)
             avg = self._avg_duration
             self._avg_duration = elapsed if avg is None else 0.8 * avg + 0.2 * elapsed
-            outcome = Outcome(running.claim, "completed", elapsed, result=storable(result))
+            why = result_problem(result, self.app.settings.result_max_bytes)
+            outcome = (
+                Outcome(running.claim, "completed", elapsed, result=result)
+                if why is None
+                else self._result_not_stored(running.claim, elapsed, why)
+            )
         except asyncio.CancelledError:
             if running.released and self._thread_still_runs(running):
                 # handed back only once this process (and so the thread) is gone: the lease
@@ -770,6 +764,15 @@ class Worker:
                 **fields,
             )
             self.app.alerts.job_dead(job, o.error or {})
+
+    def _result_not_stored(self, claim: Claim, elapsed: float, why: str) -> Outcome:
+        """A return value that cannot be stored is a clear failure of the attempt; the job goes
+        dead at once (its work is done: running it again would repeat its side effects)."""
+        job = claim.job
+        self.log.warning("result_not_stored", job_id=job.id, task=job.task, reason=why)
+        record = error_record(job.attempt, None, "result_not_stored")
+        record["message"] = f"the task's return value was not stored: {why}"
+        return Outcome(claim, "failed", elapsed, error=record, retry_in=None)
 
     @staticmethod
     def _elapsed(running: _Running) -> float:

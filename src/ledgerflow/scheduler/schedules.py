@@ -21,6 +21,7 @@ from ledgerflow.scheduler.calendar import RULES, BusinessCalendar, check_country
 from ledgerflow.scheduler.cron import Cron, parse_cron
 
 MISFIRE_POLICIES = ("skip", "all")
+PREVIEW_COUNT = 5  # fire times shown when a schedule is added, edited or previewed
 DEFAULT_MISFIRE_MAX = 24
 #: Most occurrences examined in one pass (a long outage of a per-minute schedule).
 MAX_SCAN = 20_000
@@ -124,6 +125,11 @@ class Schedule:
             if scanned >= MAX_SCAN:
                 break
         return [times[k] for k in sorted(times)][:count]
+
+    def preview(self, count: int = PREVIEW_COUNT, after: datetime | None = None) -> list[str]:
+        """The next `count` run times after `after` (default now), ISO 8601 in the schedule's zone."""
+        start = after or datetime.now(UTC)
+        return [t.astimezone(self.tz).isoformat(timespec="seconds") for t in self.next_times(start, count)]
 
     def to_row(self) -> dict[str, Any]:
         return {

@@ -20,6 +20,31 @@ if TYPE_CHECKING:
     from ledgerflow.app import App
 
 
+#: Fields `ScheduleStore.edit` changes (name and id identify the schedule; the rest is kept
+#: by the store).
+EDITABLE = frozenset(
+    {
+        "cron_expression",
+        "timezone",
+        "job_type",
+        "args",
+        "kwargs",
+        "queue",
+        "priority",
+        "enabled",
+        "misfire_policy",
+        "misfire_max",
+        "allow_overlap",
+        "holiday_calendar",
+        "extra_holidays",
+        "business_day",
+        "disabled_reason",
+    }
+)
+#: Fields whose change moves the fire times (the cursor restarts from the edit).
+TIMING = ("cron_expression", "timezone", "holiday_calendar", "extra_holidays", "business_day")
+
+
 class ScheduleExists(BadInput):
     """A schedule of that name is already stored."""
 
@@ -100,6 +125,44 @@ class ScheduleStore:
             values["next_fire_time"] = _first(replace(schedule, enabled=True), now)
         with self.db.begin() as conn:
             conn.execute(update(job_schedules).where(job_schedules.c.name == name).values(values))
+        return self.get(name)
+
+    def edit(self, name: str, **changes: Any) -> Schedule:
+        """Change some fields of a stored schedule (checked like a new one).
+
+        A change of timing (cron, zone, business-day rule, holidays) applies from now: the
+        cursor moves to now, so fires the new timing would have made before the edit are not
+        owed. Standard schedules are refused (their definition comes from the settings), and
+        a schedule declared in code is stored again from the code when the app starts.
+        """
+        unknown = sorted(set(changes) - EDITABLE)
+        if unknown:
+            raise BadInput(
+                f"cannot edit {', '.join(unknown)} of a schedule (editable: {', '.join(sorted(EDITABLE))})"
+            )
+        current = self.get(name)
+        if current.standard:
+            raise BadInput(f"schedule {name!r} is a standard schedule: change its settings instead")
+        if "job_type" in changes and changes["job_type"] not in self.app.registry:
+            raise BadInput(f"task {changes['job_type']!r} is not registered in this app")
+        if changes.get("enabled") is True and current.job_type not in self.app.registry:
+            raise BadInput(f"cannot enable {name!r}: task {current.job_type!r} is not registered in this app")
+        if "enabled" in changes and changes["enabled"] != current.enabled:
+            changes.setdefault("disabled_reason", None if changes["enabled"] else "disabled by user")
+        updated = replace(current, **changes)
+        values = updated.to_row()
+        if values == current.to_row():
+            return current
+        now = datetime.now(UTC)
+        values["updated_at"] = now
+        if any(current.to_row()[k] != values[k] for k in TIMING) or (updated.enabled and not current.enabled):
+            values["last_fire_time"] = now
+        values["next_fire_time"] = _first(updated, now)
+        with self.db.begin() as conn:
+            if not conn.execute(
+                update(job_schedules).where(job_schedules.c.id == current.id).values(values)
+            ).rowcount:
+                raise NotFound(f"unknown schedule {name!r}")
         return self.get(name)
 
     def remove(self, name: str) -> None:

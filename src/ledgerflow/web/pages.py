@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import secrets
 import stat
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
@@ -26,10 +28,13 @@ from ledgerflow.app import App
 from ledgerflow.db.tables import circuit_breakers, export_batches, job_executions, job_schedules, workers
 from ledgerflow.db.types import MAX_ID
 from ledgerflow.engine.limits import running_by_limit
+from ledgerflow.engine.search import ACTION_SOURCES, LIST_WINDOW, JobFilter, count_matching, parse_age
+from ledgerflow.engine.search import enqueued_before as enqueued_before_bound
 from ledgerflow.engine.states import CANCEL, RETRY, JobState
 from ledgerflow.errors import BadInput, LedgerflowError, NotFound
 from ledgerflow.export.destinations import LocalFolder, open_destination
 from ledgerflow.export.saga import held_back, latest_daily_batch
+from ledgerflow.scheduler.schedules import Schedule
 from ledgerflow.web import SESSION_COOKIE, STATIC, TEMPLATES
 from ledgerflow.web.sessions import SESSION_SECONDS, LoginThrottle, Sessions
 
@@ -190,42 +195,105 @@ def register(api: FastAPI, app: App, token: str, throttle: LoginThrottle) -> Non
         )
 
     # ------------------------------------------------------------------ jobs
+    def job_filter(filters: dict[str, str]) -> JobFilter:
+        """The jobs page's filter fields as a JobFilter (times without an offset: the app's zone)."""
+
+        def instant(key: str) -> datetime | None:
+            value = filters.get(key)
+            if not value:
+                return None
+            try:
+                parsed = datetime.fromisoformat(value)
+            except ValueError:
+                raise BadInput(f"{key.replace('_', ' ')} {value!r} is not a date and time") from None
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=zone)
+
+        age = parse_age(filters["older_than"], "older than") if filters.get("older_than") else None
+        return JobFilter(
+            states=(filters["state"],) if filters.get("state") else (),  # type: ignore[arg-type]
+            queue=filters.get("queue"),
+            task=filters.get("task"),
+            text=filters.get("search"),
+            error=filters.get("error"),
+            enqueued_after=instant("enqueued_after"),
+            enqueued_before=enqueued_before_bound(age, instant("enqueued_before")),
+        )
+
     @api.get("/jobs", include_in_schema=False)
     def jobs_page(
         request: Request,
         state: str | None = None,
         queue: str | None = None,
         task: str | None = None,
+        search: str | None = None,
+        error: str | None = None,
+        older_than: str | None = None,
+        enqueued_after: str | None = None,
+        enqueued_before: str | None = None,
         id: str | None = None,
         before_id: int | None = Query(None, ge=1, le=MAX_ID),
+        bulk: Literal["cancel", "retry", "delete"] | None = None,
         flash: str | None = None,
     ) -> Response:
         if id and id.strip().isdigit():
             return RedirectResponse(f"/jobs/{int(id)}", status_code=303)
+        given = {
+            "state": state,
+            "queue": queue,
+            "task": task,
+            "search": search,
+            "error": error,
+            "older_than": older_than,
+            "enqueued_after": enqueued_after,
+            "enqueued_before": enqueued_before,
+        }
+        filters = {k: v.strip() for k, v in given.items() if v and v.strip()}
+        matched, confirm = None, None
         try:
-            jobs = list_jobs(
-                app.db,
-                state=state or None,
-                queue=queue or None,
-                task=task or None,
-                limit=50,
-                before_id=before_id,
-            )
+            filt = job_filter(filters)
+            jobs = list_jobs(app.db, limit=50, before_id=before_id, filt=filt)
+            if filters:
+                matched = count_matching(app.db, filt)
+            if bulk and filters:
+                confirm = app.store.bulk(bulk, filt, dry_run=True)
         except LedgerflowError as exc:
             jobs, flash = [], str(exc)
-        filters = {k: v for k, v in {"state": state, "queue": queue, "task": task}.items() if v}
         older = f"/jobs?{urlencode({**filters, 'before_id': jobs[-1].id})}" if len(jobs) == 50 else None
         return page(
             request,
             "jobs.html",
             jobs=jobs,
             filters=filters,
+            matched=matched,
+            window=LIST_WINDOW,
+            confirm=confirm,
+            sources={a: ", ".join(ACTION_SOURCES[a]) for a in ACTION_SOURCES},
             older=older,
             flash=flash,
             states=[s.value for s in JobState],
             queues=sorted(set(app.queues()) | {q["queue"] for q in app.store.queue_summary()}),
             tasks=[t["task"] for t in app.task_summary()],
         )
+
+    @api.post("/jobs/bulk", include_in_schema=False)
+    async def jobs_bulk(request: Request) -> Response:
+        """Run a bulk action the operator confirmed on the jobs page (same filter, counted again)."""
+        form = await request.form()
+        refused = action(request, str(form.get("csrf", "")))
+        if refused:
+            return refused
+        filters = {k: str(form[k]).strip() for k in JOB_FILTER_FIELDS if str(form.get(k, "")).strip()}
+        verb = str(form.get("action", ""))
+        if verb not in ACTION_SOURCES:
+            return HTMLResponse("unknown action", status_code=404)
+        if form.get("confirmed") != "yes":
+            return RedirectResponse(f"/jobs?{urlencode({**filters, 'bulk': verb})}", status_code=303)
+        try:
+            result = app.store.bulk(verb, job_filter(filters), reason="cancelled from the dashboard")  # type: ignore[arg-type]
+            message = f"{PAST[verb]} {result.count} job(s)"
+        except LedgerflowError as exc:
+            message = str(exc)
+        return RedirectResponse(f"/jobs?{urlencode({**filters, 'flash': message})}", status_code=303)
 
     @api.get("/jobs/{job_id}", include_in_schema=False)
     def job_page(request: Request, job_id: RowId, flash: str | None = None) -> Response:
@@ -348,17 +416,115 @@ def register(api: FastAPI, app: App, token: str, throttle: LoginThrottle) -> Non
 
     # ------------------------------------------------------------------ schedules
     @api.get("/schedules", include_in_schema=False)
-    def schedules_page(request: Request, flash: str | None = None) -> Response:
+    def schedules_page(request: Request, flash: str | None = None, remove: str | None = None) -> Response:
         schedules = app.schedules.list()
         rows = []
         for s in schedules:
             last = app.schedules.fires(s.name, 1) if s.id else []
             upcoming = s.next_times(datetime.now(UTC), 3) if s.enabled else []
             rows.append({"schedule": s, "last": last[0] if last else None, "upcoming": upcoming})
-        return page(request, "schedules.html", rows=rows, flash=flash)
+        return page(request, "schedules.html", rows=rows, flash=flash, remove=remove)
+
+    def schedule_form(
+        request: Request,
+        fields: dict[str, str],
+        *,
+        name: str | None,
+        preview: Any = None,
+        error: str | None = None,
+    ) -> Response:
+        return page(
+            request,
+            "schedule_form.html",
+            fields=fields,
+            name=name,
+            preview=preview,
+            error=error,
+            tasks=sorted(app.registry.names()),
+        )
+
+    def fields_of(schedule: Schedule) -> dict[str, str]:
+        return {
+            "name": schedule.name,
+            "cron": schedule.cron_expression,
+            "task": schedule.job_type,
+            "timezone": schedule.timezone,
+            "args": json.dumps(schedule.args, ensure_ascii=False),
+            "kwargs": json.dumps(schedule.kwargs, ensure_ascii=False),
+            "queue": schedule.queue,
+            "priority": str(schedule.priority),
+            "business_day": schedule.business_day or "",
+            "holiday_calendar": schedule.holiday_calendar or "",
+        }
+
+    def changes_of(fields: dict[str, str]) -> dict[str, Any]:
+        """The form's fields as Schedule fields, each checked (one clear error)."""
+        if fields.get("task") and fields["task"] not in app.registry:
+            raise BadInput(f"task {fields['task']!r} is not registered in this app")
+        priority = fields.get("priority", "").strip()
+        if priority and not priority.isdigit():
+            raise BadInput(f"priority must be 0..9, got {priority!r}")
+        return {
+            "cron_expression": fields.get("cron", "").strip(),
+            "job_type": fields.get("task", ""),
+            "timezone": fields.get("timezone", "").strip() or app.settings.timezone,
+            "args": _json_field(fields.get("args", ""), "args", list),
+            "kwargs": _json_field(fields.get("kwargs", ""), "kwargs", dict),
+            "queue": fields.get("queue", "").strip()
+            or (app.registry.get(fields["task"]).options.queue if fields.get("task") else "default"),
+            "priority": int(priority) if priority else 5,
+            "business_day": fields.get("business_day") or None,
+            "holiday_calendar": fields.get("holiday_calendar", "").strip().upper() or None,
+        }
+
+    @api.get("/schedules/new", include_in_schema=False)
+    def new_schedule_form(request: Request) -> Response:
+        fields = {"timezone": app.settings.timezone, "args": "[]", "kwargs": "{}"}
+        return schedule_form(request, fields, name=None)
+
+    @api.get("/schedules/{name}/edit", include_in_schema=False)
+    def edit_schedule_form(request: Request, name: str) -> Response:
+        try:
+            schedule = app.schedules.get(name)
+        except NotFound:
+            return page(request, "missing.html", what=f"schedule {name}")
+        return schedule_form(request, fields_of(schedule), name=name, preview=schedule.preview())
+
+    async def save_schedule(request: Request, name: str | None) -> Response:
+        """Preview (nothing stored) or save the create/edit form; a bad field re-shows the form."""
+        form = await request.form()
+        refused = action(request, str(form.get("csrf", "")))
+        if refused:
+            return refused
+        fields = {k: str(v) for k, v in form.items() if k not in ("csrf", "intent")}
+        try:
+            changes = changes_of(fields)
+            if name is None:
+                candidate = Schedule(name=fields.get("name", "").strip(), **changes)
+            else:
+                current = app.schedules.get(name)
+                candidate = replace(current, **changes)
+            if form.get("intent") != "save":
+                return schedule_form(request, fields, name=name, preview=candidate.preview())
+            stored = app.schedules.add(candidate) if name is None else app.schedules.edit(name, **changes)
+        except LedgerflowError as exc:
+            return schedule_form(request, fields, name=name, error=str(exc))
+        fires = stored.preview(1) if stored.enabled else []
+        message = f"schedule {stored.name} saved; next fire {fires[0] if fires else '—'}"
+        return RedirectResponse(f"/schedules?{urlencode({'flash': message})}", status_code=303)
+
+    @api.post("/schedules/new", include_in_schema=False)
+    async def create_schedule(request: Request) -> Response:
+        return await save_schedule(request, None)
+
+    @api.post("/schedules/{name}/edit", include_in_schema=False)
+    async def edit_schedule(request: Request, name: str) -> Response:
+        return await save_schedule(request, name)
 
     @api.post("/schedules/{name}/{verb}", include_in_schema=False)
-    def schedule_action(request: Request, name: str, verb: str, csrf: str = Form("")) -> Response:
+    def schedule_action(
+        request: Request, name: str, verb: str, csrf: str = Form(""), confirmed: str = Form("")
+    ) -> Response:
         refused = action(request, csrf)
         if refused:
             return refused
@@ -368,11 +534,16 @@ def register(api: FastAPI, app: App, token: str, throttle: LoginThrottle) -> Non
                 message = f"schedule {name} {verb}d"
             elif verb == "run":
                 message = f"schedule {name}: job {app.schedules.run_now(name)['job_id']} enqueued"
+            elif verb == "remove":
+                if confirmed != "yes":
+                    return RedirectResponse(f"/schedules?{urlencode({'remove': name})}", status_code=303)
+                app.schedules.remove(name)
+                message = f"schedule {name} removed"
             else:
                 return HTMLResponse("unknown action", status_code=404)
         except LedgerflowError as exc:
             message = str(exc)
-        return back(request, "/schedules", message)
+        return RedirectResponse(f"/schedules?{urlencode({'flash': message})}", status_code=303)
 
     # ------------------------------------------------------------------ exports
     @api.get("/exports", include_in_schema=False)
@@ -448,6 +619,32 @@ def register(api: FastAPI, app: App, token: str, throttle: LoginThrottle) -> Non
             media_type=media,
             headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}"},
         )
+
+
+JOB_FILTER_FIELDS = (
+    "state",
+    "queue",
+    "task",
+    "search",
+    "error",
+    "older_than",
+    "enqueued_after",
+    "enqueued_before",
+)
+PAST = {"cancel": "cancelled", "retry": "retried", "delete": "deleted"}
+
+
+def _json_field(value: str, field: str, kind: type) -> Any:
+    """A form field holding a JSON array or object (empty: an empty one)."""
+    if not value.strip():
+        return kind()
+    try:
+        parsed = json.loads(value)
+    except (json.JSONDecodeError, RecursionError):
+        raise BadInput(f"{field} is not valid JSON") from None
+    if not isinstance(parsed, kind):
+        raise BadInput(f"{field} must be a JSON {'array' if kind is list else 'object'}")
+    return parsed
 
 
 def open_inside(directory: Path, path: Path) -> BinaryIO | None:

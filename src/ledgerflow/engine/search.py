@@ -1,0 +1,287 @@
+"""Finding jobs by a filter, and acting on every job a filter matches (cancel, retry, delete).
+
+One `JobFilter` serves the job lists (API, CLI, dashboard) and the bulk actions, so what an
+operator sees listed is what an action touches. Text conditions are substring matches on the
+JSON text of `args`/`kwargs` and of `errors` (type, message and traceback of each failed
+attempt), case-insensitive, at least `MIN_TERM` characters long: they are answered from a
+trigram index (PostgreSQL: pg_trgm GIN on the JSON text; SQLite: the FTS5 `jobs_search`
+table, kept by triggers), so a search stays fast at millions of jobs.
+
+A bulk action goes through the state machine: it selects the jobs the filter matches that
+are in a state the move is allowed from, then changes them with the same guarded UPDATE or
+DELETE a single-job action uses (`WHERE id IN (...) AND state IN (...)`), 500 at a time, each
+chunk in its own transaction. A job that moved meanwhile (a worker finished it) is skipped,
+not overwritten; jobs enqueued after the action started are never touched.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from sqlalchemy import ColumnElement, Connection, Text, and_, cast, delete, func, select, text, true
+
+from ledgerflow.db.tables import jobs
+from ledgerflow.engine.states import CANCEL, DELETE, RETRY, JobState
+from ledgerflow.errors import BadInput
+from ledgerflow.names import check_name
+
+if TYPE_CHECKING:
+    from ledgerflow.db.database import Database
+    from ledgerflow.engine.store import JobStore
+
+S = JobState
+MIN_TERM = 3  # a trigram index cannot answer shorter substrings
+MAX_TERM = 200
+CHUNK = 500
+#: Lists (not bulk actions) look for a text among the newest this many jobs holding it.
+LIST_WINDOW = 10_000
+
+Action = Literal["cancel", "retry", "delete"]
+#: The states each bulk action moves jobs from: the sources of the user moves of the state
+#: machine. Retry never takes a running job (its worker still holds it); delete only takes
+#: finished jobs (cancel live ones first), so nothing a worker runs or waits for vanishes.
+ACTION_SOURCES: dict[str, tuple[JobState, ...]] = {
+    "cancel": CANCEL.sources,
+    "retry": RETRY.sources,
+    "delete": DELETE.sources,
+}
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs: every condition given must hold (all None/empty matches every job).
+
+    `text` is looked for in args and kwargs, `error` in the errors of failed attempts;
+    `enqueued_*` bound `created_at` and `finished_*` bound `finished_at` (after: at or
+    after; before: strictly before)."""
+
+    states: tuple[JobState, ...] = ()
+    queue: str | None = None
+    task: str | None = None
+    text: str | None = None
+    error: str | None = None
+    enqueued_after: datetime | None = None
+    enqueued_before: datetime | None = None
+    finished_after: datetime | None = None
+    finished_before: datetime | None = None
+
+    def __post_init__(self) -> None:
+        states = []
+        for s in self.states:
+            if s not in JobState.__members__.values():
+                raise BadInput(f"unknown state {s!r} (one of {', '.join(JobState)})")
+            states.append(JobState(s))
+        object.__setattr__(self, "states", tuple(dict.fromkeys(states)))
+        if self.queue is not None:
+            check_name(self.queue, "queue")
+        if self.task is not None:
+            check_name(self.task, "task")
+        for name in ("text", "error"):
+            term = getattr(self, name)
+            if term is not None and not MIN_TERM <= len(term) <= MAX_TERM:
+                raise BadInput(f"{name} to search for must be {MIN_TERM}..{MAX_TERM} characters: {term!r}")
+        for name in ("enqueued_after", "enqueued_before", "finished_after", "finished_before"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                raise BadInput(f"{name} {value.isoformat()!r} needs a UTC offset (e.g. +07:00 or Z)")
+        for kind in ("enqueued", "finished"):
+            after, before = getattr(self, f"{kind}_after"), getattr(self, f"{kind}_before")
+            if after is not None and before is not None and after >= before:
+                raise BadInput(
+                    f"{kind}_after {after.isoformat()} is not before {kind}_before {before.isoformat()}"
+                )
+
+    def is_empty(self) -> bool:
+        return not any(getattr(self, f.name) for f in fields(self))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value:
+                out[f.name] = (
+                    [str(s) for s in value]
+                    if f.name == "states"
+                    else value.isoformat()
+                    if isinstance(value, datetime)
+                    else value
+                )
+        return out
+
+
+def _fts_phrase(columns: str, term: str) -> str:
+    """An FTS5 query for `term` as a substring of the given columns (quotes doubled)."""
+    return f'{columns} : "{term.replace(chr(34), chr(34) * 2)}"'
+
+
+def _like(term: str) -> str:
+    escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def conditions(
+    filt: JobFilter, is_sqlite: bool, *, newest: int | None = None, below: int | None = None
+) -> list[ColumnElement[bool]]:
+    """The WHERE conditions of `filt` on the jobs table, for the current backend.
+
+    With `newest` (SQLite, for lists), a text condition looks only among the newest `newest`
+    jobs holding the text (with ids below `below`, the list's page boundary): the FTS index
+    yields those in id order and stops, where every match of a text held by most jobs would
+    otherwise be read to find the 50 newest. Bulk actions and counts pass no limit."""
+    where: list[ColumnElement[bool]] = []
+    if filt.states:
+        where.append(jobs.c.state.in_([str(s) for s in filt.states]))
+    if filt.queue is not None:
+        where.append(jobs.c.queue == filt.queue)
+    if filt.task is not None:
+        where.append(jobs.c.task == filt.task)
+    for name, term, columns in (("text", filt.text, ("args", "kwargs")), ("error", filt.error, ("errors",))):
+        if term is None:
+            continue
+        if is_sqlite:
+            sql = f"SELECT rowid FROM jobs_search WHERE jobs_search MATCH :search_{name}"
+            values: dict[str, Any] = {f"search_{name}": _fts_phrase("{" + " ".join(columns) + "}", term)}
+            if newest is not None:
+                if below is not None:
+                    sql += f" AND rowid < :below_{name}"
+                    values[f"below_{name}"] = below
+                sql += f" ORDER BY rowid DESC LIMIT {int(newest)}"
+            where.append(jobs.c.id.in_(text(sql).bindparams(**values)))
+        else:
+            pattern = _like(term)
+            matches = [cast(jobs.c[c], Text).ilike(pattern, escape="\\") for c in columns]
+            where.append(matches[0] if len(matches) == 1 else matches[0] | matches[1])
+    if filt.enqueued_after is not None:
+        where.append(jobs.c.created_at >= filt.enqueued_after)
+    if filt.enqueued_before is not None:
+        where.append(jobs.c.created_at < filt.enqueued_before)
+    if filt.finished_after is not None:
+        where.append(jobs.c.finished_at >= filt.finished_after)
+    if filt.finished_before is not None:
+        where.append(jobs.c.finished_at < filt.finished_before)
+    return where
+
+
+def matching(
+    filt: JobFilter | None, is_sqlite: bool, *, newest: int | None = None, below: int | None = None
+) -> ColumnElement[bool]:
+    """All of `filt`'s conditions as one clause (true for no filter); see `conditions`."""
+    where = conditions(filt, is_sqlite, newest=newest, below=below) if filt is not None else []
+    return and_(true(), *where)
+
+
+def count_matching(db: Database, filt: JobFilter, cap: int = LIST_WINDOW) -> int:
+    """How many jobs match `filt`, counted up to `cap` + 1 (more: "over `cap`")."""
+    found = select(jobs.c.id).where(matching(filt, db.is_sqlite, newest=cap + 1)).limit(cap + 1)
+    with db.read() as conn:
+        return int(conn.execute(select(func.count()).select_from(found.subquery())).scalar_one())
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    """What a bulk action did (or, dry, would do)."""
+
+    action: str
+    dry_run: bool
+    matched: int  # jobs the filter matches, in any state
+    count: int  # jobs moved (dry run: in a state the action moves from)
+    filter: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class BulkActions:
+    """Cancel, retry or delete every job a filter matches, through the state machine."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self.db = store.db
+
+    def count(self, filt: JobFilter, action: Action) -> tuple[int, int]:
+        """(jobs the filter matches, of which in a state `action` moves from)."""
+        sources = [str(s) for s in _sources(action)]
+        where = matching(filt, self.db.is_sqlite)
+        with self.db.read() as conn:
+            matched = conn.execute(select(func.count()).select_from(jobs).where(where)).scalar_one()
+            movable = conn.execute(
+                select(func.count()).select_from(jobs).where(where, jobs.c.state.in_(sources))
+            ).scalar_one()
+        return int(matched), int(movable)
+
+    def run(
+        self, action: Action, filt: JobFilter, *, dry_run: bool = False, reason: str | None = None
+    ) -> BulkResult:
+        """Apply `action` to every job `filt` matches (a filter is required: no filter, no action)."""
+        sources = _sources(action)
+        if filt.is_empty():
+            raise BadInput(f"bulk {action} needs a filter (state, queue, task, age, text or error)")
+        matched, movable = self.count(filt, action)
+        if dry_run:
+            return BulkResult(action, True, matched, movable, filt.to_dict())
+        with self.db.read() as conn:
+            ceiling = conn.execute(select(func.max(jobs.c.id))).scalar()
+        done = 0
+        below = (ceiling or 0) + 1
+        where = matching(filt, self.db.is_sqlite)
+        while True:
+            with self.db.begin() as conn:
+                ids = list(
+                    conn.execute(
+                        select(jobs.c.id)
+                        .where(where, jobs.c.id < below, jobs.c.state.in_([str(s) for s in sources]))
+                        .order_by(jobs.c.id.desc())
+                        .limit(CHUNK)
+                    ).scalars()
+                )
+                if not ids:
+                    break
+                below = ids[-1]
+                done += self._apply(conn, action, ids, sources, reason)
+        return BulkResult(action, False, matched, done, filt.to_dict())
+
+    def _apply(
+        self, conn: Connection, action: str, ids: list[int], sources: Sequence[JobState], reason: str | None
+    ) -> int:
+        if action == "cancel":
+            return self.store.cancel_ids(conn, ids, reason or "cancelled in bulk")
+        if action == "retry":  # a job whose unique key a live job holds now stays as it is
+            return len(self.store._make_available(conn, ids).retried)
+        result = conn.execute(delete(jobs).where(jobs.c.id.in_(ids), jobs.c.state.in_(list(sources))))
+        return int(result.rowcount)
+
+
+def _sources(action: str) -> tuple[JobState, ...]:
+    try:
+        return ACTION_SOURCES[action]
+    except KeyError:
+        raise BadInput(f"unknown bulk action {action!r} (cancel, retry or delete)") from None
+
+
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(value: str, option: str = "older_than") -> timedelta:
+    """`90s`, `30m`, `12h`, `7d` or `2w` as a duration (a bare number is seconds)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", value)
+    if not match:
+        raise BadInput(f"{option} {value!r} is not a duration such as 30m, 12h, 7d or 2w")
+    seconds = float(match.group(1)) * _AGE_UNITS[match.group(2) or "s"]
+    if seconds > 100 * 365 * 86400:
+        raise BadInput(f"{option} {value!r} is more than 100 years")
+    return timedelta(seconds=seconds)
+
+
+def enqueued_before(
+    older_than: timedelta | None, before: datetime | None, now: datetime | None = None
+) -> datetime | None:
+    """The `enqueued_before` bound from an age or an instant (giving both is refused)."""
+    if older_than is None:
+        return before
+    if before is not None:
+        raise BadInput("give older_than or enqueued_before, not both")
+    return (now or datetime.now(UTC)) - older_than
