@@ -7,6 +7,8 @@ Threads of one worker process:
   single transaction;
 * a heartbeat thread: renews the leases of running jobs, independently of the tasks'
   own threads or event loop, and fences jobs whose lease was lost;
+* a progress thread: writes what running tasks reported (`JobContext.progress`), at most
+  once per `progress_seconds` per job, fenced by the lease;
 * a maintenance thread: rescues jobs whose worker died (after confirming their lease
   stayed expired while the database was writable), stages due jobs, runs hooks;
 * a waker (LISTEN/NOTIFY or SQLite `data_version`) and a pool of daemon threads for
@@ -47,6 +49,7 @@ from ledgerflow.engine.jobs import JobContext, reset_current_job, set_current_jo
 from ledgerflow.engine.leases import Claim, LeaseSQL, Outcome, error_record
 from ledgerflow.engine.liveness import local_owner_running
 from ledgerflow.engine.pool import DaemonThreadPool, _Item
+from ledgerflow.engine.progress import PROGRESS_SECONDS, ProgressReport, write_progress
 from ledgerflow.engine.states import JobState
 from ledgerflow.engine.tasks import Task
 from ledgerflow.errors import JobTimeout, Snooze
@@ -82,6 +85,7 @@ class WorkerOptions:
     poll_interval: float = 1.0
     wake_poll_seconds: float = 0.005
     memory_limit_percent: float = 95.0
+    progress_seconds: float = PROGRESS_SECONDS
 
 
 @dataclass
@@ -133,6 +137,7 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.log = get_logger("worker").bind(worker_id=self.id)
         self._inflight: dict[Key, _Running] = {}
+        self._reports: dict[Key, ProgressReport] = {}
         self._outcomes: list[Outcome] = []
         self._buffer: deque[Claim] = deque()
         self._avg_duration: float | None = None
@@ -165,6 +170,7 @@ class Worker:
         threads = [
             threading.Thread(target=self._heartbeat_loop, name="ledgerflow-heartbeat", daemon=True),
             threading.Thread(target=self._maintenance_loop, name="ledgerflow-maintenance", daemon=True),
+            threading.Thread(target=self._progress_loop, name="ledgerflow-progress", daemon=True),
         ]
         restore = self._install_signals()
         try:
@@ -458,6 +464,8 @@ class Worker:
     async def _supervise(self, key: Key, running: _Running) -> None:
         job = running.claim.job
         task = self.app.registry.get(job.task)
+        report = ProgressReport(job.id, job.attempt, running.claim.token)
+        self._reports[key] = report
         ctx = JobContext(
             job.id,
             job.task,
@@ -467,6 +475,7 @@ class Worker:
             job.schedule_id,
             job.fire_time,
             self.id,
+            report,
         )
         self.log.debug("job_running", job_id=job.id, task=job.task, attempt=job.attempt)
         outcome: Outcome | None = None
@@ -501,7 +510,10 @@ class Worker:
             outcome = self._failure(running, task, exc)
         finally:
             self._inflight.pop(key, None)
+            self._reports.pop(key, None)
+            report.close()
             if outcome is not None:
+                outcome.metadata = report.snapshot() or {}
                 self._outcomes.append(outcome)
             if self._wake is not None:
                 self._wake.set()
@@ -630,6 +642,23 @@ class Worker:
             if lost and self._loop is not None:
                 with contextlib.suppress(RuntimeError):
                     self._loop.call_soon_threadsafe(self._fence, lost)
+
+    def _progress_loop(self) -> None:
+        """Write the progress reported since the last pass, for every running job at once."""
+        while not self._threads_stop.wait(self.opts.progress_seconds):
+            pending = [(r, v) for r in list(self._reports.values()) if (v := r.take_pending()) is not None]
+            if not pending:
+                continue
+            try:
+                with self.db.begin() as conn:
+                    refused = write_progress(conn, pending)
+            except Exception as exc:
+                self.log.warning("progress_write_failed", error=str(exc).splitlines()[0])
+                for report, _ in pending:
+                    report.write_again()
+                continue
+            for report in refused:  # the lease is gone (or the attempt just ended): stop listening
+                report.close()
 
     def _maintenance_loop(self) -> None:
         suspects: dict[Key, float] = {}
