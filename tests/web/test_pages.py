@@ -25,6 +25,12 @@ from tests.web.test_sign_in import csrf_of
 from tests.web.test_sign_in import signed_in as signed_in_quick
 
 
+@pytest.fixture
+def service(serve_app, tmp_path):
+    """The dashboard's server, keeping receipt files in the test's own folder."""
+    return serve_app(receipts_dir=str(tmp_path / "receipts"))
+
+
 def signed_in(url: str) -> httpx.Client:
     """A signed-in client that waits as long as a loaded machine needs (rendering a PDF page)."""
     client = signed_in_quick(url)
