@@ -102,6 +102,7 @@ class Job:
     schedule_id: int | None
     fire_time: datetime | None
     worker_id: str | None
+    trace_context: dict[str, str] | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -128,6 +129,7 @@ class Job:
             schedule_id=m["schedule_id"],
             fire_time=m["fire_time"],
             worker_id=m["worker_id"],
+            trace_context=m.get("trace_context"),
         )
 
     @classmethod

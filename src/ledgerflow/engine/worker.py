@@ -54,6 +54,7 @@ from ledgerflow.engine.states import JobState
 from ledgerflow.engine.tasks import Task
 from ledgerflow.errors import JobTimeout, Snooze
 from ledgerflow.logs import get_logger
+from ledgerflow.tracing import Attempt
 
 if TYPE_CHECKING:
     from ledgerflow.app import App
@@ -479,13 +480,16 @@ class Worker:
         )
         self.log.debug("job_running", job_id=job.id, task=job.task, attempt=job.attempt)
         outcome: Outcome | None = None
+        attempt = Attempt(job, self.id)
+        caught: BaseException | None = None
         try:
             if task.isolation == "process":
                 result = await self._run_process(task, running)
             elif task.is_async:
-                result = await asyncio.wait_for(self._run_async(task, ctx, running), job.timeout)
+                with attempt.current():
+                    result = await asyncio.wait_for(self._run_async(task, ctx, running), job.timeout)
             else:
-                result = await self._run_sync(task, ctx, running)
+                result = await self._run_sync(task, ctx, running, attempt)
             elapsed = self._elapsed(running)
             avg = self._avg_duration
             self._avg_duration = elapsed if avg is None else 0.8 * avg + 0.2 * elapsed
@@ -503,15 +507,16 @@ class Worker:
                 retry_in=snooze.seconds,
                 error={"type": "snoozed", "message": str(snooze)},
             )
-        except (TimeoutError, JobTimeout):
+        except (TimeoutError, JobTimeout) as exc:
             error = JobTimeout(f"attempt ran past its timeout of {job.timeout:g}s")
-            outcome = self._failure(running, task, error, "timeout")
+            outcome, caught = self._failure(running, task, error, "timeout"), exc
         except Exception as exc:
-            outcome = self._failure(running, task, exc)
+            outcome, caught = self._failure(running, task, exc), exc
         finally:
             self._inflight.pop(key, None)
             self._reports.pop(key, None)
             report.close()
+            attempt.end(outcome.kind if outcome else "cancelled", outcome.error if outcome else None, caught)
             if outcome is not None:
                 outcome.metadata = report.snapshot() or {}
                 self._outcomes.append(outcome)
@@ -523,9 +528,9 @@ class Worker:
         job = running.claim.job
         return await task.func(*job.args, **job.kwargs)
 
-    async def _run_sync(self, task: Task, ctx: JobContext, running: _Running) -> Any:
+    async def _run_sync(self, task: Task, ctx: JobContext, running: _Running, attempt: Attempt) -> Any:
         job = running.claim.job
-        future, item = self._pool.submit(_call_in_thread, task.func, job.args, job.kwargs, ctx)
+        future, item = self._pool.submit(_call_in_thread, task.func, job.args, job.kwargs, ctx, attempt)
         running.item = item
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), job.timeout)
@@ -724,10 +729,11 @@ class Worker:
 
 
 def _call_in_thread(
-    func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], ctx: JobContext
+    func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], ctx: JobContext, attempt: Attempt
 ) -> Any:
     token = set_current_job(ctx)
     try:
-        return func(*args, **kwargs)
+        with attempt.current():
+            return func(*args, **kwargs)
     finally:
         reset_current_job(token)
