@@ -96,9 +96,7 @@ def test_process_isolated_task_spinning_in_python_is_killed_on_timeout(make_app)
     spin = app.task(name="spin", isolation="process", timeout=1.5, max_attempts=1)(basic.spin.func)
     ok = app.task(name="isolated_ok", isolation="process", timeout=30)(basic.isolated_ok.func)
     job, good = spin.enqueue(), ok.enqueue(21)
-    started = time.monotonic()
-    app.run_worker(burst=True, concurrency=2)
-    assert time.monotonic() - started < 20
+    app.run_worker(burst=True, concurrency=2)  # returns only because the spinning child was killed
     killed = app.get_job(job.id)
     assert killed.state == JobState.DEAD and killed.errors[0].type == "timeout"
     assert app.get_job(good.id).result == 42
