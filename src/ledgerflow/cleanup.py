@@ -28,7 +28,8 @@ from ledgerflow.db.tables import (
     schedule_fires,
     workers,
 )
-from ledgerflow.engine.states import JobState
+from ledgerflow.engine.states import PRUNE
+from ledgerflow.engine.store import allowed
 from ledgerflow.export.saga import FINAL, batch_folder, work_root
 from ledgerflow.logs import get_logger
 
@@ -83,9 +84,7 @@ def prune(app: App, retention: Retention | None = None, now: datetime | None = N
             app,
             jobs,
             jobs.c.id,
-            and_(
-                jobs.c.state.in_([JobState.COMPLETED, JobState.CANCELLED]), jobs.c.finished_at < cut["jobs"]
-            ),
+            and_(allowed(PRUNE), jobs.c.finished_at < cut["jobs"]),
         ),
         # a cron fire before its schedule's cursor can never be due again; a manual run is keyed
         # by its run key, which may be used again once its row is gone

@@ -110,6 +110,7 @@ class Settings(BaseSettings):
     rescue_interval: float = Field(1.0, gt=0)
     grace_seconds: float = Field(25.0, ge=0)
     max_abandoned_threads: int = Field(5, ge=1)
+    max_snoozes: int = Field(100, ge=0)  # a job that snoozes more often fails (dead) with a clear error
     prune_after_days: int = Field(30, ge=1)  # completed/cancelled jobs and their executions
     prune_fires_after_days: int = Field(90, ge=1)  # schedule_fires rows
     prune_alerts_after_days: int = Field(90, ge=1)  # resolved alerts

@@ -45,6 +45,12 @@ class Conflict(LedgerflowError):
     code = "conflict"
 
 
+class NotAllowed(Conflict):
+    """A user action the object's current state does not allow (e.g. retrying a running job)."""
+
+    exit_code = 2
+
+
 class DatabaseUnavailable(LedgerflowError):
     """The database could not be reached; retrying later may succeed.
 

@@ -194,7 +194,7 @@ def test_dead_letter_queue_queues_tasks_executions_and_alerts(service):
     assert execs[0]["job_id"] == job.id and execs[0]["error_type"] == "RuntimeError"
     alerts = service.get("/api/alerts", params={"open_only": True}).json()["alerts"]
     assert alerts[0]["incident_key"] == "job_dead:api_fails"
-    assert service.post("/api/dlq/retry", json={"ids": [job.id]}).json() == {"retried": 1}
+    assert service.post("/api/dlq/retry", json={"ids": [job.id]}).json() == {"retried": 1, "refused": []}
     app.run_worker(burst=True)
     assert service.client.delete("/api/dlq").json() == {"purged": 1}
     assert service.post("/api/queues/default/pause").json()["changed"] is True

@@ -104,7 +104,7 @@ def test_dead_letter_queue_and_queue_controls(cli):
     assert cli("dlq", "list")[0] == 0
     assert cli("dlq", "retry")[0] == 2
     code, out, _ = cli("dlq", "retry", "--all", "--json")
-    assert json.loads(out) == {"retried": 1}
+    assert json.loads(out) == {"retried": 1, "refused": []}
     assert cli("dlq", "retry", str(job.id))[0] == 2  # no longer dead
     _, out, _ = cli("dlq", "purge", "--yes", "--json")
     assert json.loads(out) == {"purged": 0}

@@ -54,7 +54,7 @@ def test_failing_task_retries_with_growing_delays_then_dead_and_dlq_retry_revive
     assert [e["status"] for e in app.store.executions(job.id)] == ["failed"] * 3
     assert app.alerts.is_open("job_dead:flaky")
 
-    assert app.store.retry_dead(ids=[job.id]) == 1
+    assert app.store.retry_dead(ids=[job.id]).retried == [job.id]
     assert app.get_job(job.id).state == JobState.AVAILABLE
     app.run_worker(burst=True)
     again = app.get_job(job.id)
@@ -364,5 +364,25 @@ def test_snoozed_job_runs_again_later_without_using_an_attempt(make_app):
         time.sleep(0.25)
     done = app.get_job(job.id)
     assert done.state == JobState.COMPLETED and done.result == "done" and len(calls) == 3
-    assert done.errors == [] and done.max_attempts == 3
+    assert done.errors == [] and (done.max_attempts, done.snoozes, done.attempt) == (1, 2, 3)
     assert [e["error_type"] for e in app.store.executions(job.id)] == ["snoozed", "snoozed", None]
+
+
+def test_snoozes_are_counted_apart_and_capped(make_app):
+    from ledgerflow import Snooze
+
+    app = make_app(max_snoozes=3)
+
+    @app.task(name="always_snoozes", max_attempts=2)
+    def always_snoozes() -> None:
+        raise Snooze(0, "not yet")
+
+    job = always_snoozes.enqueue()
+    app.run_worker(burst=True)
+    dead = app.get_job(job.id)
+    assert dead.state == JobState.DEAD and (dead.snoozes, dead.attempt, dead.max_attempts) == (3, 4, 2)
+    assert [e.type for e in dead.errors] == ["snooze_limit"]
+    assert dead.errors[0].message == "snoozed 3 times, the limit (LEDGERFLOW_MAX_SNOOZES=3)"
+    statuses = [(e["status"], e["error_type"]) for e in app.store.executions(job.id)]
+    assert statuses == [("failed", "snoozed")] * 3 + [("failed", "snooze_limit")]
+    assert app.store.retry(job.id).max_attempts == 2, "a retried job still has an attempt to spend"

@@ -366,10 +366,38 @@ def test_dry_run_writes_locally_and_marks_nothing(make_export_app, run_cli, tmp_
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["entry_count"] == 2 and report["totals"]["THB"]["debit"] == "214.00"
-    assert (tmp_path / "dry" / "journal_generic_2026-11-26.csv").exists()
+    assert sorted(p.name for p in (tmp_path / "dry").iterdir()) == [
+        "DRYRUN-journal_generic_2026-11-26.csv",
+        "DRYRUN-journal_generic_2026-11-26.manifest.json",
+    ], "named so that it cannot be taken for a delivery"
+    manifest = json.loads((tmp_path / "dry" / "DRYRUN-journal_generic_2026-11-26.manifest.json").read_text())
+    assert manifest["dry_run"] is True
     assert queue_states(app) == {"queued": 2}
     with app.db.read() as conn:
         assert conn.execute(select(export_batches.c.id)).first() is None
+    assert not (tmp_path / "out").exists(), "nothing at the destination"
+
+
+def test_a_dry_run_never_writes_into_the_destination_and_says_when_the_day_was_delivered(
+    make_export_app, run_cli, tmp_path
+):
+    app = make_export_app()
+    app.ledger.record(entry("DRY-1"))
+    refused = run_cli(
+        "export", "run", "--date", D.isoformat(), "--dry-run", "--out", str(tmp_path / "out" / "x")
+    )
+    assert refused.returncode == 2 and "never written into the export destination" in refused.stderr
+    assert not (tmp_path / "out").exists()
+    assert ExportSaga(app).run_daily(D).state == "completed"
+    delivered = sorted(p.name for p in (tmp_path / "out").iterdir())
+    app.ledger.record(entry("DRY-2"))  # dated into the delivered day: the next batch takes it
+    preview = run_cli("export", "run", "--date", D.isoformat(), "--dry-run")  # default folder
+    assert preview.returncode == 0, preview.stderr
+    assert "2026-11-26 was already delivered (1 entries, journal_generic_2026-11-26.csv" in preview.stdout
+    assert "would send nothing" in preview.stdout and "1 entries" in preview.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == delivered, "the delivery is untouched"
+    folder = tmp_path / "work" / "ledgerflow-export" / "dry-run"
+    assert (folder / "DRYRUN-journal_generic_2026-11-26.csv").is_file()
 
 
 def test_scheduled_daily_export_job_uses_the_local_date_of_its_fire(make_export_app, tmp_path):

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Callable
 from datetime import timedelta
@@ -123,7 +124,7 @@ def test_after_upload_another_host_with_other_settings_finishes_from_the_databas
     assert_exactly_once(other_host, tmp_path / "out", REFS)
 
 
-def test_finishing_after_upload_first_checks_the_destination_still_holds_the_files(
+def test_a_delivery_lost_after_upload_completes_from_the_recorded_checksums_with_a_critical_alert(
     make_export_app, run_cli, tmp_path
 ):
     app = make_export_app()
@@ -132,15 +133,25 @@ def test_finishing_after_upload_first_checks_the_destination_still_holds_the_fil
         "export", "run", "--date", D.isoformat(), env={"LEDGERFLOW_EXPORT_CRASH_AT": "after_upload"}
     )
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    manifest = delivered(tmp_path / "out")["journal_generic_2026-11-26.manifest.json"]
     (tmp_path / "out" / "journal_generic_2026-11-26.csv").unlink()  # gone from the destination
     result = run_when_unlocked(lambda: ExportSaga(app))
-    assert result.state == "retryable" and "no longer at" in result.error
-    assert queue_states(app) == {"queued": 3}, "not marked exported"
-    for _ in range(3):
-        result = ExportSaga(app).run_daily(D)
-    assert result.state == "abandoned" and list((tmp_path / "out").iterdir()) == [], "compensated"
-    assert ExportSaga(app).run_daily(D + timedelta(days=1)).state == "completed"
-    assert_exactly_once(app, tmp_path / "out", REFS)
+    assert result.state == "completed" and result.attempts == 0
+    assert result.delivery_lost == [
+        f"delivered file journal_generic_2026-11-26.csv is no longer at {(tmp_path / 'out').as_uri()}"
+    ]
+    assert delivered(tmp_path / "out") == {"journal_generic_2026-11-26.manifest.json": manifest}, (
+        "never re-sent, never regenerated"
+    )
+    assert not (tmp_path / "work" / "ledgerflow-export" / "daily_2026-11-26").exists()
+    assert queue_states(app) == {"completed": 3}
+    (alert,) = app.alerts.history(state="open", kind="export_delivery_lost")
+    assert alert.incident_key == "export_delivery_lost:daily:2026-11-26" and alert.severity == "critical"
+    assert "journal_generic_2026-11-26.csv" in alert.message and "never sent again" in alert.message
+    report = json.loads(run_cli("export", "verify", "--json").stdout)
+    assert report["file_problems"] == [
+        f"daily:2026-11-26: journal_generic_2026-11-26.csv is missing at {(tmp_path / 'out').as_uri()}"
+    ]
 
 
 def test_a_delivered_drive_file_gone_missing_is_a_lost_delivery_not_an_outage(
@@ -156,7 +167,8 @@ def test_a_delivered_drive_file_gone_missing_is_a_lost_delivery_not_an_outage(
     (csv_file,) = [f for f in fake_drive.in_folder("FOLDER") if f["name"].endswith(".csv")]
     del fake_drive.files[csv_file["id"]]
     result = run_when_unlocked(lambda: ExportSaga(app))
-    assert result.state == "retryable" and "no longer at gdrive://FOLDER" in result.error
+    assert result.state == "completed" and "no longer at gdrive://FOLDER" in result.delivery_lost[0]
+    assert len(fake_drive.in_folder("FOLDER")) == 1, "never re-sent"
     assert ExportSaga(app).breaker.state()["failures"] == 0, "the destination answered: not an outage"
 
 

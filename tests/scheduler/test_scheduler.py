@@ -123,6 +123,40 @@ def test_fire_is_skipped_and_recorded_while_the_previous_run_is_still_running(ap
     assert third.status == "enqueued"
 
 
+def test_a_daily_export_fire_skipped_by_the_overlap_rule_raises_an_alert_until_a_fire_runs(app):
+    @app.task(name="ledgerflow.export.daily")
+    def export() -> None: ...
+
+    app.schedules.add(
+        Schedule(
+            name="export", cron_expression="0 * * * *", job_type="ledgerflow.export.daily", timezone="UTC"
+        )
+    )
+    with app.db.begin() as conn:
+        conn.execute(update(job_schedules).where(job_schedules.c.name == "export").values(created_at=T0))
+    hourly(app)  # an ordinary schedule skipped the same way raises nothing
+    clock = FixedClock(T0 + timedelta(minutes=30))
+    scheduler = Scheduler(app, clock)
+    clock.set(T0 + timedelta(hours=1))
+    first = {d.schedule: d for d in scheduler.tick()}
+    assert not app.alerts.is_open("export_fire_skipped:export")
+    clock.set(T0 + timedelta(hours=2))
+    second = {d.schedule: d for d in scheduler.tick()}
+    assert second["export"].status == "skipped" and second["hourly"].status == "skipped"
+    assert app.alerts.is_open("export_fire_skipped:export")
+    assert not app.alerts.is_open("export_fire_skipped:hourly")
+    (alert,) = app.alerts.history(open_only=True, kind="export_fire_skipped")
+    assert alert.incident_key == "export_fire_skipped:export" and alert.severity == "error"
+    assert alert.message == (
+        "the fire of 2026-11-26T02:00:00+00:00 did not run: the previous export "
+        f"(job {first['export'].job_id}) is still running; its entries wait for the next export"
+    )
+    app.run_worker(burst=True)
+    clock.set(T0 + timedelta(hours=3))
+    assert {d.schedule: d.status for d in scheduler.tick()}["export"] == "enqueued"
+    assert not app.alerts.is_open("export_fire_skipped:export"), "resolved when a later fire runs"
+
+
 def test_disabled_schedule_does_not_fire_but_run_now_does_once_per_run_id(app):
     hourly(app)
     app.schedules.set_enabled("hourly", False)

@@ -19,7 +19,7 @@ from ledgerflow.db.types import MAX_ID
 from ledgerflow.engine.jobs import JobSpec
 from ledgerflow.engine.states import JobState
 from ledgerflow.errors import BadInput, NotFound
-from ledgerflow.export.saga import latest_daily_batch
+from ledgerflow.export.saga import held_back, latest_daily_batch
 from ledgerflow.ledger.dates import check_not_after_today, parse_day, today_in
 from ledgerflow.names import check_name
 from ledgerflow.receipts.store import ReceiptStore
@@ -171,10 +171,14 @@ class RetryDead(BaseModel):
 
 
 @router.post("/dlq/retry", tags=["dead-letter queue"])
-def retry_dead(request: Request, body: RetryDead | None = None) -> dict[str, int]:
-    """Retry the given dead jobs, or all of them (optionally of one task)."""
+def retry_dead(request: Request, body: RetryDead | None = None) -> dict[str, Any]:
+    """Retry the given dead jobs, or all of them (optionally of one task).
+
+    Returns how many were retried and each job refused, with the reason (a live job holds its
+    unique key): `{"retried": 2, "refused": [{"job_id": 7, "reason": "..."}]}`.
+    """
     body = body or RetryDead()
-    return {"retried": _app(request).store.retry_dead(task=body.task, ids=body.ids)}
+    return _app(request).store.retry_dead(task=body.task, ids=body.ids).to_dict()
 
 
 @router.delete("/dlq", tags=["dead-letter queue"])
@@ -399,7 +403,8 @@ def reverse_entry(
 def list_exports(
     request: Request, limit: int = Query(30, ge=1, le=1000), offset: int = Query(0, ge=0, le=1_000_000)
 ) -> dict[str, Any]:
-    """Batches, newest first: state, entries, control totals, files, attempts, next retry."""
+    """Batches, newest first: state, entries, entries held back (with the reason), control
+    totals, files, attempts, next retry."""
     with _app(request).db.read() as conn:
         rows = conn.execute(
             select(export_batches)
@@ -412,6 +417,7 @@ def list_exports(
             b = _jsonable(dict(r._mapping))
             b.pop("lock_token", None)
             b.pop("reservation", None)
+            b["held_back"] = held_back(b)
             batches.append(b)
     return {"batches": batches}
 
@@ -437,7 +443,9 @@ def export_status(request: Request) -> dict[str, Any]:
     return {
         "cron": cron,
         "healthy": code == 200,
-        "last_batch": _jsonable(dict(last._mapping)) if last else None,
+        "last_batch": (
+            {**_jsonable(dict(last._mapping)), "held_back": held_back(dict(last._mapping))} if last else None
+        ),
         "failing_batches": list(failing),
     }
 

@@ -214,7 +214,7 @@ def dlq_retry(
     task: Annotated[str | None, typer.Option("--task")] = None,
     as_json: Json = False,
 ) -> None:
-    """Retry one dead job, or all of them."""
+    """Retry one dead job, or all of them; each job not retried is named (exit 1)."""
     app = state.app()
     if job_id is None and not all_:
         raise BadInput("give a job id or --all")
@@ -222,10 +222,17 @@ def dlq_retry(
         job = app.store.get(job_id)
         if job.state != JobState.DEAD:
             raise NotFound(f"job {job_id} is not in the dead-letter queue (it is {job.state})")
-        count = app.store.retry_dead(ids=[job_id])
+        report = app.store.retry_dead(ids=[job_id])
     else:
-        count = app.store.retry_dead(task=task)
-    print_json({"retried": count}) if as_json else console.print(f"retried {count} dead job(s)")
+        report = app.store.retry_dead(task=task)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        console.print(f"retried {len(report.retried)} dead job(s)")
+        for refused_id, reason in sorted(report.refused.items()):
+            console.print(f"job {refused_id} not retried: {reason}")
+    if report.refused:
+        raise typer.Exit(1)
 
 
 @dlq_cli.command("purge")

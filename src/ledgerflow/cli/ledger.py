@@ -122,31 +122,55 @@ def run(
         ),
     ] = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Write the file locally and show counts; mark nothing.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Write a DRYRUN- preview to a local folder and show counts; send and mark nothing.",
+        ),
     ] = False,
-    out: Annotated[Path | None, typer.Option("--out", help="Folder for --dry-run files.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Folder for --dry-run files, outside the destination "
+            "(default: dry-run/ in LEDGERFLOW_EXPORT_WORK_DIR's ledgerflow-export folder).",
+        ),
+    ] = None,
     as_json: Json = False,
 ) -> None:
-    """Export batch D now: exactly once, whatever else runs at the same time."""
+    """Export batch D now: exactly once, whatever else runs at the same time.
+
+    Exits 1 if the batch did not complete, or if entries were held back from it (each is named
+    with the reason: correct it with `entries import --upsert`)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from ledgerflow.export.saga import ExportSaga
+    from ledgerflow.export.saga import ExportSaga, work_root
 
     app = state.app()
     zone = app.settings.timezone
     day = check_not_after_today(parse_day(on, "--date"), zone, "--date") if on else today_in(zone)
     saga = ExportSaga(app)
     if dry_run:
-        directory = out or Path("exports") / "dry-run"
+        directory = out or work_root(app.settings) / "dry-run"
         result = saga.dry_run(day, directory)
         if as_json:
             print_json(result.to_dict())
-        else:
+            return
+        if result.delivered:
             console.print(
-                f"dry run for {day}: {result.entry_count} entries, {result.line_count} lines, totals "
-                f"{_totals(result.totals)}; files in {directory} (nothing marked)",
+                f"{day} was already delivered ({result.delivered['entry_count']} entries, "
+                f"{', '.join(result.delivered['files'])} at {result.delivered['destination']}): "
+                f"`export run --date {day}` would send nothing; this preview shows the entries still "
+                "queued, which the next batch will take",
                 markup=False,
             )
+        console.print(
+            f"dry run for {day}: {result.entry_count} entries, {result.line_count} lines, totals "
+            f"{_totals(result.totals)}; DRYRUN- files in {directory} (a preview: nothing marked or sent)",
+            markup=False,
+        )
+        for line in _held_back_lines(result.held_back):
+            console.print(line, markup=False)
         return
     with Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -166,6 +190,8 @@ def run(
         print_json(result.to_dict())
     else:
         console.print(_describe(result), markup=False)
+        for line in _held_back_lines(result.held_back) + [f"  lost: {lost}" for lost in result.delivery_lost]:
+            console.print(line, markup=False)
     if result.unfinished or result.deferred_until is not None:
         when = result.deferred_until or result.next_retry_at
         from ledgerflow.export.tasks import enqueue_daily_export
@@ -177,6 +203,17 @@ def run(
         )
     if result.state == "abandoned" and not result.already:
         raise OperationFailed(f"export {day} abandoned after {result.attempts} attempts: {result.error}")
+    if result.held_back and not result.already:
+        count = len(result.held_back)
+        raise OperationFailed(
+            f"export {day}: {count} entr{'y was' if count == 1 else 'ies were'} held back"
+            f" ({', '.join(h['reference'] for h in result.held_back)}); correct with "
+            "`ledgerflow entries import FILE --upsert`, they go in the next batch"
+        )
+
+
+def _held_back_lines(held_back: list[dict[str, Any]]) -> list[str]:
+    return [f"  held back: {h['reference']}: {h['reason']}" for h in held_back]
 
 
 def _totals(totals: dict[str, Any]) -> str:
@@ -207,6 +244,7 @@ def status(limit: Annotated[int, typer.Option("--limit")] = 20, as_json: Json = 
     from sqlalchemy import select
 
     from ledgerflow.db.tables import export_batches
+    from ledgerflow.export.saga import held_back
 
     app = state.app()
     with app.db.read() as conn:
@@ -221,16 +259,18 @@ def status(limit: Annotated[int, typer.Option("--limit")] = 20, as_json: Json = 
     for r in rows:
         r.pop("lock_token", None)
         r.pop("reservation", None)
+        r["held_back"] = held_back(r)
     if as_json:
         print_json(rows)
         return
     print_table(
-        ["batch", "state", "entries", "totals", "files", "attempts", "next retry", "error"],
+        ["batch", "state", "entries", "held back", "totals", "files", "attempts", "next retry", "error"],
         [
             [
                 r["batch_key"],
                 r["state"],
                 r["entry_count"],
+                ", ".join(h["reference"] for h in r["held_back"]),
                 _totals(r["totals"] or {}),
                 ", ".join(f["name"] for f in r["files"] or [] if f.get("kind") == "csv"),
                 f"{r['attempts']}/{r['max_attempts']}",
@@ -240,11 +280,15 @@ def status(limit: Annotated[int, typer.Option("--limit")] = 20, as_json: Json = 
             for r in rows
         ],
     )
+    for r in rows:
+        for line in _held_back_lines(r["held_back"]):
+            console.print(f"{r['batch_key']}{line}", markup=False)
 
 
 @export_cli.command("verify")
 def verify(as_json: Json = False) -> None:
-    """Re-check the audit hash chain and every delivered file's checksum at the destination."""
+    """Re-check the audit hash chain, its heads anchored in the delivered manifests, every delivered
+    file against the checksums the chain recorded, and report restores that rolled the books back."""
     from ledgerflow.export.verify import verify_exports
 
     report = verify_exports(state.app())
@@ -259,8 +303,13 @@ def verify(as_json: Json = False) -> None:
         for line in report["chain_problems"] + report["file_problems"]:
             console.print(f"  problem: {line}", markup=False)
         console.print(
+            f"chain heads anchored in delivered manifests: {report['anchors_checked']} checked; "
             f"files checked: {report['files_checked']}, unreachable: {len(report['unreachable'])}",
             markup=False,
         )
+        for line in report["unreachable"]:
+            console.print(f"  unreachable: {line}", markup=False)
+        for line in report["restore_divergences"]:
+            console.print(f"  restore divergence: {line}", markup=False)
     if report["chain_problems"] or report["file_problems"]:
         raise OperationFailed("export verification found problems")

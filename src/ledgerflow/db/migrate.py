@@ -25,12 +25,34 @@ def alembic_config() -> Config:
 def migrate(db: Database, revision: str = "head") -> None:
     """Upgrade the schema to `revision`, in one transaction, serialised across processes."""
     cfg = alembic_config()
+    if db.is_sqlite:
+        _migrate_sqlite(db, cfg, revision)
+        return
     with db.begin() as conn:
         db.lift_limits(conn, lock_wait=True)  # a migration may rewrite big tables, or wait for another
-        if not db.is_sqlite:
-            conn.execute(text(f"SELECT pg_advisory_xact_lock({_LOCK_ID})"))
+        conn.execute(text(f"SELECT pg_advisory_xact_lock({_LOCK_ID})"))
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
+
+
+def _migrate_sqlite(db: Database, cfg: Config, revision: str) -> None:
+    """SQLite rebuilds a table to change it: with foreign keys on, dropping the old table would
+    delete (ON DELETE CASCADE) or unlink the rows that reference it. So, as SQLite's own
+    procedure says, foreign keys are off during the migration (set outside any transaction)
+    and checked before the commit."""
+    with db.engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        raw.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with conn.begin():
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+                broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise RuntimeError(f"migration left rows whose foreign keys point nowhere: {broken[:5]}")
+        finally:
+            raw.execute("PRAGMA foreign_keys=ON")
 
 
 def current_revision(db: Database) -> str | None:

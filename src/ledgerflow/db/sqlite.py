@@ -81,7 +81,7 @@ class SQLiteBackend:
         """Many jobs in one executemany; ids are the rowids just allocated.
 
         Inside a write transaction nobody else can insert, and SQLite gives each new row
-        max(rowid) + 1, so the ids are the contiguous range ending at last_insert_rowid().
+        the next id (AUTOINCREMENT), so the ids are the contiguous range ending at last_insert_rowid().
         """
         created = _utcnow().replace(tzinfo=None).strftime(_FORMAT)
         stamp: dict[datetime, str] = {}

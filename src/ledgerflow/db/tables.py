@@ -50,6 +50,7 @@ jobs = Table(
     Column("kwargs", Json, nullable=False),
     Column("attempt", Integer, nullable=False, server_default="0"),
     Column("max_attempts", Integer, nullable=False),
+    Column("snoozes", Integer, nullable=False, server_default="0"),  # attempts that do not count
     Column("timeout", Float, nullable=False),
     Column("unique_key", String(255)),
     Column("has_dependencies", Boolean, nullable=False, server_default=text("false")),
@@ -92,6 +93,7 @@ jobs = Table(
     Index("ix_jobs_state_id", "state", "id"),
     Index("ix_jobs_state_finished", "state", "finished_at"),
     Index("ix_jobs_schedule", "schedule_id", "state"),
+    sqlite_autoincrement=True,  # ids never reused after pruning (migration 0010)
 )
 
 job_dependencies = Table(
@@ -123,6 +125,7 @@ job_executions = Table(
     Index("ix_job_executions_started", "started_at"),
     Index("ix_job_executions_task_completed", "task", "completed_at"),
     Index("ix_job_executions_schedule", "schedule_id", "started_at"),
+    sqlite_autoincrement=True,  # ids never reused after pruning (migration 0010)
 )
 
 workers = Table(
@@ -169,6 +172,7 @@ alerts = Table(
         postgresql_where=text("resolved_at IS NULL"),
     ),
     Index("ix_alerts_opened", "opened_at"),
+    sqlite_autoincrement=True,  # ids never reused after pruning (migration 0010)
 )
 
 job_schedules = Table(
@@ -218,6 +222,7 @@ schedule_fires = Table(
     Index("ix_schedule_fires_status", "status", "fire_time"),
     # pruning a job sets its fires' job_id to NULL: without this, every deleted job scans them all
     Index("ix_schedule_fires_job", "job_id"),
+    sqlite_autoincrement=True,  # ids never reused after pruning (migration 0010)
 )
 
 journal_entries = Table(
@@ -284,6 +289,7 @@ export_batches = Table(
     Column("duration_seconds", Float),  # of the attempt that completed it
     Index("ix_export_batches_kind_date", "kind", "batch_date"),
     Index("ix_export_batches_state", "state"),
+    sqlite_autoincrement=True,  # ids never reused after pruning (migration 0010)
 )
 
 export_queue = Table(

@@ -90,6 +90,7 @@ class Job:
     kwargs: dict[str, Any]
     attempt: int
     max_attempts: int
+    snoozes: int  # attempts that ended in a snooze: they do not count against max_attempts
     timeout: float
     unique_key: str | None
     scheduled_at: datetime
@@ -117,6 +118,7 @@ class Job:
             kwargs=dict(m["kwargs"] or {}),
             attempt=int(m["attempt"]),
             max_attempts=int(m["max_attempts"]),
+            snoozes=int(m["snoozes"]),
             timeout=float(m["timeout"]),
             unique_key=m["unique_key"],
             scheduled_at=m["scheduled_at"],
@@ -136,9 +138,19 @@ class Job:
     def from_values(cls, **values: Any) -> Job:
         """A freshly inserted job, from the values sent plus what the database assigned."""
         values.setdefault("attempt", 0)
+        values.setdefault("snoozes", 0)
         for key in ("started_at", "finished_at", "result", "worker_id"):
             values.setdefault(key, None)
         return cls.from_row(_Row(values))
+
+    @property
+    def attempts_counted(self) -> int:
+        """Attempts that count against `max_attempts` (snoozed ones do not)."""
+        return self.attempt - self.snoozes
+
+    @property
+    def out_of_attempts(self) -> bool:
+        return self.attempts_counted >= self.max_attempts
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: ISO 8601 times, plain types."""

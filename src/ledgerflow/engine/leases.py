@@ -35,8 +35,22 @@ from sqlalchemy.orm import aliased
 from ledgerflow.db.database import Database
 from ledgerflow.db.tables import CLAIMABLE_SQL, job_dependencies, job_executions, jobs, pauses, workers
 from ledgerflow.engine.jobs import Job
-from ledgerflow.engine.states import JobState
-from ledgerflow.engine.store import cancel_dependents
+from ledgerflow.engine.states import (
+    BURY,
+    CLAIM,
+    COMPLETE,
+    FAIL,
+    LEASED,
+    RELEASE,
+    RESCUE,
+    RESCUE_DEAD,
+    RETURN,
+    SNOOZE,
+    STAGE,
+    JobState,
+    Move,
+)
+from ledgerflow.engine.store import allowed, cancel_dependents, in_states
 
 S = JobState
 _parent = aliased(jobs, name="parent")
@@ -128,7 +142,7 @@ class LeaseSQL:
             update(jobs)
             .where(jobs.c.id.in_(db.backend.skip_locked(candidates).scalar_subquery()))
             .values(
-                state=S.RUNNING,
+                state=CLAIM.target,
                 attempt=jobs.c.attempt + 1,
                 started_at=db.now(),
                 worker_id=bindparam("worker"),
@@ -141,10 +155,10 @@ class LeaseSQL:
         self._complete = (
             update(jobs)
             .where(
-                jobs.c.state == S.RUNNING,
+                allowed(COMPLETE),
                 tuple_(jobs.c.id, jobs.c.lease_token).in_(bindparam("keys", expanding=True)),
             )
-            .values(state=S.COMPLETED, finished_at=db.now(), lease_token=None, lease_expires_at=None)
+            .values(state=COMPLETE.target, finished_at=db.now(), lease_token=None, lease_expires_at=None)
             .returning(jobs.c.id)
         )
         self._finish_executions = (
@@ -162,7 +176,7 @@ class LeaseSQL:
         self._renew = (
             update(jobs)
             .where(
-                jobs.c.state == S.RUNNING,
+                in_states(LEASED),
                 tuple_(jobs.c.id, jobs.c.lease_token).in_(bindparam("keys", expanding=True)),
             )
             .values(lease_expires_at=db.after(lease_seconds))
@@ -223,34 +237,31 @@ class LeaseSQL:
                 continue
             values: dict[str, Any] = {"lease_token": None, "lease_expires_at": None}
             job = o.claim.job
+            move = outcome_move(o)
             if o.kind == "completed":
-                values.update(state=S.COMPLETED, finished_at=db.now(), result=o.result)
+                values.update(finished_at=db.now(), result=o.result)
             elif o.kind == "released":  # shutdown: give the attempt back
-                values.update(state=S.AVAILABLE, scheduled_at=db.now(), max_attempts=jobs.c.max_attempts + 1)
+                values.update(scheduled_at=db.now(), max_attempts=jobs.c.max_attempts + 1)
             elif o.kind == "returned":  # prefetched, never started: undo the claim
-                values.update(state=S.AVAILABLE, attempt=jobs.c.attempt - 1, started_at=None, worker_id=None)
+                values.update(attempt=jobs.c.attempt - 1, started_at=None, worker_id=None)
             elif o.kind == "snoozed":  # run again later; this attempt does not count
-                values.update(
-                    state=S.SCHEDULED,
-                    scheduled_at=db.after(o.retry_in or 0.0),
-                    max_attempts=jobs.c.max_attempts + 1,
-                )
+                values.update(scheduled_at=db.after(o.retry_in or 0.0), snoozes=jobs.c.snoozes + 1)
             else:
                 values["errors"] = [e.__dict__ for e in job.errors] + [o.error]
-                if o.retry_in is None:
-                    values.update(state=S.DEAD, finished_at=db.now())
+                if move is BURY:
+                    values.update(finished_at=db.now())
                 else:
-                    values.update(state=S.RETRYABLE, scheduled_at=db.after(o.retry_in))
+                    values.update(scheduled_at=db.after(o.retry_in or 0.0))
             result = conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job.id, jobs.c.lease_token == o.claim.token, jobs.c.state == S.RUNNING)
-                .values(**values)
+                .where(jobs.c.id == job.id, jobs.c.lease_token == o.claim.token, allowed(move))
+                .values(state=move.target, **values)
             )
             if result.rowcount:
                 accepted.add(o.key)
                 if o.kind == "returned":
                     returned.append(o)
-                elif values.get("state") == S.DEAD:
+                elif move is BURY:
                     dead.append(job.id)
         done = [o for o in outcomes if o.key in accepted and o.kind != "returned"]
         if done:
@@ -276,6 +287,13 @@ class LeaseSQL:
         return {(int(r[0]), int(r[1])) for r in result}
 
 
+def outcome_move(o: Outcome) -> Move:
+    """The state machine's move that records this outcome."""
+    if o.kind == "failed":
+        return BURY if o.retry_in is None else FAIL
+    return {"completed": COMPLETE, "released": RELEASE, "returned": RETURN, "snoozed": SNOOZE}[o.kind]
+
+
 def _execution_params(o: Outcome) -> dict[str, Any]:
     error = o.error or {}
     return {
@@ -298,7 +316,7 @@ def expired_leases(db: Database, conn: Connection, limit: int = 500) -> list[tup
     """(id, token, worker id) of running jobs whose lease has expired by the database clock."""
     rows = conn.execute(
         select(jobs.c.id, jobs.c.lease_token, jobs.c.worker_id)
-        .where(jobs.c.state == S.RUNNING, jobs.c.lease_expires_at < db.now())
+        .where(in_states(LEASED), jobs.c.lease_expires_at < db.now())
         .limit(limit)
     )
     return [(int(r[0]), int(r[1]), r[2]) for r in rows if r[1] is not None]
@@ -318,7 +336,7 @@ def rescue(db: Database, conn: Connection, pairs: Sequence[tuple[int, int]]) -> 
                 select(jobs).where(
                     jobs.c.id == job_id,
                     jobs.c.lease_token == token,
-                    jobs.c.state == S.RUNNING,
+                    allowed(RESCUE),
                     jobs.c.lease_expires_at < db.now(),
                 )
             )
@@ -328,17 +346,18 @@ def rescue(db: Database, conn: Connection, pairs: Sequence[tuple[int, int]]) -> 
         job = Job.from_row(row)
         error = error_record(job.attempt, None, "lease_expired")
         error["message"] = f"worker {job.worker_id} stopped renewing its lease"
-        out_of_attempts = job.attempt >= job.max_attempts
+        out_of_attempts = job.out_of_attempts
+        move = RESCUE_DEAD if out_of_attempts else RESCUE
         result = conn.execute(
             update(jobs)
             .where(
                 jobs.c.id == job_id,
                 jobs.c.lease_token == token,
-                jobs.c.state == S.RUNNING,
+                allowed(move),
                 jobs.c.lease_expires_at < db.now(),
             )
             .values(
-                state=S.DEAD if out_of_attempts else S.AVAILABLE,
+                state=move.target,
                 scheduled_at=db.now(),
                 finished_at=db.now() if out_of_attempts else None,
                 errors=[e.__dict__ for e in job.errors] + [error],
@@ -371,11 +390,11 @@ def stage(db: Database, conn: Connection) -> list[str]:
     result = conn.execute(
         update(jobs)
         .where(
-            jobs.c.state.in_([S.SCHEDULED, S.RETRYABLE]),
+            allowed(STAGE),
             jobs.c.scheduled_at <= db.now(),
             DEPENDENCIES_MET,
         )
-        .values(state=S.AVAILABLE)
+        .values(state=STAGE.target)
         .returning(jobs.c.queue)
     )
     return sorted(set(result.scalars()))
@@ -386,7 +405,7 @@ def has_stageable(db: Database, conn: Connection) -> bool:
         conn.execute(
             select(jobs.c.id)
             .where(
-                jobs.c.state.in_([S.SCHEDULED, S.RETRYABLE]),
+                allowed(STAGE),
                 jobs.c.scheduled_at <= db.now(),
                 DEPENDENCIES_MET,
             )

@@ -12,21 +12,46 @@ from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any
 
-from sqlalchemy import Connection, case, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, case, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import Insert
 
 from ledgerflow import tracing
 from ledgerflow.db.database import Database
 from ledgerflow.db.tables import UNIQUE_KEY_WHERE, job_dependencies, job_executions, jobs, pauses
 from ledgerflow.engine.jobs import Job, JobSpec
-from ledgerflow.engine.states import CLAIMABLE, LIVE, JobState, sources
-from ledgerflow.errors import BadInput, Conflict, NotFound
+from ledgerflow.engine.states import (
+    CANCEL,
+    CANCEL_DEPENDENT,
+    CLAIMABLE,
+    LIVE,
+    PURGE,
+    RETRY,
+    JobState,
+    Move,
+    describe,
+)
+from ledgerflow.errors import BadInput, Conflict, NotAllowed, NotFound
 
 S = JobState
 # Must match the partial index's WHERE text exactly for SQLite's ON CONFLICT to find it.
 _UNIQUE_WHERE = UNIQUE_KEY_WHERE
+
+
+@dataclass(frozen=True)
+class RetryReport:
+    """What a retry of many jobs did: the ids made available, and each id refused with why."""
+
+    retried: list[int]
+    refused: dict[int, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "retried": len(self.retried),
+            "refused": [{"job_id": k, "reason": v} for k, v in sorted(self.refused.items())],
+        }
 
 
 @dataclass(frozen=True)
@@ -36,6 +61,16 @@ class Pause:
     reason: str
     paused_by: str
     paused_at: datetime
+
+
+def in_states(states: Sequence[JobState]) -> ColumnElement[bool]:
+    """`state = 'x'` for one state (one plan, no expanding parameter), else `state IN (...)`."""
+    return jobs.c.state == states[0] if len(states) == 1 else jobs.c.state.in_(states)
+
+
+def allowed(move: Move) -> ColumnElement[bool]:
+    """The WHERE clause of a guarded move: the job is in one of the move's source states."""
+    return in_states(move.sources)
 
 
 def is_plain(spec: JobSpec) -> bool:
@@ -276,62 +311,91 @@ class JobStore:
 
     # ------------------------------------------------------------ user moves
     def retry(self, job_id: int) -> Job:
-        """Make a dead, cancelled, retryable or scheduled job available now."""
+        """Make a dead, cancelled, retryable or scheduled job available now.
+
+        A running, available or completed job is refused (`NotAllowed`, 409 / exit 2): the
+        internal running → available moves (release, rescue) are not a user's retry. A job
+        whose unique key a live job holds now is refused with `Conflict` naming that job.
+        """
         with self.db.begin() as conn:
-            updated = self._make_available(conn, [job_id], sources(S.AVAILABLE))
-            if not updated:
+            report = self._make_available(conn, [job_id])
+            if job_id in report.refused:
+                raise Conflict(f"job {job_id} not retried: {report.refused[job_id]}")
+            if not report.retried:
                 state = self.get(job_id, conn).state
-                raise Conflict(
-                    f"job {job_id} is {state}; only dead, cancelled, retryable or scheduled jobs retry"
+                raise NotAllowed(
+                    f"job {job_id} is {state}; only {describe(RETRY.sources)} jobs can be retried"
                 )
             return self.get(job_id, conn)
 
-    def retry_dead(self, task: str | None = None, ids: Iterable[int] | None = None) -> int:
-        """Retry every dead job (optionally of one task, or only `ids`); returns how many."""
+    def retry_dead(self, task: str | None = None, ids: Iterable[int] | None = None) -> RetryReport:
+        """Retry every dead job (optionally of one task, or only `ids`).
+
+        Retries what can be retried; a job whose unique key a live job holds stays dead and
+        is reported in `refused` with the reason.
+        """
         with self.db.begin() as conn:
-            query = select(jobs.c.id).where(jobs.c.state == S.DEAD)
+            query = select(jobs.c.id).where(jobs.c.state == S.DEAD).order_by(jobs.c.id)
             if task:
                 query = query.where(jobs.c.task == task)
             if ids is not None:
                 query = query.where(jobs.c.id.in_(list(ids)))
-            found = list(conn.execute(query).scalars())
-            return self._make_available(conn, found, (S.DEAD,))
+            return self._make_available(conn, list(conn.execute(query).scalars()))
 
-    def _make_available(self, conn: Connection, ids: list[int], allowed: Sequence[str]) -> int:
-        if not ids:
-            return 0
-        total = 0
+    def _make_available(self, conn: Connection, ids: list[int]) -> RetryReport:
+        """Retry `ids` in chunks; a chunk that breaks a unique key is retried job by job."""
+        report = RetryReport([], {})
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            result = conn.execute(
-                update(jobs)
-                .where(jobs.c.id.in_(chunk), jobs.c.state.in_(list(allowed)))
-                .values(
-                    state=S.AVAILABLE,
-                    scheduled_at=self.db.now(),
-                    # a retried dead job gets at least one more attempt
-                    max_attempts=case(
-                        (jobs.c.max_attempts > jobs.c.attempt, jobs.c.max_attempts),
-                        else_=jobs.c.attempt + 1,
-                    ),
-                    finished_at=None,
-                    state_reason=None,
-                )
-                .returning(jobs.c.queue)
+            try:
+                with conn.begin_nested():
+                    report.retried.extend(self._retry_update(conn, chunk))
+            except IntegrityError:
+                for job_id in chunk:
+                    try:
+                        with conn.begin_nested():
+                            report.retried.extend(self._retry_update(conn, [job_id]))
+                    except IntegrityError:
+                        report.refused[job_id] = self._unique_key_holder(conn, job_id)
+        return report
+
+    def _retry_update(self, conn: Connection, ids: list[int]) -> list[int]:
+        result = conn.execute(
+            update(jobs)
+            .where(jobs.c.id.in_(ids), allowed(RETRY))
+            .values(
+                state=RETRY.target,
+                scheduled_at=self.db.now(),
+                # a retried dead job gets at least one more attempt
+                max_attempts=case(
+                    (jobs.c.max_attempts > jobs.c.attempt - jobs.c.snoozes, jobs.c.max_attempts),
+                    else_=jobs.c.attempt - jobs.c.snoozes + 1,
+                ),
+                finished_at=None,
+                state_reason=None,
             )
-            queues = list(result.scalars())
-            total += len(queues)
-            self.notify(conn, queues)
-        return total
+            .returning(jobs.c.id, jobs.c.queue)
+        )
+        rows = result.all()
+        self.notify(conn, [r.queue for r in rows])
+        return sorted(int(r.id) for r in rows)
+
+    def _unique_key_holder(self, conn: Connection, job_id: int) -> str:
+        """Why retrying `job_id` broke its unique key: the live job that holds the key."""
+        key = conn.execute(select(jobs.c.unique_key).where(jobs.c.id == job_id)).scalar()
+        holder = conn.execute(
+            select(jobs.c.id).where(jobs.c.unique_key == key, in_states(LIVE), jobs.c.id != job_id).limit(1)
+        ).scalar()
+        return f"unique key {key!r} is held by live job {holder}"
 
     def cancel(self, job_id: int, reason: str = "cancelled by user") -> Job:
         """Cancel a job that has not finished; a running job's worker is fenced off."""
         with self.db.begin() as conn:
             result = conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.state.in_(sources(S.CANCELLED)))
+                .where(jobs.c.id == job_id, allowed(CANCEL))
                 .values(
-                    state=S.CANCELLED,
+                    state=CANCEL.target,
                     finished_at=self.db.now(),
                     state_reason=reason,
                     lease_token=None,
@@ -340,14 +404,14 @@ class JobStore:
             )
             if result.rowcount == 0:
                 state = self.get(job_id, conn).state
-                raise Conflict(f"job {job_id} is {state} and cannot be cancelled")
+                raise NotAllowed(f"job {job_id} is {state} and cannot be cancelled")
             cancel_dependents(self.db, conn, [job_id])
             return self.get(job_id, conn)
 
     def purge_dead(self, older_than: timedelta | None = None, task: str | None = None) -> int:
         """Delete dead jobs (the dead-letter queue), optionally only older ones or of one task."""
         with self.db.begin() as conn:
-            stmt = delete(jobs).where(jobs.c.state == S.DEAD)
+            stmt = delete(jobs).where(allowed(PURGE))
             if older_than is not None:
                 stmt = stmt.where(jobs.c.finished_at < datetime.now(UTC) - older_than)
             if task:
@@ -408,8 +472,8 @@ def cancel_dependents(db: Database, conn: Connection, parent_ids: Sequence[int])
         reason = f"dependency {', '.join(map(str, sorted(frontier)[:10]))} ended dead or cancelled"
         result = conn.execute(
             update(jobs)
-            .where(jobs.c.id.in_(children), jobs.c.state.in_(CLAIMABLE))
-            .values(state=S.CANCELLED, finished_at=db.now(), state_reason=reason)
+            .where(jobs.c.id.in_(children), allowed(CANCEL_DEPENDENT))
+            .values(state=CANCEL_DEPENDENT.target, finished_at=db.now(), state_reason=reason)
             .returning(jobs.c.id)
         )
         frontier = [int(r) for r in result.scalars()]

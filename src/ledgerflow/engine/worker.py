@@ -54,6 +54,7 @@ from ledgerflow.engine.states import JobState
 from ledgerflow.engine.tasks import Task
 from ledgerflow.errors import JobTimeout, Snooze
 from ledgerflow.logs import get_logger
+from ledgerflow.payload import storable_result
 from ledgerflow.tracing import Attempt
 
 if TYPE_CHECKING:
@@ -289,7 +290,7 @@ class Worker:
                 if slots or self._should_flush():
                     batch, self._outcomes = self._outcomes, []
                     try:
-                        claims, refused = await self._loop.run_in_executor(
+                        claims, refused, unwritten = await self._loop.run_in_executor(
                             db_thread, self._cycle, batch, slots
                         )
                     except Exception as exc:
@@ -310,6 +311,7 @@ class Worker:
                         backoff = min(backoff * 2, 5.0)
                         continue
                     backoff = 0.05
+                    self._outcomes[:0] = unwritten
                     for outcome in refused:
                         self.log.warning(
                             "outcome_refused_lease_lost",
@@ -399,18 +401,73 @@ class Worker:
             slots[q] = min(free, n - running.get(q, 0))
         return {q: n for q, n in slots.items() if n > 0}
 
-    def _cycle(self, outcomes: list[Outcome], slots: dict[str, int]) -> tuple[list[Claim], list[Outcome]]:
-        """One transaction: write finished outcomes, then claim up to the budget."""
+    def _cycle(
+        self, outcomes: list[Outcome], slots: dict[str, int]
+    ) -> tuple[list[Claim], list[Outcome], list[Outcome]]:
+        """One transaction: write finished outcomes, then claim up to the budget.
+
+        Returns (claims, outcomes refused for a lost lease, outcomes still to write). When the
+        database refuses the batch for another reason than being unreachable, the outcomes are
+        written one by one instead, so one it cannot store never holds the others back.
+        """
+        claims: list[Claim] = []
+        unwritten: list[Outcome] = []
+        try:
+            with self.db.begin() as conn:
+                refused = self._sql.apply_outcomes(conn, outcomes) if outcomes else []
+                for queue, n in slots.items():
+                    names = (
+                        [q for q, lim in self.opts.queues.items() if lim is None] if queue == "*" else [queue]
+                    )
+                    claims += self._sql.claim(
+                        conn, worker_id=self.id, queues=names, tasks=self._tasks, limit=n
+                    )
+            written = [o for o in outcomes if o not in refused]
+        except Exception as exc:
+            if not outcomes or is_transient(exc):
+                raise
+            self.log.warning("outcome_batch_refused", outcomes=len(outcomes), error=_first_line(exc))
+            written, refused, unwritten = self._write_one_by_one(outcomes)
+        for o in written:
+            self._log_outcome(o)
+        return claims, refused, unwritten
+
+    def _write(self, outcomes: list[Outcome]) -> list[Outcome]:
+        """Write outcomes in one transaction; returns those refused because the lease was lost."""
         with self.db.begin() as conn:
-            refused = self._sql.apply_outcomes(conn, outcomes) if outcomes else []
-            claims: list[Claim] = []
-            for queue, n in slots.items():
-                names = [q for q, lim in self.opts.queues.items() if lim is None] if queue == "*" else [queue]
-                claims += self._sql.claim(conn, worker_id=self.id, queues=names, tasks=self._tasks, limit=n)
-        for o in outcomes:
-            if o not in refused:
-                self._log_outcome(o)
-        return claims, refused
+            return self._sql.apply_outcomes(conn, outcomes)
+
+    def _write_one_by_one(
+        self, outcomes: list[Outcome]
+    ) -> tuple[list[Outcome], list[Outcome], list[Outcome]]:
+        """Write each outcome in its own transaction: (written, refused, left for the next cycle).
+
+        An outcome the database refuses is replaced by a failure saying why (the job goes to
+        the dead-letter queue: its attempt ran, so it is not run again on its own). If even
+        that is refused, the outcome is dropped: the job's lease is no longer renewed, it
+        expires and the rescue decides, rather than the worker holding the job for ever.
+        """
+        written: list[Outcome] = []
+        refused: list[Outcome] = []
+        for i, outcome in enumerate(outcomes):
+            try:
+                lost = self._write([outcome])
+            except Exception as exc:
+                if is_transient(exc):
+                    return written, refused, outcomes[i:]
+                outcome = unstorable(outcome, exc)
+                try:
+                    lost = self._write([outcome])
+                except Exception as again:
+                    if is_transient(again):
+                        return written, refused, outcomes[i:]
+                    job = outcome.claim.job
+                    self.log.error(
+                        "outcome_not_written", job_id=job.id, task=job.task, error=_first_line(again)
+                    )
+                    continue
+            (refused if lost else written).append(outcome)
+        return written, refused, []
 
     def _start_buffered(self) -> None:
         while self._buffer and len(self._inflight) < self.opts.concurrency and not self._stopping:
@@ -472,7 +529,7 @@ class Worker:
             job.task,
             job.queue,
             job.attempt,
-            job.max_attempts,
+            job.max_attempts + job.snoozes,  # snoozed attempts do not count
             job.schedule_id,
             job.fire_time,
             self.id,
@@ -500,13 +557,7 @@ class Worker:
             elif not running.fenced:
                 raise
         except Snooze as snooze:
-            outcome = Outcome(
-                running.claim,
-                "snoozed",
-                self._elapsed(running),
-                retry_in=snooze.seconds,
-                error={"type": "snoozed", "message": str(snooze)},
-            )
+            outcome = self._snoozed(running, snooze)
         except (TimeoutError, JobTimeout) as exc:
             error = JobTimeout(f"attempt ran past its timeout of {job.timeout:g}s")
             outcome, caught = self._failure(running, task, error, "timeout"), exc
@@ -566,8 +617,20 @@ class Worker:
         error = error_record(job.attempt, exc, kind)
         if isinstance(exc, ChildTaskError):
             error.update(type=exc.type_name, traceback=exc.child_traceback[-8000:])
-        retry_in = task.backoff(job.attempt) if job.attempt < job.max_attempts else None
+        retry_in = None if job.out_of_attempts else task.backoff(job.attempts_counted)
         return Outcome(running.claim, "failed", self._elapsed(running), error=error, retry_in=retry_in)
+
+    def _snoozed(self, running: _Running, snooze: Snooze) -> Outcome:
+        """Run again later without spending an attempt, up to `max_snoozes` times; then the job fails."""
+        job, limit = running.claim.job, self.app.settings.max_snoozes
+        if job.snoozes < limit:
+            error = {"type": "snoozed", "message": str(snooze)}
+            return Outcome(
+                running.claim, "snoozed", self._elapsed(running), retry_in=snooze.seconds, error=error
+            )
+        record = error_record(job.attempt, None, "snooze_limit")
+        record["message"] = f"snoozed {job.snoozes} times, the limit (LEDGERFLOW_MAX_SNOOZES={limit})"
+        return Outcome(running.claim, "failed", self._elapsed(running), error=record, retry_in=None)
 
     def _log_outcome(self, o: Outcome) -> None:
         job = o.claim.job
@@ -702,7 +765,7 @@ class Worker:
                 rescued = leases.rescue(self.db, conn, ready)
                 self.app.store.notify(conn, [j.queue for j in rescued])
             for job in rescued:
-                dead = job.attempt >= job.max_attempts
+                dead = job.out_of_attempts
                 self.log.warning(
                     "job_rescued",
                     job_id=job.id,
@@ -726,6 +789,23 @@ class Worker:
             self.app.store.notify(conn, queues)
         if queues:
             self.wake()
+
+
+def unstorable(outcome: Outcome, error: BaseException) -> Outcome:
+    """The failure recorded instead of an outcome the database refused to store."""
+    job = outcome.claim.job
+    _, why = storable_result(outcome.result)
+    record = error_record(job.attempt, None, "unstorable_outcome")
+    record["message"] = (
+        f"the database could not store the outcome of this attempt ({outcome.kind}): "
+        f"{why or _first_line(error)}"
+    )
+    return Outcome(outcome.claim, "failed", outcome.duration, error=record, retry_in=None)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def _call_in_thread(

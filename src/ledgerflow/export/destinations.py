@@ -7,10 +7,12 @@ checksums: equal means "already delivered" (success), different is an `ExportCon
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import mimetypes
 import os
 import secrets
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -62,7 +64,39 @@ class Destination(Protocol):
         reserved_id: str | None,
     ) -> Remote: ...
     def delete(self, remote_id: str, *, batch_key: str, sha256: str) -> bool: ...
-    def fetch_sha256(self, remote_id: str) -> str | None: ...
+    def content_digests(self, remote_id: str) -> Digests | None:
+        """The checksums the service itself keeps of the file's content (None: no such file)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Digests:
+    """Checksums of a stored file's content as the service computed them (hex; None: not kept)."""
+
+    sha256: str | None = None
+    md5: str | None = None
+
+
+def same_content(
+    destination: Destination, remote_id: str, *, sha256: str, md5: str | None = None
+) -> bool | None:
+    """Does the destination hold `remote_id` with exactly this content? None: the file is missing.
+
+    Decided by the service's own content checksum (a folder's bytes, S3 `ChecksumSHA256`,
+    Drive `sha256Checksum` or `md5Checksum`), never by a label the uploader wrote; when the
+    service keeps none that can be compared, the file is downloaded and hashed.
+    """
+    kept = destination.content_digests(remote_id)
+    if kept is None:
+        return None
+    if kept.sha256:
+        return kept.sha256 == sha256
+    if kept.md5 and md5:
+        return kept.md5 == md5
+    with tempfile.TemporaryDirectory(prefix="ledgerflow-verify-") as folder:
+        target = Path(folder) / "file"
+        download(destination, remote_id, target)
+        return file_digests(target)[0] == sha256
 
 
 def file_digests(path: Path) -> tuple[str, str, int]:
@@ -144,9 +178,12 @@ class LocalFolder:
             return True
         return False
 
-    def fetch_sha256(self, remote_id: str) -> str | None:
+    def content_digests(self, remote_id: str) -> Digests | None:
         path = Path(remote_id)
-        return file_digests(path)[0] if path.exists() else None
+        if not path.is_file():
+            return None
+        sha256, md5, _size = file_digests(path)
+        return Digests(sha256, md5)
 
 
 class GoogleDrive:
@@ -262,13 +299,17 @@ class GoogleDrive:
         self._call(self.service.files().delete(fileId=remote_id, supportsAllDrives=True), "delete")
         return True
 
-    def fetch_sha256(self, remote_id: str) -> str | None:
+    def content_digests(self, remote_id: str) -> Digests | None:
         meta = self._call(
-            self.service.files().get(fileId=remote_id, fields="appProperties", supportsAllDrives=True),
+            self.service.files().get(
+                fileId=remote_id, fields="md5Checksum,sha256Checksum,trashed", supportsAllDrives=True
+            ),
             "get",
             missing_ok=True,
         )
-        return None if meta is None else (meta.get("appProperties") or {}).get("lf_sha256")
+        if meta is None or meta.get("trashed"):
+            return None
+        return Digests(meta.get("sha256Checksum"), meta.get("md5Checksum"))
 
 
 def drive_service(endpoint: str | None = None, timeout: float = 30.0) -> Any:
@@ -371,6 +412,8 @@ class S3:
                     Key=key,
                     Body=body,
                     IfNoneMatch="*",
+                    ChecksumAlgorithm="SHA256",  # S3 refuses a body that does not match, and keeps it
+                    ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256)).decode(),
                     ContentType=_mimetype(name),
                     Metadata={"lf-sha256": sha256, "lf-batch": batch_key},
                 )
@@ -380,7 +423,10 @@ class S3:
                 raise DestinationError(f"S3 upload of {key} failed: {code}", "s3") from exc
         except (BotoCoreError, OSError) as exc:
             raise DestinationError(f"S3 upload of {key} failed: {exc}", "s3") from exc
-        if self.fetch_sha256(key) != sha256:
+        same = same_content(self, key, sha256=sha256, md5=md5)
+        if same is None:
+            raise DestinationError(f"S3 upload of {key}: the object is not there after its upload", "s3")
+        if not same:
             raise ExportConflict(f"s3://{self.bucket}/{key} exists with different content; not overwritten")
         return Remote(key, f"s3://{self.bucket}/{key}")
 
@@ -396,9 +442,13 @@ class S3:
         except BotoCoreError as exc:
             raise DestinationError(f"S3 head of {key} failed: {exc}", "s3") from exc
 
-    def fetch_sha256(self, remote_id: str) -> str | None:
-        head = self._head(remote_id)
-        return None if head is None else head.get("Metadata", {}).get("lf-sha256")
+    def content_digests(self, remote_id: str) -> Digests | None:
+        head = _s3_head_with_checksum(self, remote_id)
+        if head is None:
+            return None
+        checksum = head.get("ChecksumSHA256")
+        # a multipart object's checksum is of its parts ("...-N"): not comparable, so downloaded
+        return Digests(base64.b64decode(checksum).hex() if checksum and "-" not in checksum else None)
 
     def delete(self, remote_id: str, *, batch_key: str, sha256: str) -> bool:
         head = self._head(remote_id)
@@ -491,8 +541,6 @@ def stored_file(destination: Destination, name: str) -> StoredFile | None:
         sha256, md5, size = file_digests(path)
         return StoredFile(name, str(path), size, sha256, md5)
     if isinstance(destination, S3):
-        import base64
-
         key = destination._key(name)
         head = _s3_head_with_checksum(destination, key)
         if head is None:

@@ -468,6 +468,15 @@ LAYOUTS: dict[str, Callable[[Entry, Profile, int, TextCells], Cells]] = {
     "freee": _freee,
 }
 
+#: Per layout, the columns (0-based) a re-read of the file sums: debit amount, credit amount,
+#: and currency (None: the profile has one currency).
+AMOUNT_COLUMNS: dict[str, tuple[int, int, int | None]] = {
+    "generic": (5, 6, 8),
+    "yayoi": (8, 14, None),  # 借方金額 I, 貸方金額 O
+    "moneyforward": (8, 16, None),  # 借方金額(円), 貸方金額(円)
+    "freee": (5, 9, None),  # 借方金額, 貸方金額
+}
+
 GENERIC_HEADER = (
     "entry_reference",
     "date",

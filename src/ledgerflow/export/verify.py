@@ -1,54 +1,176 @@
-"""`ledgerflow export verify`: the audit chain, and every delivered file against its checksum."""
+"""`ledgerflow export verify`: the audit chain, anchored outside the database, and every
+delivered file against the checksums the chain recorded.
+
+* **the chain** (`export_logs`): every hash recomputed (`audit.verify_chain`);
+* **its anchors**: each delivered manifest carries the chain head at its generation
+  (`audit_anchor`: the row's id as `seq`, and its hash), read back from the destination. A
+  row it names that the database no longer holds, or holds with another hash, means audit
+  rows were deleted or truncated — which the chain alone cannot show for its last rows;
+* **the files**: checked against the `csv_generated` row of their batch (hash-chained), not
+  `export_batches.files` (which is not), by the service's own content checksum or a download;
+  a completed batch without its `csv_generated` row is reported;
+* **restores** that rolled the books back (`backup.restore_divergences`).
+"""
 
 from __future__ import annotations
 
+import json
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from ledgerflow.db.tables import export_batches
+from ledgerflow.backup import restore_divergences
+from ledgerflow.db.tables import export_batches, export_logs
 from ledgerflow.export.audit import verify_chain
-from ledgerflow.export.destinations import DestinationError, destination_for
+from ledgerflow.export.destinations import Destination, destination_for, download, file_digests, same_content
 
 if TYPE_CHECKING:
     from ledgerflow.app import App
 
 
 def verify_exports(app: App) -> dict[str, Any]:
+    """Check the chain, its anchors in the delivered manifests, and every delivered file.
+
+    Returns `chain_rows`, `chain_problems` (broken hashes, deleted or truncated rows),
+    `anchors_checked`, `files_checked`, `file_problems`, `unreachable` (destinations that did
+    not answer: nothing concluded) and `restore_divergences` (restores that rolled back).
+    """
     chain = verify_chain(app.db)
-    problems: list[str] = []
-    unreachable: list[str] = []
-    checked = 0
-    s = app.settings
-    destinations: dict[str, Any] = {}
+    report = _Report(app)
     with app.db.read() as conn:
-        batches = conn.execute(
-            select(export_batches.c.batch_key, export_batches.c.destination, export_batches.c.files).where(
-                export_batches.c.state == "completed"
+        delivered = {
+            r.batch_key: r.metadata
+            for r in conn.execute(
+                select(export_logs.c.batch_key, export_logs.c.metadata)
+                .where(export_logs.c.action == "csv_generated")
+                .order_by(export_logs.c.id)
             )
+        }
+        batches = conn.execute(
+            select(export_batches.c.batch_key, export_batches.c.destination, export_batches.c.files)
+            .where(export_batches.c.state == "completed", export_batches.c.entry_count > 0)
+            .order_by(export_batches.c.id)
         ).all()
+        chain_end = int(conn.execute(select(func.max(export_logs.c.id))).scalar() or 0)
     for batch in batches:
-        for f in batch.files or []:
-            if not f.get("remote_id"):
-                continue
-            url = batch.destination
-            try:
-                if url not in destinations:
-                    destinations[url] = destination_for(s, url)
-                remote_sha = destinations[url].fetch_sha256(f["remote_id"])
-            except (DestinationError, Exception) as exc:
-                unreachable.append(f"{batch.batch_key} {f['name']}: {exc}")
-                continue
-            checked += 1
-            expected = f["sha256"][: len(remote_sha)] if remote_sha else f["sha256"]
-            if remote_sha is None:
-                problems.append(f"{batch.batch_key}: {f['name']} is missing at {url}")
-            elif remote_sha != expected:
-                problems.append(f"{batch.batch_key}: {f['name']} at {url} has a different checksum")
+        logged = delivered.pop(batch.batch_key, None)
+        if logged is None:
+            report.chain.append(
+                f"{batch.batch_key} is completed but its csv_generated audit row is missing "
+                "(audit rows deleted?)"
+            )
+            report.read_anchor_only(batch.batch_key, batch.destination, batch.files or [])
+            continue
+        url = logged.get("destination") or batch.destination
+        report.check_batch(batch.batch_key, url, batch.files, logged)
+    for key in delivered:
+        report.files.append(f"the audit trail records the delivery of {key}, but export_batches does not")
+    report.check_anchors(chain_end)
     return {
         "chain_rows": chain.rows,
-        "chain_problems": chain.problems,
-        "files_checked": checked,
-        "file_problems": problems,
-        "unreachable": unreachable,
+        "chain_problems": chain.problems + report.chain,
+        "anchors_checked": len(report.anchors),
+        "files_checked": report.checked,
+        "file_problems": report.files,
+        "unreachable": report.unreachable,
+        "restore_divergences": [d.describe() for d in restore_divergences(app.db)],
     }
+
+
+class _Report:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.chain: list[str] = []
+        self.files: list[str] = []
+        self.unreachable: list[str] = []
+        self.checked = 0
+        #: (where it was read, seq, row hash) of every chain head a delivered manifest anchors
+        self.anchors: list[tuple[str, int, str]] = []
+        self._destinations: dict[str, Destination] = {}
+
+    def destination(self, url: str) -> Destination:
+        if url not in self._destinations:
+            self._destinations[url] = destination_for(self.app.settings, url)
+        return self._destinations[url]
+
+    def check_batch(self, key: str, url: str, stored: list[dict[str, Any]], logged: dict[str, Any]) -> None:
+        recorded = {f["name"]: f for f in stored or []}
+        md5s = logged.get("md5") or {}
+        for name, remote_id in zip(logged["filenames"], logged["file_ids"], strict=True):
+            sha256 = logged["sha256"][name]
+            if name in recorded and recorded[name]["sha256"] != sha256:
+                self.files.append(
+                    f"{key}: export_batches.files gives {name} another checksum "
+                    "than its csv_generated audit row"
+                )
+            try:
+                destination = self.destination(url)
+                if name.endswith(".manifest.json"):
+                    self.check_manifest(key, url, destination, name, remote_id, sha256)
+                    continue
+                same = same_content(destination, remote_id, sha256=sha256, md5=md5s.get(name))
+            except Exception as exc:  # unreachable: nothing can be concluded about this file
+                self.unreachable.append(f"{key} {name}: {type(exc).__name__}: {exc}")
+                continue
+            self.checked += 1
+            if same is None:
+                self.files.append(f"{key}: {name} is missing at {url}")
+            elif not same:
+                self.files.append(f"{key}: {name} at {url} differs from the checksum in the audit trail")
+
+    def read_anchor_only(self, key: str, url: str, files: list[dict[str, Any]]) -> None:
+        """Without its audit row the batch's files cannot be checked, but its delivered manifest
+        (found through export_batches) still says which chain head existed when it was made."""
+        for f in files:
+            if f.get("kind") != "manifest" or not f.get("remote_id"):
+                continue
+            try:
+                self.check_manifest(key, url, self.destination(url), f["name"], f["remote_id"], None)
+            except Exception as exc:  # unreachable: nothing can be concluded about this file
+                self.unreachable.append(f"{key} {f['name']}: {type(exc).__name__}: {exc}")
+
+    def check_manifest(
+        self, key: str, url: str, destination: Destination, name: str, remote_id: str, sha256: str | None
+    ) -> None:
+        """The delivered manifest, read back: its bytes as chained (unless `sha256` is None), and
+        the chain head it anchors."""
+        self.checked += 1
+        if destination.content_digests(remote_id) is None:
+            self.files.append(f"{key}: {name} is missing at {url}")
+            return
+        with tempfile.TemporaryDirectory(prefix="ledgerflow-verify-") as folder:
+            target = Path(folder) / "manifest.json"
+            download(destination, remote_id, target)
+            if sha256 is not None and file_digests(target)[0] != sha256:
+                self.files.append(f"{key}: {name} at {url} differs from the checksum in the audit trail")
+                return
+            anchor = json.loads(target.read_bytes()).get("audit_anchor")
+        if anchor and int(anchor["seq"]) > 0:  # older manifests carry no chain head
+            self.anchors.append(
+                (f"the manifest {name} of {key} at {url}", int(anchor["seq"]), anchor["row_hash"])
+            )
+
+    def check_anchors(self, chain_end: int) -> None:
+        """Each anchored row must still be in export_logs with the hash the manifest recorded."""
+        if not self.anchors:
+            return
+        wanted = sorted({seq for _where, seq, _hash in self.anchors})
+        with self.app.db.read() as conn:
+            found = dict(
+                conn.execute(
+                    select(export_logs.c.id, export_logs.c.row_hash).where(export_logs.c.id.in_(wanted))
+                ).all()
+            )
+        for where, seq, head in self.anchors:
+            if seq not in found:
+                self.chain.append(
+                    f"audit rows deleted or truncated: {where} anchors the chain at row {seq} "
+                    f"({head[:12]}…), which export_logs no longer holds (the chain ends at row {chain_end})"
+                )
+            elif found[seq] != head:
+                self.chain.append(
+                    f"audit row {seq} differs from the chain head recorded in {where} "
+                    f"({head[:12]}… there, {found[seq][:12]}… here): audit rows rewritten or replaced"
+                )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import itertools
 import json
 import time
@@ -22,9 +23,9 @@ from sqlalchemy import Connection, func, select
 
 from ledgerflow.db.tables import export_batch_entries, journal_entries, journal_lines
 from ledgerflow.errors import BadInput, LedgerflowError
-from ledgerflow.export.profiles import Profile, check_layout, render
+from ledgerflow.export.profiles import AMOUNT_COLUMNS, Profile, check_layout, render
 from ledgerflow.ledger.entries import Entry
-from ledgerflow.ledger.money import format_amount
+from ledgerflow.ledger.money import format_amount, from_minor
 from ledgerflow.ledger.store import line_from_row
 
 
@@ -37,9 +38,16 @@ class EntryRejected(LedgerflowError):
 
     code = "entry_rejected"
 
-    def __init__(self, entry_id: int, reason: str) -> None:
+    def __init__(self, entry_id: int, reason: str, reference: str = "") -> None:
         super().__init__(reason)
         self.entry_id = entry_id
+        self.reference = reference
+
+
+class TotalsMismatch(LedgerflowError):
+    """The written file's control totals differ from the books: the batch stops, nothing is sent."""
+
+    code = "totals_mismatch"
 
 
 class _Sink:
@@ -220,11 +228,13 @@ def write_parts(
                 check_layout(entry, profile)
                 rendered = render(entry, profile, slip)
             except BadInput as exc:
-                raise EntryRejected(entry.id or 0, str(exc)) from None
+                raise EntryRejected(entry.id or 0, str(exc), entry.reference) from None
             rows = rendered.rows
             if len(rows) > capacity:
                 raise EntryRejected(
-                    entry.id or 0, f"entry {entry.reference} has more rows than one file can hold"
+                    entry.id or 0,
+                    f"entry {entry.reference} has more rows than one file can hold",
+                    entry.reference,
                 )
             if sink is None or part_rows + len(rows) > capacity:
                 close_part()
@@ -243,6 +253,7 @@ def write_parts(
                     entry.id or 0,
                     f"entry {entry.reference} ({profile.name} profile): character "
                     f"{bad!r} cannot be written in {profile.encoding}",
+                    entry.reference,
                 ) from None
             part_rows += len(rows)
             part_entries += 1
@@ -305,4 +316,75 @@ def write_manifest(generated: Generated, directory: Path, base_name: str, info: 
         len(data),
         0,
         0,
+    )
+
+
+# ---------------------------------------------------------------- control totals, reconciled
+Totals = dict[str, dict[str, Any]]  # currency -> {"debit", "credit": Decimal, "lines": int}
+
+
+def books_totals(conn: Connection, batch_id: int) -> Totals:
+    """The batch snapshot summed in SQL, independently of the writer: per currency Σdebit,
+    Σcredit and the number of journal lines."""
+    e, ln, be = journal_entries, journal_lines, export_batch_entries
+    rows = conn.execute(
+        select(e.c.currency, func.sum(ln.c.debit_minor), func.sum(ln.c.credit_minor), func.count())
+        .select_from(be.join(e, e.c.id == be.c.entry_id).join(ln, ln.c.entry_id == e.c.id))
+        .where(be.c.batch_id == batch_id)
+        .group_by(e.c.currency)
+    )
+    return {
+        cur: {"debit": from_minor(int(dr), cur), "credit": from_minor(int(cr), cur), "lines": int(n)}
+        for cur, dr, cr, n in rows
+    }
+
+
+def file_totals(parts: list[PartFile], profile: Profile) -> Totals:
+    """The written files read back (decoded as the importer will) and summed per currency."""
+    debit_at, credit_at, currency_at = AMOUNT_COLUMNS[profile.layout]
+    (only,) = profile.currencies or {None}
+    out: Totals = {}
+    bom = profile.byte_order_mark
+    for part in parts:
+        with open(part.path, "rb") as raw:
+            if bom and raw.read(len(bom)) != bom:
+                raise TotalsMismatch(f"{part.name} does not start with its byte-order mark")
+            text = io.TextIOWrapper(raw, encoding=profile.encoding, newline="")
+            rows = csv.reader(text)
+            if profile.header:
+                next(rows, None)
+            for row in rows:
+                cur = row[currency_at] if currency_at is not None else only
+                t = out.setdefault(cur, {"debit": Decimal(0), "credit": Decimal(0), "lines": 0})
+                t["debit"] += Decimal(row[debit_at] or 0)
+                t["credit"] += Decimal(row[credit_at] or 0)
+                t["lines"] += 1
+    return out
+
+
+def reconcile(generated: Generated, books: Totals, written: Totals) -> None:
+    """The writer's totals, the books' (SQL) and the file's (re-read) must be one and the same."""
+
+    def sums(totals: dict[str, dict[str, Any]]) -> dict[str, tuple[Decimal, Decimal]]:
+        return {cur: (t["debit"], t["credit"]) for cur, t in totals.items()}
+
+    problems = []
+    if sums(generated.totals) != sums(books):
+        problems.append(f"the writer counted {_show(generated.totals)} but the books hold {_show(books)}")
+    if written != books:
+        problems.append(f"the written file holds {_show(written)} but the books hold {_show(books)}")
+    lines = sum(t["lines"] for t in books.values())
+    if lines != generated.line_count:
+        problems.append(f"the writer counted {generated.line_count} lines but the books hold {lines}")
+    if problems:
+        raise TotalsMismatch("control totals do not reconcile: " + "; ".join(problems))
+
+
+def _show(totals: dict[str, dict[str, Any]]) -> str:
+    return (
+        ", ".join(
+            f"{cur} Dr {t['debit']} Cr {t['credit']}" + (f" in {t['lines']} lines" if "lines" in t else "")
+            for cur, t in sorted(totals.items())
+        )
+        or "nothing"
     )

@@ -25,6 +25,7 @@ from ledgerflow.clock import Clock
 from ledgerflow.db.database import is_transient
 from ledgerflow.db.tables import job_schedules, workers
 from ledgerflow.engine.store import dialect_insert
+from ledgerflow.export.tasks import DAILY_TASK
 from ledgerflow.logs import get_logger
 from ledgerflow.scheduler.schedules import Fire, Schedule
 from ledgerflow.scheduler.store import ScheduleStore
@@ -40,6 +41,7 @@ class Decision:
     status: str  # enqueued | skipped | missed
     reason: str | None = None
     job_id: int | None = None
+    overlapped: int | None = None  # skipped because this job, its previous run, still ran
 
 
 def decide(schedule: Schedule, fires: list[Fire]) -> list[tuple[Fire, str, str | None]]:
@@ -157,8 +159,10 @@ class Scheduler:
             plan = decide(schedule, fires)
             busy = None if schedule.allow_overlap else self.store.running_job(conn, schedule.id or 0)
             for fire, status, reason in plan:
+                overlapped = None
                 if status == "enqueued" and busy is not None:
                     status, reason = "skipped", f"previous run (job {busy}) is still running"
+                    overlapped = busy
                 fire_id = self.store.record_fire(
                     conn, schedule, fire.nominal, status=status, reason=reason, run_at=fire.adjusted
                 )
@@ -168,7 +172,7 @@ class Scheduler:
                 if status == "enqueued":
                     assert fire.adjusted is not None
                     job_id = self.store.enqueue_fire(conn, schedule, fire_id, fire.nominal, fire.adjusted)
-                decisions.append(Decision(schedule.name, fire.nominal, status, reason, job_id))
+                decisions.append(Decision(schedule.name, fire.nominal, status, reason, job_id, overlapped))
             self._advance(schedule, fires[-1].nominal, now, conn)
         for d in decisions:
             level = self.log.info if d.status == "enqueued" else self.log.warning
@@ -212,6 +216,28 @@ class Scheduler:
             )
         elif any(d.status == "enqueued" for d in decisions):
             self.app.alerts.resolve(key, f"schedule {schedule.name} fired on time again")
+        if schedule.job_type == DAILY_TASK:
+            self._alert_export_overlap(schedule, decisions)
+
+    def _alert_export_overlap(self, schedule: Schedule, decisions: list[Decision]) -> None:
+        """A daily export fire skipped because the previous export still runs is an incident:
+        that day's entries wait for a later export. Resolved when a later fire runs."""
+        key = f"export_fire_skipped:{schedule.name}"
+        skipped = [d for d in decisions if d.overlapped is not None]
+        if skipped:
+            first = skipped[0]
+            self.app.alerts.raise_alert(
+                key,
+                "error",
+                f"Daily export fire skipped ({schedule.name})",
+                f"the fire of {first.fire_time.isoformat()} did not run: the previous export "
+                f"(job {first.overlapped}) is still running; its entries wait for the next export",
+                schedule=schedule.name,
+                fire_time=first.fire_time.isoformat(),
+                running_job=first.overlapped,
+            )
+        elif any(d.status == "enqueued" for d in decisions):
+            self.app.alerts.resolve(key, f"schedule {schedule.name} fired and ran again")
 
     def _heartbeat(self) -> None:
         """Register this scheduler, then mark it alive: one statement, one round trip.

@@ -31,7 +31,7 @@ from ledgerflow.db.types import MAX_ID
 from ledgerflow.engine.states import JobState
 from ledgerflow.errors import BadInput, LedgerflowError, NotFound
 from ledgerflow.export.destinations import LocalFolder, open_destination
-from ledgerflow.export.saga import latest_daily_batch
+from ledgerflow.export.saga import held_back, latest_daily_batch
 from ledgerflow.names import check_name
 from ledgerflow.web import SESSION_COOKIE, STATIC, TEMPLATES
 from ledgerflow.web.sessions import SESSION_SECONDS, LoginThrottle, Sessions
@@ -283,9 +283,12 @@ def register(api: FastAPI, app: App, token: str) -> None:
             return refused
         if confirmed != "yes":
             return RedirectResponse("/dlq?confirm=true", status_code=303)
-        return RedirectResponse(
-            f"/dlq?{urlencode({'flash': f'retried {app.store.retry_dead()} dead job(s)'})}", status_code=303
+        report = app.store.retry_dead()
+        message = "; ".join(
+            [f"retried {len(report.retried)} dead job(s)"]
+            + [f"job {job_id} not retried: {why}" for job_id, why in sorted(report.refused.items())]
         )
+        return RedirectResponse(f"/dlq?{urlencode({'flash': message})}", status_code=303)
 
     # ------------------------------------------------------------------ queues and tasks
     @api.get("/queues", include_in_schema=False)
@@ -543,6 +546,8 @@ def register(api: FastAPI, app: App, token: str) -> None:
             query = query.where(export_batches.c.batch_date < before)
         with app.db.read() as conn:
             batches = [dict(r._mapping) for r in conn.execute(query.limit(30))]
+        for batch in batches:
+            batch["held_back"] = held_back(batch)
         local = app.settings.export_destination.startswith("file://")
         return page(
             request,
