@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from ledgerflow.config import load_settings
 from ledgerflow.engine.jobs import JobSpec
@@ -19,6 +20,7 @@ from tests.web.test_dashboard import SHOTS, TOKEN, browser, serve
 from tests.web.test_pages import pdf_bytes, png_bytes, stored_receipt
 
 __all__ = ["browser"]
+WAIT = 120_000  # ms: a loaded machine renders a page slowly; nothing here measures time
 
 
 @pytest.fixture
@@ -47,13 +49,15 @@ def seeded(db_url: str, tmp_path: Path) -> Iterator[tuple[str, dict[str, int]]]:
         yield url, ids
 
 
-def wait_for_text(locator: object, text: str, timeout: float = 120) -> None:
-    """Wait, without reloading, until the element shows `text` (the page refreshes itself)."""
-    deadline = time.monotonic() + timeout
-    while text not in locator.inner_text():  # type: ignore[attr-defined]
-        shown = locator.inner_text()  # type: ignore[attr-defined]
-        assert time.monotonic() < deadline, f"{text!r} never appeared in {shown!r}"
-        time.sleep(0.25)
+def shown_width(page: object) -> int:
+    """The preview's natural width once the browser has loaded it (polled from here: the page's
+    Content-Security-Policy forbids the eval that `wait_for_function` needs)."""
+    preview = page.locator("#receipt-preview")  # type: ignore[attr-defined]
+    deadline = time.monotonic() + WAIT / 1000
+    while not (width := preview.evaluate("img => img.complete ? img.naturalWidth : 0")):
+        assert time.monotonic() < deadline, "the preview never loaded"
+        time.sleep(0.2)
+    return int(width)
 
 
 def test_pause_alerts_receipts_and_live_progress_in_the_browser(seeded, browser, tmp_path, backend, db_url):
@@ -68,60 +72,58 @@ def test_pause_alerts_receipts_and_live_progress_in_the_browser(seeded, browser,
 
     # a job's progress appears and its end shows up, without reloading the page
     page.goto(f"{url}/jobs/{ids['job']}")
-    wait_for_text(page.locator("[data-live]"), "page 2 of 3")
+    expect(page.locator("#progress-message")).to_have_text("page 2 of 3", timeout=WAIT)
     assert page.locator("progress").get_attribute("value") == "40"
     assert "ธนาคาร 2026-11" in page.locator("#progress-metadata").inner_text()
     page.screenshot(path=str(SHOTS / f"job-progress-{backend}.png"), full_page=True)
     (tmp_path / "release").touch()
-    wait_for_text(page.locator("#live-state"), "completed")
+    expect(page.locator("#live-state")).to_have_text("completed", timeout=WAIT)
     assert page.locator("#progress-message").inner_text() == "all 3 pages"
 
-    # pause and resume a queue
+    # pause and resume a queue (each check waits for the page the form led to)
     page.click("header >> text=Queues")
     page.locator("#queue-default").get_by_role("button", name="Pause").click()
-    assert page.get_by_role("status").inner_text() == "queue default paused"
-    assert "paused from the dashboard" in page.locator("#queue-default").inner_text()
+    expect(page.get_by_role("status")).to_have_text("queue default paused", timeout=WAIT)
+    expect(page.locator("#queue-default")).to_contain_text("paused from the dashboard", timeout=WAIT)
     page.screenshot(path=str(SHOTS / f"queues-{backend}.png"), full_page=True)
     page.locator("#queue-default").get_by_role("button", name="Resume").click()
-    assert page.get_by_role("status").inner_text() == "queue default resumed"
+    expect(page.get_by_role("status")).to_have_text("queue default resumed", timeout=WAIT)
     page.locator("#task-web\\.flaky").get_by_role("button", name="Pause").click()
-    assert "paused" in page.locator("#task-web\\.flaky").inner_text()
+    expect(page.get_by_role("status")).to_have_text("task web.flaky paused", timeout=WAIT)
 
     # alerts, filtered
     page.click("header >> text=Alerts")
-    assert "receipts disk 91% full" in page.content()
+    expect(page.locator("table")).to_contain_text("receipts disk 91% full", timeout=WAIT)
     page.select_option("select[name=state]", "resolved")
     page.click("text=Filter")
-    assert "receipts disk 91% full" not in page.content()
+    expect(page.locator("table")).to_contain_text("no alerts match", timeout=WAIT)
     page.select_option("select[name=state]", "open")
     page.select_option("select[name=severity]", "warning")
     page.click("text=Filter")
-    assert "receipts disk 91% full" in page.locator("table").inner_text()
+    expect(page.locator("table")).to_contain_text("receipts disk 91% full", timeout=WAIT)
     page.screenshot(path=str(SHOTS / f"alerts-{backend}.png"), full_page=True)
 
     # receipts: preview, correct and approve one, reject the other
     page.click("header >> text=Receipts")
     page.locator(f"#receipt-{ids['image']} a").click()
-    page.wait_for_function("document.querySelector('#receipt-preview').naturalWidth > 0")
-    assert "no total found" in page.locator("#receipt-reason").inner_text()
+    assert shown_width(page) > 0
+    expect(page.locator("#receipt-reason")).to_contain_text("no total found")
     page.fill("input[name=total]", "1,10,0")
     page.click("text=Approve into the books")
-    assert "--total" in page.get_by_role("status").inner_text(), "a bad amount is refused"
-    assert page.locator("#receipt-status").inner_text() == "review"
+    expect(page.get_by_role("status")).to_contain_text("--total", timeout=WAIT)  # a bad amount is refused
+    expect(page.locator("#receipt-status")).to_have_text("review")
     page.fill("input[name=total]", "85.00")
     page.click("text=Approve into the books")
-    assert (
-        page.get_by_role("status").inner_text()
-        == f"receipt {ids['image']} approved: entry RCPT-{ids['image']}"
-    )
-    assert page.locator("#entry-reference").inner_text() == f"RCPT-{ids['image']}"
+    approved = f"receipt {ids['image']} approved: entry RCPT-{ids['image']}"
+    expect(page.get_by_role("status")).to_have_text(approved, timeout=WAIT)
+    expect(page.locator("#entry-reference")).to_have_text(f"RCPT-{ids['image']}")
 
     page.goto(f"{url}/receipts/{ids['pdf']}")
-    page.wait_for_function("document.querySelector('#receipt-preview').naturalWidth >= 1000")
+    assert shown_width(page) == 1000, "the PDF's first page, rendered 1000 px wide"
     page.screenshot(path=str(SHOTS / f"receipt-pdf-{backend}.png"), full_page=True)
     page.fill("input[name=reason]", "paid twice: see receipt 1")
     page.click("text=Reject")
-    assert page.locator("#receipt-status").inner_text() == "rejected"
+    expect(page.locator("#receipt-status")).to_have_text("rejected", timeout=WAIT)
 
     phone = browser.new_page(viewport={"width": 375, "height": 812}, is_mobile=True)
     phone.context.add_cookies([c for c in page.context.cookies() if c["name"] == "ledgerflow_session"])
