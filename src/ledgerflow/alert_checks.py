@@ -11,6 +11,9 @@ check raises its incident when the condition starts and resolves it when it clea
 * `db_pool_exhausted:HOST:PID` — a checkout in this process gave up waiting for a pooled
   connection since the last check.
 
+They also end `job_dead:TASK` (raised by the worker when a job dies) once that task has no
+dead jobs left — retried or purged — so its next death is a new incident that reaches a person.
+
 A count clears below 90 % of its threshold, so a value hovering at the limit does not flap.
 """
 
@@ -33,7 +36,7 @@ from ledgerflow.logs import get_logger
 if TYPE_CHECKING:
     from ledgerflow.app import App
 
-KINDS = ("queue_overflow", "dlq_size", "scheduler_down", "db_pool_exhausted")
+KINDS = ("queue_overflow", "dlq_size", "scheduler_down", "db_pool_exhausted", "job_dead")
 #: A count alert clears once the count is at or below this share of its threshold.
 CLEARS_AT = 0.9
 
@@ -58,6 +61,9 @@ class AlertChecks:
 
     def check(self) -> None:
         app, s = self.app, self.app.settings
+        # read before the counts: an incident raised after them (a job that just died) is not
+        # taken for one whose condition has cleared
+        open_now = app.alerts.open_keys(*KINDS)
         with app.db.read() as conn:
             counts = app.store.counts([*CLAIMABLE, JobState.DEAD], conn)
             schedules = conn.execute(
@@ -66,14 +72,18 @@ class AlertChecks:
             last_beat = conn.execute(
                 select(func.max(workers.c.heartbeat_at)).where(workers.c.kind == "scheduler")
             ).scalar()
-        open_now = app.alerts.open_keys(*KINDS)
         depth: dict[str, int] = {}
-        dead = 0
-        for (queue, _task, state), n in counts.items():
+        dead_by_task: dict[str, int] = {}
+        for (queue, task, state), n in counts.items():
             if state == JobState.DEAD:
-                dead += n
+                dead_by_task[task] = dead_by_task.get(task, 0) + n
             else:
                 depth[queue] = depth.get(queue, 0) + n
+        dead = sum(dead_by_task.values())
+        for key in sorted(k for k in open_now if k.startswith("job_dead:")):
+            task = key.removeprefix("job_dead:")
+            if not dead_by_task.get(task):
+                self.app.alerts.resolve(key, f"no dead {task} jobs left (retried or purged)")
         self._queues(depth, open_now)
         self._count(
             "dlq_size",

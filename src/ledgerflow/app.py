@@ -16,6 +16,7 @@ from ledgerflow.config import Settings, load_settings
 from ledgerflow.db.backends import SessionLimits
 from ledgerflow.db.database import Database
 from ledgerflow.engine.jobs import Job, JobSpec
+from ledgerflow.engine.limits import LimitStore
 from ledgerflow.engine.retry import Backoff
 from ledgerflow.engine.store import JobStore, is_plain
 from ledgerflow.engine.tasks import (
@@ -97,6 +98,14 @@ class App:
         return JobStore(self.db)
 
     @cached_property
+    def limits(self) -> LimitStore:
+        """Global concurrency and rate limits per queue or task type.
+
+        `app.limits.set("queue", "mail", concurrency=3, rate="60/minute")`, `app.limits.clear(...)`.
+        """
+        return LimitStore(self.db)
+
+    @cached_property
     def alerts(self) -> Alerts:
         s = self.settings
         return Alerts(self.db, Notifier(s.alert_webhook_url, s.alert_email, s.smtp_url))
@@ -152,6 +161,9 @@ class App:
         migrate(self.db)
 
     def close(self) -> None:
+        """Deliver the alerts still queued (bounded wait), then close the database pool."""
+        if "alerts" in self.__dict__:
+            self.alerts.notifier.flush()
         if "db" in self.__dict__:
             self.db.dispose()
 
@@ -173,8 +185,14 @@ class App:
         timeout: float = 1800.0,
         isolation: Isolation = "thread",
         retry_backoff: float | Sequence[float] | Backoff | None = None,
+        global_limit: int | None = None,
+        rate_limit: str | tuple[int, float] | None = None,
     ) -> Task | Callable[[Callable[..., Any]], Task]:
-        """Register a sync or async function as a task (usable bare or with options)."""
+        """Register a sync or async function as a task (usable bare or with options).
+
+        `global_limit=2`: at most two of its jobs run at once across all workers;
+        `rate_limit="60/minute"`: at most 60 of its jobs start in any minute.
+        """
 
         def register(f: Callable[..., Any]) -> Task:
             options = TaskOptions(queue=queue, priority=priority, max_attempts=max_attempts, timeout=timeout)
@@ -192,6 +210,8 @@ class App:
                 options=options,
                 isolation=isolation,
                 backoff=make_backoff(retry_backoff),
+                global_limit=global_limit,
+                rate_limit=rate_limit,
             )
             self.registry.add(t)
             return t

@@ -142,3 +142,28 @@ def test_health_and_metrics_are_public_unless_a_metrics_token_is_set(serve_app):
             assert ok.status_code in (200, 503) and "unauthorized" not in ok.text, path
     r = httpx.get(service.url + "/api/jobs", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
     assert r.status_code == 401, "the metrics token opens nothing else"
+
+
+def test_guessing_the_token_through_the_api_is_throttled_like_the_sign_in_form(service):
+    """The API token is also the dashboard's password: wrong bearer tokens count towards the same
+    throttle, and while throttled even the right token is refused (no unthrottled oracle)."""
+    for _ in range(5):
+        r = httpx.get(f"{service.url}/api/jobs", headers={"Authorization": "Bearer guess-guess-guess-guess"})
+        assert r.status_code == 401
+    for headers in (
+        {"Authorization": "Bearer guess-guess-guess-guess"},
+        {"Authorization": f"Bearer {TOKEN}"},
+    ):
+        throttled = httpx.get(f"{service.url}/api/jobs", headers=headers)
+        assert throttled.status_code == 429 and throttled.json()["error"]["code"] == "too_many_attempts"
+        assert 1 <= int(throttled.headers["retry-after"]) <= 60
+    login = httpx.post(f"{service.url}/login", data={"password": TOKEN, "next": "/"})
+    assert login.status_code == 429, "the sign-in form shares the count"
+    assert httpx.get(f"{service.url}/api/health").status_code in (200, 503), "public routes stay open"
+
+
+def test_wrong_passwords_on_the_sign_in_form_throttle_the_api_too(service):
+    for _ in range(5):
+        assert httpx.post(f"{service.url}/login", data={"password": "wrong-password"}).status_code == 401
+    r = httpx.get(f"{service.url}/api/jobs", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 429

@@ -139,8 +139,9 @@ def test_a_forced_restore_keeps_the_approval_of_receipts_whose_entries_were_deli
     first = _receipt(app, store, b"%PDF first receipt")
     name = create_backup(app).name
     second = _receipt(app, store, b"%PDF second receipt")  # arrived after the backup
+    totals = {first: "107.00", second: "214.00"}  # two purchases (the same values would be a duplicate)
     for receipt_id in (first, second):
-        store.approve(receipt_id, total="107.00", on=D1, vendor="Shop")
+        store.approve(receipt_id, total=totals[receipt_id], on=D1, vendor="Shop")
     _export(app, D1)
 
     code, stdout, err = cli("backup", "restore", name, "--force")
@@ -152,7 +153,7 @@ def test_a_forced_restore_keeps_the_approval_of_receipts_whose_entries_were_deli
         receipt = store.get(receipt_id)
         assert receipt.status == "approved" and receipt.entry_reference == f"RCPT-{receipt_id}"
         with pytest.raises(Conflict, match="approved"):
-            store.approve(receipt_id, total="107.00", on=D1, vendor="Shop")  # cannot be booked twice
+            store.approve(receipt_id, total=totals[receipt_id], on=D1, vendor="Shop")  # not booked twice
     app.ledger.record(entry("AFTER-1", D2))
     _export(app, D1)
     _export(app, D2)
@@ -333,3 +334,26 @@ def test_a_forced_restore_killed_half_way_is_finished_by_the_next_one(
     assert verify_chain(app.db).ok and len(restore_divergences(app.db)) == 1
     assert app.alerts.is_open(f"backup_restore_rolled_back:{name}")
     assert not list((tmp_path / "backups").glob(".lf-restore-*")), "the plan is gone once carried out"
+
+
+def test_the_alert_of_a_forced_restore_reaches_the_webhook_before_the_cli_exits(books_app, cli_process):
+    """`backup restore` is a short-lived process: its critical alert is delivered before it exits
+    (the delivery thread is not simply killed at exit), and the delivery is recorded."""
+    from tests.engine.test_alerts import Webhook
+
+    app = books_app()
+    app.ledger.record(entry("OLD-1", D1))
+    name = create_backup(app).name
+    app.ledger.record(entry("NEW-1", D1))
+    hook = Webhook(fail_first=1)  # the first attempt fails: the retry happens before exit too
+    try:
+        done = cli_process(
+            "backup", "restore", name, "--force", env={"LEDGERFLOW_ALERT_WEBHOOK_URL": hook.url}
+        )
+        assert done.returncode == 0, done.stderr
+        assert [a["incident_key"] for a in hook.received] == [f"backup_restore_rolled_back:{name}"]
+    finally:
+        hook.close()
+    app.db.dispose()
+    (alert,) = [a for a in app.alerts.history() if a.incident_key == f"backup_restore_rolled_back:{name}"]
+    assert alert.delivery.get("webhook") == "ok"

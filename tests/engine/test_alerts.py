@@ -367,3 +367,55 @@ def test_each_alert_is_raised_delivered_once_resolved_when_it_clears_and_listed(
     wait_for(lambda: detected(True))
     assert [a.resolved_at is None for a in app.alerts.history(kind=key)] == [True, False]
     wait_for(lambda: sent() == [False, True, False])
+
+
+def test_a_dead_job_alert_resolves_once_the_dlq_of_its_task_is_empty_so_the_next_death_alerts_again(
+    make_app, quiet_webhook
+):
+    """`job_dead:TASK` is one incident per task: it must end when that task's dead jobs are retried
+    or purged, or the task's next death is never told to anyone."""
+    app = make_app(alert_webhook_url=quiet_webhook.url)
+    broken = {"now": True}
+
+    @app.task(name="flaky_export", max_attempts=1)
+    def flaky_export() -> None:
+        if broken["now"]:
+            raise RuntimeError("destination down")
+
+    checks = AlertChecks(app)
+    app.enqueue(flaky_export.prepare())
+    app.run_worker(concurrency=1, burst=True)
+    checks.check()
+    assert app.alerts.is_open("job_dead:flaky_export"), "dead jobs left: still open"
+
+    broken["now"] = False
+    assert len(app.store.retry_dead("flaky_export").retried) == 1
+    app.run_worker(concurrency=1, burst=True)
+    checks.check()
+    assert not app.alerts.is_open("job_dead:flaky_export"), "the DLQ of the task is empty: resolved"
+
+    broken["now"] = True
+    app.enqueue(flaky_export.prepare())
+    app.run_worker(concurrency=1, burst=True)
+    app.alerts.notifier.flush()
+    told = [(m["incident_key"], m["resolved"]) for m in quiet_webhook.received]
+    assert told == [
+        ("job_dead:flaky_export", False),
+        ("job_dead:flaky_export", True),
+        ("job_dead:flaky_export", False),
+    ]
+
+
+def test_a_dead_job_alert_resolves_when_the_dead_jobs_are_purged(make_app):
+    app = make_app()
+
+    @app.task(name="always_broken", max_attempts=1)
+    def always_broken() -> None:
+        raise RuntimeError("broken")
+
+    app.enqueue(always_broken.prepare())
+    app.run_worker(concurrency=1, burst=True)
+    assert app.alerts.is_open("job_dead:always_broken")
+    app.store.purge_dead(task="always_broken")
+    AlertChecks(app).check()
+    assert not app.alerts.is_open("job_dead:always_broken")

@@ -426,3 +426,27 @@ def test_scheduled_daily_export_job_uses_the_local_date_of_its_fire(make_export_
     assert job.result["batch_key"] == f"daily:{day.isoformat()}" and job.result["entry_count"] == 1
     with app.db.read() as conn:
         assert conn.execute(select(export_queue.c.status)).scalar() == "completed"
+
+
+def test_re_running_an_abandoned_day_resolves_its_alert_so_a_later_abandon_alerts_again(
+    make_export_app, tmp_path, monkeypatch
+):
+    """The runbook says: fix the destination, re-run the day. Once the re-run delivered it, the
+    critical `export_abandoned` incident is over (it stayed open, and swallowed the next one)."""
+    app = make_export_app()
+    app.ledger.record_many([entry("RR-1"), entry("RR-2")])
+
+    def marking_fails(*args, **kwargs):
+        raise RuntimeError("database refused the marking transaction")
+
+    monkeypatch.setattr(ExportSaga, "_complete", marking_fails)
+    assert [ExportSaga(app).run_daily(D).state for _ in range(4)][-1] == "abandoned"
+    assert app.alerts.is_open("export_abandoned:daily:2026-11-26")
+    monkeypatch.undo()
+
+    revived = ExportSaga(app).run_daily(D, revive=True)
+
+    assert revived.state == "completed" and exported_references(tmp_path) == ["RR-1", "RR-2"]
+    assert not app.alerts.is_open("export_abandoned:daily:2026-11-26")
+    (resolved,) = app.alerts.history(kind="export_abandoned")
+    assert resolved.resolved_at is not None

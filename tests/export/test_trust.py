@@ -132,6 +132,32 @@ def test_deleting_the_last_days_audit_rows_is_found_from_the_delivered_manifests
     assert "daily:2026-11-26" not in problems, "the first day's rows are intact"
 
 
+def test_manifests_are_found_at_the_destination_even_when_the_database_forgets_them(
+    make_export_app, run_cli, tmp_path
+):
+    app = two_delivered_days(make_export_app, {})
+    out = tmp_path / "out"
+    with app.db.begin() as conn:  # the last day's history gone, and its batch's list of files
+        conn.execute(delete(export_logs).where(export_logs.c.batch_key == f"daily:{D2.isoformat()}"))
+        conn.execute(
+            update(export_batches)
+            .where(export_batches.c.batch_key == f"daily:{D2.isoformat()}")
+            .values(files=[])
+        )
+    stranger = json.loads((out / MANIFEST).read_text()) | {"batch_key": "daily:2026-11-20"}
+    (out / "journal_generic_2026-11-20.manifest.json").write_text(json.dumps(stranger))
+    done = run_cli("export", "verify", "--json")
+    report = json.loads(done.stdout)
+    assert done.returncode == 1
+    problems = "\n".join(report["chain_problems"])
+    assert f"the manifest {MANIFEST} of daily:2026-11-27 at {out.as_uri()} anchors the chain" in problems
+    assert "no longer holds" in problems
+    assert report["file_problems"] == [
+        f"the manifest journal_generic_2026-11-20.manifest.json at {out.as_uri()} belongs to "
+        "daily:2026-11-20, which export_batches does not hold (rows deleted?)"
+    ]
+
+
 def test_truncating_only_the_last_completion_row_is_found(make_export_app, run_cli, tmp_path):
     app = two_delivered_days(make_export_app, {})
     with app.db.begin() as conn:

@@ -5,6 +5,8 @@ chosen by rules or learned from earlier approvals. Receipts here are mailed as p
 
 from __future__ import annotations
 
+import csv
+import io
 import subprocess
 import sys
 import unicodedata
@@ -20,7 +22,7 @@ from sqlalchemy import select
 from ledgerflow.builtin import build_app
 from ledgerflow.config import load_settings
 from ledgerflow.db.tables import journal_entries, journal_lines
-from ledgerflow.errors import BadInput
+from ledgerflow.errors import BadInput, Conflict
 from ledgerflow.receipts.rules import parse_rules, same_vendor
 from ledgerflow.receipts.store import ReceiptStore
 from ledgerflow.receipts.tasks import process_and_file, slug
@@ -336,3 +338,59 @@ def test_a_correction_converges_on_one_filed_copy_after_a_fault_at_any_statement
         assert sorted(p.name for p in out.rglob(f"{on}_*")) == [Path(booked).name], (k, faults.fired)
         assert f"RCPT-{receipt_id}" in entries(app)
     assert len(entries(app)) == counting.count + 1
+
+
+def test_a_copy_whose_date_was_misread_is_refused_as_a_duplicate_when_the_reviewer_supplies_it(
+    app, capsys, monkeypatch
+):
+    """The copy mailed again was photographed badly: no date read, so nothing to compare when it
+    was read. The reviewer types the date in, which makes it the approved receipt again: the
+    approval is refused (naming the original) unless the person says it is not a duplicate."""
+    store = ReceiptStore(app)
+    first = mailed(app, JP)
+    store.approve(first)
+    undated = JP.replace("2026年11月20日\n", "")
+    again = mailed(app, undated, copy=1)
+    assert store.get(again).status == "review" and store.get(again).duplicate_of is None
+
+    with pytest.raises(Conflict, match=rf"receipt {again} looks like a duplicate of receipt {first} "):
+        store.approve(again, on=date(2026, 11, 20))
+    assert store.get(again).status == "review" and set(entries(app)) == {f"RCPT-{first}"}, "nothing booked"
+
+    use_cli(app, monkeypatch)
+    code, _, err = run_cli(capsys, "receipts", "approve", str(again), "--date", "2026-11-20")
+    assert code == 2 and f"duplicate of receipt {first}" in err and "--not-a-duplicate" in err
+    with api_client(app) as api:
+        r = api.post(f"/api/receipts/{again}/approve", json={"date": "2026-11-20"})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "likely_duplicate"
+    code, _, err = run_cli(
+        capsys, "receipts", "approve", str(again), "--date", "2026-11-20", "--not-a-duplicate"
+    )
+    assert code == 0, err
+    assert set(entries(app)) == {f"RCPT-{first}", f"RCPT-{again}"}, "booked once the person said so"
+
+
+def test_a_receipt_flagged_as_a_duplicate_is_booked_only_when_the_person_says_it_is_not_one(app):
+    store = ReceiptStore(app)
+    first = mailed(app, JP)
+    store.approve(first)
+    again = mailed(app, JP, copy=1)
+    with pytest.raises(Conflict, match="looks like a duplicate"):
+        store.approve(again)
+    receipt, entry = store.approve(again, not_duplicate=True)
+    assert receipt.status == "approved" and entry.reference == f"RCPT-{again}"
+
+
+@pytest.mark.parametrize(
+    "vendor", ['＝HYPERLINK("http://evil.example")', " =1+1", "－1+2", "＠SUM(A1)", "+1"]
+)
+def test_the_monthly_report_csv_guards_vendor_cells_like_the_export(app, vendor):
+    """The vendor comes from mail anyone can send: the report's CSV neutralises it by the export's
+    rule (full-width forms and leading spaces included), not a weaker one of its own."""
+    from ledgerflow.export.profiles import neutralise_text
+    from ledgerflow.receipts.report import build_report, to_csv
+
+    ReceiptStore(app).approve(mailed(app, JP), vendor=vendor)
+    rows = list(csv.reader(io.StringIO(to_csv(build_report(app, "2026-11")))))
+    (cell,) = [key for section, key, *_ in rows if section == "vendor"]
+    assert cell == neutralise_text(vendor.strip()) and cell.startswith("'"), cell

@@ -213,3 +213,32 @@ def test_generated_thai_receipts_read_back_exactly(vendor, day, style, net_satan
     assert (r.vendor, r.date, r.currency) == (vendor, day, "THB")
     assert (r.total, r.tax, r.tax_rate) == (total, vat, 7)
     assert r.problems == [] and r.confidence == 1.0
+
+
+#: Lines that print another date than the purchase's, before the purchase date.
+NOT_THE_PURCHASE_DATE = [
+    "Returns accepted until 2026-12-20",
+    "Valid until 2026-12-31",
+    "Coupon expires 2026/12/05",
+    "有効期限 2026年12月31日",
+    "返品期限 2026年12月10日",
+    "ใช้ได้ถึง 31/12/2569",
+    "วันหมดอายุ 31/12/2569",
+    "Tel 02-11-2026",
+    "電話 03-11-2026",
+]
+
+
+@pytest.mark.parametrize("line", NOT_THE_PURCHASE_DATE)
+def test_an_expiry_return_or_phone_line_is_not_the_purchase_date(line):
+    reading = read_receipt(f"Corner Cafe\n{line}\n2026-11-29\nTotal 10.70", today=TODAY)
+    assert reading.date == D, reading
+
+
+@pytest.mark.parametrize("written", ["2027-11-29", "2026/12/25", "令和9年11月29日"])
+def test_a_date_after_the_receipt_arrived_goes_to_review_with_the_reason(written):
+    reading = read_receipt(f"Corner Cafe\n{written}\nTotal 10.70", today=TODAY)
+    assert reading.date is None
+    assert any(p.startswith(f"date {written!r} is after the receipt arrived") for p in reading.problems), (
+        reading.problems
+    )

@@ -156,3 +156,22 @@ def test_no_query_string_makes_a_dashboard_page_fail(service):
 
     check()
     assert client.get("/exports", params={"before": "notadate"}).status_code == 422
+
+
+def test_the_dashboard_lists_open_and_resolved_alerts_escaped(service):
+    """docs/operations.md promised a dashboard alerts page; alerts come from outside (error
+    messages, mail), so they are shown escaped."""
+    alerts = service.app.alerts
+    alerts.raise_alert(
+        "job_dead:mail<x>", "error", "Job <b>mail</b> is dead", "RuntimeError: <script>x</script>"
+    )
+    alerts.raise_alert("scheduler_down", "critical", "No scheduler is running", "start one")
+    alerts.resolve("scheduler_down", "a scheduler is running again")
+    browser = signed_in(service.url)
+    r = browser.get("/alerts")
+    assert r.status_code == 200 and 'href="/alerts"' in r.text
+    opened, resolved = r.text.split("Recently resolved")
+    assert "job_dead:mail&lt;x&gt;" in opened and "Job &lt;b&gt;mail&lt;/b&gt; is dead" in opened
+    assert "<script>x" not in r.text and "&lt;script&gt;" in opened
+    assert "scheduler_down" in resolved and "scheduler_down" not in opened
+    assert httpx.get(f"{service.url}/alerts").status_code == 303, "signed out: to the login form"

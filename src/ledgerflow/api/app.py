@@ -27,8 +27,9 @@ from ledgerflow.db.tables import (
     schedule_fires,
     workers,
 )
-from ledgerflow.errors import DatabaseUnavailable, LedgerflowError
+from ledgerflow.errors import Conflict, DatabaseUnavailable, LedgerflowError
 from ledgerflow.web import mount_dashboard
+from ledgerflow.web.sessions import LoginThrottle
 
 if TYPE_CHECKING:
     from ledgerflow.app import App
@@ -135,7 +136,8 @@ def create_api(
 
     @api.exception_handler(LedgerflowError)
     async def _ledgerflow_error(_request: Request, exc: LedgerflowError) -> JSONResponse:
-        return error(STATUS.get(exc.code, 500 if exc.exit_code == 1 else 400), exc.code, str(exc))
+        fallback = 409 if isinstance(exc, Conflict) else 500 if exc.exit_code == 1 else 400
+        return error(STATUS.get(exc.code, fallback), exc.code, str(exc))
 
     @api.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -189,10 +191,12 @@ def create_api(
         )
 
     api.include_router(routes.router, prefix="/api")
-    mount_dashboard(api, app, token)
+    throttle = LoginThrottle()
+    mount_dashboard(api, app, token, throttle)
     api.add_middleware(
         GuardMiddleware,
         token=token,
+        throttle=throttle,
         metrics_token=settings.metrics_token.get_secret_value() if settings.metrics_token else None,
         allowed_hosts=(
             parse_allowed_hosts(settings.allowed_hosts)

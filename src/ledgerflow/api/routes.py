@@ -46,6 +46,9 @@ class EnqueueRequest(BaseModel):
     queue: str | None = Field(None, min_length=1, max_length=100)
     priority: int | None = Field(None, ge=0, le=9)
     unique_key: str | None = Field(None, min_length=1, max_length=255)
+    unique_for: float | None = Field(
+        None, gt=0, le=366 * 86400, description="Seconds during which unique_key also covers completed jobs."
+    )
     delay: float | None = Field(None, ge=0, le=10 * 365 * 86400)
     max_attempts: int | None = Field(None, ge=1, le=1000)
 
@@ -88,6 +91,7 @@ def enqueue(request: Request, body: EnqueueRequest) -> dict[str, Any]:
             max_attempts=body.max_attempts or o.max_attempts,
             timeout=o.timeout,
             unique_key=body.unique_key,
+            unique_for=body.unique_for,
             delay=body.delay,
         )
     )
@@ -227,6 +231,52 @@ def resume_task(request: Request, name: str) -> dict[str, Any]:
     if changed:
         app.alerts.resolve(f"autostop:{name}", f"task {name} resumed through the API")
     return {"task": name, "changed": changed}
+
+
+# ------------------------------------------------------------------ global limits
+class LimitRequest(BaseModel):
+    """The limits to give a queue or task type (replacing its previous ones); at least one."""
+
+    concurrency: int | None = Field(None, ge=1, le=100_000, description="At most this many running at once.")
+    rate: str | None = Field(
+        None, min_length=3, max_length=40, description="At most N starts per period: 60/minute, 10/30s."
+    )
+
+
+@router.get("/limits", tags=["queues"])
+def list_limits(request: Request) -> dict[str, Any]:
+    """Every global limit (of queues and task types) with the jobs running under it now."""
+    from ledgerflow.engine.limits import running_by_limit
+
+    app = _app(request)
+    running = running_by_limit(app.db)
+    return {
+        "limits": [
+            {**lim.as_dict(), "running": running.get((lim.kind, lim.name), 0)} for lim in app.limits.list()
+        ]
+    }
+
+
+@router.put("/queues/{name}/limit", tags=["queues"])
+def set_queue_limit(request: Request, name: str, body: LimitRequest) -> dict[str, Any]:
+    """At most `concurrency` running and/or `rate` starts of this queue, across all workers."""
+    return _app(request).limits.set("queue", name, concurrency=body.concurrency, rate=body.rate).as_dict()
+
+
+@router.delete("/queues/{name}/limit", tags=["queues"])
+def clear_queue_limit(request: Request, name: str) -> dict[str, Any]:
+    return {"queue": name, "changed": _app(request).limits.clear("queue", name)}
+
+
+@router.put("/tasks/{name}/limit", tags=["queues"])
+def set_task_limit(request: Request, name: str, body: LimitRequest) -> dict[str, Any]:
+    """Like a queue's limit, for one task type (takes precedence over the task's own declaration)."""
+    return _app(request).limits.set("task", name, concurrency=body.concurrency, rate=body.rate).as_dict()
+
+
+@router.delete("/tasks/{name}/limit", tags=["queues"])
+def clear_task_limit(request: Request, name: str) -> dict[str, Any]:
+    return {"task": name, "changed": _app(request).limits.clear("task", name)}
 
 
 # ------------------------------------------------------------------ schedules
@@ -497,6 +547,9 @@ class ApproveRequest(BaseModel):
     account: str | None = Field(None, max_length=100, description="CODE:Account name")
     currency: str | None = Field(None, min_length=3, max_length=3)
     tax_rate: int | None = Field(None, ge=0, le=100, description="percent; sets the tax code")
+    not_duplicate: bool = Field(
+        False, description="book it although it looks like a receipt or entry already booked (409 otherwise)"
+    )
 
 
 @router.get("/receipts", tags=["receipts"])
@@ -539,6 +592,7 @@ def approve_receipt(
         account=fixes.account,
         currency=fixes.currency,
         tax_rate=fixes.tax_rate,
+        not_duplicate=fixes.not_duplicate,
     )
     return {"receipt": receipt.to_dict(), "entry": entry.to_dict()}
 

@@ -2,8 +2,9 @@
 body size, and the security headers every response carries.
 
 Order: a foreign `Host` (DNS rebinding) is refused first, then an unsafe request that a browser
-sent from another origin without a bearer token (a form post from any web page), then a missing
-token, then an oversized body.
+sent from another origin without a bearer token (a form post from any web page), then a client
+that guessed too many wrong tokens (they count with the sign-in form's wrong passwords: the
+same secret), then a missing token, then an oversized body.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from ledgerflow.web.sessions import LoginThrottle
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -97,12 +101,13 @@ class GuardMiddleware:
         app: ASGIApp,
         token: str,
         allowed_hosts: list[str],
+        throttle: LoginThrottle,
         metrics_token: str | None = None,
         max_body: int = MAX_BODY_BYTES,
     ) -> None:
         if not token:
             raise ValueError("the API always needs a token")
-        self.app, self.token, self.metrics_token = app, token, metrics_token
+        self.app, self.token, self.metrics_token, self.throttle = app, token, metrics_token, throttle
         self.allowed_hosts, self.max_body = allowed_hosts, max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -144,9 +149,23 @@ class GuardMiddleware:
             )
             return
         wanted = self._tokens_for(path)
+        client = (scope.get("client") or ("?",))[0]
+        if wanted and presented is not None:
+            wait = self.throttle.retry_after(client, everyone=False)  # a flood elsewhere locks out no one
+            if wait:
+                await _reply(
+                    secured_send,
+                    429,
+                    "too_many_attempts",
+                    f"too many wrong tokens: try again in {wait} s",
+                    [(b"retry-after", str(wait).encode())],
+                )
+                return
         if wanted and not any(
             presented is not None and hmac.compare_digest(presented.encode(), t.encode()) for t in wanted
         ):
+            if presented is not None:
+                self.throttle.failed(client)
             await _reply(
                 secured_send,
                 401,

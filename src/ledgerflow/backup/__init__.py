@@ -36,6 +36,7 @@ from ledgerflow.backup.folder import (
     work_folder,
 )
 from ledgerflow.backup.snapshot import BackupFailed
+from ledgerflow.db.migrate import check_known
 from ledgerflow.db.tables import workers
 from ledgerflow.errors import BadInput, Conflict, DatabaseUnavailable, LedgerflowError, NotFound
 
@@ -76,6 +77,7 @@ class Restored:
     plan: RestorePlan
     carried: CarriedOver
     finished: str | None = None  # the backup of an interrupted restore this one completed first
+    upgraded_from: str | None = None  # the backup's older schema, upgraded to this ledgerflow's
 
     @property
     def rolled_back(self) -> bool:
@@ -144,7 +146,7 @@ def restore_backup(app: App, name: str, directory: str | Path | None = None, for
     """
     folder = Path(directory or app.settings.backup_dir)
     pending = _pending_plan(folder, app)
-    interrupted = _finish_interrupted(app, pending)
+    interrupted = _finish_interrupted(app, pending, folder)
     backup = _find(app, folder, name)
     if interrupted is not None and interrupted[0].backup == name:
         return _announce(app, Restored(backup, *interrupted, finished=name))  # that was this very restore
@@ -155,6 +157,7 @@ def restore_backup(app: App, name: str, directory: str | Path | None = None, for
         raise BadInput(f"backup {name} is damaged: sha256 {digest} != {backup.sha256} in its manifest")
     if backup.backend != app.db.backend.name:
         raise BadInput(f"backup {name} is a {backup.backend} backup; the database is {app.db.backend.name}")
+    check_known(backup.revision, f"backup {name}")  # even forced: nothing here could read it
     newer, unread, delivered = None, None, books.Delivered()
     try:
         live = 0 if force else _live_processes(app)
@@ -189,7 +192,8 @@ def restore_backup(app: App, name: str, directory: str | Path | None = None, for
     snapshot.restore(app.db.url, path, name)
     app.db.dispose()
     crash_point("after_restore")
-    result = Restored(backup, plan, _carry_over(app, plan, backup.revision), finished)
+    upgraded_from = _upgrade(app, backup)
+    result = Restored(backup, plan, books.carry_over(app.db, plan), finished, upgraded_from)
     pending.unlink()
     return _announce(app, result)
 
@@ -215,22 +219,31 @@ def _pending_plan(folder: Path, app: App) -> Path:
     return folder / f".lf-restore-{hashlib.sha256(database.encode()).hexdigest()[:16]}.json"
 
 
-def _finish_interrupted(app: App, pending: Path) -> tuple[RestorePlan, CarriedOver] | None:
+def _finish_interrupted(app: App, pending: Path, folder: Path) -> tuple[RestorePlan, CarriedOver] | None:
     """Carry out the plan of a restore killed after it replaced the database, if there is one."""
     if not pending.exists():
         return None
     plan = books.RestorePlan.from_json(pending.read_bytes())
-    finished = (plan, _carry_over(app, plan, None)) if books.restore_happened(app.db, plan) else None
+    finished = None
+    if books.restore_happened(app.db, plan):
+        _upgrade(app, next((b for b in list_backups(folder) if b.name == plan.backup), None))
+        finished = (plan, books.carry_over(app.db, plan))
     pending.unlink()  # else it was killed before the database was replaced: nothing to finish
     return finished
 
 
-def _carry_over(app: App, plan: RestorePlan, revision: str | None) -> CarriedOver:
-    if plan.delivered.batches and revision != _head_revision():
-        from ledgerflow.db.migrate import migrate
+def _upgrade(app: App, backup: Backup | None) -> str | None:
+    """Bring a restored older schema up to this ledgerflow's; returns the restored revision, or
+    None when it was already this ledgerflow's."""
+    from ledgerflow.db.migrate import migrate
 
-        migrate(app.db)  # carried rows have the current schema
-    return books.carry_over(app.db, plan)
+    if backup is not None:
+        snapshot.drop_tables_not_in(app.db.url, set(backup.rows))
+    restored = _revision(app)
+    if restored == _head_revision():
+        return None
+    migrate(app.db)
+    return restored
 
 
 def restore_lines(result: Restored) -> list[str]:
@@ -238,6 +251,8 @@ def restore_lines(result: Restored) -> list[str]:
     b, c = result.backup, result.carried
     lines = [f"finished the interrupted restore of {result.finished}"] if result.finished else []
     lines.append(f"restored {b.name} ({b.total_rows:,} rows, schema {b.revision})")
+    if result.upgraded_from:
+        lines.append(f"upgraded the schema from {result.upgraded_from} to {_head_revision()}")
     if result.plan.newer:
         lines.append(f"rolled back: the replaced database held {result.plan.newer}")
     if c.batches:

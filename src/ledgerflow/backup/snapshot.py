@@ -217,6 +217,22 @@ def _pg_restore(dsn: str, path: Path, name: str) -> None:
     )
 
 
+def drop_tables_not_in(url: str, kept: set[str]) -> list[str]:
+    """After a restore: drop the ledgerflow tables the backup did not have (PostgreSQL only).
+
+    `pg_restore --clean` replaces only what the archive holds, so the tables a later schema
+    added would survive with the replaced database's rows, and upgrading the restored schema
+    would then fail on them. SQLite's restore replaces the whole file: nothing to drop.
+    """
+    if _is_sqlite(url):
+        return []
+    with psycopg.connect(libpq(url)) as conn:  # one transaction
+        extra = sorted((_postgres_tables(conn) & set(metadata.tables)) - kept)
+        for table in extra:
+            conn.execute(f'DROP TABLE IF EXISTS "{table}" CASCADE')  # type: ignore[arg-type]
+    return extra
+
+
 def _postgres_tables(conn: psycopg.Connection[Any]) -> set[str]:
     return {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
 

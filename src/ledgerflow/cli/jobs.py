@@ -21,10 +21,18 @@ JobId = Annotated[int, typer.Argument(min=1, max=MAX_ID, help="Job id.")]
 
 jobs_cli = typer.Typer(help="Enqueue, list, inspect, retry and cancel jobs.", no_args_is_help=True)
 dlq_cli = typer.Typer(help="The dead-letter queue: jobs whose attempts are exhausted.", no_args_is_help=True)
-queues_cli = typer.Typer(help="List, pause and resume queues.", no_args_is_help=True)
+queues_cli = typer.Typer(help="List, pause, resume and limit queues.", no_args_is_help=True)
 tasks_cli = typer.Typer(
-    help="List, pause and resume task types (auto-stop is undone here).", no_args_is_help=True
+    help="List, pause, resume and limit task types (auto-stop is undone here).", no_args_is_help=True
 )
+Concurrency = Annotated[
+    int | None,
+    typer.Argument(min=1, max=100_000, help="At most this many running at once, across all workers."),
+]
+Rate = Annotated[
+    str | None, typer.Option("--rate", help="At most N starts per period: 60/minute, 10/30s, 1000/hour.")
+]
+Clear = Annotated[bool, typer.Option("--clear", help="Remove every limit.")]
 
 
 def register(cli: typer.Typer) -> None:
@@ -86,6 +94,10 @@ def enqueue(
     queue: Annotated[str | None, typer.Option("--queue")] = None,
     priority: Annotated[int | None, typer.Option("--priority", help="0 (highest) .. 9")] = None,
     unique_key: Annotated[str | None, typer.Option("--unique-key")] = None,
+    unique_for: Annotated[
+        float | None,
+        typer.Option("--unique-for", help="Seconds during which --unique-key also covers completed jobs."),
+    ] = None,
     delay: Annotated[float | None, typer.Option("--delay", help="Seconds before it may run.")] = None,
     max_attempts: Annotated[int | None, typer.Option("--max-attempts")] = None,
     as_json: Json = False,
@@ -105,6 +117,7 @@ def enqueue(
         max_attempts=max_attempts or o.max_attempts,
         timeout=o.timeout,
         unique_key=unique_key,
+        unique_for=unique_for,
         delay=delay,
     )
     job = app.enqueue(spec)
@@ -254,14 +267,17 @@ def dlq_purge(
 
 @queues_cli.command("list")
 def queues_list(as_json: Json = False) -> None:
-    """Queues with their depth (jobs waiting to run), running jobs and pause state."""
+    """Queues with their depth (jobs waiting to run), running jobs, pause state and global limits."""
     rows = state.app().store.queue_summary()
     if as_json:
         print_json(rows)
     else:
         print_table(
-            ["queue", "depth", "running", "dead", "paused"],
-            [[r["queue"], r["depth"], r["running"], r["dead"], r["paused"]] for r in rows],
+            ["queue", "depth", "running", "dead", "paused", "limit", "rate"],
+            [
+                [r["queue"], r["depth"], r["running"], r["dead"], r["paused"], r["limit"], r["rate"]]
+                for r in rows
+            ],
         )
 
 
@@ -277,6 +293,58 @@ def queues_resume(queue: str) -> None:
     """Start jobs of QUEUE again."""
     changed = state.app().store.resume("queue", check_name(queue, "queue"))
     console.print(f"queue {queue} {'resumed' if changed else 'was not paused'}")
+
+
+@queues_cli.command("limit")
+def queues_limit(
+    queue: str,
+    concurrency: Concurrency = None,
+    rate: Rate = None,
+    clear: Clear = False,
+    as_json: Json = False,
+) -> None:
+    """Limit QUEUE across all workers: `queues limit mail 3 [--rate 60/minute]`, or `--clear`."""
+    _limit("queue", check_name(queue, "queue"), concurrency, rate, clear, as_json)
+
+
+@queues_cli.command("limits")
+def limits_list(as_json: Json = False) -> None:
+    """Every global limit, of queues and of task types, with the jobs running under it."""
+    from ledgerflow.engine.limits import running_by_limit
+
+    app = state.app()
+    running = running_by_limit(app.db)
+    rows = [{**lim.as_dict(), "running": running.get((lim.kind, lim.name), 0)} for lim in app.limits.list()]
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(
+            ["kind", "name", "concurrency", "running", "rate", "set by"],
+            [[r["kind"], r["name"], r["concurrency"], r["running"], r["rate"], r["set_by"]] for r in rows],
+        )
+
+
+def _limit(
+    kind: str, name: str, concurrency: int | None, rate: str | None, clear: bool, as_json: bool
+) -> None:
+    """Set or clear the global limits of a queue or task type, and say what they now are."""
+    app = state.app()
+    if clear:
+        if concurrency is not None or rate is not None:
+            raise BadInput("--clear removes every limit: give it without a number or --rate")
+        changed = app.limits.clear(kind, name)
+        if as_json:
+            print_json({"kind": kind, "name": name, "cleared": changed})
+        else:
+            console.print(f"{kind} {name}: {'limits cleared' if changed else 'had no limit'}")
+        return
+    limit = app.limits.set(kind, name, concurrency=concurrency, rate=rate)
+    if as_json:
+        print_json(limit.as_dict())
+    else:
+        parts = [f"at most {limit.concurrency} running"] if limit.concurrency else []
+        parts += [f"at most {limit.rate} starts"] if limit.rate else []
+        console.print(f"{kind} {name}: {' and '.join(parts)}, across all workers")
 
 
 @tasks_cli.command("list")
@@ -307,3 +375,17 @@ def tasks_resume(task: str) -> None:
     if changed:
         app.alerts.resolve(f"autostop:{task}", f"task {task} resumed by user")
     console.print(f"task {task} {'resumed' if changed else 'was not paused'}")
+
+
+@tasks_cli.command("limit")
+def tasks_limit(
+    task: str,
+    concurrency: Concurrency = None,
+    rate: Rate = None,
+    clear: Clear = False,
+    as_json: Json = False,
+) -> None:
+    """Limit task type TASK across all workers: `tasks limit bank.fetch 2 [--rate 10/second]`, or `--clear`.
+
+    A limit set here takes precedence over the task's own `global_limit` / `rate_limit`."""
+    _limit("task", check_name(task, "task"), concurrency, rate, clear, as_json)

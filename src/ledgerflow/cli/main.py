@@ -1,7 +1,8 @@
 """`ledgerflow` entry point: global options, sub-command groups, and SPEC §9 error handling.
 
 Exit codes: 0 success, 1 the operation failed, 2 bad input or configuration. Errors are
-one line on stderr; `--debug` adds the traceback.
+one line on stderr; `--debug` adds the traceback. Before exiting, the alerts the command
+raised are delivered (`App.close`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ def run(argv: list[str] | None = None) -> None:
         _fail(str(exc), exc.exit_code)
     except Exception as exc:  # a bug: still one line unless --debug
         _fail(f"unexpected {type(exc).__name__}: {exc}", 1)
+    finally:
+        if state._app is not None:
+            state._app.close()  # alerts raised by this command are delivered before it exits
 
 
 def _fail(message: str, code: int) -> None:

@@ -113,6 +113,13 @@ def approve(
     tax_rate: Annotated[
         int | None, typer.Option("--tax-rate", help="Percent, e.g. 8: sets the tax code (JCT8, VAT7).")
     ] = None,
+    not_duplicate: Annotated[
+        bool,
+        typer.Option(
+            "--not-a-duplicate",
+            help="Book it although it looks like a receipt or entry already booked (refused otherwise).",
+        ),
+    ] = False,
     as_json: Json = False,
 ) -> None:
     """Book a draft (or a reviewed receipt, giving what is missing): queued for the daily export.
@@ -130,6 +137,7 @@ def approve(
         account=account,
         currency=currency,
         tax_rate=tax_rate,
+        not_duplicate=not_duplicate,
     )
     if as_json:
         print_json({"receipt": receipt.to_dict(), "entry": entry.to_dict()})

@@ -89,6 +89,13 @@ jobs = Table(
         sqlite_where=text(f"unique_key IS NOT NULL AND {_LIVE}"),
         postgresql_where=text(f"unique_key IS NOT NULL AND {_LIVE}"),
     ),
+    Index(
+        "ix_jobs_unique_key_created",
+        "unique_key",
+        "created_at",
+        sqlite_where=text("unique_key IS NOT NULL"),
+        postgresql_where=text("unique_key IS NOT NULL"),
+    ),
     Index("ix_jobs_state_task_queue", "state", "task", "queue"),
     Index("ix_jobs_state_id", "state", "id"),
     Index("ix_jobs_state_finished", "state", "finished_at"),
@@ -150,6 +157,22 @@ pauses = Table(
     Column("reason", Text, nullable=False),
     Column("paused_by", String(50), nullable=False),  # 'user' | 'autostop'
     Column("paused_at", UTCDateTime, nullable=False),
+)
+
+#: Limits shared by every worker: at most `concurrency` running jobs and at most `rate_limit`
+#: starts per `rate_period` seconds, per queue or per task type. `recent_starts` is the sliding
+#: log of the database-clock times (epoch seconds) of the starts still inside the period.
+job_limits = Table(
+    "job_limits",
+    metadata,
+    Column("kind", String(10), primary_key=True),  # 'queue' | 'task'
+    Column("name", String(200), primary_key=True),
+    Column("concurrency", Integer),
+    Column("rate_limit", Integer),
+    Column("rate_period", Float),
+    Column("recent_starts", Json, nullable=False),
+    Column("set_by", String(50), nullable=False),  # 'user' | 'code'
+    Column("updated_at", UTCDateTime, nullable=False),
 )
 
 alerts = Table(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ledgerflow.engine.states import JobState
@@ -39,8 +39,12 @@ class JobSpec:
     depends_on: tuple[int, ...] = ()
     schedule_id: int | None = None
     fire_time: datetime | None = None
+    #: Seconds (or a timedelta) during which `unique_key` also covers finished jobs.
+    unique_for: float | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.unique_for, timedelta):
+            object.__setattr__(self, "unique_for", self.unique_for.total_seconds())
         validate_spec(self)
 
 
@@ -62,6 +66,12 @@ def validate_spec(spec: JobSpec) -> None:
         raise BadInput(f"scheduled_at must be timezone-aware, got {spec.scheduled_at!r}")
     if spec.unique_key is not None and not 0 < len(spec.unique_key) <= 255:
         raise BadInput("unique_key must be 1..255 characters")
+    if spec.unique_for is not None:
+        if spec.unique_key is None:
+            raise BadInput("unique_for needs a unique_key")
+        window = spec.unique_for
+        if isinstance(window, bool) or not isinstance(window, int | float) or not 0 < window <= 366 * 86400:
+            raise BadInput(f"unique_for must be 0 < seconds <= 366 days, got {window!r}")
     check_json(list(spec.args), f"args of task {spec.task!r}")
     check_json(dict(spec.kwargs), f"kwargs of task {spec.task!r}")
 

@@ -34,7 +34,9 @@ from sqlalchemy.orm import aliased
 
 from ledgerflow.db.database import Database
 from ledgerflow.db.tables import CLAIMABLE_SQL, job_dependencies, job_executions, jobs, pauses, workers
+from ledgerflow.db.types import UTCDateTime
 from ledgerflow.engine.jobs import Job
+from ledgerflow.engine.limits import NOT_LIMITED, limited_candidates
 from ledgerflow.engine.states import (
     BURY,
     CLAIM,
@@ -134,21 +136,29 @@ class LeaseSQL:
                 jobs.c.scheduled_at <= db.now(),
                 DEPENDENCIES_MET,
                 NOT_PAUSED,
+                NOT_LIMITED,
             )
             .order_by(jobs.c.priority, jobs.c.scheduled_at, jobs.c.id)
             .limit(bindparam("limit"))
         )
+        lease = {
+            "state": CLAIM.target,
+            "attempt": jobs.c.attempt + 1,
+            "started_at": db.now(),
+            "worker_id": bindparam("worker"),
+            "lease_token": bindparam("token"),
+            "lease_expires_at": db.after(lease_seconds),
+        }
         self._claim = (
             update(jobs)
             .where(jobs.c.id.in_(db.backend.skip_locked(candidates).scalar_subquery()))
-            .values(
-                state=CLAIM.target,
-                attempt=jobs.c.attempt + 1,
-                started_at=db.now(),
-                worker_id=bindparam("worker"),
-                lease_token=bindparam("token"),
-                lease_expires_at=db.after(lease_seconds),
-            )
+            .values(**lease)
+            .returning(*jobs.c)
+        )
+        self._claim_ids = (  # started when the rate windows say (the same database clock reading)
+            update(jobs)
+            .where(jobs.c.id.in_(bindparam("ids", expanding=True)), CLAIMABLE_SQL)
+            .values(**{**lease, "started_at": bindparam("started", type_=UTCDateTime)})
             .returning(*jobs.c)
         )
         self._insert_executions = insert(job_executions)
@@ -201,6 +211,40 @@ class LeaseSQL:
                 "token": token,
             },
         )
+        return self._record_claims(conn, rows, token, worker_id)
+
+    def claim_limited(
+        self,
+        conn: Connection,
+        *,
+        worker_id: str,
+        queues: Sequence[str],
+        tasks: Sequence[str],
+        limit: int,
+        local_caps: dict[str, int],
+    ) -> list[Claim]:
+        """Take up to `limit` jobs of queues or tasks under a global limit, as the limits allow."""
+        if limit <= 0 or not queues or not tasks:
+            return []
+        ids, started = limited_candidates(
+            self.db,
+            conn,
+            queues=queues,
+            tasks=tasks,
+            want=limit,
+            local_caps=local_caps,
+            not_blocked=and_(jobs.c.scheduled_at <= self.db.now(), DEPENDENCIES_MET, NOT_PAUSED),
+        )
+        if not ids:
+            return []
+        token = new_token()
+        rows = conn.execute(
+            self._claim_ids, {"ids": ids, "worker": worker_id, "token": token, "started": started}
+        )
+        return self._record_claims(conn, rows, token, worker_id)
+
+    def _record_claims(self, conn: Connection, rows: Any, token: int, worker_id: str) -> list[Claim]:
+        """An execution row per claimed job; the claims in claim order."""
         claimed = [Claim(Job.from_row(r), token) for r in rows]
         if claimed:
             conn.execute(
@@ -416,10 +460,13 @@ def has_stageable(db: Database, conn: Connection) -> bool:
 
 
 def next_due(db: Database, conn: Connection, queues: Sequence[str]) -> datetime | None:
-    """When the earliest claimable job of these queues becomes due (None if there is none)."""
+    """When the earliest claimable job of these queues becomes due (None if there is none).
+
+    Jobs under a global limit are left out: one held back by its limit is due but cannot be
+    claimed, and the worker polls for those instead of waking at once."""
     value = conn.execute(
         select(func.min(jobs.c.scheduled_at)).where(
-            CLAIMABLE_SQL, jobs.c.queue.in_(list(queues)), DEPENDENCIES_MET
+            CLAIMABLE_SQL, jobs.c.queue.in_(list(queues)), DEPENDENCIES_MET, NOT_LIMITED
         )
     ).scalar()
     if value is None:

@@ -20,7 +20,14 @@ from sqlalchemy.sql import Insert
 
 from ledgerflow import tracing
 from ledgerflow.db.database import Database
-from ledgerflow.db.tables import UNIQUE_KEY_WHERE, job_dependencies, job_executions, jobs, pauses
+from ledgerflow.db.tables import (
+    UNIQUE_KEY_WHERE,
+    job_dependencies,
+    job_executions,
+    job_limits,
+    jobs,
+    pauses,
+)
 from ledgerflow.engine.jobs import Job, JobSpec
 from ledgerflow.engine.states import (
     CANCEL,
@@ -38,6 +45,8 @@ from ledgerflow.errors import BadInput, Conflict, NotAllowed, NotFound
 S = JobState
 # Must match the partial index's WHERE text exactly for SQLite's ON CONFLICT to find it.
 _UNIQUE_WHERE = UNIQUE_KEY_WHERE
+#: First key of the advisory lock taken by enqueues with `unique_for` (the second is the key's hash).
+_UNIQUE_FOR_LOCK = 72_771_002
 
 
 @dataclass(frozen=True)
@@ -94,7 +103,8 @@ class JobStore:
     def enqueue(self, conn: Connection, specs: Sequence[JobSpec]) -> list[int]:
         """Insert jobs inside the caller's transaction and return their ids, in order.
 
-        A spec with a `unique_key` that a live job already holds yields that job's id.
+        A spec with a `unique_key` that a live job already holds yields that job's id; with
+        `unique_for`, so does a job of that key completed within the window.
         """
         if not specs:
             return []
@@ -190,6 +200,8 @@ class JobStore:
         row["created_at"] = datetime.now(UTC)
         if not spec.unique_key:
             new_id = conn.execute(insert(jobs).values(row).returning(jobs.c.id)).scalar_one()
+        elif spec.unique_for and (recent := self._recent_unique(conn, spec.unique_key, spec.unique_for)):
+            return recent
         else:
             new_id = self._insert_unique(conn, spec.unique_key, row)
         if spec.depends_on and row["state"] != S.CANCELLED:
@@ -216,6 +228,37 @@ class JobStore:
             if existing is not None:
                 return int(existing)
         raise Conflict(f"could not enqueue unique job {key!r}: key keeps changing hands")
+
+    def _recent_unique(self, conn: Connection, key: str, seconds: float) -> int | None:
+        """The newest job of `key` created in the last `seconds` that is live or completed.
+
+        On PostgreSQL a transaction-scoped advisory lock on the key serialises these enqueues
+        until commit, so two of them never both find nothing and both insert (the second would
+        otherwise miss a first job that already completed); SQLite's write lock does the same.
+        Waiting for that lock may take up to 60 s, past the session's `lock_timeout`.
+        """
+        if not self.db.is_sqlite:  # others enqueuing the key hold it for a moment: wait past lock_timeout
+            previous = conn.execute(
+                select(func.current_setting("lock_timeout"), func.set_config("lock_timeout", "60s", True))
+            ).scalar_one()
+            conn.execute(
+                select(
+                    func.pg_advisory_xact_lock(_UNIQUE_FOR_LOCK, func.hashtext(key)),
+                    func.set_config("lock_timeout", previous, True),
+                )
+            )
+        since = datetime.now(UTC) - timedelta(seconds=seconds)
+        found = conn.execute(
+            select(jobs.c.id)
+            .where(
+                jobs.c.unique_key == key,
+                jobs.c.created_at >= since,
+                jobs.c.state.in_([*LIVE, S.COMPLETED]),
+            )
+            .order_by(jobs.c.created_at.desc())
+            .limit(1)
+        ).scalar()
+        return int(found) if found is not None else None
 
     def _dependency_state(self, conn: Connection, spec: JobSpec) -> tuple[JobState | None, str | None]:
         wanted = sorted(set(spec.depends_on))
@@ -292,10 +335,11 @@ class JobStore:
             return self.counts(states, fresh)
 
     def queue_summary(self) -> list[dict[str, Any]]:
-        """Per queue: jobs waiting (depth), running, dead, and whether it is paused."""
+        """Per queue: jobs waiting (depth), running, dead, whether it is paused, and its global limits."""
         paused = {p.name for p in self.pauses() if p.kind == "queue"}
+        limits = self._queue_limits()
         queues: dict[str, dict[str, Any]] = {
-            n: {"queue": n, "depth": 0, "running": 0, "dead": 0} for n in paused
+            n: {"queue": n, "depth": 0, "running": 0, "dead": 0} for n in sorted(paused | set(limits))
         }
         for (queue, _task, state), n in self.counts([*CLAIMABLE, S.RUNNING, S.DEAD]).items():
             q = queues.setdefault(queue, {"queue": queue, "depth": 0, "running": 0, "dead": 0})
@@ -306,8 +350,20 @@ class JobStore:
             elif state == S.DEAD:
                 q["dead"] += n
         return [
-            {**q, "paused": q["queue"] in paused} for q in sorted(queues.values(), key=lambda q: q["queue"])
+            {**q, "paused": q["queue"] in paused, **limits.get(q["queue"], {"limit": None, "rate": None})}
+            for q in sorted(queues.values(), key=lambda q: q["queue"])
         ]
+
+    def _queue_limits(self) -> dict[str, dict[str, Any]]:
+        """Queue → its global concurrency limit and rate (see engine/limits.py)."""
+        from ledgerflow.engine.limits import format_rate
+
+        with self.db.read() as conn:
+            rows = conn.execute(select(job_limits).where(job_limits.c.kind == "queue"))
+            return {
+                r.name: {"limit": r.concurrency, "rate": format_rate(r.rate_limit, r.rate_period)}
+                for r in rows
+            }
 
     # ------------------------------------------------------------ user moves
     def retry(self, job_id: int) -> Job:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from ledgerflow.engine.jobs import (
@@ -17,6 +17,7 @@ from ledgerflow.engine.jobs import (
     JobSpec,
     as_id_tuple,
 )
+from ledgerflow.engine.limits import check_concurrency, parse_rate
 from ledgerflow.engine.retry import Backoff, default_backoff, exponential_backoff, fixed_schedule
 from ledgerflow.errors import BadInput, UnknownTask
 
@@ -35,6 +36,7 @@ class TaskOptions:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     timeout: float = DEFAULT_TIMEOUT
     unique_key: str | None = None
+    unique_for: float | timedelta | None = None
     delay: float | None = None
     scheduled_at: datetime | None = None
     depends_on: tuple[int, ...] = ()
@@ -52,6 +54,8 @@ class Task:
         options: TaskOptions,
         isolation: Isolation,
         backoff: Backoff,
+        global_limit: int | None = None,
+        rate_limit: str | tuple[int, float] | None = None,
     ) -> None:
         if isolation not in ("thread", "process"):
             raise BadInput(f"isolation must be 'thread' or 'process', got {isolation!r}")
@@ -61,6 +65,11 @@ class Task:
         self.options = options
         self.isolation = isolation
         self.backoff = backoff
+        #: (concurrency, (starts, period)) this task declares for every worker together.
+        self.declared_limits = (
+            check_concurrency(global_limit),
+            parse_rate(rate_limit) if rate_limit is not None else None,
+        )
         self.is_async = inspect.iscoroutinefunction(func)
         self.__doc__ = func.__doc__
         self.__wrapped__ = func
@@ -72,8 +81,8 @@ class Task:
         return f"<Task {self.name}>"
 
     def configure(self, **overrides: Any) -> ConfiguredTask:
-        """Per-call options: queue, priority, max_attempts, timeout, unique_key, delay,
-        scheduled_at, depends_on."""
+        """Per-call options: queue, priority, max_attempts, timeout, unique_key, unique_for,
+        delay, scheduled_at, depends_on."""
         return ConfiguredTask(self, self.options).configure(**overrides)
 
     def prepare(self, *args: Any, **kwargs: Any) -> JobSpec:
@@ -109,6 +118,7 @@ class ConfiguredTask:
             max_attempts=o.max_attempts,
             timeout=o.timeout,
             unique_key=o.unique_key,
+            unique_for=o.unique_for,
             scheduled_at=o.scheduled_at,
             delay=o.delay,
             depends_on=o.depends_on,

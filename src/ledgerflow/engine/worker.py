@@ -29,7 +29,7 @@ import signal
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import Connection, insert, or_, select, update
 
 from ledgerflow.alert_checks import AlertChecks
 from ledgerflow.db.database import is_transient
@@ -47,6 +47,7 @@ from ledgerflow.engine.autostop import AutoStop, cpu_gate, memory_gate
 from ledgerflow.engine.isolation import ChildProcess, ChildTaskError
 from ledgerflow.engine.jobs import JobContext, reset_current_job, set_current_job
 from ledgerflow.engine.leases import Claim, LeaseSQL, Outcome, error_record
+from ledgerflow.engine.limits import LimitStore
 from ledgerflow.engine.liveness import local_owner_running
 from ledgerflow.engine.pool import DaemonThreadPool, _Item
 from ledgerflow.engine.progress import PROGRESS_SECONDS, ProgressReport, write_progress
@@ -158,7 +159,11 @@ class Worker:
         if app.settings.autostop_cpu_enabled:
             gates.append(cpu_gate(app, app.settings.autostop_cpu_percent, app.settings.autostop_cpu_seconds))
         self._gates: list[Callable[[], bool]] = [g.is_open for g in gates]
+        self._limit_store = LimitStore(app.db)
+        self._limited = False  # whether a global limit names one of our queues or tasks
+        self._limited_retry_at = 0.0
         self.hooks: list[Callable[[], None]] = [  # periodic maintenance
+            self._refresh_limits,
             AutoStop(app).maybe_check,
             AlertChecks(app).maybe_check,
             *(g.sample for g in gates),
@@ -229,6 +234,7 @@ class Worker:
             "heartbeat_at": now,
         }
         self._retry_db(lambda: self.db.run(lambda c: c.execute(insert(workers).values(row))), "register")
+        self._retry_db(self._sync_limits, "register")
         self.log.info(
             "worker_started",
             queues=list(self.opts.queues),
@@ -422,6 +428,8 @@ class Worker:
                     claims += self._sql.claim(
                         conn, worker_id=self.id, queues=names, tasks=self._tasks, limit=n
                     )
+                if self._limited and slots:
+                    claims += self._claim_limited(conn, slots, claims)
             written = [o for o in outcomes if o not in refused]
         except Exception as exc:
             if not outcomes or is_transient(exc):
@@ -468,6 +476,39 @@ class Worker:
                     continue
             (refused if lost else written).append(outcome)
         return written, refused, []
+
+    def _claim_limited(self, conn: Connection, slots: dict[str, int], taken: list[Claim]) -> list[Claim]:
+        """Claim jobs under global limits: only what can start now (no prefetch), as the limits allow."""
+        free = self.opts.concurrency - len(self._inflight) - len(self._buffer) - len(taken)
+        want = min(free, sum(slots.values()) - len(taken))
+        if want <= 0 or time.monotonic() < self._limited_retry_at:
+            return []
+        per_queue = Counter(c.job.queue for c in taken)
+        local_caps = {q: slots.get(q, 0) - per_queue[q] for q, n in self.opts.queues.items() if n is not None}
+        claimed = self._sql.claim_limited(
+            conn,
+            worker_id=self.id,
+            queues=list(self.opts.queues),
+            tasks=self._tasks,
+            limit=want,
+            local_caps=local_caps,
+        )
+        if not claimed:  # each try locks the limit rows: the cycles of other queues do not pay it each time
+            self._limited_retry_at = time.monotonic() + self.LIMITED_RETRY
+        return claimed
+
+    #: After a limited claim that found nothing, wait this long before the next try.
+    LIMITED_RETRY = 0.25
+
+    def _sync_limits(self) -> None:
+        """Store the limits our tasks declare, then learn whether any limit concerns us."""
+        self._limit_store.sync_code(
+            {name: self.app.registry.get(name).declared_limits for name in self._tasks}
+        )
+        self._refresh_limits()
+
+    def _refresh_limits(self) -> None:
+        self._limited = self._limit_store.applies_to(self.opts.queues, self._tasks)
 
     def _start_buffered(self) -> None:
         while self._buffer and len(self._inflight) < self.opts.concurrency and not self._stopping:

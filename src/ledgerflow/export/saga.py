@@ -931,11 +931,12 @@ class ExportSaga:
                     batch_key=a.key,
                 ),
             )
-        best_effort(
-            self.log,
-            "export_alert_resolve_failed",
-            lambda: self.app.alerts.resolve(f"export_failed:{a.key}", f"batch {a.key} completed"),
-        )
+        for kind in ("export_failed", "export_abandoned"):  # a re-run of an abandoned day ends both
+            best_effort(
+                self.log,
+                "export_alert_resolve_failed",
+                lambda kind=kind: self.app.alerts.resolve(f"{kind}:{a.key}", f"batch {a.key} completed"),
+            )
         self.log.info("export_completed", batch_key=a.key, batch_date=a.batch["batch_date"].isoformat())
 
     # ------------------------------------------------------------------ failure

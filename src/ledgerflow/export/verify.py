@@ -3,9 +3,11 @@ delivered file against the checksums the chain recorded.
 
 * **the chain** (`export_logs`): every hash recomputed (`audit.verify_chain`);
 * **its anchors**: each delivered manifest carries the chain head at its generation
-  (`audit_anchor`: the row's id as `seq`, and its hash), read back from the destination. A
-  row it names that the database no longer holds, or holds with another hash, means audit
-  rows were deleted or truncated — which the chain alone cannot show for its last rows;
+  (`audit_anchor`: the row's id as `seq`, and its hash), read back from the destination —
+  those the database points to, and any other `journal_*.manifest.json` found by listing the
+  destinations. A row it names that the database no longer holds, or holds with another
+  hash, means audit rows were deleted or truncated — which the chain alone cannot show for
+  its last rows;
 * **the files**: checked against the `csv_generated` row of their batch (hash-chained), not
   `export_batches.files` (which is not), by the service's own content checksum or a download;
   a completed batch without its `csv_generated` row is reported;
@@ -24,7 +26,14 @@ from sqlalchemy import func, select
 from ledgerflow.backup import restore_divergences
 from ledgerflow.db.tables import export_batches, export_logs
 from ledgerflow.export.audit import verify_chain
-from ledgerflow.export.destinations import Destination, destination_for, download, file_digests, same_content
+from ledgerflow.export.destinations import (
+    Destination,
+    destination_for,
+    download,
+    file_digests,
+    list_files,
+    same_content,
+)
 
 if TYPE_CHECKING:
     from ledgerflow.app import App
@@ -54,6 +63,7 @@ def verify_exports(app: App) -> dict[str, Any]:
             .order_by(export_batches.c.id)
         ).all()
         chain_end = int(conn.execute(select(func.max(export_logs.c.id))).scalar() or 0)
+        known = set(conn.execute(select(export_batches.c.batch_key)).scalars())
     for batch in batches:
         logged = delivered.pop(batch.batch_key, None)
         if logged is None:
@@ -67,6 +77,7 @@ def verify_exports(app: App) -> dict[str, Any]:
         report.check_batch(batch.batch_key, url, batch.files, logged)
     for key in delivered:
         report.files.append(f"the audit trail records the delivery of {key}, but export_batches does not")
+    report.scan({app.settings.export_destination, *(b.destination for b in batches)}, known)
     report.check_anchors(chain_end)
     return {
         "chain_rows": chain.rows,
@@ -89,6 +100,7 @@ class _Report:
         #: (where it was read, seq, row hash) of every chain head a delivered manifest anchors
         self.anchors: list[tuple[str, int, str]] = []
         self._destinations: dict[str, Destination] = {}
+        self._read: set[tuple[str, str]] = set()  # (destination, file id) of each manifest read
 
     def destination(self, url: str) -> Destination:
         if url not in self._destinations:
@@ -131,26 +143,63 @@ class _Report:
             except Exception as exc:  # unreachable: nothing can be concluded about this file
                 self.unreachable.append(f"{key} {f['name']}: {type(exc).__name__}: {exc}")
 
+    def scan(self, urls: set[str], known: set[str]) -> None:
+        """Manifests at the destinations that the database did not lead to: their chain heads
+        are checked too, and one of a batch export_batches does not hold is reported."""
+        scanned: set[str] = set()
+        for url in sorted(urls):
+            try:
+                destination = self.destination(url)
+                if destination.key in scanned:
+                    continue
+                scanned.add(destination.key)
+                found = [f for f in list_files(destination, "journal_") if f.name.endswith(".manifest.json")]
+            except Exception as exc:  # unreachable: nothing can be concluded about it
+                self.unreachable.append(f"listing {url}: {type(exc).__name__}: {exc}")
+                continue
+            for stored in found:
+                if (destination.key, stored.file_id) in self._read:
+                    continue
+                try:
+                    document = self.check_manifest(None, url, destination, stored.name, stored.file_id, None)
+                except Exception as exc:
+                    self.unreachable.append(f"{stored.name} at {url}: {type(exc).__name__}: {exc}")
+                    continue
+                key = (document or {}).get("batch_key")
+                if key is not None and key not in known:
+                    self.files.append(
+                        f"the manifest {stored.name} at {url} belongs to {key}, which export_batches "
+                        "does not hold (rows deleted?)"
+                    )
+
     def check_manifest(
-        self, key: str, url: str, destination: Destination, name: str, remote_id: str, sha256: str | None
-    ) -> None:
+        self,
+        key: str | None,
+        url: str,
+        destination: Destination,
+        name: str,
+        remote_id: str,
+        sha256: str | None,
+    ) -> dict[str, Any] | None:
         """The delivered manifest, read back: its bytes as chained (unless `sha256` is None), and
-        the chain head it anchors."""
+        the chain head it anchors. Returns the document (None: missing or changed)."""
         self.checked += 1
+        self._read.add((destination.key, remote_id))
         if destination.content_digests(remote_id) is None:
             self.files.append(f"{key}: {name} is missing at {url}")
-            return
+            return None
         with tempfile.TemporaryDirectory(prefix="ledgerflow-verify-") as folder:
             target = Path(folder) / "manifest.json"
             download(destination, remote_id, target)
             if sha256 is not None and file_digests(target)[0] != sha256:
                 self.files.append(f"{key}: {name} at {url} differs from the checksum in the audit trail")
-                return
-            anchor = json.loads(target.read_bytes()).get("audit_anchor")
+                return None
+            document: dict[str, Any] = json.loads(target.read_bytes())
+        anchor = document.get("audit_anchor")
         if anchor and int(anchor["seq"]) > 0:  # older manifests carry no chain head
-            self.anchors.append(
-                (f"the manifest {name} of {key} at {url}", int(anchor["seq"]), anchor["row_hash"])
-            )
+            where = f"the manifest {name} of {key or document.get('batch_key')} at {url}"
+            self.anchors.append((where, int(anchor["seq"]), anchor["row_hash"]))
+        return document
 
     def check_anchors(self, chain_end: int) -> None:
         """Each anchored row must still be in export_logs with the hash the manifest recorded."""

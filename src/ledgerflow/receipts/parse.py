@@ -105,6 +105,15 @@ COMPANY_MARKS = ["株式会社", "有限会社", "合同会社", "(株)", "บ�
 RATES = {"JPY": (10, 8), "THB": (7,)}
 #: A two-digit year is read only if the date falls in this window around the day it arrived.
 PLAUSIBLE_BEFORE, PLAUSIBLE_AFTER = timedelta(days=3 * 366), timedelta(days=7)
+#: A purchase is dated at the latest the day after the receipt arrived (time zones).
+ARRIVAL_SLACK = timedelta(days=1)
+#: Words before a date on its line that make it another date than the purchase's: an expiry,
+#: a return deadline, a phone or fax number that reads like a date.
+OTHER_DATE = re.compile(
+    r"\b(?:valid|until|expir\w*|exp|returns?|refunds?|due|best\s+before|use\s+by|tel|phone|fax)\b",
+    re.IGNORECASE,
+)
+OTHER_DATE_WORDS = ["期限", "返品", "電話", "หมดอายุ", "ใช้ได้ถึง", "ภายในวันที่", "โทร"]
 
 _THAI_MARKS = re.compile("[\u0e31\u0e34-\u0e3a\u0e47-\u0e4e]")
 _AMOUNT = re.compile(r"(?<![\d.])(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d{1,2}))?(?![\d%])(?!\s*%)")
@@ -365,6 +374,9 @@ def _date(text: str, today: date) -> tuple[date | None, str | None]:
     matches = sorted((m for p in _DATE_PATTERNS for m in p.finditer(text)), key=lambda m: m.start())
     problem = None
     for m in matches:
+        before = text[text.rfind("\n", 0, m.start()) + 1 : m.start()]  # on its line
+        if OTHER_DATE.search(before) or _contains(before, OTHER_DATE_WORDS):
+            continue
         readings = _candidates(m, script)
         found = set()
         for year, month, day in readings:
@@ -376,6 +388,8 @@ def _date(text: str, today: date) -> tuple[date | None, str | None]:
             found = {d for d in found if today - PLAUSIBLE_BEFORE <= d <= today + PLAUSIBLE_AFTER}
         else:
             found = {d for d in found if 2000 <= d.year <= 2100}
+        later = {d for d in found if d > today + ARRIVAL_SLACK}
+        found -= later
         if len(found) == 1:
             return found.pop(), None
         if problem is None:
@@ -383,6 +397,8 @@ def _date(text: str, today: date) -> tuple[date | None, str | None]:
             problem = (
                 f"date {raw!r} is ambiguous ({' or '.join(sorted(d.isoformat() for d in found))})"
                 if found
+                else f"date {raw!r} is after the receipt arrived ({today.isoformat()})"
+                if later
                 else f"date {raw!r} is not a plausible date"
             )
     return None, problem

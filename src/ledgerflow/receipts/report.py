@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from ledgerflow.db.tables import receipts
 from ledgerflow.errors import BadInput
+from ledgerflow.export.profiles import neutralise_text  # the export's formula guard, one rule
 from ledgerflow.ledger.money import format_amount, from_minor
 
 if TYPE_CHECKING:
@@ -82,16 +83,17 @@ def to_csv(report: dict[str, Any]) -> str:
     for section, totals in report["sections"].items():
         for (key, currency), (n, net, tax, total) in sorted(totals.items()):
             writer.writerow(
-                [section, _safe(key), currency, n, *(format_amount(v, currency) for v in (net, tax, total))]
+                [
+                    section,
+                    neutralise_text(key),
+                    currency,
+                    n,
+                    *(format_amount(v, currency) for v in (net, tax, total)),
+                ]
             )
     for name, value in report["counts"].items():
         writer.writerow(["count", name, "", value, "", "", ""])
     return out.getvalue()
-
-
-def _safe(text: str) -> str:
-    """Spreadsheet formula injection: a leading = + - @ becomes text."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def to_html(report: dict[str, Any], run: str = "") -> str:

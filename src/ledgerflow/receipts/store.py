@@ -42,6 +42,13 @@ def tax_code_for(currency: str, rate: int | None) -> str | None:
     return f"{TAX_CODE_PREFIX.get(currency, 'VAT')}{rate}" if rate is not None else None
 
 
+class LikelyDuplicate(Conflict):
+    """Approving would book what looks like a receipt or entry already in the books."""
+
+    exit_code = 2
+    code = "likely_duplicate"
+
+
 @dataclass(frozen=True)
 class Receipt:
     id: int
@@ -379,6 +386,7 @@ class ReceiptStore:
         account: str | None = None,
         currency: str | None = None,
         tax_rate: int | None = None,
+        not_duplicate: bool = False,
     ) -> tuple[Receipt, Entry]:
         """Turn a draft (or a reviewed receipt, with the missing facts given) into a journal entry.
 
@@ -386,6 +394,8 @@ class ReceiptStore:
         and the other is told "receipt N is already approved". The entry (reference `RCPT-<id>`)
         is recorded and queued for the daily export in the same transaction. Corrections are
         read by the ledger's strict amount rule; the receipt is (re)filed under the booked values.
+        With the values to be booked it is compared again with the other receipts and the books:
+        a likely duplicate is refused (`LikelyDuplicate`) unless `not_duplicate`.
         """
         from ledgerflow.config import check_account
         from ledgerflow.receipts.tasks import filed_as_booked
@@ -418,6 +428,14 @@ class ReceiptStore:
                 )
             except ValueError as exc:
                 raise BadInput(str(exc)) from None
+            if not not_duplicate:
+                found = self.likely_duplicate(conn, receipt_id, day, to_minor(amount, cur), cur, name)
+                if found:
+                    raise LikelyDuplicate(
+                        f"receipt {receipt_id} looks like a duplicate of "
+                        f"{found[1].removeprefix('possible duplicate of ')}; reject it, or approve "
+                        'it with --not-a-duplicate (API: "not_duplicate": true) if it is another purchase'
+                    )
             code = tax_code_for(cur, rate)
             entry = self._entry(receipt_id, day, name, cur, amount, tax_amount or Decimal(0), code, expense)
             # through the mapping form, so the entry is validated like any other (balanced, exportable)

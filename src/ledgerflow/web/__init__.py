@@ -14,13 +14,15 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from ledgerflow.app import App
+    from ledgerflow.web.sessions import LoginThrottle
 
 SESSION_COOKIE = "ledgerflow_session"
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
 
 
-def mount_dashboard(api: FastAPI, app: App, token: str) -> None:
+def mount_dashboard(api: FastAPI, app: App, token: str, throttle: LoginThrottle) -> None:
+    """The dashboard's pages; wrong passwords count in `throttle` (shared with the API's tokens)."""
     from ledgerflow.web.pages import register
 
-    register(api, app, token)
+    register(api, app, token, throttle)

@@ -28,6 +28,7 @@ from ledgerflow.api.routes import RowId
 from ledgerflow.app import App
 from ledgerflow.db.tables import circuit_breakers, export_batches, job_executions, job_schedules, workers
 from ledgerflow.db.types import MAX_ID
+from ledgerflow.engine.limits import running_by_limit
 from ledgerflow.engine.states import JobState
 from ledgerflow.errors import BadInput, LedgerflowError, NotFound
 from ledgerflow.export.destinations import LocalFolder, open_destination
@@ -37,10 +38,10 @@ from ledgerflow.web import SESSION_COOKIE, STATIC, TEMPLATES
 from ledgerflow.web.sessions import SESSION_SECONDS, LoginThrottle, Sessions
 
 
-def register(api: FastAPI, app: App, token: str) -> None:
-    """Add the dashboard's routes to `api`; signing in takes `token` (the API token)."""
+def register(api: FastAPI, app: App, token: str, throttle: LoginThrottle) -> None:
+    """Add the dashboard's routes to `api`; signing in takes `token` (the API token), and wrong
+    passwords count in `throttle`."""
     sessions = Sessions(app.db, token)
-    throttle = LoginThrottle()
     zone = ZoneInfo(app.settings.timezone)
     templates = Jinja2Templates(directory=str(TEMPLATES))
 
@@ -266,6 +267,67 @@ def register(api: FastAPI, app: App, token: str) -> None:
             message = str(exc)
         return back(request, f"/jobs/{job_id}", message)
 
+    # ------------------------------------------------------------------ queues and their limits
+    @api.get("/queues", include_in_schema=False)
+    def queues_page(request: Request, flash: str | None = None) -> Response:
+        summary = {q["queue"]: q for q in app.store.queue_summary()}
+        for name in app.queues():
+            summary.setdefault(
+                name, {"queue": name, "depth": 0, "running": 0, "dead": 0, "paused": False, "limit": None}
+            )
+        task_limits = {lim.name: lim for lim in app.limits.list() if lim.kind == "task"}
+        running = running_by_limit(app.db)
+        tasks = [
+            {"name": n, "limit": task_limits.get(n), "running": running.get(("task", n), 0)}
+            for n in sorted(set(app.registry.names()) | set(task_limits))
+        ]
+        paused_tasks = {t["task"]: t for t in app.task_summary() if t["paused"]}
+        for t in tasks:
+            t["pause"] = paused_tasks.get(t["name"])
+        return page(
+            request,
+            "queues.html",
+            queues=[summary[n] for n in sorted(summary)],
+            tasks=tasks,
+            pauses={(p.kind, p.name): p for p in app.store.pauses()},
+            flash=flash,
+        )
+
+    @api.post("/limits/{kind}/{name}/{verb}", include_in_schema=False)
+    def limit_action(
+        request: Request,
+        kind: str,
+        name: str,
+        verb: str,
+        csrf: str = Form(""),
+        concurrency: str = Form(""),
+        rate: str = Form(""),
+    ) -> Response:
+        refused = action(request, csrf)
+        if refused:
+            return refused
+        try:
+            if verb == "set":
+                if concurrency.strip() and not concurrency.strip().isdigit():
+                    raise BadInput(f"concurrency limit must be a whole number, got {concurrency.strip()!r}")
+                limit = app.limits.set(
+                    kind,
+                    name,
+                    concurrency=int(concurrency) if concurrency.strip() else None,
+                    rate=rate.strip() or None,
+                )
+                parts = [f"at most {limit.concurrency} running"] if limit.concurrency else []
+                parts += [f"at most {limit.rate} starts"] if limit.rate else []
+                message = f"{kind} {name}: {' and '.join(parts)}, across all workers"
+            elif verb == "clear":
+                cleared = app.limits.clear(kind, name)
+                message = f"{kind} {name}: {'limits cleared' if cleared else 'had no limit'}"
+            else:
+                return HTMLResponse("unknown action", status_code=404)
+        except LedgerflowError as exc:
+            message = str(exc)
+        return back(request, "/queues", message)
+
     @api.get("/dlq", include_in_schema=False)
     def dlq_page(request: Request, flash: str | None = None, confirm: bool = False) -> Response:
         return page(
@@ -290,22 +352,7 @@ def register(api: FastAPI, app: App, token: str) -> None:
         )
         return RedirectResponse(f"/dlq?{urlencode({'flash': message})}", status_code=303)
 
-    # ------------------------------------------------------------------ queues and tasks
-    @api.get("/queues", include_in_schema=False)
-    def queues_page(request: Request, flash: str | None = None) -> Response:
-        summary = {q["queue"]: q for q in app.store.queue_summary()}
-        for name in app.queues():
-            summary.setdefault(name, {"queue": name, "depth": 0, "running": 0, "dead": 0, "paused": False})
-        reasons = {(p.kind, p.name): p for p in app.store.pauses()}
-        return page(
-            request,
-            "queues.html",
-            queues=[summary[n] for n in sorted(summary)],
-            tasks=app.task_summary(),
-            pauses=reasons,
-            flash=flash,
-        )
-
+    # ------------------------------------------------------------------ pausing queues and tasks
     @api.post("/queues/{name}/{verb}", include_in_schema=False)
     def queue_action(request: Request, name: str, verb: str, csrf: str = Form("")) -> Response:
         return pause_or_resume(request, "queue", name, verb, csrf)

@@ -93,8 +93,10 @@ class LoginThrottle:
     """At most `attempts` wrong passwords per client, and ten times that from all clients
     together, in `window` seconds; after that every attempt waits.
 
-    Kept in memory per process (a restart forgets it): it slows guessing down, while the
-    token's length (at least 16 characters, 43 when generated) is what makes guessing hopeless.
+    One instance counts both the sign-in form's wrong passwords and the API's wrong bearer
+    tokens (the same secret). Kept in memory per process (a restart forgets it): it slows
+    guessing down, while the token's length (at least 16 characters, 43 when generated) is
+    what makes guessing hopeless.
     """
 
     EVERYONE = "*"
@@ -107,10 +109,12 @@ class LoginThrottle:
         self._failures: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
-    def retry_after(self, client: str) -> int:
-        """Seconds `client` must wait before trying again (0: it may try now)."""
+    def retry_after(self, client: str, everyone: bool = True) -> int:
+        """Seconds `client` must wait before trying again (0: it may try now); with `everyone`,
+        also while all clients together are over their limit."""
         with self._lock:
-            return max(self._wait(client, self.attempts), self._wait(self.EVERYONE, 10 * self.attempts))
+            mine = self._wait(client, self.attempts)
+            return max(mine, self._wait(self.EVERYONE, 10 * self.attempts)) if everyone else mine
 
     def failed(self, client: str) -> None:
         with self._lock:

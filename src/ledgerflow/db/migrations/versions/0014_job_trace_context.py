@@ -1,7 +1,7 @@
 """jobs.trace_context: the W3C trace context of the enqueue, so each attempt joins its trace.
 
 Revision ID: 0014
-Revises: 0010
+Revises: 0011
 Create Date: 2026-11-30
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0014"
-down_revision = "0010"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,87 @@
+"""A restore across schema versions: an older backup is brought up to this ledgerflow's schema,
+a backup from a newer ledgerflow (a schema this one does not know) is refused before anything
+changes, with or without --force. Through the real CLI on SQLite files and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from ledgerflow.backup import create_backup
+from ledgerflow.db.database import Database
+from ledgerflow.db.migrate import current_revision, head_revision, migrate
+from tests.backup.conftest import entry
+from tests.backup.test_restore_books import D1, _references
+from tests.conftest import _admin, pg_url
+
+OLD_REVISION = "0006"  # receipts exist, their corrections (0007) do not yet
+
+
+@pytest.fixture
+def empty_db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A database with no schema at all, on the test's backend."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    request.getfixturevalue("pg_template")  # skips (or fails on CI) without PostgreSQL
+    name = f"lf_empty_{uuid.uuid4().hex[:10]}"
+    _admin(f"CREATE DATABASE {name}")
+    yield pg_url(name)
+    _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _set_revision(url: str, revision: str) -> None:
+    db = Database(url)
+    with db.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
+    db.dispose()
+
+
+def test_an_older_backup_is_restored_and_brought_up_to_this_schema(books_app, cli, empty_db_url):
+    old = Database(empty_db_url)
+    migrate(old, OLD_REVISION)
+    old.dispose()
+    app = books_app(database_url=empty_db_url)
+    app.ledger.record(entry("OLD-1", D1))
+    name = create_backup(app).name
+    assert create_backup(app).revision == OLD_REVISION
+    migrate(app.db)  # the upgrade to this version of ledgerflow
+
+    code, stdout, err = cli("backup", "restore", name, env={"LEDGERFLOW_DATABASE_URL": empty_db_url})
+
+    assert code == 0, err
+    assert (
+        f"schema {OLD_REVISION}" in stdout
+        and f"upgraded the schema from {OLD_REVISION} to {head_revision()}" in stdout
+    )
+    app.db.dispose()
+    assert current_revision(app.db) == head_revision()
+    assert _references(app) == {"OLD-1"}
+    code, _, err = cli("receipts", "list", env={"LEDGERFLOW_DATABASE_URL": empty_db_url})
+    assert code == 0, "every command works on the restored database: " + err
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_backup_from_a_newer_ledgerflow_is_refused_and_nothing_changes(books_app, cli, db_url, force):
+    app = books_app()
+    _set_revision(db_url, "9999")  # as left by a later version's migration
+    name = create_backup(app).name
+    _set_revision(db_url, head_revision() or "")
+    app.ledger.record(entry("KEPT-1", D1))
+
+    code, _, err = cli("backup", "restore", name, *(["--force"] if force else []))
+
+    assert code == 2
+    assert "schema 9999" in err and "newer ledgerflow" in err, err
+    app.db.dispose()
+    assert current_revision(app.db) == head_revision() and _references(app) == {"KEPT-1"}
+
+
+def test_migrate_on_a_database_of_a_newer_ledgerflow_exits_2_saying_so(cli, db_url):
+    _set_revision(db_url, "9999")
+    code, _, err = cli("migrate")
+    assert code == 2 and "schema 9999" in err and "newer ledgerflow" in err, err
