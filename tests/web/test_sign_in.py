@@ -170,7 +170,8 @@ def test_the_dashboard_lists_open_and_resolved_alerts_escaped(service):
     browser = signed_in(service.url)
     r = browser.get("/alerts")
     assert r.status_code == 200 and 'href="/alerts"' in r.text
-    opened, resolved = r.text.split("Recently resolved")
+    assert "job_dead:mail&lt;x&gt;" in r.text and "scheduler_down" in r.text, "open and resolved"
+    opened, resolved = (browser.get("/alerts", params={"state": s}).text for s in ("open", "resolved"))
     assert "job_dead:mail&lt;x&gt;" in opened and "Job &lt;b&gt;mail&lt;/b&gt; is dead" in opened
     assert "<script>x" not in r.text and "&lt;script&gt;" in opened
     assert "scheduler_down" in resolved and "scheduler_down" not in opened

@@ -277,13 +277,16 @@ def register(api: FastAPI, app: App, token: str, throttle: LoginThrottle) -> Non
             )
         task_limits = {lim.name: lim for lim in app.limits.list() if lim.kind == "task"}
         running = running_by_limit(app.db)
-        tasks = [
-            {"name": n, "limit": task_limits.get(n), "running": running.get(("task", n), 0)}
-            for n in sorted(set(app.registry.names()) | set(task_limits))
-        ]
         paused_tasks = {t["task"]: t for t in app.task_summary() if t["paused"]}
-        for t in tasks:
-            t["pause"] = paused_tasks.get(t["name"])
+        tasks = [
+            {
+                "name": n,
+                "limit": task_limits.get(n),
+                "running": running.get(("task", n), 0),
+                "pause": paused_tasks.get(n),
+            }
+            for n in sorted(set(app.registry.names()) | set(task_limits) | set(paused_tasks))
+        ]
         return page(
             request,
             "queues.html",
