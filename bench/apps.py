@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 from bench import stamp
-from ledgerflow import App
+from ledgerflow import App, current_job
 
 app = App()
 
@@ -12,3 +14,13 @@ app = App()
 def noop(i: int = 0) -> None:
     """Does nothing but record its start (see bench/stamp.py): measures the queue, not the work."""
     stamp.record(i)
+
+
+@app.task(name="bench.hold", max_attempts=3, timeout=600)
+def hold(seconds: float, round_no: int = 0) -> int:
+    """Holds its first attempt for `seconds` (the worker is killed meanwhile); later attempts
+    return at once. The slow job (round -1) holds every attempt: it must never be rescued."""
+    job = current_job()
+    if job is not None and (job.attempt == 1 or round_no < 0):
+        time.sleep(seconds)
+    return round_no

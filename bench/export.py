@@ -25,8 +25,10 @@ from ledgerflow.db.tables import journal_lines as ln
 SIZES = {"10k_lines": (2_500, 4), "10k_entries": (10_000, 4), "1m_lines": (50_000, 20)}
 
 
-def reference_seconds(app: App, directory: Path) -> float:
-    """The floor: stream the same rows in the same order and write them with csv.writer, nothing else."""
+def reference_seconds(app: App, directory: Path) -> tuple[float, float]:
+    """The floor: stream the same rows in the same order and write them with csv.writer, nothing else.
+
+    Returns (wall seconds, CPU seconds of this process)."""
     query = (
         select(
             e.c.reference,
@@ -44,7 +46,7 @@ def reference_seconds(app: App, directory: Path) -> float:
         .select_from(e.join(ln, ln.c.entry_id == e.c.id))
         .order_by(e.c.entry_date, e.c.reference, ln.c.line_no)
     )
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     with (
         app.db.read() as conn,
         open(directory / "reference.csv", "w", encoding="utf-8-sig", newline="") as out,
@@ -65,7 +67,7 @@ def reference_seconds(app: App, directory: Path) -> float:
                     r[9],
                 )
             )
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 def reset(app: App) -> None:
@@ -86,7 +88,7 @@ def one(backend: str, entries: int, lines: int, reps: int) -> dict[str, Any]:
     """`reps` daily exports of the same entries (each in a child process, RSS sampled), each
     beside a bare csv.writer pass over the same ordered cursor."""
     exports: list[dict[str, Any]] = []
-    references: list[float] = []
+    references: list[tuple[float, float]] = []
     with database(backend) as url, tempfile.TemporaryDirectory(prefix="lf-bench-export-") as tmp:
         app = App(database_url=url, log_level="WARNING")
         app.migrate()
@@ -111,8 +113,16 @@ def one(backend: str, entries: int, lines: int, reps: int) -> dict[str, Any]:
         "lines": last["lines"],
         "state": sorted({e["state"] for e in exports}),
         "seconds": spread([e["seconds"] for e in exports], 3),
-        "reference_seconds": spread(references, 3),
-        "ratio_to_reference": spread([e["seconds"] / r for e, r in zip(exports, references, strict=True)], 2),
+        "reference_seconds": spread([r[0] for r in references], 3),
+        "ratio_to_reference": spread(
+            [e["seconds"] / r[0] for e, r in zip(exports, references, strict=True)], 2
+        ),
+        # client CPU only: robust to a loaded machine, blind to the database server's share
+        "cpu_seconds": spread([e["cpu_seconds"] for e in exports], 3),
+        "reference_cpu_seconds": spread([r[1] for r in references], 3),
+        "cpu_ratio_to_reference": spread(
+            [e["cpu_seconds"] / r[1] for e, r in zip(exports, references, strict=True)], 2
+        ),
         "rows_per_s": spread([e["rows_per_s"] for e in exports]),
         "peak_rss_mb": spread([e["peak_rss_mb"] for e in exports], 1),
         "rss_growth_mb": spread([e["rss_growth_mb"] for e in exports], 1),

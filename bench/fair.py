@@ -104,7 +104,8 @@ class System:
 
     def spawn(self, processes: int, concurrency: int, stamps: Path) -> list[subprocess.Popen[bytes]]:
         argv, env = self.worker(concurrency)
-        full = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_STAMPS": str(stamps), **env}
+        path = os.pathsep.join([str(ROOT / "src"), str(ROOT)])  # this tree's ledgerflow, not an installed one
+        full = {**os.environ, "PYTHONPATH": path, "BENCH_STAMPS": str(stamps), **env}
         return [
             subprocess.Popen(argv, env=full, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for _ in range(processes)

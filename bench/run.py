@@ -1,7 +1,7 @@
 """`make bench`: every benchmark, one JSON document (see docs/benchmarks.md).
 
 python -m bench.run [--backends sqlite,postgresql] [--quick] [--reps N] [--out FILE] [--plot FILE]
-                    [--only fair,growth,export,dashboard,receipts,backup,year]
+                    [--only fair,growth,export,dashboard,receipts,backup,year,rescue]
 
 `--quick` validates the harness in a few minutes (fewer jobs and repetitions, no 1M-row
 cases); figures worth publishing come from a full run on a quiet machine (~30 minutes).
@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import backup, dashboard, export, fair, growth, receipts, year
+from bench import backup, dashboard, export, fair, growth, receipts, rescue, year
 from bench.common import machine
 
-PARTS = "fair,growth,export,dashboard,receipts,backup,year"
+PARTS = "fair,growth,export,dashboard,receipts,backup,year,rescue"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["receipts"] = receipts.run(backends)
     if "backup" in parts:
         report["backup"] = backup.run(backends)
+    if "rescue" in parts:
+        report["rescue"] = rescue.run(backends, 5 if args.quick else 20)
     if "year" in parts:
         report["year"] = year.run(backends, 30 if args.quick else 365)
     report["seconds"] = round(time.time() - started, 1)

@@ -88,6 +88,27 @@ class StatementFaults:
     def in_thread(prefix: str) -> Callable[[Statement], bool]:
         return lambda statement: statement.thread.startswith(prefix)
 
+    @staticmethod
+    def commits_of(fragment: str, thread_prefix: str = "") -> Callable[[Statement], bool]:
+        """Only the COMMITs (on threads named `thread_prefix`…) of transactions that sent a
+        statement containing `fragment` — e.g. the first commit of a worker's claim, whatever
+        else its threads did before."""
+        pending: set[str] = set()
+
+        def only(statement: Statement) -> bool:
+            if not statement.thread.startswith(thread_prefix):
+                return False
+            if statement.kind == "execute":
+                if fragment in statement.sql:
+                    pending.add(statement.thread)
+                return False
+            if statement.thread in pending:
+                pending.discard(statement.thread)
+                return True
+            return False
+
+        return only
+
     @property
     def count(self) -> int:
         return len(self.log)
@@ -165,12 +186,19 @@ def process_state(pid: int) -> str:
 
 
 def from_environment() -> StatementFaults | None:
-    """The plan in `LEDGERFLOW_TEST_FAULT` (`MODE:K[:THREAD_PREFIX]`), or None."""
+    """The plan in `LEDGERFLOW_TEST_FAULT` (`MODE:K[:THREAD_PREFIX[:SQL_FRAGMENT]]`), or None.
+
+    With a SQL fragment only the commits of transactions that sent it are numbered
+    (`StatementFaults.commits_of`)."""
     spec = os.environ.get("LEDGERFLOW_TEST_FAULT")
     if not spec:
         return None
-    mode, at, *rest = spec.split(":")
-    only = StatementFaults.in_thread(rest[0]) if rest and rest[0] else None
+    mode, at, *rest = spec.split(":", 3)
+    only = None
+    if len(rest) == 2:
+        only = StatementFaults.commits_of(rest[1], rest[0])
+    elif rest and rest[0]:
+        only = StatementFaults.in_thread(rest[0])
     return StatementFaults(mode, int(at), only)  # type: ignore[arg-type]
 
 

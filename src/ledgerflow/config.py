@@ -105,9 +105,9 @@ class Settings(BaseSettings):
     db_idle_in_transaction_timeout: float = Field(SessionLimits.idle_in_transaction_timeout, ge=0)
     db_pool_size: int = Field(5, ge=1)  # pooled connections per process (plus 10 overflow)
     db_pool_timeout: float = Field(30.0, gt=0)  # seconds to wait for a free pooled connection
-    lease_seconds: float = Field(8.0, ge=1)
-    heartbeat_seconds: float = Field(2.0, gt=0)
-    rescue_interval: float = Field(1.0, gt=0)
+    lease_seconds: float = Field(6.0, ge=1)  # a killed worker's jobs run again 7-10 s later
+    heartbeat_seconds: float = Field(1.5, gt=0)  # a lease survives three missed heartbeats
+    rescue_interval: float = Field(0.5, gt=0)
     grace_seconds: float = Field(25.0, ge=0)
     max_abandoned_threads: int = Field(5, ge=1)
     max_snoozes: int = Field(100, ge=0)  # a job that snoozes more often fails (dead) with a clear error

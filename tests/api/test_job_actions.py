@@ -105,6 +105,7 @@ def test_retry_refuses_running_available_and_completed_jobs_everywhere(service, 
             assert after.worker_id == "test-worker"
     for state in RETRY.sources:
         job_id = job_in(app, state)
+        assert "Retry now" in dashboard.get(f"/jobs/{job_id}").text, state
         r = service.post(f"/api/jobs/{job_id}/retry")
         assert r.status_code == 200 and r.json()["state"] == "available", state
     job_id = job_in(app, JobState.DEAD)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
 
 from sqlalchemy import insert
 
@@ -99,3 +100,11 @@ def report_progress(steps: int, release: str) -> str:
         time.sleep(0.05)
     job.progress(100, "done")
     return "finished"
+
+
+@app.task(name="isolated_effect", isolation="process", timeout=60, max_attempts=1)
+def isolated_effect(folder: str, seconds: float) -> None:
+    """Notes its start (with its pid) in `folder`, then after `seconds` leaves its side effect."""
+    Path(folder, "started").write_text(str(os.getpid()))
+    time.sleep(seconds)
+    Path(folder, "effect").write_text("done")

@@ -84,15 +84,29 @@ def test_sigterm_lets_running_jobs_finish_and_exits_zero(db_url, make_app, worke
 
 def test_sigterm_past_grace_period_releases_unfinished_jobs_to_the_queue(db_url, make_app, workers):
     app = make_app()
-    (job_id,) = app.enqueue_many([basic.record.prepare(sleep=8)])
-    w = workers(concurrency=1, name="short-grace", env={"LEDGERFLOW_GRACE_SECONDS": "0.5"})
-    wait_until(lambda: run_rows(db_url), 30, message="job running")
+    sync_job, async_job = app.enqueue_many(
+        [basic.record.prepare(sleep=8), basic.record_async.prepare(sleep=8)]
+    )
+    w = workers(concurrency=2, name="short-grace", env={"LEDGERFLOW_GRACE_SECONDS": "0.5"})
+    wait_until(lambda: len(run_rows(db_url)) == 2, 90, message="both jobs running")
     w.signal(signal.SIGTERM)
     assert w.wait(15) == 0
-    job = app.get_job(job_id)
-    assert job.state == JobState.AVAILABLE and job.max_attempts == 6  # the attempt is given back
-    assert app.store.executions(job_id)[0]["error_type"] == "shutdown"
+    released = app.get_job(async_job)  # cancelled: handed back at once
+    assert released.state == JobState.AVAILABLE and released.max_attempts == 6  # the attempt is given back
+    assert app.store.executions(async_job)[0]["error_type"] == "shutdown"
     assert "job_released" in w.log()
+    # a sync task's thread cannot be stopped: not handed back while it may run, only once the
+    # process is gone (its lease lapses and a rescue makes it available), its attempt given back
+    left = app.get_job(sync_job)
+    assert left.state == JobState.RUNNING and left.max_attempts == 6
+    assert "job_left_until_exit" in w.log()
+    rest = workers(concurrency=2, name="rest")
+    wait_until(lambda: _all_completed(app, [sync_job, async_job]), 60, 0.2, "both jobs run again")
+    assert [(e["attempt"], e["error_type"]) for e in app.store.executions(sync_job)] == [
+        (1, "lease_expired"),
+        (2, None),
+    ]
+    assert "job_rescued" in rest.log()
 
 
 def test_frozen_worker_is_fenced_and_the_rescuer_outcome_stands(db_url, make_app, workers):

@@ -4,6 +4,7 @@ breaks, controls, formula guard), field limits, tax columns, amounts, encodings.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from datetime import date
@@ -24,7 +25,7 @@ from ledgerflow.export.profiles import (
     render,
     rows_for,
 )
-from ledgerflow.export.writer import write_manifest, write_parts
+from ledgerflow.export.writer import EntryRejected, _Sink, write_manifest, write_parts
 from ledgerflow.ledger.entries import Entry, Line, parse_entry
 
 GOLDEN = Path(__file__).parent.parent / "golden"
@@ -543,3 +544,39 @@ def test_yen_amounts_are_whole_and_money_is_exact():
         ),
     )
     assert entry.debit_total == entry.credit_total
+
+
+def test_an_entry_the_encoding_cannot_hold_is_rejected_by_name_and_no_file_is_left(tmp_path, monkeypatch):
+    monkeypatch.setattr(_Sink, "CHUNK", 64)  # earlier entries already flushed to the file
+    cp874 = PROFILES["generic"].with_options(encoding="cp874", bom=False)
+    entries = [(thb_entry(reference=f"OK-{i}"), False) for i in range(5)]
+    entries.insert(3, (thb_entry(reference="JP-1", description="日本語"), False))
+    with pytest.raises(
+        EntryRejected, match=r"entry JP-1 \(generic profile\): character '日本語' cannot be written in cp874"
+    ):
+        write_parts(iter(entries), cp874, tmp_path, "batch", timeout=30)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("chunk", [1, 100, 1 << 18])
+def test_checksums_and_sizes_describe_the_bytes_written_whatever_the_write_chunk(
+    tmp_path, monkeypatch, chunk
+):
+    monkeypatch.setattr(_Sink, "CHUNK", chunk)
+    profile = PROFILES["generic"].with_options()
+    small = type(profile)(**{**profile.__dict__, "max_rows": 11})  # header + 10 rows per file
+    entries = [(thb_entry(reference=f"E-{i}"), False) for i in range(9)]  # 3 rows each
+    generated = write_parts(iter(entries), small, tmp_path / str(chunk), "sums", timeout=30)
+    assert [p.rows for p in generated.parts] == [9, 9, 9]
+    for part in generated.parts:
+        data = part.path.read_bytes()
+        assert data.startswith(b"\xef\xbb\xbfentry_reference,")
+        assert (part.bytes, part.sha256, part.md5) == (
+            len(data),
+            hashlib.sha256(data).hexdigest(),
+            hashlib.md5(data, usedforsecurity=False).hexdigest(),
+        )
+    reference = tmp_path / "reference"
+    monkeypatch.setattr(_Sink, "CHUNK", 1 << 18)
+    expected = write_parts(iter(entries), small, reference, "sums", timeout=30)
+    assert [p.sha256 for p in generated.parts] == [p.sha256 for p in expected.parts]

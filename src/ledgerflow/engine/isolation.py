@@ -1,9 +1,18 @@
-"""`isolation="process"`: run a task in a child process that is killed on timeout."""
+"""`isolation="process"`: run a task in a child process that is killed on timeout.
+
+The child dies with its worker: on Linux it asks the kernel for SIGKILL when its parent
+dies (`PR_SET_PDEATHSIG`), so a SIGKILLed worker leaves no child finishing a side effect
+while its job is rescued and run elsewhere.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import multiprocessing
+import os
+import signal
+import sys
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any
@@ -29,7 +38,25 @@ def _resolve(module: str, qualname: str) -> Any:
     return getattr(target, "func", target)  # a decorated Task keeps the function in .func
 
 
-def _child(module: str, qualname: str, args: list[Any], kwargs: dict[str, Any], out: Connection) -> None:
+#: prctl(2) option: the signal this process receives when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux), and exit at once if
+    the parent already died before we asked."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _child(
+    module: str, qualname: str, args: list[Any], kwargs: dict[str, Any], out: Connection, parent_pid: int
+) -> None:
+    die_with_parent(parent_pid)
     try:
         func = _resolve(module, qualname)
         result = func(*args, **kwargs)
@@ -50,7 +77,7 @@ class ChildProcess:
     def __init__(self, module: str, qualname: str, args: list[Any], kwargs: dict[str, Any]) -> None:
         self._recv, send = _context.Pipe(duplex=False)
         self.process = _context.Process(
-            target=_child, args=(module, qualname, args, kwargs, send), daemon=True
+            target=_child, args=(module, qualname, args, kwargs, send, os.getpid()), daemon=True
         )
         self._send = send
 

@@ -17,19 +17,24 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
+    Float,
     and_,
     bindparam,
+    column,
     delete,
     exists,
     false,
     func,
     insert,
+    literal,
     or_,
     select,
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import aliased
 
 from ledgerflow.db.database import Database
@@ -104,7 +109,7 @@ class Outcome:
     """How an attempt ended, waiting to be written (in batches) by the worker."""
 
     claim: Claim
-    kind: Literal["completed", "failed", "released", "returned", "snoozed"]
+    kind: Literal["completed", "failed", "released", "returned", "snoozed", "left_running"]
     duration: float
     result: Any = None
     error: dict[str, Any] | None = None
@@ -149,11 +154,10 @@ class LeaseSQL:
             "lease_token": bindparam("token"),
             "lease_expires_at": db.after(lease_seconds),
         }
-        self._claim = (
+        claim = (
             update(jobs)
             .where(jobs.c.id.in_(db.backend.skip_locked(candidates).scalar_subquery()))
             .values(**lease)
-            .returning(*jobs.c)
         )
         self._claim_ids = (  # started when the rate windows say (the same database clock reading)
             update(jobs)
@@ -161,16 +165,55 @@ class LeaseSQL:
             .values(**{**lease, "started_at": bindparam("started", type_=UTCDateTime)})
             .returning(*jobs.c)
         )
-        self._insert_executions = insert(job_executions)
-        self._complete = (
+        complete = (
             update(jobs)
             .where(
                 allowed(COMPLETE),
                 tuple_(jobs.c.id, jobs.c.lease_token).in_(bindparam("keys", expanding=True)),
             )
             .values(state=COMPLETE.target, finished_at=db.now(), lease_token=None, lease_expires_at=None)
-            .returning(jobs.c.id)
         )
+        #: PostgreSQL writes the execution rows inside the claim and completion statements
+        #: (data-modifying CTEs): one statement and one round trip each, whatever the batch.
+        self._folded = not db.is_sqlite
+        if self._folded:
+            claimed = claim.returning(*jobs.c).cte("claimed")
+            started = insert(job_executions).from_select(
+                _EXECUTION_START,
+                select(
+                    claimed.c.id,
+                    claimed.c.schedule_id,
+                    claimed.c.attempt,
+                    claimed.c.task,
+                    claimed.c.queue,
+                    literal("running"),
+                    claimed.c.worker_id,
+                    claimed.c.started_at,
+                ),
+            )
+            self._claim = select(claimed).add_cte(started.cte("started"))
+            done = complete.returning(jobs.c.id, jobs.c.attempt).cte("done")
+            durations = (
+                func.unnest(
+                    bindparam("ids", type_=ARRAY(BigInteger)), bindparam("durations", type_=ARRAY(Float))
+                )
+                .table_valued(column("job_id", BigInteger), column("duration", Float), name="durations")
+                .render_derived()
+            )
+            finished = (
+                update(job_executions)
+                .where(
+                    job_executions.c.job_id == done.c.id,
+                    job_executions.c.attempt == done.c.attempt,
+                    durations.c.job_id == done.c.id,
+                )
+                .values(status="completed", completed_at=db.now(), duration_seconds=durations.c.duration)
+            )
+            self._complete = select(done.c.id).add_cte(finished.cte("finished"))
+        else:
+            self._claim = claim.returning(*jobs.c)
+            self._complete = complete.returning(jobs.c.id)
+        self._insert_executions = insert(job_executions)
         self._finish_executions = (
             update(job_executions)
             .where(job_executions.c.job_id == _bind("job_id"), job_executions.c.attempt == _bind("attempt"))
@@ -195,12 +238,23 @@ class LeaseSQL:
         self._beat = update(workers).where(workers.c.id == bindparam("worker")).values(heartbeat_at=db.now())
 
     def claim(
-        self, conn: Connection, *, worker_id: str, queues: Sequence[str], tasks: Sequence[str], limit: int
+        self,
+        conn: Connection,
+        *,
+        worker_id: str,
+        queues: Sequence[str],
+        tasks: Sequence[str],
+        limit: int,
+        token: int | None = None,
     ) -> list[Claim]:
-        """Take up to `limit` runnable jobs (lowest priority number first) and lease them."""
+        """Take up to `limit` runnable jobs (lowest priority number first) and lease them.
+
+        Pass `token` (from `new_token()`) to be able to find the claimed jobs again with
+        `reclaim` when the COMMIT's answer is lost.
+        """
         if limit <= 0 or not queues or not tasks:
             return []
-        token = new_token()
+        token = new_token() if token is None else token
         rows = conn.execute(
             self._claim,
             {
@@ -211,7 +265,7 @@ class LeaseSQL:
                 "token": token,
             },
         )
-        return self._record_claims(conn, rows, token, worker_id)
+        return self._record_claims(conn, rows, token, worker_id, executions_written=self._folded)
 
     def claim_limited(
         self,
@@ -222,8 +276,10 @@ class LeaseSQL:
         tasks: Sequence[str],
         limit: int,
         local_caps: dict[str, int],
+        token: int | None = None,
     ) -> list[Claim]:
-        """Take up to `limit` jobs of queues or tasks under a global limit, as the limits allow."""
+        """Take up to `limit` jobs of queues or tasks under a global limit, as the limits allow
+        (`token` as for `claim`: the cycle's claims are found again after an ambiguous commit)."""
         if limit <= 0 or not queues or not tasks:
             return []
         ids, started = limited_candidates(
@@ -237,16 +293,19 @@ class LeaseSQL:
         )
         if not ids:
             return []
-        token = new_token()
+        token = new_token() if token is None else token
         rows = conn.execute(
             self._claim_ids, {"ids": ids, "worker": worker_id, "token": token, "started": started}
         )
-        return self._record_claims(conn, rows, token, worker_id)
+        return self._record_claims(conn, rows, token, worker_id, executions_written=False)
 
-    def _record_claims(self, conn: Connection, rows: Any, token: int, worker_id: str) -> list[Claim]:
-        """An execution row per claimed job; the claims in claim order."""
+    def _record_claims(
+        self, conn: Connection, rows: Any, token: int, worker_id: str, *, executions_written: bool
+    ) -> list[Claim]:
+        """An execution row per claimed job (unless the claim statement wrote them); the claims
+        in claim order."""
         claimed = [Claim(Job.from_row(r), token) for r in rows]
-        if claimed:
+        if claimed and not executions_written:
             conn.execute(
                 self._insert_executions,
                 [
@@ -263,24 +322,58 @@ class LeaseSQL:
                     for c in claimed
                 ],
             )
-            claimed.sort(key=lambda c: (c.job.priority, c.job.scheduled_at, c.job.id))
+        claimed.sort(key=lambda c: (c.job.priority, c.job.scheduled_at, c.job.id))
         return claimed
+
+    def reclaim(self, conn: Connection, *, worker_id: str, token: int) -> list[Claim]:
+        """The jobs a claim with `token` leased and this worker still holds (after an ambiguous
+        commit: none if the claim was rolled back, all of them if it committed)."""
+        rows = conn.execute(
+            select(jobs)
+            .where(jobs.c.lease_token == token, in_states(LEASED), jobs.c.worker_id == worker_id)
+            .order_by(jobs.c.priority, jobs.c.scheduled_at, jobs.c.id)
+        )
+        return [Claim(Job.from_row(r), token) for r in rows]
+
+    def still_held(self, conn: Connection, keys: Sequence[tuple[int, int]]) -> set[tuple[int, int]]:
+        """Which of these (id, token) leases are still held: an outcome whose lease is no longer
+        held was written (or fenced) and must not be written again."""
+        if not keys:
+            return set()
+        rows = conn.execute(
+            select(jobs.c.id, jobs.c.lease_token).where(
+                in_states(LEASED), tuple_(jobs.c.id, jobs.c.lease_token).in_(list(keys))
+            )
+        )
+        return {(int(r[0]), int(r[1])) for r in rows}
 
     def apply_outcomes(self, conn: Connection, outcomes: Sequence[Outcome]) -> list[Outcome]:
         """Write finished attempts; returns the outcomes refused because the lease was lost."""
         db = self.db
         accepted: set[tuple[int, int]] = set()
-        plain = [o for o in outcomes if o.kind == "completed" and o.result is None]
+        plain = [o for o in outcomes if _plain(o)]
         if plain:
-            ids = set(conn.execute(self._complete, {"keys": [o.key for o in plain]}).scalars())
+            params: dict[str, Any] = {"keys": [o.key for o in plain]}
+            if self._folded:
+                params.update(ids=[o.claim.job.id for o in plain], durations=[_duration(o) for o in plain])
+            ids = set(conn.execute(self._complete, params).scalars())
             accepted.update(o.key for o in plain if o.claim.job.id in ids)
         dead: list[int] = []
         returned: list[Outcome] = []
         for o in outcomes:
-            if o.kind == "completed" and o.result is None:
+            if _plain(o):
                 continue
             values: dict[str, Any] = {"lease_token": None, "lease_expires_at": None}
             job = o.claim.job
+            if o.kind == "left_running":  # shutdown, thread unstoppable: the lease lapses at exit
+                kept = conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job.id, jobs.c.lease_token == o.claim.token, in_states(LEASED))
+                    .values(max_attempts=jobs.c.max_attempts + 1)  # the attempt is given back
+                )
+                if kept.rowcount:
+                    accepted.add(o.key)
+                continue
             move = outcome_move(o)
             if o.kind == "completed":
                 values.update(finished_at=db.now(), result=o.result)
@@ -307,7 +400,12 @@ class LeaseSQL:
                     returned.append(o)
                 elif move is BURY:
                     dead.append(job.id)
-        done = [o for o in outcomes if o.key in accepted and o.kind != "returned"]
+        folded = self._folded  # the folded completion already finished the plain successes' rows
+        done = [
+            o
+            for o in outcomes
+            if o.key in accepted and o.kind not in ("returned", "left_running") and not (folded and _plain(o))
+        ]
         if done:
             conn.execute(self._finish_executions, [_execution_params(o) for o in done])
         for o in returned:
@@ -331,6 +429,19 @@ class LeaseSQL:
         return {(int(r[0]), int(r[1])) for r in result}
 
 
+#: The columns a claim fills in a new execution row.
+_EXECUTION_START = ["job_id", "schedule_id", "attempt", "task", "queue", "status", "worker_id", "started_at"]
+
+
+def _plain(o: Outcome) -> bool:
+    """A success with nothing to store but its duration: written by the batched completion."""
+    return o.kind == "completed" and o.result is None and not o.metadata
+
+
+def _duration(o: Outcome) -> float:
+    return round(o.duration, 6)
+
+
 def outcome_move(o: Outcome) -> Move:
     """The state machine's move that records this outcome."""
     if o.kind == "failed":
@@ -344,7 +455,7 @@ def _execution_params(o: Outcome) -> dict[str, Any]:
         "b_job_id": o.claim.job.id,
         "b_attempt": o.claim.job.attempt,
         "b_status": "completed" if o.kind == "completed" else "failed",
-        "b_duration": round(o.duration, 6),
+        "b_duration": _duration(o),
         "b_error_type": {"released": "shutdown", "snoozed": "snoozed"}.get(o.kind, error.get("type")),
         "b_error_message": error.get("message"),
         "b_metadata": o.metadata or None,

@@ -79,9 +79,9 @@ class WorkerOptions:
     queues: dict[str, int | None] = field(default_factory=lambda: {"default": None})
     concurrency: int = 8
     burst: bool = False
-    lease_seconds: float = 8.0
-    heartbeat_seconds: float = 2.0
-    rescue_interval: float = 1.0
+    lease_seconds: float = 6.0
+    heartbeat_seconds: float = 1.5
+    rescue_interval: float = 0.5
     grace_seconds: float = 25.0
     max_abandoned_threads: int = 5
     prefetch: int | None = None  # None: adaptive (deep for fast jobs, none for slow ones)
@@ -143,6 +143,14 @@ class Worker:
         self._reports: dict[Key, ProgressReport] = {}
         self._outcomes: list[Outcome] = []
         self._buffer: deque[Claim] = deque()
+        #: When each buffered claim's lease was last known to start (claim or renewal), monotonic.
+        self._leased_at: dict[Key, float] = {}
+        #: After a cycle whose outcome is unknown (its COMMIT's answer lost) and whose re-read
+        #: failed too: the claim tokens to look up and the outcomes to check before writing again.
+        self._unsettled_tokens: dict[int, float] = {}  # token → when its cycle began
+        self._unsettled_keys: set[Key] = set()
+        #: Jobs the heartbeat failed for running past timeout + one lease (no longer renewed).
+        self._failed_overdue: set[Key] = set()
         self._avg_duration: float | None = None
         self._sql = LeaseSQL(app.db, options.lease_seconds)
         self._stopping = False
@@ -360,17 +368,14 @@ class Worker:
         return time.monotonic() - self._outcomes[0].finished >= self.FLUSH_AFTER
 
     def _prefetch(self) -> int:
-        """How many claimed-but-not-started jobs to keep: many for fast jobs, none for slow ones."""
+        """How many claimed-but-not-started jobs to keep: many for fast jobs, none for slow ones,
+        and never more than the pool can start within a quarter of a lease."""
+        per_job = max(self._avg_duration if self._avg_duration is not None else 0.01, 1e-4)
+        within_lease = int(self.opts.lease_seconds / 4 / per_job) * self.opts.concurrency
         if self.opts.prefetch is not None:
-            return self.opts.prefetch
-        per_job = self._avg_duration if self._avg_duration is not None else 0.01
-        return max(
-            0,
-            min(
-                8 * self.opts.concurrency,
-                int(self.PREFETCH_SECONDS / max(per_job, 1e-4)) * self.opts.concurrency // 4,
-            ),
-        )
+            return min(self.opts.prefetch, within_lease)
+        adaptive = int(self.PREFETCH_SECONDS / per_job) * self.opts.concurrency // 4
+        return max(0, min(8 * self.opts.concurrency, adaptive, within_lease))
 
     async def _read(self, executor: ThreadPoolExecutor, fn: Callable[[], T], default: T) -> T:
         """Run a read on the database thread; on any error log it and return `default`."""
@@ -412,33 +417,90 @@ class Worker:
     ) -> tuple[list[Claim], list[Outcome], list[Outcome]]:
         """One transaction: write finished outcomes, then claim up to the budget.
 
-        Returns (claims, outcomes refused for a lost lease, outcomes still to write). When the
+        Returns (claims, outcomes refused because the lease was lost, outcomes still to write).
+        When the transaction fails, its COMMIT may still have happened (an ambiguous commit):
+        what it did is read back by lease token before anything is written again. When the
         database refuses the batch for another reason than being unreachable, the outcomes are
         written one by one instead, so one it cannot store never holds the others back.
         """
-        claims: list[Claim] = []
+        token = leases.new_token()
+        started = time.monotonic()
+        written = outcomes
         unwritten: list[Outcome] = []
         try:
             with self.db.begin() as conn:
-                refused = self._sql.apply_outcomes(conn, outcomes) if outcomes else []
+                claims = self._settle(conn) if self._unsettled_tokens else []
+                if self._unsettled_keys:  # written by an earlier ambiguous cycle? then not again
+                    doubtful = [o.key for o in outcomes if o.key in self._unsettled_keys]
+                    held = self._sql.still_held(conn, doubtful)
+                    written = [o for o in outcomes if o.key not in self._unsettled_keys or o.key in held]
+                refused = self._sql.apply_outcomes(conn, written) if written else []
                 for queue, n in slots.items():
-                    names = (
-                        [q for q, lim in self.opts.queues.items() if lim is None] if queue == "*" else [queue]
-                    )
+                    names = self._shared_queues() if queue == "*" else [queue]
                     claims += self._sql.claim(
-                        conn, worker_id=self.id, queues=names, tasks=self._tasks, limit=n
+                        conn, worker_id=self.id, queues=names, tasks=self._tasks, limit=n, token=token
                     )
                 if self._limited and slots:
-                    claims += self._claim_limited(conn, slots, claims)
+                    claims += self._claim_limited(conn, slots, claims, token)
+            self._unsettled_tokens.clear()
+            self._unsettled_keys.clear()
+            # those not written now were written by an earlier ambiguous cycle
             written = [o for o in outcomes if o not in refused]
         except Exception as exc:
-            if not outcomes or is_transient(exc):
+            if is_transient(exc):
+                return self._after_ambiguous_cycle(outcomes, token, started, exc)
+            if not outcomes:
                 raise
             self.log.warning("outcome_batch_refused", outcomes=len(outcomes), error=_first_line(exc))
+            claims = []
             written, refused, unwritten = self._write_one_by_one(outcomes)
+            self._unsettled_keys.update(o.key for o in unwritten)
         for o in written:
             self._log_outcome(o)
+        self._leased_at.update((c.key, started) for c in claims if c.key not in self._leased_at)
         return claims, refused, unwritten
+
+    def _shared_queues(self) -> list[str]:
+        return [q for q, limit in self.opts.queues.items() if limit is None]
+
+    def _settle(self, conn: Any) -> list[Claim]:
+        """The claims of earlier unsettled cycles that did commit (and are still ours)."""
+        claims: list[Claim] = []
+        for token, began in self._unsettled_tokens.items():
+            found = self._sql.reclaim(conn, worker_id=self.id, token=token)
+            self._leased_at.update((c.key, began) for c in found)
+            claims += found
+        if claims:
+            self.log.warning("claims_recovered_after_ambiguous_commit", jobs=len(claims))
+        return claims
+
+    def _after_ambiguous_cycle(
+        self, outcomes: list[Outcome], token: int, started: float, error: Exception
+    ) -> tuple[list[Claim], list[Outcome], list[Outcome]]:
+        """Read back what a failed cycle did: its claims (by token) are kept and run, and the
+        outcomes whose lease is no longer held were written (or fenced) and are not written again.
+        If the database does not answer this either, the next cycle does it first."""
+        self._unsettled_tokens[token] = started
+        self._unsettled_keys.update(o.key for o in outcomes)
+        try:
+            with self.db.read() as conn:
+                claims = self._settle(conn)
+                held = self._sql.still_held(conn, [o.key for o in outcomes])
+        except Exception:
+            raise error from None
+        self._unsettled_tokens.clear()
+        self._unsettled_keys.clear()
+        for o in outcomes:
+            if o.key not in held:
+                self._log_outcome(o)
+        self.log.warning(
+            "database_unavailable",
+            during="cycle",
+            error=str(error).splitlines()[0],
+            claims_recovered=len(claims),
+            outcomes_written=len(outcomes) - len(held),
+        )
+        return claims, [], [o for o in outcomes if o.key in held]
 
     def _write(self, outcomes: list[Outcome]) -> list[Outcome]:
         """Write outcomes in one transaction; returns those refused because the lease was lost."""
@@ -477,7 +539,9 @@ class Worker:
             (refused if lost else written).append(outcome)
         return written, refused, []
 
-    def _claim_limited(self, conn: Connection, slots: dict[str, int], taken: list[Claim]) -> list[Claim]:
+    def _claim_limited(
+        self, conn: Connection, slots: dict[str, int], taken: list[Claim], token: int
+    ) -> list[Claim]:
         """Claim jobs under global limits: only what can start now (no prefetch), as the limits allow."""
         free = self.opts.concurrency - len(self._inflight) - len(self._buffer) - len(taken)
         want = min(free, sum(slots.values()) - len(taken))
@@ -492,6 +556,7 @@ class Worker:
             tasks=self._tasks,
             limit=want,
             local_caps=local_caps,
+            token=token,
         )
         if not claimed:  # each try locks the limit rows: the cycles of other queues do not pay it each time
             self._limited_retry_at = time.monotonic() + self.LIMITED_RETRY
@@ -511,13 +576,23 @@ class Worker:
         self._limited = self._limit_store.applies_to(self.opts.queues, self._tasks)
 
     def _start_buffered(self) -> None:
+        """Start buffered claims while slots are free; a claim whose lease may have run out
+        (not renewed for three quarters of a lease) is given back instead of started."""
         while self._buffer and len(self._inflight) < self.opts.concurrency and not self._stopping:
-            self._start(self._buffer.popleft())
+            claim = self._buffer.popleft()
+            leased_at = self._leased_at.pop(claim.key, None)
+            if leased_at is None or time.monotonic() - leased_at > 0.75 * self.opts.lease_seconds:
+                self.log.warning("buffered_job_lease_stale", job_id=claim.job.id, task=claim.job.task)
+                self._outcomes.append(Outcome(claim, "returned", 0.0))
+                continue
+            self._start(claim)
 
     def _return_buffer(self) -> None:
         """Shutdown: give back prefetched jobs that never started."""
         while self._buffer:
-            self._outcomes.append(Outcome(self._buffer.popleft(), "returned", 0.0))
+            claim = self._buffer.popleft()
+            self._leased_at.pop(claim.key, None)
+            self._outcomes.append(Outcome(claim, "returned", 0.0))
 
     def _work_remaining(self) -> bool:
         """Burst mode goes on while a job of its queues is runnable now or within BURST_HORIZON."""
@@ -593,7 +668,12 @@ class Worker:
             self._avg_duration = elapsed if avg is None else 0.8 * avg + 0.2 * elapsed
             outcome = Outcome(running.claim, "completed", elapsed, result=storable(result))
         except asyncio.CancelledError:
-            if running.released:
+            if running.released and self._thread_still_runs(running):
+                # handed back only once this process (and so the thread) is gone: the lease
+                # lapses and a rescue makes it available; the attempt is given back now
+                self.log.warning("job_left_until_exit", job_id=job.id, task=job.task, attempt=job.attempt)
+                outcome = Outcome(running.claim, "left_running", self._elapsed(running))
+            elif running.released:
                 outcome = Outcome(running.claim, "released", self._elapsed(running))
             elif not running.fenced:
                 raise
@@ -641,6 +721,11 @@ class Worker:
         except asyncio.CancelledError:
             child.kill()
             raise
+
+    @staticmethod
+    def _thread_still_runs(running: _Running) -> bool:
+        """A sync task's thread that cannot be stopped is still running it."""
+        return running.child is None and running.item is not None and not running.item.future.done()
 
     def _abandon(self, item: _Item) -> None:
         if item.future.done():
@@ -715,10 +800,18 @@ class Worker:
                     running.child.kill()
                 running.task.cancel()
 
+    def _renewed(self, keys: set[Key], began: float) -> None:
+        """A heartbeat that began at `began` renewed these buffered leases."""
+        for key in keys:
+            if key in self._leased_at:
+                self._leased_at[key] = max(self._leased_at[key], began)
+
     def _fence(self, keys: set[Key]) -> None:
         """The database says we lost these leases: stop their work and drop their outcome."""
         if any(c.key in keys for c in self._buffer):
             self._buffer = deque(c for c in self._buffer if c.key not in keys)
+            for key in keys:
+                self._leased_at.pop(key, None)
         for key in keys:
             running = self._inflight.get(key)
             if running is None or running.fenced:
@@ -733,20 +826,45 @@ class Worker:
 
     # ------------------------------------------------------------ background threads
     def _heartbeat_loop(self) -> None:
+        """Renew the leases this worker holds, on a thread of its own: a task that blocks the
+        event loop (or a thread that cannot be stopped) cannot stop it. A job running past its
+        timeout by more than a lease is not renewed but failed here, as a timeout, whatever the
+        event loop believes (`_overdue`)."""
         while not self._threads_stop.wait(self.opts.heartbeat_seconds):
+            began = time.monotonic()
+            overdue = self._overdue(began)
             held = (
-                list(self._inflight)
+                [k for k in list(self._inflight) if k not in self._failed_overdue]
                 + [c.key for c in list(self._buffer)]
                 + [o.key for o in list(self._outcomes)]
             )
             try:
                 with self.db.begin() as conn:
                     still = self._sql.heartbeat(conn, worker_id=self.id, held=held)
+                    refused = self._sql.apply_outcomes(conn, overdue) if overdue else []
             except Exception as exc:
                 self.log.warning("heartbeat_failed", error=str(exc).splitlines()[0])
                 continue
             self._last_heartbeat_ok = time.monotonic()
+            for outcome in overdue:
+                self._failed_overdue.add(outcome.key)
+                if outcome not in refused:
+                    self.log.error(
+                        "job_overdue_failed",
+                        job_id=outcome.claim.job.id,
+                        task=outcome.claim.job.task,
+                        timeout=outcome.claim.job.timeout,
+                        running_for=round(outcome.duration, 2),
+                    )
+                    self._log_outcome(outcome)
+            stop = {o.key for o in overdue} - {o.key for o in refused}
+            if stop and self._loop is not None:  # stop it if the loop ever runs again
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._fence, stop)
             buffered = {c.key for c in list(self._buffer)}
+            if buffered & still and self._loop is not None:
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._renewed, buffered & still, began)
             lost = {k for k in held if k not in still and (k in self._inflight or k in buffered)}
             if lost and self._loop is not None:
                 with contextlib.suppress(RuntimeError):
@@ -768,6 +886,22 @@ class Worker:
                 continue
             for report in refused:  # the lease is gone (or the attempt just ended): stop listening
                 report.close()
+
+    def _overdue(self, now: float) -> list[Outcome]:
+        """Timeout failures for the jobs running past their timeout plus one lease (their own
+        timeout should have ended them: the event loop is blocked or the task ignores it)."""
+        self._failed_overdue &= set(self._inflight)
+        overdue: list[Outcome] = []
+        for key, running in list(self._inflight.items()):
+            job = running.claim.job
+            if key in self._failed_overdue or now - running.started <= job.timeout + self.opts.lease_seconds:
+                continue
+            task = self.app.registry.get(job.task)
+            error = JobTimeout(
+                f"attempt ran past its timeout of {job.timeout:g}s and did not stop; failed by the heartbeat"
+            )
+            overdue.append(self._failure(running, task, error, "timeout"))
+        return overdue
 
     def _maintenance_loop(self) -> None:
         suspects: dict[Key, float] = {}

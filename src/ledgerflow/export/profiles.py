@@ -22,6 +22,8 @@ from ledgerflow.ledger.money import format_amount
 #: A text cell starting with one of these is read as a formula by spreadsheets (OWASP, plus
 #: NUL per ASVS 1.2.10 and the full-width forms Japanese IMEs produce).
 FORMULA_TRIGGERS = frozenset("=+-@\t\r\n\x00＝＋－＠")
+#: A first character that may make `TextCells` change a printable cell (a trigger, or a space before one).
+_GUARD_FIRST = FORMULA_TRIGGERS | {" "}
 EXCEL_MAX_ROWS = 1_048_576
 #: What `str.splitlines` (and a line-oriented importer) treats as the end of a line; CRLF is one.
 LINE_BREAKS = re.compile("\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
@@ -146,6 +148,8 @@ class TextCells:
     def __call__(self, value: str | None) -> str:
         if not value:
             return ""
+        if value.isprintable() and value[0] not in _GUARD_FIRST:  # the common cell: unchanged, at C speed
+            return value
         flat = self.profile.flatten(value)
         safe = neutralise_text(flat) if self.profile.formula_guard else flat
         self.flattened += flat != value

@@ -51,7 +51,14 @@ class TotalsMismatch(LedgerflowError):
 
 
 class _Sink:
-    """A write(str) target for csv.writer that encodes strictly, hashes and counts bytes."""
+    """A write(str) target for csv.writer that encodes strictly, hashes and writes in chunks.
+
+    Rows are collected as text until `end_entry` encodes the entry's rows at once (so a
+    character the encoding cannot hold is reported against its entry, and nothing of that
+    entry is kept); encoded bytes are hashed and written CHUNK bytes at a time.
+    """
+
+    CHUNK = 1 << 18
 
     def __init__(self, path: Path, encoding: str, bom: bytes) -> None:
         self.path = path
@@ -60,19 +67,27 @@ class _Sink:
         self.sha256 = hashlib.sha256()
         self.md5 = hashlib.md5(usedforsecurity=False)
         self.bytes = 0
-        if bom:
-            self._put(bom)
+        self._text: list[str] = []
+        self._encoded = bytearray(bom)
+        self.write = self._text.append  # csv.writer's target: one call per row
 
-    def _put(self, data: bytes) -> None:
+    def end_entry(self) -> None:
+        """Encode the rows written since the last call (raises UnicodeEncodeError, dropping them)."""
+        text, self._text[:] = "".join(self._text), []
+        self._encoded += text.encode(self.encoding)
+        if len(self._encoded) >= self.CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        data = self._encoded
         self.file.write(data)
         self.sha256.update(data)
         self.md5.update(data)
         self.bytes += len(data)
-
-    def write(self, text: str) -> None:
-        self._put(text.encode(self.encoding))
+        self._encoded = bytearray()
 
     def close(self) -> None:
+        self._flush()
         self.file.flush()
         self.file.close()
 
@@ -244,9 +259,11 @@ def write_parts(
                 writer = csv.writer(sink, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
                 if profile.header:
                     writer.writerow(profile.header)
+                    sink.end_entry()  # the header's encodability is checked with the profile
                 part_rows = part_entries = 0
             try:
                 writer.writerows(rows)
+                sink.end_entry()
             except UnicodeEncodeError as exc:  # checked here rather than cell by cell beforehand
                 bad = exc.object[exc.start : exc.end]
                 raise EntryRejected(

@@ -29,7 +29,7 @@ from ledgerflow.app import App
 from ledgerflow.db.tables import circuit_breakers, export_batches, job_executions, job_schedules, workers
 from ledgerflow.db.types import MAX_ID
 from ledgerflow.engine.limits import running_by_limit
-from ledgerflow.engine.states import JobState
+from ledgerflow.engine.states import CANCEL, RETRY, JobState
 from ledgerflow.errors import BadInput, LedgerflowError, NotFound
 from ledgerflow.export.destinations import LocalFolder, open_destination
 from ledgerflow.export.saga import held_back, latest_daily_batch
@@ -67,6 +67,9 @@ def register(api: FastAPI, app: App, token: str, throttle: LoginThrottle) -> Non
     templates.env.filters["until"] = until
     templates.env.filters["json_text"] = lambda value: json.dumps(value, ensure_ascii=False)
     templates.env.globals["zone"] = app.settings.timezone
+    # the job page offers the user moves the state machine allows from the job's state
+    templates.env.globals["retry_from"] = [str(s) for s in RETRY.sources]
+    templates.env.globals["cancel_from"] = [str(s) for s in CANCEL.sources]
     api.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
     def session(request: Request) -> str | None:

@@ -1,0 +1,307 @@
+"""Worker faults (issue 11): ambiguous commits, stale prefetched claims, blocked event loops,
+orphaned child processes and shutdown — each with real worker processes on both backends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, update
+
+from ledgerflow import JobState
+from ledgerflow.db.tables import job_dependencies, job_executions, jobs
+from ledgerflow.engine import leases
+from ledgerflow.engine.liveness import process_running
+from tests.apps import basic
+from tests.conftest import FAST, ROOT, count_runs, run_rows, runs, wait_until
+
+DB_THREAD = "ledgerflow-db"
+
+
+def worker_cli(
+    db_url: str,
+    log_path: Path,
+    fault: str = "count:0",
+    *,
+    burst: bool = True,
+    concurrency: int = 2,
+    env: dict[str, str] | None = None,
+    statements: Path | None = None,
+) -> subprocess.Popen[str]:
+    """`ledgerflow worker --app tests.apps.basic:app` with `LEDGERFLOW_TEST_FAULT=fault`."""
+    full_env = {
+        **os.environ,
+        **FAST,
+        "LEDGERFLOW_DATABASE_URL": db_url,
+        "LEDGERFLOW_LOG_JSON": "true",
+        "PYTHONPATH": str(ROOT),
+        "LEDGERFLOW_TEST_FAULT": fault,
+        **(env or {}),
+    }
+    if statements is not None:
+        full_env["LEDGERFLOW_TEST_FAULT_LOG"] = str(statements)
+    args = ["worker", "--app", "tests.apps.basic:app", "--concurrency", str(concurrency)]
+    out = open(log_path, "w")  # noqa: SIM115 (closed by the child's exit)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.faultrun", *args, *(["--burst"] if burst else [])],
+        env=full_env,
+        cwd=ROOT,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def reset_jobs(app: Any) -> None:
+    """Forget every job and run (between the runs of a sweep)."""
+    with app.db.begin() as conn:
+        for table in (runs, job_dependencies, job_executions, jobs):
+            conn.execute(delete(table))
+
+
+def executions(app: Any, job_id: int) -> list[tuple[int, str]]:
+    return [(e["attempt"], e["status"]) for e in app.store.executions(job_id)]
+
+
+@pytest.mark.parametrize(
+    ("point", "fragment"),
+    [("claim", "INSERT INTO job_executions"), ("ack", "finished_at")],
+)
+def test_an_ambiguous_commit_of_a_claim_or_an_ack_is_read_back_by_lease_token(
+    db_url, make_app, tmp_path, point, fragment
+):
+    """The COMMIT succeeds, the worker sees an error: it reads back what the transaction did.
+    A claimed job is kept and run (a max_attempts=1 job still runs, once); an acknowledged
+    outcome is not written again."""
+    app = make_app()
+    (job_id,) = app.enqueue_many([basic.record.configure(max_attempts=1).prepare()])
+    log = tmp_path / "worker.log"
+    proc = worker_cli(db_url, log, f"error_after:1:{DB_THREAD}:{fragment}")
+    assert proc.wait(120) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "injected fault" in text, "the fault fired"
+    job = app.get_job(job_id)
+    assert job.state == JobState.COMPLETED, text[-3000:]
+    assert executions(app, job_id) == [(1, "completed")]
+    assert count_runs(db_url) == {job_id: 1}
+    assert "outcome_refused_lease_lost" not in text
+    assert text.count('"job_completed"') == 1
+    if point == "claim":
+        assert "claims_recovered" in text
+
+
+def test_a_buffered_claim_whose_lease_went_stale_is_given_back_not_started(db_url, make_app, workers):
+    """A worker frozen past its leases holds a running job and a prefetched one; both are
+    rescued and run elsewhere. When it wakes, the prefetched job must not start there too."""
+    app = make_app()
+    slow, buffered = app.enqueue_many([basic.record.prepare(sleep=3.0), basic.record.prepare()])
+    frozen = workers(concurrency=1, name="frozen")
+    wait_until(lambda: count_runs(db_url).get(slow), 30, message="the slow job started")
+    assert app.get_job(buffered).state == JobState.RUNNING, "the second job is prefetched"
+    frozen.signal(signal.SIGSTOP)
+    rescuer = workers(concurrency=1, name="rescuer")
+    wait_until(
+        lambda: {app.get_job(slow).state, app.get_job(buffered).state} == {JobState.COMPLETED},
+        60,
+        0.2,
+        "the rescuer ran both jobs",
+    )
+    frozen.signal(signal.SIGCONT)
+    wait_until(
+        lambda: "lease_lost_fenced" in frozen.log() or "outcome_refused_lease_lost" in frozen.log(),
+        30,
+        0.2,
+        "the frozen worker is fenced",
+    )
+    frozen.signal(signal.SIGTERM)
+    assert frozen.wait(30) == 0
+    started_by_frozen = {r["job_id"] for r in run_rows(db_url) if r["pid"] == frozen.pid}
+    assert buffered not in started_by_frozen, frozen.log()[-3000:]
+    assert count_runs(db_url)[buffered] == 1
+    assert executions(app, buffered)[-1] == (2, "completed")
+    assert "job_rescued" in rescuer.log()
+
+
+def test_prefetch_is_bounded_by_what_the_pool_starts_within_a_quarter_lease(make_app):
+    app = make_app()
+    worker = app.worker(concurrency=4, prefetch=1000, lease_seconds=8.0)
+    worker._avg_duration = 1.0  # one second a job: four slots start 8 jobs in 2 s
+    assert worker._prefetch() == 8
+    worker.opts.prefetch = None
+    worker._avg_duration = 0.001  # fast jobs: the adaptive depth, capped by the pool
+    assert worker._prefetch() == 32
+
+
+def test_an_async_task_blocking_its_event_loop_is_failed_past_timeout_and_grace(db_url, make_app, workers):
+    """The task's own timeout cannot fire (its loop is blocked); the heartbeat thread stops
+    renewing it and fails it as a timeout one lease after its timeout, while it still blocks."""
+    app = make_app()
+    (job_id,) = app.enqueue_many([basic.block_async.configure(timeout=1.0, max_attempts=1).prepare(40.0)])
+    blocked = workers(concurrency=1, name="blocked")
+    wait_until(lambda: count_runs(db_url).get(job_id), 30, message="the blocking job started")
+    wait_until(lambda: app.get_job(job_id).state == JobState.DEAD, 20, 0.2, "the job failed as overdue")
+    assert [r["phase"] for r in run_rows(db_url)] == ["start"], "failed while its worker still blocks"
+    assert app.get_job(job_id).errors[-1].type == "timeout"
+    assert app.store.executions(job_id)[0]["error_type"] == "timeout"
+    assert "job_overdue_failed" in blocked.log()
+
+
+def test_a_process_isolated_child_dies_with_its_sigkilled_worker(db_url, make_app, workers, tmp_path):
+    app = make_app()
+    app.enqueue_many([basic.isolated_effect.prepare(str(tmp_path), 3.0)])
+    worker = workers(concurrency=1, name="parent")
+    started = wait_until(lambda: (tmp_path / "started").exists(), 60, 0.1, "the child started")
+    assert started
+    child = int((tmp_path / "started").read_text())
+    worker.signal(signal.SIGKILL)
+    worker.wait(10)
+    wait_until(lambda: not process_running(child), 10, 0.1, "the child to die with its parent")
+    assert not (tmp_path / "effect").exists(), "the orphaned child finished its side effect"
+
+
+# ---------------------------------------------------------------- the worker cycle, every statement
+#: The sweep's workload: two jobs that complete and one that fails on its only attempt (dead,
+#: with its alert), run by a burst worker of two slots — claim, run, ack of each outcome kind.
+def sweep_jobs(app: Any) -> dict[str, int]:
+    done, slow, dead = app.enqueue_many(
+        [
+            basic.record.prepare(),
+            basic.record.prepare(sleep=0.05),
+            basic.fail_always.configure(max_attempts=1).prepare(),
+        ]
+    )
+    return {"done": done, "slow": slow, "dead": dead}
+
+
+def count_cycle(app: Any, db_url: str, tmp_path: Path, thread: str) -> list[tuple[str, str]]:
+    """(kind, sql) of each statement `thread` sends in a clean run, up to the last write."""
+    reset_jobs(app)
+    sweep_jobs(app)
+    if thread != DB_THREAD:
+        app.enqueue_many([basic.record.prepare(sleep=1.5)])
+    log = tmp_path / "statements.log"
+    log.unlink(missing_ok=True)
+    proc = worker_cli(db_url, tmp_path / "clean.log", f"count:0:{thread}", statements=log)
+    assert proc.wait(120) == 0, (tmp_path / "clean.log").read_text()[-3000:]
+    rows = [line.split("\t") for line in log.read_text().splitlines()]
+    statements = [(kind, sql) for kind, _thread, sql in rows]
+    last_write = max(n for n, (kind, sql) in enumerate(statements, 1) if sql.startswith(("UPDATE", "INSERT")))
+    end = next(n for n, (kind, _sql) in enumerate(statements, 1) if n > last_write and kind == "commit")
+    return statements[:end]
+
+
+def transaction_starts(statements: list[tuple[str, str]]) -> list[int]:
+    starts, after_commit = [], True
+    for number, (kind, _sql) in enumerate(statements, 1):
+        if after_commit:
+            starts.append(number)
+        after_commit = kind == "commit"
+    return starts
+
+
+def recover(app: Any, db_url: str, tmp_path: Path) -> None:
+    """What the surviving workers do after a crash: rescue the expired leases, run what is left."""
+    with app.db.begin() as conn:
+        conn.execute(update(jobs).where(jobs.c.state == JobState.RUNNING).values(lease_expires_at=PAST))
+    with app.db.begin() as conn:
+        leases.rescue(app.db, conn, [(j, t) for j, t, _ in leases.expired_leases(app.db, conn)])
+    log = tmp_path / "recovery.log"
+    assert worker_cli(db_url, log).wait(120) == 0, log.read_text()[-3000:]
+
+
+def distinct_points(statements: list[tuple[str, str]]) -> list[int]:
+    """Each statement of each distinct transaction once: a transaction the worker repeats
+    unchanged (an empty claim, a poll) fails the same way wherever it recurs."""
+    seen: set[tuple[str, ...]] = set()
+    points: list[int] = []
+    starts = transaction_starts(statements)
+    for start, end in zip(starts, [*starts[1:], len(statements) + 1], strict=True):
+        shape = tuple(sql[:60] for _kind, sql in statements[start - 1 : end - 1])
+        if shape not in seen:
+            seen.add(shape)
+            points += range(start, end)
+    return points
+
+
+PAST = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def assert_each_job_completed_once(app: Any, db_url: str, ids: dict[str, int], may_repeat: set[int]) -> None:
+    """Every job ended once in the database: the two completed (one completed execution each),
+    the failing one dead; nothing left running; only `may_repeat` jobs ran twice."""
+    states = {name: app.get_job(job_id).state for name, job_id in ids.items()}
+    assert states == {"done": JobState.COMPLETED, "slow": JobState.COMPLETED, "dead": JobState.DEAD}, states
+    for name in ("done", "slow"):
+        statuses = [e["status"] for e in app.store.executions(ids[name])]
+        assert statuses.count("completed") == 1 and "running" not in statuses, (name, statuses)
+    assert "running" not in [e["status"] for e in app.store.executions(ids["dead"])]
+    ran = count_runs(db_url)
+    assert ran.get(ids["done"]) and ran.get(ids["slow"]), f"a job never ran: {ran}"
+    repeated = {job_id for job_id, n in ran.items() if n > 1}
+    assert repeated <= may_repeat, f"ran twice: {repeated}, allowed: {may_repeat}"
+
+
+def report(record_property: Any, name: str, value: Any) -> None:
+    record_property(name, value)
+    print(f"{name}: {value}")
+
+
+@pytest.mark.parametrize("thread", [DB_THREAD, "ledgerflow-heartbeat"])
+def test_a_fault_at_any_statement_of_the_worker_cycle_never_breaks_exactly_once(
+    db_url, make_app, tmp_path, backend, thread, record_property
+):
+    """For every statement k of a clean worker cycle (claim → run → ack on the database thread;
+    lease renewal on the heartbeat thread): a transient error before k, an error after k's
+    COMMIT (the ambiguous commit), and a real worker process SIGKILLed at the start of each
+    transaction. A worker that survives its fault must finish alone with no job run twice; after
+    a kill, the rescue and another worker finish, and only the killed worker's jobs ran twice."""
+    app = make_app()
+    statements = count_cycle(app, db_url, tmp_path, thread)
+    if thread != DB_THREAD:  # the heartbeat renews while a job runs: its first two beats
+        statements = statements[: transaction_starts(statements)[2] - 1]
+    points = distinct_points(statements) if thread == DB_THREAD else list(range(1, len(statements) + 1))
+    plans = [f"error_before:{k}" for k in points]
+    plans += [f"error_after:{k}" for k in points if statements[k - 1][0] == "commit"]
+    if thread == DB_THREAD:
+        plans += [f"kill:{k}" for k in transaction_starts(statements) if k in points]
+    failures: list[str] = []
+    replays = 0
+    for plan in plans:
+        for _replay in range(6):  # a replay whose polls came out fewer may end before statement k
+            replays += 1
+            reset_jobs(app)
+            ids = sweep_jobs(app)
+            if thread != DB_THREAD:
+                ids["long"] = app.enqueue_many([basic.record.prepare(sleep=1.5)])[0]
+            log = tmp_path / "worker.log"
+            code = worker_cli(db_url, log, f"{plan}:{thread}").wait(120)
+            text = log.read_text()
+            if code != 0 or "injected fault" in text:
+                break
+        try:
+            if plan.startswith("kill"):
+                assert code == -signal.SIGKILL, f"not killed (exit {code}): {text[-1500:]}"
+                started_here = {r["job_id"] for r in run_rows(db_url)}
+                recover(app, db_url, tmp_path)
+                may_repeat = started_here
+            else:
+                assert code == 0, text[-1500:]
+                assert "injected fault" in text, "the fault fired"
+                may_repeat = set()
+            long_job = ids.pop("long", None)
+            assert_each_job_completed_once(app, db_url, ids, may_repeat)
+            if long_job is not None:
+                assert app.get_job(long_job).state == JobState.COMPLETED
+                assert count_runs(db_url)[long_job] == 1
+        except AssertionError as error:
+            failures.append(f"{plan} {statements[int(plan.split(':')[1]) - 1][1][:80]}: {error}")
+    report(record_property, f"{backend} {thread} statements counted", len(statements))
+    report(record_property, f"{backend} {thread} faults injected", len(plans))
+    report(record_property, f"{backend} {thread} worker runs", replays)
+    assert not failures, "\n".join(failures)
