@@ -88,6 +88,20 @@ def isolated_ok(x: int) -> int:
     return x * 2
 
 
+@app.task(name="report_progress", timeout=120)
+def report_progress(steps: int, release: str) -> str:
+    """Report `steps` progress values and some metadata, then wait until the file `release` exists."""
+    job = current_job()
+    assert job is not None
+    for step in range(1, steps + 1):
+        job.progress(100 * step // (steps + 1), f"page {step} of {steps + 1}")
+    job.set_metadata({"pages": steps + 1, "file": "statement-2026-11.pdf"})
+    while not os.path.exists(release):
+        time.sleep(0.05)
+    job.progress(100, "done")
+    return "finished"
+
+
 @app.task(name="isolated_effect", isolation="process", timeout=60, max_attempts=1)
 def isolated_effect(folder: str, seconds: float) -> None:
     """Notes its start (with its pid) in `folder`, then after `seconds` leaves its side effect."""

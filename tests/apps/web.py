@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 from ledgerflow import current_job
 from ledgerflow.builtin import build_app
 
@@ -15,3 +18,16 @@ def flaky(note: str) -> str:
     if job is not None and job.attempt == 1:
         raise RuntimeError(f"first attempt fails: {note}")
     return note
+
+
+@app.task(name="web.pages", timeout=300)
+def pages(release: str) -> str:
+    """Reports "page 2 of 3" with its metadata, then waits until the file `release` exists."""
+    job = current_job()
+    assert job is not None
+    job.progress(40, "page 2 of 3")
+    job.set_metadata({"statement": "ธนาคาร 2026-11"})
+    while not os.path.exists(release):
+        time.sleep(0.1)
+    job.progress(100, "all 3 pages")
+    return "read"

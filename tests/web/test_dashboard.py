@@ -69,6 +69,11 @@ def seed(db_url: str, tmp: Path) -> None:
 def dashboard(tmp_path: Path) -> Iterator[str]:
     db_url = f"sqlite:///{tmp_path / 'ledgerflow.db'}"
     seed(db_url, tmp_path)
+    yield from serve(db_url, tmp_path)
+
+
+def serve(db_url: str, tmp_path: Path) -> Iterator[str]:
+    """`ledgerflow serve` (with its worker and scheduler) on loopback; yields its URL."""
     port = free_port()
     env = {
         **os.environ,
@@ -77,6 +82,7 @@ def dashboard(tmp_path: Path) -> Iterator[str]:
         "LEDGERFLOW_API_TOKEN": TOKEN,
         "LEDGERFLOW_EXPORT_DESTINATION": f"file://{tmp_path / 'out'}",
         "LEDGERFLOW_EXPORT_WORK_DIR": str(tmp_path / "work"),
+        "LEDGERFLOW_RECEIPTS_DIR": str(tmp_path / "receipts"),
         "LEDGERFLOW_LOG_LEVEL": "WARNING",
     }
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115

@@ -82,7 +82,7 @@ def test_a_cookie_signed_with_another_token_is_refused(serve_app):
 
 def test_pages_work_under_the_content_security_policy(service):
     client = signed_in(service.url)
-    for path in ("/", "/jobs", "/dlq", "/schedules", "/exports", "/login"):
+    for path in ("/", "/jobs", "/dlq", "/queues", "/schedules", "/exports", "/receipts", "/alerts", "/login"):
         r = client.get(path)
         assert r.status_code == 200, path
         assert "<script>" not in r.text and " style=" not in r.text and " onclick=" not in r.text, path
@@ -131,8 +131,14 @@ def test_a_file_outside_the_folder_recorded_for_a_batch_is_not_served(service, t
     assert r.status_code == 404 and "not for download" not in r.text
 
 
-PAGES = ["/", "/jobs", "/jobs/1", "/dlq", "/schedules", "/exports", "/login"]
-PARAMS = ["state", "queue", "task", "id", "before_id", "before", "flash", "partial", "confirm", "next", "x"]
+PAGES = [
+    "/", "/jobs", "/jobs/1", "/dlq", "/schedules", "/exports", "/login",
+    "/queues", "/alerts", "/receipts", "/receipts/1", "/receipts/1/preview",
+]  # fmt: skip
+PARAMS = [
+    "state", "queue", "task", "id", "before_id", "before", "flash", "partial", "confirm", "next", "x",
+    "status", "severity", "kind",
+]  # fmt: skip
 text = st.text(st.characters(codec="utf-8"), max_size=40) | st.sampled_from(
     ["", "0", "-1", "99999999999999999999999", "9999-12-31", "notadate", "%00", "\u200f", "'\"<>"]
 )
@@ -164,7 +170,8 @@ def test_the_dashboard_lists_open_and_resolved_alerts_escaped(service):
     browser = signed_in(service.url)
     r = browser.get("/alerts")
     assert r.status_code == 200 and 'href="/alerts"' in r.text
-    opened, resolved = r.text.split("Recently resolved")
+    assert "job_dead:mail&lt;x&gt;" in r.text and "scheduler_down" in r.text, "open and resolved"
+    opened, resolved = (browser.get("/alerts", params={"state": s}).text for s in ("open", "resolved"))
     assert "job_dead:mail&lt;x&gt;" in opened and "Job &lt;b&gt;mail&lt;/b&gt; is dead" in opened
     assert "<script>x" not in r.text and "&lt;script&gt;" in opened
     assert "scheduler_down" in resolved and "scheduler_down" not in opened

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import func, select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ledgerflow import __version__
+from ledgerflow import __version__, tracing
 from ledgerflow.api.responses import SafeJSONResponse, error
 from ledgerflow.api.security import GuardMiddleware, default_allowed_hosts
 from ledgerflow.clock import Clock, system_clock
@@ -204,6 +204,8 @@ def create_api(
             else default_allowed_hosts(host)
         ),
     )
+    if tracing.enabled():  # continue the caller's trace (W3C traceparent) in every request
+        api.add_middleware(tracing.TraceMiddleware)
     return api
 
 

@@ -201,13 +201,15 @@ def bulk_action(request: Request, body: BulkRequest) -> dict[str, Any]:
 
 @router.get("/jobs/{job_id}", tags=["jobs"])
 def show_job(request: Request, job_id: RowId) -> Response:
-    """The whole job with its errors and attempts (a stored value no decoder can read is
-    shown as its first characters, with `"unreadable": true`)."""
+    """The whole job with its errors and attempts, and `progress`: what its latest attempt
+    reported (progress 0–100, message, metadata, updated_at; null if nothing). A stored value
+    no decoder can read is shown as its first characters, with `"unreadable": true`."""
     app = _app(request)
     executions = [_jsonable(e) for e in app.store.executions(job_id)]
+    progress = executions[-1]["execution_metadata"] if executions else None
     try:
         job = app.store.get(job_id).to_dict()
-        return SafeJSONResponse({**job, "executions": executions})
+        return SafeJSONResponse({**job, "progress": progress, "executions": executions})
     except (RecursionError, ValueError):
         summary = listing.list_jobs(app.db, before_id=job_id + 1, limit=1)
         if not summary or summary[0].id != job_id:

@@ -13,6 +13,7 @@ import typer
 from ledgerflow.cli.context import console, fmt_time, print_json, print_table, state
 from ledgerflow.db.types import MAX_ID
 from ledgerflow.engine.jobs import Job, JobSpec
+from ledgerflow.engine.progress import describe_progress
 from ledgerflow.engine.search import Action, JobFilter, parse_age
 from ledgerflow.engine.search import enqueued_before as enqueued_before_bound
 from ledgerflow.engine.states import JobState
@@ -259,12 +260,15 @@ def show(job_id: JobId, as_json: Json = False) -> None:
     app = state.app()
     job = app.store.get(job_id)
     executions = app.store.executions(job_id)
+    progress = executions[-1]["execution_metadata"] if executions else None
     if as_json:
-        print_json({**job.to_dict(), "executions": executions})
+        print_json({**job.to_dict(), "progress": progress, "executions": executions})
         return
     for key, value in job.to_dict().items():
         if key != "errors":
             console.print(f"[bold]{key}[/bold]: {value}", highlight=False)
+    if progress:
+        console.print(f"[bold]progress[/bold]: {describe_progress(progress)}", highlight=False)
     for e in job.errors:
         console.print(f"[red]attempt {e.attempt}[/red] {e.type}: {e.message}", highlight=False)
         if e.traceback:

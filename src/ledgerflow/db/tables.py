@@ -66,6 +66,7 @@ jobs = Table(
     Column("state_reason", Text),
     Column("schedule_id", Id),
     Column("fire_time", UTCDateTime),
+    Column("trace_context", Json),  # W3C traceparent/tracestate of the enqueue (ledgerflow[otel])
     Index(
         "ix_jobs_claim",
         "queue",

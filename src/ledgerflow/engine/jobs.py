@@ -6,12 +6,15 @@ import contextvars
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ledgerflow.engine.states import JobState
 from ledgerflow.errors import BadInput
 from ledgerflow.names import check_name
 from ledgerflow.payload import check_json
+
+if TYPE_CHECKING:
+    from ledgerflow.engine.progress import ProgressReport
 
 DEFAULT_QUEUE = "default"
 DEFAULT_PRIORITY = 5
@@ -112,6 +115,7 @@ class Job:
     schedule_id: int | None
     fire_time: datetime | None
     worker_id: str | None
+    trace_context: dict[str, str] | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -139,6 +143,7 @@ class Job:
             schedule_id=m["schedule_id"],
             fire_time=m["fire_time"],
             worker_id=m["worker_id"],
+            trace_context=m.get("trace_context"),
         )
 
     @classmethod
@@ -193,10 +198,27 @@ class JobContext:
     schedule_id: int | None
     fire_time: datetime | None
     worker_id: str
+    report: ProgressReport | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_last_attempt(self) -> bool:
         return self.attempt >= self.max_attempts
+
+    def progress(self, percent: float, message: str | None = None) -> None:
+        """Record how far this attempt is, 0–100, and optionally what it is doing
+        (e.g. `progress(40, "page 2 of 5")`); written at most once a second, shown in the
+        job's detail (dashboard, API, CLI). Raises `BadInput` on a value out of range."""
+        self._report().progress(percent, message)
+
+    def set_metadata(self, values: Mapping[str, Any]) -> None:
+        """Merge `values` (a JSON object, at most 16 KiB encoded) into this attempt's metadata,
+        stored with its progress."""
+        self._report().set_metadata(values)
+
+    def _report(self) -> ProgressReport:
+        if self.report is None:
+            raise BadInput(f"job {self.job_id} was not started by a worker that records progress")
+        return self.report
 
 
 _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar(

@@ -18,6 +18,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import Insert
 
+from ledgerflow import tracing
 from ledgerflow.db.database import Database
 from ledgerflow.db.tables import (
     UNIQUE_KEY_WHERE,
@@ -107,26 +108,36 @@ class JobStore:
         A spec with a `unique_key` that a live job already holds yields that job's id; with
         `unique_for`, so does a job of that key completed within the window.
         """
-        ids: list[int | None] = [None] * len(specs)
-        plain = [i for i, s in enumerate(specs) if is_plain(s)]
-        if plain:
-            now = datetime.now(UTC)
-            new_ids = self.db.backend.insert_jobs(conn, [self._bulk_row(specs[i], now) for i in plain])
-            for i, new_id in zip(plain, new_ids, strict=True):
-                ids[i] = new_id
-        for i, spec in enumerate(specs):
-            if ids[i] is None:
-                ids[i] = self._enqueue_one(conn, spec)
-        return [int(i) for i in ids if i is not None]
+        if not specs:
+            return []
+        with tracing.enqueue_span(specs[0].task, specs[0].queue, len(specs)):
+            ids: list[int | None] = [None] * len(specs)
+            plain = [i for i, s in enumerate(specs) if is_plain(s)]
+            if plain:
+                now = datetime.now(UTC)
+                new_ids = self.db.backend.insert_jobs(conn, [self._bulk_row(specs[i], now) for i in plain])
+                for i, new_id in zip(plain, new_ids, strict=True):
+                    ids[i] = new_id
+                trace_context = tracing.carrier()
+                if trace_context:  # the bulk path writes fixed columns; tracing adds one statement
+                    conn.execute(
+                        update(jobs).where(jobs.c.id.in_(new_ids)).values(trace_context=trace_context)
+                    )
+            for i, spec in enumerate(specs):
+                if ids[i] is None:
+                    ids[i] = self._enqueue_one(conn, spec)
+            return [int(i) for i in ids if i is not None]
 
     def enqueue_job(self, conn: Connection, spec: JobSpec) -> Job:
         """Insert one job and return it as stored (one statement for a plain job)."""
-        if is_plain(spec):
+        if not is_plain(spec):
+            (job_id,) = self.enqueue(conn, [spec])
+            return self.get(job_id, conn)
+        with tracing.enqueue_span(spec.task, spec.queue) as span:
             row = self._row(spec)
             job_id, created_at = conn.execute(self._insert_returning, row).one()
+            tracing.set_job_id(span, job_id)
             return Job.from_values(id=job_id, created_at=created_at, **row)
-        (job_id,) = self.enqueue(conn, [spec])
-        return self.get(job_id, conn)
 
     @cached_property
     def _insert_returning(self) -> Any:
@@ -179,6 +190,7 @@ class JobStore:
             "schedule_id": spec.schedule_id,
             "fire_time": spec.fire_time,
             "state_reason": reason,
+            "trace_context": tracing.carrier(),
         }
 
     def _enqueue_one(self, conn: Connection, spec: JobSpec) -> int:

@@ -7,6 +7,8 @@ Threads of one worker process:
   single transaction;
 * a heartbeat thread: renews the leases of running jobs, independently of the tasks'
   own threads or event loop, and fences jobs whose lease was lost;
+* a progress thread: writes what running tasks reported (`JobContext.progress`), at most
+  once per `progress_seconds` per job, fenced by the lease;
 * a maintenance thread: rescues jobs whose worker died (after confirming their lease
   stayed expired while the database was writable), stages due jobs, runs hooks;
 * a waker (LISTEN/NOTIFY or SQLite `data_version`) and a pool of daemon threads for
@@ -47,11 +49,13 @@ from ledgerflow.engine.leases import Claim, LeaseSQL, Outcome, error_record
 from ledgerflow.engine.limits import LimitStore
 from ledgerflow.engine.liveness import local_owner_running
 from ledgerflow.engine.pool import DaemonThreadPool, _Item
+from ledgerflow.engine.progress import PROGRESS_SECONDS, ProgressReport, write_progress
 from ledgerflow.engine.states import JobState
 from ledgerflow.engine.tasks import Task
 from ledgerflow.errors import JobTimeout, Snooze
 from ledgerflow.logs import get_logger
 from ledgerflow.payload import result_problem, storable_result
+from ledgerflow.tracing import Attempt
 
 if TYPE_CHECKING:
     from ledgerflow.app import App
@@ -83,6 +87,7 @@ class WorkerOptions:
     poll_interval: float = 1.0
     wake_poll_seconds: float = 0.005
     memory_limit_percent: float = 95.0
+    progress_seconds: float = PROGRESS_SECONDS
 
 
 @dataclass
@@ -124,6 +129,7 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.log = get_logger("worker").bind(worker_id=self.id)
         self._inflight: dict[Key, _Running] = {}
+        self._reports: dict[Key, ProgressReport] = {}
         self._outcomes: list[Outcome] = []
         self._buffer: deque[Claim] = deque()
         #: When each buffered claim's lease was last known to start (claim or renewal), monotonic.
@@ -168,6 +174,7 @@ class Worker:
         threads = [
             threading.Thread(target=self._heartbeat_loop, name="ledgerflow-heartbeat", daemon=True),
             threading.Thread(target=self._maintenance_loop, name="ledgerflow-maintenance", daemon=True),
+            threading.Thread(target=self._progress_loop, name="ledgerflow-progress", daemon=True),
         ]
         restore = self._install_signals()
         try:
@@ -620,6 +627,8 @@ class Worker:
     async def _supervise(self, key: Key, running: _Running) -> None:
         job = running.claim.job
         task = self.app.registry.get(job.task)
+        report = ProgressReport(job.id, job.attempt, running.claim.token)
+        self._reports[key] = report
         ctx = JobContext(
             job.id,
             job.task,
@@ -629,16 +638,20 @@ class Worker:
             job.schedule_id,
             job.fire_time,
             self.id,
+            report,
         )
         self.log.debug("job_running", job_id=job.id, task=job.task, attempt=job.attempt)
         outcome: Outcome | None = None
+        attempt = Attempt(job, self.id)
+        caught: BaseException | None = None
         try:
             if task.isolation == "process":
                 result = await self._run_process(task, running)
             elif task.is_async:
-                result = await asyncio.wait_for(self._run_async(task, ctx, running), job.timeout)
+                with attempt.current():
+                    result = await asyncio.wait_for(self._run_async(task, ctx, running), job.timeout)
             else:
-                result = await self._run_sync(task, ctx, running)
+                result = await self._run_sync(task, ctx, running, attempt)
             elapsed = self._elapsed(running)
             avg = self._avg_duration
             self._avg_duration = elapsed if avg is None else 0.8 * avg + 0.2 * elapsed
@@ -660,14 +673,18 @@ class Worker:
                 raise
         except Snooze as snooze:
             outcome = self._snoozed(running, snooze)
-        except (TimeoutError, JobTimeout):
+        except (TimeoutError, JobTimeout) as exc:
             error = JobTimeout(f"attempt ran past its timeout of {job.timeout:g}s")
-            outcome = self._failure(running, task, error, "timeout")
+            outcome, caught = self._failure(running, task, error, "timeout"), exc
         except Exception as exc:
-            outcome = self._failure(running, task, exc)
+            outcome, caught = self._failure(running, task, exc), exc
         finally:
             self._inflight.pop(key, None)
+            self._reports.pop(key, None)
+            report.close()
+            attempt.end(outcome.kind if outcome else "cancelled", outcome.error if outcome else None, caught)
             if outcome is not None:
+                outcome.metadata = report.snapshot() or {}
                 self._outcomes.append(outcome)
             if self._wake is not None:
                 self._wake.set()
@@ -677,9 +694,9 @@ class Worker:
         job = running.claim.job
         return await task.func(*job.args, **job.kwargs)
 
-    async def _run_sync(self, task: Task, ctx: JobContext, running: _Running) -> Any:
+    async def _run_sync(self, task: Task, ctx: JobContext, running: _Running, attempt: Attempt) -> Any:
         job = running.claim.job
-        future, item = self._pool.submit(_call_in_thread, task.func, job.args, job.kwargs, ctx)
+        future, item = self._pool.submit(_call_in_thread, task.func, job.args, job.kwargs, ctx, attempt)
         running.item = item
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), job.timeout)
@@ -856,6 +873,23 @@ class Worker:
                 with contextlib.suppress(RuntimeError):
                     self._loop.call_soon_threadsafe(self._fence, lost)
 
+    def _progress_loop(self) -> None:
+        """Write the progress reported since the last pass, for every running job at once."""
+        while not self._threads_stop.wait(self.opts.progress_seconds):
+            pending = [(r, v) for r in list(self._reports.values()) if (v := r.take_pending()) is not None]
+            if not pending:
+                continue
+            try:
+                with self.db.begin() as conn:
+                    refused = write_progress(conn, pending)
+            except Exception as exc:
+                self.log.warning("progress_write_failed", error=str(exc).splitlines()[0])
+                for report, _ in pending:
+                    report.write_again()
+                continue
+            for report in refused:  # the lease is gone (or the attempt just ended): stop listening
+                report.close()
+
     def _overdue(self, now: float) -> list[Outcome]:
         """Timeout failures for the jobs running past their timeout plus one lease (their own
         timeout should have ended them: the event loop is blocked or the task ignores it)."""
@@ -953,10 +987,11 @@ def _first_line(error: BaseException) -> str:
 
 
 def _call_in_thread(
-    func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], ctx: JobContext
+    func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], ctx: JobContext, attempt: Attempt
 ) -> Any:
     token = set_current_job(ctx)
     try:
-        return func(*args, **kwargs)
+        with attempt.current():
+            return func(*args, **kwargs)
     finally:
         reset_current_job(token)

@@ -1,10 +1,11 @@
-"""Dashboard pages: overview, jobs, dead-letter queue, schedules, exports."""
+"""Dashboard pages: overview, jobs, dead-letter queue, queues, schedules, exports, alerts, receipts."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import os
+import re
 import secrets
 import stat
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 from sqlalchemy import case, func, select
 
+from ledgerflow.alerts import SEVERITIES
 from ledgerflow.api.listing import list_jobs
 from ledgerflow.api.routes import RowId
 from ledgerflow.app import App
@@ -34,6 +36,7 @@ from ledgerflow.engine.states import CANCEL, RETRY, JobState
 from ledgerflow.errors import BadInput, LedgerflowError, NotFound
 from ledgerflow.export.destinations import LocalFolder, open_destination
 from ledgerflow.export.saga import held_back, latest_daily_batch
+from ledgerflow.names import check_name
 from ledgerflow.scheduler.schedules import Schedule
 from ledgerflow.web import SESSION_COOKIE, STATIC, TEMPLATES
 from ledgerflow.web.sessions import SESSION_SECONDS, LoginThrottle, Sessions
@@ -66,6 +69,7 @@ def register(api: FastAPI, app: App, token: str, throttle: LoginThrottle) -> Non
 
     templates.env.filters["when"] = when
     templates.env.filters["until"] = until
+    templates.env.filters["json_text"] = lambda value: json.dumps(value, ensure_ascii=False)
     templates.env.globals["zone"] = app.settings.timezone
     # the job page offers the user moves the state machine allows from the job's state
     templates.env.globals["retry_from"] = [str(s) for s in RETRY.sources]
@@ -296,14 +300,25 @@ def register(api: FastAPI, app: App, token: str, throttle: LoginThrottle) -> Non
         return RedirectResponse(f"/jobs?{urlencode({**filters, 'flash': message})}", status_code=303)
 
     @api.get("/jobs/{job_id}", include_in_schema=False)
-    def job_page(request: Request, job_id: RowId, flash: str | None = None) -> Response:
+    def job_page(
+        request: Request, job_id: RowId, flash: str | None = None, partial: bool = False
+    ) -> Response:
         try:
             job = app.store.get(job_id)
         except NotFound:
             return page(request, "missing.html", what=f"job {job_id}")
         except (RecursionError, ValueError):  # a row from before the payload limits
             return page(request, "missing.html", what=f"a readable form of job {job_id}")
-        return page(request, "job.html", job=job, executions=app.store.executions(job_id), flash=flash)
+        executions = app.store.executions(job_id)
+        progress = executions[-1]["execution_metadata"] if executions else None
+        return page(
+            request,
+            "job_partial.html" if partial else "job.html",
+            job=job,
+            executions=executions,
+            progress=progress,
+            flash=flash,
+        )
 
     @api.post("/jobs/{job_id}/{verb}", include_in_schema=False)
     def job_action(request: Request, job_id: RowId, verb: str, csrf: str = Form("")) -> Response:
@@ -332,15 +347,22 @@ def register(api: FastAPI, app: App, token: str, throttle: LoginThrottle) -> Non
             )
         task_limits = {lim.name: lim for lim in app.limits.list() if lim.kind == "task"}
         running = running_by_limit(app.db)
+        paused_tasks = {t["task"]: t for t in app.task_summary() if t["paused"]}
         tasks = [
-            {"name": n, "limit": task_limits.get(n), "running": running.get(("task", n), 0)}
-            for n in sorted(set(app.registry.names()) | set(task_limits))
+            {
+                "name": n,
+                "limit": task_limits.get(n),
+                "running": running.get(("task", n), 0),
+                "pause": paused_tasks.get(n),
+            }
+            for n in sorted(set(app.registry.names()) | set(task_limits) | set(paused_tasks))
         ]
         return page(
             request,
             "queues.html",
             queues=[summary[n] for n in sorted(summary)],
             tasks=tasks,
+            pauses={(p.kind, p.name): p for p in app.store.pauses()},
             flash=flash,
         )
 
@@ -403,16 +425,208 @@ def register(api: FastAPI, app: App, token: str, throttle: LoginThrottle) -> Non
         )
         return RedirectResponse(f"/dlq?{urlencode({'flash': message})}", status_code=303)
 
+    # ------------------------------------------------------------------ pausing queues and tasks
+    @api.post("/queues/{name}/{verb}", include_in_schema=False)
+    def queue_action(request: Request, name: str, verb: str, csrf: str = Form("")) -> Response:
+        return pause_or_resume(request, "queue", name, verb, csrf)
+
+    @api.post("/tasks/{name}/{verb}", include_in_schema=False)
+    def task_action(request: Request, name: str, verb: str, csrf: str = Form("")) -> Response:
+        return pause_or_resume(request, "task", name, verb, csrf)
+
+    def pause_or_resume(request: Request, what: str, name: str, verb: str, csrf: str) -> Response:
+        """Pause or resume a queue or a task type (resuming a task also undoes its auto-stop)."""
+        if verb not in ("pause", "resume"):
+            return HTMLResponse("unknown action", status_code=404)
+        refused = action(request, csrf)
+        if refused:
+            return refused
+        try:
+            check_name(name, what)
+            if verb == "pause":
+                changed = app.store.pause(what, name, "paused from the dashboard", by="dashboard")
+                message = f"{what} {name} " + ("paused" if changed else "was already paused")
+            else:
+                changed = app.store.resume(what, name)
+                if changed and what == "task":
+                    app.alerts.resolve(f"autostop:{name}", f"task {name} resumed from the dashboard")
+                message = f"{what} {name} " + ("resumed" if changed else "was not paused")
+        except LedgerflowError as exc:
+            message = str(exc)
+        return back(request, "/queues", message)
+
     # ------------------------------------------------------------------ alerts
     @api.get("/alerts", include_in_schema=False)
-    def alerts_page(request: Request) -> Response:
-        """Open incidents first, then the latest resolved ones (what `/api/alerts` lists)."""
+    def alerts_page(
+        request: Request,
+        state: str | None = None,
+        severity: str | None = None,
+        kind: str | None = Query(None, max_length=255),
+        before_id: int | None = Query(None, ge=1, le=MAX_ID),
+    ) -> Response:
+        filters = {"state": state, "severity": severity, "kind": kind}
+        filters = {k: v for k, v in filters.items() if v}
+        flash = None
+        try:
+            if state not in (None, "", "open", "resolved"):
+                raise BadInput(f"unknown state {state!r} (use open or resolved)")
+            found = app.alerts.history(
+                50,
+                state=state or None,  # type: ignore[arg-type]
+                severity=severity or None,
+                kind=kind or None,
+                before_id=before_id,
+            )
+        except LedgerflowError as exc:
+            found, flash = [], str(exc)
+        older = f"/alerts?{urlencode({**filters, 'before_id': found[-1].id})}" if len(found) == 50 else None
         return page(
             request,
             "alerts.html",
-            open_alerts=app.alerts.history(limit=200, state="open"),
-            resolved=app.alerts.history(limit=50, state="resolved"),
+            alerts=found,
+            filters=filters,
+            severities=SEVERITIES,
+            older=older,
+            flash=flash,
         )
+
+    # ------------------------------------------------------------------ receipts
+    @api.get("/receipts", include_in_schema=False)
+    def receipts_page(request: Request, status: str = "to_review", flash: str | None = None) -> Response:
+        from ledgerflow.receipts.store import ReceiptStore
+
+        store = ReceiptStore(app)
+        if status not in RECEIPT_FILTERS:
+            status, flash = "to_review", f"unknown status {status!r}"
+        if status == "to_review":
+            found = sorted(store.list("review", 200) + store.list("draft", 200), key=lambda r: -r.id)
+        else:
+            found = store.list(None if status == "all" else status, 200)
+        return page(
+            request, "receipts.html", receipts=found, status=status, counts=store.counts(), flash=flash
+        )
+
+    @api.get("/receipts/{receipt_id}", include_in_schema=False)
+    def receipt_page(request: Request, receipt_id: RowId, flash: str | None = None) -> Response:
+        from ledgerflow.receipts.store import ReceiptStore
+        from ledgerflow.receipts.tasks import learned_account
+
+        store = ReceiptStore(app)
+        try:
+            receipt = store.get(receipt_id)
+        except NotFound:
+            return page(request, "missing.html", what=f"receipt {receipt_id}")
+        return page(
+            request,
+            "receipt.html",
+            receipt=receipt,
+            text=store.text(receipt_id),
+            sources=store.sources(receipt_id),
+            learned=learned_account(app, receipt.vendor),
+            default_account=app.settings.receipt_expense_account,
+            flash=flash,
+        )
+
+    @api.get("/receipts/{receipt_id}/preview", include_in_schema=False)
+    def receipt_preview(request: Request, receipt_id: RowId) -> Response:
+        """The receipt as an image: a stored JPEG or PNG as it is, a PDF's first page rendered."""
+        if session(request) is None:
+            return RedirectResponse("/login", status_code=303)
+        opened = _receipt_file(app, receipt_id)
+        if opened is None:
+            return HTMLResponse("no such receipt file", status_code=404)
+        file, extension = opened
+        if extension in IMAGE_TYPES:
+            return StreamingResponse(_chunks(file), media_type=IMAGE_TYPES[extension], headers=PRIVATE)
+        with file:
+            data = file.read()
+        try:
+            png = _render_pdf_page(data)
+        except ImportError:
+            return HTMLResponse("a PDF preview needs the receipts extra (pypdfium2)", status_code=404)
+        except Exception:  # a PDF PDFium cannot read: the download link still works
+            return HTMLResponse("this PDF cannot be rendered", status_code=404)
+        return Response(png, media_type="image/png", headers=PRIVATE)
+
+    @api.get("/receipts/{receipt_id}/file", include_in_schema=False)
+    def receipt_file(request: Request, receipt_id: RowId) -> Response:
+        """The stored file itself, as a download (never shown inline)."""
+        if session(request) is None:
+            return RedirectResponse("/login", status_code=303)
+        opened = _receipt_file(app, receipt_id)
+        if opened is None:
+            return HTMLResponse("no such receipt file", status_code=404)
+        file, extension = opened
+        return StreamingResponse(
+            _chunks(file),
+            media_type={**IMAGE_TYPES, "pdf": "application/pdf"}[extension],
+            headers={
+                **PRIVATE,
+                "Content-Disposition": f"attachment; filename=receipt-{receipt_id}.{extension}",
+            },
+        )
+
+    @api.post("/receipts/{receipt_id}/approve", include_in_schema=False)
+    def receipt_approve(
+        request: Request,
+        receipt_id: RowId,
+        csrf: str = Form(""),
+        total: str = Form(""),
+        tax: str = Form(""),
+        on: str = Form(""),
+        vendor: str = Form(""),
+        account: str = Form(""),
+        currency: str = Form(""),
+        tax_rate: str = Form(""),
+    ) -> Response:
+        """Approve with the form's values; an empty field keeps what was read (as the CLI)."""
+        refused = action(request, csrf)
+        if refused:
+            return refused
+        from ledgerflow.receipts.store import ReceiptStore
+
+        try:
+            rate = tax_rate.strip()
+            if rate and not rate.isdigit():
+                raise BadInput(f"tax rate {rate!r} must be a whole percentage 0-100")
+            day = on.strip()
+            try:
+                booked_on = date.fromisoformat(day) if day else None
+            except ValueError:
+                raise BadInput(f"date {day!r} must be YYYY-MM-DD") from None
+            _, entry = ReceiptStore(app).approve(
+                receipt_id,
+                total=total.strip() or None,
+                tax=tax.strip() or None,
+                on=booked_on,
+                vendor=vendor.strip() or None,
+                account=account.strip() or None,
+                currency=currency.strip().upper() or None,
+                tax_rate=int(rate) if rate else None,
+            )
+            message = f"receipt {receipt_id} approved: entry {entry.reference}"
+        except LedgerflowError as exc:
+            message = str(exc)
+        return RedirectResponse(f"/receipts/{receipt_id}?{urlencode({'flash': message})}", status_code=303)
+
+    @api.post("/receipts/{receipt_id}/reject", include_in_schema=False)
+    def receipt_reject(
+        request: Request, receipt_id: RowId, csrf: str = Form(""), reason: str = Form("")
+    ) -> Response:
+        refused = action(request, csrf)
+        if refused:
+            return refused
+        from ledgerflow.receipts.store import ReceiptStore
+
+        try:
+            why = reason.strip()
+            if not why or len(why) > 500:
+                raise BadInput("give the reason for rejecting (1-500 characters)")
+            ReceiptStore(app).reject(receipt_id, why)
+            message = f"receipt {receipt_id} rejected: {why}"
+        except LedgerflowError as exc:
+            message = str(exc)
+        return RedirectResponse(f"/receipts/{receipt_id}?{urlencode({'flash': message})}", status_code=303)
 
     # ------------------------------------------------------------------ schedules
     @api.get("/schedules", include_in_schema=False)
@@ -645,6 +859,48 @@ def _json_field(value: str, field: str, kind: type) -> Any:
     if not isinstance(parsed, kind):
         raise BadInput(f"{field} must be a JSON {'array' if kind is list else 'object'}")
     return parsed
+
+
+RECEIPT_FILTERS = ("to_review", "review", "draft", "received", "approved", "rejected", "all")
+IMAGE_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png"}
+PRIVATE = {"Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"}
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _receipt_file(app: App, receipt_id: int) -> tuple[BinaryIO, str] | None:
+    """The receipt's stored file opened for reading, with its extension — only a PDF, JPEG or
+    PNG kept under its content address inside the receipts folder (no symlink), else None."""
+    from ledgerflow.receipts.store import ReceiptStore
+
+    store = ReceiptStore(app)
+    try:
+        receipt = store.get(receipt_id)
+    except NotFound:
+        return None
+    extension = receipt.extension.lower()
+    if extension not in (*IMAGE_TYPES, "pdf") or not SHA256.fullmatch(receipt.sha256):
+        return None
+    path = store.path(receipt)
+    opened = open_inside(store.root / receipt.sha256[:2], path)
+    return (opened, extension) if opened is not None else None
+
+
+def _render_pdf_page(data: bytes, width: int = 1000) -> bytes:
+    """The first page of a PDF as a PNG about `width` pixels wide (PDFium, from the receipts extra)."""
+    import io
+
+    import pypdfium2
+
+    pdf = pypdfium2.PdfDocument(data)
+    try:
+        first = pdf[0]
+        scale = max(0.5, min(4.0, width / max(first.get_width(), 1)))
+        image = first.render(scale=scale).to_pil()
+    finally:
+        pdf.close()
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
 
 
 def open_inside(directory: Path, path: Path) -> BinaryIO | None:

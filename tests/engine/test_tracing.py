@@ -1,0 +1,143 @@
+"""OpenTelemetry spans (the `otel` extra) recorded by the SDK's in-memory exporter: a web request,
+the job it enqueued and each attempt share one trace on both backends; without the extra nothing
+is traced and jobs run as before."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from ledgerflow import current_job, tracing
+from ledgerflow.engine.jobs import JobSpec
+from tests.api.conftest import serve_app
+from tests.conftest import ROOT
+
+__all__ = ["serve_app"]
+
+
+@pytest.fixture
+def exporter() -> Iterator[InMemorySpanExporter]:
+    """ledgerflow's spans go to an in-memory exporter for this test (the global provider is untouched)."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracing.set_tracer_provider(provider)
+    yield memory
+    tracing.set_tracer_provider(None)
+    provider.shutdown()
+
+
+def by_name(spans: tuple[ReadableSpan, ...], prefix: str) -> list[ReadableSpan]:
+    return [s for s in spans if s.name.startswith(prefix)]
+
+
+def current_span_id() -> str:
+    return format(trace.get_current_span().get_span_context().span_id, "016x")
+
+
+def test_a_web_request_and_the_job_it_enqueued_share_one_trace(serve_app, exporter):
+    service = serve_app()
+    service.app.task(name="traced.sync")(current_span_id)
+    caller = tracing._tracer().start_span("client: book the receipt")  # the caller's own span
+    headers: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(headers, trace.set_span_in_context(caller))
+    created = service.post("/api/jobs", json={"task": "traced.sync"}, headers=headers)
+    caller.end()
+    assert created.status_code == 201, created.text
+    job = created.json()
+    trace_id = format(caller.get_span_context().trace_id, "032x")
+    assert job["trace_context"]["traceparent"].split("-")[1] == trace_id
+
+    service.app.run_worker(concurrency=1, burst=True)
+    spans = exporter.get_finished_spans()
+    (server,) = by_name(spans, "POST /api/jobs")
+    (enqueue,) = by_name(spans, "ledgerflow.enqueue traced.sync")
+    (run,) = by_name(spans, "ledgerflow.run traced.sync")
+    assert {s.context.trace_id for s in (server, enqueue, run)} == {caller.get_span_context().trace_id}
+    assert server.kind == SpanKind.SERVER and server.parent.span_id == caller.get_span_context().span_id
+    assert server.attributes["http.response.status_code"] == 201
+    assert enqueue.kind == SpanKind.PRODUCER and enqueue.parent.span_id == server.context.span_id
+    assert enqueue.attributes["messaging.message.id"] == str(job["id"])
+    assert run.kind == SpanKind.CONSUMER and run.parent.span_id == enqueue.context.span_id
+    assert run.attributes["ledgerflow.outcome"] == "completed" and run.attributes["ledgerflow.attempt"] == 1
+    result = service.app.store.get(job["id"]).result
+    assert result == format(run.context.span_id, "016x"), "inside the task the attempt's span is current"
+
+
+def test_each_attempt_is_a_span_of_the_enqueuing_trace_and_failures_are_errors(make_app, exporter):
+    app = make_app()
+
+    @app.task(name="traced.flaky", retry_backoff=[0.0], max_attempts=2)
+    async def flaky() -> str:
+        job = current_job()
+        if job.attempt == 1:
+            raise RuntimeError("the bank API timed out")
+        return current_span_id()
+
+    with tracing._tracer().start_as_current_span("nightly script") as script:
+        job = flaky.enqueue()
+    app.run_worker(concurrency=1, burst=True)
+    assert app.store.get(job.id).state == "completed"
+    spans = exporter.get_finished_spans()
+    (enqueue,) = by_name(spans, "ledgerflow.enqueue traced.flaky")
+    first, second = sorted(by_name(spans, "ledgerflow.run"), key=lambda s: s.attributes["ledgerflow.attempt"])
+    assert enqueue.parent.span_id == script.get_span_context().span_id
+    for attempt in (first, second):
+        assert attempt.context.trace_id == script.get_span_context().trace_id
+        assert attempt.parent.span_id == enqueue.context.span_id
+    assert first.status.status_code == StatusCode.ERROR
+    assert "RuntimeError: the bank API timed out" in first.status.description
+    assert first.events[0].name == "exception"
+    assert first.attributes["ledgerflow.outcome"] == "failed"
+    assert second.status.status_code != StatusCode.ERROR
+    assert app.store.get(job.id).result == format(second.context.span_id, "016x"), "async tasks too"
+
+
+def test_a_batch_enqueued_in_one_span_carries_its_context(make_app, exporter):
+    app = make_app()
+    task = app.task(name="traced.batch")(current_span_id)
+    with tracing._tracer().start_as_current_span("import statement"):
+        ids = app.enqueue_many([task.prepare() for _ in range(3)])
+    (batch,) = by_name(exporter.get_finished_spans(), "ledgerflow.enqueue traced.batch")
+    assert batch.attributes["messaging.batch.message_count"] == 3
+    contexts = {tuple(app.store.get(i).trace_context["traceparent"].split("-")[1:3]) for i in ids}
+    assert contexts == {(f"{batch.context.trace_id:032x}", f"{batch.context.span_id:016x}")}
+
+
+def test_without_a_configured_sdk_no_context_is_stored(make_app):
+    app = make_app()
+    job = app.enqueue(JobSpec("anything"))
+    assert job.trace_context is None and app.store.get(job.id).trace_context is None
+
+
+SCRIPT = """
+import json, sys
+sys.modules["opentelemetry"] = None  # the extra is not installed
+from ledgerflow import App, tracing
+app = App(database_url=sys.argv[1], log_level="ERROR")
+task = app.task(name="untraced")(lambda: "ran")
+job = task.enqueue()
+ids = app.enqueue_many([task.prepare(), task.prepare()])
+app.run_worker(concurrency=1, burst=True)
+jobs = [app.store.get(i) for i in [job.id, *ids]]
+print(json.dumps({"enabled": tracing.enabled(), "jobs": [[j.state, j.trace_context] for j in jobs]}))
+"""
+
+
+def test_without_the_extra_nothing_is_traced_and_jobs_run(db_url):
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, db_url], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report == {"enabled": False, "jobs": [["completed", None]] * 3}
