@@ -16,7 +16,7 @@ from sqlalchemy import Text, cast, func, select
 
 from ledgerflow.db.database import Database
 from ledgerflow.db.tables import jobs
-from ledgerflow.engine.search import LIST_WINDOW, JobFilter, matching
+from ledgerflow.engine.search import JobFilter, matching
 from ledgerflow.engine.states import JobState
 from ledgerflow.errors import BadInput
 
@@ -83,8 +83,7 @@ def list_jobs(
     filt: JobFilter | None = None,
 ) -> list[JobSummary]:
     """Newest first; page with `before_id` (keyset) or `offset`; at most 1,000 a page.
-    `filt` adds the search conditions (text, error text, time ranges, several states); on
-    SQLite a text is looked for among the newest 10,000 jobs holding it (below `before_id`)."""
+    `filt` adds the search conditions (text, error text, time ranges, several states)."""
     query = (
         select(
             *[jobs.c[name] for name in ("id", "task", "queue", "priority", "state", "attempt")],
@@ -96,7 +95,7 @@ def list_jobs(
             _head(jobs.c.kwargs).label("kwargs"),
             _head(jobs.c.result).label("result"),
         )
-        .where(matching(filt, db.is_sqlite, newest=LIST_WINDOW, below=before_id))
+        .where(matching(filt, db.is_sqlite))
         .order_by(jobs.c.id.desc())
         .limit(max(1, min(limit, 1000)))
     )

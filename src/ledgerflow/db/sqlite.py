@@ -26,6 +26,14 @@ from ledgerflow.db.types import UTCDateTime
 _FORMAT = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's SQLite DATETIME storage format
 
 
+def contains_casefolded(haystack: str | None, needle: str | None) -> int:
+    """SQL `lf_contains(text, term)`: 1 when `term` is in `text` ignoring case (Unicode case
+    folding, which SQLite's LIKE does only for ASCII); the job search on SQLite uses it."""
+    if haystack is None or needle is None:
+        return 0
+    return int(needle.casefold() in haystack.casefold())
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -54,6 +62,7 @@ class SQLiteBackend:
             cur.execute(f"PRAGMA busy_timeout={int(busy * 1000)}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+            dbapi_conn.create_function("lf_contains", 2, contains_casefolded, deterministic=True)
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:

@@ -102,15 +102,14 @@ jobs = Table(
     Index("ix_jobs_schedule", "schedule_id", "state"),
     Index("ix_jobs_created_at", "created_at"),
     Index("ix_jobs_finished_at", "finished_at"),
-    # Text search (engine/search.py) also has backend-specific objects made by migration
+    # Text search (engine/search.py) also has a PostgreSQL-only index made by migration
     # 0012 and not declared here (see SEARCH_OBJECTS).
     sqlite_autoincrement=True,  # ids never reused after pruning (migration 0010)
 )
 
-#: Made by migration 0012 for one backend only, so not declared above: PostgreSQL's GIN
-#: trigram index on the JSON text of args, kwargs and errors; SQLite's FTS5 table (with
-#: its shadow tables) and the triggers that keep it in step with `jobs`.
-SEARCH_OBJECTS = frozenset({"ix_jobs_search", "jobs_search"})
+#: Made by migration 0012 for PostgreSQL only (when pg_trgm is available), so not declared
+#: above: the GIN trigram index on the JSON text of args, kwargs and errors.
+SEARCH_OBJECTS = frozenset({"ix_jobs_search"})
 
 job_dependencies = Table(
     "job_dependencies",

@@ -3,9 +3,11 @@
 One `JobFilter` serves the job lists (API, CLI, dashboard) and the bulk actions, so what an
 operator sees listed is what an action touches. Text conditions are substring matches on the
 JSON text of `args`/`kwargs` and of `errors` (type, message and traceback of each failed
-attempt), case-insensitive, at least `MIN_TERM` characters long: they are answered from a
-trigram index (PostgreSQL: pg_trgm GIN on the JSON text; SQLite: the FTS5 `jobs_search`
-table, kept by triggers), so a search stays fast at millions of jobs.
+attempt), case-insensitive, at least `MIN_TERM` characters long. PostgreSQL answers them from
+a pg_trgm GIN index on the JSON text, so a search stays fast at millions of jobs. SQLite scans
+(a Unicode case-folding `lf_contains` function, db/sqlite.py): a text index there (FTS5 kept
+by triggers) made every enqueue 5x slower, a price the embedded backend's hot path does not
+pay for a search; lists stop at the first page of matches, newest first.
 
 A bulk action goes through the state machine: it selects the jobs the filter matches that
 are in a state the move is allowed from, then changes them with the same guarded UPDATE or
@@ -22,7 +24,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import ColumnElement, Connection, Text, and_, cast, delete, func, select, text, true
+from sqlalchemy import ColumnElement, Connection, Text, and_, cast, delete, func, select, true
 
 from ledgerflow.db.tables import jobs
 from ledgerflow.engine.states import CANCEL, DELETE, RETRY, JobState
@@ -34,10 +36,10 @@ if TYPE_CHECKING:
     from ledgerflow.engine.store import JobStore
 
 S = JobState
-MIN_TERM = 3  # a trigram index cannot answer shorter substrings
+MIN_TERM = 3  # PostgreSQL's trigram index cannot answer shorter substrings
 MAX_TERM = 200
 CHUNK = 500
-#: Lists (not bulk actions) look for a text among the newest this many jobs holding it.
+#: Counts shown before a bulk action (and in the dashboard) stop at this many matches.
 LIST_WINDOW = 10_000
 
 Action = Literal["cancel", "retry", "delete"]
@@ -113,25 +115,13 @@ class JobFilter:
         return out
 
 
-def _fts_phrase(columns: str, term: str) -> str:
-    """An FTS5 query for `term` as a substring of the given columns (quotes doubled)."""
-    return f'{columns} : "{term.replace(chr(34), chr(34) * 2)}"'
-
-
 def _like(term: str) -> str:
     escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
 
 
-def conditions(
-    filt: JobFilter, is_sqlite: bool, *, newest: int | None = None, below: int | None = None
-) -> list[ColumnElement[bool]]:
-    """The WHERE conditions of `filt` on the jobs table, for the current backend.
-
-    With `newest` (SQLite, for lists), a text condition looks only among the newest `newest`
-    jobs holding the text (with ids below `below`, the list's page boundary): the FTS index
-    yields those in id order and stops, where every match of a text held by most jobs would
-    otherwise be read to find the 50 newest. Bulk actions and counts pass no limit."""
+def conditions(filt: JobFilter, is_sqlite: bool) -> list[ColumnElement[bool]]:
+    """The WHERE conditions of `filt` on the jobs table, for the current backend."""
     where: list[ColumnElement[bool]] = []
     if filt.states:
         where.append(jobs.c.state.in_([str(s) for s in filt.states]))
@@ -139,22 +129,15 @@ def conditions(
         where.append(jobs.c.queue == filt.queue)
     if filt.task is not None:
         where.append(jobs.c.task == filt.task)
-    for name, term, columns in (("text", filt.text, ("args", "kwargs")), ("error", filt.error, ("errors",))):
+    for term, columns in ((filt.text, ("args", "kwargs")), (filt.error, ("errors",))):
         if term is None:
             continue
         if is_sqlite:
-            sql = f"SELECT rowid FROM jobs_search WHERE jobs_search MATCH :search_{name}"
-            values: dict[str, Any] = {f"search_{name}": _fts_phrase("{" + " ".join(columns) + "}", term)}
-            if newest is not None:
-                if below is not None:
-                    sql += f" AND rowid < :below_{name}"
-                    values[f"below_{name}"] = below
-                sql += f" ORDER BY rowid DESC LIMIT {int(newest)}"
-            where.append(jobs.c.id.in_(text(sql).bindparams(**values)))
+            matches = [func.lf_contains(jobs.c[c], term) == 1 for c in columns]
         else:
             pattern = _like(term)
             matches = [cast(jobs.c[c], Text).ilike(pattern, escape="\\") for c in columns]
-            where.append(matches[0] if len(matches) == 1 else matches[0] | matches[1])
+        where.append(matches[0] if len(matches) == 1 else matches[0] | matches[1])
     if filt.enqueued_after is not None:
         where.append(jobs.c.created_at >= filt.enqueued_after)
     if filt.enqueued_before is not None:
@@ -166,17 +149,15 @@ def conditions(
     return where
 
 
-def matching(
-    filt: JobFilter | None, is_sqlite: bool, *, newest: int | None = None, below: int | None = None
-) -> ColumnElement[bool]:
+def matching(filt: JobFilter | None, is_sqlite: bool) -> ColumnElement[bool]:
     """All of `filt`'s conditions as one clause (true for no filter); see `conditions`."""
-    where = conditions(filt, is_sqlite, newest=newest, below=below) if filt is not None else []
+    where = conditions(filt, is_sqlite) if filt is not None else []
     return and_(true(), *where)
 
 
 def count_matching(db: Database, filt: JobFilter, cap: int = LIST_WINDOW) -> int:
     """How many jobs match `filt`, counted up to `cap` + 1 (more: "over `cap`")."""
-    found = select(jobs.c.id).where(matching(filt, db.is_sqlite, newest=cap + 1)).limit(cap + 1)
+    found = select(jobs.c.id).where(matching(filt, db.is_sqlite)).limit(cap + 1)
     with db.read() as conn:
         return int(conn.execute(select(func.count()).select_from(found.subquery())).scalar_one())
 

@@ -29,7 +29,7 @@ from ledgerflow.db.tables import (
     pauses,
 )
 from ledgerflow.engine.jobs import Job, JobSpec
-from ledgerflow.engine.search import LIST_WINDOW, Action, BulkActions, BulkResult, JobFilter, matching
+from ledgerflow.engine.search import Action, BulkActions, BulkResult, JobFilter, matching
 from ledgerflow.engine.states import (
     CANCEL,
     CANCEL_DEPENDENT,
@@ -485,10 +485,13 @@ class JobStore:
     def find(
         self, filt: JobFilter | None = None, *, limit: int = 50, before_id: int | None = None
     ) -> list[Job]:
-        """Jobs matching `filt`, newest first; page with `before_id`. On SQLite a text is
-        looked for among the newest 10,000 jobs holding it (below `before_id`)."""
-        window = matching(filt, self.db.is_sqlite, newest=LIST_WINDOW, below=before_id)
-        query = select(jobs).where(window).order_by(jobs.c.id.desc()).limit(max(1, min(limit, 1000)))
+        """Jobs matching `filt`, newest first; page with `before_id`."""
+        query = (
+            select(jobs)
+            .where(matching(filt, self.db.is_sqlite))
+            .order_by(jobs.c.id.desc())
+            .limit(max(1, min(limit, 1000)))
+        )
         if before_id:
             query = query.where(jobs.c.id < before_id)
         with self.db.read() as conn:
