@@ -28,10 +28,11 @@ run: install
 system:
 	.ci/setup-system
 
-## The whole test suite (SQLite and PostgreSQL), with line coverage.
+## The whole test suite (SQLite and PostgreSQL), with line coverage, in 3 processes (pytest-xdist;
+## each test file stays in one process): most tests wait on worker processes and servers.
 test: dev system
 	$(BIN)/ruff check src tests bench
-	$(BIN)/python -m pytest --cov=ledgerflow --cov-report=term --cov-fail-under=85 --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 3 --dist loadfile --cov=ledgerflow --cov-report=term --cov-fail-under=85 --durations=15 $(PYTEST_ARGS)
 
 lint: dev
 	$(BIN)/ruff check src tests bench
