@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from ledgerflow.errors import BadInput
 from ledgerflow.ledger.dates import parse_day
-from ledgerflow.ledger.importers import parse_json
+from ledgerflow.ledger.importers import parse_csv, parse_json
 from ledgerflow.ledger.money import MINOR_UNITS, format_amount, largest_amount, parse_amount
 
 LIMIT = 10**15
@@ -210,3 +210,22 @@ def test_a_date_object_is_taken_but_not_a_datetime():
 @given(st.dates())
 def test_every_date_round_trips_through_its_iso_text(day):
     assert parse_day(day.isoformat()) == day
+
+
+def test_a_csv_row_spanning_lines_is_named_by_the_line_it_starts_on():
+    """A quoted cell may hold line breaks: each row's place is where it starts, not where it ends."""
+    text = (
+        "reference,date,description,currency,account,account_name,debit,credit,tax_code,memo\r\n"
+        'C-1,2026-11-27,"two\r\nlines\nand three",JPY,1000,Cash,100,0,,\r\n'
+        "C-1,2026-11-27,x,JPY,4000,Sales,0,100,,\r\n"
+        "\r\n"
+        "D-1,2026-11-27,x,JPY,1000,Cash,1e3,0,,\r\n"
+        "D-1,2026-11-27,x,JPY,4000,Sales,0,1000,,\r\n"
+        "C-1,2026-11-28,x,JPY,4000,Sales,0,0,,\r\n"
+    )
+    with pytest.raises(BadInput) as refused:
+        parse_csv(text, "e.csv")
+    assert str(refused.value).splitlines()[1:] == [
+        "  e.csv:9 (entry C-1): date '2026-11-28' differs from the entry's first row (e.csv:2)",
+        "  e.csv:7 (entry D-1): debit '1e3' has an exponent; write the number out in full",
+    ]

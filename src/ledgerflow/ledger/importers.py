@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ MAX_FILE_BYTES = 50 * 2**20
 #: A JSON integer longer than this is kept as its text, so the amount rule refuses it by size
 #: (Python would refuse to convert more than 4,300 digits with an unrelated error).
 _LONG_INT_DIGITS = 40
+#: A line break as `io.StringIO(newline="")` splits lines, and so as `csv` counts them.
+_LINE_BREAK = re.compile("\r\n|\r|\n")
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,7 @@ def parse_csv(text: str, name: str = "<csv>", problems: Problems | None = None) 
     places: dict[str, list[str]] = {}
     broken: set[str] = set()
     for row in reader:
-        number = reader.line_num
+        number = reader.line_num - _line_breaks_inside(row)  # the line the row starts on
         if None in row or any(v is None for v in row.values()):
             collect.add(f"{name}:{number}: wrong number of fields")
             continue
@@ -169,6 +172,13 @@ def parse_csv(text: str, name: str = "<csv>", problems: Problems | None = None) 
     if problems is None:
         collect.raise_if_any()
     return out
+
+
+def _line_breaks_inside(row: dict[str | None, Any]) -> int:
+    """How many line breaks the row's quoted cells hold (`csv` counts lines as `str.splitlines`
+    with newline='' does: CRLF, CR or LF)."""
+    cells = [v for value in row.values() for v in (value if isinstance(value, list) else [value])]
+    return sum(len(_LINE_BREAK.findall(cell)) for cell in cells if cell)
 
 
 def _unique(found: list[Located], problems: Problems, raise_now: bool) -> list[Located]:
