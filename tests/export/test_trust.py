@@ -27,8 +27,8 @@ import pytest
 from sqlalchemy import delete, select, update
 
 from ledgerflow.db.tables import export_batches, export_logs
+from ledgerflow.export import audit, writer
 from ledgerflow.export import saga as saga_module
-from ledgerflow.export import writer
 from ledgerflow.export.saga import ExportSaga
 from tests.api.conftest import TOKEN
 from tests.books.conftest import jpy_entry, make_service  # noqa: F401 - a fixture
@@ -192,6 +192,44 @@ def test_a_changed_file_with_its_stored_checksum_rewritten_fails_verify(make_exp
     assert f"daily:2026-11-27: {CSV} at " in report["file_problems"][1]
     assert "differs from the checksum in the audit trail" in report["file_problems"][1]
     assert report["chain_problems"] == [] and report["unreachable"] == []
+
+
+def test_a_changed_file_with_its_chained_checksum_rewritten_fails_against_the_delivered_manifest(
+    make_export_app, run_cli, place
+):
+    """The last csv_generated row comes after every anchor: rewritten with its hash recomputed,
+    the chain still checks. The delivered manifest, out of the database's reach, lists the CSV's
+    checksum: verify holds the file to it as well."""
+    app = two_delivered_days(make_export_app, place.settings)
+    forged = place.read(CSV).replace(b"107.00", b"701.00")
+    place.tamper(CSV, forged)
+    with app.db.begin() as conn:
+        row = conn.execute(select(export_logs).order_by(export_logs.c.id.desc()).limit(1)).one()
+        assert row.action == "csv_generated" and row.batch_key == f"daily:{D2.isoformat()}"
+        metadata = json.loads(json.dumps(row.metadata))
+        metadata["sha256"][CSV] = hashlib.sha256(forged).hexdigest()
+        metadata["md5"][CSV] = hashlib.md5(forged, usedforsecurity=False).hexdigest()
+        content = audit._content(
+            row.batch_key, row.action, row.batch_date, row.message, metadata, row.created_at
+        )
+        conn.execute(
+            update(export_logs)
+            .where(export_logs.c.id == row.id)
+            .values(metadata=metadata, row_hash=audit.row_hash(row.prev_hash, content))
+        )
+        stored = conn.execute(
+            select(export_batches.c.files).where(export_batches.c.batch_key == row.batch_key)
+        )
+        files = [{**f, "sha256": metadata["sha256"][f["name"]]} for f in stored.scalar_one()]
+        conn.execute(
+            update(export_batches).where(export_batches.c.batch_key == row.batch_key).values(files=files)
+        )
+    code, report = verify(run_cli, place)
+    assert report["chain_problems"] == [], "the rewritten row's hash was recomputed: the chain holds"
+    assert code == 1 and report["file_problems"] == [
+        f"daily:2026-11-27: the delivered manifest {MANIFEST} gives {CSV} another checksum than "
+        "its csv_generated audit row (audit row rewritten?)"
+    ], report
 
 
 def test_verify_trusts_the_services_checksum_not_the_uploaders_label(make_export_app, run_cli, place):

@@ -108,9 +108,14 @@ class _Report:
         return self._destinations[url]
 
     def check_batch(self, key: str, url: str, stored: list[dict[str, Any]], logged: dict[str, Any]) -> None:
+        """Each delivered file against its chained checksum; the CSVs' checksums also against the
+        delivered manifest, which the database cannot rewrite (a batch's own csv_generated row
+        comes after every anchor, so its hash could be recomputed unnoticed)."""
         recorded = {f["name"]: f for f in stored or []}
         md5s = logged.get("md5") or {}
-        for name, remote_id in zip(logged["filenames"], logged["file_ids"], strict=True):
+        files = list(zip(logged["filenames"], logged["file_ids"], strict=True))
+        manifests = [(name, remote_id) for name, remote_id in files if name.endswith(".manifest.json")]
+        for name, remote_id in manifests + [f for f in files if f not in manifests]:
             sha256 = logged["sha256"][name]
             if name in recorded and recorded[name]["sha256"] != sha256:
                 self.files.append(
@@ -120,7 +125,8 @@ class _Report:
             try:
                 destination = self.destination(url)
                 if name.endswith(".manifest.json"):
-                    self.check_manifest(key, url, destination, name, remote_id, sha256)
+                    document = self.check_manifest(key, url, destination, name, remote_id, sha256)
+                    self.check_listed_checksums(key, name, document, logged["sha256"])
                     continue
                 same = same_content(destination, remote_id, sha256=sha256, md5=md5s.get(name))
             except Exception as exc:  # unreachable: nothing can be concluded about this file
@@ -131,6 +137,17 @@ class _Report:
                 self.files.append(f"{key}: {name} is missing at {url}")
             elif not same:
                 self.files.append(f"{key}: {name} at {url} differs from the checksum in the audit trail")
+
+    def check_listed_checksums(
+        self, key: str, manifest: str, document: dict[str, Any] | None, chained: dict[str, str]
+    ) -> None:
+        """The checksum the delivered manifest lists for each file must be the chained one."""
+        for listed in (document or {}).get("files", []):
+            if listed.get("name") in chained and listed.get("sha256") != chained[listed["name"]]:
+                self.files.append(
+                    f"{key}: the delivered manifest {manifest} gives {listed['name']} another checksum "
+                    "than its csv_generated audit row (audit row rewritten?)"
+                )
 
     def read_anchor_only(self, key: str, url: str, files: list[dict[str, Any]]) -> None:
         """Without its audit row the batch's files cannot be checked, but its delivered manifest
