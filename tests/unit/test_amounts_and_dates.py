@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from datetime import date, datetime
 from decimal import Decimal
 
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from ledgerflow.errors import BadInput
 from ledgerflow.ledger.dates import parse_day
+from ledgerflow.ledger.entries import check_built_entry
 from ledgerflow.ledger.importers import parse_csv, parse_json
 from ledgerflow.ledger.money import MINOR_UNITS, format_amount, largest_amount, parse_amount
 
@@ -229,3 +231,36 @@ def test_a_csv_row_spanning_lines_is_named_by_the_line_it_starts_on():
         "  e.csv:9 (entry C-1): date '2026-11-28' differs from the entry's first row (e.csv:2)",
         "  e.csv:7 (entry D-1): debit '1e3' has an exponent; write the number out in full",
     ]
+
+
+def one_entry(**changes: str) -> dict:
+    line = {"account": "1000", "account_name": "Cash", "debit": "1", "credit": "0", "tax_code": "T"}
+    line |= {k: v for k, v in changes.items() if k in line or k == "memo"}
+    entry = {"reference": "R-1", "date": "2026-11-27", "currency": "JPY", "description": "d"}
+    entry |= {k: v for k, v in changes.items() if k in entry}
+    return entry | {"lines": [line, {"account": "4000", "debit": "0", "credit": "1"}]}
+
+
+ONE_LINE_BREAKERS = ["A\nB", "A\r\nB", "A\tB", "A\x85B", "A\u2028B", "A\x07B"]
+
+
+@pytest.mark.parametrize("field", ["reference", "account", "account_name", "tax_code"])
+@pytest.mark.parametrize("bad", ONE_LINE_BREAKERS)
+def test_references_and_account_names_are_one_line_of_printable_text(field, bad):
+    """A reference or account is looked up and matched as written: a line break in it would be
+    flattened in the file (never matching again) and would split every message naming it."""
+    with pytest.raises(BadInput, match=f"{field} .* contains a line break, tab or control character"):
+        parse_json(json.dumps([one_entry(**{field: bad})]), "e.json")
+    built = parse_json(json.dumps([one_entry()]), "e.json")[0].entry
+    if field == "reference":
+        built = replace(built, reference=bad)
+    else:
+        built = replace(built, lines=(replace(built.lines[0], **{field: bad}), built.lines[1]))
+    with pytest.raises(BadInput, match=f"{field} .* contains a line break, tab or control character"):
+        check_built_entry(built)  # an Entry built in Python is held to the same rule
+
+
+@pytest.mark.parametrize("bad", ONE_LINE_BREAKERS)
+def test_descriptions_and_memos_keep_their_line_breaks_for_the_writer_to_flatten(bad):
+    (located,) = parse_json(json.dumps([one_entry(description=bad, memo=bad)]), "e.json")
+    assert located.entry.description == bad and located.entry.lines[0].memo == bad

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -14,6 +15,8 @@ from ledgerflow.ledger.money import check_amount, check_currency, format_amount,
 
 EXPORT_PATHS = ("scheduled", "immediate")
 MAX_LINES = 1000
+#: What a one-line field may not hold: controls (tab, CR, LF, NEL…), line and paragraph separators.
+_NOT_ONE_LINE = frozenset({"Cc", "Zl", "Zp"})
 #: How many refused entries one error lists (the count of the rest follows).
 MAX_REPORTED = 50
 
@@ -80,8 +83,16 @@ class Entry:
 
 
 def _text(
-    obj: Mapping[str, Any], key: str, where: str, *, required: bool = True, limit: int = 500
+    obj: Mapping[str, Any],
+    key: str,
+    where: str,
+    *,
+    required: bool = True,
+    limit: int = 500,
+    one_line: bool = False,
 ) -> str | None:
+    """A text field, stripped. `one_line` (names and codes that are looked up or matched, such
+    as a reference or an account): no line break, tab or other control character either."""
     value = obj.get(key)
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
@@ -94,6 +105,16 @@ def _text(
         raise BadInput(f"{where}: {key} is longer than {limit} characters")
     if "\x00" in text:
         raise BadInput(f"{where}: {key} contains a NUL character")
+    return _check_one_line(text, key, where) if one_line else text
+
+
+def _check_one_line(text: str, key: str, where: str) -> str:
+    if any(unicodedata.category(ch) in _NOT_ONE_LINE for ch in text):
+        shown = repr(text) if len(text) <= 40 else repr(text[:36]) + "…"
+        raise BadInput(
+            f"{where}: {key} {shown} contains a line break, tab or control character; "
+            f"a {key} is one line of printable text"
+        )
     return text
 
 
@@ -105,7 +126,7 @@ def parse_entry(obj: Any, where: str = "entry", line_places: Sequence[str] | Non
     """
     if not isinstance(obj, Mapping):
         raise BadInput(f"{where}: expected an object, got {type(obj).__name__}")
-    reference = _text(obj, "reference", where, limit=64)
+    reference = _text(obj, "reference", where, limit=64, one_line=True)
     assert reference is not None
     where = f"{where} {reference}" if where == "entry" else f"{where} (entry {reference})"
     try:
@@ -154,12 +175,15 @@ def check_balanced(entry: Entry, where: str) -> None:
 
 
 def check_built_entry(entry: Entry) -> Entry:
-    """Validate an `Entry` built in Python (not parsed): currency, amounts, balance."""
+    """Validate an `Entry` built in Python (not parsed): one-line names, currency, amounts, balance."""
+    _check_one_line(entry.reference, "reference", "entry")
     where = f"entry {entry.reference}"
     currency = check_currency(entry.currency)
     if not entry.lines or len(entry.lines) > MAX_LINES:
         raise BadInput(f"{where}: an entry needs 1 to {MAX_LINES} lines")
     for n, line in enumerate(entry.lines, 1):
+        for key in ("account", "account_name", "tax_code"):
+            _check_one_line(getattr(line, key) or "", key, f"{where} line {n}")
         check_amount(line.debit, currency, f"{where} line {n}: debit")
         check_amount(line.credit, currency, f"{where} line {n}: credit")
     check_balanced(entry, where)
@@ -204,14 +228,14 @@ def _parse_line(raw: Any, currency: str, where: str) -> Line:
         raise BadInput(f"{where}: a line is either a debit or a credit, not both")
     if not debit and not credit:
         raise BadInput(f"{where}: debit and credit are both zero")
-    account = _text(raw, "account", where, limit=40)
+    account = _text(raw, "account", where, limit=40, one_line=True)
     assert account is not None
     return Line(
         account=account,
-        account_name=_text(raw, "account_name", where, required=False, limit=100) or "",
+        account_name=_text(raw, "account_name", where, required=False, limit=100, one_line=True) or "",
         debit=debit,
         credit=credit,
-        tax_code=_text(raw, "tax_code", where, required=False, limit=40),
+        tax_code=_text(raw, "tax_code", where, required=False, limit=40, one_line=True),
         memo=_text(raw, "memo", where, required=False),
     )
 
