@@ -158,6 +158,32 @@ def test_manifests_are_found_at_the_destination_even_when_the_database_forgets_t
     ]
 
 
+def test_a_delivered_day_rewritten_as_abandoned_is_found_from_its_manifest(
+    make_export_app, run_cli, tmp_path
+):
+    """The last day's history after its anchor deleted, its batch marked abandoned and its entries
+    requeued (they would be delivered twice): the chain is intact, but its delivered manifest
+    at the destination still says the day was delivered."""
+    app = two_delivered_days(make_export_app, {})
+    key = f"daily:{D2.isoformat()}"
+    anchor = json.loads((tmp_path / "out" / MANIFEST).read_text())["audit_anchor"]
+    with app.db.begin() as conn:
+        conn.execute(delete(export_logs).where(export_logs.c.id > anchor["seq"]))
+        conn.execute(
+            update(export_batches)
+            .where(export_batches.c.batch_key == key)
+            .values(state="abandoned", files=[])
+        )
+    done = run_cli("export", "verify", "--json")
+    report = json.loads(done.stdout)
+    assert report["chain_problems"] == [], "only the chain's tail after the last anchor was cut"
+    assert done.returncode == 1 and report["file_problems"] == [
+        f"the manifest {MANIFEST} at {(tmp_path / 'out').as_uri()} belongs to {key}, which export_batches "
+        "holds as abandoned: a delivered file of a batch whose entries went back to the queue "
+        "(delivered twice? rows rewritten?)"
+    ], report
+
+
 def test_truncating_only_the_last_completion_row_is_found(make_export_app, run_cli, tmp_path):
     app = two_delivered_days(make_export_app, {})
     with app.db.begin() as conn:

@@ -63,7 +63,7 @@ def verify_exports(app: App) -> dict[str, Any]:
             .order_by(export_batches.c.id)
         ).all()
         chain_end = int(conn.execute(select(func.max(export_logs.c.id))).scalar() or 0)
-        known = set(conn.execute(select(export_batches.c.batch_key)).scalars())
+        known = dict(conn.execute(select(export_batches.c.batch_key, export_batches.c.state)).tuples().all())
     for batch in batches:
         logged = delivered.pop(batch.batch_key, None)
         if logged is None:
@@ -160,9 +160,10 @@ class _Report:
             except Exception as exc:  # unreachable: nothing can be concluded about this file
                 self.unreachable.append(f"{key} {f['name']}: {type(exc).__name__}: {exc}")
 
-    def scan(self, urls: set[str], known: set[str]) -> None:
+    def scan(self, urls: set[str], known: dict[str, str]) -> None:
         """Manifests at the destinations that the database did not lead to: their chain heads
-        are checked too, and one of a batch export_batches does not hold is reported."""
+        are checked too, and one of a batch export_batches does not hold, or holds as abandoned
+        (its entries back in the queue: compensation deletes its files), is reported."""
         scanned: set[str] = set()
         for url in sorted(urls):
             try:
@@ -187,6 +188,12 @@ class _Report:
                     self.files.append(
                         f"the manifest {stored.name} at {url} belongs to {key}, which export_batches "
                         "does not hold (rows deleted?)"
+                    )
+                elif key is not None and known[key] == "abandoned":
+                    self.files.append(
+                        f"the manifest {stored.name} at {url} belongs to {key}, which export_batches "
+                        "holds as abandoned: a delivered file of a batch whose entries went back to "
+                        "the queue (delivered twice? rows rewritten?)"
                     )
 
     def check_manifest(
