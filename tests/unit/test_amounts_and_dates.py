@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from ledgerflow.errors import BadInput
 from ledgerflow.ledger.dates import parse_day
 from ledgerflow.ledger.entries import check_built_entry
-from ledgerflow.ledger.importers import parse_csv, parse_json
+from ledgerflow.ledger.importers import parse_csv, parse_json, parse_json_lines
 from ledgerflow.ledger.money import MINOR_UNITS, format_amount, largest_amount, parse_amount
 
 LIMIT = 10**15
@@ -264,3 +264,20 @@ def test_references_and_account_names_are_one_line_of_printable_text(field, bad)
 def test_descriptions_and_memos_keep_their_line_breaks_for_the_writer_to_flatten(bad):
     (located,) = parse_json(json.dumps([one_entry(description=bad, memo=bad)]), "e.json")
     assert located.entry.description == bad and located.entry.lines[0].memo == bad
+
+
+def test_json_lines_are_split_at_line_feeds_only():
+    """JSON allows U+2028, U+2029 and NEL raw inside a string, and JSON Lines separates records
+    by '\\n' (optionally '\\r\\n'): such a memo is one record, and lines are counted by '\\n'."""
+    memo = "a\u2028b\u2029c\x85d\x0ce"
+    records = [json.dumps(one_entry(reference=ref, memo=memo), ensure_ascii=False) for ref in ("L-1", "L-2")]
+    text = records[0] + "\r\n\n" + records[1] + "\n" + "{not json\n"
+    with pytest.raises(BadInput) as refused:
+        parse_json_lines(text, "e.jsonl")
+    assert (
+        str(refused.value)
+        == "e.jsonl:4: invalid JSON at line 1 column 2: Expecting property name enclosed in double quotes"
+    )
+    (first, second) = parse_json_lines(text[: text.rindex("{not")], "e.jsonl")
+    assert (first.place, second.place) == ("e.jsonl:1", "e.jsonl:3")
+    assert first.entry.lines[0].memo == memo

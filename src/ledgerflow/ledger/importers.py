@@ -107,10 +107,11 @@ def parse_json(text: str, name: str = "<json>", problems: Problems | None = None
 
 
 def parse_json_lines(text: str, name: str = "<jsonl>", problems: Problems | None = None) -> list[Located]:
-    """One entry per line; blank lines are skipped."""
+    """One entry per line; blank lines are skipped. Lines end at '\n' (or '\r\n') only, as
+    JSON Lines says: U+2028, U+2029 or NEL may stand raw inside a JSON string."""
     out = []
     collect = problems if problems is not None else Problems()
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.removesuffix("\n").split("\n"), 1):
         if line.strip():
             place = f"{name}:{number}"
             obj = collect.attempt(_loads, line, place)
