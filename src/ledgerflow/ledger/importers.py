@@ -176,8 +176,8 @@ def parse_csv(text: str, name: str = "<csv>", problems: Problems | None = None) 
 
 
 def _line_breaks_inside(row: dict[str | None, Any]) -> int:
-    """How many line breaks the row's quoted cells hold (`csv` counts lines as `str.splitlines`
-    with newline='' does: CRLF, CR or LF)."""
+    """How many line breaks the row's quoted cells hold (`csv` counts the lines its
+    `io.StringIO(newline="")` yields: each ends at CRLF, CR or LF)."""
     cells = [v for value in row.values() for v in (value if isinstance(value, list) else [value])]
     return sum(len(_LINE_BREAK.findall(cell)) for cell in cells if cell)
 
