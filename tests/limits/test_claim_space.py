@@ -52,7 +52,7 @@ def test_limited_claim_respects_every_limit_and_takes_all_it_may(make_app, s):
         ids = [r.id for r in conn.execute(select(jobs.c.id).order_by(jobs.c.id).limit(s["already_running"]))]
         conn.execute(update(jobs).where(jobs.c.id.in_(ids)).values(state=JobState.RUNNING))
     with app.db.begin() as conn:
-        claimed = sql.claim_limited(conn, worker_id="w", limit=s["want"], local_caps=caps, **worker)
+        claimed, _ = sql.claim_limited(conn, worker_id="w", limit=s["want"], local_caps=caps, **worker)
     with app.db.read() as conn:
         rows = conn.execute(select(jobs.c.id, jobs.c.queue, jobs.c.task, jobs.c.state)).all()
     running = [r for r in rows if r.state == JobState.RUNNING]

@@ -154,16 +154,18 @@ def test_task_and_queue_limits_together(db_url, make_app):
     with app.db.begin() as conn:
         ordinary = sql.claim(conn, limit=8, worker_id="w", queues=["mail"], tasks=["mail.send"])
         assert ordinary == [], "the ordinary claim took a limited job"
-        first = sql.claim_limited(conn, limit=8, **claim)
+        first, _ = sql.claim_limited(conn, limit=8, **claim)
     assert len(first) == 2, "the task's concurrency limit of 2 was not applied"
     with app.db.begin() as conn:
-        assert sql.claim_limited(conn, limit=8, **claim) == []
+        assert sql.claim_limited(conn, limit=8, **claim) == ([], None)
         conn.execute(update(jobs).where(jobs.c.id == first[0].job.id).values(state="completed"))
-        assert len(sql.claim_limited(conn, limit=8, **claim)) == 1
+        assert len(sql.claim_limited(conn, limit=8, **claim)[0]) == 1
         conn.execute(update(jobs).where(jobs.c.state == "running").values(state="completed"))
-        assert len(sql.claim_limited(conn, limit=8, **claim)) == 2, "the queue's rate of 5 allows 2 more"
+        assert len(sql.claim_limited(conn, limit=8, **claim)[0]) == 2, "the queue's rate of 5 allows 2 more"
         conn.execute(update(jobs).where(jobs.c.state == "running").values(state="completed"))
-        assert sql.claim_limited(conn, limit=8, **claim) == [], "the rate window is full"
+        claimed, opens_in = sql.claim_limited(conn, limit=8, **claim)
+        assert claimed == [], "the rate window is full"
+        assert opens_in is not None and 59 < opens_in <= 60, "the window opens a minute after its first start"
     assert len(ids) == 8
     stored = app.limits.get("queue", "mail")
     assert stored is not None and stored.rate == "5/minute"

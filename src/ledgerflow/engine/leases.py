@@ -41,7 +41,7 @@ from ledgerflow.db.database import Database
 from ledgerflow.db.tables import CLAIMABLE_SQL, job_dependencies, job_executions, jobs, pauses, workers
 from ledgerflow.db.types import UTCDateTime
 from ledgerflow.engine.jobs import Job
-from ledgerflow.engine.limits import NOT_LIMITED, limited_candidates
+from ledgerflow.engine.limits import NOT_LIMITED, forget_starts, limited_candidates
 from ledgerflow.engine.states import (
     BURY,
     CLAIM,
@@ -57,7 +57,7 @@ from ledgerflow.engine.states import (
     JobState,
     Move,
 )
-from ledgerflow.engine.store import allowed, cancel_dependents, in_states
+from ledgerflow.engine.store import allowed, cancel_dependents, in_states, notify_queues
 
 S = JobState
 _parent = aliased(jobs, name="parent")
@@ -98,6 +98,7 @@ class Claim:
 
     job: Job
     token: int
+    limited: bool = False  # claimed under a global limit: its end frees a place
 
     @property
     def key(self) -> tuple[int, int]:
@@ -277,12 +278,15 @@ class LeaseSQL:
         limit: int,
         local_caps: dict[str, int],
         token: int | None = None,
-    ) -> list[Claim]:
+    ) -> tuple[list[Claim], float | None]:
         """Take up to `limit` jobs of queues or tasks under a global limit, as the limits allow
-        (`token` as for `claim`: the cycle's claims are found again after an ambiguous commit)."""
+        (`token` as for `claim`: the cycle's claims are found again after an ambiguous commit).
+
+        Returns the claims and in how many seconds a full rate window opens (None: none is full).
+        """
         if limit <= 0 or not queues or not tasks:
-            return []
-        ids, started = limited_candidates(
+            return [], None
+        pick = limited_candidates(
             self.db,
             conn,
             queues=queues,
@@ -291,20 +295,28 @@ class LeaseSQL:
             local_caps=local_caps,
             not_blocked=and_(jobs.c.scheduled_at <= self.db.now(), DEPENDENCIES_MET, NOT_PAUSED),
         )
-        if not ids:
-            return []
+        if not pick.ids:
+            return [], pick.opens_in
         token = new_token() if token is None else token
         rows = conn.execute(
-            self._claim_ids, {"ids": ids, "worker": worker_id, "token": token, "started": started}
+            self._claim_ids, {"ids": pick.ids, "worker": worker_id, "token": token, "started": pick.started}
         )
-        return self._record_claims(conn, rows, token, worker_id, executions_written=False)
+        claims = self._record_claims(conn, rows, token, worker_id, executions_written=False, limited=True)
+        return claims, pick.opens_in
 
     def _record_claims(
-        self, conn: Connection, rows: Any, token: int, worker_id: str, *, executions_written: bool
+        self,
+        conn: Connection,
+        rows: Any,
+        token: int,
+        worker_id: str,
+        *,
+        executions_written: bool,
+        limited: bool = False,
     ) -> list[Claim]:
         """An execution row per claimed job (unless the claim statement wrote them); the claims
         in claim order."""
-        claimed = [Claim(Job.from_row(r), token) for r in rows]
+        claimed = [Claim(Job.from_row(r), token, limited) for r in rows]
         if claimed and not executions_written:
             conn.execute(
                 self._insert_executions,
@@ -416,6 +428,12 @@ class LeaseSQL:
             )
         if dead:
             cancel_dependents(db, conn, dead)
+        freed = [o for o in outcomes if o.claim.limited and o.key in accepted and o.kind != "left_running"]
+        if freed:  # a place under a global limit is free: give back unstarted starts, wake waiters
+            unstarted = [o.claim.job for o in freed if o.kind == "returned"]
+            if unstarted:
+                forget_starts(conn, [(j.queue, j.task, j.started_at) for j in unstarted])
+            notify_queues(db, conn, [o.claim.job.queue for o in freed])
         return [o for o in outcomes if o.key not in accepted]
 
     def heartbeat(

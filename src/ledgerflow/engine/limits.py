@@ -12,6 +12,11 @@ are claimed by `claim_limited`, which in one transaction
 So across all processes no more than `concurrency` jobs of a queue (or task) are running,
 and no more than `rate_limit` are started in any `rate_period` seconds. A job over a limit
 stays available: it spends no attempt and runs when the limit allows.
+
+A claim handed back before its task started (`forget_starts`) gives its place in the rate
+window back. Waiting workers are woken rather than left to poll: the end of a limited
+attempt notifies its queue, and a claim reports when the next rate window opens
+(`LimitedPick.opens_in`), so a worker sleeps exactly until then.
 """
 
 from __future__ import annotations
@@ -240,11 +245,14 @@ class LimitStore:
                     )
                 )
 
-    def applies_to(self, queues: Iterable[str], tasks: Iterable[str]) -> bool:
-        """Whether any limit names one of these queues or tasks (a worker asks, off the claim path)."""
+    def applies_to(self, queues: Iterable[str], tasks: Iterable[str]) -> list[Key]:
+        """The limits (kind, name) naming one of these queues or tasks (a worker asks, off the
+        claim path); empty when none does."""
         with self.db.read() as conn:
-            found = conn.execute(select(1).where(_relevant(list(queues), list(tasks))).limit(1)).first()
-            return found is not None
+            rows = conn.execute(
+                select(job_limits.c.kind, job_limits.c.name).where(_relevant(list(queues), list(tasks)))
+            )
+            return sorted((r.kind, r.name) for r in rows)
 
 
 def _check_kind(kind: str) -> None:
@@ -275,6 +283,20 @@ def _relevant(queues: Sequence[str], tasks: Sequence[str]) -> Any:
 Key = tuple[str, str]  # (kind, name)
 
 
+@dataclass(frozen=True)
+class LimitedPick:
+    """What a limited claim may take now: job ids, their start (database clock), and in how
+    many seconds the first exhausted rate window has room again (None: no window is full)."""
+
+    ids: list[int]
+    started: datetime
+    opens_in: float | None
+
+
+#: A rate window's start and a job's stored start match within this (the stored clock's rounding).
+_SAME_START = 1e-3
+
+
 def limited_candidates(
     db: Database,
     conn: Connection,
@@ -284,12 +306,13 @@ def limited_candidates(
     want: int,
     local_caps: Mapping[str, int],
     not_blocked: Any,
-) -> tuple[list[int], datetime]:
+) -> LimitedPick:
     """Lock the limits of these queues and tasks and pick the ids of the jobs they allow now.
 
     `local_caps` are this worker's own per-queue limits (`--queues mail=2`), left to fill;
     `not_blocked` is the claim's other conditions (due, dependencies met, not paused).
-    Returns the ids and the database time of their start, as recorded in the rate windows.
+    Returns the ids, the database time of their start (as recorded in the rate windows) and
+    when the next full rate window opens.
     """
     if db.is_sqlite:
         now_epoch: Any = literal(time.time())
@@ -304,7 +327,7 @@ def limited_candidates(
     now = float(rows[0].now_epoch) if rows else time.time()
     started = datetime.fromtimestamp(now, UTC)
     if not rows:
-        return [], started
+        return LimitedPick([], started, None)
     limited = {(r.kind, r.name): r for r in rows}
     budget: dict[Key, float] = {}
     windows: dict[Key, list[float]] = {}
@@ -374,7 +397,54 @@ def limited_candidates(
                 .where(job_limits.c.kind == key[0], job_limits.c.name == key[1])
                 .values(recent_starts=window)
             )
-    return picked, started
+    return LimitedPick(picked, started, _opens_in(limited, windows, now))
+
+
+def _opens_in(limited: Mapping[Key, Any], windows: Mapping[Key, list[float]], now: float) -> float | None:
+    """Seconds until the first full rate window has room for one more start (None: none is full)."""
+    waits = []
+    for key, window in windows.items():
+        r = limited[key]
+        if len(window) >= r.rate_limit:  # the oldest start that must leave before one more fits
+            waits.append(sorted(window)[len(window) - r.rate_limit] + r.rate_period - now)
+    return max(0.0, min(waits)) if waits else None
+
+
+def forget_starts(conn: Connection, given_back: Sequence[tuple[str, str, datetime | None]]) -> None:
+    """Take out of the rate windows the starts of claims handed back before their task ran.
+
+    `given_back` holds each job's (queue, task, started_at as claimed). A rescued, released or
+    snoozed attempt did start its task: it keeps its place in the window.
+    """
+    drop: dict[Key, list[float]] = {}
+    for queue, task, started in given_back:
+        if started is None:
+            continue
+        for key in (("queue", queue), ("task", task)):
+            drop.setdefault(key, []).append(started.timestamp())
+    if not drop:
+        return
+    rows = conn.execute(
+        select(job_limits)
+        .where(
+            or_(*(and_(job_limits.c.kind == k, job_limits.c.name == n) for k, n in sorted(drop))),
+            job_limits.c.rate_limit.is_not(None),
+        )
+        .order_by(job_limits.c.kind, job_limits.c.name)
+        .with_for_update()
+    ).all()
+    for r in rows:
+        window = list(r.recent_starts)
+        for start in drop[(r.kind, r.name)]:
+            match = min(window, key=lambda t: abs(t - start), default=None)
+            if match is not None and abs(match - start) <= _SAME_START:
+                window.remove(match)
+        if len(window) != len(r.recent_starts):
+            conn.execute(
+                update(job_limits)
+                .where(job_limits.c.kind == r.kind, job_limits.c.name == r.name)
+                .values(recent_starts=window)
+            )
 
 
 def running_by_limit(db: Database) -> dict[Key, int]:

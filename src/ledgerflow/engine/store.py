@@ -553,10 +553,16 @@ class JobStore:
     # ---------------------------------------------------------------- notify
     def notify(self, conn: Connection, queues: Iterable[str]) -> None:
         """Wake PostgreSQL workers listening for these queues (no-op on SQLite)."""
-        if self.db.is_sqlite:
-            return
-        for queue in sorted(set(queues)):
-            conn.execute(select(func.pg_notify("ledgerflow_jobs", queue)))
+        notify_queues(self.db, conn, queues)
+
+
+def notify_queues(db: Database, conn: Connection, queues: Iterable[str]) -> None:
+    """Wake PostgreSQL workers listening for these queues when the transaction commits (on
+    SQLite every commit already wakes them: their waker watches `data_version`)."""
+    if db.is_sqlite:
+        return
+    for queue in sorted(set(queues)):
+        conn.execute(select(func.pg_notify("ledgerflow_jobs", queue)))
 
 
 def cancel_dependents(db: Database, conn: Connection, parent_ids: Sequence[int]) -> int:

@@ -158,7 +158,11 @@ class Worker:
         self._gates: list[Callable[[], bool]] = [g.is_open for g in gates]
         self._limit_store = LimitStore(app.db)
         self._limited = False  # whether a global limit names one of our queues or tasks
-        self._limited_retry_at = 0.0
+        #: The queues whose notifications may mean a place under a limit is free (all of ours
+        #: when a task limit applies: its jobs may be in any of them).
+        self._limited_queues: set[str] = set()
+        self._limited_retry_at = 0.0  # no limited claim before this (monotonic), unless notified
+        self._limited_wake_at: float | None = None  # when the next full rate window opens
         self.hooks: list[Callable[[], None]] = [  # periodic maintenance
             self._refresh_limits,
             AutoStop(app).maybe_check,
@@ -180,7 +184,7 @@ class Worker:
         try:
             for t in threads:
                 t.start()
-            waker.start(lambda _payload: self.wake())
+            waker.start(self._notified)
             self.app._local_wakers.add(self.wake)
             exit_reason = asyncio.run(self._main())
         finally:
@@ -199,6 +203,13 @@ class Worker:
         """Stop claiming, let running jobs finish within the grace period, then exit."""
         self._stopping = True
         self._force = self._force or force
+        self.wake()
+
+    def _notified(self, payload: str | None) -> None:
+        """The waker's callback: new work, or (naming a limited queue) a place freed under a
+        limit; SQLite's waker names no queue."""
+        if payload is None or payload in self._limited_queues:
+            self._limited_retry_at = 0.0
         self.wake()
 
     def wake(self) -> None:
@@ -337,6 +348,8 @@ class Worker:
                     due = await self._read(db_thread, self._seconds_until_due, None)
                     if due is not None:
                         timeout = max(0.001, min(timeout, due))
+                    if self._limited_wake_at is not None:  # a rate window opens
+                        timeout = max(0.001, min(timeout, self._limited_wake_at - time.monotonic()))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 self._wake.clear()
@@ -424,6 +437,8 @@ class Worker:
                     held = self._sql.still_held(conn, doubtful)
                     written = [o for o in outcomes if o.key not in self._unsettled_keys or o.key in held]
                 refused = self._sql.apply_outcomes(conn, written) if written else []
+                if any(o.claim.limited for o in written):  # a place is free: claim it now
+                    self._limited_retry_at = 0.0
                 for queue, n in slots.items():
                     names = self._shared_queues() if queue == "*" else [queue]
                     claims += self._sql.claim(
@@ -538,7 +553,8 @@ class Worker:
             return []
         per_queue = Counter(c.job.queue for c in taken)
         local_caps = {q: slots.get(q, 0) - per_queue[q] for q, n in self.opts.queues.items() if n is not None}
-        claimed = self._sql.claim_limited(
+        self._limited_wake_at = None
+        claimed, opens_in = self._sql.claim_limited(
             conn,
             worker_id=self.id,
             queues=list(self.opts.queues),
@@ -547,12 +563,17 @@ class Worker:
             local_caps=local_caps,
             token=token,
         )
-        if not claimed:  # each try locks the limit rows: the cycles of other queues do not pay it each time
-            self._limited_retry_at = time.monotonic() + self.LIMITED_RETRY
+        # Each try locks the limit rows: until a notification says a place is free (or the
+        # next rate window opens, or a poll interval passes) the cycles of other queues skip it.
+        if opens_in is not None:
+            self._limited_wake_at = time.monotonic() + opens_in + self.WINDOW_MARGIN
+            self._limited_retry_at = self._limited_wake_at
+        elif not claimed:
+            self._limited_retry_at = time.monotonic() + self.opts.poll_interval
         return claimed
 
-    #: After a limited claim that found nothing, wait this long before the next try.
-    LIMITED_RETRY = 0.25
+    #: Wake this long after a rate window's opening, so the database clock has passed it too.
+    WINDOW_MARGIN = 0.002
 
     def _sync_limits(self) -> None:
         """Store the limits our tasks declare, then learn whether any limit concerns us."""
@@ -562,7 +583,12 @@ class Worker:
         self._refresh_limits()
 
     def _refresh_limits(self) -> None:
-        self._limited = self._limit_store.applies_to(self.opts.queues, self._tasks)
+        keys = self._limit_store.applies_to(self.opts.queues, self._tasks)
+        self._limited = bool(keys)
+        if any(kind == "task" for kind, _ in keys):
+            self._limited_queues = set(self.opts.queues)
+        else:
+            self._limited_queues = {name for _, name in keys}
 
     def _start_buffered(self) -> None:
         """Start buffered claims while slots are free; a claim whose lease may have run out
