@@ -46,7 +46,8 @@ def test_a_freed_slot_is_taken_at_once_by_a_waiting_worker(db_url, make_app, wor
     assert len(latencies) == 20 and min(latencies) >= 0, "runs overlapped beyond the limit of 1"
     median = statistics.median(latencies)
     worst = max(latencies) * 1000
-    print(f"{db_url.split(':')[0]}: slot free -> next start: median {median * 1000:.1f} ms, max {worst:.1f} ms")
+    backend = db_url.split(":")[0]
+    print(f"{backend}: slot free -> next start: median {median * 1000:.1f} ms, max {worst:.1f} ms")
     # polling (every 1 s, 0.25 s after an empty try) gave a median of 0.15-0.45 s here
     assert median < 0.15, f"the next limited job started {median:.3f} s after the slot freed (median)"
     for p in procs:
