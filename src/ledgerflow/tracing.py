@@ -77,6 +77,29 @@ def carrier() -> dict[str, str] | None:
     return out or None
 
 
+@contextlib.contextmanager
+def attached(carrier: Mapping[str, str] | None) -> Iterator[None]:
+    """Make the trace context in `carrier` (e.g. an attempt's, passed to its child process) current."""
+    if trace is None or not carrier:
+        yield
+        return
+    token = otel_context.attach(propagate.extract(dict(carrier)))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+def flush(timeout_millis: int = 5000) -> None:
+    """Export the spans this process still buffers (a child process is killed once it answers)."""
+    if trace is None:
+        return
+    for provider in {id(p): p for p in (_provider, trace.get_tracer_provider()) if p is not None}.values():
+        force_flush = getattr(provider, "force_flush", None)
+        if force_flush is not None:
+            force_flush(timeout_millis)
+
+
 def set_job_id(span: Any, job_id: int) -> None:
     if span is not None and span.is_recording():
         span.set_attribute("messaging.message.id", str(job_id))
@@ -107,6 +130,14 @@ class Attempt:
             },
         )
         self.context = trace.set_span_in_context(self.span)
+
+    def carrier(self) -> dict[str, str] | None:
+        """The attempt span's W3C trace context, to hand to a child process."""
+        if self.context is None:
+            return None
+        out: dict[str, str] = {}
+        propagate.inject(out, context=self.context)
+        return out or None
 
     @contextlib.contextmanager
     def current(self) -> Iterator[None]:

@@ -108,3 +108,17 @@ def isolated_effect(folder: str, seconds: float) -> None:
     Path(folder, "started").write_text(str(os.getpid()))
     time.sleep(seconds)
     Path(folder, "effect").write_text("done")
+
+
+@app.task(name="isolated_progress", isolation="process", timeout=120)
+def isolated_progress(steps: int, release: str) -> str:
+    """`report_progress` in a child process: reports through the worker, then waits for `release`."""
+    job = current_job()
+    assert job is not None and job.task == "isolated_progress"
+    for step in range(1, steps + 1):
+        job.progress(100 * step // (steps + 1), f"page {step} of {steps + 1}")
+    job.set_metadata({"pages": steps + 1, "pid": os.getpid()})
+    while not os.path.exists(release):
+        time.sleep(0.05)
+    job.progress(100, "done")
+    return "finished"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -49,6 +50,29 @@ def test_a_worker_process_shows_progress_while_the_job_runs(
     final = latest(app, job.id)
     assert final["progress"] == 100 and final["message"] == "done", "the outcome carries the final report"
     assert final["metadata"] == {"pages": 5, "file": "statement-2026-11.pdf"}
+    worker.stop()
+
+
+def test_a_task_in_a_child_process_reports_progress_through_its_worker(make_app, workers, tmp_path):
+    """`isolation="process"`: the child's reports reach the worker, which writes them (fenced,
+    at most once a second) while the child runs, and the outcome carries the final values."""
+    app = make_app()
+    release = tmp_path / "release"
+    job = app.enqueue(JobSpec("isolated_progress", kwargs={"steps": 3, "release": str(release)}))
+    worker = workers()
+    shown = wait_until(
+        lambda: (latest(app, job.id) or {}).get("metadata"), 120, message=f"progress of job {job.id}"
+    )
+    assert shown["pages"] == 4 and shown["pid"] not in (worker.pid, os.getpid()), "reported by the child"
+    running = latest(app, job.id)
+    assert running["progress"] == 75 and running["message"] == "page 3 of 4"
+    assert app.store.get(job.id).state == "running"
+    release.touch()
+    wait_until(lambda: app.store.get(job.id).state == "completed", 120, message="job completed")
+    final = latest(app, job.id)
+    assert final["progress"] == 100 and final["message"] == "done", "the outcome carries the final report"
+    assert final["metadata"] == shown
+    assert app.store.get(job.id).result == "finished"
     worker.stop()
 
 

@@ -20,7 +20,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from ledgerflow import current_job, tracing
 from ledgerflow.engine.jobs import JobSpec
 from tests.api.conftest import serve_app
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until
 
 __all__ = ["serve_app"]
 
@@ -112,6 +112,36 @@ def test_a_batch_enqueued_in_one_span_carries_its_context(make_app, exporter):
     assert batch.attributes["messaging.batch.message_count"] == 3
     contexts = {tuple(app.store.get(i).trace_context["traceparent"].split("-")[1:3]) for i in ids}
     assert contexts == {(f"{batch.context.trace_id:032x}", f"{batch.context.span_id:016x}")}
+
+
+def test_spans_a_task_opens_in_its_child_process_join_the_attempts_trace(
+    make_app, exporter, workers, tmp_path
+):
+    """A real worker process runs an `isolation="process"` task: the spans the child opens are
+    children of the attempt's span, in the trace of the script that enqueued the job, and the
+    child's progress reports reach the database through the worker."""
+    app = make_app()
+    spans_file = tmp_path / "spans.jsonl"
+    with tracing._tracer().start_as_current_span("nightly script") as script:
+        job = app.enqueue(JobSpec("traced.isolated", kwargs={"pages": 3}))
+    worker = workers(app="tests.apps.traced:app", env={"TRACED_SPANS": str(spans_file)})
+    wait_until(lambda: app.store.get(job.id).state == "completed", 120, message="job completed")
+    worker.stop()
+    spans = [json.loads(line) for line in spans_file.read_text().splitlines()]
+    (run,) = [s for s in spans if s["name"] == "ledgerflow.run traced.isolated"]
+    pages = sorted((s for s in spans if s["name"].startswith("read page")), key=lambda s: s["name"])
+    trace_id = f"{script.get_span_context().trace_id:032x}"
+    (enqueue,) = by_name(exporter.get_finished_spans(), "ledgerflow.enqueue traced.isolated")
+    assert run["trace_id"] == trace_id and run["parent_id"] == f"{enqueue.context.span_id:016x}"
+    assert run["pid"] == worker.pid and run["attributes"]["ledgerflow.outcome"] == "completed"
+    assert [s["name"] for s in pages] == ["read page 1", "read page 2", "read page 3"]
+    for page in pages:
+        assert page["trace_id"] == trace_id, "the child's span left the attempt's trace"
+        assert page["parent_id"] == run["span_id"], "the child's span is not a child of the attempt"
+        assert page["pid"] != worker.pid, "the span was not opened in the child process"
+    assert app.store.get(job.id).result == run["span_id"], "in the child the attempt's span is current"
+    final = app.store.executions(job.id)[-1]["execution_metadata"]
+    assert final["progress"] == 100 and final["message"] == "page 3 of 3"
 
 
 def test_without_a_configured_sdk_no_context_is_stored(make_app):

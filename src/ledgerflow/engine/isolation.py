@@ -3,6 +3,12 @@
 The child dies with its worker: on Linux it asks the kernel for SIGKILL when its parent
 dies (`PR_SET_PDEATHSIG`), so a SIGKILLed worker leaves no child finishing a side effect
 while its job is rescued and run elsewhere.
+
+Inside the child `current_job()` works as in the worker: progress and metadata travel up the
+result pipe (`("progress", values)` messages before the result) and the worker writes them,
+fenced and throttled like its own. The attempt's trace context is passed down, so the spans
+the task opens in the child belong to the attempt's trace; the child flushes its tracer
+provider before it answers (it is killed right after).
 """
 
 from __future__ import annotations
@@ -13,10 +19,16 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
+import time
 import traceback
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import Any
 
+from ledgerflow import tracing
+from ledgerflow.engine.jobs import JobContext, set_current_job
+from ledgerflow.engine.progress import ProgressReport
 from ledgerflow.errors import JobTimeout
 
 _context = multiprocessing.get_context("spawn")
@@ -54,19 +66,38 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 def _child(
-    module: str, qualname: str, args: list[Any], kwargs: dict[str, Any], out: Connection, parent_pid: int
+    module: str,
+    qualname: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    out: Connection,
+    parent_pid: int,
+    job: JobContext | None = None,
+    trace_carrier: dict[str, str] | None = None,
 ) -> None:
     die_with_parent(parent_pid)
-    try:
-        func = _resolve(module, qualname)
-        result = func(*args, **kwargs)
-        if hasattr(result, "__await__"):
-            import asyncio
+    lock = threading.Lock()
 
-            result = asyncio.run(result)  # type: ignore[arg-type]
-        out.send(("ok", result))
+    def send(message: tuple[Any, ...]) -> None:
+        with lock:  # the task's own threads may report progress
+            out.send(message)
+
+    try:
+        if job is not None:
+            report = ProgressReport(job.job_id, job.attempt, 0, listener=lambda v: send(("progress", v)))
+            set_current_job(replace(job, report=report))
+        func = _resolve(module, qualname)
+        with tracing.attached(trace_carrier):
+            result = func(*args, **kwargs)
+            if hasattr(result, "__await__"):
+                import asyncio
+
+                result = asyncio.run(result)  # type: ignore[arg-type]
+        tracing.flush()
+        send(("ok", result))
     except BaseException as exc:
-        out.send(("error", type(exc).__name__, str(exc), traceback.format_exc()))
+        tracing.flush()
+        send(("error", type(exc).__name__, str(exc), traceback.format_exc()))
     finally:
         out.close()
 
@@ -74,20 +105,40 @@ def _child(
 class ChildProcess:
     """One isolated attempt; `run` blocks until it ends, `kill` ends it early."""
 
-    def __init__(self, module: str, qualname: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        module: str,
+        qualname: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        job: JobContext | None = None,
+        trace_carrier: dict[str, str] | None = None,
+    ) -> None:
+        """`job` (its report stays here) makes `current_job()` work in the child; its reports
+        reach `job.report`. `trace_carrier` is the attempt's W3C trace context."""
         self._recv, send = _context.Pipe(duplex=False)
+        self._report = job.report if job is not None else None
+        shipped = replace(job, report=None) if job is not None else None
         self.process = _context.Process(
-            target=_child, args=(module, qualname, args, kwargs, send, os.getpid()), daemon=True
+            target=_child,
+            args=(module, qualname, args, kwargs, send, os.getpid(), shipped, trace_carrier),
+            daemon=True,
         )
         self._send = send
 
     def run(self, timeout: float) -> Any:
         self.process.start()
         self._send.close()
+        deadline = time.monotonic() + timeout
         try:
-            if not self._recv.poll(timeout):
-                raise JobTimeout(f"task ran past its timeout of {timeout:g}s; child process killed")
-            message = self._recv.recv()
+            while True:
+                if not self._recv.poll(max(0.0, deadline - time.monotonic())):
+                    raise JobTimeout(f"task ran past its timeout of {timeout:g}s; child process killed")
+                message = self._recv.recv()
+                if message[0] != "progress":
+                    break
+                if self._report is not None:
+                    self._report.replace(message[1])
         except EOFError:
             self.process.join(1)
             raise ChildTaskError(

@@ -6,6 +6,10 @@ worker's progress thread writes the latest of each running job to its execution 
 (`job_executions.execution_metadata`) at most once per `PROGRESS_SECONDS`, and the attempt's
 outcome carries the final values. Every write names the job's lease token and needs the
 execution still running, so a runner whose lease was lost (fenced) cannot write.
+
+A task with `isolation="process"` reports in its child process: the child's report checks
+the values the same way and sends each change to the worker (`listener`), whose own report
+takes them (`replace`) and is written like any other.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,10 +39,17 @@ METADATA_LIMITS = PayloadLimits(max_depth=8, max_bytes=16 * 1024)
 class ProgressReport:
     """The latest progress of one attempt: what the task said, and whether it is written yet."""
 
-    def __init__(self, job_id: int, attempt: int, token: int) -> None:
+    def __init__(
+        self,
+        job_id: int,
+        attempt: int,
+        token: int,
+        listener: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.job_id = job_id
         self.attempt = attempt
         self.token = token
+        self._listener = listener  # told every change, in order (a child process's pipe)
         self._lock = threading.Lock()
         self._values: dict[str, Any] = {}
         self._dirty = False
@@ -72,6 +83,16 @@ class ProgressReport:
             if self.closed:
                 return
             self._values.update(values, updated_at=datetime.now(UTC).isoformat(timespec="seconds"))
+            self._dirty = True
+            if self._listener is not None:
+                self._listener(dict(self._values))
+
+    def replace(self, values: Mapping[str, Any]) -> None:
+        """Take the values a child process reported (already checked there) as the latest."""
+        with self._lock:
+            if self.closed:
+                return
+            self._values = dict(values)
             self._dirty = True
 
     def snapshot(self) -> dict[str, Any] | None:

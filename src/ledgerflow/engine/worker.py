@@ -672,7 +672,7 @@ class Worker:
         caught: BaseException | None = None
         try:
             if task.isolation == "process":
-                result = await self._run_process(task, running)
+                result = await self._run_process(task, ctx, running, attempt)
             elif task.is_async:
                 with attempt.current():
                     result = await asyncio.wait_for(self._run_async(task, ctx, running), job.timeout)
@@ -730,9 +730,11 @@ class Worker:
             self._abandon(item)
             raise
 
-    async def _run_process(self, task: Task, running: _Running) -> Any:
+    async def _run_process(self, task: Task, ctx: JobContext, running: _Running, attempt: Attempt) -> Any:
         job = running.claim.job
-        child = ChildProcess(task.func.__module__, task.func.__qualname__, job.args, job.kwargs)
+        child = ChildProcess(
+            task.func.__module__, task.func.__qualname__, job.args, job.kwargs, ctx, attempt.carrier()
+        )
         running.child = child
         future, item = self._pool.submit(child.run, job.timeout)
         running.item = item
