@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from ledgerflow.db.tables import job_schedules, jobs
 
@@ -48,6 +49,47 @@ def test_bulk_actions_count_first_then_move_through_the_state_machine(service):
     assert service.post(f"/api/jobs/{second['id']}/cancel").status_code == 200
     assert service.client.delete(f"/api/jobs/{second['id']}").json() == {"deleted": second["id"]}
     assert [j["id"] for j in service.get("/api/jobs").json()["jobs"]] == [elsewhere["id"]]
+
+
+def test_jobs_listed_by_when_they_were_enqueued_and_finished(service):
+    """A date is that day's start in the app's zone; a date-time needs its offset."""
+    zone = ZoneInfo(service.app.settings.timezone)
+    day = datetime(2026, 11, 20, tzinfo=zone)
+    early, late, live = _enqueue(service), _enqueue(service), _enqueue(service)
+    with service.app.db.begin() as conn:
+        for job, created, finished in (
+            (early, day - timedelta(days=3), day + timedelta(hours=1)),
+            (late, day - timedelta(days=1), day + timedelta(days=1, hours=1)),
+        ):
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job["id"])
+                .values(state="completed", created_at=created, finished_at=finished)
+            )
+
+    def listed(**query: str) -> set[int]:
+        r = service.get("/api/jobs", params=query)
+        assert r.status_code == 200, r.text
+        return {j["id"] for j in r.json()["jobs"]}
+
+    assert listed(finished_after="2026-11-20", finished_before="2026-11-21") == {early["id"]}
+    instant = (day + timedelta(days=1)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert listed(finished_after=instant) == {late["id"]}
+    assert listed(enqueued_before="2026-11-19") == {early["id"]}
+    assert listed(enqueued_after="2026-11-19", finished_after="2026-11-01") == {late["id"]}
+    assert live["id"] in listed(enqueued_after="2026-11-25")
+    for value, words in (
+        ("2026-11-20T09:00", "'2026-11-20T09:00' has no UTC offset"),
+        ("yesterday", "finished_after 'yesterday' is not a time"),
+        ("2026-13-01", "is not a calendar date"),
+    ):
+        r = service.get("/api/jobs", params={"finished_after": value})
+        assert r.status_code == 400 and words in r.text, r.text
+    r = service.post(
+        "/api/jobs/bulk",
+        json={"action": "delete", "filter": {"finished_before": "2026-11-21"}, "dry_run": True},
+    )
+    assert r.status_code == 200 and r.json()["count"] == 1
 
 
 @pytest.mark.parametrize(

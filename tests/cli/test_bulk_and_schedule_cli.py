@@ -96,8 +96,10 @@ def test_search_and_time_filters_in_jobs_list(cli):
         (("jobs", "delete", "--older-than", "soon", "--yes"), "--older-than 'soon' is not a duration"),
         (
             ("jobs", "list", "--enqueued-after", "yesterday"),
-            "--enqueued-after 'yesterday' is not an ISO 8601",
+            "--enqueued-after 'yesterday' is not a time: give a date",
         ),
+        (("jobs", "list", "--finished-before", "2026-11-30T09:00"), "'2026-11-30T09:00' has no UTC offset"),
+        (("jobs", "list", "--finished-after", "2026-02-30"), "'2026-02-30' is not a calendar date"),
         (("jobs", "retry", "1", "--queue", "x"), "give a job id or filter options, not both"),
         (("jobs", "cancel", "--older-than", "1d", "--enqueued-before", "2026-01-01"), "not both"),
         (("jobs", "enqueue", CLEANUP, "--delay", "5", "--scheduled-at", "2030-01-01"), "not both"),

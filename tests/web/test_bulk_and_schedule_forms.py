@@ -4,6 +4,7 @@ preview of the next fires, in a real browser against `ledgerflow serve` (SQLite)
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 
 import httpx
 
@@ -50,9 +51,48 @@ def test_search_then_bulk_retry_and_delete_with_a_count_and_a_confirmation(dashb
     assert page.locator("#bulk-confirm").get_by_role("button", name="Yes, cancel 0 job(s)").is_disabled()
     page.goto(f"{dashboard}/jobs?search=ab")  # what the browser's own check would stop
     assert "text to search for must be 3..200 characters" in page.get_by_role("status").inner_text()
-    page.goto(f"{dashboard}/jobs?enqueued_after=2026-01-01T00%3A00&enqueued_before=2020-01-01T00%3A00")
+    page.goto(f"{dashboard}/jobs?enqueued_after=2026-01-01&enqueued_before=2020-01-01T00%3A00Z")
     assert "is not before enqueued_before" in page.get_by_role("status").inner_text()
     page.screenshot(path=str(SHOTS / "jobs-search.png"), full_page=True)
+    assert refused == []
+
+
+def test_jobs_filtered_by_when_they_were_enqueued_and_finished(dashboard, browser):
+    """Dates (that day's start in the app's zone) or date-times with an offset; no guessing."""
+    page, refused = _sign_in(browser, dashboard)
+    page.goto(f"{dashboard}/jobs")
+    today = datetime.now(UTC).date()
+    filters = page.locator("#job-filters")
+    filters.locator("input[name=finished_after]").fill((today - timedelta(days=1)).isoformat())
+    filters.locator("input[name=finished_before]").fill((today + timedelta(days=2)).isoformat())
+    filters.locator("button[type=submit]").click()
+    listed = page.locator("table").inner_text()
+    assert "web.flaky" in listed and "available" not in listed, "only finished jobs are listed"
+    assert "finished_after=" in page.url and "finished_before=" in page.url
+    page.screenshot(path=str(SHOTS / "jobs-finished-between.png"), full_page=True)
+
+    later = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    filters.locator("input[name=finished_after]").fill(later)
+    filters.locator("button[type=submit]").click()
+    assert page.locator("#match-count").inner_text() == "0 job(s) match."
+    assert filters.locator("input[name=finished_after]").input_value() == later, "the filter is kept"
+
+    filters.locator("input[name=finished_after]").fill("")
+    filters.locator("input[name=finished_before]").fill("")
+    filters.locator("input[name=enqueued_after]").fill((today + timedelta(days=2)).isoformat())
+    filters.locator("button[type=submit]").click()
+    assert page.locator("#match-count").inner_text() == "0 job(s) match."
+
+    filters.locator("input[name=enqueued_after]").fill("")
+    filters.locator("input[name=finished_after]").fill("2026-11-30T09:00")
+    filters.locator("button[type=submit]").click()
+    assert page.get_by_role("status").inner_text() == (
+        "finished from '2026-11-30T09:00' has no UTC offset: add one "
+        "(e.g. 2026-11-30T09:00+07:00 or 2026-11-30T09:00Z), or give a date"
+    )
+    filters.locator("input[name=finished_after]").fill("last week")
+    filters.locator("button[type=submit]").click()
+    assert page.get_by_role("status").inner_text().startswith("finished from 'last week' is not a time")
     assert refused == []
 
 

@@ -3,8 +3,9 @@ entries, exports and alerts. Every route goes through the same services as the C
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Body, Path, Query, Request
 from fastapi.responses import Response
@@ -17,7 +18,7 @@ from ledgerflow.app import App
 from ledgerflow.db.tables import export_batches, job_executions
 from ledgerflow.db.types import MAX_ID
 from ledgerflow.engine.jobs import JobSpec
-from ledgerflow.engine.search import JobFilter, parse_age
+from ledgerflow.engine.search import JobFilter, parse_age, parse_instant
 from ledgerflow.engine.search import enqueued_before as enqueued_before_bound
 from ledgerflow.engine.states import JobState
 from ledgerflow.errors import BadInput, NotFound
@@ -34,6 +35,11 @@ StateName = Literal["scheduled", "available", "running", "retryable", "completed
 
 def _app(request: Request) -> App:
     return request.app.state.app  # type: ignore[no-any-return]
+
+
+def _zone(request: Request) -> ZoneInfo:
+    """The app's time zone: a date alone in a filter means that day's start there."""
+    return ZoneInfo(_app(request).settings.timezone)
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
@@ -62,6 +68,12 @@ class EnqueueRequest(BaseModel):
     depends_on: list[Annotated[int, Field(ge=1, le=MAX_ID)]] = Field([], max_length=1000)
 
 
+TIME_HELP = (
+    "an ISO 8601 date-time with its offset (2026-11-30T09:00+07:00, ...Z) "
+    "or a date (2026-11-30: its start in LEDGERFLOW_TIMEZONE)"
+)
+
+
 class JobFilterIn(BaseModel):
     """Which jobs (every condition given must hold); see `GET /api/jobs` for each field."""
 
@@ -73,16 +85,17 @@ class JobFilterIn(BaseModel):
     search: str | None = Field(None, max_length=200)
     error_contains: str | None = Field(None, max_length=200)
     older_than: str | None = Field(None, max_length=20, description="30m, 12h, 7d, 2w")
-    enqueued_after: datetime | None = None
-    enqueued_before: datetime | None = None
-    finished_after: datetime | None = None
-    finished_before: datetime | None = None
+    enqueued_after: str | None = Field(None, max_length=40, description=TIME_HELP)
+    enqueued_before: str | None = Field(None, max_length=40, description=TIME_HELP)
+    finished_after: str | None = Field(None, max_length=40, description=TIME_HELP)
+    finished_before: str | None = Field(None, max_length=40, description=TIME_HELP)
 
-    def to_filter(self) -> JobFilter:
-        return _job_filter(**self.model_dump())
+    def to_filter(self, zone: tzinfo) -> JobFilter:
+        return _job_filter(zone, **self.model_dump())
 
 
 def _job_filter(
+    zone: tzinfo,
     *,
     states: list[str],
     queue: str | None,
@@ -90,22 +103,26 @@ def _job_filter(
     search: str | None,
     error_contains: str | None,
     older_than: str | None,
-    enqueued_after: datetime | None,
-    enqueued_before: datetime | None,
-    finished_after: datetime | None,
-    finished_before: datetime | None,
+    enqueued_after: str | None,
+    enqueued_before: str | None,
+    finished_after: str | None,
+    finished_before: str | None,
 ) -> JobFilter:
     age = parse_age(older_than) if older_than is not None else None
+
+    def instant(value: str | None, name: str) -> datetime | None:
+        return parse_instant(value, name, zone) if value is not None else None
+
     return JobFilter(
         states=tuple(JobState(s) for s in states),
         queue=queue,
         task=task,
         text=search,
         error=error_contains,
-        enqueued_after=enqueued_after,
-        enqueued_before=enqueued_before_bound(age, enqueued_before),
-        finished_after=finished_after,
-        finished_before=finished_before,
+        enqueued_after=instant(enqueued_after, "enqueued_after"),
+        enqueued_before=enqueued_before_bound(age, instant(enqueued_before, "enqueued_before")),
+        finished_after=instant(finished_after, "finished_after"),
+        finished_before=instant(finished_before, "finished_before"),
     )
 
 
@@ -127,10 +144,10 @@ def list_jobs(
     search: str | None = Query(None, max_length=200, description="text in args or kwargs (3+ chars)"),
     error_contains: str | None = Query(None, max_length=200, description="text in the errors (3+ chars)"),
     older_than: str | None = Query(None, max_length=20, description="enqueued longer ago: 30m, 12h, 7d"),
-    enqueued_after: datetime | None = None,
-    enqueued_before: datetime | None = None,
-    finished_after: datetime | None = None,
-    finished_before: datetime | None = None,
+    enqueued_after: str | None = Query(None, max_length=40, description=TIME_HELP),
+    enqueued_before: str | None = Query(None, max_length=40, description=TIME_HELP),
+    finished_after: str | None = Query(None, max_length=40, description=TIME_HELP),
+    finished_before: str | None = Query(None, max_length=40, description=TIME_HELP),
     limit: int = Query(50, ge=1, le=1000),
     before_id: int | None = Query(None, ge=1, le=MAX_ID),
     offset: int = Query(0, ge=0, le=1_000_000),
@@ -139,12 +156,14 @@ def list_jobs(
 
     Filters, all optional, must all hold: `state` (repeat it for several), `queue`, `task`,
     `search` (case-insensitive text in the JSON of args or kwargs), `error_contains` (in the
-    errors of failed attempts), `older_than`, and times with a UTC offset: `enqueued_after`,
-    `enqueued_before`, `finished_after`, `finished_before` (after: at or after; before: before).
+    errors of failed attempts), `older_than`, and times: `enqueued_after`, `enqueued_before`,
+    `finished_after`, `finished_before` (after: at or after; before: strictly before), each an
+    ISO 8601 date-time with its offset or a date (its start in LEDGERFLOW_TIMEZONE).
 
     `args`, `kwargs` and `result` are the first 200 characters of their JSON text and
     `last_error` the last attempt's error: `GET /api/jobs/{id}` has the whole job."""
     filt = _job_filter(
+        _zone(request),
         states=list(state),
         queue=queue,
         task=task,
@@ -195,7 +214,7 @@ def bulk_action(request: Request, body: BulkRequest) -> dict[str, Any]:
     `matched` (jobs the filter matches) and `count` (moved, or that would be)."""
     store = _app(request).store
     return store.bulk(
-        body.action, body.filter.to_filter(), dry_run=body.dry_run, reason=body.reason
+        body.action, body.filter.to_filter(_zone(request)), dry_run=body.dry_run, reason=body.reason
     ).to_dict()
 
 

@@ -14,7 +14,7 @@ from ledgerflow.cli.context import console, fmt_time, print_json, print_table, s
 from ledgerflow.db.types import MAX_ID
 from ledgerflow.engine.jobs import Job, JobSpec
 from ledgerflow.engine.progress import describe_progress
-from ledgerflow.engine.search import Action, JobFilter, parse_age
+from ledgerflow.engine.search import Action, JobFilter, parse_age, parse_instant
 from ledgerflow.engine.search import enqueued_before as enqueued_before_bound
 from ledgerflow.engine.states import JobState
 from ledgerflow.errors import BadInput, NotFound
@@ -171,10 +171,17 @@ ErrorOpt = Annotated[
 OlderOpt = Annotated[
     str | None, typer.Option("--older-than", help="Enqueued longer ago than this: 30m, 12h, 7d, 2w.")
 ]
-TimeOpt = Annotated[str | None, typer.Option(help="ISO 8601 (without an offset: LEDGERFLOW_TIMEZONE).")]
+TimeOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="ISO 8601 date-time with its offset (2026-11-30T09:00+07:00, ...Z) or a date "
+        "(2026-11-30: its start in LEDGERFLOW_TIMEZONE)."
+    ),
+]
 
 
 def _instant(value: str | None, option: str) -> datetime | None:
+    """`--scheduled-at`: ISO 8601; without an offset, in LEDGERFLOW_TIMEZONE."""
     if value is None:
         return None
     try:
@@ -184,6 +191,13 @@ def _instant(value: str | None, option: str) -> datetime | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=ZoneInfo(state.app().settings.timezone))
     return parsed
+
+
+def _bound(value: str | None, option: str) -> datetime | None:
+    """A filter's time bound: a date or a date-time with its offset (`parse_instant`)."""
+    if value is None:
+        return None
+    return parse_instant(value, option, ZoneInfo(state.app().settings.timezone))
 
 
 def job_filter(
@@ -200,7 +214,7 @@ def job_filter(
 ) -> JobFilter:
     """A JobFilter from the CLI's filter options (each checked, one clear error)."""
     age = parse_age(older_than, "--older-than") if older_than is not None else None
-    before = _instant(enqueued_before, "--enqueued-before")
+    before = _bound(enqueued_before, "--enqueued-before")
     if age is not None and before is not None:
         raise BadInput("give --older-than or --enqueued-before, not both")
     return JobFilter(
@@ -209,10 +223,10 @@ def job_filter(
         task=task,
         text=search,
         error=error,
-        enqueued_after=_instant(enqueued_after, "--enqueued-after"),
+        enqueued_after=_bound(enqueued_after, "--enqueued-after"),
         enqueued_before=enqueued_before_bound(age, before),
-        finished_after=_instant(finished_after, "--finished-after"),
-        finished_before=_instant(finished_before, "--finished-before"),
+        finished_after=_bound(finished_after, "--finished-after"),
+        finished_before=_bound(finished_before, "--finished-before"),
     )
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import ColumnElement, Connection, Text, and_, cast, delete, func, select, true
@@ -255,6 +255,36 @@ def parse_age(value: str, option: str = "older_than") -> timedelta:
     if seconds > 100 * 365 * 86400:
         raise BadInput(f"{option} {value!r} is more than 100 years")
     return timedelta(seconds=seconds)
+
+
+_DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?")
+
+
+def parse_instant(value: str, name: str, zone: tzinfo) -> datetime:
+    """A time bound of a job filter, with no guessing: an ISO 8601 date-time with its UTC offset
+    (`2026-11-30T09:00+07:00`, `2026-11-30T02:00Z`) or a date alone (`2026-11-30`: the start
+    of that day in `zone`, the app's LEDGERFLOW_TIMEZONE). Anything else is one clear error."""
+    text = value.strip()
+    if _DATE_ONLY.fullmatch(text):
+        try:
+            return datetime.combine(date.fromisoformat(text), time(0), tzinfo=zone)
+        except ValueError:
+            raise BadInput(f"{name} {value!r} is not a calendar date") from None
+    match = _DATE_TIME.fullmatch(text)
+    if match is None:
+        raise BadInput(
+            f"{name} {value!r} is not a time: give a date (2026-11-30, that day's start in {zone}) "
+            "or an ISO 8601 date-time with its offset (2026-11-30T09:00+07:00 or 2026-11-30T02:00Z)"
+        )
+    if match.group(3) is None:
+        raise BadInput(
+            f"{name} {value!r} has no UTC offset: add one (e.g. {text}+07:00 or {text}Z), or give a date"
+        )
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise BadInput(f"{name} {value!r} is not a valid date-time") from None
 
 
 def enqueued_before(

@@ -30,7 +30,14 @@ from ledgerflow.app import App
 from ledgerflow.db.tables import circuit_breakers, export_batches, job_executions, job_schedules, workers
 from ledgerflow.db.types import MAX_ID
 from ledgerflow.engine.limits import running_by_limit
-from ledgerflow.engine.search import ACTION_SOURCES, LIST_WINDOW, JobFilter, count_matching, parse_age
+from ledgerflow.engine.search import (
+    ACTION_SOURCES,
+    LIST_WINDOW,
+    JobFilter,
+    count_matching,
+    parse_age,
+    parse_instant,
+)
 from ledgerflow.engine.search import enqueued_before as enqueued_before_bound
 from ledgerflow.engine.states import CANCEL, RETRY, JobState
 from ledgerflow.errors import BadInput, LedgerflowError, NotFound
@@ -200,17 +207,12 @@ def register(api: FastAPI, app: App, token: str, throttle: LoginThrottle) -> Non
 
     # ------------------------------------------------------------------ jobs
     def job_filter(filters: dict[str, str]) -> JobFilter:
-        """The jobs page's filter fields as a JobFilter (times without an offset: the app's zone)."""
+        """The jobs page's filter fields as a JobFilter (a time is a date, that day's start in the
+        app's zone, or a date-time with its offset: see `parse_instant`)."""
 
         def instant(key: str) -> datetime | None:
             value = filters.get(key)
-            if not value:
-                return None
-            try:
-                parsed = datetime.fromisoformat(value)
-            except ValueError:
-                raise BadInput(f"{key.replace('_', ' ')} {value!r} is not a date and time") from None
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=zone)
+            return parse_instant(value, TIME_LABELS[key], zone) if value else None
 
         age = parse_age(filters["older_than"], "older than") if filters.get("older_than") else None
         return JobFilter(
@@ -221,6 +223,8 @@ def register(api: FastAPI, app: App, token: str, throttle: LoginThrottle) -> Non
             error=filters.get("error"),
             enqueued_after=instant("enqueued_after"),
             enqueued_before=enqueued_before_bound(age, instant("enqueued_before")),
+            finished_after=instant("finished_after"),
+            finished_before=instant("finished_before"),
         )
 
     @api.get("/jobs", include_in_schema=False)
@@ -234,6 +238,8 @@ def register(api: FastAPI, app: App, token: str, throttle: LoginThrottle) -> Non
         older_than: str | None = None,
         enqueued_after: str | None = None,
         enqueued_before: str | None = None,
+        finished_after: str | None = None,
+        finished_before: str | None = None,
         id: str | None = None,
         before_id: int | None = Query(None, ge=1, le=MAX_ID),
         bulk: Literal["cancel", "retry", "delete"] | None = None,
@@ -250,6 +256,8 @@ def register(api: FastAPI, app: App, token: str, throttle: LoginThrottle) -> Non
             "older_than": older_than,
             "enqueued_after": enqueued_after,
             "enqueued_before": enqueued_before,
+            "finished_after": finished_after,
+            "finished_before": finished_before,
         }
         filters = {k: v.strip() for k, v in given.items() if v and v.strip()}
         matched, confirm = None, None
@@ -277,6 +285,8 @@ def register(api: FastAPI, app: App, token: str, throttle: LoginThrottle) -> Non
             states=[s.value for s in JobState],
             queues=sorted(set(app.queues()) | {q["queue"] for q in app.store.queue_summary()}),
             tasks=[t["task"] for t in app.task_summary()],
+            time_fields=TIME_LABELS,
+            zone=str(zone),
         )
 
     @api.post("/jobs/bulk", include_in_schema=False)
@@ -844,7 +854,16 @@ JOB_FILTER_FIELDS = (
     "older_than",
     "enqueued_after",
     "enqueued_before",
+    "finished_after",
+    "finished_before",
 )
+#: How the jobs page names its time fields in an error.
+TIME_LABELS = {
+    "enqueued_after": "enqueued from",
+    "enqueued_before": "enqueued before",
+    "finished_after": "finished from",
+    "finished_before": "finished before",
+}
 PAST = {"cancel": "cancelled", "retry": "retried", "delete": "deleted"}
 
 
