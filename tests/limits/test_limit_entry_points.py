@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from ledgerflow import JobState
+from tests.apps import limited
+from tests.conftest import run_cli, wait_until
+from tests.limits.test_global_limits import max_overlap, runs
 
 
 @pytest.fixture
@@ -123,3 +126,29 @@ def test_limits_and_unique_for_through_the_api(service):
     assert r.status_code == 400 and "unique_for needs a unique_key" in r.text
     r = service.post("/api/jobs", json={**body, "unique_for": 0})
     assert r.status_code == 422 and "unique_for" in r.text
+
+
+def test_a_lowered_limit_lets_running_jobs_finish_and_the_cli_says_how_many_run_above_it(
+    cli, make_app, workers
+):
+    """A limit stops new claims only: the jobs already running above it run to their end (one
+    attempt each), the CLI says how many there are, and the next ones start one at a time."""
+    app = make_app()
+    limited.metadata.create_all(app.db.engine)
+    slow = app.enqueue_many([limited.send.prepare(sleep=6.0) for _ in range(3)])
+    proc = workers(app="tests.apps.limited:app", queues="mail", concurrency=3)
+    wait_until(lambda: len(runs(app, "mail.send", slow)) == 3, 60, message="three slow jobs running")
+    code, out, _ = cli("queues", "limit", "mail", "1")
+    assert code == 0 and "at most 1 running" in out
+    assert "3 jobs of queue mail are running now, above the new limit of 1" in " ".join(out.split())
+    shown = json.loads(cli("queues", "limit", "mail", "1", "--json")[1])
+    assert (shown["running"], shown["running_above_limit"]) == (3, True)
+    quick = app.enqueue_many([limited.send.prepare(sleep=0.2) for _ in range(3)])
+    wait_until(lambda: all(app.get_job(i).state == JobState.COMPLETED for i in slow + quick), 120)
+    assert {app.get_job(i).attempt for i in slow} == {1}, "a running job was stopped or retried"
+    assert max_overlap(runs(app, "mail.send", quick)) == 1
+    first_quick = min(s for s, _, _ in runs(app, "mail.send", quick))
+    assert first_quick >= max(e for _, e, _ in runs(app, "mail.send", slow)) - 0.05
+    shown = json.loads(cli("queues", "limit", "mail", "1", "--json")[1])
+    assert (shown["running"], shown["running_above_limit"]) == (0, False)
+    proc.stop()

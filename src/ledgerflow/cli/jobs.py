@@ -535,13 +535,23 @@ def _limit(
         else:
             console.print(f"{kind} {name}: {'limits cleared' if changed else 'had no limit'}")
         return
+    from ledgerflow.engine.limits import running_by_limit
+
     limit = app.limits.set(kind, name, concurrency=concurrency, rate=rate)
+    running = running_by_limit(app.db).get((kind, name), 0)
+    over = limit.concurrency is not None and running > limit.concurrency
     if as_json:
-        print_json(limit.as_dict())
-    else:
-        parts = [f"at most {limit.concurrency} running"] if limit.concurrency else []
-        parts += [f"at most {limit.rate} starts"] if limit.rate else []
-        console.print(f"{kind} {name}: {' and '.join(parts)}, across all workers")
+        print_json({**limit.as_dict(), "running": running, "running_above_limit": over})
+        return
+    parts = [f"at most {limit.concurrency} running"] if limit.concurrency else []
+    parts += [f"at most {limit.rate} starts"] if limit.rate else []
+    console.print(f"{kind} {name}: {' and '.join(parts)}, across all workers")
+    if over:  # a limit stops new claims; it does not stop what already runs
+        console.print(
+            f"{running} jobs of {kind} {name} are running now, above the new limit of "
+            f"{limit.concurrency}: they run to their end, and no new one starts until fewer than "
+            f"{limit.concurrency} run"
+        )
 
 
 @tasks_cli.command("list")
