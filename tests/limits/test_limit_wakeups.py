@@ -74,7 +74,7 @@ def test_a_worker_held_by_a_rate_limit_starts_when_the_window_opens(db_url, make
     assert min(gaps) >= 1.0 - 1e-3, "a third start happened inside a 1 s window"
     late = statistics.median(gaps) - 1.0
     print(f"{db_url.split(':')[0]}: window open -> next start: median {late * 1000:.1f} ms")
-    assert late < 0.15, f"a held-back job started {late:.3f} s after its window opened (median)"
+    assert late < 0.25, f"a held-back job started {late:.3f} s after its window opened (median)"
     proc.stop()
 
 
