@@ -107,10 +107,11 @@ class PostgresBackend:
     def skip_locked(self, query: Select[Any]) -> Select[Any]:
         return query.with_for_update(skip_locked=True)
 
-    def lift_limits(self, conn: Connection, *, lock_wait: bool) -> None:
+    def lift_limits(self, conn: Connection, *, lock_wait: bool, idle: bool = False) -> None:
         conn.exec_driver_sql(
             "SELECT set_config('statement_timeout', '0', true)"
             + (", set_config('lock_timeout', '0', true)" if lock_wait else "")
+            + (", set_config('idle_in_transaction_session_timeout', '0', true)" if idle else "")
         )
 
     def insert_jobs(self, conn: Connection, rows: list[tuple[Any, ...]]) -> list[int]:

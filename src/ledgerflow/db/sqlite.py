@@ -84,7 +84,7 @@ class SQLiteBackend:
     def skip_locked(self, query: Select[Any]) -> Select[Any]:
         return query  # BEGIN IMMEDIATE already serialises writers: no row is locked by another
 
-    def lift_limits(self, conn: Connection, *, lock_wait: bool) -> None:
+    def lift_limits(self, conn: Connection, *, lock_wait: bool, idle: bool = False) -> None:
         return None  # no statement timeout to lift; the busy timeout stays
 
     def insert_jobs(self, conn: Connection, rows: list[tuple[Any, ...]]) -> list[int]:
