@@ -22,6 +22,9 @@ from tests.apps import basic
 from tests.conftest import FAST, ROOT, count_runs, run_rows, runs, wait_until
 
 DB_THREAD = "ledgerflow-db"
+HEARTBEAT_THREAD = "ledgerflow-heartbeat"
+
+pytestmark = pytest.mark.spread  # the sweep's parts run in parallel under `make test`
 
 
 def worker_cli(
@@ -252,24 +255,50 @@ def report(record_property: Any, name: str, value: Any) -> None:
     print(f"{name}: {value}")
 
 
-@pytest.mark.parametrize("thread", [DB_THREAD, "ledgerflow-heartbeat"])
+#: The sweep in parts (thread, fault kind, part, parts), each a test of its own so xdist can run
+#: them side by side: together they inject every fault of the whole sweep.
+SWEEP_PARTS = [
+    (DB_THREAD, "error_before", 0, 2),
+    (DB_THREAD, "error_before", 1, 2),
+    (DB_THREAD, "error_after", 0, 1),
+    (DB_THREAD, "kill", 0, 1),
+    (HEARTBEAT_THREAD, "error_before", 0, 1),
+    (HEARTBEAT_THREAD, "error_after", 0, 1),
+]
+
+
+def sweep_plans(statements: list[tuple[str, str]], thread: str, fault: str) -> list[str]:
+    """Every fault of kind `fault` the sweep injects on `thread`, as `MODE:K` plans."""
+    points = distinct_points(statements) if thread == DB_THREAD else list(range(1, len(statements) + 1))
+    if fault == "error_before":
+        return [f"error_before:{k}" for k in points]
+    if fault == "error_after":
+        return [f"error_after:{k}" for k in points if statements[k - 1][0] == "commit"]
+    assert fault == "kill" and thread == DB_THREAD, (thread, fault)
+    return [f"kill:{k}" for k in transaction_starts(statements) if k in points]
+
+
+@pytest.mark.parametrize(
+    ("thread", "fault", "part", "parts"),
+    SWEEP_PARTS,
+    ids=[f"{t.removeprefix('ledgerflow-')}-{f}-{p + 1}of{n}" for t, f, p, n in SWEEP_PARTS],
+)
 def test_a_fault_at_any_statement_of_the_worker_cycle_never_breaks_exactly_once(
-    db_url, make_app, tmp_path, backend, thread, record_property
+    db_url, make_app, tmp_path, backend, thread, fault, part, parts, record_property
 ):
     """For every statement k of a clean worker cycle (claim → run → ack on the database thread;
     lease renewal on the heartbeat thread): a transient error before k, an error after k's
     COMMIT (the ambiguous commit), and a real worker process SIGKILLed at the start of each
     transaction. A worker that survives its fault must finish alone with no job run twice; after
-    a kill, the rescue and another worker finish, and only the killed worker's jobs ran twice."""
+    a kill, the rescue and another worker finish, and only the killed worker's jobs ran twice.
+    The sweep is split into parts (`SWEEP_PARTS`): this test injects every `parts`-th fault of
+    kind `fault` from number `part`."""
     app = make_app()
     statements = count_cycle(app, db_url, tmp_path, thread)
     if thread != DB_THREAD:  # the heartbeat renews while a job runs: its first two beats
         statements = statements[: transaction_starts(statements)[2] - 1]
-    points = distinct_points(statements) if thread == DB_THREAD else list(range(1, len(statements) + 1))
-    plans = [f"error_before:{k}" for k in points]
-    plans += [f"error_after:{k}" for k in points if statements[k - 1][0] == "commit"]
-    if thread == DB_THREAD:
-        plans += [f"kill:{k}" for k in transaction_starts(statements) if k in points]
+    plans = sweep_plans(statements, thread, fault)[part::parts]
+    assert plans, f"no {fault} fault to inject on {thread}"
     failures: list[str] = []
     replays = 0
     for plan in plans:
@@ -301,7 +330,8 @@ def test_a_fault_at_any_statement_of_the_worker_cycle_never_breaks_exactly_once(
                 assert count_runs(db_url)[long_job] == 1
         except AssertionError as error:
             failures.append(f"{plan} {statements[int(plan.split(':')[1]) - 1][1][:80]}: {error}")
-    report(record_property, f"{backend} {thread} statements counted", len(statements))
-    report(record_property, f"{backend} {thread} faults injected", len(plans))
-    report(record_property, f"{backend} {thread} worker runs", replays)
+    name = f"{backend} {thread} {fault} {part + 1}/{parts}"
+    report(record_property, f"{name} statements counted", len(statements))
+    report(record_property, f"{name} faults injected", len(plans))
+    report(record_property, f"{name} worker runs", replays)
     assert not failures, "\n".join(failures)

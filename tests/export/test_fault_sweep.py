@@ -51,6 +51,9 @@ from tests.faults import Statement, StatementFaults, process_state
 REFS = {"S-0", "S-1", "S-2"}
 MAIN = StatementFaults.in_thread("MainThread")
 DAYS = [D, D + timedelta(days=1)]  # an abandoned day's entries go to the next batch
+KILL_PARTS = 2  # the SIGKILL sweep in parts, run side by side by xdist: together every point
+
+pytestmark = pytest.mark.spread  # the sweeps' tests run in parallel under `make test`
 
 
 def fresh_start(app: Any, tmp_path: Path, scenario: str) -> WitnessFolder:
@@ -158,13 +161,17 @@ def transaction_starts(statements: list[tuple[str, str]]) -> list[int]:
     return starts
 
 
+@pytest.mark.parametrize("part", range(KILL_PARTS), ids=lambda p: f"{p + 1}of{KILL_PARTS}")
 def test_sigkill_of_a_real_export_run_at_any_statement_never_breaks_exactly_once(
-    make_export_app, tmp_path, export_env, backend, record_property
+    make_export_app, tmp_path, export_env, backend, record_property, part
 ):
+    """A real `export run` SIGKILLed at every statement (SQLite), or at the start of every
+    transaction (PostgreSQL): this part takes every `KILL_PARTS`-th of them from `part`."""
     app = make_export_app()
     statements = count_cli_run(app, tmp_path, export_env)
     # every statement on SQLite; every distinct crash state (each transaction's start) on PostgreSQL
     points = list(range(1, len(statements) + 1)) if backend == "sqlite" else transaction_starts(statements)
+    points = points[part::KILL_PARTS]
     failures: list[str] = []
     for k in points:
         fresh_start(app, tmp_path, "deliver")
@@ -177,7 +184,7 @@ def test_sigkill_of_a_real_export_run_at_any_statement_never_breaks_exactly_once
         except AssertionError as error:
             failures.append(f"kill at #{k} {statements[k - 1]}: {error}")
     report(record_property, f"{backend} export run statements counted", len(statements))
-    report(record_property, f"{backend} kills injected", len(points))
+    report(record_property, f"{backend} kills injected (part {part + 1}/{KILL_PARTS})", len(points))
     assert not failures, "\n".join(failures)
 
 
