@@ -24,6 +24,7 @@ from sqlalchemy import create_engine, func, select
 from ledgerflow import App
 from ledgerflow.db.database import Database
 from ledgerflow.db.migrate import migrate
+from tests import forkserver
 from tests.runs import runs, test_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +48,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("spread") is None and item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_fork_server() -> Iterator[None]:
+    """Stop the fork server at the end of the session, before coverage combines what each
+    process measured (the server's own data is written as it exits)."""
+    yield
+    forkserver.stop_shared()
 
 
 def _pg_error() -> str | None:

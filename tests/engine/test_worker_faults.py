@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,8 +16,10 @@ from ledgerflow import JobState
 from ledgerflow.db.tables import job_dependencies, job_executions, jobs
 from ledgerflow.engine import leases
 from ledgerflow.engine.liveness import process_running
+from tests import forkserver
 from tests.apps import basic
 from tests.conftest import FAST, ROOT, count_runs, run_rows, runs, wait_until
+from tests.forkserver import ForkedProcess
 
 DB_THREAD = "ledgerflow-db"
 HEARTBEAT_THREAD = "ledgerflow-heartbeat"
@@ -36,8 +36,9 @@ def worker_cli(
     concurrency: int = 2,
     env: dict[str, str] | None = None,
     statements: Path | None = None,
-) -> subprocess.Popen[str]:
-    """`ledgerflow worker --app tests.apps.basic:app` with `LEDGERFLOW_TEST_FAULT=fault`."""
+) -> ForkedProcess:
+    """`ledgerflow worker --app tests.apps.basic:app` with `LEDGERFLOW_TEST_FAULT=fault`, a real
+    process forked from the fork server (tests/forkserver.py)."""
     full_env = {
         **os.environ,
         **FAST,
@@ -50,15 +51,8 @@ def worker_cli(
     if statements is not None:
         full_env["LEDGERFLOW_TEST_FAULT_LOG"] = str(statements)
     args = ["worker", "--app", "tests.apps.basic:app", "--concurrency", str(concurrency)]
-    out = open(log_path, "w")  # noqa: SIM115 (closed by the child's exit)
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.faultrun", *args, *(["--burst"] if burst else [])],
-        env=full_env,
-        cwd=ROOT,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    args += ["--burst"] if burst else []
+    return forkserver.shared().spawn("tests.faultrun", args, env=full_env, stdout=log_path)
 
 
 def reset_jobs(app: Any) -> None:
