@@ -16,7 +16,7 @@ from sqlalchemy import Text, cast, func, select
 
 from ledgerflow.db.database import Database
 from ledgerflow.db.tables import jobs
-from ledgerflow.engine.search import JobFilter, matching
+from ledgerflow.engine.search import JobFilter, matching, newest_matches
 from ledgerflow.engine.states import JobState
 from ledgerflow.errors import BadInput
 
@@ -95,7 +95,6 @@ def list_jobs(
             _head(jobs.c.kwargs).label("kwargs"),
             _head(jobs.c.result).label("result"),
         )
-        .where(matching(filt, db.is_sqlite))
         .order_by(jobs.c.id.desc())
         .limit(max(1, min(limit, 1000)))
     )
@@ -112,7 +111,10 @@ def list_jobs(
     if offset:
         query = query.offset(offset)
     with db.read() as conn:
-        rows = conn.execute(query).all()
+        if offset:
+            rows = conn.execute(query.where(matching(filt, db.is_sqlite, conn=conn))).all()
+        else:
+            rows = newest_matches(conn, query, filt, db.is_sqlite, max(1, min(limit, 1000)), before_id)
     return [
         JobSummary(
             **{k: v for k, v in r._mapping.items() if k not in ("errors", "args", "kwargs", "result")},

@@ -16,11 +16,24 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Select, bindparam, event, exc
+from sqlalchemy import (
+    Connection,
+    Integer,
+    Select,
+    bindparam,
+    column,
+    event,
+    exc,
+    literal_column,
+    select,
+    table,
+    union_all,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
 from ledgerflow.db.backends import BULK_JOB_COLUMNS, StoppableThread, dumps
+from ledgerflow.db.tables import jobs
 from ledgerflow.db.types import UTCDateTime
 
 _FORMAT = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's SQLite DATETIME storage format
@@ -32,6 +45,97 @@ def contains_casefolded(haystack: str | None, needle: str | None) -> int:
     if haystack is None or needle is None:
         return 0
     return int(needle.casefold() in haystack.casefold())
+
+
+def casefolded(text: str | None) -> str | None:
+    """SQL `lf_casefold(text)`: Python's Unicode case folding, what the job search index holds."""
+    return None if text is None else text.casefold()
+
+
+#: The job search index (migration 0015): an FTS5 trigram table of case-folded args and kwargs
+#: text, filled up to `job_search_mark.indexed_to` off the enqueue path.
+job_search = table("job_search", column("rowid", Integer))
+job_search_mark = table("job_search_mark", column("indexed_to", Integer))
+_RAREST = 3  # trigrams looked up per text: the rarest few narrow as well as all of them
+_SAMPLE = 200  # index entries read to estimate how common a trigram is
+_SAMPLED = 16  # trigrams of a long text sampled for rarity
+
+
+def trigrams(folded: str) -> list[str]:
+    """The distinct trigrams of `folded`, in order."""
+    return list(dict.fromkeys(folded[i : i + 3] for i in range(len(folded) - 2)))
+
+
+def _spread(conn: Connection, gram: str) -> int:
+    """How many ids the oldest and the newest `_SAMPLE` index entries of `gram` span, summed
+    (smaller: more common); fewer entries than that: rare, spanning every id."""
+    spread = 0
+    for order in ("ASC", "DESC"):
+        low, high, found = conn.exec_driver_sql(
+            "SELECT min(rowid), max(rowid), count(*) FROM (SELECT rowid FROM job_search "
+            f"WHERE job_search MATCH ? ORDER BY rowid {order} LIMIT ?)",
+            (_quoted(gram), _SAMPLE),
+        ).one()
+        if found < _SAMPLE:
+            return 1 << 62
+        spread += int(high) - int(low)
+    return spread
+
+
+def _quoted(gram: str) -> str:
+    return '"' + gram.replace('"', '""') + '"'
+
+
+def text_candidates(
+    id_column: ColumnElement[Any], term: str, conn: Connection | None = None
+) -> ColumnElement[bool] | None:
+    """`id_column IN (...)`: jobs the index says hold the rarest trigrams of `term` (case-folded;
+    rarity sampled through `conn`, else the first and last few), plus every job above the
+    index mark (not indexed yet); None when `term` folds to fewer than 3 characters (the index
+    cannot answer: scan). A superset: callers recheck the text itself."""
+    grams = trigrams(term.casefold())
+    if not grams:
+        return None
+    if conn is not None:
+        sampled = grams[:: -(-len(grams) // _SAMPLED)] + grams[-1:]  # at most _SAMPLED + 1
+        grams = sorted(dict.fromkeys(sampled), key=lambda g: _spread(conn, g), reverse=True)[:_RAREST]
+    elif len(grams) > 2 * _RAREST:
+        grams = grams[:_RAREST] + grams[-_RAREST:]
+    indexed = select(job_search.c.rowid).where(
+        literal_column("job_search").op("MATCH")(" AND ".join(map(_quoted, grams)))
+    )
+    newer = jobs.alias("newer")
+    above = select(newer.c.id).where(newer.c.id > select(job_search_mark.c.indexed_to).scalar_subquery())
+    return id_column.in_(union_all(indexed, above))
+
+
+def pending(conn: Connection) -> bool:
+    """Whether a job above the search index mark exists."""
+    return bool(
+        conn.exec_driver_sql(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE id > (SELECT indexed_to FROM job_search_mark))"
+        ).scalar_one()
+    )
+
+
+def index_jobs(conn: Connection, chunk: int) -> int:
+    """Index the next `chunk` jobs above the mark and move the mark past them; how many.
+
+    Run in a write transaction: SQLite writers are serialised and ids only grow
+    (AUTOINCREMENT), so every job up to the new mark is committed and indexed."""
+    mark = conn.exec_driver_sql("SELECT indexed_to FROM job_search_mark").scalar_one()
+    top = conn.exec_driver_sql(
+        "SELECT max(id), count(*) FROM (SELECT id FROM jobs WHERE id > ? ORDER BY id LIMIT ?)", (mark, chunk)
+    ).one()
+    if not top[1]:
+        return 0
+    conn.exec_driver_sql(
+        "INSERT INTO job_search (rowid, body) "
+        "SELECT id, lf_casefold(args) || char(10) || lf_casefold(kwargs) FROM jobs WHERE id > ? AND id <= ?",
+        (mark, top[0]),
+    )
+    conn.exec_driver_sql("UPDATE job_search_mark SET indexed_to = ?", (top[0],))
+    return int(top[1])
 
 
 def _utcnow() -> datetime:
@@ -63,6 +167,7 @@ class SQLiteBackend:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
             dbapi_conn.create_function("lf_contains", 2, contains_casefolded, deterministic=True)
+            dbapi_conn.create_function("lf_casefold", 1, casefolded, deterministic=True)
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
