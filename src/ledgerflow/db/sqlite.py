@@ -55,6 +55,8 @@ def casefolded(text: str | None) -> str | None:
 #: The job search index (migration 0015): an FTS5 trigram table of case-folded args and kwargs
 #: text, filled up to `job_search_mark.indexed_to` off the enqueue path.
 job_search = table("job_search", column("rowid", Integer))
+job_error_search = table("job_error_search", column("rowid", Integer))
+job_search_dirty = table("job_search_dirty", column("id", Integer))
 job_search_mark = table("job_search_mark", column("indexed_to", Integer))
 _RAREST = 3  # trigrams looked up per text: the rarest few narrow as well as all of them
 _SAMPLE = 200  # index entries read to estimate how common a trigram is
@@ -66,14 +68,14 @@ def trigrams(folded: str) -> list[str]:
     return list(dict.fromkeys(folded[i : i + 3] for i in range(len(folded) - 2)))
 
 
-def _spread(conn: Connection, gram: str) -> int:
+def _spread(conn: Connection, index: str, gram: str) -> int:
     """How many ids the oldest and the newest `_SAMPLE` index entries of `gram` span, summed
     (smaller: more common); fewer entries than that: rare, spanning every id."""
     spread = 0
     for order in ("ASC", "DESC"):
         low, high, found = conn.exec_driver_sql(
-            "SELECT min(rowid), max(rowid), count(*) FROM (SELECT rowid FROM job_search "
-            f"WHERE job_search MATCH ? ORDER BY rowid {order} LIMIT ?)",
+            f"SELECT min(rowid), max(rowid), count(*) FROM (SELECT rowid FROM {index} "
+            f"WHERE {index} MATCH ? ORDER BY rowid {order} LIMIT ?)",
             (_quoted(gram), _SAMPLE),
         ).one()
         if found < _SAMPLE:
@@ -87,55 +89,80 @@ def _quoted(gram: str) -> str:
 
 
 def text_candidates(
-    id_column: ColumnElement[Any], term: str, conn: Connection | None = None
+    id_column: ColumnElement[Any], term: str, conn: Connection | None = None, errors: bool = False
 ) -> ColumnElement[bool] | None:
-    """`id_column IN (...)`: jobs the index says hold the rarest trigrams of `term` (case-folded;
-    rarity sampled through `conn`, else the first and last few), plus every job above the
-    index mark (not indexed yet); None when `term` folds to fewer than 3 characters (the index
-    cannot answer: scan). A superset: callers recheck the text itself."""
+    """`id_column IN (...)`: jobs the index (of args and kwargs, or `errors`) says hold the
+    rarest trigrams of `term` (case-folded; rarity sampled through `conn`, else the first and
+    last few), plus every job above the index mark (not indexed yet) and, for errors, every
+    job whose errors changed since; None when `term` folds to fewer than 3 characters (the
+    index cannot answer: scan). A superset: callers recheck the text itself."""
     grams = trigrams(term.casefold())
     if not grams:
         return None
+    index = job_error_search if errors else job_search
     if conn is not None:
         sampled = grams[:: -(-len(grams) // _SAMPLED)] + grams[-1:]  # at most _SAMPLED + 1
-        grams = sorted(dict.fromkeys(sampled), key=lambda g: _spread(conn, g), reverse=True)[:_RAREST]
+        rarity = {g: _spread(conn, index.name, g) for g in dict.fromkeys(sampled)}
+        grams = sorted(rarity, key=rarity.__getitem__, reverse=True)[:_RAREST]
     elif len(grams) > 2 * _RAREST:
         grams = grams[:_RAREST] + grams[-_RAREST:]
-    indexed = select(job_search.c.rowid).where(
-        literal_column("job_search").op("MATCH")(" AND ".join(map(_quoted, grams)))
+    indexed = select(index.c.rowid).where(
+        literal_column(index.name).op("MATCH")(" AND ".join(map(_quoted, grams)))
     )
     newer = jobs.alias("newer")
-    above = select(newer.c.id).where(newer.c.id > select(job_search_mark.c.indexed_to).scalar_subquery())
-    return id_column.in_(union_all(indexed, above))
+    found = [
+        indexed,
+        select(newer.c.id).where(newer.c.id > select(job_search_mark.c.indexed_to).scalar_subquery()),
+    ]
+    if errors:
+        found.append(select(job_search_dirty.c.id))
+    return id_column.in_(union_all(*found))
 
 
 def pending(conn: Connection) -> bool:
-    """Whether a job above the search index mark exists."""
+    """Whether a job above the search index mark, or one whose errors changed, waits."""
     return bool(
         conn.exec_driver_sql(
-            "SELECT EXISTS (SELECT 1 FROM jobs WHERE id > (SELECT indexed_to FROM job_search_mark))"
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE id > (SELECT indexed_to FROM job_search_mark)) "
+            "OR EXISTS (SELECT 1 FROM job_search_dirty)"
         ).scalar_one()
     )
 
 
 def index_jobs(conn: Connection, chunk: int) -> int:
-    """Index the next `chunk` jobs above the mark and move the mark past them; how many.
+    """Index the next `chunk` jobs above the mark and move the mark past them, then re-index
+    the errors of up to `chunk` jobs whose errors changed; how many jobs were indexed.
 
     Run in a write transaction: SQLite writers are serialised and ids only grow
     (AUTOINCREMENT), so every job up to the new mark is committed and indexed."""
     mark = conn.exec_driver_sql("SELECT indexed_to FROM job_search_mark").scalar_one()
-    top = conn.exec_driver_sql(
+    top, count = conn.exec_driver_sql(
         "SELECT max(id), count(*) FROM (SELECT id FROM jobs WHERE id > ? ORDER BY id LIMIT ?)", (mark, chunk)
     ).one()
-    if not top[1]:
-        return 0
-    conn.exec_driver_sql(
-        "INSERT INTO job_search (rowid, body) "
-        "SELECT id, lf_casefold(args) || char(10) || lf_casefold(kwargs) FROM jobs WHERE id > ? AND id <= ?",
-        (mark, top[0]),
+    if count:
+        conn.exec_driver_sql(
+            "INSERT INTO job_search (rowid, body) SELECT id, lf_casefold(args) || char(10) || "
+            "lf_casefold(kwargs) FROM jobs WHERE id > ? AND id <= ?",
+            (mark, top),
+        )
+        conn.exec_driver_sql(  # jobs inserted with errors (a restore): their errors too
+            "INSERT OR IGNORE INTO job_search_dirty (id) SELECT id FROM jobs WHERE id > ? AND id <= ? "
+            "AND errors <> '[]'",
+            (mark, top),
+        )
+        conn.exec_driver_sql("UPDATE job_search_mark SET indexed_to = ?", (top,))
+    changed = (
+        conn.exec_driver_sql("SELECT id FROM job_search_dirty ORDER BY id LIMIT ?", (chunk,)).scalars().all()
     )
-    conn.exec_driver_sql("UPDATE job_search_mark SET indexed_to = ?", (top[0],))
-    return int(top[1])
+    if changed:
+        ids = ",".join(str(int(i)) for i in changed)
+        conn.exec_driver_sql(f"DELETE FROM job_error_search WHERE rowid IN ({ids})")
+        conn.exec_driver_sql(
+            "INSERT INTO job_error_search (rowid, body) "
+            f"SELECT id, lf_casefold(errors) FROM jobs WHERE id IN ({ids}) AND errors <> '[]'"
+        )
+        conn.exec_driver_sql(f"DELETE FROM job_search_dirty WHERE id IN ({ids})")
+    return int(count) + len(changed)
 
 
 def _utcnow() -> datetime:

@@ -36,7 +36,6 @@ from sqlalchemy import (
     delete,
     func,
     select,
-    text,
     true,
 )
 
@@ -159,9 +158,8 @@ def conditions(
             continue
         if is_sqlite:
             matches = [func.lf_contains(jobs.c[c], term) == 1 for c in columns]
-            if columns[0] == "errors":  # only jobs with errors: a partial index holds their ids
-                where.append(text("jobs.errors <> '[]'"))
-            elif not scan and (candidates := sqlite.text_candidates(jobs.c.id, term, conn)) is not None:
+            errors = columns[0] == "errors"
+            if not scan and (candidates := sqlite.text_candidates(jobs.c.id, term, conn, errors)) is not None:
                 where.append(candidates)
         else:
             pattern = _like(term)
