@@ -88,6 +88,32 @@ def _quoted(gram: str) -> str:
     return '"' + gram.replace('"', '""') + '"'
 
 
+def _match(term: str, conn: Connection | None, index: str) -> str | None:
+    """The FTS5 query for `term`: its rarest trigrams (case-folded; rarity sampled through
+    `conn`, else the first and last few), all required; None under 3 characters."""
+    grams = trigrams(term.casefold())
+    if not grams:
+        return None
+    if conn is not None:
+        sampled = grams[:: -(-len(grams) // _SAMPLED)] + grams[-1:]  # at most _SAMPLED + 1
+        rarity = {g: _spread(conn, index, g) for g in dict.fromkeys(sampled)}
+        grams = sorted(rarity, key=rarity.__getitem__, reverse=True)[:_RAREST]
+    elif len(grams) > 2 * _RAREST:
+        grams = grams[:_RAREST] + grams[-_RAREST:]
+    return " AND ".join(map(_quoted, grams))
+
+
+def many_candidates(conn: Connection, term: str, bound: int) -> bool:
+    """Whether the text index offers at least `bound` jobs for `term` (read up to that many)."""
+    query = _match(term, conn, "job_search")
+    if query is None:
+        return True
+    found = conn.exec_driver_sql(
+        "SELECT count(*) FROM (SELECT rowid FROM job_search WHERE job_search MATCH ? LIMIT ?)", (query, bound)
+    ).scalar_one()
+    return int(found) >= bound
+
+
 def text_candidates(
     id_column: ColumnElement[Any], term: str, conn: Connection | None = None, errors: bool = False
 ) -> ColumnElement[bool] | None:
@@ -96,19 +122,11 @@ def text_candidates(
     last few), plus every job above the index mark (not indexed yet) and, for errors, every
     job whose errors changed since; None when `term` folds to fewer than 3 characters (the
     index cannot answer: scan). A superset: callers recheck the text itself."""
-    grams = trigrams(term.casefold())
-    if not grams:
-        return None
     index = job_error_search if errors else job_search
-    if conn is not None:
-        sampled = grams[:: -(-len(grams) // _SAMPLED)] + grams[-1:]  # at most _SAMPLED + 1
-        rarity = {g: _spread(conn, index.name, g) for g in dict.fromkeys(sampled)}
-        grams = sorted(rarity, key=rarity.__getitem__, reverse=True)[:_RAREST]
-    elif len(grams) > 2 * _RAREST:
-        grams = grams[:_RAREST] + grams[-_RAREST:]
-    indexed = select(index.c.rowid).where(
-        literal_column(index.name).op("MATCH")(" AND ".join(map(_quoted, grams)))
-    )
+    query = _match(term, conn, index.name)
+    if query is None:
+        return None
+    indexed = select(index.c.rowid).where(literal_column(index.name).op("MATCH")(query))
     newer = jobs.alias("newer")
     found = [
         indexed,

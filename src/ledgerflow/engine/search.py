@@ -4,10 +4,13 @@ One `JobFilter` serves the job lists (API, CLI, dashboard) and the bulk actions,
 operator sees listed is what an action touches. Text conditions are substring matches on the
 JSON text of `args`/`kwargs` and of `errors` (type, message and traceback of each failed
 attempt), case-insensitive, at least `MIN_TERM` characters long. PostgreSQL answers them from
-a pg_trgm GIN index on the JSON text, so a search stays fast at millions of jobs. SQLite scans
-(a Unicode case-folding `lf_contains` function, db/sqlite.py): a text index there (FTS5 kept
-by triggers) made every enqueue 5x slower, a price the embedded backend's hot path does not
-pay for a search; lists stop at the first page of matches, newest first.
+a pg_trgm GIN index on the JSON text, so a search stays fast at millions of jobs. SQLite
+compares with a Unicode case-folding `lf_contains` (db/sqlite.py) and narrows the rows to
+compare through FTS5 trigram indexes kept off the enqueue path: `index_pending` (each worker's
+maintenance loop) indexes the jobs above a high-water mark, a search takes the index's
+candidates up to the mark plus every job above it, and jobs whose errors changed since they
+were indexed, then checks each row itself: exactly the rows of a full scan, whatever the lag.
+A text many jobs hold is looked for among the newest `PROBE_ROWS` jobs first.
 
 A bulk action goes through the state machine: it selects the jobs the filter matches that
 are in a state the move is allowed from, then changes them with the same guarded UPDATE or
@@ -218,10 +221,9 @@ def count_matching(db: Database, filt: JobFilter, cap: int = LIST_WINDOW) -> int
         return int(conn.execute(select(func.count()).select_from(found.subquery())).scalar_one())
 
     with db.read() as conn:
-        if db.is_sqlite and filt.text is not None:  # a text many jobs hold: counted among the newest
-            newest = count(and_(matching(filt, True, scan=True), jobs.c.id >= newest_floor(conn)))
-            if newest > cap:
-                return newest
+        if db.is_sqlite and filt.text is not None and sqlite.many_candidates(conn, filt.text, 3 * cap):
+            # a text many jobs hold: a scan newest first reaches the cap sooner than the index
+            return count(matching(filt, True, scan=True))
         return count(matching(filt, db.is_sqlite, conn=conn))
 
 
