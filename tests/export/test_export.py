@@ -450,3 +450,25 @@ def test_re_running_an_abandoned_day_resolves_its_alert_so_a_later_abandon_alert
     assert not app.alerts.is_open("export_abandoned:daily:2026-11-26")
     (resolved,) = app.alerts.history(kind="export_abandoned")
     assert resolved.resolved_at is not None
+
+
+def test_an_export_streaming_to_a_slow_consumer_outlives_the_idle_in_transaction_timeout(
+    make_export_app, backend
+):
+    make_export_app().ledger.record_many([entry(f"SLOW-{i}") for i in range(1200)])
+    app = make_export_app(db_idle_in_transaction_timeout=1.0)
+    if backend == "postgresql":  # the limit is live: an ordinary transaction idle that long is ended
+        with pytest.raises(Exception, match="idle"), app.db.read() as conn:
+            conn.execute(select(1))
+            time.sleep(3)
+            conn.execute(select(1))
+    pauses: list[int] = []
+
+    def slow_consumer(done: int, total: int) -> None:
+        pauses.append(done)
+        time.sleep(3)  # three times the idle timeout, between two reads of the stream
+
+    result = ExportSaga(app).run_daily(D, on_progress=slow_consumer)
+    assert result.state == "completed" and result.entry_count == 1200 and result.line_count == 2400
+    assert len(pauses) >= 2
+    assert queue_states(app) == {"completed": 1200}

@@ -11,15 +11,28 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
 from ledgerflow.app import App
 from ledgerflow.builtin import load_app
 from ledgerflow.config import load_settings
 
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+
+class _LazyConsole:
+    """A Rich console built on first use: `ledgerflow worker` never prints one and skips importing Rich."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return getattr(self._console, name)
+
+
+console = _LazyConsole(soft_wrap=True)
+err_console = _LazyConsole(stderr=True, soft_wrap=True)
 
 
 @dataclass
@@ -60,6 +73,8 @@ def print_json(value: Any) -> None:
 
 
 def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> None:
+    from rich.table import Table
+
     table = Table(*columns, title=title, show_lines=False)
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -17,10 +18,31 @@ from ledgerflow.db.types import storable_text
 
 
 class Waker(Protocol):
-    """Calls back soon after another process commits new work (NOTIFY or a cheap poll)."""
+    """Calls back soon after another process commits new work (NOTIFY or a cheap poll).
 
-    def start(self, callback: Callable[[str | None], None]) -> None: ...
+    With an `Election`, only one *ready* waker of the same group is called back per wake-up
+    (the one holding the group's lock); a waker that is not ready (its worker has no free
+    slot) is always called back, so its worker claims as soon as a slot frees. A leader that
+    stops being ready gives the lock up and wakes the others. The lock dies with its process.
+    """
+
+    def start(self, callback: Callable[[str | None], None], election: Election | None = None) -> None: ...
+    def ready(self, ready: bool) -> None: ...
     def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Election:
+    """Which wake-ups a worker shares with its peers: its queues and the tasks it runs."""
+
+    queues: frozenset[str]
+    tasks: frozenset[str]
+
+    def key(self, queue: str = "") -> int:
+        """A signed 32-bit lock key for this group (and queue, for PostgreSQL's per-queue NOTIFY)."""
+        text = "\0".join([queue, *sorted(self.queues), "", *sorted(self.tasks)])
+        value = zlib.crc32(text.encode())
+        return value - (1 << 32) if value >= 1 << 31 else value
 
 
 @dataclass(frozen=True)
@@ -43,7 +65,7 @@ class Backend(Protocol):
     def now(self) -> ColumnElement[Any]: ...
     def after(self, seconds: float) -> ColumnElement[Any]: ...
     def skip_locked(self, query: Select[Any]) -> Select[Any]: ...
-    def lift_limits(self, conn: Connection, *, lock_wait: bool) -> None: ...
+    def lift_limits(self, conn: Connection, *, lock_wait: bool, idle: bool = False) -> None: ...
     def waker(self, engine: Engine, poll_seconds: float) -> Waker: ...
     def insert_jobs(self, conn: Connection, rows: list[tuple[Any, ...]]) -> list[int]: ...
 

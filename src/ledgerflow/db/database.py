@@ -99,10 +99,11 @@ class Database:
         ):
             yield conn
 
-    def lift_limits(self, conn: Connection, *, lock_wait: bool = False) -> None:
-        """Let the rest of this transaction run statements of any length (bulk work), and with
-        `lock_wait` also wait for locks as long as it takes (migrations)."""
-        self.backend.lift_limits(conn, lock_wait=lock_wait)
+    def lift_limits(self, conn: Connection, *, lock_wait: bool = False, idle: bool = False) -> None:
+        """Let the rest of this transaction run statements of any length (bulk work), with
+        `lock_wait` also wait for locks as long as it takes (migrations), and with `idle` stay
+        idle between statements as long as it takes (a stream read as fast as its consumer)."""
+        self.backend.lift_limits(conn, lock_wait=lock_wait, idle=idle)
 
     def run(self, fn: Callable[[Connection], T]) -> T:
         """Run `fn` in one write transaction and return its result.

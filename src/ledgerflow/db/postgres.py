@@ -23,10 +23,12 @@ from sqlalchemy import Connection, Interval, Select, exc, func, literal, make_ur
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
-from ledgerflow.db.backends import BULK_JOB_COLUMNS, SessionLimits, StoppableThread, dumps
+from ledgerflow.db.backends import BULK_JOB_COLUMNS, Election, SessionLimits, StoppableThread, dumps
 from ledgerflow.db.types import UTCDateTime
 
 CHANNEL = "ledgerflow_jobs"
+#: First key of the session advisory locks that elect which worker a NOTIFY wakes.
+WAKE_LOCK = 72_771_014
 _JSON = {"args", "kwargs", "errors"}
 
 #: libpq parameters set on every connection unless the database URL gives its own.
@@ -105,10 +107,11 @@ class PostgresBackend:
     def skip_locked(self, query: Select[Any]) -> Select[Any]:
         return query.with_for_update(skip_locked=True)
 
-    def lift_limits(self, conn: Connection, *, lock_wait: bool) -> None:
+    def lift_limits(self, conn: Connection, *, lock_wait: bool, idle: bool = False) -> None:
         conn.exec_driver_sql(
             "SELECT set_config('statement_timeout', '0', true)"
             + (", set_config('lock_timeout', '0', true)" if lock_wait else "")
+            + (", set_config('idle_in_transaction_session_timeout', '0', true)" if idle else "")
         )
 
     def insert_jobs(self, conn: Connection, rows: list[tuple[Any, ...]]) -> list[int]:
@@ -156,25 +159,67 @@ class PostgresBackend:
 
 
 class ListenWaker:
-    """LISTENs on a dedicated autocommit connection; reconnects (and re-LISTENs) with backoff."""
+    """LISTENs on a dedicated autocommit connection; reconnects (and re-LISTENs) with backoff.
+
+    With an `Election`, a NOTIFY for queue q wakes only the ready worker holding the session
+    advisory lock `(WAKE_LOCK, key(q))` of its group: the first ready one to take it keeps
+    it while it stays ready, so one NOTIFY costs one claim, not one per worker. A leader that
+    becomes busy unlocks and re-sends the NOTIFY for the next ready worker; a leader that dies
+    loses the lock with its session, and every worker still claims once per poll interval.
+    """
+
+    #: How often the listener looks at its worker's readiness between notifications (s).
+    TICK = 0.02
 
     def __init__(self, dsn: str, connect_args: dict[str, Any]) -> None:
         self._dsn = dsn
         self._connect_args = connect_args
         self._thread: StoppableThread | None = None
+        self._ready = False
 
-    def start(self, callback: Callable[[str | None], None]) -> None:
+    def ready(self, ready: bool) -> None:
+        self._ready = ready
+
+    def start(self, callback: Callable[[str | None], None], election: Election | None = None) -> None:
+        def on_note(conn: psycopg.Connection[Any], held: set[str], queue: str) -> None:
+            if election is None:
+                callback(queue)
+            elif queue not in election.queues:
+                return  # another group's queue: claiming would find nothing of ours
+            elif not self._ready or queue in held:
+                callback(queue)
+            else:
+                lock = (WAKE_LOCK, election.key(queue))
+                row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", lock).fetchone()
+                if row and row[0]:
+                    held.add(queue)
+                    callback(queue)
+
+        def hand_over(conn: psycopg.Connection[Any], held: set[str]) -> None:
+            assert election is not None
+            for queue in sorted(held):
+                conn.execute(
+                    "SELECT pg_advisory_unlock(%s, %s), pg_notify(%s, %s)",
+                    (WAKE_LOCK, election.key(queue), CHANNEL, queue),
+                )
+            held.clear()
+
         def loop(stop: threading.Event) -> None:
             backoff = 0.1
             while not stop.is_set():
+                held: set[str] = set()  # queues whose wake lock this session holds
                 try:
                     with psycopg.connect(self._dsn, autocommit=True, **self._connect_args) as conn:
                         conn.execute(f"LISTEN {CHANNEL}")
                         callback(None)  # catch up on anything sent while disconnected
                         backoff = 0.1
                         while not stop.is_set():
-                            for note in conn.notifies(timeout=0.5):
-                                callback(note.payload)
+                            # collected first: the generator holds the connection's lock
+                            notes = list(conn.notifies(timeout=self.TICK if held else 0.5, stop_after=1))
+                            for payload in dict.fromkeys(n.payload for n in notes):
+                                on_note(conn, held, payload)
+                            if held and not self._ready:
+                                hand_over(conn, held)
                 except psycopg.Error:
                     stop.wait(backoff)
                     backoff = min(backoff * 2, 5.0)

@@ -10,6 +10,7 @@ lock wait applies, as the busy timeout (a writer waits that long for the write l
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
-from ledgerflow.db.backends import BULK_JOB_COLUMNS, StoppableThread, dumps
+from ledgerflow.db.backends import BULK_JOB_COLUMNS, Election, StoppableThread, dumps
 from ledgerflow.db.tables import jobs
 from ledgerflow.db.types import UTCDateTime
 
@@ -233,7 +234,7 @@ class SQLiteBackend:
     def skip_locked(self, query: Select[Any]) -> Select[Any]:
         return query  # BEGIN IMMEDIATE already serialises writers: no row is locked by another
 
-    def lift_limits(self, conn: Connection, *, lock_wait: bool) -> None:
+    def lift_limits(self, conn: Connection, *, lock_wait: bool, idle: bool = False) -> None:
         return None  # no statement timeout to lift; the busy timeout stays
 
     def insert_jobs(self, conn: Connection, rows: list[tuple[Any, ...]]) -> list[int]:
@@ -283,16 +284,30 @@ class SQLiteBackend:
 
 
 class DataVersionWaker:
-    """Polls `PRAGMA data_version`, which changes when another connection commits."""
+    """Polls `PRAGMA data_version`, which changes when another connection commits.
+
+    With an `Election`, a change wakes only the ready worker holding the group's lock file
+    (`<database>-wake-<key>.lock`, an `flock` the kernel releases when its process dies);
+    a ready worker that could not take it keeps the change pending and takes the lock as
+    soon as the leader gives it up (busy, stopped or dead), then claims.
+    """
 
     def __init__(self, path: str, poll_seconds: float) -> None:
         self._path = path
         self._poll = poll_seconds
         self._thread: StoppableThread | None = None
+        self._ready = False
 
-    def start(self, callback: Callable[[str | None], None]) -> None:
+    def ready(self, ready: bool) -> None:
+        self._ready = ready
+
+    def start(self, callback: Callable[[str | None], None], election: Election | None = None) -> None:
+        lock_path = f"{self._path}-wake-{election.key() & 0xFFFFFFFF:08x}.lock" if election else None
+
         def loop(stop: threading.Event) -> None:
             conn = sqlite3.connect(self._path, check_same_thread=False)
+            lock = open(lock_path, "a+b") if lock_path else None  # noqa: SIM115 (held for the thread's life)
+            held = pending = False
             try:
                 last = None
                 while not stop.wait(self._poll):
@@ -301,11 +316,25 @@ class DataVersionWaker:
                     except sqlite3.Error:
                         continue
                     if version != last:
-                        if last is not None:
-                            callback(None)
+                        pending = pending or last is not None
                         last = version
+                    if lock is None:
+                        if pending:
+                            callback(None)
+                        pending = False
+                        continue
+                    if held and not self._ready:
+                        fcntl.flock(lock, fcntl.LOCK_UN)
+                        held = False
+                    if pending and self._ready and not held:
+                        held = _try_flock(lock)
+                    if pending and (held or not self._ready):
+                        callback(None)
+                        pending = False
             finally:
                 conn.close()
+                if lock is not None:
+                    lock.close()
 
         self._thread = StoppableThread("ledgerflow-sqlite-waker", loop)
         self._thread.start()
@@ -313,3 +342,11 @@ class DataVersionWaker:
     def stop(self) -> None:
         if self._thread:
             self._thread.stop()
+
+
+def _try_flock(file: Any) -> bool:
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True

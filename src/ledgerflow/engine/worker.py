@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import Connection, insert, or_, select, update
 
 from ledgerflow.alert_checks import AlertChecks
+from ledgerflow.db.backends import Election, Waker
 from ledgerflow.db.database import is_transient
 from ledgerflow.db.tables import jobs, workers
 from ledgerflow.engine import leases
@@ -150,6 +151,13 @@ class Worker:
         self._last_heartbeat_ok = time.monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+        self._waker: Waker | None = None
+        #: Claim only when there may be work: after a wake-up (counted), a full claim, a
+        #: timeout, or an outcome that schedules work again (retry, snooze, release).
+        self._wakes = 0
+        self._wakes_claimed = -1
+        self._claim_due = True
+        self._due_at: float | None = None  # monotonic time the next scheduled job falls due
         self._threads_stop = threading.Event()
         self._pool = DaemonThreadPool(options.concurrency)
         self._tasks = [n for n in app.registry.names()]
@@ -173,7 +181,7 @@ class Worker:
     def run(self) -> WorkerExit:
         """Run until stopped; returns why it stopped."""
         self._register()
-        waker = self.db.backend.waker(self.db.engine, self.opts.wake_poll_seconds)
+        waker = self._waker = self.db.backend.waker(self.db.engine, self.opts.wake_poll_seconds)
         threads = [
             threading.Thread(target=self._heartbeat_loop, name="ledgerflow-heartbeat", daemon=True),
             threading.Thread(target=self._maintenance_loop, name="ledgerflow-maintenance", daemon=True),
@@ -183,7 +191,8 @@ class Worker:
         try:
             for t in threads:
                 t.start()
-            waker.start(lambda _payload: self.wake())
+            election = Election(frozenset(self.opts.queues), frozenset(self._tasks))
+            waker.start(lambda _payload: self.wake(), election)
             self.app._local_wakers.add(self.wake)
             exit_reason = asyncio.run(self._main())
         finally:
@@ -205,10 +214,16 @@ class Worker:
         self.wake()
 
     def wake(self) -> None:
-        loop, event = self._loop, self._wake
-        if loop is not None and event is not None:
+        """There may be new work: claim at the next turn of the loop."""
+        loop = self._loop
+        if loop is not None:
             with contextlib.suppress(RuntimeError):  # loop already closed
-                loop.call_soon_threadsafe(event.set)
+                loop.call_soon_threadsafe(self._woken)
+
+    def _woken(self) -> None:
+        self._wakes += 1
+        if self._wake is not None:
+            self._wake.set()
 
     def _install_signals(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
@@ -292,9 +307,14 @@ class Worker:
                         break
                 self._start_buffered()
                 slots = self._claim_budget()
+                if self._waker is not None:
+                    self._waker.ready(bool(slots))
+                if not (self._claim_due or self._limited or self._wakes != self._wakes_claimed):
+                    slots = {}  # nothing new since a claim came back short: only write outcomes
                 claims: list[Claim] = []
                 if slots or self._should_flush():
                     batch, self._outcomes = self._outcomes, []
+                    wakes = self._wakes
                     try:
                         claims, refused, unwritten = await self._loop.run_in_executor(
                             db_thread, self._cycle, batch, slots
@@ -318,6 +338,13 @@ class Worker:
                         continue
                     backoff = 0.05
                     self._outcomes[:0] = unwritten
+                    if slots:
+                        self._wakes_claimed = wakes
+                        self._claim_due = len(claims) >= sum(slots.values())
+                    if any(o.kind != "completed" for o in batch):
+                        self._claim_due = True  # a retry or a release may fall due: look again
+                        if not slots:
+                            continue
                     for outcome in refused:
                         self.log.warning(
                             "outcome_refused_lease_lost",
@@ -334,14 +361,20 @@ class Worker:
                 if self.opts.burst and idle and not await self._read(db_thread, self._work_remaining, True):
                     return WorkerExit.DONE
                 timeout = self.opts.poll_interval
-                if self._outcomes:
-                    timeout = self.FLUSH_AFTER
-                elif not self._stopping and slots and not claims:
+                if not self._stopping and slots and not claims:
                     due = await self._read(db_thread, self._seconds_until_due, None)
-                    if due is not None:
-                        timeout = max(0.001, min(timeout, due))
-                with contextlib.suppress(TimeoutError):
+                    self._due_at = None if due is None else time.monotonic() + due
+                if self._due_at is not None:
+                    timeout = max(0.001, min(timeout, self._due_at - time.monotonic()))
+                polling = not self._outcomes
+                if self._outcomes:
+                    timeout = min(timeout, self.FLUSH_AFTER)
+                try:
                     await asyncio.wait_for(self._wake.wait(), timeout)
+                except TimeoutError:
+                    if polling:  # the poll interval or a due time: claim whatever is there
+                        self._claim_due = True
+                        self._due_at = None
                 self._wake.clear()
         finally:
             db_thread.shutdown(wait=True)

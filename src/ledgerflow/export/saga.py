@@ -282,6 +282,7 @@ class ExportSaga:
         base = DRY_RUN_PREFIX + self._base_name(key, "daily", batch_date, None)
         held: list[dict[str, Any]] = []
         with self.db.read() as conn:
+            self.db.lift_limits(conn, idle=True)  # a stream read as fast as the files are written
             done = conn.execute(
                 select(export_batches).where(b.batch_key == key, b.state == "completed")
             ).first()
@@ -670,7 +671,7 @@ class ExportSaga:
         generated.check_balanced()
         recorded = batch["manifest"] or {}
         with self.db.read() as conn:
-            self.db.lift_limits(conn)
+            self.db.lift_limits(conn, idle=True)
             books = books_totals(conn, a.id)
             # the chain head the manifest anchors: once recorded, kept (the bytes must not change)
             anchor = recorded.get("audit_anchor") or _chain_head(conn)
@@ -727,7 +728,8 @@ class ExportSaga:
         self, batch: dict[str, Any], work: Path, base: str, on_progress: Callable[[int, int], None] | None
     ) -> Generated:
         with self.db.read() as conn:
-            self.db.lift_limits(conn)  # the generation timeout bounds this, not the statement timeout
+            # the generation timeout bounds this stream, not the statement or idle-in-transaction timeout
+            self.db.lift_limits(conn, idle=True)
             total = count_lines(conn, batch["id"]) if on_progress else 0
             return write_parts(
                 stream_entries(conn, batch_lines_query(batch["id"])),
