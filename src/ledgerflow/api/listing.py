@@ -8,6 +8,7 @@ limits) still lists. The whole job is at `GET /api/jobs/{id}`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -110,6 +111,7 @@ def list_jobs(
         query = query.where(jobs.c.id < before_id)
     if offset:
         query = query.offset(offset)
+    rows: Sequence[Any]
     with db.read() as conn:
         if offset:
             rows = conn.execute(query.where(matching(filt, db.is_sqlite, conn=conn))).all()
