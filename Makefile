@@ -4,6 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 export LEDGERFLOW_DATABASE_URL ?= sqlite:///./ledgerflow.db
+# Bytecode is cached (some CI images set PYTHONDONTWRITEBYTECODE): the tests start hundreds of
+# worker processes, and each would otherwise compile ledgerflow and the test apps again.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: run test system lint bench install dev clean
 
@@ -32,7 +35,7 @@ system:
 ## each test file stays in one process): most tests wait on worker processes and servers.
 test: dev system
 	$(BIN)/ruff check src tests bench
-	$(BIN)/python -m pytest -n 3 --dist loadfile --cov=ledgerflow --cov-report=term --cov-fail-under=85 --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 3 --dist loadgroup --cov=ledgerflow --cov-report=term --cov-fail-under=85 --durations=15 $(PYTEST_ARGS)
 
 lint: dev
 	$(BIN)/ruff check src tests bench

@@ -19,11 +19,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, func, select
+from sqlalchemy import create_engine, func, select
 
 from ledgerflow import App
 from ledgerflow.db.database import Database
 from ledgerflow.db.migrate import migrate
+from tests import forkserver
+from tests.runs import runs, test_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("LEDGERFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -38,18 +40,22 @@ FAST = {
     "LEDGERFLOW_GRACE_SECONDS": "10",
 }
 
-test_metadata = MetaData()
-#: One row per task run; lets tests count exactly-once delivery without trusting the queue.
-runs = Table(
-    "test_runs",
-    test_metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("job_id", Integer, nullable=False),
-    Column("attempt", Integer, nullable=False),
-    Column("pid", Integer, nullable=False),
-    Column("label", String(100)),
-    Column("phase", String(10), nullable=False),  # 'start' | 'end'
-)
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under `--dist loadgroup` (make test) each test file runs in one xdist process, as with
+    `loadfile`, except the tests marked `spread` (long fault sweeps split into parts): xdist
+    hands those out one by one, so no single process carries a whole sweep."""
+    for item in items:
+        if item.get_closest_marker("spread") is None and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_fork_server() -> Iterator[None]:
+    """Stop the fork server at the end of the session, before coverage combines what each
+    process measured (the server's own data is written as it exits)."""
+    yield
+    forkserver.stop_shared()
 
 
 def _pg_error() -> str | None:

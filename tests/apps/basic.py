@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import insert
 
 from ledgerflow import App, current_job
-from tests.conftest import runs
+from tests.runs import runs
 
 app = App()
 

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import insert
 
 from ledgerflow import App, current_job
-from tests.conftest import runs
+from tests.runs import runs
 
 app = App()
 

@@ -19,7 +19,7 @@ from sqlalchemy import event, insert
 
 from ledgerflow import App, current_job
 from ledgerflow.db.database import Database
-from tests.conftest import runs
+from tests.runs import runs
 
 if hostname := os.environ.get("LEDGERFLOW_TEST_HOSTNAME"):
     socket.gethostname = lambda: hostname  # before the worker names itself

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,10 +16,15 @@ from ledgerflow import JobState
 from ledgerflow.db.tables import job_dependencies, job_executions, jobs
 from ledgerflow.engine import leases
 from ledgerflow.engine.liveness import process_running
+from tests import forkserver
 from tests.apps import basic
 from tests.conftest import FAST, ROOT, count_runs, run_rows, runs, wait_until
+from tests.forkserver import ForkedProcess
 
 DB_THREAD = "ledgerflow-db"
+HEARTBEAT_THREAD = "ledgerflow-heartbeat"
+
+pytestmark = pytest.mark.spread  # the sweep's parts run in parallel under `make test`
 
 
 def worker_cli(
@@ -33,8 +36,9 @@ def worker_cli(
     concurrency: int = 2,
     env: dict[str, str] | None = None,
     statements: Path | None = None,
-) -> subprocess.Popen[str]:
-    """`ledgerflow worker --app tests.apps.basic:app` with `LEDGERFLOW_TEST_FAULT=fault`."""
+) -> ForkedProcess:
+    """`ledgerflow worker --app tests.apps.basic:app` with `LEDGERFLOW_TEST_FAULT=fault`, a real
+    process forked from the fork server (tests/forkserver.py)."""
     full_env = {
         **os.environ,
         **FAST,
@@ -47,15 +51,8 @@ def worker_cli(
     if statements is not None:
         full_env["LEDGERFLOW_TEST_FAULT_LOG"] = str(statements)
     args = ["worker", "--app", "tests.apps.basic:app", "--concurrency", str(concurrency)]
-    out = open(log_path, "w")  # noqa: SIM115 (closed by the child's exit)
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.faultrun", *args, *(["--burst"] if burst else [])],
-        env=full_env,
-        cwd=ROOT,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    args += ["--burst"] if burst else []
+    return forkserver.shared().spawn("tests.faultrun", args, env=full_env, stdout=log_path)
 
 
 def reset_jobs(app: Any) -> None:
@@ -252,24 +249,50 @@ def report(record_property: Any, name: str, value: Any) -> None:
     print(f"{name}: {value}")
 
 
-@pytest.mark.parametrize("thread", [DB_THREAD, "ledgerflow-heartbeat"])
+#: The sweep in parts (thread, fault kind, part, parts), each a test of its own so xdist can run
+#: them side by side: together they inject every fault of the whole sweep.
+SWEEP_PARTS = [
+    (DB_THREAD, "error_before", 0, 2),
+    (DB_THREAD, "error_before", 1, 2),
+    (DB_THREAD, "error_after", 0, 1),
+    (DB_THREAD, "kill", 0, 1),
+    (HEARTBEAT_THREAD, "error_before", 0, 1),
+    (HEARTBEAT_THREAD, "error_after", 0, 1),
+]
+
+
+def sweep_plans(statements: list[tuple[str, str]], thread: str, fault: str) -> list[str]:
+    """Every fault of kind `fault` the sweep injects on `thread`, as `MODE:K` plans."""
+    points = distinct_points(statements) if thread == DB_THREAD else list(range(1, len(statements) + 1))
+    if fault == "error_before":
+        return [f"error_before:{k}" for k in points]
+    if fault == "error_after":
+        return [f"error_after:{k}" for k in points if statements[k - 1][0] == "commit"]
+    assert fault == "kill" and thread == DB_THREAD, (thread, fault)
+    return [f"kill:{k}" for k in transaction_starts(statements) if k in points]
+
+
+@pytest.mark.parametrize(
+    ("thread", "fault", "part", "parts"),
+    SWEEP_PARTS,
+    ids=[f"{t.removeprefix('ledgerflow-')}-{f}-{p + 1}of{n}" for t, f, p, n in SWEEP_PARTS],
+)
 def test_a_fault_at_any_statement_of_the_worker_cycle_never_breaks_exactly_once(
-    db_url, make_app, tmp_path, backend, thread, record_property
+    db_url, make_app, tmp_path, backend, thread, fault, part, parts, record_property
 ):
     """For every statement k of a clean worker cycle (claim → run → ack on the database thread;
     lease renewal on the heartbeat thread): a transient error before k, an error after k's
     COMMIT (the ambiguous commit), and a real worker process SIGKILLed at the start of each
     transaction. A worker that survives its fault must finish alone with no job run twice; after
-    a kill, the rescue and another worker finish, and only the killed worker's jobs ran twice."""
+    a kill, the rescue and another worker finish, and only the killed worker's jobs ran twice.
+    The sweep is split into parts (`SWEEP_PARTS`): this test injects every `parts`-th fault of
+    kind `fault` from number `part`."""
     app = make_app()
     statements = count_cycle(app, db_url, tmp_path, thread)
     if thread != DB_THREAD:  # the heartbeat renews while a job runs: its first two beats
         statements = statements[: transaction_starts(statements)[2] - 1]
-    points = distinct_points(statements) if thread == DB_THREAD else list(range(1, len(statements) + 1))
-    plans = [f"error_before:{k}" for k in points]
-    plans += [f"error_after:{k}" for k in points if statements[k - 1][0] == "commit"]
-    if thread == DB_THREAD:
-        plans += [f"kill:{k}" for k in transaction_starts(statements) if k in points]
+    plans = sweep_plans(statements, thread, fault)[part::parts]
+    assert plans, f"no {fault} fault to inject on {thread}"
     failures: list[str] = []
     replays = 0
     for plan in plans:
@@ -301,7 +324,8 @@ def test_a_fault_at_any_statement_of_the_worker_cycle_never_breaks_exactly_once(
                 assert count_runs(db_url)[long_job] == 1
         except AssertionError as error:
             failures.append(f"{plan} {statements[int(plan.split(':')[1]) - 1][1][:80]}: {error}")
-    report(record_property, f"{backend} {thread} statements counted", len(statements))
-    report(record_property, f"{backend} {thread} faults injected", len(plans))
-    report(record_property, f"{backend} {thread} worker runs", replays)
+    name = f"{backend} {thread} {fault} {part + 1}/{parts}"
+    report(record_property, f"{name} statements counted", len(statements))
+    report(record_property, f"{name} faults injected", len(plans))
+    report(record_property, f"{name} worker runs", replays)
     assert not failures, "\n".join(failures)

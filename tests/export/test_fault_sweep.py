@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -35,6 +33,7 @@ import pytest
 
 from ledgerflow.errors import DatabaseUnavailable
 from ledgerflow.export.saga import ExportSaga
+from tests import forkserver
 from tests.conftest import ROOT, wait_until
 from tests.export.conftest import D, entry
 from tests.export.exactly_once import (
@@ -47,10 +46,14 @@ from tests.export.exactly_once import (
     reset_folders,
 )
 from tests.faults import Statement, StatementFaults, process_state
+from tests.forkserver import ForkedProcess
 
 REFS = {"S-0", "S-1", "S-2"}
 MAIN = StatementFaults.in_thread("MainThread")
 DAYS = [D, D + timedelta(days=1)]  # an abandoned day's entries go to the next batch
+KILL_PARTS = 2  # the SIGKILL sweep in parts, run side by side by xdist: together every point
+
+pytestmark = pytest.mark.spread  # the sweeps' tests run in parallel under `make test`
 
 
 def fresh_start(app: Any, tmp_path: Path, scenario: str) -> WitnessFolder:
@@ -120,18 +123,15 @@ def test_a_transient_error_at_any_statement_never_breaks_exactly_once(
 
 
 # ---------------------------------------------------------------- real processes
-def cli(export_env: dict[str, str], fault: str, log: Path | None = None) -> subprocess.Popen[str]:
-    """`ledgerflow export run --date D` in a subprocess with `LEDGERFLOW_TEST_FAULT=fault`."""
+def cli(export_env: dict[str, str], fault: str, out: Path, log: Path | None = None) -> ForkedProcess:
+    """`ledgerflow export run --date D` with `LEDGERFLOW_TEST_FAULT=fault`, a real process forked
+    from the fork server (tests/forkserver.py); its stdout and stderr go to files in `out`."""
     env = {**os.environ, **export_env, "PYTHONPATH": str(ROOT), "LEDGERFLOW_TEST_FAULT": fault}
     if log is not None:
         env["LEDGERFLOW_TEST_FAULT_LOG"] = str(log)
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.faultrun", "export", "run", "--date", D.isoformat(), "--json"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    args = ["export", "run", "--date", D.isoformat(), "--json"]
+    return forkserver.shared().spawn(
+        "tests.faultrun", args, env=env, stdout=out / "stdout.txt", stderr=out / "stderr.txt"
     )
 
 
@@ -139,7 +139,7 @@ def count_cli_run(app: Any, tmp_path: Path, export_env: dict[str, str]) -> list[
     """(kind, sql) of each statement the main thread of a clean `export run` sends."""
     fresh_start(app, tmp_path, "deliver")
     log = tmp_path / "clean.log"
-    proc = cli(export_env, "count:0:MainThread", log)
+    proc = cli(export_env, "count:0:MainThread", tmp_path, log)
     _out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert_exactly_once(app, tmp_path / "out", REFS)
@@ -158,17 +158,21 @@ def transaction_starts(statements: list[tuple[str, str]]) -> list[int]:
     return starts
 
 
+@pytest.mark.parametrize("part", range(KILL_PARTS), ids=lambda p: f"{p + 1}of{KILL_PARTS}")
 def test_sigkill_of_a_real_export_run_at_any_statement_never_breaks_exactly_once(
-    make_export_app, tmp_path, export_env, backend, record_property
+    make_export_app, tmp_path, export_env, backend, record_property, part
 ):
+    """A real `export run` SIGKILLed at every statement (SQLite), or at the start of every
+    transaction (PostgreSQL): this part takes every `KILL_PARTS`-th of them from `part`."""
     app = make_export_app()
     statements = count_cli_run(app, tmp_path, export_env)
     # every statement on SQLite; every distinct crash state (each transaction's start) on PostgreSQL
     points = list(range(1, len(statements) + 1)) if backend == "sqlite" else transaction_starts(statements)
+    points = points[part::KILL_PARTS]
     failures: list[str] = []
     for k in points:
         fresh_start(app, tmp_path, "deliver")
-        proc = cli(export_env, f"kill:{k}:MainThread")
+        proc = cli(export_env, f"kill:{k}:MainThread", tmp_path)
         _out, err = proc.communicate(timeout=300)
         try:
             assert proc.returncode == -signal.SIGKILL, f"not killed (exit {proc.returncode}): {err[-500:]}"
@@ -177,11 +181,11 @@ def test_sigkill_of_a_real_export_run_at_any_statement_never_breaks_exactly_once
         except AssertionError as error:
             failures.append(f"kill at #{k} {statements[k - 1]}: {error}")
     report(record_property, f"{backend} export run statements counted", len(statements))
-    report(record_property, f"{backend} kills injected", len(points))
+    report(record_property, f"{backend} kills injected (part {part + 1}/{KILL_PARTS})", len(points))
     assert not failures, "\n".join(failures)
 
 
-def wait_frozen(proc: subprocess.Popen[str]) -> None:
+def wait_frozen(proc: ForkedProcess) -> None:
     wait_until(lambda: process_state(proc.pid) == "T", 120, message="the runner to freeze itself")
 
 
@@ -201,7 +205,7 @@ def test_a_runner_frozen_past_its_lock_is_fenced_when_it_wakes(
     failures: list[str] = []
     for k in moves:
         fresh_start(app, tmp_path, "deliver")
-        frozen = cli(export_env, f"stop:{k}:MainThread")
+        frozen = cli(export_env, f"stop:{k}:MainThread", tmp_path)
         try:
             wait_frozen(frozen)
             expire_leases(app.db)  # it stays frozen past its lock
