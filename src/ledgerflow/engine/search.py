@@ -25,7 +25,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import (
@@ -352,7 +352,7 @@ def parse_instant(value: str, name: str, zone: tzinfo) -> datetime:
     text = value.strip()
     if _DATE_ONLY.fullmatch(text):
         try:
-            return datetime.combine(date.fromisoformat(text), time(0), tzinfo=zone)
+            return datetime.combine(date.fromisoformat(text), datetime.min.time(), tzinfo=zone)
         except ValueError:
             raise BadInput(f"{name} {value!r} is not a calendar date") from None
     match = _DATE_TIME.fullmatch(text)
