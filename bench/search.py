@@ -14,6 +14,7 @@ median and worst of `--repeat` runs per query, in milliseconds, after one warm-u
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import random
@@ -25,14 +26,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import func, insert, select
 
 import ledgerflow.db
 from bench.common import database, machine
 from ledgerflow import App, JobFilter, JobSpec, JobState
 from ledgerflow.api import listing
+from ledgerflow.db.migrate import migrate
 from ledgerflow.db.tables import jobs
-from ledgerflow.engine.search import count_matching
+from ledgerflow.engine.search import count_matching, index_pending
 
 S = JobState
 CHUNK = 5_000
@@ -115,6 +117,21 @@ def load(app: App, count: int, now: datetime) -> float:
     return time.perf_counter() - started
 
 
+def catch_up(app: App) -> dict[str, Any]:
+    """SQLite: fill the job search index up to the newest job, as workers' maintenance does
+    (`index_pending`, 2,000 jobs a transaction); wall seconds and CPU per job indexed."""
+    wall, cpu, done = time.perf_counter(), time.process_time(), 0
+    while step := index_pending(app.db, budget=10.0):
+        done += step
+        print(f"  indexed {done}", file=sys.stderr, end="\r")
+    cpu = time.process_time() - cpu
+    return {
+        "indexed": done,
+        "seconds": round(time.perf_counter() - wall, 1),
+        "cpu_us_per_job": round(cpu / done * 1e6, 1) if done else None,
+    }
+
+
 def _insert(app: App, batch: list[dict[str, Any]]) -> None:
     with app.db.begin() as conn:
         app.db.lift_limits(conn)
@@ -176,48 +193,68 @@ def measure(app: App, fn: Callable[[App], Any], repeat: int) -> dict[str, Any]:
     return {"median_ms": round(statistics.median(times), 1), "max_ms": round(max(times), 1), "rows": found}
 
 
-def write_cost(backend: str, count: int = 20_000, rounds: int = 3) -> dict[str, Any]:
-    """Seconds to enqueue `count` plain jobs (`enqueue_many`, 1,000 a call) with the search
-    index and without it (dropped), best of `rounds`: what PostgreSQL's index costs each write."""
-    out: dict[str, Any] = {"jobs": count}
-    with database(backend) as url:
-        app = App(database_url=url, log_level="WARNING")
+def enqueue_ab(backend: str, rounds: int = 5, bulk: int = 5_000, single: int = 500) -> dict[str, Any]:
+    """Enqueue cost without (schema at 0013) and with migration 0015's search index, A/B
+    interleaved `rounds` times: `enqueue_many` of `bulk` jobs (1,000 a call) and `single` one-job
+    `enqueue` calls; jobs/s (median) and CPU microseconds per job (median, this process)."""
+    figures: dict[str, dict[str, list[float]]] = {}
+    with database(backend) as url_a, database(backend) as url_b:
+        apps = {"without_0015": App(database_url=url_a, log_level="WARNING")}
+        apps["with_0015"] = App(database_url=url_b, log_level="WARNING")
         try:
-            app.migrate()
-            for label in ("with_index_s", "without_index_s"):
-                best = None
-                for _ in range(rounds):
-                    t = time.perf_counter()
-                    for start in range(0, count, 1000):
-                        app.enqueue_many(
-                            [
-                                JobSpec(task="t", args=(f"customer-{i:05d} Trading", f"INV-{i:07d}"))
-                                for i in range(start, start + 1000)
-                            ]
+            migrate(apps["without_0015"].db, "0013")
+            apps["with_0015"].migrate()
+            for n in range(rounds):
+                for label in sorted(apps, reverse=n % 2 == 1):  # alternate which goes first
+                    app, got = apps[label], figures.setdefault(label, {})
+                    specs = [
+                        JobSpec(
+                            task="t", args=(f"customer-{i:05d} Trading", f"INV-{i:07d}"), kwargs={"memo": "x"}
                         )
-                    took = time.perf_counter() - t
-                    best = took if best is None else min(best, took)
-                out[label] = round(best or 0.0, 2)
-                with app.db.begin() as conn:
-                    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_jobs_search")
+                        for i in range(bulk)
+                    ]
+                    wall, cpu = time.perf_counter(), time.process_time()
+                    for start in range(0, bulk, 1000):
+                        app.enqueue_many(specs[start : start + 1000])
+                    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                    got.setdefault("bulk_jobs_per_s", []).append(bulk / wall)
+                    got.setdefault("bulk_cpu_us_per_job", []).append(cpu / bulk * 1e6)
+                    wall, cpu = time.perf_counter(), time.process_time()
+                    for spec in specs[:single]:
+                        app.enqueue(spec)
+                    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                    got.setdefault("single_jobs_per_s", []).append(single / wall)
+                    got.setdefault("single_cpu_us_per_job", []).append(cpu / single * 1e6)
         finally:
-            app.close()
-    out["jobs_per_second_with"] = round(count / out["with_index_s"])
-    out["jobs_per_second_without"] = round(count / out["without_index_s"])
-    return out
+            for app in apps.values():
+                app.close()
+    return {
+        "rounds": rounds,
+        **{
+            label: {k: round(statistics.median(v), 1) for k, v in got.items()}
+            for label, got in figures.items()
+        },
+    }
 
 
-def run(backend: str, count: int, repeat: int) -> dict[str, Any]:
-    with database(backend) as url:
-        app = App(database_url=url, log_level="WARNING")
-        try:
-            app.migrate()
+def run(backend: str, count: int, repeat: int, url: str | None = None) -> dict[str, Any]:
+    with contextlib.ExitStack() as stack:
+        url = url or stack.enter_context(database(backend))
+        app = stack.enter_context(contextlib.closing(App(database_url=url, log_level="WARNING")))
+        app.migrate()
+        with app.db.read() as conn:
+            loaded = conn.execute(select(func.count()).select_from(jobs)).scalar_one()
+            newest = conn.execute(select(func.max(jobs.c.created_at))).scalar()
+        out: dict[str, Any] = {"backend": backend, "jobs": count}
+        if loaded:  # a database loaded by an earlier run (--database): its jobs, its time
+            count, now = loaded, newest + timedelta(seconds=1)
+            out["jobs"] = loaded
+        else:
             now = datetime.now(UTC)
-            load_seconds = load(app, count, now)
-            results = {name: measure(app, fn, repeat) for name, fn in queries(now, count).items()}
-        finally:
-            app.close()
-    return {"backend": backend, "jobs": count, "load_seconds": round(load_seconds, 1), "queries": results}
+            out["load_seconds"] = round(load(app, count, now), 1)
+        out["catch_up"] = catch_up(app)
+        out["queries"] = {name: measure(app, fn, repeat) for name, fn in queries(now, count).items()}
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -225,12 +262,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1_000_000)
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--write-cost-only", action="store_true", help="only time enqueue with/without index")
+    parser.add_argument("--database", help="keep the jobs in this database (loaded once, reused)")
+    parser.add_argument("--enqueue-only", action="store_true", help="only the enqueue A/B")
+    parser.add_argument("--no-enqueue", action="store_true", help="skip the enqueue A/B")
     args = parser.parse_args(argv)
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
-    out: dict[str, Any] = {"machine": machine(), "write_cost": {b: write_cost(b) for b in backends}}
-    if not args.write_cost_only:
-        out["runs"] = [run(b, args.jobs, args.repeat) for b in backends]
+    out: dict[str, Any] = {"machine": machine()}
+    if not args.no_enqueue:
+        out["enqueue_ab"] = {b: enqueue_ab(b) for b in backends}
+    if not args.enqueue_only:
+        out["runs"] = [run(b, args.jobs, args.repeat, args.database) for b in backends]
     print(json.dumps(out, indent=2))
 
 

@@ -130,7 +130,7 @@ def test_the_index_follows_inserts_updates_and_deletes(make_app, backend):
     app.store.delete(job.id)
     assert app.find_jobs(JobFilter(text="kiwi")) == []
     assert app.find_jobs(JobFilter(error="kiwi")) == []
-    if backend == "postgresql":  # SQLite scans: no index to keep in step
+    if backend == "postgresql":  # SQLite: tests/engine/test_search_index.py
         with app.db.read() as conn:
             plan = "\n".join(
                 conn.execute(

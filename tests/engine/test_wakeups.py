@@ -22,7 +22,7 @@ def _wait_ready(db_url: str, make_app, n: int) -> None:
     pids: set[int] = set()
     for _ in range(40):
         job = app.enqueue(basic.record.prepare(sleep=0.3))
-        wait_until(lambda j=job: _started(db_url, j.id), 20, 0.02)
+        wait_until(lambda j=job: _started(db_url, j.id), 90, 0.02)
         pids |= {r["pid"] for r in _started(db_url, job.id)}
         if len(pids) >= n:
             return
@@ -59,7 +59,7 @@ def test_jobs_still_start_after_the_elected_worker_is_killed(db_url, make_app, w
     procs[leader].wait(10)
     later = [app.enqueue(basic.record.prepare()) for _ in range(5)]
     for job in later:
-        rows = wait_until(lambda j=job: _started(db_url, j.id), 20, 0.02)
+        rows = wait_until(lambda j=job: _started(db_url, j.id), 90, 0.02)
         assert rows[0]["pid"] != leader
     assert set(count_runs(db_url).values()) == {1}
 

@@ -8,6 +8,7 @@ limits) still lists. The whole job is at `GET /api/jobs/{id}`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -16,7 +17,7 @@ from sqlalchemy import Text, cast, func, select
 
 from ledgerflow.db.database import Database
 from ledgerflow.db.tables import jobs
-from ledgerflow.engine.search import JobFilter, matching
+from ledgerflow.engine.search import JobFilter, matching, newest_matches
 from ledgerflow.engine.states import JobState
 from ledgerflow.errors import BadInput
 
@@ -95,7 +96,6 @@ def list_jobs(
             _head(jobs.c.kwargs).label("kwargs"),
             _head(jobs.c.result).label("result"),
         )
-        .where(matching(filt, db.is_sqlite))
         .order_by(jobs.c.id.desc())
         .limit(max(1, min(limit, 1000)))
     )
@@ -111,8 +111,12 @@ def list_jobs(
         query = query.where(jobs.c.id < before_id)
     if offset:
         query = query.offset(offset)
+    rows: Sequence[Any]
     with db.read() as conn:
-        rows = conn.execute(query).all()
+        if offset:
+            rows = conn.execute(query.where(matching(filt, db.is_sqlite, conn=conn))).all()
+        else:
+            rows = newest_matches(conn, query, filt, db.is_sqlite, max(1, min(limit, 1000)), before_id)
     return [
         JobSummary(
             **{k: v for k, v in r._mapping.items() if k not in ("errors", "args", "kwargs", "result")},

@@ -17,11 +17,24 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Select, bindparam, event, exc
+from sqlalchemy import (
+    Connection,
+    Integer,
+    Select,
+    bindparam,
+    column,
+    event,
+    exc,
+    literal_column,
+    select,
+    table,
+    union_all,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
 from ledgerflow.db.backends import BULK_JOB_COLUMNS, Election, StoppableThread, dumps
+from ledgerflow.db.tables import jobs
 from ledgerflow.db.types import UTCDateTime
 
 _FORMAT = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's SQLite DATETIME storage format
@@ -33,6 +46,142 @@ def contains_casefolded(haystack: str | None, needle: str | None) -> int:
     if haystack is None or needle is None:
         return 0
     return int(needle.casefold() in haystack.casefold())
+
+
+def casefolded(text: str | None) -> str | None:
+    """SQL `lf_casefold(text)`: Python's Unicode case folding, what the job search index holds."""
+    return None if text is None else text.casefold()
+
+
+#: The job search index (migration 0015): an FTS5 trigram table of case-folded args and kwargs
+#: text, filled up to `job_search_mark.indexed_to` off the enqueue path.
+job_search = table("job_search", column("rowid", Integer))
+job_error_search = table("job_error_search", column("rowid", Integer))
+job_search_dirty = table("job_search_dirty", column("id", Integer))
+job_search_mark = table("job_search_mark", column("indexed_to", Integer))
+_RAREST = 3  # trigrams looked up per text: the rarest few narrow as well as all of them
+_SAMPLE = 200  # index entries read to estimate how common a trigram is
+_SAMPLED = 16  # trigrams of a long text sampled for rarity
+
+
+def trigrams(folded: str) -> list[str]:
+    """The distinct trigrams of `folded`, in order."""
+    return list(dict.fromkeys(folded[i : i + 3] for i in range(len(folded) - 2)))
+
+
+def _spread(conn: Connection, index: str, gram: str) -> int:
+    """How many ids the oldest and the newest `_SAMPLE` index entries of `gram` span, summed
+    (smaller: more common); fewer entries than that: rare, spanning every id."""
+    spread = 0
+    for order in ("ASC", "DESC"):
+        low, high, found = conn.exec_driver_sql(
+            f"SELECT min(rowid), max(rowid), count(*) FROM (SELECT rowid FROM {index} "
+            f"WHERE {index} MATCH ? ORDER BY rowid {order} LIMIT ?)",
+            (_quoted(gram), _SAMPLE),
+        ).one()
+        if found < _SAMPLE:
+            return 1 << 62
+        spread += int(high) - int(low)
+    return spread
+
+
+def _quoted(gram: str) -> str:
+    return '"' + gram.replace('"', '""') + '"'
+
+
+def _match(term: str, conn: Connection | None, index: str) -> str | None:
+    """The FTS5 query for `term`: its rarest trigrams (case-folded; rarity sampled through
+    `conn`, else the first and last few), all required; None under 3 characters."""
+    grams = trigrams(term.casefold())
+    if not grams:
+        return None
+    if conn is not None:
+        sampled = grams[:: -(-len(grams) // _SAMPLED)] + grams[-1:]  # at most _SAMPLED + 1
+        rarity = {g: _spread(conn, index, g) for g in dict.fromkeys(sampled)}
+        grams = sorted(rarity, key=rarity.__getitem__, reverse=True)[:_RAREST]
+    elif len(grams) > 2 * _RAREST:
+        grams = grams[:_RAREST] + grams[-_RAREST:]
+    return " AND ".join(map(_quoted, grams))
+
+
+def many_candidates(conn: Connection, term: str, bound: int) -> bool:
+    """Whether the text index offers at least `bound` jobs for `term` (read up to that many)."""
+    query = _match(term, conn, "job_search")
+    if query is None:
+        return True
+    found = conn.exec_driver_sql(
+        "SELECT count(*) FROM (SELECT rowid FROM job_search WHERE job_search MATCH ? LIMIT ?)", (query, bound)
+    ).scalar_one()
+    return int(found) >= bound
+
+
+def text_candidates(
+    id_column: ColumnElement[Any], term: str, conn: Connection | None = None, errors: bool = False
+) -> ColumnElement[bool] | None:
+    """`id_column IN (...)`: jobs the index (of args and kwargs, or `errors`) says hold the
+    rarest trigrams of `term` (case-folded; rarity sampled through `conn`, else the first and
+    last few), plus every job above the index mark (not indexed yet) and, for errors, every
+    job whose errors changed since; None when `term` folds to fewer than 3 characters (the
+    index cannot answer: scan). A superset: callers recheck the text itself."""
+    index = job_error_search if errors else job_search
+    query = _match(term, conn, index.name)
+    if query is None:
+        return None
+    indexed = select(index.c.rowid).where(literal_column(index.name).op("MATCH")(query))
+    newer = jobs.alias("newer")
+    found = [
+        indexed,
+        select(newer.c.id).where(newer.c.id > select(job_search_mark.c.indexed_to).scalar_subquery()),
+    ]
+    if errors:
+        found.append(select(job_search_dirty.c.id))
+    return id_column.in_(union_all(*found))
+
+
+def pending(conn: Connection) -> bool:
+    """Whether a job above the search index mark, or one whose errors changed, waits."""
+    return bool(
+        conn.exec_driver_sql(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE id > (SELECT indexed_to FROM job_search_mark)) "
+            "OR EXISTS (SELECT 1 FROM job_search_dirty)"
+        ).scalar_one()
+    )
+
+
+def index_jobs(conn: Connection, chunk: int) -> int:
+    """Index the next `chunk` jobs above the mark and move the mark past them, then re-index
+    the errors of up to `chunk` jobs whose errors changed; how many jobs were indexed.
+
+    Run in a write transaction: SQLite writers are serialised and ids only grow
+    (AUTOINCREMENT), so every job up to the new mark is committed and indexed."""
+    mark = conn.exec_driver_sql("SELECT indexed_to FROM job_search_mark").scalar_one()
+    top, count = conn.exec_driver_sql(
+        "SELECT max(id), count(*) FROM (SELECT id FROM jobs WHERE id > ? ORDER BY id LIMIT ?)", (mark, chunk)
+    ).one()
+    if count:
+        conn.exec_driver_sql(
+            "INSERT INTO job_search (rowid, body) SELECT id, lf_casefold(args) || char(10) || "
+            "lf_casefold(kwargs) FROM jobs WHERE id > ? AND id <= ?",
+            (mark, top),
+        )
+        conn.exec_driver_sql(  # jobs inserted with errors (a restore): their errors too
+            "INSERT OR IGNORE INTO job_search_dirty (id) SELECT id FROM jobs WHERE id > ? AND id <= ? "
+            "AND errors <> '[]'",
+            (mark, top),
+        )
+        conn.exec_driver_sql("UPDATE job_search_mark SET indexed_to = ?", (top,))
+    changed = (
+        conn.exec_driver_sql("SELECT id FROM job_search_dirty ORDER BY id LIMIT ?", (chunk,)).scalars().all()
+    )
+    if changed:
+        ids = ",".join(str(int(i)) for i in changed)
+        conn.exec_driver_sql(f"DELETE FROM job_error_search WHERE rowid IN ({ids})")
+        conn.exec_driver_sql(
+            "INSERT INTO job_error_search (rowid, body) "
+            f"SELECT id, lf_casefold(errors) FROM jobs WHERE id IN ({ids}) AND errors <> '[]'"
+        )
+        conn.exec_driver_sql(f"DELETE FROM job_search_dirty WHERE id IN ({ids})")
+    return int(count) + len(changed)
 
 
 def _utcnow() -> datetime:
@@ -64,6 +213,7 @@ class SQLiteBackend:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
             dbapi_conn.create_function("lf_contains", 2, contains_casefolded, deterministic=True)
+            dbapi_conn.create_function("lf_casefold", 1, casefolded, deterministic=True)
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:

@@ -4,10 +4,13 @@ One `JobFilter` serves the job lists (API, CLI, dashboard) and the bulk actions,
 operator sees listed is what an action touches. Text conditions are substring matches on the
 JSON text of `args`/`kwargs` and of `errors` (type, message and traceback of each failed
 attempt), case-insensitive, at least `MIN_TERM` characters long. PostgreSQL answers them from
-a pg_trgm GIN index on the JSON text, so a search stays fast at millions of jobs. SQLite scans
-(a Unicode case-folding `lf_contains` function, db/sqlite.py): a text index there (FTS5 kept
-by triggers) made every enqueue 5x slower, a price the embedded backend's hot path does not
-pay for a search; lists stop at the first page of matches, newest first.
+a pg_trgm GIN index on the JSON text, so a search stays fast at millions of jobs. SQLite
+compares with a Unicode case-folding `lf_contains` (db/sqlite.py) and narrows the rows to
+compare through FTS5 trigram indexes kept off the enqueue path: `index_pending` (each worker's
+maintenance loop) indexes the jobs above a high-water mark, a search takes the index's
+candidates up to the mark plus every job above it, and jobs whose errors changed since they
+were indexed, then checks each row itself: exactly the rows of a full scan, whatever the lag.
+A text many jobs hold is looked for among the newest `PROBE_ROWS` jobs first.
 
 A bulk action goes through the state machine: it selects the jobs the filter matches that
 are in a state the move is allowed from, then changes them with the same guarded UPDATE or
@@ -19,13 +22,27 @@ not overwritten; jobs enqueued after the action started are never touched.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import ColumnElement, Connection, Text, and_, cast, delete, func, select, true
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    Select,
+    Text,
+    and_,
+    cast,
+    delete,
+    func,
+    select,
+    true,
+)
 
+from ledgerflow.db import sqlite
 from ledgerflow.db.tables import jobs
 from ledgerflow.engine.states import CANCEL, DELETE, RETRY, JobState
 from ledgerflow.errors import BadInput
@@ -41,6 +58,11 @@ MAX_TERM = 200
 CHUNK = 500
 #: Counts shown before a bulk action (and in the dashboard) stop at this many matches.
 LIST_WINDOW = 10_000
+#: SQLite: a text search first scans this many of the newest jobs; a text many jobs hold fills
+#: its page (or its capped count) there, without reading the index's many candidates.
+PROBE_ROWS = 2_000
+#: SQLite: jobs added to the search index per write transaction (about 30 ms of writer lock).
+INDEX_CHUNK = 2_000
 
 Action = Literal["cancel", "retry", "delete"]
 #: The states each bulk action moves jobs from: the sources of the user moves of the state
@@ -120,8 +142,13 @@ def _like(term: str) -> str:
     return f"%{escaped}%"
 
 
-def conditions(filt: JobFilter, is_sqlite: bool) -> list[ColumnElement[bool]]:
-    """The WHERE conditions of `filt` on the jobs table, for the current backend."""
+def conditions(
+    filt: JobFilter, is_sqlite: bool, scan: bool = False, conn: Connection | None = None
+) -> list[ColumnElement[bool]]:
+    """The WHERE conditions of `filt` on the jobs table, for the current backend.
+
+    On SQLite a text narrows to the candidates of the job search index (`scan`: it does not,
+    for a look at a few rows), then every condition is checked on the row itself."""
     where: list[ColumnElement[bool]] = []
     if filt.states:
         where.append(jobs.c.state.in_([str(s) for s in filt.states]))
@@ -134,6 +161,9 @@ def conditions(filt: JobFilter, is_sqlite: bool) -> list[ColumnElement[bool]]:
             continue
         if is_sqlite:
             matches = [func.lf_contains(jobs.c[c], term) == 1 for c in columns]
+            errors = columns[0] == "errors"
+            if not scan and (candidates := sqlite.text_candidates(jobs.c.id, term, conn, errors)) is not None:
+                where.append(candidates)
         else:
             pattern = _like(term)
             matches = [cast(jobs.c[c], Text).ilike(pattern, escape="\\") for c in columns]
@@ -149,17 +179,71 @@ def conditions(filt: JobFilter, is_sqlite: bool) -> list[ColumnElement[bool]]:
     return where
 
 
-def matching(filt: JobFilter | None, is_sqlite: bool) -> ColumnElement[bool]:
+def matching(
+    filt: JobFilter | None, is_sqlite: bool, scan: bool = False, conn: Connection | None = None
+) -> ColumnElement[bool]:
     """All of `filt`'s conditions as one clause (true for no filter); see `conditions`."""
-    where = conditions(filt, is_sqlite) if filt is not None else []
+    where = conditions(filt, is_sqlite, scan, conn) if filt is not None else []
     return and_(true(), *where)
+
+
+def newest_floor(conn: Connection, below: int | None = None) -> int:
+    """The lowest id of the `PROBE_ROWS` ids below `below` (default: above the newest job)."""
+    top = below if below is not None else (conn.execute(select(func.max(jobs.c.id))).scalar() or 0) + 1
+    return int(top) - PROBE_ROWS
+
+
+def newest_matches(
+    conn: Connection,
+    query: Select[Any],
+    filt: JobFilter | None,
+    is_sqlite: bool,
+    page: int,
+    below: int | None,
+) -> Sequence[Row[Any]]:
+    """The rows of `query` (jobs newest first, at most `page`, ids below `below`) `filt` matches.
+
+    SQLite, a text: the newest `PROBE_ROWS` jobs are scanned first; a full page there is the
+    answer (a text many jobs hold), else the index answers (a text few jobs hold)."""
+    if is_sqlite and filt is not None and filt.text is not None:
+        floor = newest_floor(conn, below)
+        rows = conn.execute(query.where(matching(filt, True, scan=True), jobs.c.id >= floor)).all()
+        if len(rows) >= page:
+            return rows
+    return conn.execute(query.where(matching(filt, is_sqlite, conn=conn))).all()
 
 
 def count_matching(db: Database, filt: JobFilter, cap: int = LIST_WINDOW) -> int:
     """How many jobs match `filt`, counted up to `cap` + 1 (more: "over `cap`")."""
-    found = select(jobs.c.id).where(matching(filt, db.is_sqlite)).limit(cap + 1)
-    with db.read() as conn:
+
+    def count(where: ColumnElement[bool]) -> int:
+        found = select(jobs.c.id).where(where).limit(cap + 1)
         return int(conn.execute(select(func.count()).select_from(found.subquery())).scalar_one())
+
+    with db.read() as conn:
+        if db.is_sqlite and filt.text is not None and sqlite.many_candidates(conn, filt.text, 3 * cap):
+            # a text many jobs hold: a scan newest first reaches the cap sooner than the index
+            return count(matching(filt, True, scan=True))
+        return count(matching(filt, db.is_sqlite, conn=conn))
+
+
+def index_pending(db: Database, chunk: int = INDEX_CHUNK, budget: float = 1.0) -> int:
+    """SQLite: add the jobs enqueued since the last call to the job search index, `chunk` per
+    write transaction, for about `budget` seconds; how many were indexed (PostgreSQL: 0, its
+    index is kept by the database). Run by each worker's maintenance loop."""
+    if not db.is_sqlite:
+        return 0
+    with db.read() as conn:  # nothing new: no write lock taken
+        if not sqlite.pending(conn):
+            return 0
+    done, until = 0, time.monotonic() + budget
+    while time.monotonic() < until:
+        with db.begin() as conn:
+            step = sqlite.index_jobs(conn, chunk)
+        done += step
+        if step < chunk:
+            break
+    return done
 
 
 @dataclass(frozen=True)
@@ -186,8 +270,8 @@ class BulkActions:
     def count(self, filt: JobFilter, action: Action) -> tuple[int, int]:
         """(jobs the filter matches, of which in a state `action` moves from)."""
         sources = [str(s) for s in _sources(action)]
-        where = matching(filt, self.db.is_sqlite)
         with self.db.read() as conn:
+            where = matching(filt, self.db.is_sqlite, conn=conn)
             matched = conn.execute(select(func.count()).select_from(jobs).where(where)).scalar_one()
             movable = conn.execute(
                 select(func.count()).select_from(jobs).where(where, jobs.c.state.in_(sources))
@@ -206,9 +290,9 @@ class BulkActions:
             return BulkResult(action, True, matched, movable, filt.to_dict())
         with self.db.read() as conn:
             ceiling = conn.execute(select(func.max(jobs.c.id))).scalar()
+            where = matching(filt, self.db.is_sqlite, conn=conn)
         done = 0
         below = (ceiling or 0) + 1
-        where = matching(filt, self.db.is_sqlite)
         while True:
             with self.db.begin() as conn:
                 ids = list(

@@ -29,7 +29,7 @@ from ledgerflow.db.tables import (
     pauses,
 )
 from ledgerflow.engine.jobs import Job, JobSpec
-from ledgerflow.engine.search import Action, BulkActions, BulkResult, JobFilter, matching
+from ledgerflow.engine.search import Action, BulkActions, BulkResult, JobFilter, newest_matches
 from ledgerflow.engine.states import (
     CANCEL,
     CANCEL_DEPENDENT,
@@ -486,16 +486,13 @@ class JobStore:
         self, filt: JobFilter | None = None, *, limit: int = 50, before_id: int | None = None
     ) -> list[Job]:
         """Jobs matching `filt`, newest first; page with `before_id`."""
-        query = (
-            select(jobs)
-            .where(matching(filt, self.db.is_sqlite))
-            .order_by(jobs.c.id.desc())
-            .limit(max(1, min(limit, 1000)))
-        )
+        page = max(1, min(limit, 1000))
+        query = select(jobs).order_by(jobs.c.id.desc()).limit(page)
         if before_id:
             query = query.where(jobs.c.id < before_id)
         with self.db.read() as conn:
-            return [Job.from_row(r) for r in conn.execute(query)]
+            rows = newest_matches(conn, query, filt, self.db.is_sqlite, page, before_id)
+        return [Job.from_row(r) for r in rows]
 
     def bulk(
         self, action: Action, filt: JobFilter, *, dry_run: bool = False, reason: str | None = None

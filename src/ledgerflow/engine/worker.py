@@ -51,6 +51,7 @@ from ledgerflow.engine.limits import LimitStore
 from ledgerflow.engine.liveness import local_owner_running
 from ledgerflow.engine.pool import DaemonThreadPool, _Item
 from ledgerflow.engine.progress import PROGRESS_SECONDS, ProgressReport, write_progress
+from ledgerflow.engine.search import index_pending
 from ledgerflow.engine.states import JobState
 from ledgerflow.engine.tasks import Task
 from ledgerflow.errors import JobTimeout, Snooze
@@ -173,6 +174,8 @@ class Worker:
             AlertChecks(app).maybe_check,
             *(g.sample for g in gates),
         ]
+        if app.db.is_sqlite:  # the job search index, filled behind enqueue (engine/search.py)
+            self.hooks.append(self._index_search)
 
     # ------------------------------------------------------------ lifecycle
     def run(self) -> WorkerExit:
@@ -938,6 +941,9 @@ class Worker:
             )
             overdue.append(self._failure(running, task, error, "timeout"))
         return overdue
+
+    def _index_search(self) -> None:
+        index_pending(self.db, budget=0.2)
 
     def _maintenance_loop(self) -> None:
         suspects: dict[Key, float] = {}

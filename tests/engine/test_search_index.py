@@ -1,0 +1,197 @@
+"""The SQLite job search index (filled behind a mark, off enqueue) answers exactly as a scan does,
+whether it lags, has caught up, or holds jobs since deleted or whose errors changed; PostgreSQL
+answers the same searches through its trigram index exactly as through a plain scan."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import delete, text, update
+
+from ledgerflow import JobFilter, JobSpec, JobState
+from ledgerflow.db import sqlite
+from ledgerflow.db.tables import jobs
+from ledgerflow.engine import search
+from ledgerflow.engine.search import count_matching, index_pending
+
+S = JobState
+# casefold edge cases: ß/ẞ/SS, Turkish İ/ı, a combining acute, final sigma, the ﬁ ligature,
+# characters JSON escapes, LIKE and FTS5 query syntax, and kanji
+PIECES = ["ß", "ẞ", "SS", "ss", "İ", "i̇", "ı", "I", "e\u0301", "é", "Σ", "ς", "σ", "ﬁ", "fi"]
+PIECES += ['"', "\\", "%", "_", "*", " ", "AND", "NEAR", "ab", "AB", "x", "1", "さくら", "商事"]
+texts = st.lists(st.sampled_from(PIECES), min_size=0, max_size=6).map("".join)
+
+
+def _stored(app) -> dict[int, tuple[str, str, str, str]]:
+    """id → (args, kwargs, errors) JSON text as the database holds it, and the state."""
+    with app.db.read() as conn:
+        rows = conn.execute(text("SELECT id, args, kwargs, errors, state FROM jobs")).all()
+    return {r[0]: tuple(r[1:]) for r in rows}
+
+
+def _reference(app, filt: JobFilter) -> list[int]:
+    """Brute force: SQLite by Python case folding over every row; PostgreSQL by a plain scan
+    (indexes off), the semantics its index must keep."""
+    if not app.db.is_sqlite:
+        with app.db.begin() as conn:
+            conn.exec_driver_sql("SET LOCAL enable_bitmapscan = off")
+            conn.exec_driver_sql("SET LOCAL enable_indexscan = off")
+            where = search.matching(filt, False)
+            return list(
+                conn.execute(
+                    jobs.select().with_only_columns(jobs.c.id).where(where).order_by(jobs.c.id.desc())
+                )
+                .scalars()
+                .all()
+            )
+    found = []
+    for job_id, (args, kwargs, errors, state) in _stored(app).items():
+        if filt.states and state not in filt.states:
+            continue
+        if filt.text is not None and not any(filt.text.casefold() in t.casefold() for t in (args, kwargs)):
+            continue
+        if filt.error is not None and filt.error.casefold() not in errors.casefold():
+            continue
+        found.append(job_id)
+    return sorted(found, reverse=True)
+
+
+def _index_some(app, count: int) -> None:
+    if app.db.is_sqlite and count:
+        with app.db.begin() as conn:
+            sqlite.index_jobs(conn, count)
+
+
+def _page_through(app, filt: JobFilter, limit: int) -> list[int]:
+    seen: list[int] = []
+    before = None
+    while page := app.store.find(filt, limit=limit, before_id=before):
+        seen += [j.id for j in page]
+        before = page[-1].id
+    return seen
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_search_agrees_with_brute_force_as_the_index_lags_catches_up_and_jobs_change(
+    make_app, monkeypatch, data
+):
+    app = make_app()
+    with app.db.begin() as conn:
+        conn.execute(delete(jobs))
+    probe = data.draw(st.sampled_from([2, 20_000]), label="probe rows")
+    monkeypatch.setattr(search, "PROBE_ROWS", probe)
+    values = data.draw(st.lists(st.tuples(texts, texts), min_size=1, max_size=14), label="jobs")
+    ids = app.enqueue_many([JobSpec(task="t", args=(a,), kwargs={"k": b}) for a, b in values])
+    _index_some(app, data.draw(st.integers(0, len(ids)), label="indexed"))
+    later = data.draw(st.lists(st.tuples(texts, texts), max_size=5), label="enqueued after")
+    ids += app.enqueue_many([JobSpec(task="t", args=(a,), kwargs={"k": b}) for a, b in later])
+    with app.db.begin() as conn:
+        for job_id in data.draw(st.lists(st.sampled_from(ids), max_size=4), label="deleted"):
+            conn.execute(delete(jobs).where(jobs.c.id == job_id))
+        for job_id in data.draw(st.lists(st.sampled_from(ids), max_size=4), label="failed"):
+            message = data.draw(texts, label="error")
+            errors = [
+                {
+                    "attempt": 1,
+                    "type": "ValueError",
+                    "message": message,
+                    "traceback": None,
+                    "at": "2026-11-30T00:00:00+00:00",
+                }
+            ]
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(errors=errors, state=str(S.DEAD)))
+    if data.draw(st.booleans(), label="caught up"):
+        index_pending(app.db)
+
+    stored = [t for a, b in values + later for t in (a, b)]
+    pool = [t[i : i + n] for t in stored for n in (3, 4, 7) for i in range(max(0, len(t) - n + 1))]
+    for _ in range(6):
+        needle = data.draw(st.sampled_from(pool) if pool else texts, label="needle")
+        needle = needle if len(needle) >= 3 else needle + "zzz"
+        for filt in (
+            JobFilter(text=needle),
+            JobFilter(error=needle),
+            JobFilter(text=needle, states=(S.DEAD,)),
+        ):
+            expected = _reference(app, filt)
+            assert [j.id for j in app.store.find(filt, limit=1000)] == expected, filt
+            assert _page_through(app, filt, limit=2) == expected, filt
+            assert count_matching(app.db, filt, cap=3) == min(len(expected), 4), filt
+
+
+def test_jobs_enqueued_after_the_mark_are_found_before_any_indexing(make_app, backend):
+    app = make_app()
+    old = app.enqueue_many([JobSpec(task="t", args=(f"Straße {i}",)) for i in range(5)])
+    index_pending(app.db)
+    new = app.enqueue_many([JobSpec(task="t", args=(f"STRASSE {i}",)) for i in range(3)])
+    found = [j.id for j in app.find_jobs(JobFilter(text="strasse"))]
+    if backend == "sqlite":  # Unicode case folding: ß is ss
+        assert found == sorted(old + new, reverse=True)
+    else:  # PostgreSQL's ILIKE lower-cases: ß stays ß
+        assert found == sorted(new, reverse=True)
+
+
+def test_deleted_jobs_leave_the_index(make_app, backend):
+    app = make_app()
+    ids = app.enqueue_many([JobSpec(task="t", args=("kiwi",)) for _ in range(4)])
+    assert index_pending(app.db) == (4 if backend == "sqlite" else 0)
+    with app.db.begin() as conn:
+        conn.execute(delete(jobs).where(jobs.c.id.in_(ids[:3])))
+    assert [j.id for j in app.find_jobs(JobFilter(text="kiwi"))] == ids[3:]
+    if backend == "sqlite":
+        with app.db.read() as conn:
+            left = conn.exec_driver_sql("SELECT rowid FROM job_search ORDER BY rowid").scalars().all()
+        assert left == ids[3:]
+
+
+def test_a_running_worker_fills_the_index_and_enqueue_never_touches_it(make_app, backend):
+    app = make_app()
+
+    @app.task(name="slow")
+    def slow() -> None:
+        time.sleep(1.0)  # the maintenance loop (every 0.25 s here) runs meanwhile
+
+    ids = app.enqueue_many([JobSpec(task="t", args=(f"INV-{i:04d}",)) for i in range(50)])
+    if backend == "sqlite":
+        with app.db.read() as conn:
+            assert conn.exec_driver_sql("SELECT indexed_to FROM job_search_mark").scalar_one() == 0
+            assert conn.exec_driver_sql("SELECT count(*) FROM job_search").scalar_one() == 0
+    app.enqueue(JobSpec(task="slow"))
+    app.run_worker(burst=True, queues=["default"])
+    assert [j.id for j in app.find_jobs(JobFilter(text="inv-0042"))] == [ids[42]]
+    if backend == "sqlite":
+        with app.db.read() as conn:
+            assert conn.exec_driver_sql("SELECT indexed_to FROM job_search_mark").scalar_one() >= ids[-1]
+            rows = conn.exec_driver_sql("SELECT count(*) FROM job_search").scalar_one()
+        assert rows >= len(ids)
+
+
+def test_searches_use_the_indexes(make_app, backend):
+    """Text and errors through the text indexes, time ranges through btree indexes."""
+    app = make_app()
+    day = datetime(2026, 1, 1, tzinfo=UTC)
+    explain = "EXPLAIN QUERY PLAN" if backend == "sqlite" else "EXPLAIN"
+    with app.db.begin() as conn:
+        if backend == "postgresql":  # an empty table is scanned otherwise
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+
+        def plan(filt: JobFilter) -> str:
+            query = jobs.select().where(search.matching(filt, app.db.is_sqlite)).order_by(jobs.c.id.desc())
+            compiled = query.limit(50).compile(app.db.engine, compile_kwargs={"literal_binds": True})
+            return " | ".join(str(r[-1]) for r in conn.exec_driver_sql(f"{explain} {compiled}"))
+
+        text_index = "VIRTUAL TABLE INDEX" if backend == "sqlite" else "ix_jobs_search"
+        assert text_index in plan(JobFilter(text="kiwi"))
+        assert ("VIRTUAL TABLE INDEX" if backend == "sqlite" else "ix_jobs_search") in plan(
+            JobFilter(error="kiwi")
+        )
+        assert "ix_jobs_created_at" in plan(
+            JobFilter(enqueued_after=day, enqueued_before=day + timedelta(days=1))
+        )
+        assert "ix_jobs_finished_at" in plan(
+            JobFilter(finished_after=day, finished_before=day + timedelta(days=1))
+        )
