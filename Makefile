@@ -35,7 +35,7 @@ system:
 ## each test file stays in one process): most tests wait on worker processes and servers.
 test: dev system
 	$(BIN)/ruff check src tests bench
-	$(BIN)/python -m pytest -n 3 --dist loadgroup --cov=ledgerflow --cov-report=term --cov-fail-under=85 --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 3 --dist loadfile --cov=ledgerflow --cov-report=term --cov-fail-under=85 --durations=15 $(PYTEST_ARGS)
 
 lint: dev
 	$(BIN)/ruff check src tests bench

@@ -41,15 +41,6 @@ FAST = {
 }
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under `--dist loadgroup` (make test) each test file runs in one xdist process, as with
-    `loadfile`, except the tests marked `spread` (long fault sweeps split into parts): xdist
-    hands those out one by one, so no single process carries a whole sweep."""
-    for item in items:
-        if item.get_closest_marker("spread") is None and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _stop_fork_server() -> Iterator[None]:
     """Stop the fork server at the end of the session, before coverage combines what each

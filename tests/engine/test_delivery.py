@@ -46,21 +46,22 @@ def test_killed_worker_jobs_are_rescued_and_only_they_may_run_twice(db_url, make
     victim.wait(10)
     wait_until(lambda: _all_completed(app, ids), 90, 0.3, "every job completed")
     rows = run_rows(db_url)
-    ended = {(r["job_id"], r["pid"]) for r in rows if r["phase"] == "end"}
-    in_flight_at_kill = {
-        r["job_id"]
-        for r in rows
-        if r["phase"] == "start" and r["pid"] == victim.pid and (r["job_id"], r["pid"]) not in ended
-    }
+    started_by_victim = {r["job_id"] for r in rows if r["phase"] == "start" and r["pid"] == victim.pid}
+    # In flight at the kill = started by the victim and never acknowledged: still running, or
+    # ended by the task while its batched acknowledgement was not yet committed.
+    executions = {job_id: app.store.executions(job_id) for job_id in started_by_victim}
+    in_flight_at_kill = {j for j, execs in executions.items() if execs[0]["status"] != "completed"}
     runs = count_runs(db_url)
     assert set(runs) == set(ids), "no job lost"
     duplicated = {j for j, n in runs.items() if n > 1}
-    assert duplicated <= in_flight_at_kill
+    assert duplicated <= in_flight_at_kill, "only an unacknowledged attempt of the victim may run again"
     assert in_flight_at_kill, "the victim held running jobs when killed"
     for job_id in in_flight_at_kill:
-        execs = app.store.executions(job_id)
+        execs = executions[job_id]
         assert execs[0]["status"] == "failed" and execs[0]["error_type"] == "lease_expired"
         assert execs[-1]["status"] == "completed"
+    for job_id in started_by_victim - in_flight_at_kill:
+        assert runs[job_id] == 1, "an acknowledged job never runs again"
     assert "job_rescued" in survivor.log()
 
 

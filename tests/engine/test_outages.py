@@ -21,7 +21,7 @@ from tests.apps import basic
 from tests.conftest import ON_CI, WorkerProcess, test_metadata, wait_until
 from tests.pgcluster import ThrowawayCluster
 
-pytestmark = [pytest.mark.slow, pytest.mark.spread]  # spread: run side by side under `make test`
+pytestmark = pytest.mark.slow
 
 
 class Producer(threading.Thread):

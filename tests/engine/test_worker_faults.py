@@ -24,8 +24,6 @@ from tests.forkserver import ForkedProcess
 DB_THREAD = "ledgerflow-db"
 HEARTBEAT_THREAD = "ledgerflow-heartbeat"
 
-pytestmark = pytest.mark.spread  # the sweep's parts run in parallel under `make test`
-
 
 def worker_cli(
     db_url: str,
@@ -249,8 +247,8 @@ def report(record_property: Any, name: str, value: Any) -> None:
     print(f"{name}: {value}")
 
 
-#: The sweep in parts (thread, fault kind, part, parts), each a test of its own so xdist can run
-#: them side by side: together they inject every fault of the whole sweep.
+#: The sweep in parts (thread, fault kind, part, parts), each a test of its own (reported, and
+#: re-run, on its own): together they inject every fault of the whole sweep.
 SWEEP_PARTS = [
     (DB_THREAD, "error_before", 0, 2),
     (DB_THREAD, "error_before", 1, 2),

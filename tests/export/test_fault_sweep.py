@@ -51,9 +51,7 @@ from tests.forkserver import ForkedProcess
 REFS = {"S-0", "S-1", "S-2"}
 MAIN = StatementFaults.in_thread("MainThread")
 DAYS = [D, D + timedelta(days=1)]  # an abandoned day's entries go to the next batch
-KILL_PARTS = 2  # the SIGKILL sweep in parts, run side by side by xdist: together every point
-
-pytestmark = pytest.mark.spread  # the sweeps' tests run in parallel under `make test`
+KILL_PARTS = 2  # the SIGKILL sweep in parts (tests of their own): together every point
 
 
 def fresh_start(app: Any, tmp_path: Path, scenario: str) -> WitnessFolder:

@@ -13,7 +13,7 @@ from bench.ledger_data import load_entries
 from ledgerflow import App
 from tests.conftest import ROOT
 
-pytestmark = [pytest.mark.slow, pytest.mark.spread]  # spread: run side by side under `make test`
+pytestmark = pytest.mark.slow
 
 
 def export_in_subprocess(db_url: str, out: str) -> dict[str, float]:
