@@ -51,9 +51,13 @@ def _reference(app, filt: JobFilter) -> list[int]:
     for job_id, (args, kwargs, errors, state) in _stored(app).items():
         if filt.states and state not in filt.states:
             continue
-        if filt.text is not None and not any(filt.text.casefold() in t.casefold() for t in (args, kwargs)):
+        if filt.text is not None and not any(
+            f.casefold() in t.casefold() for f in search.text_forms(filt.text) for t in (args, kwargs)
+        ):
             continue
-        if filt.error is not None and filt.error.casefold() not in errors.casefold():
+        if filt.error is not None and not any(
+            f.casefold() in errors.casefold() for f in search.text_forms(filt.error)
+        ):
             continue
         found.append(job_id)
     return sorted(found, reverse=True)

@@ -21,6 +21,7 @@ not overwritten; jobs enqueued after the action started are never touched.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ from sqlalchemy import (
     cast,
     delete,
     func,
+    or_,
     select,
     true,
 )
@@ -137,6 +139,14 @@ class JobFilter:
         return out
 
 
+def text_forms(term: str) -> tuple[str, ...]:
+    """The texts a search `term` is looked for as: itself (JSON syntax, keys) and, when JSON
+    escapes some of its characters (quotes, backslashes, control characters), its escaped
+    form too, so `say "hi` finds the value `say "hi" now` (stored as `say \\"hi\\" now`)."""
+    escaped = json.dumps(term, ensure_ascii=False)[1:-1]
+    return (term,) if escaped == term else (term, escaped)
+
+
 def _like(term: str) -> str:
     escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
@@ -159,15 +169,19 @@ def conditions(
     for term, columns in ((filt.text, ("args", "kwargs")), (filt.error, ("errors",))):
         if term is None:
             continue
+        forms = text_forms(term)
         if is_sqlite:
-            matches = [func.lf_contains(jobs.c[c], term) == 1 for c in columns]
+            matches = [func.lf_contains(jobs.c[c], form) == 1 for form in forms for c in columns]
             errors = columns[0] == "errors"
-            if not scan and (candidates := sqlite.text_candidates(jobs.c.id, term, conn, errors)) is not None:
-                where.append(candidates)
+            if not scan:
+                found = [sqlite.text_candidates(jobs.c.id, form, conn, errors) for form in forms]
+                if all(c is not None for c in found):
+                    where.append(or_(*found))
         else:
-            pattern = _like(term)
-            matches = [cast(jobs.c[c], Text).ilike(pattern, escape="\\") for c in columns]
-        where.append(matches[0] if len(matches) == 1 else matches[0] | matches[1])
+            matches = [
+                cast(jobs.c[c], Text).ilike(_like(form), escape="\\") for form in forms for c in columns
+            ]
+        where.append(or_(*matches))
     if filt.enqueued_after is not None:
         where.append(jobs.c.created_at >= filt.enqueued_after)
     if filt.enqueued_before is not None:
