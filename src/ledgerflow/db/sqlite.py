@@ -11,6 +11,7 @@ lock wait applies, as the busy timeout (a writer waits that long for the write l
 from __future__ import annotations
 
 import fcntl
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -36,6 +37,8 @@ from sqlalchemy.sql.elements import ColumnElement
 from ledgerflow.db.backends import BULK_JOB_COLUMNS, Election, StoppableThread, dumps
 from ledgerflow.db.tables import jobs
 from ledgerflow.db.types import UTCDateTime
+
+log = logging.getLogger(__name__)
 
 _FORMAT = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's SQLite DATETIME storage format
 
@@ -306,7 +309,7 @@ class DataVersionWaker:
 
         def loop(stop: threading.Event) -> None:
             conn = sqlite3.connect(self._path, check_same_thread=False)
-            lock = open(lock_path, "a+b") if lock_path else None  # noqa: SIM115 (held for the thread's life)
+            lock = _open_lock(lock_path) if lock_path else None
             held = pending = False
             try:
                 last = None
@@ -342,6 +345,16 @@ class DataVersionWaker:
     def stop(self) -> None:
         if self._thread:
             self._thread.stop()
+
+
+def _open_lock(path: str) -> Any:
+    """The wake-up lock file, or None when it cannot be opened (a read-only directory): then
+    every ready worker wakes on each change, as without an election, and none is lost."""
+    try:
+        return open(path, "a+b")  # held for the waker thread's life
+    except OSError as exc:
+        log.warning("wake-up lock file %s unavailable (%s): every idle worker wakes on a change", path, exc)
+        return None
 
 
 def _try_flock(file: Any) -> bool:
