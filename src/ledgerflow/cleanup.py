@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Column, Table, and_, delete, or_, select
 
 from ledgerflow.db.tables import (
+    NOT_AWAITED,
     alerts,
     export_batches,
     job_executions,
@@ -84,7 +85,7 @@ def prune(app: App, retention: Retention | None = None, now: datetime | None = N
             app,
             jobs,
             jobs.c.id,
-            and_(allowed(PRUNE), jobs.c.finished_at < cut["jobs"]),
+            and_(allowed(PRUNE), jobs.c.finished_at < cut["jobs"], NOT_AWAITED),
         ),
         # a cron fire before its schedule's cursor can never be due again; a manual run is keyed
         # by its run key, which may be used again once its row is gone

@@ -119,6 +119,16 @@ job_dependencies = Table(
     Index("ix_job_dependencies_parent", "depends_on_id"),
 )
 
+#: A job no unfinished job waits on (or a completed one, whose dependents may run anyway).
+#: Every delete of finished jobs takes only these: deleting a dead or cancelled job removes
+#: its dependency rows (ON DELETE CASCADE), which would let a retried dependent run without
+#: its dependency ever completing.
+NOT_AWAITED = text(
+    "(jobs.state = 'completed' OR NOT EXISTS (SELECT 1 FROM job_dependencies AS awaited "
+    "JOIN jobs AS waiting ON waiting.id = awaited.job_id "
+    "WHERE awaited.depends_on_id = jobs.id AND waiting." + _LIVE + "))"
+)
+
 job_executions = Table(
     "job_executions",
     metadata,

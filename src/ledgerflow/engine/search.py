@@ -45,7 +45,7 @@ from sqlalchemy import (
 )
 
 from ledgerflow.db import sqlite
-from ledgerflow.db.tables import jobs
+from ledgerflow.db.tables import NOT_AWAITED, jobs
 from ledgerflow.engine.states import CANCEL, DELETE, RETRY, JobState
 from ledgerflow.errors import BadInput
 from ledgerflow.names import check_name
@@ -282,13 +282,13 @@ class BulkActions:
         self.db = store.db
 
     def count(self, filt: JobFilter, action: Action) -> tuple[int, int]:
-        """(jobs the filter matches, of which in a state `action` moves from)."""
-        sources = [str(s) for s in _sources(action)]
+        """(jobs the filter matches, of which `action` may move: in a state it moves from and,
+        for delete, not awaited by an unfinished dependent)."""
         with self.db.read() as conn:
             where = matching(filt, self.db.is_sqlite, conn=conn)
             matched = conn.execute(select(func.count()).select_from(jobs).where(where)).scalar_one()
             movable = conn.execute(
-                select(func.count()).select_from(jobs).where(where, jobs.c.state.in_(sources))
+                select(func.count()).select_from(jobs).where(where, _movable(action))
             ).scalar_one()
         return int(matched), int(movable)
 
@@ -312,7 +312,7 @@ class BulkActions:
                 ids = list(
                     conn.execute(
                         select(jobs.c.id)
-                        .where(where, jobs.c.id < below, jobs.c.state.in_([str(s) for s in sources]))
+                        .where(where, jobs.c.id < below, _movable(action))
                         .order_by(jobs.c.id.desc())
                         .limit(CHUNK)
                     ).scalars()
@@ -330,8 +330,17 @@ class BulkActions:
             return self.store.cancel_ids(conn, ids, reason or "cancelled in bulk")
         if action == "retry":  # a job whose unique key a live job holds now stays as it is
             return len(self.store._make_available(conn, ids).retried)
-        result = conn.execute(delete(jobs).where(jobs.c.id.in_(ids), jobs.c.state.in_(list(sources))))
+        result = conn.execute(
+            delete(jobs).where(jobs.c.id.in_(ids), jobs.c.state.in_(list(sources)), NOT_AWAITED)
+        )
         return int(result.rowcount)
+
+
+def _movable(action: str) -> ColumnElement[bool]:
+    """The jobs `action` may move: in one of its source states; a delete also leaves the dead
+    and cancelled jobs an unfinished (retried) dependent still waits on."""
+    in_source = jobs.c.state.in_([str(s) for s in _sources(action)])
+    return and_(in_source, NOT_AWAITED) if action == "delete" else in_source
 
 
 def _sources(action: str) -> tuple[JobState, ...]:

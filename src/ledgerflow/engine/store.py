@@ -21,6 +21,7 @@ from sqlalchemy.sql import Insert
 from ledgerflow import tracing
 from ledgerflow.db.database import Database
 from ledgerflow.db.tables import (
+    NOT_AWAITED,
     UNIQUE_KEY_WHERE,
     job_dependencies,
     job_executions,
@@ -477,9 +478,20 @@ class JobStore:
     def delete(self, job_id: int) -> None:
         """Delete a finished (completed, dead or cancelled) job with its execution history."""
         with self.db.begin() as conn:
-            if not conn.execute(delete(jobs).where(jobs.c.id == job_id, allowed(DELETE))).rowcount:
-                state = self.get(job_id, conn).state
+            if conn.execute(delete(jobs).where(jobs.c.id == job_id, allowed(DELETE), NOT_AWAITED)).rowcount:
+                return
+            state = self.get(job_id, conn).state
+            if state not in DELETE.sources:
                 raise NotAllowed(f"job {job_id} is {state}; only {describe(DELETE.sources)} jobs are deleted")
+            waiting = conn.execute(
+                select(jobs.c.id)
+                .join(job_dependencies, job_dependencies.c.job_id == jobs.c.id)
+                .where(job_dependencies.c.depends_on_id == job_id, in_states(LIVE))
+            ).scalars()
+            raise NotAllowed(
+                f"job {job_id} is {state} and unfinished jobs wait on it "
+                f"({', '.join(map(str, sorted(waiting)))}): cancel them first"
+            )
 
     # ------------------------------------------------------ search and bulk
     def find(
@@ -504,7 +516,7 @@ class JobStore:
     def purge_dead(self, older_than: timedelta | None = None, task: str | None = None) -> int:
         """Delete dead jobs (the dead-letter queue), optionally only older ones or of one task."""
         with self.db.begin() as conn:
-            stmt = delete(jobs).where(allowed(PURGE))
+            stmt = delete(jobs).where(allowed(PURGE), NOT_AWAITED)
             if older_than is not None:
                 stmt = stmt.where(jobs.c.finished_at < datetime.now(UTC) - older_than)
             if task:
