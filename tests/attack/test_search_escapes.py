@@ -3,7 +3,9 @@ holding it, in args, kwargs and errors, on both backends and whatever the index'
 
 from __future__ import annotations
 
-from ledgerflow import JobFilter
+import pytest
+
+from ledgerflow import BadInput, JobFilter, JobSpec
 from ledgerflow.engine.search import index_pending
 
 
@@ -38,3 +40,13 @@ def test_text_with_quotes_backslashes_and_newlines_finds_the_values_holding_it(m
         # JSON syntax still works: the text stored is the JSON text (keys too)
         assert found(text='"note":') == {j.id for j in app.find_jobs()} - {failed}
         assert found(text="\\temp") == {path}
+
+
+def test_text_no_job_can_hold_is_refused_clearly_not_a_database_error(make_app):
+    app = make_app()
+    app.enqueue(JobSpec(task="t", kwargs={"note": "abcdef"}))
+    for field in ("text", "error"):
+        for term in ("ab\x00", "\ud800ab"):
+            with pytest.raises(BadInput, match=f"{field} to search for holds a NUL or a lone surrogate"):
+                app.find_jobs(JobFilter(**{field: term}))
+    assert app.find_jobs(JobFilter(text="   ")) == []  # blanks are a text like any other

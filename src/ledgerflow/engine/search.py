@@ -110,6 +110,10 @@ class JobFilter:
             term = getattr(self, name)
             if term is not None and not MIN_TERM <= len(term) <= MAX_TERM:
                 raise BadInput(f"{name} to search for must be {MIN_TERM}..{MAX_TERM} characters: {term!r}")
+            if term is not None and ("\x00" in term or _unencodable(term)):
+                raise BadInput(
+                    f"{name} to search for holds a NUL or a lone surrogate, which no job can hold: {term!r}"
+                )
         for name in ("enqueued_after", "enqueued_before", "finished_after", "finished_before"):
             value = getattr(self, name)
             if value is not None and value.tzinfo is None:
@@ -137,6 +141,14 @@ class JobFilter:
                     else value
                 )
         return out
+
+
+def _unencodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def text_forms(term: str) -> tuple[str, ...]:
