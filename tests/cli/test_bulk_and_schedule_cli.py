@@ -173,3 +173,25 @@ def test_schedules_edit_keeps_what_is_not_given_and_previews_five_fires(cli):
     assert json.loads(out)["holiday_calendar"] is None and json.loads(out)["business_day"] is None
     assert cli("schedules", "remove", "close")[0] == 0
     assert cli("schedules", "edit", "close", "--cron", "0 1 * * *")[0] == 2
+
+
+@pytest.mark.parametrize(
+    "zone, local, message",
+    [
+        ("Europe/Berlin", "2027-03-28T02:30", "does not exist in Europe/Berlin (the clocks skip it)"),
+        (
+            "Europe/Berlin",
+            "2026-10-25T02:30",
+            "happens twice in Europe/Berlin (the clocks go back): give its UTC offset (+01:00 or +02:00)",
+        ),
+    ],
+)
+def test_enqueue_refuses_a_local_time_the_clocks_skip_or_repeat(cli, monkeypatch, zone, local, message):
+    """`--scheduled-at` without an offset is in LEDGERFLOW_TIMEZONE: no guessing at DST edges."""
+    monkeypatch.setenv("LEDGERFLOW_TIMEZONE", zone)
+    before = _states(cli)
+    code, _, err = cli("jobs", "enqueue", CLEANUP, "--scheduled-at", local)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert _states(cli) == before  # nothing written
+    job = _enqueue(cli, "--scheduled-at", local.replace("T02:30", "T03:30"))
+    assert job["scheduled_at"].startswith(local[:10])

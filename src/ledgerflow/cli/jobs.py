@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
@@ -189,8 +189,23 @@ def _instant(value: str | None, option: str) -> datetime | None:
     except ValueError:
         raise BadInput(f"{option} {value!r} is not an ISO 8601 date or date-time") from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=ZoneInfo(state.app().settings.timezone))
+        zone = ZoneInfo(state.app().settings.timezone)
+        local, parsed = parsed, parsed.replace(tzinfo=zone)
+        if parsed.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != local:
+            raise BadInput(
+                f"{option} {value!r} does not exist in {zone} (the clocks skip it): give its UTC offset"
+            )
+        if parsed.utcoffset() != parsed.replace(fold=1).utcoffset():
+            offsets = sorted({_offset(parsed), _offset(parsed.replace(fold=1))})
+            raise BadInput(
+                f"{option} {value!r} happens twice in {zone} (the clocks go back): "
+                f"give its UTC offset ({' or '.join(offsets)})"
+            )
     return parsed
+
+
+def _offset(moment: datetime) -> str:
+    return moment.isoformat()[-6:]
 
 
 def _bound(value: str | None, option: str) -> datetime | None:
