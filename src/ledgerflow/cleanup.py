@@ -126,7 +126,9 @@ def _delete(app: App, table: Table, key: Column[Any], where: Any) -> int:
         with app.db.begin() as conn:
             app.db.lift_limits(conn)  # finding a chunk in a long history may take a while
             chunk = select(key).where(where).limit(CHUNK)
-            deleted = int(conn.execute(delete(table).where(key.in_(chunk))).rowcount)
+            # `where` again on the row itself: PostgreSQL rechecks it on a row changed while the
+            # DELETE waited for it (a job retried meanwhile), not the subquery's old version
+            deleted = int(conn.execute(delete(table).where(key.in_(chunk), where)).rowcount)
         total += deleted
         if deleted < CHUNK:
             return total
