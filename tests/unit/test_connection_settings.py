@@ -26,6 +26,7 @@ def test_every_connection_gets_keepalives_a_tcp_user_timeout_and_the_session_lim
     assert args["connect_timeout"] == 5
     assert args["options"] == (
         "-c statement_timeout=30000 -c lock_timeout=5000 -c idle_in_transaction_session_timeout=5000"
+        " -c jit=off"
     )
 
 

@@ -21,7 +21,9 @@ from sqlalchemy import (
     Connection,
     Float,
     and_,
+    any_,
     bindparam,
+    cast,
     column,
     delete,
     exists,
@@ -155,11 +157,16 @@ class LeaseSQL:
             "lease_token": bindparam("token"),
             "lease_expires_at": db.after(lease_seconds),
         }
-        claim = (
-            update(jobs)
-            .where(jobs.c.id.in_(db.backend.skip_locked(candidates).scalar_subquery()))
-            .values(**lease)
-        )
+        picked = db.backend.skip_locked(candidates)
+        if db.is_sqlite:
+            chosen = jobs.c.id.in_(picked.scalar_subquery())
+        else:
+            # `id = ANY(<array built once>)`: with `id IN (subquery)` PostgreSQL's planner, once
+            # statistics say few candidates match, joins the subquery to a scan of the whole table
+            # (118 ms per claim at 20,000 jobs after ANALYZE, instead of 3 ms).
+            ids = select(func.array_agg(picked.subquery().c.id)).scalar_subquery()
+            chosen = jobs.c.id == any_(cast(ids, ARRAY(BigInteger)))  # the cast: an array, not a row set
+        claim = update(jobs).where(chosen).values(**lease)
         self._claim_ids = (  # started when the rate windows say (the same database clock reading)
             update(jobs)
             .where(jobs.c.id.in_(bindparam("ids", expanding=True)), CLAIMABLE_SQL)
