@@ -79,22 +79,26 @@ def test_a_worker_held_by_a_rate_limit_starts_when_the_window_opens(db_url, make
 
 
 def test_idle_workers_waiting_on_a_limit_do_not_spin(db_url, make_app, workers):
-    """Two workers wait on a queue whose only slot a long job holds: they use almost no CPU."""
+    """Two workers wait on a queue whose only slot a long job holds: they use no more CPU than
+    a worker with nothing to do at all (measured beside them, so the machine's load cancels out)."""
     app = _prepare(make_app)
     app.limits.set("queue", "mail", concurrency=1, rate="1/10s")
     first = app.enqueue(limited.send.prepare(sleep=30))
     waiting = app.enqueue_many([limited.send.prepare(sleep=0.0) for _ in range(5)])
     procs = [workers(app="tests.apps.limited:app", queues="mail", concurrency=2) for _ in range(2)]
+    control = workers(app="tests.apps.limited:app", queues="nothing-here", concurrency=2)
     wait_until(lambda: app.get_job(first.id).state == JobState.RUNNING, 60, message="first job running")
     time.sleep(1.0)  # past start-up
-    handles = [psutil.Process(p.pid) for p in procs]
+    handles = [psutil.Process(p.pid) for p in [*procs, control]]
     before = [sum(h.cpu_times()[:2]) for h in handles]
     time.sleep(4.0)
-    used = [sum(h.cpu_times()[:2]) - b for h, b in zip(handles, before, strict=True)]
-    print(f"{db_url.split(':')[0]}: CPU of each idle worker over 4 s: {[round(u, 3) for u in used]}")
+    *used, idle = [sum(h.cpu_times()[:2]) - b for h, b in zip(handles, before, strict=True)]
+    print(f"{db_url.split(':')[0]}: CPU over 4 s, waiting: {[round(u, 3) for u in used]}, idle: {idle:.3f}")
     assert all(app.get_job(i).state == JobState.AVAILABLE for i in waiting)
-    assert max(used) < 0.4, f"an idle worker used {max(used):.2f} s of CPU in 4 s waiting on a limit"
-    for p in procs:
+    # A worker polling its limited claim in a loop burns seconds of CPU in 4 s; waiting costs
+    # what idling costs (heartbeat, waker, maintenance), give or take the machine's noise.
+    assert max(used) < 1.5 * idle + 0.3, f"waiting on a limit: {max(used):.2f} s of CPU, idle: {idle:.2f} s"
+    for p in [*procs, control]:
         p.stop()
 
 
