@@ -17,17 +17,7 @@ from ledgerflow.engine import leases
 from ledgerflow.engine.leases import Claim, LeaseSQL, Outcome
 from tests.apps import limited
 from tests.conftest import wait_until
-from tests.limits.test_global_limits import _starts, runs
-
-
-def _prepare(make_app):
-    app = make_app()
-    limited.metadata.create_all(app.db.engine)
-    return app
-
-
-def _finished(app, ids) -> bool:
-    return all(app.get_job(i).state == JobState.COMPLETED for i in ids)
+from tests.limits.test_global_limits import _finished, _prepare, _starts, runs
 
 
 def slot_latencies(recorded: list[tuple[float, float, int]]) -> list[float]:
