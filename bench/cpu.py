@@ -60,7 +60,7 @@ def one_run(backend: str, jobs: int, concurrency: int, spy: Path | None) -> dict
             if spy is not None:
                 recorder = subprocess.Popen(
                     [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(os.getpid()),
-                     "--rate", "250", "--nonblocking", "--gil", "--format", "raw", "-o", str(spy)],
+                     "--rate", "1000", "--nonblocking", "--gil", "--format", "raw", "-o", str(spy)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
                 time.sleep(1)
