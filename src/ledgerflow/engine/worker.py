@@ -404,11 +404,17 @@ class Worker:
     FLUSH_AFTER = 0.02
     #: Keep about this much work buffered locally (adaptive prefetch for short jobs).
     PREFETCH_SECONDS = 0.05
+    #: At most this many prefetched jobs per slot of concurrency (very short jobs): a cycle
+    #: then carries about this many jobs per slot, and its fixed cost (transaction, statements)
+    #: is shared by more jobs.
+    PREFETCH_PER_SLOT = 32
 
     def _should_flush(self) -> bool:
         if not self._outcomes:
             return False
-        if self._stopping or not self._inflight or len(self._outcomes) >= 64:
+        # a full batch goes at once; a smaller one waits for the next claim (or FLUSH_AFTER)
+        full = max(64, self.opts.concurrency + self._prefetch())
+        if self._stopping or not self._inflight or len(self._outcomes) >= full:
             return True
         return time.monotonic() - self._outcomes[0].finished >= self.FLUSH_AFTER
 
@@ -420,7 +426,7 @@ class Worker:
         if self.opts.prefetch is not None:
             return min(self.opts.prefetch, within_lease)
         adaptive = int(self.PREFETCH_SECONDS / per_job) * self.opts.concurrency // 4
-        return max(0, min(8 * self.opts.concurrency, adaptive, within_lease))
+        return max(0, min(self.PREFETCH_PER_SLOT * self.opts.concurrency, adaptive, within_lease))
 
     async def _read(self, executor: ThreadPoolExecutor, fn: Callable[[], T], default: T) -> T:
         """Run a read on the database thread; on any error log it and return `default`."""
