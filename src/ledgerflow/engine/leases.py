@@ -174,14 +174,6 @@ class LeaseSQL:
             .values(**{**lease, "started_at": bindparam("started", type_=UTCDateTime)})
             .returning(*jobs.c)
         )
-        complete = (
-            update(jobs)
-            .where(
-                allowed(COMPLETE),
-                tuple_(jobs.c.id, jobs.c.lease_token).in_(bindparam("keys", expanding=True)),
-            )
-            .values(state=COMPLETE.target, finished_at=db.now(), lease_token=None, lease_expires_at=None)
-        )
         #: PostgreSQL writes the execution rows inside the claim and completion statements
         #: (data-modifying CTEs): one statement and one round trip each, whatever the batch.
         self._folded = not db.is_sqlite
@@ -201,27 +193,46 @@ class LeaseSQL:
                 ),
             )
             self._claim = select(claimed).add_cte(started.cte("started"))
-            done = complete.returning(jobs.c.id, jobs.c.attempt).cte("done")
-            durations = (
+            # The finished attempts as arrays (id, lease token, duration): the statement's text
+            # is the same whatever the batch size, so psycopg prepares it once per connection.
+            held = (
                 func.unnest(
-                    bindparam("ids", type_=ARRAY(BigInteger)), bindparam("durations", type_=ARRAY(Float))
+                    bindparam("ids", type_=ARRAY(BigInteger)),
+                    bindparam("tokens", type_=ARRAY(BigInteger)),
+                    bindparam("durations", type_=ARRAY(Float)),
                 )
-                .table_valued(column("job_id", BigInteger), column("duration", Float), name="durations")
+                .table_valued(
+                    column("job_id", BigInteger),
+                    column("token", BigInteger),
+                    column("duration", Float),
+                    name="held",
+                )
                 .render_derived()
+            )
+            done = (
+                update(jobs)
+                .where(allowed(COMPLETE), jobs.c.id == held.c.job_id, jobs.c.lease_token == held.c.token)
+                .values(state=COMPLETE.target, finished_at=db.now(), lease_token=None, lease_expires_at=None)
+                .returning(jobs.c.id, jobs.c.attempt, held.c.duration)
+                .cte("done")
             )
             finished = (
                 update(job_executions)
-                .where(
-                    job_executions.c.job_id == done.c.id,
-                    job_executions.c.attempt == done.c.attempt,
-                    durations.c.job_id == done.c.id,
-                )
-                .values(status="completed", completed_at=db.now(), duration_seconds=durations.c.duration)
+                .where(job_executions.c.job_id == done.c.id, job_executions.c.attempt == done.c.attempt)
+                .values(status="completed", completed_at=db.now(), duration_seconds=done.c.duration)
             )
             self._complete = select(done.c.id).add_cte(finished.cte("finished"))
         else:
             self._claim = claim.returning(*jobs.c)
-            self._complete = complete.returning(jobs.c.id)
+            self._complete = (
+                update(jobs)
+                .where(
+                    allowed(COMPLETE),
+                    tuple_(jobs.c.id, jobs.c.lease_token).in_(bindparam("keys", expanding=True)),
+                )
+                .values(state=COMPLETE.target, finished_at=db.now(), lease_token=None, lease_expires_at=None)
+                .returning(jobs.c.id)
+            )
             # SQLite: the completed attempts' execution rows in one statement, from a JSON array
             # of [job_id, attempt, duration] (one parameter: no per-row parameter processing).
             each = func.json_each(bindparam("finished")).table_valued("value", name="each")
@@ -394,10 +405,16 @@ class LeaseSQL:
         accepted: set[tuple[int, int]] = set()
         plain = [o for o in outcomes if _plain(o)]
         if plain:
-            params: dict[str, Any] = {"keys": [o.key for o in plain]}
-            if self._folded:
-                params.update(ids=[o.claim.job.id for o in plain], durations=[_duration(o) for o in plain])
-            ids = set(conn.execute(self._complete, params).scalars())
+            params: dict[str, Any] = (
+                {
+                    "ids": [o.claim.job.id for o in plain],
+                    "tokens": [o.claim.token for o in plain],
+                    "durations": [_duration(o) for o in plain],
+                }
+                if self._folded
+                else {"keys": [o.key for o in plain]}
+            )
+            ids = {row[0] for row in conn.execute(self._complete, params)}  # (not .scalars(): costlier)
             accepted.update(o.key for o in plain if o.claim.job.id in ids)
         dead: list[int] = []
         returned: list[Outcome] = []
