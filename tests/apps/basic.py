@@ -122,3 +122,11 @@ def isolated_progress(steps: int, release: str) -> str:
         time.sleep(0.05)
     job.progress(100, "done")
     return "finished"
+
+
+@app.task(name="exit_sync", max_attempts=1)
+def exit_sync(kind: str, seconds: float) -> None:
+    """After `seconds`, raise SystemExit or KeyboardInterrupt from the task's own thread."""
+    _mark("start")
+    time.sleep(seconds)
+    raise SystemExit(3) if kind == "exit" else KeyboardInterrupt()

@@ -149,6 +149,30 @@ def test_an_async_task_blocking_its_event_loop_is_failed_past_timeout_and_grace(
     assert "job_overdue_failed" in blocked.log()
 
 
+@pytest.mark.parametrize(("kind", "error_type"), [("exit", "SystemExit"), ("interrupt", "KeyboardInterrupt")])
+def test_a_sync_task_raising_systemexit_or_keyboardinterrupt_fails_its_attempt_not_the_worker(
+    db_url, make_app, workers, kind, error_type
+):
+    """`sys.exit()` (or a KeyboardInterrupt) raised in a sync task's thread fails that attempt;
+    the worker goes on. It used to end the process with the task's exit code, losing the
+    outcomes of jobs that had finished but were not yet written: they ran a second time."""
+    app = make_app()
+    (bad,) = app.enqueue_many([basic.exit_sync.prepare(kind, 0.3)])
+    ids = app.enqueue_many([basic.record.prepare(sleep=0.01) for _ in range(100)])
+    worker = workers(concurrency=4, name="exiting")
+    wait_until(lambda: app.get_job(bad).state == JobState.DEAD, 30, 0.2, "the exiting job failed")
+    wait_until(
+        lambda: all(app.get_job(i).state == JobState.COMPLETED for i in ids), 60, 0.2, "the others completed"
+    )
+    assert worker.proc.poll() is None, worker.log()[-3000:]
+    error = app.get_job(bad).errors[-1]
+    assert (error.type, error.attempt) == (error_type, 1)
+    assert executions(app, bad) == [(1, "failed")]
+    assert count_runs(db_url) == dict.fromkeys([bad, *ids], 1)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+
+
 def test_a_process_isolated_child_dies_with_its_sigkilled_worker(db_url, make_app, workers, tmp_path):
     app = make_app()
     app.enqueue_many([basic.isolated_effect.prepare(str(tmp_path), 3.0)])

@@ -749,7 +749,7 @@ class Worker:
             return Outcome(running.claim, "completed", elapsed, result=result)
         return self._result_not_stored(running.claim, elapsed, why)
 
-    def _raised(self, running: _Running, task: Task, exc: Exception) -> Outcome:
+    def _raised(self, running: _Running, task: Task, exc: BaseException) -> Outcome:
         """The outcome of an attempt whose task raised `exc`."""
         if isinstance(exc, Snooze):
             return self._snoozed(running, exc)
@@ -833,7 +833,12 @@ class Worker:
                 self._end_sync(key, running)
 
     def _end_sync(self, key: Key, running: _Running) -> None:
-        """A sync task's thread is done: its result or exception becomes the outcome."""
+        """A sync task's thread is done: its result or exception becomes the outcome.
+
+        SystemExit or KeyboardInterrupt raised in the task's thread (`sys.exit()` in a library)
+        fails the attempt like any exception: a real Ctrl-C or SIGTERM reaches the worker as a
+        signal, never through a task's thread, and ending the process here would lose the
+        outcomes not yet written (their jobs would run again after the rescue)."""
         assert running.item is not None and running.definition is not None
         if running.timer is not None:
             running.timer.cancel()
@@ -841,11 +846,8 @@ class Worker:
         exc = future.exception()
         if exc is None:
             self._end(key, running, self._returned(running, future.result()), None)
-        elif isinstance(exc, Exception):
+        else:
             self._end(key, running, self._raised(running, running.definition, exc), exc)
-        else:  # SystemExit, KeyboardInterrupt raised by the task: no outcome, and it goes on up
-            self._end(key, running, None, exc)
-            raise exc
 
     def _sync_timed_out(self, key: Key) -> None:
         """A sync task ran past its timeout: its thread is abandoned and the attempt fails."""
