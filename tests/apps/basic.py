@@ -130,3 +130,10 @@ def exit_sync(kind: str, seconds: float) -> None:
     _mark("start")
     time.sleep(seconds)
     raise SystemExit(3) if kind == "exit" else KeyboardInterrupt()
+
+
+@app.task(name="pause")
+def pause(seconds: float = 0.0) -> None:
+    """Sleep `seconds` (0: a no-op job), recording nothing: the worker's own cost dominates."""
+    if seconds:
+        time.sleep(seconds)

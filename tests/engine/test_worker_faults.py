@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, update
+from sqlalchemy import delete, func, select, update
 
 from ledgerflow import JobState
 from ledgerflow.db.tables import job_dependencies, job_executions, jobs
@@ -171,6 +171,29 @@ def test_a_sync_task_raising_systemexit_or_keyboardinterrupt_fails_its_attempt_n
     assert count_runs(db_url) == dict.fromkeys([bad, *ids], 1)
     worker.signal(signal.SIGTERM)
     assert worker.wait(30) == 0
+
+
+def test_a_burst_of_longer_jobs_after_no_op_ones_is_shared_by_two_workers(db_url, make_app, workers):
+    """After no-op jobs each worker prefetches up to 32 claims per slot. When the next burst
+    holds longer jobs, a worker gives back what it can no longer start soon: one process used
+    to keep 132 of 200 jobs of 0.2 s (6.6 s of work on 4 slots) while the other ran its 68
+    and idled."""
+    app = make_app()
+    a, b = workers(concurrency=4, name="a"), workers(concurrency=4, name="b")
+    warm = app.enqueue_many([basic.pause.prepare(0.0) for _ in range(400)])
+    wait_until(lambda: all(app.get_job(i).state == JobState.COMPLETED for i in warm), 60, 0.2, "warm-up")
+    burst = app.enqueue_many([basic.pause.prepare(0.2) for _ in range(200)])
+    wait_until(lambda: all(app.get_job(i).state == JobState.COMPLETED for i in burst), 60, 0.2, "the burst")
+    with app.db.read() as conn:
+        rows = conn.execute(
+            select(job_executions.c.worker_id, func.count())
+            .where(job_executions.c.job_id.in_(burst), job_executions.c.status == "completed")
+            .group_by(job_executions.c.worker_id)
+        ).all()
+    shares = sorted(n for _, n in rows)
+    assert sum(shares) == 200 and len(shares) == 2, rows  # one execution row per job: none returned twice
+    assert shares[1] <= 120, f"one worker ran {shares[1]} of the 200 jobs"
+    assert "job_completed" in a.log() and "job_completed" in b.log()
 
 
 def test_a_process_isolated_child_dies_with_its_sigkilled_worker(db_url, make_app, workers, tmp_path):

@@ -642,6 +642,7 @@ class Worker:
     def _start_buffered(self) -> None:
         """Start buffered claims while slots are free; a claim whose lease may have run out
         (not renewed for three quarters of a lease) is given back instead of started."""
+        self._trim_buffer()
         while self._buffer and len(self._inflight) < self.opts.concurrency and not self._stopping:
             claim = self._buffer.popleft()
             leased_at = self._leased_at.pop(claim.key, None)
@@ -650,6 +651,19 @@ class Worker:
                 self._outcomes.append(Outcome(claim, "returned", 0.0))
                 continue
             self._start(claim)
+
+    def _trim_buffer(self) -> None:
+        """Give back the prefetched claims (the last ones) beyond twice what the prefetch now
+        wants, plus one per slot: it was sized by the jobs' recent duration, and a burst of
+        longer jobs after very short ones (up to `PREFETCH_PER_SLOT` per slot) would otherwise
+        be held here for a long time while another worker idles."""
+        if self._stopping or len(self._buffer) <= self.opts.concurrency:
+            return
+        keep = self.opts.concurrency + 2 * self._prefetch()
+        while len(self._buffer) > keep:
+            claim = self._buffer.pop()
+            self._leased_at.pop(claim.key, None)
+            self._outcomes.append(Outcome(claim, "returned", 0.0))
 
     def _return_buffer(self) -> None:
         """Shutdown: give back prefetched jobs that never started."""
