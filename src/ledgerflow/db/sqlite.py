@@ -14,7 +14,7 @@ import fcntl
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
-from ledgerflow.db.backends import BULK_JOB_COLUMNS, Election, StoppableThread, dumps
+from ledgerflow.db.backends import BULK_JOB_COLUMNS, ONE_JOB_COLUMNS, Election, StoppableThread, dumps
 from ledgerflow.db.tables import jobs
 from ledgerflow.db.types import UTCDateTime
 
@@ -191,6 +191,17 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _stored(when: datetime) -> str:
+    """An aware instant as SQLAlchemy stores a `UTCDateTime` on SQLite (naive UTC text)."""
+    return when.astimezone(UTC).replace(tzinfo=None).strftime(_FORMAT)
+
+
+_INSERT_ONE = (
+    f"INSERT INTO jobs ({', '.join(ONE_JOB_COLUMNS)}, created_at, errors, has_dependencies) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '[]', 0)"
+)
+
+
 class SQLiteBackend:
     name = "sqlite"
 
@@ -246,14 +257,14 @@ class SQLiteBackend:
         Inside a write transaction nobody else can insert, and SQLite gives each new row
         the next id (AUTOINCREMENT), so the ids are the contiguous range ending at last_insert_rowid().
         """
-        created = _utcnow().replace(tzinfo=None).strftime(_FORMAT)
+        created = _stored(_utcnow())
         stamp: dict[datetime, str] = {}
 
         def values(row: tuple[Any, ...]) -> tuple[Any, ...]:
             task, queue, priority, state, args, kwargs, max_attempts, timeout, when = row
             text = stamp.get(when)
             if text is None:
-                text = stamp[when] = when.astimezone(UTC).replace(tzinfo=None).strftime(_FORMAT)
+                text = stamp[when] = _stored(when)
             return (
                 task,
                 queue,
@@ -281,6 +292,37 @@ class SQLiteBackend:
         finally:
             cursor.close()
         return list(range(last - len(rows) + 1, last + 1))
+
+    def insert_job(self, conn: Connection, row: Mapping[str, Any]) -> tuple[int, datetime]:
+        """One plain job (no unique key, dependencies or schedule) in one statement on the
+        driver's cursor, without SQLAlchemy's per-statement work (half the CPU of one-call
+        enqueue); returns its id and `created_at` (the process clock: SQLite's clock)."""
+        created = _utcnow()
+        trace_context = row["trace_context"]
+        values = (
+            row["task"],
+            row["queue"],
+            row["priority"],
+            str(row["state"]),
+            dumps(row["args"]) if row["args"] else "[]",
+            dumps(row["kwargs"]) if row["kwargs"] else "{}",
+            row["max_attempts"],
+            float(row["timeout"]),
+            _stored(row["scheduled_at"]),
+            dumps(trace_context) if trace_context else None,
+            _stored(created),
+        )
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(_INSERT_ONE, values)
+            job_id = cursor.lastrowid
+        except sqlite3.Error as error:  # raw cursor: give it SQLAlchemy's form, like every other error
+            kind = exc.OperationalError if isinstance(error, sqlite3.OperationalError) else exc.DatabaseError
+            raise kind(_INSERT_ONE, None, error) from error  # type: ignore[arg-type]
+        finally:
+            cursor.close()
+        assert job_id is not None
+        return job_id, created
 
     def waker(self, engine: Engine, poll_seconds: float) -> DataVersionWaker:
         return DataVersionWaker(engine.url.database or "", poll_seconds)
