@@ -10,10 +10,16 @@ lock wait applies, as the busy timeout (a writer waits that long for the write l
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import logging
+import os
+import select as fdselect
 import sqlite3
+import struct
+import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -318,7 +324,7 @@ class SQLiteBackend:
             job_id = cursor.lastrowid
         except sqlite3.Error as error:  # raw cursor: give it SQLAlchemy's form, like every other error
             kind = exc.OperationalError if isinstance(error, sqlite3.OperationalError) else exc.DatabaseError
-            raise kind(_INSERT_ONE, None, error) from error  # type: ignore[arg-type]
+            raise kind(_INSERT_ONE, None, error) from error
         finally:
             cursor.close()
         assert job_id is not None
@@ -329,13 +335,20 @@ class SQLiteBackend:
 
 
 class DataVersionWaker:
-    """Polls `PRAGMA data_version`, which changes when another connection commits.
+    """Polls `PRAGMA data_version`, which changes when another connection commits; while its
+    worker has free slots it also looks as soon as the write-ahead log is written (`LogWatch`),
+    so an idle worker sees a new job within a millisecond instead of half a poll on average.
 
     With an `Election`, a change wakes only the ready worker holding the group's lock file
     (`<database>-wake-<key>.lock`, an `flock` the kernel releases when its process dies);
     a ready worker that could not take it keeps the change pending and takes the lock as
     soon as the leader gives it up (busy, stopped or dead), then claims.
     """
+
+    #: At least this long between two looks (a busy database writes its log all the time).
+    MIN_GAP = 0.001
+    #: How soon to look again when the log was written but no new commit was visible yet.
+    RECHECK = 0.001
 
     def __init__(self, path: str, poll_seconds: float) -> None:
         self._path = path
@@ -352,14 +365,29 @@ class DataVersionWaker:
         def loop(stop: threading.Event) -> None:
             conn = sqlite3.connect(self._path, check_same_thread=False)
             lock = _open_lock(lock_path) if lock_path else None
+            watch = LogWatch(f"{self._path}-wal")
             held = pending = False
             try:
                 last = None
-                while not stop.wait(self._poll):
+                timeout = self._poll
+                checked = 0.0
+                while not stop.is_set():
+                    if self._ready:  # idle slots: look as soon as the log is written
+                        if watch.wait(timeout):
+                            stop.wait(max(0.0, checked + self.MIN_GAP - time.monotonic()))
+                    else:  # busy: the poll is soon enough (a freed slot claims by itself)
+                        stop.wait(self._poll)
+                        watch.wait(0)
+                    if stop.is_set():
+                        break
+                    checked = time.monotonic()
                     try:
                         version = conn.execute("PRAGMA data_version").fetchone()[0]
                     except sqlite3.Error:
                         continue
+                    # written but not visible yet (the writer updates the log's index after
+                    # writing it): look again shortly rather than at the next poll
+                    timeout = self.RECHECK if version == last and watch.written else self._poll
                     if version != last:
                         pending = pending or last is not None
                         last = version
@@ -378,6 +406,7 @@ class DataVersionWaker:
                         pending = False
             finally:
                 conn.close()
+                watch.close()
                 if lock is not None:
                     lock.close()
 
@@ -387,6 +416,63 @@ class DataVersionWaker:
     def stop(self) -> None:
         if self._thread:
             self._thread.stop()
+
+
+class LogWatch:
+    """Tells when the write-ahead log file is written (Linux inotify, `IN_MODIFY`): every
+    commit writes it. Where inotify is not available, or the file is missing, `wait` only
+    sleeps and the waker's poll finds the commits."""
+
+    _IN_MODIFY, _IN_IGNORED = 0x2, 0x8000
+    _IN_NONBLOCK, _IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
+
+    def __init__(self, path: str) -> None:
+        self._path = path.encode()
+        self._libc = _libc()
+        self._fd = self._libc.inotify_init1(self._IN_NONBLOCK | self._IN_CLOEXEC) if self._libc else -1
+        self._watching = False
+        #: Whether the last `wait` saw the log written.
+        self.written = False
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for a write of the log; True if there was one (since the last call)."""
+        self.written = False
+        if self._fd < 0:
+            time.sleep(timeout)
+            return False
+        if not self._watching:  # the log appears with the first writer; a checkpoint may remove it
+            self._watching = self._libc.inotify_add_watch(self._fd, self._path, self._IN_MODIFY) >= 0
+        if not self._watching:
+            time.sleep(timeout)
+            return False
+        if fdselect.select([self._fd], [], [], timeout)[0]:
+            try:
+                events = os.read(self._fd, 4096)
+            except BlockingIOError:
+                return False
+            for offset in range(0, len(events) - 15, 16):  # a file's events carry no name: 16 bytes
+                (mask,) = struct.unpack_from("I", events, offset + 4)
+                if mask & self._IN_IGNORED:  # the file was removed: watch it again when it is back
+                    self._watching = False
+                self.written = self.written or bool(mask & self._IN_MODIFY)
+        return self.written
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _libc() -> Any:
+    """The C library with inotify, or None (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.inotify_init1, libc.inotify_add_watch  # noqa: B018
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def _open_lock(path: str) -> Any:
