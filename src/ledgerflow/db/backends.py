@@ -90,6 +90,8 @@ BULK_JOB_COLUMNS = (
 ONE_JOB_COLUMNS = (*BULK_JOB_COLUMNS, "trace_context")
 
 
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
 #: `\u0000` escapes that are not themselves escaped (an even run of backslashes before them).
 _NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
@@ -100,7 +102,7 @@ def dumps(value: Any) -> str:
     What a JSON column cannot hold on PostgreSQL (NUL, lone surrogates) is stored as U+FFFD,
     the same rule as text columns (`types.storable_text`); NaN and infinities are refused.
     """
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    text = _encode(value)
     if "\\u0000" in text:
         text = _NUL_ESCAPE.sub("\\1\\\\ufffd", text)
     return text if text.isascii() else storable_text(text)
