@@ -368,7 +368,7 @@ class DataVersionWaker:
             watch = LogWatch(f"{self._path}-wal")
             held = pending = False
             try:
-                last = None
+                last = _data_version(conn)  # before the first wait: a commit during it is seen
                 timeout = self._poll
                 checked = 0.0
                 while not stop.is_set():
@@ -381,9 +381,8 @@ class DataVersionWaker:
                     if stop.is_set():
                         break
                     checked = time.monotonic()
-                    try:
-                        version = conn.execute("PRAGMA data_version").fetchone()[0]
-                    except sqlite3.Error:
+                    version = _data_version(conn)
+                    if version is None:
                         continue
                     # written but not visible yet (the writer updates the log's index after
                     # writing it): look again shortly rather than at the next poll
@@ -416,6 +415,14 @@ class DataVersionWaker:
     def stop(self) -> None:
         if self._thread:
             self._thread.stop()
+
+
+def _data_version(conn: sqlite3.Connection) -> int | None:
+    """`PRAGMA data_version` (changes when another connection commits); None if unreadable."""
+    try:
+        return int(conn.execute("PRAGMA data_version").fetchone()[0])
+    except sqlite3.Error:
+        return None
 
 
 class LogWatch:
