@@ -100,34 +100,3 @@ def test_the_log_watch_waits_for_a_missing_log_file(tmp_path: Path):
         assert watch.wait(5) is True
     finally:
         watch.close()
-
-
-def _grow_log(path: Path, commits: int) -> int:
-    """`commits` commits that never checkpoint themselves; the log file's size after them."""
-    with sqlite3.connect(path, isolation_level=None) as writer:
-        writer.execute("PRAGMA wal_autocheckpoint=0")
-        for i in range(commits):
-            writer.execute("INSERT INTO probe VALUES (?)", (i,))
-    writer.close()
-    return Path(f"{path}-wal").stat().st_size
-
-
-@pytest.mark.parametrize("ready", [True, False])
-def test_an_idle_waker_keeps_the_log_short_a_busy_one_leaves_it(
-    sqlite_template: Path, tmp_path: Path, ready: bool
-):
-    path = _database(sqlite_template, tmp_path)
-    waker = DataVersionWaker(str(path), 0.005)
-    waker.ready(ready)
-    waker.start(lambda _payload: None)
-    try:
-        sizes = []
-        for _ in range(3):
-            sizes.append(_grow_log(path, 40))
-            time.sleep(10 * DataVersionWaker.CHECKPOINT_SECONDS)
-        if ready:  # checkpointed between rounds: the log starts over instead of growing
-            assert sizes[2] <= sizes[0], f"log sizes {sizes}: never checkpointed"
-        else:  # left to SQLite's automatic checkpoint (switched off here): it grows
-            assert sizes[0] < sizes[1] < sizes[2], f"log sizes {sizes}"
-    finally:
-        waker.stop()

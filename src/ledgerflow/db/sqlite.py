@@ -10,7 +10,6 @@ lock wait applies, as the busy timeout (a writer waits that long for the write l
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import fcntl
 import logging
@@ -350,14 +349,11 @@ class DataVersionWaker:
     MIN_GAP = 0.001
     #: How soon to look again when the log was written but no new commit was visible yet.
     RECHECK = 0.001
-    #: How often an idle worker checkpoints the write-ahead log (see `_checkpoint_loop`).
-    CHECKPOINT_SECONDS = 0.1
 
     def __init__(self, path: str, poll_seconds: float) -> None:
         self._path = path
         self._poll = poll_seconds
         self._thread: StoppableThread | None = None
-        self._checkpointer: StoppableThread | None = None
         self._ready = False
 
     def ready(self, ready: bool) -> None:
@@ -415,32 +411,10 @@ class DataVersionWaker:
 
         self._thread = StoppableThread("ledgerflow-sqlite-waker", loop)
         self._thread.start()
-        self._checkpointer = StoppableThread("ledgerflow-sqlite-checkpoint", self._checkpoint_loop)
-        self._checkpointer.start()
-
-    def _checkpoint_loop(self, stop: threading.Event) -> None:
-        """While its worker is idle, copy the write-ahead log back into the database every
-        `CHECKPOINT_SECONDS` (PASSIVE: it waits for nobody and nobody waits for it).
-
-        Otherwise the commit that takes the log past 1,000 pages (every 25-35 jobs here: an
-        enqueue, a claim and an acknowledgement write about 10 pages each) runs the checkpoint
-        itself, two fsyncs and the copy, in the middle of an enqueue or a claim: one job in
-        thirty started 10-25 ms late. A busy worker leaves it to SQLite's automatic checkpoint
-        (small checkpoints would cost its throughput fsyncs)."""
-        conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None, timeout=0)
-        try:
-            while not stop.wait(self.CHECKPOINT_SECONDS):
-                if self._ready:
-                    with contextlib.suppress(sqlite3.Error):  # busy or locked: the next turn
-                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        finally:
-            conn.close()
 
     def stop(self) -> None:
         if self._thread:
             self._thread.stop()
-        if self._checkpointer:
-            self._checkpointer.stop()
 
 
 def _data_version(conn: sqlite3.Connection) -> int | None:
