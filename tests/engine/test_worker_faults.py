@@ -73,7 +73,8 @@ def test_an_ambiguous_commit_of_a_claim_or_an_ack_is_read_back_by_lease_token(
 ):
     """The COMMIT succeeds, the worker sees an error: it reads back what the transaction did.
     A claimed job is kept and run (a max_attempts=1 job still runs, once); an acknowledged
-    outcome is not written again."""
+    outcome is not written again. (On PostgreSQL a cycle that only claims is one statement in
+    autocommit: the claim statement is its own commit, and the fault follows it.)"""
     app = make_app()
     (job_id,) = app.enqueue_many([basic.record.configure(max_attempts=1).prepare()])
     log = tmp_path / "worker.log"
