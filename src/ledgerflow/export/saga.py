@@ -88,6 +88,7 @@ from ledgerflow.export.writer import (
     batch_lines_query,
     books_totals,
     count_lines,
+    export_columns,
     file_totals,
     reconcile,
     stream_entries,
@@ -289,21 +290,7 @@ class ExportSaga:
             e, ln, q = journal_entries, journal_lines, export_queue
             for _ in range(50):  # each rejected entry is left out, then we write again
                 query = (
-                    select(
-                        e.c.id,
-                        e.c.reference,
-                        e.c.entry_date,
-                        e.c.description,
-                        e.c.currency,
-                        e.c.export_path,
-                        literal(False).label("late"),
-                        ln.c.account,
-                        ln.c.account_name,
-                        ln.c.debit_minor,
-                        ln.c.credit_minor,
-                        ln.c.tax_code,
-                        ln.c.memo,
-                    )
+                    select(*export_columns(literal(False).label("late")))
                     .select_from(q.join(e, e.c.id == q.c.entry_id).join(ln, ln.c.entry_id == e.c.id))
                     .where(*self._candidates(batch_date), e.c.id.not_in([h["entry_id"] for h in held]))
                     .order_by(e.c.entry_date, e.c.reference, ln.c.line_no)
