@@ -76,7 +76,7 @@ from ledgerflow.export.destinations import (
     ExportConflict,
     LocalFolder,
     destination_for,
-    file_digests,
+    file_sha256,
     same_content,
 )
 from ledgerflow.export.profiles import Profile
@@ -640,7 +640,7 @@ class ExportSaga:
         work = self.work_root / _safe(a.key)
         stored: list[dict[str, Any]] = batch["files"] or []
         if stored and all(
-            (work / f["name"]).is_file() and file_digests(work / f["name"])[0] == f["sha256"] for f in stored
+            (work / f["name"]).is_file() and file_sha256(work / f["name"]) == f["sha256"] for f in stored
         ):
             return stored  # resume with the files of a previous attempt on this host
         base = self._base_name(a.key, batch["kind"], batch["batch_date"], None)
