@@ -179,8 +179,9 @@ def minor_formatter(currency: str) -> Callable[[int], str]:
     scale, zero, pattern = 10**places, "0." + "0" * places, f"%d.%0{places}d"
 
     def text(minor: int) -> str:
-        if minor > 0:
-            return pattern % divmod(minor, scale)
-        return "-" + pattern % divmod(-minor, scale) if minor else zero
+        if not minor:
+            return zero
+        digits: str = pattern % divmod(abs(minor), scale)
+        return digits if minor > 0 else "-" + digits
 
     return text
