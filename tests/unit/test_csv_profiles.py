@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledgerflow import BadInput
+from ledgerflow.export import writer
 from ledgerflow.export.profiles import (
     PROFILES,
     check_entry,
@@ -26,7 +27,7 @@ from ledgerflow.export.profiles import (
     render,
     rows_for,
 )
-from ledgerflow.export.writer import EntryRejected, _Sink, write_manifest, write_parts
+from ledgerflow.export.writer import EntryRejected, _Sink, file_totals, write_manifest, write_parts
 from ledgerflow.ledger.entries import Entry, Line, parse_entry
 
 GOLDEN = Path(__file__).parent.parent / "golden"
@@ -581,3 +582,26 @@ def test_checksums_and_sizes_describe_the_bytes_written_whatever_the_write_chunk
     monkeypatch.setattr(_Sink, "CHUNK", 1 << 18)
     expected = write_parts(iter(entries), small, reference, "sums", timeout=30)
     assert [p.sha256 for p in generated.parts] == [p.sha256 for p in expected.parts]
+
+
+@pytest.mark.parametrize(
+    ("name", "make"), [("generic", thb_entry), ("generic", jpy_entry), ("freee", jpy_entry)]
+)
+@pytest.mark.parametrize("chunk", [1, 2, 50_000])
+def test_the_files_read_back_give_the_writers_totals_whatever_the_counting_chunk(
+    tmp_path, monkeypatch, name, make, chunk
+):
+    monkeypatch.setattr(writer, "TOTALS_CHUNK", chunk)
+    profile = PROFILES[name].with_options()
+    small = type(profile)(**{**profile.__dict__, "max_rows": 8})  # several parts
+    entries = [entry_rows(make()) for _ in range(5)]
+    entries += [entry_rows(jpy_entry())] if name == "generic" else []  # a second currency
+    generated = write_parts(entries, small, tmp_path, "sums", timeout=30)
+    assert len(generated.parts) > 1
+    read = file_totals(generated.parts, small)
+    assert {cur: (t["debit"], t["credit"]) for cur, t in read.items()} == {
+        cur: (t["debit"], t["credit"]) for cur, t in generated.totals.items()
+    }
+    assert (
+        sum(t["lines"] for t in read.values()) == generated.line_count == sum(len(e.lines) for e in entries)
+    )

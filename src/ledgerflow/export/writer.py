@@ -199,6 +199,8 @@ def count_lines(conn: Connection, batch_id: int) -> int:
     )
 
 
+#: Rows of a written file counted at a time when its totals are re-read (bounds the memory).
+TOTALS_CHUNK = 50_000
 _ENTRY_ID = itemgetter(6)  # the position of journal_entries.id in `export_columns`
 _DEBITS, _CREDITS = itemgetter(DEBIT), itemgetter(CREDIT)
 
@@ -395,7 +397,7 @@ def file_totals(parts: list[PartFile], profile: Profile) -> Totals:
             if profile.header:
                 next(rows, None)
             amounts = map(cells, rows)
-            while chunk := Counter(itertools.islice(amounts, 50_000)):
+            while chunk := Counter(itertools.islice(amounts, TOTALS_CHUNK)):
                 for key, n in chunk.items():
                     cur = key[2] if currency_at is not None else only
                     t = out.setdefault(cur, {"debit": Decimal(0), "credit": Decimal(0), "lines": 0})
