@@ -174,6 +174,36 @@ def test_a_sync_task_raising_systemexit_or_keyboardinterrupt_fails_its_attempt_n
     assert worker.wait(30) == 0
 
 
+def test_running_sync_jobs_cancelled_by_an_operator_end_their_attempt_row(db_url, make_app, workers):
+    """The worker is fenced off (a blocked thread is abandoned, a finished one's outcome is
+    refused) and lives on; the attempt's execution row ends as cancelled instead of staying
+    'running' for ever (it was listed by `status=running` long after the cancel)."""
+    app = make_app()
+    ids = app.enqueue_many(
+        [basic.block_sync.prepare(3.0)] + [basic.record.prepare(sleep=1.0) for _ in range(3)]
+    )
+    worker = workers(concurrency=4, name="cancelled")
+    wait_until(lambda: len(count_runs(db_url)) == 4, 30, 0.05, "the four jobs started")
+    for job_id in ids:
+        app.store.cancel(job_id, "stopped by the operator")
+    wait_until(lambda: run_rows(db_url)[-1]["phase"] == "end", 30, 0.1, "the cancelled tasks ended")
+    wait_until(
+        lambda: worker.log().count("lease_lost_fenced") + worker.log().count("outcome_refused") >= 4, 30, 0.2
+    )
+    for job_id in ids:
+        assert app.get_job(job_id).state == JobState.CANCELLED
+        (row,) = app.store.executions(job_id)
+        assert (row["attempt"], row["status"], row["error_type"], row["error_message"]) == (
+            1,
+            "failed",
+            "cancelled",
+            "stopped by the operator",
+        )
+        assert row["completed_at"] is not None
+    assert worker.proc.poll() is None
+    assert count_runs(db_url) == dict.fromkeys(ids, 1)
+
+
 def test_a_burst_of_longer_jobs_after_no_op_ones_is_shared_by_two_workers(db_url, make_app, workers):
     """After no-op jobs each worker prefetches up to 32 claims per slot. When the next burst
     holds longer jobs, a worker gives back what it can no longer start soon: one process used

@@ -467,6 +467,14 @@ class JobStore:
         )
         cancelled = [int(i) for i in result.scalars()]
         if cancelled:
+            # the running attempt's row ends here: its fenced worker's outcome is refused
+            conn.execute(
+                update(job_executions)
+                .where(job_executions.c.job_id.in_(cancelled), job_executions.c.status == "running")
+                .values(
+                    status="failed", completed_at=self.db.now(), error_type="cancelled", error_message=reason
+                )
+            )
             cancel_dependents(self.db, conn, cancelled)
         return len(cancelled)
 
