@@ -132,6 +132,14 @@ def exit_sync(kind: str, seconds: float) -> None:
     raise SystemExit(3) if kind == "exit" else KeyboardInterrupt()
 
 
+@app.task(name="exit_async", max_attempts=1)
+async def exit_async(kind: str, seconds: float) -> None:
+    """`exit_sync` as an async task: raises in the worker's event loop."""
+    _mark("start")
+    await asyncio.sleep(seconds)
+    raise SystemExit(3) if kind == "exit" else KeyboardInterrupt()
+
+
 @app.task(name="pause")
 def pause(seconds: float = 0.0) -> None:
     """Sleep `seconds` (0: a no-op job), recording nothing: the worker's own cost dominates."""

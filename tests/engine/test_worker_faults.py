@@ -151,14 +151,16 @@ def test_an_async_task_blocking_its_event_loop_is_failed_past_timeout_and_grace(
 
 
 @pytest.mark.parametrize(("kind", "error_type"), [("exit", "SystemExit"), ("interrupt", "KeyboardInterrupt")])
-def test_a_sync_task_raising_systemexit_or_keyboardinterrupt_fails_its_attempt_not_the_worker(
-    db_url, make_app, workers, kind, error_type
+@pytest.mark.parametrize("task", [basic.exit_sync, basic.exit_async], ids=["sync", "async"])
+def test_a_task_raising_systemexit_or_keyboardinterrupt_fails_its_attempt_not_the_worker(
+    db_url, make_app, workers, task, kind, error_type
 ):
-    """`sys.exit()` (or a KeyboardInterrupt) raised in a sync task's thread fails that attempt;
-    the worker goes on. It used to end the process with the task's exit code, losing the
-    outcomes of jobs that had finished but were not yet written: they ran a second time."""
+    """`sys.exit()` (or a KeyboardInterrupt) raised by a task (in its thread, or in the event
+    loop) fails that attempt; the worker goes on. It used to end the process with the task's
+    exit code, losing the outcomes of jobs that had finished but were not yet written: they
+    ran a second time."""
     app = make_app()
-    (bad,) = app.enqueue_many([basic.exit_sync.prepare(kind, 0.3)])
+    (bad,) = app.enqueue_many([task.prepare(kind, 0.3)])
     ids = app.enqueue_many([basic.record.prepare(sleep=0.01) for _ in range(100)])
     worker = workers(concurrency=4, name="exiting")
     wait_until(lambda: app.get_job(bad).state == JobState.DEAD, 30, 0.2, "the exiting job failed")

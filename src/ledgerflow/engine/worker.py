@@ -814,6 +814,8 @@ class Worker:
             if not (running.released or running.fenced):
                 raise
             outcome = self._cancelled(running)
+        except _TaskExit as exc:
+            outcome, caught = self._raised(running, task, exc.raised), exc.raised
         except Exception as exc:
             outcome, caught = self._raised(running, task, exc), exc
         finally:
@@ -822,7 +824,10 @@ class Worker:
     async def _run_async(self, task: Task, ctx: JobContext, running: _Running) -> Any:
         set_current_job(ctx)  # this asyncio task's own context
         job = running.claim.job
-        return await task.func(*job.args, **job.kwargs)
+        try:
+            return await task.func(*job.args, **job.kwargs)
+        except (SystemExit, KeyboardInterrupt) as exc:  # asyncio would end the loop with it
+            raise _TaskExit(exc) from exc
 
     def _start_sync(self, key: Key, running: _Running, task: Task) -> None:
         """Run a sync task in the thread pool without an asyncio task of its own: its end is
@@ -1189,6 +1194,16 @@ def unstorable(outcome: Outcome, error: BaseException) -> Outcome:
 def _first_line(error: BaseException) -> str:
     lines = str(error).splitlines()
     return lines[0] if lines else type(error).__name__
+
+
+class _TaskExit(Exception):
+    """SystemExit or KeyboardInterrupt raised by an async task: carried out of its asyncio
+    task as an ordinary exception, so that it fails the attempt (as in a sync task) instead
+    of ending the event loop and the worker with the outcomes not yet written."""
+
+    def __init__(self, raised: SystemExit | KeyboardInterrupt) -> None:
+        super().__init__(str(raised))
+        self.raised = raised
 
 
 def _call_in_thread(
