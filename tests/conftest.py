@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -165,7 +163,9 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
 
 
 class WorkerProcess:
-    """A real `ledgerflow worker` process for crash, signal and concurrency tests."""
+    """A real `ledgerflow worker` process for crash, signal and concurrency tests, forked from
+    this test process's fork server (tests/forkserver.py): its own pid, signals and exit code,
+    without a second import of ledgerflow."""
 
     def __init__(
         self,
@@ -180,7 +180,7 @@ class WorkerProcess:
         name: str = "worker",
     ) -> None:
         self.log_path = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
-        args = [sys.executable, "-m", "ledgerflow", "worker", "--app", app, "--concurrency", str(concurrency)]
+        args = ["worker", "--app", app, "--concurrency", str(concurrency)]
         if queues:
             args += ["--queues", queues]
         if burst:
@@ -193,8 +193,7 @@ class WorkerProcess:
             "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
         }
         full_env.update(env or {})
-        self._log = open(self.log_path, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(args, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.proc = forkserver.shared().spawn("ledgerflow", args, env=full_env, stdout=self.log_path)
 
     @property
     def pid(self) -> int:
@@ -204,20 +203,15 @@ class WorkerProcess:
         self.proc.send_signal(sig)
 
     def wait(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self._log.flush()
+        return self.proc.wait(timeout)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
-        self._log.close()
 
     def log(self) -> str:
-        self._log.flush()
         return self.log_path.read_text()
 
 
