@@ -11,6 +11,7 @@ import shutil
 import signal
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -100,15 +101,17 @@ def pg_template() -> Iterator[str]:
 
 
 class PgDatabases:
-    """Fresh databases from the template, one made ahead while a test runs and each dropped
-    behind it, on one background thread: a test waits for neither (together about 1 s of a
-    PostgreSQL test on a busy machine). Every test still gets a database no other test used."""
+    """Fresh databases from the template, made ahead while tests run and dropped behind them on
+    background threads: a test waits for neither (together about 1 s of a PostgreSQL test on a
+    busy machine). Every test still gets a database no other test used."""
+
+    AHEAD = 2
 
     def __init__(self, template: str) -> None:
         self._template = template
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="pg-databases")
+        self._threads = ThreadPoolExecutor(2, thread_name_prefix="pg-databases")
         self._drops: list[Future[None]] = []
-        self._next = self._thread.submit(self._create)
+        self._ahead = deque(self._threads.submit(self._create) for _ in range(self.AHEAD))
 
     def _create(self) -> str:
         name = f"lf_t_{uuid.uuid4().hex[:10]}"
@@ -117,17 +120,17 @@ class PgDatabases:
 
     def take(self) -> str:
         """A new database's name (the next one is started at once)."""
-        name = self._next.result()
-        self._next = self._thread.submit(self._create)
-        return name
+        self._ahead.append(self._threads.submit(self._create))
+        return self._ahead.popleft().result()
 
     def drop(self, name: str) -> None:
-        self._drops.append(self._thread.submit(_admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        self._drops.append(self._threads.submit(_admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
     def close(self) -> None:
-        """Drop the spare, wait for every drop; a failed one fails here."""
-        self.drop(self._next.result())
-        self._thread.shutdown(wait=True)
+        """Drop the spares, wait for every drop; a failed one fails here."""
+        for spare in self._ahead:
+            self.drop(spare.result())
+        self._threads.shutdown(wait=True)
         for done in self._drops:
             done.result()
 
