@@ -286,7 +286,10 @@ def test_a_fault_at_any_statement_of_the_worker_cycle_never_breaks_exactly_once(
     The sweep is split into parts (`SWEEP_PARTS`): this test injects every `parts`-th fault of
     kind `fault` from number `part`."""
     app = make_app()
-    statements = count_cycle(app, db_url, tmp_path, thread)
+    # The number of empty polls in a run varies with the machine's load: the shortest of three
+    # clean runs is the one a replay reaches statement k of (a longer count left the last
+    # statements unreached in six replays on a loaded CI machine).
+    statements = min((count_cycle(app, db_url, tmp_path, thread) for _ in range(3)), key=len)
     if thread != DB_THREAD:  # the heartbeat renews while a job runs: its first two beats
         statements = statements[: transaction_starts(statements)[2] - 1]
     plans = sweep_plans(statements, thread, fault)[part::parts]
@@ -294,7 +297,7 @@ def test_a_fault_at_any_statement_of_the_worker_cycle_never_breaks_exactly_once(
     failures: list[str] = []
     replays = 0
     for plan in plans:
-        for _replay in range(6):  # a replay whose polls came out fewer may end before statement k
+        for _replay in range(8):  # a replay whose polls came out fewer may end before statement k
             replays += 1
             reset_jobs(app)
             ids = sweep_jobs(app)
