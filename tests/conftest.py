@@ -127,9 +127,11 @@ class PgDatabases:
         self._drops.append(self._threads.submit(_admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
     def close(self) -> None:
-        """Drop the spares, wait for every drop; a failed one fails here."""
+        """Drop the spares (or cancel them, not yet begun), wait for every drop; a failed one
+        fails here."""
         for spare in self._ahead:
-            self.drop(spare.result())
+            if not spare.cancel():
+                self.drop(spare.result())
         self._threads.shutdown(wait=True)
         for done in self._drops:
             done.result()
