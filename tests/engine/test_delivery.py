@@ -130,6 +130,8 @@ def test_frozen_worker_is_fenced_and_the_rescuer_outcome_stands(db_url, make_app
         0.2,
         "rescuer completes the job",
     )
+    # its outcome is written in the rescuer's next cycle: committed before the frozen one wakes
+    wait_until(lambda: app.get_job(job_id).state == JobState.COMPLETED, 30, 0.1, "rescuer's outcome written")
     frozen.signal(signal.SIGCONT)
     wait_until(lambda: "lease_lost" in frozen.log(), 20, 0.2, "frozen worker notices its lost lease")
     job = app.get_job(job_id)

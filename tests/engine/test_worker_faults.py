@@ -129,8 +129,10 @@ def test_prefetch_is_bounded_by_what_the_pool_starts_within_a_quarter_lease(make
     worker._avg_duration = 1.0  # one second a job: four slots start 8 jobs in 2 s
     assert worker._prefetch() == 8
     worker.opts.prefetch = None
-    worker._avg_duration = 0.001  # fast jobs: the adaptive depth, capped by the pool
-    assert worker._prefetch() == 32
+    worker._avg_duration = 0.001  # fast jobs: about PREFETCH_SECONDS of work (50 ms)
+    assert worker._prefetch() == 50
+    worker._avg_duration = 0.00001  # no-op jobs: capped at PREFETCH_PER_SLOT per slot
+    assert worker._prefetch() == 32 * 4
 
 
 def test_an_async_task_blocking_its_event_loop_is_failed_past_timeout_and_grace(db_url, make_app, workers):

@@ -271,15 +271,20 @@ def test_verify_trusts_the_services_checksum_not_the_uploaders_label(make_export
 def test_a_file_whose_totals_differ_from_the_books_is_never_sent(make_export_app, tmp_path, monkeypatch):
     app = make_export_app()
     app.ledger.record_many([entry("T-1"), entry("T-2")])
-    render = writer.render
+    row_builder = writer.row_builder
 
-    def wrong_amount(entry_: Any, profile: Any, slip: int) -> Any:  # a writer bug: one cell off
-        rendered = render(entry_, profile, slip)
-        if entry_.reference == "T-2":
-            rendered.rows[0][5] = "170.00"
-        return rendered
+    def wrong_amount(profile: Any, text: Any) -> Any:  # a writer bug: one cell off
+        build = row_builder(profile, text)
 
-    monkeypatch.setattr(writer, "render", wrong_amount)
+        def rows(entry_: Any, slip: int) -> Any:
+            out = build(entry_, slip)
+            if entry_.reference == "T-2":
+                out[0][5] = "170.00"
+            return out
+
+        return rows
+
+    monkeypatch.setattr(writer, "row_builder", wrong_amount)
     result = ExportSaga(app).run_daily(D)
     assert result.state == "abandoned" and result.error_type == "totals_mismatch" and result.attempts == 1
     assert "the written file holds THB Dr 277.00 Cr 214.00 in 4 lines" in result.error
@@ -296,7 +301,7 @@ def test_entries_the_writer_missed_stop_the_batch(make_export_app, tmp_path, mon
     stream = saga_module.stream_entries
 
     def drops_the_last(conn: Any, query: Any) -> Any:  # a bug that loses an entry, still balanced
-        return (item for item in stream(conn, query) if item[0].reference != "T-2")
+        return (item for item in stream(conn, query) if item.reference != "T-2")
 
     monkeypatch.setattr(saga_module, "stream_entries", drops_the_last)
     result = ExportSaga(app).run_daily(D)

@@ -17,7 +17,15 @@ from ledgerflow.errors import BadInput
 from ledgerflow.ledger.dates import parse_day
 from ledgerflow.ledger.entries import check_built_entry
 from ledgerflow.ledger.importers import parse_csv, parse_json, parse_json_lines
-from ledgerflow.ledger.money import MINOR_UNITS, format_amount, largest_amount, parse_amount
+from ledgerflow.ledger.money import (
+    MINOR_UNITS,
+    format_amount,
+    from_minor,
+    largest_amount,
+    minor_formatter,
+    parse_amount,
+    to_minor,
+)
 
 LIMIT = 10**15
 #: The accepted form, written out independently of the code: ASCII digits, optional '-',
@@ -42,6 +50,22 @@ def test_every_amount_in_range_round_trips_through_its_text_exactly(case):
     assert parse_amount(grouped, currency) == amount
     if amount == amount.to_integral_value() and abs(amount) < LIMIT:
         assert parse_amount(int(amount), currency) == amount  # a JSON integer
+
+
+@given(amounts_in_range())
+def test_an_amount_in_minor_units_is_written_as_its_decimal_text(case):
+    """The export writes amounts from integer minor units without a Decimal: the same text."""
+    currency, amount = case
+    minor = to_minor(amount, currency)
+    assert minor_formatter(currency)(minor) == format_amount(from_minor(minor, currency), currency)
+
+
+@pytest.mark.parametrize(
+    ("currency", "minor", "text"),
+    [("THB", 0, "0.00"), ("THB", 5, "0.05"), ("THB", -550, "-5.50"), ("JPY", -5, "-5"), ("JPY", 0, "0")],
+)
+def test_small_negative_and_zero_minor_amounts_keep_their_places(currency, minor, text):
+    assert minor_formatter(currency)(minor) == text == format_amount(from_minor(minor, currency), currency)
 
 
 @pytest.mark.parametrize(

@@ -89,6 +89,10 @@ class JobError:
     at: str
 
 
+#: State by stored value: a dict lookup (calling the enum costs more, once per claimed job).
+_STATES = {state.value: state for state in JobState}
+
+
 @dataclass(frozen=True)
 class Job:
     """A job as stored; returned by enqueue, `App.get_job` and listings."""
@@ -125,7 +129,7 @@ class Job:
             task=m["task"],
             queue=m["queue"],
             priority=int(m["priority"]),
-            state=JobState(m["state"]),
+            state=_STATES[m["state"]],
             args=list(m["args"] or []),
             kwargs=dict(m["kwargs"] or {}),
             attempt=int(m["attempt"]),

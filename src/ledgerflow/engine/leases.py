@@ -8,6 +8,7 @@ has its late writes refused: that is the fence.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 import traceback as tb
@@ -173,14 +174,6 @@ class LeaseSQL:
             .values(**{**lease, "started_at": bindparam("started", type_=UTCDateTime)})
             .returning(*jobs.c)
         )
-        complete = (
-            update(jobs)
-            .where(
-                allowed(COMPLETE),
-                tuple_(jobs.c.id, jobs.c.lease_token).in_(bindparam("keys", expanding=True)),
-            )
-            .values(state=COMPLETE.target, finished_at=db.now(), lease_token=None, lease_expires_at=None)
-        )
         #: PostgreSQL writes the execution rows inside the claim and completion statements
         #: (data-modifying CTEs): one statement and one round trip each, whatever the batch.
         self._folded = not db.is_sqlite
@@ -200,28 +193,83 @@ class LeaseSQL:
                 ),
             )
             self._claim = select(claimed).add_cte(started.cte("started"))
-            done = complete.returning(jobs.c.id, jobs.c.attempt).cte("done")
-            durations = (
+            # The finished attempts as arrays (id, lease token, duration): the statement's text
+            # is the same whatever the batch size, so psycopg prepares it once per connection.
+            held = (
                 func.unnest(
-                    bindparam("ids", type_=ARRAY(BigInteger)), bindparam("durations", type_=ARRAY(Float))
+                    bindparam("ids", type_=ARRAY(BigInteger)),
+                    bindparam("tokens", type_=ARRAY(BigInteger)),
+                    bindparam("durations", type_=ARRAY(Float)),
                 )
-                .table_valued(column("job_id", BigInteger), column("duration", Float), name="durations")
+                .table_valued(
+                    column("job_id", BigInteger),
+                    column("token", BigInteger),
+                    column("duration", Float),
+                    name="held",
+                )
                 .render_derived()
+            )
+            done = (
+                update(jobs)
+                .where(allowed(COMPLETE), jobs.c.id == held.c.job_id, jobs.c.lease_token == held.c.token)
+                .values(state=COMPLETE.target, finished_at=db.now(), lease_token=None, lease_expires_at=None)
+                .returning(jobs.c.id, jobs.c.attempt, held.c.duration)
+                .cte("done")
             )
             finished = (
                 update(job_executions)
-                .where(
-                    job_executions.c.job_id == done.c.id,
-                    job_executions.c.attempt == done.c.attempt,
-                    durations.c.job_id == done.c.id,
-                )
-                .values(status="completed", completed_at=db.now(), duration_seconds=durations.c.duration)
+                .where(job_executions.c.job_id == done.c.id, job_executions.c.attempt == done.c.attempt)
+                .values(status="completed", completed_at=db.now(), duration_seconds=done.c.duration)
             )
             self._complete = select(done.c.id).add_cte(finished.cte("finished"))
         else:
             self._claim = claim.returning(*jobs.c)
-            self._complete = complete.returning(jobs.c.id)
-        self._insert_executions = insert(job_executions)
+            self._complete = (
+                update(jobs)
+                .where(
+                    allowed(COMPLETE),
+                    tuple_(jobs.c.id, jobs.c.lease_token).in_(bindparam("keys", expanding=True)),
+                )
+                .values(state=COMPLETE.target, finished_at=db.now(), lease_token=None, lease_expires_at=None)
+                .returning(jobs.c.id)
+            )
+            # SQLite: the completed attempts' execution rows in one statement, from a JSON array
+            # of [job_id, attempt, duration] (one parameter: no per-row parameter processing).
+            each = func.json_each(bindparam("finished")).table_valued("value", name="each")
+            finished_rows = select(
+                func.json_extract(each.c.value, "$[0]").label("job_id"),
+                func.json_extract(each.c.value, "$[1]").label("attempt"),
+                func.json_extract(each.c.value, "$[2]").label("duration"),
+            ).subquery("finished")
+            self._finish_completed = (
+                update(job_executions)
+                .where(
+                    job_executions.c.job_id == finished_rows.c.job_id,
+                    job_executions.c.attempt == finished_rows.c.attempt,
+                )
+                .values(status="completed", completed_at=db.now(), duration_seconds=finished_rows.c.duration)
+            )
+        #: The claimed jobs' execution rows, copied from the rows the claim just wrote.
+        claimed_ids = (
+            jobs.c.id.in_(
+                select(column("value")).select_from(func.json_each(bindparam("ids"))).scalar_subquery()
+            )
+            if db.is_sqlite
+            else jobs.c.id == any_(bindparam("ids", type_=ARRAY(BigInteger)))
+        )
+        self._insert_executions = insert(job_executions).from_select(
+            _EXECUTION_START,
+            select(
+                jobs.c.id,
+                jobs.c.schedule_id,
+                jobs.c.attempt,
+                jobs.c.task,
+                jobs.c.queue,
+                literal("running"),
+                jobs.c.worker_id,
+                jobs.c.started_at,
+            ).where(claimed_ids),
+        )
         self._finish_executions = (
             update(job_executions)
             .where(job_executions.c.job_id == _bind("job_id"), job_executions.c.attempt == _bind("attempt"))
@@ -273,7 +321,7 @@ class LeaseSQL:
                 "token": token,
             },
         )
-        return self._record_claims(conn, rows, token, worker_id, executions_written=self._folded)
+        return self._record_claims(conn, rows, token, executions_written=self._folded)
 
     def claim_limited(
         self,
@@ -308,7 +356,7 @@ class LeaseSQL:
         rows = conn.execute(
             self._claim_ids, {"ids": pick.ids, "worker": worker_id, "token": token, "started": pick.started}
         )
-        claims = self._record_claims(conn, rows, token, worker_id, executions_written=False, limited=True)
+        claims = self._record_claims(conn, rows, token, executions_written=False, limited=True)
         return claims, pick.opens_in
 
     def _record_claims(
@@ -316,7 +364,6 @@ class LeaseSQL:
         conn: Connection,
         rows: Any,
         token: int,
-        worker_id: str,
         *,
         executions_written: bool,
         limited: bool = False,
@@ -325,22 +372,8 @@ class LeaseSQL:
         in claim order."""
         claimed = [Claim(Job.from_row(r), token, limited) for r in rows]
         if claimed and not executions_written:
-            conn.execute(
-                self._insert_executions,
-                [
-                    {
-                        "job_id": c.job.id,
-                        "schedule_id": c.job.schedule_id,
-                        "attempt": c.job.attempt,
-                        "task": c.job.task,
-                        "queue": c.job.queue,
-                        "status": "running",
-                        "worker_id": worker_id,
-                        "started_at": c.job.started_at,
-                    }
-                    for c in claimed
-                ],
-            )
+            ids = [c.job.id for c in claimed]
+            conn.execute(self._insert_executions, {"ids": json.dumps(ids) if self.db.is_sqlite else ids})
         claimed.sort(key=lambda c: (c.job.priority, c.job.scheduled_at, c.job.id))
         return claimed
 
@@ -372,10 +405,16 @@ class LeaseSQL:
         accepted: set[tuple[int, int]] = set()
         plain = [o for o in outcomes if _plain(o)]
         if plain:
-            params: dict[str, Any] = {"keys": [o.key for o in plain]}
-            if self._folded:
-                params.update(ids=[o.claim.job.id for o in plain], durations=[_duration(o) for o in plain])
-            ids = set(conn.execute(self._complete, params).scalars())
+            params: dict[str, Any] = (
+                {
+                    "ids": [o.claim.job.id for o in plain],
+                    "tokens": [o.claim.token for o in plain],
+                    "durations": [_duration(o) for o in plain],
+                }
+                if self._folded
+                else {"keys": [o.key for o in plain]}
+            )
+            ids = {row[0] for row in conn.execute(self._complete, params)}  # (not .scalars(): costlier)
             accepted.update(o.key for o in plain if o.claim.job.id in ids)
         dead: list[int] = []
         returned: list[Outcome] = []
@@ -419,12 +458,17 @@ class LeaseSQL:
                     returned.append(o)
                 elif move is BURY:
                     dead.append(job.id)
-        folded = self._folded  # the folded completion already finished the plain successes' rows
         done = [
             o
             for o in outcomes
-            if o.key in accepted and o.kind not in ("returned", "left_running") and not (folded and _plain(o))
+            if o.key in accepted and o.kind not in ("returned", "left_running") and not _plain(o)
         ]
+        if not self._folded:  # (the folded completion already finished the plain successes' rows)
+            finished = [
+                [o.claim.job.id, o.claim.job.attempt, _duration(o)] for o in plain if o.key in accepted
+            ]
+            if finished:
+                conn.execute(self._finish_completed, {"finished": json.dumps(finished)})
         if done:
             conn.execute(self._finish_executions, [_execution_params(o) for o in done])
         for o in returned:

@@ -96,8 +96,12 @@ class WorkerOptions:
 class _Running:
     claim: Claim
     started: float
-    task: asyncio.Task[None] | None = None
+    task: asyncio.Task[None] | None = None  # an async task's (or child process's) asyncio task
     item: _Item | None = None
+    definition: Task | None = None  # a sync task run in the pool (no asyncio task)
+    timer: asyncio.TimerHandle | None = None  # that sync task's timeout
+    report: ProgressReport | None = None
+    attempt: Attempt | None = None
     child: ChildProcess | None = None
     fenced: bool = False
     released: bool = False
@@ -133,6 +137,9 @@ class Worker:
         self._inflight: dict[Key, _Running] = {}
         self._reports: dict[Key, ProgressReport] = {}
         self._outcomes: list[Outcome] = []
+        #: Sync tasks whose thread returned, not yet taken by the event loop (`_collect_finished`).
+        self._finished: deque[Key] = deque()
+        self._handoff_pending = False
         self._buffer: deque[Claim] = deque()
         #: When each buffered claim's lease was last known to start (claim or renewal), monotonic.
         self._leased_at: dict[Key, float] = {}
@@ -397,11 +404,17 @@ class Worker:
     FLUSH_AFTER = 0.02
     #: Keep about this much work buffered locally (adaptive prefetch for short jobs).
     PREFETCH_SECONDS = 0.05
+    #: At most this many prefetched jobs per slot of concurrency (very short jobs): a cycle
+    #: then carries about this many jobs per slot, and its fixed cost (transaction, statements)
+    #: is shared by more jobs.
+    PREFETCH_PER_SLOT = 32
 
     def _should_flush(self) -> bool:
         if not self._outcomes:
             return False
-        if self._stopping or not self._inflight or len(self._outcomes) >= 64:
+        # a full batch goes at once; a smaller one waits for the next claim (or FLUSH_AFTER)
+        full = max(64, self.opts.concurrency + self._prefetch())
+        if self._stopping or not self._inflight or len(self._outcomes) >= full:
             return True
         return time.monotonic() - self._outcomes[0].finished >= self.FLUSH_AFTER
 
@@ -413,7 +426,7 @@ class Worker:
         if self.opts.prefetch is not None:
             return min(self.opts.prefetch, within_lease)
         adaptive = int(self.PREFETCH_SECONDS / per_job) * self.opts.concurrency // 4
-        return max(0, min(8 * self.opts.concurrency, adaptive, within_lease))
+        return max(0, min(self.PREFETCH_PER_SLOT * self.opts.concurrency, adaptive, within_lease))
 
     async def _read(self, executor: ThreadPoolExecutor, fn: Callable[[], T], default: T) -> T:
         """Run a read on the database thread; on any error log it and return `default`."""
@@ -684,14 +697,20 @@ class Worker:
         key = (claim.job.id, claim.token)
         running = _Running(claim, time.monotonic())
         self._inflight[key] = running
-        running.task = asyncio.ensure_future(self._supervise(key, running))
+        task = self.app.registry.get(claim.job.task)
+        if task.isolation == "process" or task.is_async:
+            running.task = asyncio.ensure_future(self._supervise(key, running, task))
+        else:
+            self._start_sync(key, running, task)
 
-    async def _supervise(self, key: Key, running: _Running) -> None:
+    def _begin(self, key: Key, running: _Running) -> JobContext:
+        """The attempt's progress report, context and tracing span; returns the context."""
         job = running.claim.job
-        task = self.app.registry.get(job.task)
-        report = ProgressReport(job.id, job.attempt, running.claim.token)
+        report = running.report = ProgressReport(job.id, job.attempt, running.claim.token)
         self._reports[key] = report
-        ctx = JobContext(
+        running.attempt = Attempt(job, self.id)
+        self.log.debug("job_running", job_id=job.id, task=job.task, attempt=job.attempt)
+        return JobContext(
             job.id,
             job.task,
             job.queue,
@@ -702,69 +721,160 @@ class Worker:
             self.id,
             report,
         )
-        self.log.debug("job_running", job_id=job.id, task=job.task, attempt=job.attempt)
+
+    def _end(
+        self, key: Key, running: _Running, outcome: Outcome | None, caught: BaseException | None
+    ) -> None:
+        """The attempt is over: close its report and span, and queue its outcome for writing."""
+        assert running.report is not None and running.attempt is not None
+        self._inflight.pop(key, None)
+        self._reports.pop(key, None)
+        running.report.close()
+        running.attempt.end(
+            outcome.kind if outcome else "cancelled", outcome.error if outcome else None, caught
+        )
+        if outcome is not None:
+            outcome.metadata = running.report.snapshot() or {}
+            self._outcomes.append(outcome)
+        if self._wake is not None:
+            self._wake.set()
+
+    def _returned(self, running: _Running, result: Any) -> Outcome:
+        """The outcome of an attempt whose task returned `result`."""
+        elapsed = self._elapsed(running)
+        avg = self._avg_duration
+        self._avg_duration = elapsed if avg is None else 0.8 * avg + 0.2 * elapsed
+        why = result_problem(result, self.app.settings.result_max_bytes)
+        if why is None:
+            return Outcome(running.claim, "completed", elapsed, result=result)
+        return self._result_not_stored(running.claim, elapsed, why)
+
+    def _raised(self, running: _Running, task: Task, exc: Exception) -> Outcome:
+        """The outcome of an attempt whose task raised `exc`."""
+        if isinstance(exc, Snooze):
+            return self._snoozed(running, exc)
+        if isinstance(exc, TimeoutError | JobTimeout):
+            error = JobTimeout(f"attempt ran past its timeout of {running.claim.job.timeout:g}s")
+            return self._failure(running, task, error, "timeout")
+        return self._failure(running, task, exc)
+
+    def _cancelled(self, running: _Running) -> Outcome | None:
+        """The outcome of an attempt stopped by shutdown (released) or by a lost lease (none)."""
+        job = running.claim.job
+        if running.released and self._thread_still_runs(running):
+            # handed back only once this process (and so the thread) is gone: the lease
+            # lapses and a rescue makes it available; the attempt is given back now
+            self.log.warning("job_left_until_exit", job_id=job.id, task=job.task, attempt=job.attempt)
+            return Outcome(running.claim, "left_running", self._elapsed(running))
+        if running.released:
+            return Outcome(running.claim, "released", self._elapsed(running))
+        return None
+
+    async def _supervise(self, key: Key, running: _Running, task: Task) -> None:
+        """Run an async task (or a task in a child process) as an asyncio task of its own."""
+        job = running.claim.job
+        ctx = self._begin(key, running)
+        assert running.attempt is not None
         outcome: Outcome | None = None
-        attempt = Attempt(job, self.id)
         caught: BaseException | None = None
         try:
             if task.isolation == "process":
-                result = await self._run_process(task, ctx, running, attempt)
-            elif task.is_async:
-                with attempt.current():
-                    result = await asyncio.wait_for(self._run_async(task, ctx, running), job.timeout)
+                result = await self._run_process(task, ctx, running, running.attempt)
             else:
-                result = await self._run_sync(task, ctx, running, attempt)
-            elapsed = self._elapsed(running)
-            avg = self._avg_duration
-            self._avg_duration = elapsed if avg is None else 0.8 * avg + 0.2 * elapsed
-            why = result_problem(result, self.app.settings.result_max_bytes)
-            outcome = (
-                Outcome(running.claim, "completed", elapsed, result=result)
-                if why is None
-                else self._result_not_stored(running.claim, elapsed, why)
-            )
+                with running.attempt.current():
+                    result = await asyncio.wait_for(self._run_async(task, ctx, running), job.timeout)
+            outcome = self._returned(running, result)
         except asyncio.CancelledError:
-            if running.released and self._thread_still_runs(running):
-                # handed back only once this process (and so the thread) is gone: the lease
-                # lapses and a rescue makes it available; the attempt is given back now
-                self.log.warning("job_left_until_exit", job_id=job.id, task=job.task, attempt=job.attempt)
-                outcome = Outcome(running.claim, "left_running", self._elapsed(running))
-            elif running.released:
-                outcome = Outcome(running.claim, "released", self._elapsed(running))
-            elif not running.fenced:
+            if not (running.released or running.fenced):
                 raise
-        except Snooze as snooze:
-            outcome = self._snoozed(running, snooze)
-        except (TimeoutError, JobTimeout) as exc:
-            error = JobTimeout(f"attempt ran past its timeout of {job.timeout:g}s")
-            outcome, caught = self._failure(running, task, error, "timeout"), exc
+            outcome = self._cancelled(running)
         except Exception as exc:
-            outcome, caught = self._failure(running, task, exc), exc
+            outcome, caught = self._raised(running, task, exc), exc
         finally:
-            self._inflight.pop(key, None)
-            self._reports.pop(key, None)
-            report.close()
-            attempt.end(outcome.kind if outcome else "cancelled", outcome.error if outcome else None, caught)
-            if outcome is not None:
-                outcome.metadata = report.snapshot() or {}
-                self._outcomes.append(outcome)
-            if self._wake is not None:
-                self._wake.set()
+            self._end(key, running, outcome, caught)
 
     async def _run_async(self, task: Task, ctx: JobContext, running: _Running) -> Any:
         set_current_job(ctx)  # this asyncio task's own context
         job = running.claim.job
         return await task.func(*job.args, **job.kwargs)
 
-    async def _run_sync(self, task: Task, ctx: JobContext, running: _Running, attempt: Attempt) -> Any:
+    def _start_sync(self, key: Key, running: _Running, task: Task) -> None:
+        """Run a sync task in the thread pool without an asyncio task of its own: its end is
+        handed to the event loop with the others that end meanwhile (`_collect_finished`, one
+        loop wake-up per batch), and its timeout is a timer of the loop."""
+        assert self._loop is not None
         job = running.claim.job
-        future, item = self._pool.submit(_call_in_thread, task.func, job.args, job.kwargs, ctx, attempt)
-        running.item = item
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), job.timeout)
-        except (TimeoutError, asyncio.CancelledError):
+        ctx = self._begin(key, running)
+        future, running.item = self._pool.submit(
+            _call_in_thread, task.func, job.args, job.kwargs, ctx, running.attempt
+        )
+        running.definition = task
+        running.timer = self._loop.call_later(job.timeout, self._sync_timed_out, key)
+        future.add_done_callback(lambda _: self._sync_finished(key))
+
+    def _sync_finished(self, key: Key) -> None:
+        """A sync task's thread returned (called in that thread): hand it to the loop, once per batch."""
+        self._finished.append(key)
+        if self._handoff_pending:
+            return
+        self._handoff_pending = True
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                loop.call_soon_threadsafe(self._collect_finished)
+
+    def _collect_finished(self) -> None:
+        """The event loop takes the outcomes of the sync tasks that ended since the last hand-off."""
+        self._handoff_pending = False  # before draining: a later end schedules another hand-off
+        while self._finished:
+            key = self._finished.popleft()
+            running = self._inflight.get(key)
+            if running is not None and running.item is not None and running.definition is not None:
+                self._end_sync(key, running)
+
+    def _end_sync(self, key: Key, running: _Running) -> None:
+        """A sync task's thread is done: its result or exception becomes the outcome."""
+        assert running.item is not None and running.definition is not None
+        if running.timer is not None:
+            running.timer.cancel()
+        future = running.item.future
+        exc = future.exception()
+        if exc is None:
+            self._end(key, running, self._returned(running, future.result()), None)
+        elif isinstance(exc, Exception):
+            self._end(key, running, self._raised(running, running.definition, exc), exc)
+        else:  # SystemExit, KeyboardInterrupt raised by the task: no outcome, and it goes on up
+            self._end(key, running, None, exc)
+            raise exc
+
+    def _sync_timed_out(self, key: Key) -> None:
+        """A sync task ran past its timeout: its thread is abandoned and the attempt fails."""
+        running = self._inflight.get(key)
+        if running is None or running.item is None or running.definition is None:
+            return
+        self._stop_thread(running.item)
+        error = JobTimeout(f"attempt ran past its timeout of {running.claim.job.timeout:g}s")
+        self._end(key, running, self._failure(running, running.definition, error, "timeout"), TimeoutError())
+
+    def _cancel(self, key: Key, running: _Running) -> None:
+        """Stop an attempt for shutdown (`released`) or a lost lease (`fenced`)."""
+        if running.task is not None:
+            running.task.cancel()
+            return
+        if running.item is None or running.definition is None:
+            return
+        if running.timer is not None:
+            running.timer.cancel()
+        if running.item.future.done() and not running.fenced:
+            self._end_sync(key, running)  # it ended before the loop took its result: keep it
+            return
+        self._stop_thread(running.item)
+        self._end(key, running, self._cancelled(running), None)
+
+    def _stop_thread(self, item: _Item) -> None:
+        """A sync task that has not started is cancelled; one that runs has its thread abandoned."""
+        if not item.future.cancel():
             self._abandon(item)
-            raise
 
     async def _run_process(self, task: Task, ctx: JobContext, running: _Running, attempt: Attempt) -> Any:
         job = running.claim.job
@@ -860,12 +970,13 @@ class Worker:
         return time.monotonic() - running.started
 
     def _release_all(self) -> None:
-        for running in list(self._inflight.values()):
-            if running.task and not running.task.done() and not running.released:
-                running.released = True
-                if running.child:
-                    running.child.kill()
-                running.task.cancel()
+        for key, running in list(self._inflight.items()):
+            if running.released or (running.task is not None and running.task.done()):
+                continue
+            running.released = True
+            if running.child:
+                running.child.kill()
+            self._cancel(key, running)
 
     def _renewed(self, keys: set[Key], began: float) -> None:
         """A heartbeat that began at `began` renewed these buffered leases."""
@@ -888,8 +999,7 @@ class Worker:
             self.log.warning("lease_lost_fenced", job_id=job.id, task=job.task, attempt=job.attempt)
             if running.child:
                 running.child.kill()
-            if running.task:
-                running.task.cancel()
+            self._cancel(key, running)
 
     # ------------------------------------------------------------ background threads
     def _heartbeat_loop(self) -> None:

@@ -96,7 +96,13 @@ def same_content(
     with tempfile.TemporaryDirectory(prefix="ledgerflow-verify-") as folder:
         target = Path(folder) / "file"
         download(destination, remote_id, target)
-        return file_digests(target)[0] == sha256
+        return file_sha256(target) == sha256
+
+
+def file_sha256(path: Path) -> str:
+    """A file's SHA-256 (hex) alone: what a delivery and a resumed batch are checked by."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def file_digests(path: Path) -> tuple[str, str, int]:
@@ -165,7 +171,7 @@ class LocalFolder:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-            if file_digests(final)[0] != sha256:
+            if file_sha256(final) != sha256:
                 raise ExportConflict(f"{final} exists with different content; not overwritten")
         except OSError as exc:
             raise DestinationError(f"cannot write {name} to {self.directory}: {exc}") from exc
@@ -173,7 +179,7 @@ class LocalFolder:
 
     def delete(self, remote_id: str, *, batch_key: str, sha256: str) -> bool:
         path = Path(remote_id)
-        if path.exists() and file_digests(path)[0] == sha256:
+        if path.exists() and file_sha256(path) == sha256:
             path.unlink()
             return True
         return False

@@ -1,7 +1,9 @@
 """CSV layouts of the accounting packages ledgerflow exports to. Pure functions, no I/O.
 
 Profiles are data (columns, encoding, BOM, date style, amount rules); the four layouts
-differ in how an entry becomes rows, so each has a small row builder. Sources for every
+differ in how an entry becomes rows, so each has a small row builder, made once per file
+set (`row_builder`) and called once per entry on `EntryRows`: the entry as the database
+streams it, amounts in integer minor units (formatted without `Decimal`). Sources for every
 layout are in ../shared/research/domain.md (Yayoi page_id=18545, Money Forward ib01,
 freee 204847430; OWASP CSV Injection for the neutralising rule).
 """
@@ -10,14 +12,14 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
-from decimal import Decimal
+from typing import Any, NamedTuple
 
 from ledgerflow.errors import BadInput
-from ledgerflow.ledger.entries import Entry, Line
-from ledgerflow.ledger.money import format_amount
+from ledgerflow.ledger.entries import Entry
+from ledgerflow.ledger.money import MINOR_UNITS, minor_formatter, to_minor
 
 #: A text cell starting with one of these is read as a formula by spreadsheets (OWASP, plus
 #: NUL per ASVS 1.2.10 and the full-width forms Japanese IMEs produce).
@@ -132,8 +134,48 @@ class Profile:
         flat = self.flatten(value)
         return neutralise_text(flat) if self.formula_guard else flat
 
-    def amount(self, value: Decimal, currency: str) -> str:
-        return format_amount(value, currency)
+
+#: A journal line as the row builders read it: a sequence whose first six items are account,
+#: account name, debit and credit in minor units, tax code and memo (a database row of
+#: `writer.stream_entries` carries its entry's columns after them).
+LineRow = Sequence[Any]
+ACCOUNT, ACCOUNT_NAME, DEBIT, CREDIT, TAX_CODE, MEMO = range(6)
+
+
+class EntryRows(NamedTuple):
+    """One entry as the export streams it from the database: amounts stay integer minor units."""
+
+    id: int
+    reference: str
+    date: date
+    description: str
+    currency: str
+    late: bool  # dated into a day already delivered (listed in the manifest)
+    lines: Sequence[LineRow]
+
+
+def entry_rows(entry: Entry, late: bool = False) -> EntryRows:
+    """An `Entry` (Decimal amounts) in the form the row builders read."""
+    cur = entry.currency
+    return EntryRows(
+        entry.id or 0,
+        entry.reference,
+        entry.date,
+        entry.description,
+        cur,
+        late,
+        [
+            (
+                ln.account,
+                ln.account_name,
+                to_minor(ln.debit, cur),
+                to_minor(ln.credit, cur),
+                ln.tax_code,
+                ln.memo,
+            )
+            for ln in entry.lines
+        ],
+    )
 
 
 class TextCells:
@@ -145,16 +187,27 @@ class TextCells:
         self.flattened = 0  # cells whose line breaks, tabs or control characters were replaced
         self.neutralised = 0  # cells the formula guard prefixed with '
 
-    def __call__(self, value: str | None) -> str:
+    def cell(self, value: str | None, cells: int = 1) -> str:
+        """`value` as written; it fills `cells` cells of the file (an entry's text on each of its rows)."""
         if not value:
             return ""
         if value.isprintable() and value[0] not in _GUARD_FIRST:  # the common cell: unchanged, at C speed
             return value
         flat = self.profile.flatten(value)
         safe = neutralise_text(flat) if self.profile.formula_guard else flat
-        self.flattened += flat != value
-        self.neutralised += safe != flat
+        self.flattened += cells * (flat != value)
+        self.neutralised += cells * (safe != flat)
         return safe
+
+
+Cells = list[list[str]]
+#: A layout's rows for one entry: (entry, slip) -> rows, `slip` numbering the entry within its file.
+RowBuilder = Callable[[EntryRows, int], Cells]
+
+
+def row_builder(profile: Profile, text: TextCells) -> RowBuilder:
+    """The rows of `profile`'s layout, entry by entry, its text cells cleaned (and counted) by `text`."""
+    return LAYOUTS[profile.layout](profile, text)
 
 
 @dataclass(frozen=True)
@@ -169,7 +222,7 @@ class Rendered:
 def render(entry: Entry, profile: Profile, slip: int) -> Rendered:
     """The rows of one entry (`slip` numbers the entry within its file: 1, 2, 3 …)."""
     text = TextCells(profile)
-    rows = LAYOUTS[profile.layout](entry, profile, slip, text)
+    rows = row_builder(profile, text)(entry_rows(entry), slip)
     return Rendered(rows, text.flattened, text.neutralised)
 
 
@@ -178,40 +231,46 @@ def rows_for(entry: Entry, profile: Profile, slip: int) -> list[list[str]]:
     return render(entry, profile, slip).rows
 
 
-def check_layout(entry: Entry, profile: Profile) -> None:
+def check_layout(entry: EntryRows, profile: Profile) -> None:
     """Refuse, naming the entry, a currency, sign or field this layout cannot hold. (A tax line
-    whose taxed line is ambiguous is refused by `render`; encodability by `check_entry`.)"""
-    where = f"entry {entry.reference} ({profile.name} profile)"
+    whose taxed line is ambiguous is refused by the row builder; encodability by `check_entry`.)"""
     if profile.currencies is not None and entry.currency not in profile.currencies:
         raise BadInput(
-            f"{where}: currency {entry.currency} is not supported "
+            f"{_where(entry, profile)}: currency {entry.currency} is not supported "
             f"(only {', '.join(sorted(profile.currencies))})"
         )
+    digits, limit = profile.max_amount_digits, profile.max_account_chars
+    if profile.allow_negative and digits is None and limit is None:
+        return  # nothing to check line by line (generic)
+    largest = 10 ** (digits + MINOR_UNITS[entry.currency]) if digits is not None else None
     for n, line in enumerate(entry.lines, 1):
-        if not profile.allow_negative and (line.debit < 0 or line.credit < 0):
+        debit, credit = line[DEBIT], line[CREDIT]
+        if not profile.allow_negative and (debit < 0 or credit < 0):
             raise BadInput(
-                f"{where}: line {n} has a negative amount; this layout only takes "
+                f"{_where(entry, profile)}: line {n} has a negative amount; this layout only takes "
                 f"positive amounts (put it on the opposite side)"
             )
-        digits = profile.max_amount_digits
-        if digits is not None and max(abs(line.debit), abs(line.credit)) >= 10**digits:
-            amount = profile.amount(line.debit or line.credit, entry.currency)
+        if largest is not None and max(abs(debit), abs(credit)) >= largest:
+            amount = minor_formatter(entry.currency)(debit or credit)
             raise BadInput(
-                f"{where}: line {n} amount {amount} is too large; this layout takes at most "
-                f"{digits} digits ({'9' * digits})"
+                f"{_where(entry, profile)}: line {n} amount {amount} is too large; this layout takes "
+                f"at most {digits} digits ({'9' * (digits or 0)})"
             )
-        limit = profile.max_account_chars
         if limit is not None and len(account := profile.clean(_account(line))) > limit:
             raise BadInput(
-                f"{where}: line {n} account {account!r} has {len(account)} characters; "
+                f"{_where(entry, profile)}: line {n} account {account!r} has {len(account)} characters; "
                 f"this layout takes at most {limit}"
             )
 
 
+def _where(entry: EntryRows | Entry, profile: Profile) -> str:
+    return f"entry {entry.reference} ({profile.name} profile)"
+
+
 def check_entry(entry: Entry, profile: Profile) -> None:
     """Refuse, naming the entry, what this layout cannot hold (before anything is written)."""
-    check_layout(entry, profile)
-    where = f"entry {entry.reference} ({profile.name} profile)"
+    check_layout(entry_rows(entry), profile)
+    where = _where(entry, profile)
     codec = profile.encoding
     for n, row in enumerate(rows_for(entry, profile, 1), 1):
         for cell in row:
@@ -222,8 +281,8 @@ def check_entry(entry: Entry, profile: Profile) -> None:
                 raise BadInput(f"{where}: row {n}: character {bad!r} cannot be written in {codec}") from None
 
 
-def tax_amounts(entry: Entry, profile: Profile) -> dict[int, Decimal]:
-    """Line index → the amount for that line's 税額 column.
+def tax_amounts(entry: EntryRows, profile: Profile) -> dict[int, int]:
+    """Line index → the amount (minor units) for that line's 税額 column.
 
     A tax line is a line on one of the profile's tax accounts (by code or name). Its amount
     goes to the one line on the same side that carries a tax code (the same tax code as the
@@ -231,24 +290,24 @@ def tax_amounts(entry: Entry, profile: Profile) -> dict[int, Decimal]:
     """
     if not profile.tax_accounts:
         return {}
+    lines = entry.lines
     is_tax = [
-        line.account in profile.tax_accounts or line.account_name in profile.tax_accounts
-        for line in entry.lines
+        line[ACCOUNT] in profile.tax_accounts or line[ACCOUNT_NAME] in profile.tax_accounts for line in lines
     ]
     if not any(is_tax):
         return {}
-    taxes: dict[int, Decimal] = {}
-    for n, (line, tax) in enumerate(zip(entry.lines, is_tax, strict=True)):
+    taxes: dict[int, int] = {}
+    for n, (line, tax) in enumerate(zip(lines, is_tax, strict=True)):
         if not tax:
             continue
-        debit = bool(line.debit)
+        debit = bool(line[DEBIT])
         taxed = [
             i
-            for i, other in enumerate(entry.lines)
+            for i, other in enumerate(lines)
             if not is_tax[i]
-            and other.tax_code
-            and bool(other.debit) == debit
-            and (not line.tax_code or other.tax_code == line.tax_code)
+            and other[TAX_CODE]
+            and bool(other[DEBIT]) == debit
+            and (not line[TAX_CODE] or other[TAX_CODE] == line[TAX_CODE])
         ]
         if len(taxed) > 1:
             raise BadInput(
@@ -257,95 +316,117 @@ def tax_amounts(entry: Entry, profile: Profile) -> dict[int, Decimal]:
                 "give it the tax code of its line"
             )
         if taxed:
-            taxes[taxed[0]] = taxes.get(taxed[0], Decimal(0)) + (line.debit or line.credit)
+            taxes[taxed[0]] = taxes.get(taxed[0], 0) + (line[DEBIT] or line[CREDIT])
     return taxes
 
 
 # ---------------------------------------------------------------- row builders
-Cells = list[list[str]]
+# Each layout is a factory called once per file set; the function it returns builds one
+# entry's rows with no per-cell dispatch: text cells through `TextCells.cell`, amount cells
+# from minor units, entry-level cells (reference, date, description) computed once per entry.
 
 
-def _generic(entry: Entry, p: Profile, slip: int, text: TextCells) -> Cells:
-    day = format_date(entry.date, p.date_style)
-    return [
-        [
-            text(entry.reference),
-            day,
-            text(line.account),
-            text(line.account_name),
-            text(entry.description),
-            p.amount(line.debit, entry.currency),
-            p.amount(line.credit, entry.currency),
-            text(line.tax_code),
+def _generic(p: Profile, text: TextCells) -> RowBuilder:
+    cell = text.cell
+
+    def rows(entry: EntryRows, slip: int) -> Cells:
+        n = len(entry.lines)
+        reference, description = cell(entry.reference, n), cell(entry.description, n)
+        day, currency, amount = (
+            format_date(entry.date, p.date_style),
             entry.currency,
-            text(line.memo),
+            minor_formatter(entry.currency),
+        )
+        return [
+            [
+                reference,
+                day,
+                cell(line[ACCOUNT]),
+                cell(line[ACCOUNT_NAME]),
+                description,
+                amount(line[DEBIT]),
+                amount(line[CREDIT]),
+                cell(line[TAX_CODE]),
+                currency,
+                cell(line[MEMO]),
+            ]
+            for line in entry.lines
         ]
-        for line in entry.lines
-    ]
+
+    return rows
 
 
-def _account(line: Line) -> str:
-    return line.account_name or line.account
+def _account(line: LineRow) -> str:
+    return str(line[ACCOUNT_NAME] or line[ACCOUNT])
 
 
-def _sides(entry: Entry, p: Profile, text: TextCells, blank: str) -> list[tuple[Line, list[str], list[str]]]:
+def _sides(
+    entry: EntryRows, p: Profile, text: TextCells, blank: str
+) -> list[tuple[LineRow, list[str], list[str]]]:
     """Per line: (line, debit cells, credit cells) as [account, tax code, amount, tax amount];
     the side a line is not on gets `blank` amounts and empty text."""
     taxes = tax_amounts(entry, p)
+    amount, cell = minor_formatter(entry.currency), text.cell
     out = []
     for i, line in enumerate(entry.lines):
-        tax = p.amount(taxes[i], entry.currency) if i in taxes else ""
+        tax = amount(taxes[i]) if i in taxes else ""
         filled = [
-            text(_account(line)),
-            text(line.tax_code),
-            p.amount(line.debit or line.credit, entry.currency),
+            cell(_account(line)),
+            cell(line[TAX_CODE]),
+            amount(line[DEBIT] or line[CREDIT]),
             tax,
         ]
         empty = ["", "", blank, ""]
-        out.append((line, filled, empty) if line.debit else (line, empty, filled))
+        out.append((line, filled, empty) if line[DEBIT] else (line, empty, filled))
     return out
 
 
-def _yayoi(entry: Entry, p: Profile, slip: int, text: TextCells) -> Cells:
+def _yayoi(p: Profile, text: TextCells) -> RowBuilder:
     """弥生会計 仕訳日記帳: one row per line; 識別フラグ 2110 first / 2100 middle / 2101 last
     (2111 alone); 借方/貸方 勘定科目 (E, K), 税区分 (H, N), 金額 (I, O: `0` on the other side),
     税金額 (J, P); 摘要 (Q), 仕訳メモ (V)."""
-    rows = []
-    last = len(entry.lines) - 1
-    day = format_date(entry.date, p.date_style)
-    for i, (line, debit, credit) in enumerate(_sides(entry, p, text, blank="0")):
-        flag = "2111" if last == 0 else "2110" if i == 0 else "2101" if i == last else "2100"
-        d_account, d_tax_code, d_amount, d_tax = debit
-        c_account, c_tax_code, c_amount, c_tax = credit
-        rows.append(
-            [
-                flag,
-                str(slip),
-                "",
-                day,
-                d_account,
-                "",
-                "",
-                d_tax_code,
-                d_amount,
-                d_tax,
-                c_account,
-                "",
-                "",
-                c_tax_code,
-                c_amount,
-                c_tax,
-                text(entry.description),
-                "",
-                "",
-                "0",
-                "",
-                text(line.memo),
-                "0",
-                "0",
-                "no",
-            ]
-        )
+    cell = text.cell
+
+    def rows(entry: EntryRows, slip: int) -> Cells:
+        out = []
+        last = len(entry.lines) - 1
+        day, number = format_date(entry.date, p.date_style), str(slip)
+        description = cell(entry.description, len(entry.lines))
+        for i, (line, debit, credit) in enumerate(_sides(entry, p, text, blank="0")):
+            flag = "2111" if last == 0 else "2110" if i == 0 else "2101" if i == last else "2100"
+            d_account, d_tax_code, d_amount, d_tax = debit
+            c_account, c_tax_code, c_amount, c_tax = credit
+            out.append(
+                [
+                    flag,
+                    number,
+                    "",
+                    day,
+                    d_account,
+                    "",
+                    "",
+                    d_tax_code,
+                    d_amount,
+                    d_tax,
+                    c_account,
+                    "",
+                    "",
+                    c_tax_code,
+                    c_amount,
+                    c_tax,
+                    description,
+                    "",
+                    "",
+                    "0",
+                    "",
+                    cell(line[MEMO]),
+                    "0",
+                    "0",
+                    "no",
+                ]
+            )
+        return out
+
     return rows
 
 
@@ -380,44 +461,50 @@ MONEYFORWARD_HEADER = (
 )
 
 
-def _moneyforward(entry: Entry, p: Profile, slip: int, text: TextCells) -> Cells:
+def _moneyforward(p: Profile, text: TextCells) -> RowBuilder:
     """Money Forward 仕訳帳: same 取引No and 取引日 on every line of one entry, one side per row."""
-    day = format_date(entry.date, p.date_style)
-    rows = []
-    for line, debit, credit in _sides(entry, p, text, blank=""):
-        d_account, d_tax_code, d_amount, d_tax = debit
-        c_account, c_tax_code, c_amount, c_tax = credit
-        rows.append(
-            [
-                str(slip),
-                day,
-                d_account,
-                "",
-                "",
-                "",
-                d_tax_code,
-                "",
-                d_amount,
-                d_tax,
-                c_account,
-                "",
-                "",
-                "",
-                c_tax_code,
-                "",
-                c_amount,
-                c_tax,
-                text(entry.description),
-                text(line.memo),
-                "",
-                "",
-                "",
-                "",
-                "",
-                "",
-                "",
-            ]
-        )
+    cell = text.cell
+
+    def rows(entry: EntryRows, slip: int) -> Cells:
+        day, number = format_date(entry.date, p.date_style), str(slip)
+        description = cell(entry.description, len(entry.lines))
+        out = []
+        for line, debit, credit in _sides(entry, p, text, blank=""):
+            d_account, d_tax_code, d_amount, d_tax = debit
+            c_account, c_tax_code, c_amount, c_tax = credit
+            out.append(
+                [
+                    number,
+                    day,
+                    d_account,
+                    "",
+                    "",
+                    "",
+                    d_tax_code,
+                    "",
+                    d_amount,
+                    d_tax,
+                    c_account,
+                    "",
+                    "",
+                    "",
+                    c_tax_code,
+                    "",
+                    c_amount,
+                    c_tax,
+                    description,
+                    cell(line[MEMO]),
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                ]
+            )
+        return out
+
     return rows
 
 
@@ -438,34 +525,40 @@ FREEE_HEADER = (
 )
 
 
-def _freee(entry: Entry, p: Profile, slip: int, text: TextCells) -> Cells:
+def _freee(p: Profile, text: TextCells) -> RowBuilder:
     """freee 仕訳インポート (振替伝票): rows with the same 日付 and 伝票番号 form one entry."""
-    day = format_date(entry.date, p.date_style)
-    rows = []
-    for line, debit, credit in _sides(entry, p, text, blank=""):
-        d_account, d_tax_code, d_amount, d_tax = debit
-        c_account, c_tax_code, c_amount, c_tax = credit
-        rows.append(
-            [
-                day,
-                str(slip),
-                "",
-                d_account,
-                d_tax_code,
-                d_amount,
-                d_tax,
-                c_account,
-                c_tax_code,
-                c_amount,
-                c_tax,
-                text(entry.description),
-                text(line.memo),
-            ]
-        )
+    cell = text.cell
+
+    def rows(entry: EntryRows, slip: int) -> Cells:
+        day, number = format_date(entry.date, p.date_style), str(slip)
+        description = cell(entry.description, len(entry.lines))
+        out = []
+        for line, debit, credit in _sides(entry, p, text, blank=""):
+            d_account, d_tax_code, d_amount, d_tax = debit
+            c_account, c_tax_code, c_amount, c_tax = credit
+            out.append(
+                [
+                    day,
+                    number,
+                    "",
+                    d_account,
+                    d_tax_code,
+                    d_amount,
+                    d_tax,
+                    c_account,
+                    c_tax_code,
+                    c_amount,
+                    c_tax,
+                    description,
+                    cell(line[MEMO]),
+                ]
+            )
+        return out
+
     return rows
 
 
-LAYOUTS: dict[str, Callable[[Entry, Profile, int, TextCells], Cells]] = {
+LAYOUTS: dict[str, Callable[[Profile, TextCells], RowBuilder]] = {
     "generic": _generic,
     "yayoi": _yayoi,
     "moneyforward": _moneyforward,

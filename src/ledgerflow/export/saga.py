@@ -76,7 +76,7 @@ from ledgerflow.export.destinations import (
     ExportConflict,
     LocalFolder,
     destination_for,
-    file_digests,
+    file_sha256,
     same_content,
 )
 from ledgerflow.export.profiles import Profile
@@ -88,6 +88,7 @@ from ledgerflow.export.writer import (
     batch_lines_query,
     books_totals,
     count_lines,
+    export_columns,
     file_totals,
     reconcile,
     stream_entries,
@@ -289,21 +290,7 @@ class ExportSaga:
             e, ln, q = journal_entries, journal_lines, export_queue
             for _ in range(50):  # each rejected entry is left out, then we write again
                 query = (
-                    select(
-                        e.c.id,
-                        e.c.reference,
-                        e.c.entry_date,
-                        e.c.description,
-                        e.c.currency,
-                        e.c.export_path,
-                        literal(False).label("late"),
-                        ln.c.account,
-                        ln.c.account_name,
-                        ln.c.debit_minor,
-                        ln.c.credit_minor,
-                        ln.c.tax_code,
-                        ln.c.memo,
-                    )
+                    select(*export_columns(literal(False).label("late")))
                     .select_from(q.join(e, e.c.id == q.c.entry_id).join(ln, ln.c.entry_id == e.c.id))
                     .where(*self._candidates(batch_date), e.c.id.not_in([h["entry_id"] for h in held]))
                     .order_by(e.c.entry_date, e.c.reference, ln.c.line_no)
@@ -653,7 +640,7 @@ class ExportSaga:
         work = self.work_root / _safe(a.key)
         stored: list[dict[str, Any]] = batch["files"] or []
         if stored and all(
-            (work / f["name"]).is_file() and file_digests(work / f["name"])[0] == f["sha256"] for f in stored
+            (work / f["name"]).is_file() and file_sha256(work / f["name"]) == f["sha256"] for f in stored
         ):
             return stored  # resume with the files of a previous attempt on this host
         base = self._base_name(a.key, batch["kind"], batch["batch_date"], None)

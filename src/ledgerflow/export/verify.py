@@ -30,7 +30,7 @@ from ledgerflow.export.destinations import (
     Destination,
     destination_for,
     download,
-    file_digests,
+    file_sha256,
     list_files,
     same_content,
 )
@@ -215,7 +215,7 @@ class _Report:
         with tempfile.TemporaryDirectory(prefix="ledgerflow-verify-") as folder:
             target = Path(folder) / "manifest.json"
             download(destination, remote_id, target)
-            if sha256 is not None and file_digests(target)[0] != sha256:
+            if sha256 is not None and file_sha256(target) != sha256:
                 self.files.append(f"{key}: {name} at {url} differs from the checksum in the audit trail")
                 return None
             document: dict[str, Any] = json.loads(target.read_bytes())

@@ -3,6 +3,10 @@
 Memory stays flat whatever the batch size: one entry at a time is held, rows go through
 `csv.writer` (RFC 4180 quoting) into a sink that encodes, hashes and writes them. Parts
 are split only above the profile's row limit and only between entries.
+
+The stream is the hot path of a large export: rows stay the cursor's rows (no `Entry`, no
+`Decimal` per amount), the layout's row builder is made once per file set, and the control
+totals are summed in integer minor units.
 """
 
 from __future__ import annotations
@@ -13,20 +17,29 @@ import io
 import itertools
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import ColumnElement, Connection, func, select
 
 from ledgerflow.db.tables import export_batch_entries, journal_entries, journal_lines
 from ledgerflow.errors import BadInput, LedgerflowError
-from ledgerflow.export.profiles import AMOUNT_COLUMNS, Profile, check_layout, render
-from ledgerflow.ledger.entries import Entry
+from ledgerflow.export.profiles import (
+    AMOUNT_COLUMNS,
+    CREDIT,
+    DEBIT,
+    EntryRows,
+    Profile,
+    TextCells,
+    check_layout,
+    row_builder,
+)
 from ledgerflow.ledger.money import format_amount, from_minor
-from ledgerflow.ledger.store import line_from_row
 
 
 class GenerationTimeout(LedgerflowError):
@@ -142,24 +155,30 @@ class Generated:
                 )
 
 
+def export_columns(late: ColumnElement[bool]) -> list[ColumnElement[Any]]:
+    """What `stream_entries` reads, in this order: the line's six columns (as `LineRow`), then
+    the entry's (`id` first), then whether it is `late`."""
+    e, ln = journal_entries, journal_lines
+    return [
+        ln.c.account,
+        ln.c.account_name,
+        ln.c.debit_minor,
+        ln.c.credit_minor,
+        ln.c.tax_code,
+        ln.c.memo,
+        e.c.id,
+        e.c.reference,
+        e.c.entry_date,
+        e.c.description,
+        e.c.currency,
+        late,
+    ]
+
+
 def batch_lines_query(batch_id: int) -> Any:
     e, ln, be = journal_entries, journal_lines, export_batch_entries
     return (
-        select(
-            e.c.id,
-            e.c.reference,
-            e.c.entry_date,
-            e.c.description,
-            e.c.currency,
-            e.c.export_path,
-            be.c.late,
-            ln.c.account,
-            ln.c.account_name,
-            ln.c.debit_minor,
-            ln.c.credit_minor,
-            ln.c.tax_code,
-            ln.c.memo,
-        )
+        select(*export_columns(be.c.late))
         .select_from(be.join(e, e.c.id == be.c.entry_id).join(ln, ln.c.entry_id == e.c.id))
         .where(be.c.batch_id == batch_id)
         .order_by(e.c.entry_date, e.c.reference, ln.c.line_no)
@@ -180,27 +199,24 @@ def count_lines(conn: Connection, batch_id: int) -> int:
     )
 
 
-def stream_entries(conn: Connection, query: Any) -> Iterator[tuple[Entry, bool]]:
-    """(entry, late) one at a time, from a server-side cursor (PostgreSQL) or a lazy cursor (SQLite)."""
+#: Rows of a written file counted at a time when its totals are re-read (bounds the memory).
+TOTALS_CHUNK = 50_000
+_ENTRY_ID = itemgetter(6)  # the position of journal_entries.id in `export_columns`
+_DEBITS, _CREDITS = itemgetter(DEBIT), itemgetter(CREDIT)
+
+
+def stream_entries(conn: Connection, query: Any) -> Iterator[EntryRows]:
+    """Entries one at a time from a server-side cursor (PostgreSQL) or a lazy cursor (SQLite),
+    each with its rows as read (`query` selects `export_columns`, ordered by entry)."""
     rows = conn.execution_options(stream_results=True, yield_per=5000).execute(query)
-    for _entry_id, group in itertools.groupby(rows, key=lambda r: r.id):
+    for _entry_id, group in itertools.groupby(rows, key=_ENTRY_ID):
         lines = list(group)
-        first = lines[0]
-        cur = first.currency
-        entry = Entry(
-            id=int(first.id),
-            reference=first.reference,
-            date=first.entry_date,
-            description=first.description,
-            currency=cur,
-            export_path=first.export_path,
-            lines=tuple(line_from_row(r, cur) for r in lines),
-        )
-        yield entry, bool(first.late)
+        _, _, _, _, _, _, entry_id, reference, day, description, currency, late = lines[0]
+        yield EntryRows(entry_id, reference, day, description, currency, bool(late), lines)
 
 
 def write_parts(
-    entries: Iterator[tuple[Entry, bool]],
+    entries: Iterable[EntryRows],
     profile: Profile,
     directory: Path,
     base_name: str,
@@ -215,6 +231,9 @@ def write_parts(
     header_rows = 1 if profile.header else 0
     capacity = profile.max_rows - header_rows
     generated = Generated(parts=[], formula_guard=profile.formula_guard)
+    text = TextCells(profile)
+    build = row_builder(profile, text)
+    sums: dict[str, list[int]] = {}  # currency -> [debit, credit] in minor units
     sink: _Sink | None = None
     writer: Any = None
     part_rows = part_entries = 0
@@ -238,16 +257,15 @@ def write_parts(
             sink = None
 
     try:
-        for slip, (entry, late) in enumerate(entries, 1):
+        for slip, entry in enumerate(entries, 1):
             try:
                 check_layout(entry, profile)
-                rendered = render(entry, profile, slip)
+                rows = build(entry, slip)
             except BadInput as exc:
-                raise EntryRejected(entry.id or 0, str(exc), entry.reference) from None
-            rows = rendered.rows
+                raise EntryRejected(entry.id, str(exc), entry.reference) from None
             if len(rows) > capacity:
                 raise EntryRejected(
-                    entry.id or 0,
+                    entry.id,
                     f"entry {entry.reference} has more rows than one file can hold",
                     entry.reference,
                 )
@@ -267,21 +285,20 @@ def write_parts(
             except UnicodeEncodeError as exc:  # checked here rather than cell by cell beforehand
                 bad = exc.object[exc.start : exc.end]
                 raise EntryRejected(
-                    entry.id or 0,
+                    entry.id,
                     f"entry {entry.reference} ({profile.name} profile): character "
                     f"{bad!r} cannot be written in {profile.encoding}",
                     entry.reference,
                 ) from None
             part_rows += len(rows)
             part_entries += 1
-            generated.neutralised_cells += rendered.neutralised
-            generated.flattened_cells += rendered.flattened
             generated.entry_count += 1
-            generated.line_count += len(entry.lines)
-            totals = generated.totals.setdefault(entry.currency, {"debit": Decimal(0), "credit": Decimal(0)})
-            totals["debit"] += entry.debit_total
-            totals["credit"] += entry.credit_total
-            if late:
+            lines = entry.lines
+            generated.line_count += len(lines)
+            totals = sums.get(entry.currency) or sums.setdefault(entry.currency, [0, 0])
+            totals[0] += sum(map(_DEBITS, lines))
+            totals[1] += sum(map(_CREDITS, lines))
+            if entry.late:
                 generated.late.append(entry.reference)
             if slip % 500 == 0:
                 if time.monotonic() > deadline:
@@ -291,6 +308,11 @@ def write_parts(
             if crash_point and slip == 1:
                 crash_point("mid_stream")
         close_part()
+        generated.neutralised_cells, generated.flattened_cells = text.neutralised, text.flattened
+        generated.totals = {
+            cur: {"debit": from_minor(debit, cur), "credit": from_minor(credit, cur)}
+            for cur, (debit, credit) in sums.items()
+        }
     except BaseException:
         if sink is not None:
             sink.close()
@@ -357,9 +379,13 @@ def books_totals(conn: Connection, batch_id: int) -> Totals:
 
 
 def file_totals(parts: list[PartFile], profile: Profile) -> Totals:
-    """The written files read back (decoded as the importer will) and summed per currency."""
+    """The written files read back (decoded as the importer will) and summed per currency.
+
+    The amount cells are counted per distinct (debit, credit, currency) text, a chunk of rows
+    at a time (memory flat), and each distinct text is read as a `Decimal` once."""
     debit_at, credit_at, currency_at = AMOUNT_COLUMNS[profile.layout]
     (only,) = profile.currencies or {None}
+    cells = itemgetter(debit_at, credit_at, *([] if currency_at is None else [currency_at]))
     out: Totals = {}
     bom = profile.byte_order_mark
     for part in parts:
@@ -370,12 +396,14 @@ def file_totals(parts: list[PartFile], profile: Profile) -> Totals:
             rows = csv.reader(text)
             if profile.header:
                 next(rows, None)
-            for row in rows:
-                cur = row[currency_at] if currency_at is not None else only
-                t = out.setdefault(cur, {"debit": Decimal(0), "credit": Decimal(0), "lines": 0})
-                t["debit"] += Decimal(row[debit_at] or 0)
-                t["credit"] += Decimal(row[credit_at] or 0)
-                t["lines"] += 1
+            amounts = map(cells, rows)
+            while chunk := Counter(itertools.islice(amounts, TOTALS_CHUNK)):
+                for key, n in chunk.items():
+                    cur = key[2] if currency_at is not None else only
+                    t = out.setdefault(cur, {"debit": Decimal(0), "credit": Decimal(0), "lines": 0})
+                    t["debit"] += Decimal(key[0] or 0) * n
+                    t["credit"] += Decimal(key[1] or 0) * n
+                    t["lines"] += n
     return out
 
 
