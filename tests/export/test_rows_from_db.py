@@ -14,6 +14,7 @@ import io
 import json
 import re
 from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from ledgerflow.export.profiles import Profile, entry_rows
 from ledgerflow.export.saga import ExportSaga
 from ledgerflow.export.writer import file_totals, write_parts
 from ledgerflow.ledger.entries import parse_entry
-from tests.export.conftest import D
+from tests.export.conftest import D, entry
 
 #: Texts a spreadsheet reads as formulas, or that a layout's encoding or line rule changes.
 #: Texts a spreadsheet reads as formulas or whose control characters a layout flattens.
@@ -155,3 +156,17 @@ def test_every_layout_writes_the_recorded_entries_dry_and_real_alike(
     )
     formulas = [c for row in rows for c in row if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
     assert all(re.fullmatch(r"-\d+(\.\d+)?", c) for c in formulas), f"only negative amounts: {formulas}"
+
+
+def test_a_day_of_maximum_amounts_reconciles_beyond_the_64_bit_sum(make_export_app, tmp_path: Path) -> None:
+    """100 entries of the largest THB amount: Σ minor units is 10^19, past a 64-bit integer."""
+    top = "999999999999999.99"
+    app = make_export_app()
+    app.ledger.record_many([entry(f"MAX-{i:03d}", amount=top) for i in range(100)])
+    result = ExportSaga(app).run_daily(D)
+    assert result.state == "completed", result.error
+    total = str(Decimal(top) * 100)
+    assert result.totals == {"THB": {"debit": total, "credit": total}}
+    (written,) = _csv_bytes(tmp_path / "out")
+    rows = list(csv.reader(io.StringIO(written.decode("utf-8-sig"), newline="")))[1:]
+    assert sum(Decimal(r[5]) for r in rows) == sum(Decimal(r[6]) for r in rows) == Decimal(total)
