@@ -58,6 +58,7 @@ class Statement:
     kind: Literal["execute", "commit"]
     sql: str
     thread: str
+    autocommit: bool = False  # an execute that commits alone (no transaction around it)
 
     def __str__(self) -> str:
         head = " ".join(self.sql.split())[:90]
@@ -92,13 +93,16 @@ class StatementFaults:
     def commits_of(fragment: str, thread_prefix: str = "") -> Callable[[Statement], bool]:
         """Only the COMMITs (on threads named `thread_prefix`…) of transactions that sent a
         statement containing `fragment` — e.g. the first commit of a worker's claim, whatever
-        else its threads did before."""
+        else its threads did before. A statement containing it that runs in autocommit is its
+        own commit (a PostgreSQL worker cycle that only claims)."""
         pending: set[str] = set()
 
         def only(statement: Statement) -> bool:
             if not statement.thread.startswith(thread_prefix):
                 return False
             if statement.kind == "execute":
+                if fragment in statement.sql and statement.autocommit:
+                    return True
                 if fragment in statement.sql:
                     pending.add(statement.thread)
                 return False
@@ -142,8 +146,10 @@ class StatementFaults:
             self._undo.pop()()
 
     # ------------------------------------------------------------------ hooks
-    def _number(self, kind: Literal["execute", "commit"], sql: str) -> Statement | None:
-        candidate = Statement(0, kind, sql, threading.current_thread().name)
+    def _number(
+        self, kind: Literal["execute", "commit"], sql: str, autocommit: bool = False
+    ) -> Statement | None:
+        candidate = Statement(0, kind, sql, threading.current_thread().name, autocommit)
         if self.only is not None and not self.only(candidate):
             return None
         with self._lock:
@@ -171,7 +177,8 @@ class StatementFaults:
             raise injected_error(sql)
 
     def _before_execute(self, conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        numbered = self._number("execute", statement)
+        autocommit = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+        numbered = self._number("execute", statement, autocommit)
         conn.info["ledgerflow_fault_statement"] = numbered
         self._maybe_fail_before(numbered, statement)
 

@@ -48,11 +48,18 @@ class PayloadError(BadInput):
     code = "bad_payload"
 
 
+#: One encoder for every check (`json.dumps` with options builds a new one per call).
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_PLAIN = frozenset({int, bool, type(None)})  # exact types: subclasses take the full checks below
+
+
 def _problem(value: Any, max_depth: int) -> str | None:
     """Why `value` is not plain, storable JSON within `max_depth` (None if it is)."""
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         v, depth = stack.pop()
+        if type(v) in _PLAIN:
+            continue
         if isinstance(v, str):
             if "\x00" in v:
                 return "text contains a NUL character (\\u0000), which cannot be stored"
@@ -83,9 +90,11 @@ def _problem(value: Any, max_depth: int) -> str | None:
 def check_json(value: Any, what: str, limits: PayloadLimits | None = None) -> str:
     """Refuse `value` unless it is storable JSON within the limits; returns its encoding."""
     limits = limits or _limits
+    if not value and type(value) in (list, dict) and limits.max_depth >= 1 and limits.max_bytes >= 2:
+        return "[]" if type(value) is list else "{}"  # no arguments: the common case, nothing to walk
     problem = _problem(value, limits.max_depth)
     if problem is None:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = _encode(value)
         size = len(text) if text.isascii() else len(text.encode())
         if size <= limits.max_bytes:
             return text

@@ -6,8 +6,9 @@ import json
 import re
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Select
@@ -68,6 +69,7 @@ class Backend(Protocol):
     def lift_limits(self, conn: Connection, *, lock_wait: bool, idle: bool = False) -> None: ...
     def waker(self, engine: Engine, poll_seconds: float) -> Waker: ...
     def insert_jobs(self, conn: Connection, rows: list[tuple[Any, ...]]) -> list[int]: ...
+    def insert_job(self, conn: Connection, row: Mapping[str, Any]) -> tuple[int, datetime]: ...
 
 
 #: Columns of a bulk insert row, in order; `errors` is always `[]` and `created_at` is now.
@@ -84,6 +86,12 @@ BULK_JOB_COLUMNS = (
 )
 
 
+#: Columns of a one-job insert (`insert_job`): a plain job's, with its trace context.
+ONE_JOB_COLUMNS = (*BULK_JOB_COLUMNS, "trace_context")
+
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
 #: `\u0000` escapes that are not themselves escaped (an even run of backslashes before them).
 _NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
@@ -94,7 +102,7 @@ def dumps(value: Any) -> str:
     What a JSON column cannot hold on PostgreSQL (NUL, lone surrogates) is stored as U+FFFD,
     the same rule as text columns (`types.storable_text`); NaN and infinities are refused.
     """
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    text = _encode(value)
     if "\\u0000" in text:
         text = _NUL_ESCAPE.sub("\\1\\\\ufffd", text)
     return text if text.isascii() else storable_text(text)

@@ -137,11 +137,19 @@ class Database:
         (no round trips to save) it is an ordinary write transaction."""
         if self.is_sqlite:
             return self.run(fn)
+        with self.autocommit() as conn:
+            return fn(conn)
+
+    @contextlib.contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """A connection on which each statement commits alone (PostgreSQL: one round trip, no
+        BEGIN or COMMIT). Only for a single self-contained statement; on SQLite, whose
+        writers need `BEGIN IMMEDIATE`, use `begin()` or `run_single()`."""
         with (
             self._translate(),
             self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
         ):
-            return fn(conn)
+            yield conn
 
     def ping(self) -> None:
         """Raise `DatabaseUnavailable` unless the database answers a trivial query."""

@@ -14,8 +14,8 @@ round trip. Values given in the database URL's query win over these defaults.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -23,7 +23,14 @@ from sqlalchemy import Connection, Interval, Select, exc, func, literal, make_ur
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
-from ledgerflow.db.backends import BULK_JOB_COLUMNS, Election, SessionLimits, StoppableThread, dumps
+from ledgerflow.db.backends import (
+    BULK_JOB_COLUMNS,
+    ONE_JOB_COLUMNS,
+    Election,
+    SessionLimits,
+    StoppableThread,
+    dumps,
+)
 from ledgerflow.db.types import UTCDateTime
 
 CHANNEL = "ledgerflow_jobs"
@@ -61,6 +68,12 @@ def connect_args(url: str, connect_timeout: float, limits: SessionLimits) -> dic
         options += " " + (own if isinstance(own, str) else " ".join(own))
     args["options"] = options
     return args
+
+
+_INSERT_ONE = (
+    f"INSERT INTO jobs ({', '.join(ONE_JOB_COLUMNS)}, created_at, errors, has_dependencies) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), '[]', false) RETURNING id, created_at"
+)
 
 
 def _milliseconds(seconds: float) -> int:
@@ -157,6 +170,31 @@ class PostgresBackend:
         except psycopg.Error as error:
             raise driver_error(conn, "COPY jobs", error) from error
         return ids
+
+    def insert_job(self, conn: Connection, row: Mapping[str, Any]) -> tuple[int, datetime]:
+        """One plain job (no unique key, dependencies or schedule) in one statement on the
+        driver's connection, without SQLAlchemy's per-statement work (psycopg prepares it on
+        its fifth use); returns its id and `created_at` (the transaction's `now()`)."""
+        trace_context = row["trace_context"]
+        values = (
+            row["task"],
+            row["queue"],
+            row["priority"],
+            str(row["state"]),
+            dumps(row["args"]) if row["args"] else "[]",
+            dumps(row["kwargs"]) if row["kwargs"] else "{}",
+            row["max_attempts"],
+            float(row["timeout"]),
+            row["scheduled_at"],
+            dumps(trace_context) if trace_context else None,
+        )
+        raw = conn.connection.driver_connection
+        try:
+            found = raw.execute(_INSERT_ONE, values).fetchone()  # type: ignore[union-attr]
+        except psycopg.Error as error:
+            raise driver_error(conn, _INSERT_ONE, error) from error
+        assert found is not None
+        return int(found[0]), found[1].astimezone(UTC)
 
     def waker(self, engine: Engine, poll_seconds: float) -> ListenWaker:
         return ListenWaker(conninfo(engine), self._connect_args)

@@ -10,11 +10,17 @@ lock wait applies, as the busy timeout (a writer waits that long for the write l
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import logging
+import os
+import select as fdselect
 import sqlite3
+import struct
+import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,7 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
-from ledgerflow.db.backends import BULK_JOB_COLUMNS, Election, StoppableThread, dumps
+from ledgerflow.db.backends import BULK_JOB_COLUMNS, ONE_JOB_COLUMNS, Election, StoppableThread, dumps
 from ledgerflow.db.tables import jobs
 from ledgerflow.db.types import UTCDateTime
 
@@ -191,6 +197,17 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _stored(when: datetime) -> str:
+    """An aware instant as SQLAlchemy stores a `UTCDateTime` on SQLite (naive UTC text)."""
+    return when.astimezone(UTC).replace(tzinfo=None).strftime(_FORMAT)
+
+
+_INSERT_ONE = (
+    f"INSERT INTO jobs ({', '.join(ONE_JOB_COLUMNS)}, created_at, errors, has_dependencies) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '[]', 0)"
+)
+
+
 class SQLiteBackend:
     name = "sqlite"
 
@@ -246,14 +263,14 @@ class SQLiteBackend:
         Inside a write transaction nobody else can insert, and SQLite gives each new row
         the next id (AUTOINCREMENT), so the ids are the contiguous range ending at last_insert_rowid().
         """
-        created = _utcnow().replace(tzinfo=None).strftime(_FORMAT)
+        created = _stored(_utcnow())
         stamp: dict[datetime, str] = {}
 
         def values(row: tuple[Any, ...]) -> tuple[Any, ...]:
             task, queue, priority, state, args, kwargs, max_attempts, timeout, when = row
             text = stamp.get(when)
             if text is None:
-                text = stamp[when] = when.astimezone(UTC).replace(tzinfo=None).strftime(_FORMAT)
+                text = stamp[when] = _stored(when)
             return (
                 task,
                 queue,
@@ -282,18 +299,56 @@ class SQLiteBackend:
             cursor.close()
         return list(range(last - len(rows) + 1, last + 1))
 
+    def insert_job(self, conn: Connection, row: Mapping[str, Any]) -> tuple[int, datetime]:
+        """One plain job (no unique key, dependencies or schedule) in one statement on the
+        driver's cursor, without SQLAlchemy's per-statement work (half the CPU of one-call
+        enqueue); returns its id and `created_at` (the process clock: SQLite's clock)."""
+        created = _utcnow()
+        trace_context = row["trace_context"]
+        values = (
+            row["task"],
+            row["queue"],
+            row["priority"],
+            str(row["state"]),
+            dumps(row["args"]) if row["args"] else "[]",
+            dumps(row["kwargs"]) if row["kwargs"] else "{}",
+            row["max_attempts"],
+            float(row["timeout"]),
+            _stored(row["scheduled_at"]),
+            dumps(trace_context) if trace_context else None,
+            _stored(created),
+        )
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(_INSERT_ONE, values)
+            job_id = cursor.lastrowid
+        except sqlite3.Error as error:  # raw cursor: give it SQLAlchemy's form, like every other error
+            kind = exc.OperationalError if isinstance(error, sqlite3.OperationalError) else exc.DatabaseError
+            raise kind(_INSERT_ONE, None, error) from error
+        finally:
+            cursor.close()
+        assert job_id is not None
+        return job_id, created
+
     def waker(self, engine: Engine, poll_seconds: float) -> DataVersionWaker:
         return DataVersionWaker(engine.url.database or "", poll_seconds)
 
 
 class DataVersionWaker:
-    """Polls `PRAGMA data_version`, which changes when another connection commits.
+    """Polls `PRAGMA data_version`, which changes when another connection commits; while its
+    worker has free slots it also looks as soon as the write-ahead log is written (`LogWatch`),
+    so an idle worker sees a new job within a millisecond instead of half a poll on average.
 
     With an `Election`, a change wakes only the ready worker holding the group's lock file
     (`<database>-wake-<key>.lock`, an `flock` the kernel releases when its process dies);
     a ready worker that could not take it keeps the change pending and takes the lock as
     soon as the leader gives it up (busy, stopped or dead), then claims.
     """
+
+    #: At least this long between two looks (a busy database writes its log all the time).
+    MIN_GAP = 0.001
+    #: How soon to look again when the log was written but no new commit was visible yet.
+    RECHECK = 0.001
 
     def __init__(self, path: str, poll_seconds: float) -> None:
         self._path = path
@@ -310,14 +365,28 @@ class DataVersionWaker:
         def loop(stop: threading.Event) -> None:
             conn = sqlite3.connect(self._path, check_same_thread=False)
             lock = _open_lock(lock_path) if lock_path else None
+            watch = LogWatch(f"{self._path}-wal")
             held = pending = False
             try:
-                last = None
-                while not stop.wait(self._poll):
-                    try:
-                        version = conn.execute("PRAGMA data_version").fetchone()[0]
-                    except sqlite3.Error:
+                last = _data_version(conn)  # before the first wait: a commit during it is seen
+                timeout = self._poll
+                checked = 0.0
+                while not stop.is_set():
+                    if self._ready:  # idle slots: look as soon as the log is written
+                        if watch.wait(timeout):
+                            stop.wait(max(0.0, checked + self.MIN_GAP - time.monotonic()))
+                    else:  # busy: the poll is soon enough (a freed slot claims by itself)
+                        stop.wait(self._poll)
+                        watch.wait(0)
+                    if stop.is_set():
+                        break
+                    checked = time.monotonic()
+                    version = _data_version(conn)
+                    if version is None:
                         continue
+                    # written but not visible yet (the writer updates the log's index after
+                    # writing it): look again shortly rather than at the next poll
+                    timeout = self.RECHECK if version == last and watch.written else self._poll
                     if version != last:
                         pending = pending or last is not None
                         last = version
@@ -336,6 +405,7 @@ class DataVersionWaker:
                         pending = False
             finally:
                 conn.close()
+                watch.close()
                 if lock is not None:
                     lock.close()
 
@@ -345,6 +415,71 @@ class DataVersionWaker:
     def stop(self) -> None:
         if self._thread:
             self._thread.stop()
+
+
+def _data_version(conn: sqlite3.Connection) -> int | None:
+    """`PRAGMA data_version` (changes when another connection commits); None if unreadable."""
+    try:
+        return int(conn.execute("PRAGMA data_version").fetchone()[0])
+    except sqlite3.Error:
+        return None
+
+
+class LogWatch:
+    """Tells when the write-ahead log file is written (Linux inotify, `IN_MODIFY`): every
+    commit writes it. Where inotify is not available, or the file is missing, `wait` only
+    sleeps and the waker's poll finds the commits."""
+
+    _IN_MODIFY, _IN_IGNORED = 0x2, 0x8000
+    _IN_NONBLOCK, _IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
+
+    def __init__(self, path: str) -> None:
+        self._path = path.encode()
+        self._libc = _libc()
+        self._fd = self._libc.inotify_init1(self._IN_NONBLOCK | self._IN_CLOEXEC) if self._libc else -1
+        self._watching = False
+        #: Whether the last `wait` saw the log written.
+        self.written = False
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for a write of the log; True if there was one (since the last call)."""
+        self.written = False
+        if self._fd < 0:
+            time.sleep(timeout)
+            return False
+        if not self._watching:  # the log appears with the first writer; a checkpoint may remove it
+            self._watching = self._libc.inotify_add_watch(self._fd, self._path, self._IN_MODIFY) >= 0
+        if not self._watching:
+            time.sleep(timeout)
+            return False
+        if fdselect.select([self._fd], [], [], timeout)[0]:
+            try:
+                events = os.read(self._fd, 4096)
+            except BlockingIOError:
+                return False
+            for offset in range(0, len(events) - 15, 16):  # a file's events carry no name: 16 bytes
+                (mask,) = struct.unpack_from("I", events, offset + 4)
+                if mask & self._IN_IGNORED:  # the file was removed: watch it again when it is back
+                    self._watching = False
+                self.written = self.written or bool(mask & self._IN_MODIFY)
+        return self.written
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _libc() -> Any:
+    """The C library with inotify, or None (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.inotify_init1, libc.inotify_add_watch  # noqa: B018
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def _open_lock(path: str) -> Any:

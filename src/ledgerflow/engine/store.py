@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import cached_property
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, case, delete, func, insert, select, update
@@ -136,13 +135,9 @@ class JobStore:
             return self.get(job_id, conn)
         with tracing.enqueue_span(spec.task, spec.queue) as span:
             row = self._row(spec)
-            job_id, created_at = conn.execute(self._insert_returning, row).one()
+            job_id, created_at = self.db.backend.insert_job(conn, row)
             tracing.set_job_id(span, job_id)
             return Job.from_values(id=job_id, created_at=created_at, **row)
-
-    @cached_property
-    def _insert_returning(self) -> Any:
-        return insert(jobs).values(created_at=self.db.now()).returning(jobs.c.id, jobs.c.created_at)
 
     @staticmethod
     def _bulk_row(spec: JobSpec, now: datetime) -> tuple[Any, ...]:
