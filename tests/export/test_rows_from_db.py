@@ -99,7 +99,7 @@ def _csv_bytes(folder: Path, prefix: str = "") -> list[bytes]:
     "settings",
     [
         {},
-        {"export_encoding": "tis-620", "export_bom": "false"},
+        {"export_encoding": "tis-620", "export_bom": "false", "export_date_style": "buddhist"},
         {"export_profile": "yayoi"},
         {"export_profile": "moneyforward"},
         {"export_profile": "freee"},
