@@ -170,3 +170,19 @@ def test_a_day_of_maximum_amounts_reconciles_beyond_the_64_bit_sum(make_export_a
     (written,) = _csv_bytes(tmp_path / "out")
     rows = list(csv.reader(io.StringIO(written.decode("utf-8-sig"), newline="")))[1:]
     assert sum(Decimal(r[5]) for r in rows) == sum(Decimal(r[6]) for r in rows) == Decimal(total)
+
+
+def test_an_entry_whose_lines_sum_past_64_bits_is_listed_and_exported(
+    make_export_app, tmp_path: Path
+) -> None:
+    """One entry of 100 debit lines of the largest THB amount (MAX_LINES is 1,000)."""
+    top = "999999999999999.99"
+    app = make_export_app()
+    lines = [{"account": "5100", "account_name": "Stock", "debit": top, "credit": "0"} for _ in range(100)]
+    lines += [{"account": "1000", "account_name": "Cash", "debit": "0", "credit": top} for _ in range(100)]
+    app.ledger.record({**entry("BIG"), "lines": lines})
+    total = str(Decimal(top) * 100)
+    (listed,) = app.ledger.list()
+    assert listed["reference"] == "BIG" and listed["debit_total"] == total
+    result = ExportSaga(app).run_daily(D)
+    assert result.state == "completed" and result.totals == {"THB": {"debit": total, "credit": total}}
