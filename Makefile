@@ -32,10 +32,11 @@ system:
 	.ci/setup-system
 
 ## The whole test suite (SQLite and PostgreSQL), with line coverage, in 3 processes (pytest-xdist;
-## each test file stays in one process): most tests wait on worker processes and servers.
+## each test file stays in one process): most tests wait on worker processes and servers. Files
+## are handed out longest first, in the order of tests/durations.json (see docs/testing.md).
 test: dev system
 	$(BIN)/ruff check src tests bench
-	$(BIN)/python -m pytest -n 3 --dist loadfile --cov=ledgerflow --cov-report=term --cov-fail-under=85 --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 3 --dist loadfile --no-loadscope-reorder --cov=ledgerflow --cov-report=term --cov-fail-under=85 --durations=15 $(PYTEST_ARGS)
 
 lint: dev
 	$(BIN)/ruff check src tests bench

@@ -3,7 +3,8 @@
 Memory is the resident set sampled every 10 ms (`ru_maxrss` is useless here: Linux carries the
 parent's high-water mark into a forked child).
 
-Usage: python -m bench.export_memory DATABASE_URL OUT_DIR  → prints one JSON line.
+Usage: python -m bench.export_memory DATABASE_URL OUT_DIR [DATE]  → prints one JSON line (the
+export of DATE, default 2026-11-26).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ledgerflow.config import load_settings
 from ledgerflow.export.saga import ExportSaga
 
 
-def main(url: str, out: str) -> dict[str, object]:
+def main(url: str, out: str, day: date = date(2026, 11, 26)) -> dict[str, object]:
     app = build_app(
         load_settings(
             database_url=url,
@@ -45,7 +46,7 @@ def main(url: str, out: str) -> dict[str, object]:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     started, cpu = time.perf_counter(), time.process_time()
-    result = saga.run_daily(date(2026, 11, 26))
+    result = saga.run_daily(day)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     done.set()
     sampler.join()
@@ -64,4 +65,5 @@ def main(url: str, out: str) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1], sys.argv[2])))
+    day = date.fromisoformat(sys.argv[3]) if len(sys.argv) > 3 else date(2026, 11, 26)
+    print(json.dumps(main(sys.argv[1], sys.argv[2], day)))

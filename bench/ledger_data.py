@@ -9,8 +9,11 @@ from ledgerflow import App
 DESCRIPTIONS = ["ค่าเครื่องเขียน ร้านบีทูเอส", "タクシー代 東京駅→本社", 'Client lunch, "Sukhumvit"', "=SUM(A1:A9)"]
 
 
-def load_entries(app: App, entries: int, lines_per_entry: int = 4, day: date = date(2026, 11, 26)) -> None:
-    """`entries` balanced THB entries of `lines_per_entry` lines, queued for the daily export."""
+def load_entries(
+    app: App, entries: int, lines_per_entry: int = 4, day: date = date(2026, 11, 26), first: int = 0
+) -> None:
+    """`entries` balanced THB entries of `lines_per_entry` lines, queued for the daily export
+    (references `BULK-{first:08d}` on: load more into the same database with a larger `first`)."""
     now = datetime.now(UTC)
     raw = app.db.engine.raw_connection()
     try:
@@ -23,7 +26,7 @@ def load_entries(app: App, entries: int, lines_per_entry: int = 4, day: date = d
             n = min(chunk, entries - start)
             if app.db.is_sqlite:
                 cur.execute("BEGIN IMMEDIATE")  # the engine's connections are in autocommit mode
-            refs = [f"BULK-{start + i:08d}" for i in range(n)]
+            refs = [f"BULK-{first + start + i:08d}" for i in range(n)]
             cur.executemany(
                 "INSERT INTO journal_entries (reference, entry_date, description, currency, export_path, "
                 f"status, source, created_at, updated_at) VALUES ({ph}, {ph}, {ph}, 'THB', 'scheduled', "

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, func, select
 from ledgerflow import App
 from ledgerflow.db.database import Database
 from ledgerflow.db.migrate import migrate
-from tests import forkserver
+from tests import durations, forkserver
 from tests.runs import runs, test_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +39,21 @@ FAST = {
     "LEDGERFLOW_RESCUE_INTERVAL": "0.25",
     "LEDGERFLOW_GRACE_SECONDS": "10",
 }
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest test files first (tests/durations.py), each file's tests together and in order:
+    `make test` hands out whole files in this order."""
+    seconds = durations.load()
+    first: dict[str, int] = {}
+    for index, item in enumerate(items):
+        first.setdefault(item.nodeid.split("::")[0], index)
+
+    def key(item: pytest.Item) -> tuple[float, int]:
+        path = item.nodeid.split("::")[0]
+        return -seconds.get(path, durations.UNKNOWN), first[path]
+
+    items.sort(key=key)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -85,6 +100,50 @@ def pg_template() -> Iterator[str]:
     _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+class PgDatabases:
+    """Fresh databases from the template, made ahead while tests run and dropped behind them on
+    background threads: a test waits for neither (together about 1 s of a PostgreSQL test on a
+    busy machine). Every test still gets a database no other test used."""
+
+    AHEAD = 2
+
+    def __init__(self, template: str) -> None:
+        self._template = template
+        self._threads = ThreadPoolExecutor(2, thread_name_prefix="pg-databases")
+        self._drops: list[Future[None]] = []
+        self._ahead = deque(self._threads.submit(self._create) for _ in range(self.AHEAD))
+
+    def _create(self) -> str:
+        name = f"lf_t_{uuid.uuid4().hex[:10]}"
+        _admin(f"CREATE DATABASE {name} TEMPLATE {self._template}")
+        return name
+
+    def take(self) -> str:
+        """A new database's name (the next one is started at once)."""
+        self._ahead.append(self._threads.submit(self._create))
+        return self._ahead.popleft().result()
+
+    def drop(self, name: str) -> None:
+        self._drops.append(self._threads.submit(_admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+    def close(self) -> None:
+        """Drop the spares (or cancel them, not yet begun), wait for every drop; a failed one
+        fails here."""
+        for spare in self._ahead:
+            if not spare.cancel():
+                self.drop(spare.result())
+        self._threads.shutdown(wait=True)
+        for done in self._drops:
+            done.result()
+
+
+@pytest.fixture(scope="session")
+def pg_databases(pg_template: str) -> Iterator[PgDatabases]:
+    databases = PgDatabases(pg_template)
+    yield databases
+    databases.close()
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tpl") / "template.db"
@@ -103,11 +162,10 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         shutil.copy(request.getfixturevalue("sqlite_template"), path)
         yield f"sqlite:///{path}"
         return
-    template = request.getfixturevalue("pg_template")
-    name = f"lf_t_{uuid.uuid4().hex[:10]}"
-    _admin(f"CREATE DATABASE {name} TEMPLATE {template}")
+    databases: PgDatabases = request.getfixturevalue("pg_databases")
+    name = databases.take()
     yield pg_url(name)
-    _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    databases.drop(name)
 
 
 @pytest.fixture
@@ -165,7 +223,9 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
 
 
 class WorkerProcess:
-    """A real `ledgerflow worker` process for crash, signal and concurrency tests."""
+    """A real `ledgerflow worker` process for crash, signal and concurrency tests, forked from
+    this test process's fork server (tests/forkserver.py): its own pid, signals and exit code,
+    without a second import of ledgerflow."""
 
     def __init__(
         self,
@@ -180,7 +240,7 @@ class WorkerProcess:
         name: str = "worker",
     ) -> None:
         self.log_path = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
-        args = [sys.executable, "-m", "ledgerflow", "worker", "--app", app, "--concurrency", str(concurrency)]
+        args = ["worker", "--app", app, "--concurrency", str(concurrency)]
         if queues:
             args += ["--queues", queues]
         if burst:
@@ -193,8 +253,7 @@ class WorkerProcess:
             "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
         }
         full_env.update(env or {})
-        self._log = open(self.log_path, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(args, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.proc = forkserver.shared().spawn("ledgerflow", args, env=full_env, stdout=self.log_path)
 
     @property
     def pid(self) -> int:
@@ -204,20 +263,15 @@ class WorkerProcess:
         self.proc.send_signal(sig)
 
     def wait(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self._log.flush()
+        return self.proc.wait(timeout)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
-        self._log.close()
 
     def log(self) -> str:
-        self._log.flush()
         return self.log_path.read_text()
 
 

@@ -23,6 +23,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import traceback
 from pathlib import Path
@@ -159,6 +160,25 @@ def shared() -> ForkServer:
         _shared = ForkServer()
         atexit.register(_shared.close)
     return _shared
+
+
+def run(
+    module: str, args: list[str], *, env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """`subprocess.run([python, "-m", MODULE, *ARGS], capture_output=True, text=True)` in a child
+    forked from this test process's fork server; the child is killed if it outlives `timeout`."""
+    with tempfile.TemporaryDirectory(prefix="forkserver-run-") as tmp:
+        out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        proc = shared().spawn(module, args, env=env, stdout=out, stderr=err)
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+        return subprocess.CompletedProcess(
+            [sys.executable, "-m", module, *args], code, out.read_text(), err.read_text()
+        )
 
 
 def stop_shared() -> None:

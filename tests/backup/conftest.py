@@ -6,7 +6,6 @@ import csv
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -19,6 +18,7 @@ from sqlalchemy import func, select
 from ledgerflow import App
 from ledgerflow.builtin import build_app
 from ledgerflow.config import load_settings
+from tests import forkserver
 from tests.conftest import ROOT, _admin, pg_url, run_cli
 
 # the export's S3 (moto) and Google Drive (fake server) fixtures, for backups off the machine
@@ -87,18 +87,12 @@ def cli(
 
 @pytest.fixture
 def cli_process(backup_env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """`ledgerflow ARGS` as a real process (for SIGKILL at a crash point)."""
+    """`ledgerflow ARGS` as a real process (for SIGKILL at a crash point), forked from the fork
+    server (tests/forkserver.py)."""
 
     def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         full = {**os.environ, **backup_env, "PYTHONPATH": str(ROOT), **(env or {})}
-        return subprocess.run(
-            [sys.executable, "-m", "ledgerflow", *args],
-            env=full,
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=600,
-        )
+        return forkserver.run("ledgerflow", list(args), env=full, timeout=600)
 
     return run
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from sqlalchemy import func, select, update
@@ -15,6 +13,7 @@ from sqlalchemy import func, select, update
 from ledgerflow.builtin import build_app
 from ledgerflow.config import load_settings
 from ledgerflow.db.tables import export_queue, journal_entries, journal_lines
+from tests import forkserver
 from tests.books.conftest import jpy_entry
 from tests.conftest import ROOT
 
@@ -56,29 +55,32 @@ def test_an_upsert_killed_at_any_statement_leaves_the_old_or_the_new_entry(db_ur
             ).all()
         return [tuple(r) for r in rows]
 
-    def upsert(**extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "tests.faultrun", "entries", "import", str(fixed), "--upsert"],
-            cwd=ROOT,
+    def upsert(**extra: str) -> tuple[int, str]:
+        """A real `entries import --upsert` process, forked from the fork server
+        (tests/forkserver.py): its exit code (-9: killed) and stderr."""
+        proc = forkserver.shared().spawn(
+            "tests.faultrun",
+            ["entries", "import", str(fixed), "--upsert"],
             env={**env, **extra},
-            capture_output=True,
-            text=True,
-            timeout=120,
+            stdout=tmp_path / "stdout.txt",
+            stderr=tmp_path / "stderr.txt",
         )
+        _out, err = proc.communicate(timeout=120)
+        return proc.wait(), err
 
     held_back_entry()
-    clean = upsert(LEDGERFLOW_TEST_FAULT_LOG=str(tmp_path / "clean.log"))
-    assert clean.returncode == 0, clean.stderr
+    code, err = upsert(LEDGERFLOW_TEST_FAULT_LOG=str(tmp_path / "clean.log"))
+    assert code == 0, err
     statements = (tmp_path / "clean.log").read_text().splitlines()
     assert any(s.startswith("execute") and "DELETE FROM journal_entries" in s for s in statements)
     old, new = [("ค่ากาแฟ", "failed", 3)], [("コーヒー代", "queued", 3)]
     assert state() == new
     for k in range(1, len(statements) + 1):
         held_back_entry()
-        killed = upsert(LEDGERFLOW_TEST_FAULT=f"kill:{k}")
-        assert killed.returncode == -9, f"statement {k}: {killed.stderr}"
+        code, err = upsert(LEDGERFLOW_TEST_FAULT=f"kill:{k}")
+        assert code == -9, f"statement {k}: {err}"
         assert state() in (old, new), f"killed at {statements[k - 1]}"
-        again = upsert()
-        assert again.returncode == 0, again.stderr
+        code, err = upsert()
+        assert code == 0, err
         assert state() == new, f"after a kill at {statements[k - 1]}"
     app.close()

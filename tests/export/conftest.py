@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import date
@@ -18,6 +17,7 @@ from ledgerflow import App
 from ledgerflow.builtin import build_app
 from ledgerflow.config import load_settings
 from ledgerflow.db.tables import export_logs, export_queue
+from tests import forkserver
 from tests.conftest import ROOT
 from tests.fakes.drive import FakeDrive
 
@@ -83,15 +83,9 @@ def run_cli(export_env: dict[str, str]) -> Callable[..., subprocess.CompletedPro
     def run(
         *args: str, env: dict[str, str] | None = None, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
+        """`ledgerflow ARGS` as a real process (forked from the fork server, tests/forkserver.py)."""
         full = {**os.environ, **export_env, "PYTHONPATH": str(ROOT), **(env or {})}
-        return subprocess.run(
-            [sys.executable, "-m", "ledgerflow", *args],
-            env=full,
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=timeout,
-        )
+        return forkserver.run("ledgerflow", list(args), env=full, timeout=timeout)
 
     return run
 

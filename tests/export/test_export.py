@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import signal
-import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -153,23 +152,22 @@ def test_five_processes_racing_for_one_date_produce_one_batch_one_file_one_log_r
     make_export_app, run_cli, export_env, tmp_path
 ):
     import os
-    import sys
 
+    from tests import forkserver
     from tests.conftest import ROOT
 
     app = make_export_app()
     app.ledger.record_many([entry(f"R-{i}") for i in range(40)])
     env = {**os.environ, **export_env, "PYTHONPATH": str(ROOT)}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "ledgerflow", "export", "run", "--date", D.isoformat()],
+    procs = [  # real processes forked from the fork server (tests/forkserver.py): they start together
+        forkserver.shared().spawn(
+            "ledgerflow",
+            ["export", "run", "--date", D.isoformat()],
             env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
+            stdout=tmp_path / f"stdout{i}.txt",
+            stderr=tmp_path / f"stderr{i}.txt",
         )
-        for _ in range(5)
+        for i in range(5)
     ]
     results = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0] * 5, results

@@ -1,4 +1,10 @@
-"""Memory stays flat whatever the batch size (measured in a subprocess, RSS sampled every 10 ms)."""
+"""Memory stays flat whatever the batch size (measured in a subprocess, RSS sampled every 10 ms).
+
+Flat is shown by two sizes in one database: 40,000 lines, then 200,000 lines; the growth of
+the larger export may exceed the smaller one's by no more than the old bound of 30 MB over
+1,000,000 lines allowed for its 160,000 extra lines. The 1,000,000-line export itself is
+measured by `make bench` (bench/export.py, docs/benchmarks.md).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,8 @@ import json
 import os
 import subprocess
 import sys
+from datetime import date, timedelta
+from pathlib import Path
 
 import pytest
 from bench.ledger_data import load_entries
@@ -15,10 +23,20 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
+D = date(2026, 11, 26)
 
-def export_in_subprocess(db_url: str, out: str) -> dict[str, float]:
+
+def load(db_url: str, entries: int, lines_per_entry: int, day: date, first: int) -> None:
+    app = App(database_url=db_url, log_level="WARNING")
+    try:
+        load_entries(app, entries, lines_per_entry, day, first)
+    finally:
+        app.close()
+
+
+def export_in_subprocess(db_url: str, out: Path, day: date) -> dict[str, float]:
     result = subprocess.run(
-        [sys.executable, "-m", "bench.export_memory", db_url, out],
+        [sys.executable, "-m", "bench.export_memory", db_url, str(out), day.isoformat()],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -33,19 +51,14 @@ def export_in_subprocess(db_url: str, out: str) -> dict[str, float]:
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
-def test_exporting_10k_entries_peaks_below_100_mb(db_url, tmp_path):
-    app = App(database_url=db_url, log_level="WARNING")
-    load_entries(app, 10_000, 4)
-    app.close()
-    report = export_in_subprocess(db_url, str(tmp_path / "out"))
-    assert report["state"] == "completed" and report["entries"] == 10_000
-    assert report["peak_rss_mb"] < 100, report
-
-
-def test_exporting_a_million_lines_grows_memory_by_less_than_30_mb(db_url, tmp_path):
-    app = App(database_url=db_url, log_level="WARNING")
-    load_entries(app, 50_000, 20)  # 1,000,000 journal lines
-    app.close()
-    report = export_in_subprocess(db_url, str(tmp_path / "out"))
-    assert report["state"] == "completed" and report["lines"] == 1_000_000
-    assert report["rss_growth_mb"] < 30, report
+def test_memory_peaks_below_100_mb_for_10k_entries_and_does_not_grow_with_5x_the_lines(db_url, tmp_path):
+    load(db_url, 10_000, 4, D, first=0)  # 40,000 lines
+    small = export_in_subprocess(db_url, tmp_path / "small", D)
+    assert small["state"] == "completed" and small["entries"] == 10_000 and small["lines"] == 40_000
+    assert small["peak_rss_mb"] < 100, small
+    load(db_url, 10_000, 20, D + timedelta(days=1), first=10_000)  # 200,000 lines, the next day
+    large = export_in_subprocess(db_url, tmp_path / "large", D + timedelta(days=1))
+    assert large["state"] == "completed" and large["entries"] == 10_000 and large["lines"] == 200_000
+    assert large["rss_growth_mb"] < 30, large
+    # 30 MB per 1,000,000 lines (the former bound) is 4.8 MB for the 160,000 lines more
+    assert large["rss_growth_mb"] - small["rss_growth_mb"] < 4.8, (small, large)

@@ -28,8 +28,12 @@ def _enqueue_at_once(url: str, barrier, out, rounds: int, spec_kwargs) -> None:
 
 
 def _race(db_url: str, processes: int, rounds: int = 1, **spec_kwargs) -> list[int]:
-    """`processes` processes enqueue the same spec at the same moment; the ids they got."""
-    ctx = multiprocessing.get_context("spawn")
+    """`processes` processes enqueue the same spec at the same moment; the ids they got.
+
+    The processes are forked by multiprocessing's fork server, a clean process (no threads)
+    that has imported this module once: real processes without an interpreter start each."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
     barrier, out = ctx.Barrier(processes), ctx.Queue()
     procs = [
         ctx.Process(target=_enqueue_at_once, args=(db_url, barrier, out, rounds, spec_kwargs))

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import subprocess
-import sys
 import unicodedata
 from datetime import date, timedelta
 from decimal import Decimal
@@ -26,7 +24,8 @@ from ledgerflow.errors import BadInput, Conflict
 from ledgerflow.receipts.rules import parse_rules, same_vendor
 from ledgerflow.receipts.store import ReceiptStore
 from ledgerflow.receipts.tasks import process_and_file, slug
-from tests.conftest import ROOT, run_cli
+from tests import forkserver
+from tests.conftest import run_cli
 from tests.receipts.conftest import api_client, cli_env
 
 JP = "株式会社サンプル商店\n2026年11月20日\n小計 ¥1,000\n外税10% ¥100\n合計 ¥1,100\n"
@@ -155,16 +154,22 @@ def test_a_tax_without_a_rate_is_refused_until_the_rate_is_given(app):
     assert approved.tax_code == "VAT7"
 
 
-def test_concurrent_approvals_book_once_and_the_others_are_told_why(app):
-    """Four real `ledgerflow receipts approve` processes race for one receipt."""
+def test_concurrent_approvals_book_once_and_the_others_are_told_why(app, tmp_path):
+    """Four real `ledgerflow receipts approve` processes race for one receipt (forked from the
+    fork server, tests/forkserver.py: they start together)."""
     receipt_id = mailed(app, JP)
     env = cli_env(app)
-    args = [sys.executable, "-m", "ledgerflow", "receipts", "approve", str(receipt_id)]
     procs = [
-        subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(4)
+        forkserver.shared().spawn(
+            "ledgerflow",
+            ["receipts", "approve", str(receipt_id)],
+            env=env,
+            stdout=tmp_path / f"stdout{i}.txt",
+            stderr=tmp_path / f"stderr{i}.txt",
+        )
+        for i in range(4)
     ]
-    results = [(p.wait(120), p.stderr.read().strip()) for p in procs]
+    results = [(p.wait(120), p.communicate()[1].strip()) for p in procs]
     assert sorted(code for code, _ in results) == [0, 1, 1, 1]
     for code, err in results:
         if code:
