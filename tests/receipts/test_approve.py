@@ -209,6 +209,25 @@ def test_a_receipt_already_booked_by_hand_is_flagged_against_the_entry(app):
     assert flagged.reason.startswith("possible duplicate of entry INV-77 (same date 2026-11-20, amount 1100")
 
 
+def test_an_entry_whose_lines_sum_past_64_bits_does_not_stop_the_duplicate_check(app):
+    """100 debit lines of the largest THB amount on the receipt's date: Σ is 10^19 satang."""
+    top = "999999999999999.99"
+    lines = [{"account": "5210", "account_name": "Meeting", "debit": top, "credit": "0"} for _ in range(100)]
+    lines += [{"account": "1000", "account_name": "Cash", "debit": "0", "credit": top} for _ in range(100)]
+    app.ledger.record(
+        {
+            "date": "2026-11-10",
+            "reference": "BIG-1",
+            "description": "Shop K",
+            "currency": "THB",
+            "lines": lines,
+        }
+    )
+    receipt = ReceiptStore(app).get(mailed(app, "Shop K\n2026-11-10\nTotal 800.00 THB\n"))
+    assert receipt.total == Decimal("800.00") and receipt.duplicate_of is None, receipt.reason
+    assert not (receipt.reason or "").startswith("possible duplicate"), receipt.reason
+
+
 def test_vendor_rules_apply_by_priority_amount_and_text_then_learned_accounts(app, capsys, monkeypatch):
     store = ReceiptStore(app)
 

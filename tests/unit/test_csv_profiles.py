@@ -315,6 +315,41 @@ def test_yayoi_field_limits_are_checked_before_anything_is_written():
         check_entry(entry("123456789012", "あ" * 21), PROFILES[other])
 
 
+def test_a_yayoi_tax_amount_summed_from_two_tax_lines_is_held_to_the_nine_digits(tmp_path):
+    """Each tax line fits 9 digits; their sum in the taxed line's 税金額 cell must too."""
+
+    def entry(tax: str) -> Entry:
+        lines = [
+            {
+                "account": "a",
+                "account_name": "消耗品費",
+                "debit": "999999999",
+                "credit": "0",
+                "tax_code": "課10",
+            },
+            {"account": "t", "account_name": "仮払消費税", "debit": tax, "credit": "0", "tax_code": "課10"},
+            {"account": "t", "account_name": "仮払消費税", "debit": tax, "credit": "0", "tax_code": "課10"},
+        ]
+        lines += [
+            {"account": "c", "account_name": "現金", "debit": "0", "credit": part}
+            for part in ("999999999", tax, tax)
+        ]
+        return parse_entry({"date": "2026-11-26", "reference": "Y-T", "currency": "JPY", "lines": lines})
+
+    fits = entry("499999999")
+    check_entry(fits, PROFILES["yayoi"])
+    assert rows_for(fits, PROFILES["yayoi"], 1)[0][8:10] == ["999999999", "999999998"]
+    over = entry("600000000")
+    with pytest.raises(
+        BadInput, match=r"Y-T \(yayoi profile\): line 1 tax amount 1200000000 is too large; .*9 digits"
+    ):
+        check_entry(over, PROFILES["yayoi"])
+    with pytest.raises(EntryRejected, match="tax amount 1200000000 is too large") as rejected:
+        write_parts(iter([entry_rows(over)]), PROFILES["yayoi"], tmp_path, "y", timeout=30)
+    assert rejected.value.reference == "Y-T" and not list(tmp_path.iterdir()), "nothing of it written"
+    check_entry(over, PROFILES["freee"])  # no digit limit there
+
+
 def test_japanese_layouts_refuse_other_currencies_negatives_and_unencodable_text():
     with pytest.raises(BadInput, match="currency THB is not supported"):
         check_entry(thb_entry(), PROFILES["yayoi"])

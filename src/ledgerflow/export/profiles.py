@@ -367,6 +367,14 @@ def _sides(
     the side a line is not on gets `blank` amounts and empty text."""
     taxes = tax_amounts(entry, p)
     amount, cell = minor_formatter(entry.currency), text.cell
+    if p.max_amount_digits is not None:  # several tax lines may add up past the layout's digits
+        largest = 10 ** (p.max_amount_digits + MINOR_UNITS[entry.currency])
+        for i, summed in taxes.items():
+            if abs(summed) >= largest:
+                raise BadInput(
+                    f"{_where(entry, p)}: line {i + 1} tax amount {amount(summed)} is too large; this layout "
+                    f"takes at most {p.max_amount_digits} digits ({'9' * p.max_amount_digits})"
+                )
     out = []
     for i, line in enumerate(entry.lines):
         tax = amount(taxes[i]) if i in taxes else ""

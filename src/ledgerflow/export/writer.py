@@ -25,7 +25,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sqlalchemy import ColumnElement, Connection, func, select
+from sqlalchemy import ColumnElement, Connection, func, literal, select
 
 from ledgerflow.db.tables import export_batch_entries, journal_entries, journal_lines
 from ledgerflow.errors import BadInput, LedgerflowError
@@ -362,19 +362,37 @@ def write_manifest(generated: Generated, directory: Path, base_name: str, info: 
 Totals = dict[str, dict[str, Any]]  # currency -> {"debit", "credit": Decimal, "lines": int}
 
 
+#: SQLite sums 64-bit integers and fails past 9.2e18 minor units (a hundred lines of the
+#: largest THB amount): there each amount is summed as its quotient and remainder by this,
+#: both truncated toward zero, so Σquotient * _SPLIT + Σremainder is exact for any batch.
+_SPLIT = 10**9
+
+
 def books_totals(conn: Connection, batch_id: int) -> Totals:
     """The batch snapshot summed in SQL, independently of the writer: per currency Σdebit,
     Σcredit and the number of journal lines."""
     e, ln, be = journal_entries, journal_lines, export_batch_entries
+    amounts = (ln.c.debit_minor, ln.c.credit_minor)
+    sums: list[ColumnElement[Any]]
+    if conn.dialect.name == "sqlite":
+        split = _SPLIT
+        sums = [*(func.sum(a // split) for a in amounts), *(func.sum(a % split) for a in amounts)]
+    else:  # PostgreSQL: sum(bigint) is an exact numeric
+        split = 1
+        sums = [*(func.sum(a) for a in amounts), literal(0), literal(0)]
     rows = conn.execute(
-        select(e.c.currency, func.sum(ln.c.debit_minor), func.sum(ln.c.credit_minor), func.count())
+        select(e.c.currency, *sums, func.count())
         .select_from(be.join(e, e.c.id == be.c.entry_id).join(ln, ln.c.entry_id == e.c.id))
         .where(be.c.batch_id == batch_id)
         .group_by(e.c.currency)
     )
     return {
-        cur: {"debit": from_minor(int(dr), cur), "credit": from_minor(int(cr), cur), "lines": int(n)}
-        for cur, dr, cr, n in rows
+        cur: {
+            "debit": from_minor(int(dr) * split + int(dr_rest), cur),
+            "credit": from_minor(int(cr) * split + int(cr_rest), cur),
+            "lines": int(n),
+        }
+        for cur, dr, cr, dr_rest, cr_rest, n in map(tuple, rows)
     }
 
 

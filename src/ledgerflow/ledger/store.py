@@ -302,7 +302,10 @@ class LedgerStore:
                 export_queue.c.status.label("export_status"),
                 export_queue.c.batch_id,
                 export_queue.c.file_link,
-                func.coalesce(func.sum(journal_lines.c.debit_minor), 0).label("debit_minor"),
+                # quotient and remainder by 10^9 (truncated): SQLite's SUM stops at 2^63, and an
+                # entry of up to 1,000 lines of the largest amount goes past it
+                func.sum(journal_lines.c.debit_minor // _SPLIT).label("debit_high"),
+                func.sum(journal_lines.c.debit_minor % _SPLIT).label("debit_low"),
             )
             .select_from(
                 journal_entries.join(export_queue, export_queue.c.entry_id == journal_entries.c.id).join(
@@ -323,8 +326,13 @@ class LedgerStore:
         with self.db.read() as conn:
             rows = [dict(r._mapping) for r in conn.execute(query)]
         for r in rows:
-            r["debit_total"] = str(from_minor(int(r.pop("debit_minor")), r["currency"]))
+            minor = int(r.pop("debit_high")) * _SPLIT + int(r.pop("debit_low"))
+            r["debit_total"] = str(from_minor(minor, r["currency"]))
         return rows
+
+
+#: Amounts are summed in SQL as quotient and remainder by this (see `LedgerStore.list`).
+_SPLIT = 10**9
 
 
 def _entry_from(item: Entry | Mapping[str, Any], where: str) -> Entry:

@@ -320,7 +320,13 @@ class ReceiptStore:
             .where(journal_entries.c.entry_date == day, journal_entries.c.currency == currency)
             .where(journal_entries.c.source != "receipt", journal_entries.c.reverses_id.is_(None))
             .group_by(journal_entries.c.id, journal_entries.c.reference, journal_entries.c.description)
-            .having(func.sum(journal_lines.c.debit_minor) == total_minor)
+            # quotient and remainder by 10^9: SQLite's SUM of a whole entry can pass 2^63 and fail;
+            # past 2^63 the product becomes a REAL, never equal to a receipt's total
+            .having(
+                func.sum(journal_lines.c.debit_minor // 10**9) * 10**9
+                + func.sum(journal_lines.c.debit_minor % 10**9)
+                == total_minor
+            )
         ).all()
         name = fold(vendor)
         for entry in entries:
