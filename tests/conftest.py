@@ -291,10 +291,14 @@ def workers(tmp_path: Path, db_url: str) -> Iterator[Callable[..., WorkerProcess
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     """`ledgerflow ARGS` in-process with a fresh app from the environment: (exit code, stdout, stderr)."""
+    from ledgerflow.cli import context
     from ledgerflow.cli.context import state
     from ledgerflow.cli.main import run
 
     state._app, state.app_ref, state.database_url, state.debug = None, None, None, False
+    # a fresh console as a fresh process has: its width comes from this test's COLUMNS, not
+    # from whichever earlier test in this xdist process printed first
+    context.console._console = context.err_console._console = None
     try:
         with pytest.raises(SystemExit) as exit_info:
             run(list(args))
