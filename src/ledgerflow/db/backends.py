@@ -90,6 +90,24 @@ BULK_JOB_COLUMNS = (
 ONE_JOB_COLUMNS = (*BULK_JOB_COLUMNS, "trace_context")
 
 
+def one_job_values(row: Mapping[str, Any], stamp: Callable[[datetime], Any]) -> tuple[Any, ...]:
+    """The `ONE_JOB_COLUMNS` values of a plain job as the driver takes them (`stamp` gives
+    `scheduled_at` the backend's stored form)."""
+    trace_context = row["trace_context"]
+    return (
+        row["task"],
+        row["queue"],
+        row["priority"],
+        str(row["state"]),
+        dumps(row["args"]) if row["args"] else "[]",
+        dumps(row["kwargs"]) if row["kwargs"] else "{}",
+        row["max_attempts"],
+        float(row["timeout"]),
+        stamp(row["scheduled_at"]),
+        dumps(trace_context) if trace_context else None,
+    )
+
+
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 #: `\u0000` escapes that are not themselves escaped (an even run of backslashes before them).

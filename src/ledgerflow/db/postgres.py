@@ -30,6 +30,7 @@ from ledgerflow.db.backends import (
     SessionLimits,
     StoppableThread,
     dumps,
+    one_job_values,
 )
 from ledgerflow.db.types import UTCDateTime
 
@@ -175,19 +176,7 @@ class PostgresBackend:
         """One plain job (no unique key, dependencies or schedule) in one statement on the
         driver's connection, without SQLAlchemy's per-statement work (psycopg prepares it on
         its fifth use); returns its id and `created_at` (the transaction's `now()`)."""
-        trace_context = row["trace_context"]
-        values = (
-            row["task"],
-            row["queue"],
-            row["priority"],
-            str(row["state"]),
-            dumps(row["args"]) if row["args"] else "[]",
-            dumps(row["kwargs"]) if row["kwargs"] else "{}",
-            row["max_attempts"],
-            float(row["timeout"]),
-            row["scheduled_at"],
-            dumps(trace_context) if trace_context else None,
-        )
+        values = one_job_values(row, lambda when: when)
         raw = conn.connection.driver_connection
         try:
             found = raw.execute(_INSERT_ONE, values).fetchone()  # type: ignore[union-attr]

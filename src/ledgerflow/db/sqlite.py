@@ -40,7 +40,14 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
-from ledgerflow.db.backends import BULK_JOB_COLUMNS, ONE_JOB_COLUMNS, Election, StoppableThread, dumps
+from ledgerflow.db.backends import (
+    BULK_JOB_COLUMNS,
+    ONE_JOB_COLUMNS,
+    Election,
+    StoppableThread,
+    dumps,
+    one_job_values,
+)
 from ledgerflow.db.tables import jobs
 from ledgerflow.db.types import UTCDateTime
 
@@ -304,20 +311,7 @@ class SQLiteBackend:
         driver's cursor, without SQLAlchemy's per-statement work (half the CPU of one-call
         enqueue); returns its id and `created_at` (the process clock: SQLite's clock)."""
         created = _utcnow()
-        trace_context = row["trace_context"]
-        values = (
-            row["task"],
-            row["queue"],
-            row["priority"],
-            str(row["state"]),
-            dumps(row["args"]) if row["args"] else "[]",
-            dumps(row["kwargs"]) if row["kwargs"] else "{}",
-            row["max_attempts"],
-            float(row["timeout"]),
-            _stored(row["scheduled_at"]),
-            dumps(trace_context) if trace_context else None,
-            _stored(created),
-        )
+        values = (*one_job_values(row, _stored), _stored(created))
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(_INSERT_ONE, values)
