@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from ledgerflow import current_job, tracing
+from ledgerflow import Snooze, current_job, tracing
 from ledgerflow.engine.jobs import JobSpec
 from tests.api.conftest import serve_app
 from tests.conftest import ROOT, wait_until
@@ -101,6 +101,35 @@ def test_each_attempt_is_a_span_of_the_enqueuing_trace_and_failures_are_errors(m
     assert first.attributes["ledgerflow.outcome"] == "failed"
     assert second.status.status_code != StatusCode.ERROR
     assert app.store.get(job.id).result == format(second.context.span_id, "016x"), "async tasks too"
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_snoozed_attempt_is_a_span_without_an_error_or_exception(make_app, exporter, kind):
+    """A snooze is the task asking to run later, not a failure: its span records no exception."""
+    app = make_app()
+
+    def body() -> str:
+        if current_job().attempt == 1:
+            raise Snooze(0.0)
+        return "done"
+
+    if kind == "sync":
+        task = app.task(name="traced.later")(body)
+    else:
+
+        async def later() -> str:
+            return body()
+
+        task = app.task(name="traced.later")(later)
+    job = task.enqueue()
+    app.run_worker(concurrency=1, burst=True)
+    assert app.store.get(job.id).state == "completed"
+    runs = by_name(exporter.get_finished_spans(), "ledgerflow.run")
+    snoozed, done = sorted(runs, key=lambda s: s.attributes["ledgerflow.attempt"])
+    assert snoozed.attributes["ledgerflow.outcome"] == "snoozed"
+    assert snoozed.status.status_code != StatusCode.ERROR
+    assert [e.name for e in snoozed.events] == []
+    assert done.attributes["ledgerflow.outcome"] == "completed"
 
 
 def test_a_batch_enqueued_in_one_span_carries_its_context(make_app, exporter):

@@ -764,6 +764,8 @@ class Worker:
         self._inflight.pop(key, None)
         self._reports.pop(key, None)
         running.report.close()
+        if outcome is not None and outcome.kind == "snoozed":
+            caught = None  # a snooze is the task's request, not an error of the attempt's span
         running.attempt.end(
             outcome.kind if outcome else "cancelled", outcome.error if outcome else None, caught
         )
