@@ -110,6 +110,7 @@ def test_schedule_create_edit_remove_with_a_preview_of_the_next_five_fires(dashb
     page.fill("input[name=cron]", "30 9 * * 1")
     page.fill("input[name=timezone]", "Asia/Tokyo")
     page.get_by_role("button", name="Preview").click()
+    page.locator("#preview li").nth(4).wait_for()  # all_inner_texts does not wait for the answer
     fires = page.locator("#preview li").all_inner_texts()
     assert len(fires) == 5 and all(f.endswith("09:30:00+09:00") for f in fires), fires
     page.screenshot(path=str(SHOTS / "schedule-preview.png"), full_page=True)
@@ -124,6 +125,7 @@ def test_schedule_create_edit_remove_with_a_preview_of_the_next_five_fires(dashb
 
     row.get_by_role("link", name="Edit").click()
     assert page.locator("input[name=cron]").input_value() == "30 9 * * 1"
+    page.locator("#preview li").nth(4).wait_for()
     assert len(page.locator("#preview li").all_inner_texts()) == 5, "the edit form previews the stored timing"
     page.fill("input[name=cron]", "0 7 * * *")
     page.fill("input[name=kwargs]", '{"days": 30')
@@ -132,6 +134,7 @@ def test_schedule_create_edit_remove_with_a_preview_of_the_next_five_fires(dashb
     assert client.get("/api/schedules/close").json()["cron_expression"] == "30 9 * * 1", "nothing half-saved"
     page.fill("input[name=kwargs]", "{}")
     page.get_by_role("button", name="Preview").click()
+    page.locator("#preview li", has_text="07:00:00+09:00").first.wait_for()  # the new answer is in
     assert all(f.endswith("07:00:00+09:00") for f in page.locator("#preview li").all_inner_texts())
     page.get_by_role("button", name="Save").click()
     page.wait_for_url(f"{dashboard}/schedules?*")
