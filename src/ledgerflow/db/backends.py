@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection, Select
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from ledgerflow.db.types import storable_text
@@ -68,8 +69,9 @@ class Backend(Protocol):
     def skip_locked(self, query: Select[Any]) -> Select[Any]: ...
     def lift_limits(self, conn: Connection, *, lock_wait: bool, idle: bool = False) -> None: ...
     def waker(self, engine: Engine, poll_seconds: float) -> Waker: ...
+    def autocommit(self, driver: Any, on: bool) -> None: ...
     def insert_jobs(self, conn: Connection, rows: list[tuple[Any, ...]]) -> list[int]: ...
-    def insert_job(self, conn: Connection, row: Mapping[str, Any]) -> tuple[int, datetime]: ...
+    def insert_job(self, conn: AnyConnection, row: Mapping[str, Any]) -> tuple[int, datetime]: ...
 
 
 #: Columns of a bulk insert row, in order; `errors` is always `[]` and `created_at` is now.
@@ -88,6 +90,17 @@ BULK_JOB_COLUMNS = (
 
 #: Columns of a one-job insert (`insert_job`): a plain job's, with its trace context.
 ONE_JOB_COLUMNS = (*BULK_JOB_COLUMNS, "trace_context")
+
+
+#: A SQLAlchemy connection, or a pooled driver connection without one (`Database.single`).
+AnyConnection = Connection | PoolProxiedConnection
+
+
+def driver_of(conn: AnyConnection) -> Any:
+    """The driver's connection (psycopg, sqlite3) under a SQLAlchemy connection or a pooled one."""
+    if isinstance(conn, Connection):
+        return conn.connection.driver_connection
+    return conn.driver_connection
 
 
 def one_job_values(row: Mapping[str, Any], stamp: Callable[[datetime], Any]) -> tuple[Any, ...]:

@@ -26,9 +26,11 @@ from sqlalchemy.sql.elements import ColumnElement
 from ledgerflow.db.backends import (
     BULK_JOB_COLUMNS,
     ONE_JOB_COLUMNS,
+    AnyConnection,
     Election,
     SessionLimits,
     StoppableThread,
+    driver_of,
     dumps,
     one_job_values,
 )
@@ -87,10 +89,10 @@ def conninfo(engine: Engine) -> str:
     return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def driver_error(conn: Connection, statement: str, error: psycopg.Error) -> exc.DBAPIError:
+def driver_error(conn: AnyConnection, statement: str, error: psycopg.Error) -> exc.DBAPIError:
     """Turn an error raised on the raw psycopg connection (COPY) into SQLAlchemy's form,
     invalidating a broken connection so the pool never hands it out again."""
-    raw = conn.connection.driver_connection
+    raw = driver_of(conn)
     broken = bool(getattr(raw, "closed", False) or getattr(raw, "broken", False))
     if broken:
         conn.invalidate()
@@ -132,6 +134,12 @@ class PostgresBackend:
             + (", set_config('idle_in_transaction_session_timeout', '0', true)" if idle else "")
         )
 
+    def autocommit(self, driver: psycopg.Connection[Any], on: bool) -> None:
+        """Each statement commits alone (`on`), or back to transactions for the pool."""
+        if on and driver.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            driver.rollback()  # never commit what a previous holder left open
+        driver.autocommit = on
+
     def insert_jobs(self, conn: Connection, rows: list[tuple[Any, ...]]) -> list[int]:
         """Many jobs through COPY, with ids drawn from the sequence first (so they come back in order).
 
@@ -172,14 +180,13 @@ class PostgresBackend:
             raise driver_error(conn, "COPY jobs", error) from error
         return ids
 
-    def insert_job(self, conn: Connection, row: Mapping[str, Any]) -> tuple[int, datetime]:
+    def insert_job(self, conn: AnyConnection, row: Mapping[str, Any]) -> tuple[int, datetime]:
         """One plain job (no unique key, dependencies or schedule) in one statement on the
         driver's connection, without SQLAlchemy's per-statement work (psycopg prepares it on
         its fifth use); returns its id and `created_at` (the transaction's `now()`)."""
         values = one_job_values(row, lambda when: when)
-        raw = conn.connection.driver_connection
         try:
-            found = raw.execute(_INSERT_ONE, values).fetchone()  # type: ignore[union-attr]
+            found = driver_of(conn).execute(_INSERT_ONE, values).fetchone()
         except psycopg.Error as error:
             raise driver_error(conn, _INSERT_ONE, error) from error
         assert found is not None

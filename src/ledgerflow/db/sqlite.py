@@ -43,8 +43,10 @@ from sqlalchemy.sql.elements import ColumnElement
 from ledgerflow.db.backends import (
     BULK_JOB_COLUMNS,
     ONE_JOB_COLUMNS,
+    AnyConnection,
     Election,
     StoppableThread,
+    driver_of,
     dumps,
     one_job_values,
 )
@@ -264,6 +266,9 @@ class SQLiteBackend:
     def lift_limits(self, conn: Connection, *, lock_wait: bool, idle: bool = False) -> None:
         return None  # no statement timeout to lift; the busy timeout stays
 
+    def autocommit(self, driver: sqlite3.Connection, on: bool) -> None:
+        return None  # no BEGIN issued (isolation_level None): a statement commits alone already
+
     def insert_jobs(self, conn: Connection, rows: list[tuple[Any, ...]]) -> list[int]:
         """Many jobs in one executemany; ids are the rowids just allocated.
 
@@ -306,13 +311,13 @@ class SQLiteBackend:
             cursor.close()
         return list(range(last - len(rows) + 1, last + 1))
 
-    def insert_job(self, conn: Connection, row: Mapping[str, Any]) -> tuple[int, datetime]:
+    def insert_job(self, conn: AnyConnection, row: Mapping[str, Any]) -> tuple[int, datetime]:
         """One plain job (no unique key, dependencies or schedule) in one statement on the
         driver's cursor, without SQLAlchemy's per-statement work (half the CPU of one-call
         enqueue); returns its id and `created_at` (the process clock: SQLite's clock)."""
         created = _utcnow()
         values = (*one_job_values(row, _stored), _stored(created))
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor = driver_of(conn).cursor()
         try:
             cursor.execute(_INSERT_ONE, values)
             job_id = cursor.lastrowid

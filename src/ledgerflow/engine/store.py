@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import Insert
 
 from ledgerflow import tracing
+from ledgerflow.db.backends import AnyConnection
 from ledgerflow.db.database import Database
 from ledgerflow.db.tables import (
     NOT_AWAITED,
@@ -133,6 +134,11 @@ class JobStore:
         if not is_plain(spec):
             (job_id,) = self.enqueue(conn, [spec])
             return self.get(job_id, conn)
+        return self.insert_plain(conn, spec)
+
+    def insert_plain(self, conn: AnyConnection, spec: JobSpec) -> Job:
+        """Insert a plain job (`is_plain`) in one statement and return it as stored; `conn` may
+        be a pooled driver connection (`Database.single`) as well as a SQLAlchemy one."""
         with tracing.enqueue_span(spec.task, spec.queue) as span:
             row = self._row(spec)
             job_id, created_at = self.db.backend.insert_job(conn, row)
