@@ -14,7 +14,7 @@ round trip. Values given in the database URL's query win over these defaults.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,8 +31,6 @@ from ledgerflow.db.backends import (
     SessionLimits,
     StoppableThread,
     driver_of,
-    dumps,
-    one_job_values,
 )
 from ledgerflow.db.types import UTCDateTime
 
@@ -76,6 +74,15 @@ def connect_args(url: str, connect_timeout: float, limits: SessionLimits) -> dic
 _INSERT_ONE = (
     f"INSERT INTO jobs ({', '.join(ONE_JOB_COLUMNS)}, created_at, errors, has_dependencies) "
     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), '[]', false) RETURNING id, created_at"
+)
+
+
+#: Lifts the statement timeout for the rest of the transaction (`lift_limits`).
+_NO_STATEMENT_TIMEOUT = "set_config('statement_timeout', '0', true)"
+#: A bulk insert's first statement: no statement timeout, then `%s` ids and the transaction's time.
+_DRAW_IDS = (
+    f"SELECT {_NO_STATEMENT_TIMEOUT}, array_agg(nextval(pg_get_serial_sequence('jobs', 'id'))), "
+    "now() FROM generate_series(1, %s)"
 )
 
 
@@ -129,7 +136,7 @@ class PostgresBackend:
 
     def lift_limits(self, conn: Connection, *, lock_wait: bool, idle: bool = False) -> None:
         conn.exec_driver_sql(
-            "SELECT set_config('statement_timeout', '0', true)"
+            f"SELECT {_NO_STATEMENT_TIMEOUT}"
             + (", set_config('lock_timeout', '0', true)" if lock_wait else "")
             + (", set_config('idle_in_transaction_session_timeout', '0', true)" if idle else "")
         )
@@ -143,48 +150,27 @@ class PostgresBackend:
     def insert_jobs(self, conn: Connection, rows: list[tuple[Any, ...]]) -> list[int]:
         """Many jobs through COPY, with ids drawn from the sequence first (so they come back in order).
 
-        COPY fires the statement-level NOTIFY trigger like an INSERT does. Bulk work: the statement
-        timeout is lifted for the rest of the transaction.
+        One statement lifts the statement timeout for the rest of the transaction (bulk work)
+        and draws the ids as one array; COPY fires the statement-level NOTIFY trigger like an
+        INSERT does.
         """
-        self.lift_limits(conn, lock_wait=False)
-        drawn = conn.exec_driver_sql(
-            "SELECT nextval(pg_get_serial_sequence('jobs', 'id')), now() FROM generate_series(1, %(n)s)",
-            {"n": len(rows)},
-        ).all()
-        ids, now = [r[0] for r in drawn], drawn[0][1]
-        raw = conn.connection.driver_connection
+        raw = driver_of(conn)
         columns = ", ".join(("id", *BULK_JOB_COLUMNS, "created_at", "errors", "has_dependencies"))
         try:
-            with raw.cursor() as cursor, cursor.copy(f"COPY jobs ({columns}) FROM STDIN") as copy:  # type: ignore[union-attr]
-                for job_id, (task, queue, priority, state, args, kwargs, attempts, timeout, when) in zip(
-                    ids, rows, strict=True
-                ):
-                    copy.write_row(
-                        (
-                            job_id,
-                            task,
-                            queue,
-                            priority,
-                            state,
-                            dumps(args) if args else "[]",
-                            dumps(kwargs) if kwargs else "{}",
-                            attempts,
-                            timeout,
-                            when,
-                            now,
-                            "[]",
-                            False,
-                        )
-                    )
+            drawn = raw.execute(_DRAW_IDS, (len(rows),)).fetchone()
+            ids, now = drawn[1], drawn[2]
+            with raw.cursor() as cursor, cursor.copy(f"COPY jobs ({columns}) FROM STDIN") as copy:
+                for job_id, row in zip(ids, rows, strict=True):
+                    copy.write_row((job_id, *row, now, "[]", False))
         except psycopg.Error as error:
             raise driver_error(conn, "COPY jobs", error) from error
         return ids
 
-    def insert_job(self, conn: AnyConnection, row: Mapping[str, Any]) -> tuple[int, datetime]:
-        """One plain job (no unique key, dependencies or schedule) in one statement on the
-        driver's connection, without SQLAlchemy's per-statement work (psycopg prepares it on
-        its fifth use); returns its id and `created_at` (the transaction's `now()`)."""
-        values = one_job_values(row, lambda when: when)
+    def insert_job(self, conn: AnyConnection, values: tuple[Any, ...]) -> tuple[int, datetime]:
+        """One plain job (no unique key, dependencies or schedule; `ONE_JOB_COLUMNS` values) in
+        one statement on the driver's connection, without SQLAlchemy's per-statement work
+        (psycopg prepares it on its fifth use); returns its id and `created_at` (the
+        transaction's `now()`)."""
         try:
             found = driver_of(conn).execute(_INSERT_ONE, values).fetchone()
         except psycopg.Error as error:
