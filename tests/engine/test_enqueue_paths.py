@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from ledgerflow import BadInput, DatabaseUnavailable, JobState
+from ledgerflow import App, BadInput, DatabaseUnavailable, JobState
 from ledgerflow.db.backends import dumps
 from ledgerflow.db.tables import jobs
 from ledgerflow.engine.jobs import JobSpec
@@ -145,3 +145,21 @@ def test_a_scheduled_time_reads_back_exactly_from_both_insert_paths(make_app, mi
     (bulk,) = app.enqueue_many([spec])
     for job in (one, app.get_job(one.id), app.get_job(bulk)):
         assert job.scheduled_at == when and job.state == JobState.SCHEDULED
+
+
+def test_a_prepared_spec_is_checked_and_equal_like_one_built_whole(tmp_path):
+    app = App(database_url=f"sqlite:///{tmp_path}/unused.db")
+
+    @app.task(name="task", queue="q1", priority=3)
+    def task(*args: Any, **kwargs: Any) -> None: ...
+
+    for _ in range(3):  # the first spec is built whole, the later ones from it
+        spec = task.prepare(1, "two", three=[3])
+        assert spec == JobSpec(task="task", args=(1, "two"), kwargs={"three": [3]}, queue="q1", priority=3)
+        assert (spec.args_json, spec.kwargs_json) == ('[1,"two"]', '{"three":[3]}')
+        with pytest.raises(BadInput, match="args of task 'task': nan is not a JSON number"):
+            task.prepare(float("nan"))
+        with pytest.raises(BadInput, match=r"priority must be 0\.\.9"):
+            task.configure(priority=10).prepare()
+    later = task.configure(delay=5)
+    assert later.prepare().delay == later.prepare(1).delay == 5 and later.prepare(1).args == (1,)

@@ -53,6 +53,16 @@ class JobSpec:
         object.__setattr__(self, "args_json", args_json)
         object.__setattr__(self, "kwargs_json", kwargs_json)
 
+    def with_payload(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> JobSpec:
+        """This spec with other args and kwargs, of which only these are checked: the rest was
+        when this spec was made (`Task.prepare`'s fast path: half its time)."""
+        spec: JobSpec = object.__new__(JobSpec)
+        values = spec.__dict__
+        values.update(self.__dict__)
+        values["args"], values["kwargs"] = args, kwargs
+        values["args_json"], values["kwargs_json"] = check_payload(spec)
+        return spec
+
 
 def validate_spec(spec: JobSpec) -> tuple[str, str]:
     """Refuse a spec that could never run, naming the bad value; returns its args and kwargs
@@ -81,6 +91,11 @@ def validate_spec(spec: JobSpec) -> tuple[str, str]:
         window = spec.unique_for
         if isinstance(window, bool) or not isinstance(window, int | float) or not 0 < window <= 366 * 86400:
             raise BadInput(f"unique_for must be 0 < seconds <= 366 days, got {window!r}")
+    return check_payload(spec)
+
+
+def check_payload(spec: JobSpec) -> tuple[str, str]:
+    """Refuse args or kwargs that cannot be stored (`check_json`); returns them as JSON text."""
     return (
         check_json(list(spec.args), f"args of task {spec.task!r}"),
         check_json(dict(spec.kwargs), f"kwargs of task {spec.task!r}"),
