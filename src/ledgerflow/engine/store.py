@@ -90,6 +90,10 @@ def is_plain(spec: JobSpec) -> bool:
     return not (spec.unique_key or spec.depends_on or spec.schedule_id is not None or spec.fire_time)
 
 
+#: Stored values of the two states a plain job starts in (an enum's `.value` costs a descriptor call).
+_SCHEDULED, _AVAILABLE = S.SCHEDULED.value, S.AVAILABLE.value
+
+
 def scheduled_for(spec: JobSpec, now: datetime) -> datetime:
     """When the job becomes due: its `scheduled_at` (in UTC), `now` + its delay, or `now`."""
     if spec.scheduled_at is not None:
@@ -106,7 +110,7 @@ def plain_row(spec: JobSpec, now: datetime) -> tuple[Any, ...]:
         spec.task,
         spec.queue,
         spec.priority,
-        (S.SCHEDULED if when > now else S.AVAILABLE).value,
+        _SCHEDULED if when > now else _AVAILABLE,
         spec.args_json,
         spec.kwargs_json,
         spec.max_attempts,
