@@ -117,10 +117,10 @@ class ConfiguredTask:
 
     def prepare(self, *args: Any, **kwargs: Any) -> JobSpec:
         """The job these options make with this payload. The first one is checked whole and
-        kept; later ones copy it and check only their payload (half the time)."""
-        first: JobSpec | None = self.__dict__.get("_first")
-        if first is not None:
-            return first.with_payload(args, kwargs)
+        kept (without its payload); later ones copy it and check only theirs (half the time)."""
+        checked: JobSpec | None = self.__dict__.get("_checked")
+        if checked is not None:
+            return checked.with_payload(args, kwargs)
         o = self.options
         spec = JobSpec(
             task=self.task.name,
@@ -136,7 +136,7 @@ class ConfiguredTask:
             delay=o.delay,
             depends_on=o.depends_on,
         )
-        self.__dict__["_first"] = spec  # frozen: set as `cached_property` does
+        self.__dict__["_checked"] = spec.with_payload((), {})  # frozen: set as `cached_property` does
         return spec
 
     def enqueue(self, *args: Any, **kwargs: Any) -> Job:
