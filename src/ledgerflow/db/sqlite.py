@@ -20,7 +20,8 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -45,6 +46,7 @@ from ledgerflow.db.backends import (
     ONE_JOB_COLUMNS,
     Election,
     StoppableThread,
+    cursor_stream,
     dumps,
     one_job_values,
 )
@@ -323,6 +325,11 @@ class SQLiteBackend:
             cursor.close()
         assert job_id is not None
         return job_id, created
+
+    def stream(
+        self, conn: Connection, query: Select[Any], size: int
+    ) -> AbstractContextManager[Iterator[Sequence[Any]]]:
+        return cursor_stream(conn, query, size)
 
     def waker(self, engine: Engine, poll_seconds: float) -> DataVersionWaker:
         return DataVersionWaker(engine.url.database or "", poll_seconds)

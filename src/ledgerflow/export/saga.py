@@ -296,13 +296,14 @@ class ExportSaga:
                     .order_by(e.c.entry_date, e.c.reference, ln.c.line_no)
                 )
                 try:
-                    generated = write_parts(
-                        stream_entries(conn, query),
-                        self.profile,
-                        directory,
-                        base,
-                        timeout=self.settings.export_generation_timeout,
-                    )
+                    with self.db.stream(conn, query) as rows:
+                        generated = write_parts(
+                            stream_entries(rows),
+                            self.profile,
+                            directory,
+                            base,
+                            timeout=self.settings.export_generation_timeout,
+                        )
                     break
                 except EntryRejected as rejected:
                     held.append(
@@ -718,15 +719,16 @@ class ExportSaga:
             # the generation timeout bounds this stream, not the statement or idle-in-transaction timeout
             self.db.lift_limits(conn, idle=True)
             total = count_lines(conn, batch["id"]) if on_progress else 0
-            return write_parts(
-                stream_entries(conn, batch_lines_query(batch["id"])),
-                self.profile,
-                work,
-                base,
-                timeout=self.settings.export_generation_timeout,
-                on_progress=(lambda n: on_progress(n, total)) if on_progress else None,
-                crash_point=crash_point,
-            )
+            with self.db.stream(conn, batch_lines_query(batch["id"])) as rows:
+                return write_parts(
+                    stream_entries(rows),
+                    self.profile,
+                    work,
+                    base,
+                    timeout=self.settings.export_generation_timeout,
+                    on_progress=(lambda n: on_progress(n, total)) if on_progress else None,
+                    crash_point=crash_point,
+                )
 
     def _eject(self, a: Attempt, rejected: EntryRejected) -> None:
         """Take an entry the profile cannot hold out of the batch: marked failed, alerted, never lost."""
