@@ -202,8 +202,8 @@ class PostgresBackend:
         (libpq ≥ 17 chunked rows), where a server-side cursor waits a round trip per FETCH and
         the server idles meanwhile: half the wall time of a 1M-line export. The statement passes
         through the engine's cursor events like any other (tracing, the fault tests). Leaving
-        early cancels the statement and drains the connection; an older libpq reads through a
-        server-side cursor.
+        before the last row cancels the statement, inside a savepoint so that the transaction
+        carries on. An older libpq reads through a server-side cursor.
         """
         if not CHUNKED_ROWS:
             with cursor_stream(conn, query, size) as rows:
@@ -211,18 +211,25 @@ class PostgresBackend:
             return
         compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
         sql, params = str(compiled), compiled.params
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        conn.dispatch.before_cursor_execute(conn, cursor, sql, params, None, False)
+        savepoint = conn.begin_nested()
+        raw: psycopg.Connection[Any] = conn.connection.driver_connection  # type: ignore[assignment]
+        cursor = raw.cursor()
         rows = cursor.stream(sql, params, size=size)
         try:
+            conn.dispatch.before_cursor_execute(conn, cursor, sql, params, None, False)
             first = next(rows, None)  # sends the statement and waits for the first chunk
             conn.dispatch.after_cursor_execute(conn, cursor, sql, params, None, False)
             yield itertools.chain(() if first is None else (first,), rows)
         except psycopg.Error as error:
             raise driver_error(conn, sql, error) from error
         finally:
-            rows.close()
+            rows.close()  # left early: cancels the statement and drains what was sent
             cursor.close()
+            status = raw.info.transaction_status
+            if status == psycopg.pq.TransactionStatus.INTRANS:
+                savepoint.commit()
+            elif status == psycopg.pq.TransactionStatus.INERROR:
+                savepoint.rollback()  # a broken connection is left to the transaction's owner
 
 
 class ListenWaker:
