@@ -38,7 +38,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.orm import aliased
 
 from ledgerflow.db.database import Database
 from ledgerflow.db.tables import CLAIMABLE_SQL, job_dependencies, job_executions, jobs, pauses, workers
@@ -63,7 +62,7 @@ from ledgerflow.engine.states import (
 from ledgerflow.engine.store import allowed, cancel_dependents, in_states, notify_queues
 
 S = JobState
-_parent = aliased(jobs, name="parent")
+_parent = jobs.alias("parent")  # Core alias: the ORM (0.1 s of import) is never loaded
 
 #: Jobs whose every dependency has completed (cheap for the common job without any).
 DEPENDENCIES_MET = or_(
