@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import Select, event, func, literal, select, text, update
 
 from ledgerflow import DatabaseUnavailable
+from ledgerflow.db import postgres
 from ledgerflow.db.database import Database
 from ledgerflow.db.migrate import _LOCK_ID, migrate
 from ledgerflow.db.tables import jobs
@@ -62,6 +63,18 @@ def test_a_stream_left_early_ends_its_statement_and_the_transaction_carries_on(d
         with db.stream(conn, numbers(3_000), size=1000) as rows:
             assert [r[0] for r in rows] == list(range(1, 3_001))
         assert conn.execute(select(literal(1))).scalar_one() == 1
+    db.dispose()
+
+
+@postgresql_only
+def test_with_a_libpq_older_than_17_a_stream_reads_through_a_server_side_cursor(db_url, monkeypatch):
+    monkeypatch.setattr(postgres, "CHUNKED_ROWS", False)
+    db = Database(db_url)
+    with db.read() as conn:
+        with db.stream(conn, numbers(1_000_000), size=1000) as rows:
+            assert next(rows) == (1,)
+        with db.stream(conn, numbers(3_000), size=1000) as rows:
+            assert [r[0] for r in rows] == list(range(1, 3_001))
     db.dispose()
 
 
