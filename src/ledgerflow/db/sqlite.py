@@ -37,6 +37,7 @@ from sqlalchemy import (
     table,
     union_all,
 )
+from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -215,6 +216,14 @@ _INSERT_ONE = (
 )
 
 
+class _HintCompiler(SQLiteCompiler):
+    """Renders a table hint given for SQLite (`with_hint(jobs, "INDEXED BY ...", "sqlite")`),
+    which SQLAlchemy's SQLite compiler leaves out: see `tables.on_claim_index`."""
+
+    def get_from_hint_text(self, table: Any, text: str | None) -> str | None:
+        return text
+
+
 class SQLiteBackend:
     name = "sqlite"
 
@@ -229,6 +238,7 @@ class SQLiteBackend:
             max_overflow=10,
             pool_timeout=options["pool_timeout"],
         )
+        engine.dialect.statement_compiler = _HintCompiler
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:

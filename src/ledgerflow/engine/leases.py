@@ -21,6 +21,7 @@ from sqlalchemy import (
     BigInteger,
     Connection,
     Float,
+    Select,
     and_,
     any_,
     bindparam,
@@ -41,7 +42,15 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import aliased
 
 from ledgerflow.db.database import Database
-from ledgerflow.db.tables import CLAIMABLE_SQL, job_dependencies, job_executions, jobs, pauses, workers
+from ledgerflow.db.tables import (
+    CLAIM_INDEX,
+    CLAIMABLE_SQL,
+    job_dependencies,
+    job_executions,
+    jobs,
+    pauses,
+    workers,
+)
 from ledgerflow.db.types import UTCDateTime
 from ledgerflow.engine.jobs import Job
 from ledgerflow.engine.limits import NOT_LIMITED, forget_starts, limited_candidates
@@ -149,6 +158,7 @@ class LeaseSQL:
             )
             .order_by(jobs.c.priority, jobs.c.scheduled_at, jobs.c.id)
             .limit(bindparam("limit"))
+            .with_hint(jobs, CLAIM_INDEX, "sqlite")
         )
         lease = {
             "state": CLAIM.target,
@@ -639,16 +649,38 @@ def has_stageable(db: Database, conn: Connection) -> bool:
     )
 
 
+def runnable_soon(db: Database, queues: Sequence[str], tasks: Sequence[str], horizon: float) -> Select[Any]:
+    """A job of these queues and tasks runnable now or due within `horizon` seconds (burst mode)."""
+    return (
+        select(jobs.c.id)
+        .where(
+            CLAIMABLE_SQL,
+            jobs.c.queue.in_(list(queues)),
+            jobs.c.task.in_(list(tasks)),
+            or_(jobs.c.state == S.AVAILABLE, jobs.c.scheduled_at <= db.after(horizon)),
+            DEPENDENCIES_MET,
+            NOT_PAUSED,
+        )
+        .limit(1)
+        .with_hint(jobs, CLAIM_INDEX, "sqlite")
+    )
+
+
+def due_query(queues: Sequence[str]) -> Select[Any]:
+    """The earliest `scheduled_at` of the claimable jobs of these queues not under a global limit."""
+    return (
+        select(func.min(jobs.c.scheduled_at))
+        .where(CLAIMABLE_SQL, jobs.c.queue.in_(list(queues)), DEPENDENCIES_MET, NOT_LIMITED)
+        .with_hint(jobs, CLAIM_INDEX, "sqlite")
+    )
+
+
 def next_due(db: Database, conn: Connection, queues: Sequence[str]) -> datetime | None:
     """When the earliest claimable job of these queues becomes due (None if there is none).
 
     Jobs under a global limit are left out: one held back by its limit is due but cannot be
     claimed, and the worker polls for those instead of waking at once."""
-    value = conn.execute(
-        select(func.min(jobs.c.scheduled_at)).where(
-            CLAIMABLE_SQL, jobs.c.queue.in_(list(queues)), DEPENDENCIES_MET, NOT_LIMITED
-        )
-    ).scalar()
+    value = conn.execute(due_query(queues)).scalar()
     if value is None:
         return None
     if value.tzinfo is None:
