@@ -103,10 +103,22 @@ jobs = Table(
     ),
     Index("ix_jobs_state_task_queue", "state", "task", "queue"),
     Index("ix_jobs_state_id", "state", "id"),
-    Index("ix_jobs_state_finished", "state", "finished_at"),
-    Index("ix_jobs_schedule", "schedule_id", "state"),
+    # A waiting or running job enters neither of these two (migration 0016): every query on
+    # them bounds the column, which implies the predicate.
+    Index(
+        "ix_jobs_schedule",
+        "schedule_id",
+        "state",
+        sqlite_where=text("schedule_id IS NOT NULL"),
+        postgresql_where=text("schedule_id IS NOT NULL"),
+    ),
+    Index(
+        "ix_jobs_finished_at",
+        "finished_at",
+        sqlite_where=text("finished_at IS NOT NULL"),
+        postgresql_where=text("finished_at IS NOT NULL"),
+    ),
     Index("ix_jobs_created_at", "created_at"),
-    Index("ix_jobs_finished_at", "finished_at"),
     # Text search (engine/search.py) also has a PostgreSQL-only index made by migration
     # 0012 and not declared here (see SEARCH_OBJECTS).
     sqlite_autoincrement=True,  # ids never reused after pruning (migration 0010)
