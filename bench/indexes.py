@@ -1,11 +1,13 @@
 """What each index of `jobs` costs an enqueue and a claim + completion (not part of `make bench`).
 
-python -m bench.indexes [--backends sqlite,postgresql] [--jobs 20000] [--reps 3]
+python -m bench.indexes [--backends sqlite,postgresql] [--jobs 20000] [--reps 3] [--schema-only]
 
 On a fresh migrated database, for the schema as it is and with each index of `jobs` dropped in
-turn (variants interleaved, `reps` rounds), the same three phases run on `jobs` alone with
-plain SQL: `jobs` one-row enqueues, a claim of every job in batches of 20 (state, attempt,
-lease columns) and their completion in batches of 20 (state, finished_at, lease cleared).
+turn (after a warm-up round; variants interleaved, each one first in some round; `reps`
+rounds; `--schema-only`: no index dropped, to compare two trees), the same three phases run
+on `jobs` alone with plain SQL: `jobs` one-row enqueues, a claim of every job in batches of 20
+(state, attempt, lease columns) and their completion in batches of 20 (state, finished_at,
+lease cleared).
 
 SQLite: one transaction per enqueue (as `enqueue`), CPU µs per job of this process (SQLite runs
 in it) and bytes written to the write-ahead log per job. PostgreSQL: batches of 500 rows under
@@ -29,9 +31,13 @@ import psycopg
 
 from bench.common import database
 
-_COLUMNS = "task, queue, priority, state, args, kwargs, max_attempts, timeout, scheduled_at, created_at, errors"
-_CLAIM = "state = 'running', attempt = attempt + 1, started_at = {now}, worker_id = 'w', " \
+_COLUMNS = (
+    "task, queue, priority, state, args, kwargs, max_attempts, timeout, scheduled_at, created_at, errors"
+)
+_CLAIM = (
+    "state = 'running', attempt = attempt + 1, started_at = {now}, worker_id = 'w', "
     "lease_token = {token}, lease_expires_at = {later}"
+)
 _COMPLETE = "state = 'completed', finished_at = {now}, lease_token = NULL, lease_expires_at = NULL"
 
 
@@ -65,7 +71,10 @@ def _sqlite_round(path: str, jobs: int) -> dict[str, float]:
     later = (now + timedelta(seconds=60)).isoformat(" ")
 
     def enqueue() -> None:
-        sql = f"INSERT INTO jobs ({_COLUMNS}) VALUES ('noop', 'default', 0, 'available', ?, '{{}}', 3, 60.0, ?, ?, '[]')"
+        sql = (
+            f"INSERT INTO jobs ({_COLUMNS}) "
+            "VALUES ('noop', 'default', 0, 'available', ?, '{}', 3, 60.0, ?, ?, '[]')"
+        )
         for i in range(jobs):
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(sql, (json.dumps([f"inv-{i:07d}", f"Customer {i % 5000}"]), stamp, stamp))
@@ -113,21 +122,34 @@ def _postgres_round(url: str, jobs: int) -> dict[str, float]:
 
         phase(
             "enqueue",
-            lambda low: f"INSERT INTO jobs ({_COLUMNS}) SELECT 'noop', 'default', 0, 'available', "
-            f"jsonb_build_array('inv-' || lpad(g::text, 7, '0'), 'Customer ' || g % 5000), '{{}}', 3, 60.0, now(), now(), '[]' FROM generate_series({low}, {low + 499}) g",
+            lambda low: (
+                f"INSERT INTO jobs ({_COLUMNS}) SELECT 'noop', 'default', 0, 'available', "
+                "jsonb_build_array('inv-' || lpad(g::text, 7, '0'), 'Customer ' || g % 5000), '{}', 3, 60.0, "
+                f"now(), now(), '[]' FROM generate_series({low}, {low + 499}) g"
+            ),
         )
         first = cur.execute("SELECT min(id) FROM jobs").fetchone()[0]
         ranged = "UPDATE jobs SET {values} WHERE id >= {low} AND id < {high}"
         claim = _CLAIM.format(now="now()", token=7, later="now() + interval '60 s'")
         phase("claim", lambda low: ranged.format(values=claim, low=first + low, high=first + low + step))
         complete = _COMPLETE.format(now="now()")
-        phase("complete", lambda low: ranged.format(values=complete, low=first + low, high=first + low + step))
+        phase(
+            "complete", lambda low: ranged.format(values=complete, low=first + low, high=first + low + step)
+        )
         cur.execute("DELETE FROM jobs")
         cur.execute("VACUUM jobs")
     return out
 
 
-def run(backend: str, jobs: int, reps: int) -> dict[str, Any]:
+def _round(path: str, url: str, backend: str, jobs: int) -> dict[str, float]:
+    if backend == "sqlite":
+        return _sqlite_round(path, jobs)
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("VACUUM ANALYZE jobs")
+    return _postgres_round(url, jobs)
+
+
+def run(backend: str, jobs: int, reps: int, each: bool = True) -> dict[str, Any]:
     from ledgerflow.db.database import Database
     from ledgerflow.db.migrate import migrate
 
@@ -143,16 +165,15 @@ def run(backend: str, jobs: int, reps: int) -> dict[str, Any]:
         )
         with connect() as admin:
             defs = _indexes(admin, backend)
-        results: dict[str, list[dict[str, float]]] = {"(all)": [], **{n: [] for n in defs}}
-        for _ in range(reps):
-            for name in results:
+        names = ["(all)", *defs] if each else ["(all)"]
+        results: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+        _round(raw, url, backend, jobs)  # warm-up: a fresh file grows, later rounds reuse its pages
+        for rep in range(reps):
+            for name in names[rep % len(names) :] + names[: rep % len(names)]:  # each variant first once
                 with connect() as admin:
                     if name != "(all)":
                         admin.execute(f"DROP INDEX {name}")
-                    if backend == "postgresql":
-                        admin.execute("VACUUM ANALYZE jobs")
-                out = _sqlite_round(raw, jobs) if backend == "sqlite" else _postgres_round(url, jobs)
-                results[name].append(out)
+                results[name].append(_round(raw, url, backend, jobs))
                 with connect() as admin:
                     if name != "(all)":
                         admin.execute(defs[name])
@@ -167,10 +188,12 @@ def main() -> None:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--schema-only", action="store_true", help="the schema as it is, no index dropped")
     args = parser.parse_args()
-    report = {"load": os.getloadavg(), "jobs": args.jobs, "reps": args.reps}
+    report: dict[str, Any] = {"load": os.getloadavg(), "jobs": args.jobs, "reps": args.reps}
     for backend in args.backends.split(","):
-        report[backend] = run(backend, args.jobs, args.reps)
+        report[backend] = run(backend, args.jobs, args.reps, each=not args.schema_only)
+    report["load_after"] = os.getloadavg()
     print(json.dumps(report, indent=1))
 
 
