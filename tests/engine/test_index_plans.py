@@ -1,8 +1,9 @@
 """Each read of `jobs` outside the claim keeps an index after statistics are taken (migration
 0016 made `ix_jobs_finished_at` and `ix_jobs_schedule` partial and dropped
 `ix_jobs_state_finished`): retention, the dead-letter purge, a schedule's overlap check,
-`unique_for`, the lease rescue and the dashboard's live counts. The statements are the ones
-the code runs (recorded as executed), explained on a table of 20,000 jobs after ANALYZE.
+`unique_for`, the lease rescue, the check for due retries and the dashboard's live counts.
+The statements are the ones the code runs (recorded as executed), explained on a table of
+20,000 jobs after ANALYZE.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from sqlalchemy import String, cast, event, update
 
 from ledgerflow.cleanup import Retention, prune
 from ledgerflow.db.tables import jobs
-from ledgerflow.engine.leases import expired_leases
+from ledgerflow.engine.leases import expired_leases, has_stageable
 from ledgerflow.engine.states import LIVE
 from tests.apps import basic
 
@@ -107,12 +108,17 @@ def _reads(app: Any, ids: list[int]) -> dict[str, Callable[[], Any]]:
         with app.db.begin() as conn:
             return expired_leases(app.db, conn)
 
+    def stage_check() -> Any:
+        with app.db.begin() as conn:
+            return has_stageable(app.db, conn)
+
     return {
         "retention": lambda: prune(app, keep),
         "purge of old dead jobs": lambda: store.purge_dead(older_than=timedelta(days=59)),
         "schedule overlap": overlap,
         "unique_for": unique_for,
         "rescue": rescue,
+        "due retries and scheduled jobs": stage_check,
         "live counts": lambda: store.counts(LIVE),
     }
 
