@@ -8,45 +8,21 @@ The statements are the ones the code runs (recorded as executed), explained on a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, cast, event, update
+from sqlalchemy import String, cast, update
 
 from ledgerflow.cleanup import Retention, prune
 from ledgerflow.db.tables import jobs
 from ledgerflow.engine.leases import expired_leases, has_stageable
 from ledgerflow.engine.states import LIVE
 from tests.apps import basic
+from tests.engine.plans import explain, recorded, scans_jobs
 
 JOBS = 20_000
 NOW = datetime.now(UTC)
-
-
-@contextmanager
-def _recorded(app: Any) -> Iterator[list[tuple[str, Any]]]:
-    """The (statement, parameters) of every SELECT or DELETE that reads `jobs` meanwhile."""
-    seen: list[tuple[str, Any]] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, many: bool) -> None:
-        if not many and "jobs" in statement and statement.lstrip().upper().startswith(("SELECT", "DELETE")):
-            seen.append((statement, parameters))
-
-    event.listen(app.db.engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(app.db.engine, "before_cursor_execute", record)
-
-
-def _plan(app: Any, statement: str, parameters: Any, backend: str) -> str:
-    explain = "EXPLAIN QUERY PLAN " if backend == "sqlite" else "EXPLAIN (COSTS OFF) "
-    with app.db.begin() as conn:
-        rows = conn.exec_driver_sql(explain + statement, parameters).all()
-        conn.rollback()
-    return "\n".join(str(r[-1] if backend == "sqlite" else r[0]) for r in rows)
 
 
 def _history(app: Any) -> list[int]:
@@ -127,14 +103,9 @@ def test_reads_of_jobs_keep_their_indexes_after_analyze(make_app, backend):
     app = make_app()
     ids = _history(app)
     for name, read in _reads(app, ids).items():
-        with _recorded(app) as statements:
+        with recorded(app) as statements:
             read()
         assert statements, name
-        for statement, parameters in statements:
-            if "FROM jobs" not in statement and "jobs " not in statement.split("FROM", 1)[-1]:
-                continue
-            plan = _plan(app, statement, parameters, backend)
-            if backend == "sqlite":
-                assert "SCAN jobs" not in plan, (name, statement, plan)
-            else:
-                assert "Seq Scan on jobs" not in plan, (name, statement, plan)
+        for statement, parameters in statements.items():
+            plan = explain(app, statement, parameters, backend)
+            assert not scans_jobs(plan), (name, statement, plan)

@@ -45,6 +45,7 @@ from ledgerflow.db.database import Database
 from ledgerflow.db.tables import (
     CLAIM_INDEX,
     CLAIMABLE_SQL,
+    STATE_INDEX,
     job_dependencies,
     job_executions,
     jobs,
@@ -630,6 +631,7 @@ def stage(db: Database, conn: Connection) -> list[str]:
         )
         .values(state=STAGE.target)
         .returning(jobs.c.queue)
+        .with_hint(STATE_INDEX, dialect_name="sqlite")
     )
     return sorted(set(result.scalars()))
 
@@ -644,6 +646,7 @@ def has_stageable(db: Database, conn: Connection) -> bool:
                 DEPENDENCIES_MET,
             )
             .limit(1)
+            .with_hint(jobs, STATE_INDEX, "sqlite")
         ).first()
         is not None
     )
