@@ -218,7 +218,7 @@ _INSERT_ONE = (
 
 class _HintCompiler(SQLiteCompiler):
     """Renders a table hint given for SQLite (`with_hint(jobs, "INDEXED BY ...", "sqlite")`),
-    which SQLAlchemy's SQLite compiler leaves out: see `tables.on_claim_index`."""
+    which SQLAlchemy's SQLite compiler leaves out: see `tables.CLAIM_INDEX`."""
 
     def get_from_hint_text(self, table: Any, text: str | None) -> str | None:
         return text

@@ -106,8 +106,8 @@ jobs = Table(
     ),
     Index("ix_jobs_state_task_queue", "state", "task", "queue"),
     Index("ix_jobs_state_id", "state", "id"),
-    # A waiting or running job enters neither of these two (migration 0016): every query on
-    # them bounds the column, which implies the predicate.
+    # Partial (migration 0016): a job enters the first only if a schedule made it, the second
+    # only when it finishes. Every query on them bounds the column, which implies the predicate.
     Index(
         "ix_jobs_schedule",
         "schedule_id",

@@ -1,4 +1,4 @@
-"""Indexes of `jobs` that a waiting or running job does not enter.
+"""Indexes of `jobs` a plain job enters only when it finishes, or never.
 
 An enqueue wrote the new row into every index of `jobs`, and a claim or completion (a change of
 `state`) rewrote the entries of the indexes holding `state` (on PostgreSQL, whose update of an
