@@ -36,6 +36,13 @@ def explain(app: Any, statement: str, parameters: Any, backend: str) -> str:
     return "\n".join(str(r[-1] if backend == "sqlite" else r[0]) for r in rows)
 
 
+def explain_statement(app: Any, statement: Any, values: dict[str, Any], backend: str) -> str:
+    """The plan of a SQLAlchemy `statement` with these parameter `values` (see `explain`)."""
+    compiled = statement.compile(dialect=app.db.engine.dialect).construct_expanded_state(values)
+    given = compiled.positional_parameters if backend == "sqlite" else compiled.parameters
+    return explain(app, compiled.statement, given, backend)
+
+
 def scans_jobs(plan: str) -> bool:
     """Whether the plan reads the whole `jobs` table."""
     return "SCAN jobs" in plan.replace("SCAN jobs USING", "") or "Seq Scan on jobs" in plan

@@ -24,7 +24,7 @@ from ledgerflow.engine.leases import (
     stage,
 )
 from tests.apps import basic
-from tests.engine.plans import explain, recorded, scans_jobs
+from tests.engine.plans import explain, explain_statement, recorded, scans_jobs
 
 JOBS = 20_000
 
@@ -60,16 +60,6 @@ def test_the_claim_walks_an_index_after_statistics_are_taken(make_app, backend):
     assert [c.job.id for c in sorted(claims, key=lambda c: c.job.id)] == ids[JOBS // 2 + 1 : JOBS // 2 + 21]
 
 
-def _explain(app: Any, statement: Any, values: dict[str, Any], backend: str) -> str:
-    """The plan the database picks for `statement` (PostgreSQL: without running it)."""
-    compiled = statement.compile(dialect=app.db.engine.dialect).construct_expanded_state(values)
-    explain = "EXPLAIN QUERY PLAN " if backend == "sqlite" else "EXPLAIN (COSTS OFF) "
-    with app.db.read() as conn:
-        given = compiled.positional_parameters if backend == "sqlite" else compiled.parameters
-        rows = conn.exec_driver_sql(explain + compiled.statement, given).all()
-    return "\n".join(str(r[-1] if backend == "sqlite" else r[0]) for r in rows)
-
-
 def test_the_worker_reads_keep_the_claim_index_after_analyze(make_app, backend):
     """A retained history (19,000 completed jobs), 1,000 waiting in two queues (a tenth of them
     due later), statistics taken: the claim of one and of two queues, the burst worker's
@@ -101,13 +91,13 @@ def test_the_worker_reads_keep_the_claim_index_after_analyze(make_app, backend):
         "next due": (due_query(["default", "other"]), {}),
     }
     for name, (statement, values) in reads.items():
-        plan = _explain(app, statement, values, backend)
+        plan = explain_statement(app, statement, values, backend)
         if backend == "sqlite":
             assert "SCAN jobs" not in plan and "ix_jobs_claim" in plan, (name, plan)
         else:
             assert "Seq Scan on jobs" not in plan, (name, plan)
     if backend == "sqlite":  # one queue: the index's order, no sort of every waiting job
-        one_queue = _explain(app, sql._claim, reads["claim of one queue"][1], backend)
+        one_queue = explain_statement(app, sql._claim, reads["claim of one queue"][1], backend)
         assert "TEMP B-TREE" not in one_queue, one_queue
     with app.db.read() as conn:
         assert conn.execute(runnable_soon(app.db, ["other"], tasks, 5.0)).first() is not None
@@ -117,8 +107,9 @@ def test_the_worker_reads_keep_the_claim_index_after_analyze(make_app, backend):
 def test_no_statement_of_a_worker_scans_jobs_after_analyze(make_app, backend):
     """19,000 completed jobs and 1,000 waiting, statistics taken: SQLite then estimates half the
     table per state. Every statement a burst worker runs on `jobs` while it drains the 1,000
-    (claim, completion, staging, rescue, limits, search indexing...) keeps an index: after
-    ANALYZE at 1,000,000 jobs the check for due retries scanned the table (194 ms a call)."""
+    (claim, completion, the burst check, search indexing), and the staging and rescue reads of
+    its maintenance loop, keep an index: after ANALYZE at 1,000,000 jobs the check for due
+    retries scanned the table (194 ms a call)."""
     app = make_app()
 
     @app.task(name="noop")
