@@ -38,6 +38,7 @@ from sqlalchemy import (
     table,
     union_all,
 )
+from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -217,6 +218,14 @@ _INSERT_ONE = (
 )
 
 
+class _HintCompiler(SQLiteCompiler):
+    """Renders a table hint given for SQLite (`with_hint(jobs, "INDEXED BY ...", "sqlite")`),
+    which SQLAlchemy's SQLite compiler leaves out: see `tables.CLAIM_INDEX`."""
+
+    def get_from_hint_text(self, table: Any, text: str | None) -> str | None:
+        return text
+
+
 class SQLiteBackend:
     name = "sqlite"
 
@@ -231,6 +240,7 @@ class SQLiteBackend:
             max_overflow=10,
             pool_timeout=options["pool_timeout"],
         )
+        engine.dialect.statement_compiler = _HintCompiler
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
