@@ -20,7 +20,8 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,6 +38,7 @@ from sqlalchemy import (
     table,
     union_all,
 )
+from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -46,6 +48,7 @@ from ledgerflow.db.backends import (
     AnyConnection,
     Election,
     StoppableThread,
+    cursor_stream,
     driver_of,
 )
 from ledgerflow.db.tables import jobs
@@ -224,6 +227,14 @@ _INSERT_MANY = (
 )
 
 
+class _HintCompiler(SQLiteCompiler):
+    """Renders a table hint given for SQLite (`with_hint(jobs, "INDEXED BY ...", "sqlite")`),
+    which SQLAlchemy's SQLite compiler leaves out: see `tables.CLAIM_INDEX`."""
+
+    def get_from_hint_text(self, table: Any, text: str | None) -> str | None:
+        return text
+
+
 class SQLiteBackend:
     name = "sqlite"
 
@@ -238,6 +249,7 @@ class SQLiteBackend:
             max_overflow=10,
             pool_timeout=options["pool_timeout"],
         )
+        engine.dialect.statement_compiler = _HintCompiler
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
@@ -317,6 +329,11 @@ class SQLiteBackend:
             cursor.close()
         assert job_id is not None
         return job_id, created
+
+    def stream(
+        self, conn: Connection, query: Select[Any], size: int
+    ) -> AbstractContextManager[Iterator[Sequence[Any]]]:
+        return cursor_stream(conn, query, size)
 
     def waker(self, engine: Engine, poll_seconds: float) -> DataVersionWaker:
         return DataVersionWaker(engine.url.database or "", poll_seconds)
