@@ -3,6 +3,7 @@ and the bulk insert, on both backends, against the guarantees of the ordinary pa
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -163,3 +164,63 @@ def test_a_prepared_spec_is_checked_and_equal_like_one_built_whole(tmp_path):
             task.configure(priority=10).prepare()
     later = task.configure(delay=5)
     assert later.prepare().delay == later.prepare(1).delay == 5 and later.prepare(1).args == (1,)
+
+
+def test_a_one_call_enqueue_refused_by_a_held_lock_is_reported_not_stored(make_app, backend):
+    """A writer outside the pool holds the table past the lock wait: the enqueue says it was not
+    stored, stores nothing, and the pool's only connection serves the next one."""
+    app = make_app(db_pool_size=1, db_lock_timeout=0.3, sqlite_busy_timeout=0.3)
+
+    @app.task(name="plain")
+    def plain(i: int) -> None: ...
+
+    app.enqueue(plain.prepare(0))
+    if backend == "postgresql":
+        holder: Any = psycopg.connect(app.db.url.replace("+psycopg", ""))
+        holder.execute("LOCK TABLE jobs IN EXCLUSIVE MODE")
+    else:
+        holder = sqlite3.connect(app.db.url.removeprefix("sqlite:///"), isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            app.enqueue(plain.prepare(1))
+    finally:
+        holder.rollback() if backend == "postgresql" else holder.execute("ROLLBACK")
+        holder.close()
+    app.enqueue(plain.prepare(2))
+    with app.db.read() as conn:
+        assert sorted(conn.execute(select(jobs.c.args)).scalars()) == [[0], [2]]
+
+
+def test_concurrent_bulk_enqueues_return_each_job_its_own_id(make_app):
+    """Bulks of plain and unique jobs from four threads at once: every returned id is the row
+    of the spec in that position (ids drawn per bulk, in order, whatever the others drew)."""
+    app = make_app()
+
+    @app.task(name="plain")
+    def plain(marker: str) -> None: ...
+
+    returned: dict[str, int] = {}
+    errors: list[BaseException] = []
+
+    def bulks(thread: int) -> None:
+        try:
+            for n in range(4):
+                markers = [f"{thread}-{n}-{i}" for i in range(150)]
+                specs = [
+                    plain.configure(unique_key=m).prepare(m) if i % 10 == 0 else plain.prepare(m)
+                    for i, m in enumerate(markers)
+                ]
+                returned.update(zip(markers, app.enqueue_many(specs), strict=True))
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=bulks, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    with app.db.read() as conn:
+        stored = {row.args[0]: row.id for row in conn.execute(select(jobs.c.id, jobs.c.args))}
+    assert stored == returned and len(stored) == 4 * 4 * 150
