@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import socket
 import threading
+from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import Select, event, func, literal, select, text, update
 
@@ -238,3 +240,11 @@ def test_the_rescue_skips_a_job_whose_row_another_session_holds(db_url, make_app
         holder.close()
     with app.db.begin() as conn:
         assert [j.id for j in leases.rescue(app.db, conn, [(job_id, 7)])] == [job_id]
+
+
+def test_chunked_rows_need_libpq_17_and_a_psycopg_whose_stream_takes_a_size():
+    def stream_of_psycopg_3_1(self: Any, query: Any, params: Any = None, *, binary: Any = None) -> Any: ...
+
+    assert not postgres.chunked_rows(170000, stream_of_psycopg_3_1)  # was a TypeError on every export
+    assert not postgres.chunked_rows(160004, psycopg.Cursor.stream)
+    assert postgres.chunked_rows(170000, psycopg.Cursor.stream)

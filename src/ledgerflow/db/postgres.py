@@ -14,6 +14,7 @@ round trip. Values given in the database URL's query win over these defaults.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -37,8 +38,15 @@ from ledgerflow.db.backends import (
 )
 from ledgerflow.db.types import UTCDateTime
 
-#: libpq 17 brought chunked rows (`PQsetChunkedRowsMode`), which `Cursor.stream(size=…)` needs.
-CHUNKED_ROWS = psycopg.pq.version() >= 170000
+
+def chunked_rows(libpq: int, stream: Callable[..., Any]) -> bool:
+    """Whether `Cursor.stream` reads in chunks: libpq 17 brought chunked rows
+    (`PQsetChunkedRowsMode`), psycopg 3.2 the `size` argument that uses them (psycopg 3.1, which
+    the dependencies allow, has no `size`, even over a libpq 17)."""
+    return libpq >= 170000 and "size" in inspect.signature(stream).parameters
+
+
+CHUNKED_ROWS = chunked_rows(psycopg.pq.version(), psycopg.Cursor.stream)
 CHANNEL = "ledgerflow_jobs"
 #: First key of the session advisory locks that elect which worker a NOTIFY wakes.
 WAKE_LOCK = 72_771_014
