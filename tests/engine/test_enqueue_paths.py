@@ -6,7 +6,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
@@ -131,6 +132,27 @@ def test_a_payload_changed_after_prepare_is_stored_as_it_was_checked(make_app):
     one = app.enqueue(spec)
     (bulk,) = app.enqueue_many([spec])
     assert app.get_job(one.id).args == app.get_job(bulk).args == [{"n": 1.5}]
+
+
+def test_a_payload_changed_after_prepare_is_stored_as_checked_by_every_insert_path(make_app):
+    """Unique, dependent and scheduled jobs (the row-by-row insert) too: a payload grown past
+    the limit or made unencodable after `prepare` is neither stored unchecked nor a crash."""
+    app = make_app()
+
+    @app.task(name="takes")
+    def takes(data: dict[str, Any]) -> None: ...
+
+    parent = app.enqueue(takes.prepare({}))
+    data: dict[str, Any] = {"n": 1.5}
+    specs = [
+        takes.configure(unique_key="once").prepare(data),
+        takes.configure(depends_on=(parent.id,)).prepare(data),
+        replace(takes.prepare(data), schedule_id=7, fire_time=datetime.now(UTC)),
+    ]
+    data["n"] = float("nan")  # would have been refused
+    data["blob"] = "x" * 2_000_000  # over the payload limit
+    ids = [app.enqueue(specs[0]).id, *app.enqueue_many(specs[1:])]
+    assert [app.get_job(i).args for i in ids] == [[{"n": 1.5}]] * 3
 
 
 @pytest.mark.parametrize("microsecond", [0, 123456])

@@ -6,6 +6,7 @@ zero rows updated means the job was not in a state that allows the move.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -187,8 +188,9 @@ class JobStore:
             "queue": spec.queue,
             "priority": spec.priority,
             "state": str(state),
-            "args": list(spec.args),
-            "kwargs": dict(spec.kwargs),
+            # the payload as checked (`JobSpec.args_json`), not as it may have been changed since
+            "args": json.loads(spec.args_json),
+            "kwargs": json.loads(spec.kwargs_json),
             "max_attempts": spec.max_attempts,
             "timeout": float(spec.timeout),
             "unique_key": spec.unique_key,
