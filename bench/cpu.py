@@ -8,8 +8,11 @@ this process (`App.run_worker`, the sync task in the worker's thread pool, log l
 the JSON lines sent to /dev/null) and divides the process's CPU time (`time.process_time()`,
 every thread) by the jobs run. CPU time is what a loaded machine inflates least: wall time
 there measures the other processes. On SQLite the database engine runs in this process and is
-counted; on PostgreSQL the server's share is not. `--spy FILE` also records the last
-repetition of each backend with py-spy (raw samples, `--native` off).
+counted; on PostgreSQL the server's share is reported apart (`server_cpu_us_per_job`: the CPU
+time of the server processes serving this database's sessions, read from /proc, so the server
+must run on this machine; the WAL writer, checkpointer and autovacuum are shared and left
+out). `--spy FILE` also records the last repetition of each backend with py-spy (raw
+samples, `--native` off).
 """
 
 from __future__ import annotations
@@ -27,6 +30,24 @@ from typing import Any
 
 from bench.common import database
 from bench.fair import spread
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu(app: Any, seen: dict[int, float]) -> dict[int, float]:
+    """CPU seconds so far of every server process now serving the app's database (PostgreSQL
+    on this machine), merged into `seen` (a session that ended keeps its last reading)."""
+    with app.db.read() as conn:
+        pids = conn.exec_driver_sql(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        ).scalars().all()
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seen[pid] = (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
+    return seen
 
 
 @contextmanager
@@ -65,10 +86,14 @@ def one_run(backend: str, jobs: int, concurrency: int, spy: Path | None) -> dict
                 )  # fmt: skip
                 time.sleep(1)
             load = os.getloadavg()[0]
+            pg = backend == "postgresql"
+            before = dict(server_cpu(app, {})) if pg else {}
             with _quiet_stderr():
                 cpu, wall = time.process_time(), time.perf_counter()
                 app.run_worker("default", concurrency=concurrency, burst=True)
                 cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            after = server_cpu(app, dict(before)) if pg else {}
+            server = sum(after.values()) - sum(before.values())
             if recorder is not None:
                 recorder.send_signal(2)
                 recorder.wait(60)
@@ -81,6 +106,7 @@ def one_run(backend: str, jobs: int, concurrency: int, spy: Path | None) -> dict
     return {
         "cpu_us_per_job": round(cpu / jobs * 1e6),
         "wall_us_per_job": round(wall / jobs * 1e6),
+        "server_cpu_us_per_job": round(server / jobs * 1e6) if after else None,
         "load_average": round(load, 2),
     }
 
@@ -104,6 +130,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out[backend] = {
             "cpu_us_per_job": spread([r["cpu_us_per_job"] for r in runs]),
             "wall_us_per_job": spread([r["wall_us_per_job"] for r in runs]),
+            **(
+                {"server_cpu_us_per_job": spread([r["server_cpu_us_per_job"] for r in runs])}
+                if backend == "postgresql"
+                else {}
+            ),
             "load_average": [r["load_average"] for r in runs],
         }
     return out
