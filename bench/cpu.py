@@ -38,9 +38,11 @@ def server_cpu(app: Any, seen: dict[int, float]) -> dict[int, float]:
     """CPU seconds so far of every server process now serving the app's database (PostgreSQL
     on this machine), merged into `seen` (a session that ended keeps its last reading)."""
     with app.db.read() as conn:
-        pids = conn.exec_driver_sql(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-        ).scalars().all()
+        pids = (
+            conn.exec_driver_sql("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+            .scalars()
+            .all()
+        )
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
