@@ -1,10 +1,11 @@
 """Worker CPU per no-op job, in-process (not part of `make bench`).
 
 python -m bench.cpu [--backends sqlite,postgresql] [--jobs 10000] [--reps 5] [--concurrency 4]
-                    [--spy FILE]
+                    [--log-level INFO] [--spy FILE]
 
 Each repetition enqueues `jobs` no-op jobs on a fresh database, then runs one burst worker in
-this process (`App.run_worker`, the sync task in the worker's thread pool, log level INFO with
+this process (`App.run_worker`, the sync task in the worker's thread pool, log level INFO (or
+`--log-level`; the fair harness's workers run at WARNING, without a line per job) with
 the JSON lines sent to /dev/null) and divides the process's CPU time (`time.process_time()`,
 every thread) by the jobs run. CPU time is what a loaded machine inflates least: wall time
 there measures the other processes. On SQLite the database engine runs in this process and is
@@ -67,13 +68,15 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(sink)
 
 
-def one_run(backend: str, jobs: int, concurrency: int, spy: Path | None) -> dict[str, Any]:
+def one_run(
+    backend: str, jobs: int, concurrency: int, spy: Path | None, log_level: str = "INFO"
+) -> dict[str, Any]:
     """CPU µs and wall µs per job of one burst worker draining `jobs` no-op jobs."""
     from bench.apps import noop
     from ledgerflow import App
 
     with database(backend) as url:
-        app = App(database_url=url, log_level="INFO")
+        app = App(database_url=url, log_level=log_level)
         task = app.task(name=noop.name)(noop.func)
         try:
             app.migrate()
@@ -119,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--spy", type=Path, default=None, help="py-spy raw output prefix")
     args = parser.parse_args(argv)
     out: dict[str, Any] = {"jobs": args.jobs, "concurrency": args.concurrency}
@@ -128,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             spy = None
             if args.spy is not None and rep == args.reps - 1:
                 spy = args.spy.with_name(f"{args.spy.name}-{backend}.txt")
-            runs.append(one_run(backend, args.jobs, args.concurrency, spy))
+            runs.append(one_run(backend, args.jobs, args.concurrency, spy, args.log_level))
         out[backend] = {
             "cpu_us_per_job": spread([r["cpu_us_per_job"] for r in runs]),
             "wall_us_per_job": spread([r["wall_us_per_job"] for r in runs]),
