@@ -132,7 +132,12 @@ def loads(data: str | bytes) -> Any:
 
     `json.loads` detects the encoding of bytes and checks its argument on every call: three
     times the cost of decoding the short documents of a job row (`[]`, `{}`), three per job."""
-    return _decode(data if isinstance(data, str) else data.decode())
+    if not isinstance(data, str):
+        if not isinstance(data, bytes | bytearray):  # a TypeError, as json.loads raises: SQLite's
+            # JSON processor catches it to return the number its NUMERIC affinity made of '42'
+            raise TypeError(f"the JSON object must be str, bytes or bytearray, not {type(data).__name__}")
+        data = data.decode()
+    return _decode(data)
 
 
 def backend_for(url: str) -> Backend:
