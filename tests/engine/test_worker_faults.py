@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ from ledgerflow import JobState
 from ledgerflow.db.tables import alerts, job_dependencies, job_executions, jobs
 from ledgerflow.engine import leases
 from ledgerflow.engine.liveness import process_running
-from ledgerflow.engine.worker import _call_in_thread, _Running
 from tests import forkserver
 from tests.apps import basic
 from tests.conftest import FAST, ROOT, count_runs, run_rows, runs, wait_until
@@ -163,28 +161,6 @@ def test_a_full_prefetch_of_short_jobs_is_kept_through_jitter_and_trimmed_for_lo
     worker._trim_buffer()
     assert len(worker._buffer) == 4 + int(0.5 / 0.2) * 4
     assert [o.kind for o in worker._outcomes] == ["returned"] * (128 - len(worker._buffer))
-
-
-def test_the_prefetch_follows_a_sync_tasks_own_run_time_not_the_wait_for_its_end(make_app):
-    """The average duration sizes the prefetch and the give-back. A no-op job's end can wait for
-    the event loop (a loaded machine: no-op jobs averaged 59 ms and 40 prefetched claims were
-    given back); the average takes the task's run time in its thread, the recorded duration
-    stays the attempt's whole time."""
-    app = make_app()
-    quick = app.task(name="quick")(lambda: None)
-    app.enqueue_many([quick.prepare()])
-    worker = app.worker(concurrency=4)
-    (claim,), _, _ = worker._cycle([], {"*": 1})
-    running = _Running(claim, time.monotonic() - 0.5)
-    ctx = worker._begin(claim.key, running)
-    _call_in_thread(time.sleep, [0.01], {}, ctx, running)
-    assert running.ran is not None and 0.01 <= running.ran < 0.2
-    outcome = worker._returned(running, None)
-    assert outcome.kind == "completed" and outcome.duration >= 0.5
-    assert worker._avg_duration == running.ran
-    worker._end(claim.key, running, outcome, None)
-    _, refused, unwritten = worker._cycle(worker._outcomes, {})
-    assert refused == unwritten == [] and app.get_job(claim.job.id).state == JobState.COMPLETED
 
 
 def test_claims_given_back_unstarted_are_not_reported_dead(make_app, capsys):

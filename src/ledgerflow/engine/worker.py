@@ -105,8 +105,6 @@ class _Running:
     child: ChildProcess | None = None
     fenced: bool = False
     released: bool = False
-    #: How long a sync task ran in its thread (set there when it returns or raises).
-    ran: float | None = None
 
 
 def parse_queues(spec: str | Sequence[str] | None) -> dict[str, int | None]:
@@ -780,12 +778,8 @@ class Worker:
     def _returned(self, running: _Running, result: Any) -> Outcome:
         """The outcome of an attempt whose task returned `result`."""
         elapsed = self._elapsed(running)
-        # The average sizes the prefetch: a sync task's own run time, without the wait for a
-        # thread and for the event loop to take its end (on a loaded machine no-op jobs of a
-        # few microseconds averaged 59 ms that way, and the worker gave back 40 claims)
-        ran = elapsed if running.ran is None else running.ran
         avg = self._avg_duration
-        self._avg_duration = ran if avg is None else 0.8 * avg + 0.2 * ran
+        self._avg_duration = elapsed if avg is None else 0.8 * avg + 0.2 * elapsed
         why = result_problem(result, self.app.settings.result_max_bytes)
         if why is None:
             return Outcome(running.claim, "completed", elapsed, result=result)
@@ -853,7 +847,7 @@ class Worker:
         job = running.claim.job
         ctx = self._begin(key, running)
         future, running.item = self._pool.submit(
-            _call_in_thread, task.func, job.args, job.kwargs, ctx, running
+            _call_in_thread, task.func, job.args, job.kwargs, ctx, running.attempt
         )
         running.definition = task
         running.timer = self._loop.call_later(job.timeout, self._sync_timed_out, key)
@@ -1225,14 +1219,11 @@ class _TaskExit(Exception):
 
 
 def _call_in_thread(
-    func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], ctx: JobContext, running: _Running
+    func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], ctx: JobContext, attempt: Attempt
 ) -> Any:
-    assert running.attempt is not None
     token = set_current_job(ctx)
-    began = time.monotonic()
     try:
-        with running.attempt.current():
+        with attempt.current():
             return func(*args, **kwargs)
     finally:
-        running.ran = time.monotonic() - began
         reset_current_job(token)
