@@ -86,8 +86,10 @@ class StatementFaults:
         return statement.kind == "commit"
 
     @staticmethod
-    def in_thread(prefix: str) -> Callable[[Statement], bool]:
-        return lambda statement: statement.thread.startswith(prefix)
+    def in_thread(prefixes: str) -> Callable[[Statement], bool]:
+        """Statements of threads whose name starts with one of the comma-separated `prefixes`."""
+        names = tuple(prefixes.split(","))
+        return lambda statement: statement.thread.startswith(names)
 
     @staticmethod
     def commits_of(fragment: str, thread_prefix: str = "") -> Callable[[Statement], bool]:

@@ -10,9 +10,10 @@ import socket
 import threading
 
 import pytest
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Select, event, func, literal, select, text, update
 
 from ledgerflow import DatabaseUnavailable
+from ledgerflow.db import postgres
 from ledgerflow.db.database import Database
 from ledgerflow.db.migrate import _LOCK_ID, migrate
 from ledgerflow.db.tables import jobs
@@ -44,6 +45,48 @@ def test_a_single_statement_write_commits_on_both_backends(db_url):
     db.run_single(lambda conn: conn.execute(text("INSERT INTO single_write VALUES (1)")))
     with db.read() as conn:
         assert conn.execute(text("SELECT count(*) FROM single_write")).scalar_one() == 1
+    db.dispose()
+
+
+def numbers(up_to: int) -> Select[tuple[int]]:
+    """1…up_to, made by the database as fast as it can send them."""
+    n = select(literal(1).label("i")).cte("n", recursive=True)
+    n = n.union_all(select(n.c.i + 1).where(n.c.i < up_to))
+    return select(n.c.i)
+
+
+def test_a_stream_left_early_ends_its_statement_and_the_transaction_carries_on(db_url):
+    db = Database(db_url)
+    with db.read() as conn:
+        with db.stream(conn, numbers(1_000_000), size=1000) as rows:
+            assert next(rows) == (1,)  # the server is still sending when the stream is left
+        with db.stream(conn, numbers(3_000), size=1000) as rows:
+            assert [r[0] for r in rows] == list(range(1, 3_001))
+        assert conn.execute(select(literal(1))).scalar_one() == 1
+    db.dispose()
+
+
+@postgresql_only
+def test_with_a_libpq_older_than_17_a_stream_reads_through_a_server_side_cursor(db_url, monkeypatch):
+    monkeypatch.setattr(postgres, "CHUNKED_ROWS", False)
+    db = Database(db_url)
+    with db.read() as conn:
+        with db.stream(conn, numbers(1_000_000), size=1000) as rows:
+            assert next(rows) == (1,)
+        with db.stream(conn, numbers(3_000), size=1000) as rows:
+            assert [r[0] for r in rows] == list(range(1, 3_001))
+    db.dispose()
+
+
+def test_a_stream_passes_the_engine_cursor_events_like_any_statement(db_url):
+    db = Database(db_url)
+    seen: list[tuple[str, str]] = []
+    for name in ("before_cursor_execute", "after_cursor_execute"):
+        event.listen(db.engine, name, lambda *args, name=name: seen.append((name, args[2])))
+    with db.read() as conn, db.stream(conn, numbers(10)) as rows:
+        assert len(list(rows)) == 10
+    streamed = [name for name, sql in seen if "RECURSIVE" in sql]
+    assert streamed == ["before_cursor_execute", "after_cursor_execute"]
     db.dispose()
 
 

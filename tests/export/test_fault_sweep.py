@@ -1,6 +1,7 @@
 """Proof by fault injection at every database statement of an export saga run (issue 11).
 
-A clean run is counted first: every statement the saga's own thread sends, and every COMMIT
+A clean run is counted first: every statement the saga's own threads send (the main one, and
+the one that sums the books in SQL while the main one re-reads the files), and every COMMIT
 (the lock renewer's statements run on their own thread, unnumbered). Then, for every number k,
 the run is replayed from a fresh start with one fault at statement k:
 
@@ -49,7 +50,9 @@ from tests.faults import Statement, StatementFaults, process_state
 from tests.forkserver import ForkedProcess
 
 REFS = {"S-0", "S-1", "S-2"}
-MAIN = StatementFaults.in_thread("MainThread")
+#: The saga's own threads: the main one, and the one summing the books while the file is re-read.
+THREADS = "MainThread,ledgerflow-export-books"
+MAIN = StatementFaults.in_thread(THREADS)
 DAYS = [D, D + timedelta(days=1)]  # an abandoned day's entries go to the next batch
 KILL_PARTS = 2  # the SIGKILL sweep in parts (tests of their own): together every point
 
@@ -137,7 +140,7 @@ def count_cli_run(app: Any, tmp_path: Path, export_env: dict[str, str]) -> list[
     """(kind, sql) of each statement the main thread of a clean `export run` sends."""
     fresh_start(app, tmp_path, "deliver")
     log = tmp_path / "clean.log"
-    proc = cli(export_env, "count:0:MainThread", tmp_path, log)
+    proc = cli(export_env, f"count:0:{THREADS}", tmp_path, log)
     _out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert_exactly_once(app, tmp_path / "out", REFS)
@@ -170,7 +173,7 @@ def test_sigkill_of_a_real_export_run_at_any_statement_never_breaks_exactly_once
     failures: list[str] = []
     for k in points:
         fresh_start(app, tmp_path, "deliver")
-        proc = cli(export_env, f"kill:{k}:MainThread", tmp_path)
+        proc = cli(export_env, f"kill:{k}:{THREADS}", tmp_path)
         _out, err = proc.communicate(timeout=300)
         try:
             assert proc.returncode == -signal.SIGKILL, f"not killed (exit {proc.returncode}): {err[-500:]}"
@@ -203,7 +206,7 @@ def test_a_runner_frozen_past_its_lock_is_fenced_when_it_wakes(
     failures: list[str] = []
     for k in moves:
         fresh_start(app, tmp_path, "deliver")
-        frozen = cli(export_env, f"stop:{k}:MainThread", tmp_path)
+        frozen = cli(export_env, f"stop:{k}:{THREADS}", tmp_path)
         try:
             wait_frozen(frozen)
             expire_leases(app.db)  # it stays frozen past its lock

@@ -17,13 +17,14 @@ import base64
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from bench.ledger_data import load_entries
 from sqlalchemy import delete, select, update
 
 from ledgerflow.db.tables import export_batches, export_logs
@@ -300,8 +301,8 @@ def test_entries_the_writer_missed_stop_the_batch(make_export_app, tmp_path, mon
     app.ledger.record_many([entry("T-1"), entry("T-2")])
     stream = saga_module.stream_entries
 
-    def drops_the_last(conn: Any, query: Any) -> Any:  # a bug that loses an entry, still balanced
-        return (item for item in stream(conn, query) if item.reference != "T-2")
+    def drops_the_last(rows: Any) -> Any:  # a bug that loses an entry, still balanced
+        return (item for item in stream(rows) if item.reference != "T-2")
 
     monkeypatch.setattr(saga_module, "stream_entries", drops_the_last)
     result = ExportSaga(app).run_daily(D)
@@ -367,6 +368,25 @@ def test_a_dry_run_lists_the_entries_a_run_would_hold_back(make_export_app, run_
     assert preview.returncode == 0 and result["entry_count"] == 1
     assert [h["reference"] for h in result["held_back"]] == ["TH-1"]
     assert queue_states(recorder) == {"queued": 2}, "a preview marks nothing"
+
+
+def test_an_entry_held_back_at_the_head_of_a_long_stream_leaves_every_other_entry_written(
+    make_export_app, tmp_path
+):
+    """Holding the first entry back leaves the row stream while the server is still sending
+    (20,000 lines, several chunks): the preview and the run then write every other entry."""
+    app = make_export_app()
+    load_entries(app, 5_000, 4)  # BULK-…, THB, dated D
+    app.ledger.record(entry("A-0", currency="USD"))  # first in the file's order
+    profile = replace(app.export_profile, currencies=frozenset({"THB"}))
+    dry = ExportSaga(app, profile=profile).dry_run(D, tmp_path / "dry")
+    run = ExportSaga(app, profile=profile).run_daily(D)
+    for result in (dry, run):
+        assert result.entry_count == 5_000 and result.line_count == 20_000
+        assert [h["reference"] for h in result.held_back] == ["A-0"]
+    assert run.state == "completed"
+    (dry_csv,) = (tmp_path / "dry").glob("*.csv")
+    assert dry_csv.read_bytes() == (tmp_path / "out" / dry_csv.name.removeprefix("DRYRUN-")).read_bytes()
 
 
 # ---------------------------------------------------------------- restores

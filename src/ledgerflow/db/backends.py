@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -70,6 +72,17 @@ class Backend(Protocol):
     def waker(self, engine: Engine, poll_seconds: float) -> Waker: ...
     def insert_jobs(self, conn: Connection, rows: list[tuple[Any, ...]]) -> list[int]: ...
     def insert_job(self, conn: Connection, row: Mapping[str, Any]) -> tuple[int, datetime]: ...
+    def stream(
+        self, conn: Connection, query: Select[Any], size: int
+    ) -> AbstractContextManager[Iterator[Sequence[Any]]]: ...
+
+
+@contextlib.contextmanager
+def cursor_stream(conn: Connection, query: Select[Any], size: int) -> Iterator[Iterator[Sequence[Any]]]:
+    """`query`'s rows through SQLAlchemy's streaming cursor (server-side on PostgreSQL), `size`
+    rows per fetch; the cursor is closed on leaving, however far the rows were read."""
+    with conn.execution_options(stream_results=True, yield_per=size).execute(query) as result:
+        yield iter(result)
 
 
 #: Columns of a bulk insert row, in order; `errors` is always `[]` and `created_at` is now.

@@ -11,10 +11,10 @@ counted (`pool_timeouts`, for the alert).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, create_engine, exc
+from sqlalchemy import Connection, Select, create_engine, exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -105,6 +105,16 @@ class Database:
         `lock_wait` also wait for locks as long as it takes (migrations), and with `idle` stay
         idle between statements as long as it takes (a stream read as fast as its consumer)."""
         self.backend.lift_limits(conn, lock_wait=lock_wait, idle=idle)
+
+    @contextlib.contextmanager
+    def stream(
+        self, conn: Connection, query: Select[Any], size: int = 5000
+    ) -> Iterator[Iterator[Sequence[Any]]]:
+        """`query`'s rows read as the consumer goes (memory flat), fetched `size` at a time;
+        the statement ends on leaving, however far the rows were read. On PostgreSQL the rows
+        are the driver's values (no SQLAlchemy result processing): select plain columns only."""
+        with self.backend.stream(conn, query, size) as rows:
+            yield rows
 
     def run(self, fn: Callable[[Connection], T]) -> T:
         """Run `fn` in one write transaction and return its result.

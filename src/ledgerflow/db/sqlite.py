@@ -20,7 +20,8 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,6 +38,7 @@ from sqlalchemy import (
     table,
     union_all,
 )
+from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -45,6 +47,7 @@ from ledgerflow.db.backends import (
     ONE_JOB_COLUMNS,
     Election,
     StoppableThread,
+    cursor_stream,
     dumps,
     one_job_values,
 )
@@ -215,6 +218,14 @@ _INSERT_ONE = (
 )
 
 
+class _HintCompiler(SQLiteCompiler):
+    """Renders a table hint given for SQLite (`with_hint(jobs, "INDEXED BY ...", "sqlite")`),
+    which SQLAlchemy's SQLite compiler leaves out: see `tables.CLAIM_INDEX`."""
+
+    def get_from_hint_text(self, table: Any, text: str | None) -> str | None:
+        return text
+
+
 class SQLiteBackend:
     name = "sqlite"
 
@@ -230,6 +241,7 @@ class SQLiteBackend:
             max_overflow=10,
             pool_timeout=options["pool_timeout"],
         )
+        engine.dialect.statement_compiler = _HintCompiler
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
@@ -324,6 +336,11 @@ class SQLiteBackend:
             cursor.close()
         assert job_id is not None
         return job_id, created
+
+    def stream(
+        self, conn: Connection, query: Select[Any], size: int
+    ) -> AbstractContextManager[Iterator[Sequence[Any]]]:
+        return cursor_stream(conn, query, size)
 
     def waker(self, engine: Engine, poll_seconds: float) -> DataVersionWaker:
         return DataVersionWaker(engine.url.database or "", poll_seconds)

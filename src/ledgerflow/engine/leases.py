@@ -21,6 +21,7 @@ from sqlalchemy import (
     BigInteger,
     Connection,
     Float,
+    Select,
     and_,
     any_,
     bindparam,
@@ -39,10 +40,18 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.orm import aliased
 
 from ledgerflow.db.database import Database
-from ledgerflow.db.tables import CLAIMABLE_SQL, job_dependencies, job_executions, jobs, pauses, workers
+from ledgerflow.db.tables import (
+    CLAIM_INDEX,
+    CLAIMABLE_SQL,
+    STATE_INDEX,
+    job_dependencies,
+    job_executions,
+    jobs,
+    pauses,
+    workers,
+)
 from ledgerflow.db.types import UTCDateTime
 from ledgerflow.engine.jobs import Job
 from ledgerflow.engine.limits import NOT_LIMITED, forget_starts, limited_candidates
@@ -64,7 +73,7 @@ from ledgerflow.engine.states import (
 from ledgerflow.engine.store import allowed, cancel_dependents, in_states, notify_queues
 
 S = JobState
-_parent = aliased(jobs, name="parent")
+_parent = jobs.alias("parent")  # Core alias: the ORM (0.1 s of import) is never loaded
 
 #: Jobs whose every dependency has completed (cheap for the common job without any).
 DEPENDENCIES_MET = or_(
@@ -150,6 +159,7 @@ class LeaseSQL:
             )
             .order_by(jobs.c.priority, jobs.c.scheduled_at, jobs.c.id)
             .limit(bindparam("limit"))
+            .with_hint(jobs, CLAIM_INDEX, "sqlite")
         )
         lease = {
             "state": CLAIM.target,
@@ -631,6 +641,7 @@ def stage(db: Database, conn: Connection) -> list[str]:
         )
         .values(state=STAGE.target)
         .returning(jobs.c.queue)
+        .with_hint(STATE_INDEX, dialect_name="sqlite")
     )
     return sorted(set(result.scalars()))
 
@@ -645,8 +656,35 @@ def has_stageable(db: Database, conn: Connection) -> bool:
                 DEPENDENCIES_MET,
             )
             .limit(1)
+            .with_hint(jobs, STATE_INDEX, "sqlite")
         ).first()
         is not None
+    )
+
+
+def runnable_soon(db: Database, queues: Sequence[str], tasks: Sequence[str], horizon: float) -> Select[Any]:
+    """A job of these queues and tasks runnable now or due within `horizon` seconds (burst mode)."""
+    return (
+        select(jobs.c.id)
+        .where(
+            CLAIMABLE_SQL,
+            jobs.c.queue.in_(list(queues)),
+            jobs.c.task.in_(list(tasks)),
+            or_(jobs.c.state == S.AVAILABLE, jobs.c.scheduled_at <= db.after(horizon)),
+            DEPENDENCIES_MET,
+            NOT_PAUSED,
+        )
+        .limit(1)
+        .with_hint(jobs, CLAIM_INDEX, "sqlite")
+    )
+
+
+def due_query(queues: Sequence[str]) -> Select[Any]:
+    """The earliest `scheduled_at` of the claimable jobs of these queues not under a global limit."""
+    return (
+        select(func.min(jobs.c.scheduled_at))
+        .where(CLAIMABLE_SQL, jobs.c.queue.in_(list(queues)), DEPENDENCIES_MET, NOT_LIMITED)
+        .with_hint(jobs, CLAIM_INDEX, "sqlite")
     )
 
 
@@ -655,11 +693,7 @@ def next_due(db: Database, conn: Connection, queues: Sequence[str]) -> datetime 
 
     Jobs under a global limit are left out: one held back by its limit is due but cannot be
     claimed, and the worker polls for those instead of waking at once."""
-    value = conn.execute(
-        select(func.min(jobs.c.scheduled_at)).where(
-            CLAIMABLE_SQL, jobs.c.queue.in_(list(queues)), DEPENDENCIES_MET, NOT_LIMITED
-        )
-    ).scalar()
+    value = conn.execute(due_query(queues)).scalar()
     if value is None:
         return None
     if value.tzinfo is None:

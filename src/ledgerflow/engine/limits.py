@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, exists, func, literal, or_, select, update
 
 from ledgerflow.db.database import Database
-from ledgerflow.db.tables import CLAIMABLE_SQL, job_limits, jobs
+from ledgerflow.db.tables import CLAIM_INDEX, CLAIMABLE_SQL, job_limits, jobs
 from ledgerflow.engine.states import JobState
 from ledgerflow.engine.store import dialect_insert
 from ledgerflow.errors import BadInput
@@ -375,6 +375,7 @@ def limited_candidates(
             )
             .order_by(jobs.c.priority, jobs.c.scheduled_at, jobs.c.id)
             .limit(want - len(picked))
+            .with_hint(jobs, CLAIM_INDEX, "sqlite")
         )
         if picked:
             query = query.where(jobs.c.id.not_in(picked))

@@ -36,12 +36,12 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Connection, insert, or_, select, update
+from sqlalchemy import Connection, insert, update
 
 from ledgerflow.alert_checks import AlertChecks
 from ledgerflow.db.backends import Election, Waker
 from ledgerflow.db.database import is_transient
-from ledgerflow.db.tables import jobs, workers
+from ledgerflow.db.tables import workers
 from ledgerflow.engine import leases
 from ledgerflow.engine.autostop import AutoStop, cpu_gate, memory_gate
 from ledgerflow.engine.isolation import ChildProcess, ChildTaskError
@@ -694,22 +694,8 @@ class Worker:
 
     def _work_remaining(self) -> bool:
         """Burst mode goes on while a job of its queues is runnable now or within BURST_HORIZON."""
+        query = leases.runnable_soon(self.db, self.opts.queues, self._tasks, self.BURST_HORIZON)
         with self.db.read() as conn:
-            soon = self.db.after(self.BURST_HORIZON)
-            query = (
-                select(jobs.c.id)
-                .where(
-                    jobs.c.queue.in_(list(self.opts.queues)),
-                    jobs.c.task.in_(self._tasks),
-                    or_(
-                        jobs.c.state == S.AVAILABLE,
-                        jobs.c.state.in_([S.SCHEDULED, S.RETRYABLE]) & (jobs.c.scheduled_at <= soon),
-                    ),
-                    leases.DEPENDENCIES_MET,
-                    leases.NOT_PAUSED,
-                )
-                .limit(1)
-            )
             return conn.execute(query).first() is not None
 
     #: Burst mode waits for retries due within this many seconds, not for later ones.

@@ -38,6 +38,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -84,6 +85,7 @@ from ledgerflow.export.writer import (
     EntryRejected,
     Generated,
     GenerationTimeout,
+    Totals,
     TotalsMismatch,
     batch_lines_query,
     books_totals,
@@ -296,13 +298,14 @@ class ExportSaga:
                     .order_by(e.c.entry_date, e.c.reference, ln.c.line_no)
                 )
                 try:
-                    generated = write_parts(
-                        stream_entries(conn, query),
-                        self.profile,
-                        directory,
-                        base,
-                        timeout=self.settings.export_generation_timeout,
-                    )
+                    with self.db.stream(conn, query) as rows:
+                        generated = write_parts(
+                            stream_entries(rows),
+                            self.profile,
+                            directory,
+                            base,
+                            timeout=self.settings.export_generation_timeout,
+                        )
                     break
                 except EntryRejected as rejected:
                     held.append(
@@ -657,12 +660,13 @@ class ExportSaga:
             raise ExportConflict(f"batch {a.key}: every entry was rejected by the profile")
         generated.check_balanced()
         recorded = batch["manifest"] or {}
-        with self.db.read() as conn:
-            self.db.lift_limits(conn, idle=True)
-            books = books_totals(conn, a.id)
-            # the chain head the manifest anchors: once recorded, kept (the bytes must not change)
-            anchor = recorded.get("audit_anchor") or _chain_head(conn)
-        reconcile(generated, books, file_totals(generated.parts, self.profile))
+        # the database sums the books while this thread re-reads the files (the two do not wait
+        # on each other: one runs in the database, the other on the files)
+        with ThreadPoolExecutor(1, thread_name_prefix="ledgerflow-export-books") as pool:
+            books = pool.submit(self._books, a.id, recorded)
+            written = file_totals(generated.parts, self.profile)
+            totals, anchor = books.result()
+        reconcile(generated, totals, written)
         held_back = recorded.get("held_back", [])
         info = {
             **self._manifest_info(a.key, batch["batch_date"], batch["cutoff_at"]),
@@ -711,6 +715,13 @@ class ExportSaga:
         )
         return files
 
+    def _books(self, batch_id: int, recorded: dict[str, Any]) -> tuple[Totals, dict[str, Any]]:
+        """The snapshot's totals summed in SQL, and the audit chain head the manifest anchors
+        (once recorded, kept: the bytes must not change)."""
+        with self.db.read() as conn:
+            self.db.lift_limits(conn, idle=True)
+            return books_totals(conn, batch_id), recorded.get("audit_anchor") or _chain_head(conn)
+
     def _generate(
         self, batch: dict[str, Any], work: Path, base: str, on_progress: Callable[[int, int], None] | None
     ) -> Generated:
@@ -718,15 +729,16 @@ class ExportSaga:
             # the generation timeout bounds this stream, not the statement or idle-in-transaction timeout
             self.db.lift_limits(conn, idle=True)
             total = count_lines(conn, batch["id"]) if on_progress else 0
-            return write_parts(
-                stream_entries(conn, batch_lines_query(batch["id"])),
-                self.profile,
-                work,
-                base,
-                timeout=self.settings.export_generation_timeout,
-                on_progress=(lambda n: on_progress(n, total)) if on_progress else None,
-                crash_point=crash_point,
-            )
+            with self.db.stream(conn, batch_lines_query(batch["id"])) as rows:
+                return write_parts(
+                    stream_entries(rows),
+                    self.profile,
+                    work,
+                    base,
+                    timeout=self.settings.export_generation_timeout,
+                    on_progress=(lambda n: on_progress(n, total)) if on_progress else None,
+                    crash_point=crash_point,
+                )
 
     def _eject(self, a: Attempt, rejected: EntryRejected) -> None:
         """Take an entry the profile cannot hold out of the batch: marked failed, alerted, never lost."""

@@ -18,7 +18,7 @@ import itertools
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from operator import itemgetter
@@ -205,10 +205,9 @@ _ENTRY_ID = itemgetter(6)  # the position of journal_entries.id in `export_colum
 _DEBITS, _CREDITS = itemgetter(DEBIT), itemgetter(CREDIT)
 
 
-def stream_entries(conn: Connection, query: Any) -> Iterator[EntryRows]:
-    """Entries one at a time from a server-side cursor (PostgreSQL) or a lazy cursor (SQLite),
-    each with its rows as read (`query` selects `export_columns`, ordered by entry)."""
-    rows = conn.execution_options(stream_results=True, yield_per=5000).execute(query)
+def stream_entries(rows: Iterable[Sequence[Any]]) -> Iterator[EntryRows]:
+    """Entries one at a time, each with its rows as read (`rows` of `export_columns`, ordered by
+    entry, as `Database.stream` reads them)."""
     for _entry_id, group in itertools.groupby(rows, key=_ENTRY_ID):
         lines = list(group)
         _, _, _, _, _, _, entry_id, reference, day, description, currency, late = lines[0]
