@@ -15,6 +15,7 @@ from sqlalchemy import update
 from ledgerflow.db.tables import jobs
 from ledgerflow.engine.leases import LeaseSQL, Outcome
 from tests.apps import basic
+from tests.engine.plans import explain_statement, scans_jobs
 
 JOBS = 20_000
 
@@ -56,7 +57,7 @@ def test_the_batched_completion_looks_up_each_held_job_by_key(make_app, backend)
     every attempt leased since the last vacuum, and a bitmap scan visits them all at each
     completion; SQLite scanned the whole table)."""
     app = make_app()
-    app.enqueue_many([basic.record.prepare() for _ in range(2_000)])
+    app.enqueue_many([basic.record.prepare() for _ in range(JOBS)])
     with app.db.begin() as conn:
         conn.exec_driver_sql("ANALYZE")
     sql = LeaseSQL(app.db, 6.0)
@@ -67,23 +68,16 @@ def test_the_batched_completion_looks_up_each_held_job_by_key(make_app, backend)
     with app.db.begin() as conn:
         held = sql.claim(conn, worker_id="w", queues=["default"], tasks=[basic.record.name], limit=50)
     if backend == "sqlite":
-        params = {"ids": [c.job.id for c in held], "keys": [c.key for c in held]}
-        explain = "EXPLAIN QUERY PLAN "
+        params: dict[str, Any] = {"ids": [c.job.id for c in held], "keys": [c.key for c in held]}
     else:
         params = {
             "ids": [c.job.id for c in held],
             "tokens": [c.token for c in held],
-            "durations": [0.001] * len(held),
+            "durations": [0.001] * 50,
         }
-        explain = "EXPLAIN (ANALYZE, COSTS OFF) "
-    compiled = sql._complete.compile(dialect=app.db.engine.dialect).construct_expanded_state(params)
-    with app.db.begin() as conn:
-        given = compiled.positional_parameters if backend == "sqlite" else compiled.parameters
-        plan = "\n".join(str(r[-1]) for r in conn.exec_driver_sql(explain + compiled.statement, given))
-        conn.rollback()  # EXPLAIN ANALYZE ran the completion: take it back
-    if backend == "sqlite":
-        assert "SCAN jobs" not in plan, plan
-    else:
+    plan = explain_statement(app, sql._complete, params, backend)
+    assert not scans_jobs(plan), plan
+    if backend == "postgresql":
         assert "ix_jobs_state_id" not in plan, plan  # nor the partial index of running jobs:
         assert "ix_jobs_lease" not in plan, plan
     with app.db.begin() as conn:
