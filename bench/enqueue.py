@@ -1,11 +1,14 @@
 """One-call enqueue (wall and CPU per call) and enqueue -> start latency, ledgerflow beside its peers.
 
-python -m bench.enqueue [--systems ...] [--reps 5] [--calls 1000] [--latency-samples 100]
+python -m bench.enqueue [--systems ...] [--reps 5] [--calls 1000] [--bulk-jobs 10000] [--latency-samples 100]
 
 * one-call: `calls` single enqueues per repetition (after 50 of warm-up), no worker running;
   the repetitions of every system are interleaved (repetition 1 of each, then 2, ...) so a
   change of the machine's load falls on all of them; wall and CPU (this process: the client,
   SQLite's own work included, not PostgreSQL's server) per call;
+* bulk: `bulk_jobs` jobs with each system's bulk call on a fresh store (`System.enqueue_many`,
+  as `bench.fair` measures it: 5,000 per call, ledgerflow's `Task.prepare` of each job
+  included), the systems interleaved per repetition; wall and CPU (the client) per job;
 * latency: `bench.fair.latency` (idle workers, 2 processes x 4, jobs 10 ms apart);
 * `huey_sqlite_normal`: Huey with SQLite `synchronous=NORMAL`, ledgerflow's durability (its
   documented `fsync=False` is `synchronous=OFF`), for a comparison at equal durability.
@@ -16,6 +19,7 @@ Each figure is a median with its min-max over the repetitions, and the load aver
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sqlite3
 import time
@@ -57,6 +61,7 @@ def one_call(stores: list[System], reps: int, calls: int) -> dict[str, list[tupl
     for rep in range(reps):
         for s in stores:
             load = os.getloadavg()[0]
+            gc.collect()  # no system pays for the garbage another left
             cpu, wall = time.process_time(), time.perf_counter()
             for i in range(calls):
                 s.enqueue_one(f"one-{rep}-{i}")
@@ -65,7 +70,24 @@ def one_call(stores: list[System], reps: int, calls: int) -> dict[str, list[tupl
     return out
 
 
-def run(names: list[str], reps: int, calls: int, latency_samples: int) -> dict[str, Any]:
+def bulk(stores: list[System], reps: int, jobs: int) -> dict[str, list[tuple[float, float, float]]]:
+    """(wall s, CPU s, load) per job and repetition, each on a fresh store, systems interleaved."""
+    out: dict[str, list[tuple[float, float, float]]] = {s.name: [] for s in stores if s.bulk}
+    keys = [str(i) for i in range(jobs)]
+    for _ in range(reps):
+        for s in stores:
+            if s.bulk:
+                with s.store():
+                    load = os.getloadavg()[0]
+                    gc.collect()
+                    cpu, wall = time.process_time(), time.perf_counter()
+                    s.enqueue_many(keys)
+                    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                out[s.name].append((wall / jobs, cpu / jobs, load))
+    return out
+
+
+def run(names: list[str], reps: int, calls: int, latency_samples: int, bulk_jobs: int = 0) -> dict[str, Any]:
     every = {s.name: s for s in systems([n for n in names if n != HueyNormal.name])}
     if HueyNormal.name in names:
         every[HueyNormal.name] = HueyNormal()
@@ -85,6 +107,13 @@ def run(names: list[str], reps: int, calls: int, latency_samples: int) -> dict[s
             "cpu_us_per_call": spread([c * 1e6 for _, c, _ in runs]),
             "load_average": spread([load for _, _, load in runs], 2),
         }
+    if bulk_jobs:
+        for name, runs in bulk(chosen, reps, bulk_jobs).items():
+            results[name]["bulk"] = {
+                "jobs_per_s": spread([1 / w for w, _, _ in runs]),
+                "cpu_us_per_job": spread([c * 1e6 for _, c, _ in runs], 1),
+                "load_average": spread([load for _, _, load in runs], 2),
+            }
     if latency_samples:
         for s in chosen:
             if s.name != HueyNormal.name:  # its consumers would run Huey's own settings
@@ -104,6 +133,7 @@ if __name__ == "__main__":
     parser.add_argument("--systems", default=DEFAULT)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--bulk-jobs", type=int, default=10_000, help="0: no bulk enqueue")
     parser.add_argument("--latency-samples", type=int, default=100, help="0: no latency")
     a = parser.parse_args()
-    print(json.dumps(run(a.systems.split(","), a.reps, a.calls, a.latency_samples), indent=2))
+    print(json.dumps(run(a.systems.split(","), a.reps, a.calls, a.latency_samples, a.bulk_jobs), indent=2))

@@ -224,8 +224,9 @@ class App:
         """Insert one job; with `connection`, inside the caller's transaction."""
         if connection is not None:
             return self.store.enqueue_job(connection, spec)
-        if is_plain(spec) and not self.db.is_sqlite:
-            job = self.db.run_single(lambda c: self.store.enqueue_job(c, spec))  # one round trip
+        if is_plain(spec):
+            with self.db.single() as conn:  # one statement that commits alone: one round trip
+                job = self.store.insert_plain(conn, spec)
         else:
             job = self.db.run(lambda c: self.store.enqueue_job(c, spec))
         self._wake_local()

@@ -7,7 +7,7 @@ import json
 import re
 import threading
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection, Select
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from ledgerflow.db.types import storable_text
@@ -61,6 +62,17 @@ class SessionLimits:
     idle_in_transaction_timeout: float = 5.0
 
 
+#: A SQLAlchemy connection, or a pooled driver connection without one (`Database.single`).
+AnyConnection = Connection | PoolProxiedConnection
+
+
+def driver_of(conn: AnyConnection) -> Any:
+    """The driver's connection (psycopg, sqlite3) under a SQLAlchemy connection or a pooled one."""
+    if isinstance(conn, Connection):
+        return conn.connection.driver_connection
+    return conn.driver_connection
+
+
 class Backend(Protocol):
     name: str
 
@@ -70,8 +82,9 @@ class Backend(Protocol):
     def skip_locked(self, query: Select[Any]) -> Select[Any]: ...
     def lift_limits(self, conn: Connection, *, lock_wait: bool, idle: bool = False) -> None: ...
     def waker(self, engine: Engine, poll_seconds: float) -> Waker: ...
+    def autocommit(self, driver: Any, on: bool) -> None: ...
     def insert_jobs(self, conn: Connection, rows: list[tuple[Any, ...]]) -> list[int]: ...
-    def insert_job(self, conn: Connection, row: Mapping[str, Any]) -> tuple[int, datetime]: ...
+    def insert_job(self, conn: AnyConnection, values: tuple[Any, ...]) -> tuple[int, datetime]: ...
     def stream(
         self, conn: Connection, query: Select[Any], size: int
     ) -> AbstractContextManager[Iterator[Sequence[Any]]]: ...
@@ -85,7 +98,8 @@ def cursor_stream(conn: Connection, query: Select[Any], size: int) -> Iterator[I
         yield iter(result)
 
 
-#: Columns of a bulk insert row, in order; `errors` is always `[]` and `created_at` is now.
+#: Columns of a bulk insert row, in order (`args` and `kwargs` as JSON text); `errors` is
+#: always `[]` and `created_at` is now.
 BULK_JOB_COLUMNS = (
     "task",
     "queue",
@@ -99,26 +113,8 @@ BULK_JOB_COLUMNS = (
 )
 
 
-#: Columns of a one-job insert (`insert_job`): a plain job's, with its trace context.
+#: Columns of a one-job insert (`insert_job`): a plain job's, with its trace context (JSON text).
 ONE_JOB_COLUMNS = (*BULK_JOB_COLUMNS, "trace_context")
-
-
-def one_job_values(row: Mapping[str, Any], stamp: Callable[[datetime], Any]) -> tuple[Any, ...]:
-    """The `ONE_JOB_COLUMNS` values of a plain job as the driver takes them (`stamp` gives
-    `scheduled_at` the backend's stored form)."""
-    trace_context = row["trace_context"]
-    return (
-        row["task"],
-        row["queue"],
-        row["priority"],
-        str(row["state"]),
-        dumps(row["args"]) if row["args"] else "[]",
-        dumps(row["kwargs"]) if row["kwargs"] else "{}",
-        row["max_attempts"],
-        float(row["timeout"]),
-        stamp(row["scheduled_at"]),
-        dumps(trace_context) if trace_context else None,
-    )
 
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode

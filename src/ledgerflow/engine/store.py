@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import Insert
 
 from ledgerflow import tracing
+from ledgerflow.db.backends import AnyConnection, dumps
 from ledgerflow.db.database import Database
 from ledgerflow.db.tables import (
     NOT_AWAITED,
@@ -89,6 +90,35 @@ def is_plain(spec: JobSpec) -> bool:
     return not (spec.unique_key or spec.depends_on or spec.schedule_id is not None or spec.fire_time)
 
 
+#: Stored values of the two states a plain job starts in (an enum's `.value` costs a descriptor call).
+_SCHEDULED, _AVAILABLE = S.SCHEDULED.value, S.AVAILABLE.value
+
+
+def scheduled_for(spec: JobSpec, now: datetime) -> datetime:
+    """When the job becomes due: its `scheduled_at` (in UTC), `now` + its delay, or `now`."""
+    if spec.scheduled_at is not None:
+        return spec.scheduled_at.astimezone(UTC)
+    if spec.delay:
+        return now + timedelta(seconds=spec.delay)
+    return now
+
+
+def plain_row(spec: JobSpec, now: datetime) -> tuple[Any, ...]:
+    """A plain job's `BULK_JOB_COLUMNS` values, its payload as the JSON its validation encoded."""
+    when = scheduled_for(spec, now)
+    return (
+        spec.task,
+        spec.queue,
+        spec.priority,
+        _SCHEDULED if when > now else _AVAILABLE,
+        spec.args_json,
+        spec.kwargs_json,
+        spec.max_attempts,
+        float(spec.timeout),
+        when,
+    )
+
+
 def dialect_insert(db: Database, table: Any) -> Insert:
     """INSERT construct that supports ON CONFLICT on the current backend."""
     module = sqlite_dialect if db.is_sqlite else pg_dialect
@@ -115,7 +145,7 @@ class JobStore:
             plain = [i for i, s in enumerate(specs) if is_plain(s)]
             if plain:
                 now = datetime.now(UTC)
-                new_ids = self.db.backend.insert_jobs(conn, [self._bulk_row(specs[i], now) for i in plain])
+                new_ids = self.db.backend.insert_jobs(conn, [plain_row(specs[i], now) for i in plain])
                 for i, new_id in zip(plain, new_ids, strict=True):
                     ids[i] = new_id
                 trace_context = tracing.carrier()
@@ -133,41 +163,23 @@ class JobStore:
         if not is_plain(spec):
             (job_id,) = self.enqueue(conn, [spec])
             return self.get(job_id, conn)
-        with tracing.enqueue_span(spec.task, spec.queue) as span:
-            row = self._row(spec)
-            job_id, created_at = self.db.backend.insert_job(conn, row)
-            tracing.set_job_id(span, job_id)
-            return Job.from_values(id=job_id, created_at=created_at, **row)
+        return self.insert_plain(conn, spec)
 
-    @staticmethod
-    def _bulk_row(spec: JobSpec, now: datetime) -> tuple[Any, ...]:
-        if spec.scheduled_at is not None:
-            when = spec.scheduled_at
-        elif spec.delay:
-            when = now + timedelta(seconds=spec.delay)
-        else:
-            when = now
-        state = S.SCHEDULED if when > now else S.AVAILABLE
-        return (
-            spec.task,
-            spec.queue,
-            spec.priority,
-            state.value,
-            spec.args,
-            spec.kwargs,
-            spec.max_attempts,
-            float(spec.timeout),
-            when,
-        )
+    def insert_plain(self, conn: AnyConnection, spec: JobSpec) -> Job:
+        """Insert a plain job (`is_plain`) in one statement and return it as stored; `conn` may
+        be a pooled driver connection (`Database.single`) as well as a SQLAlchemy one."""
+        with tracing.enqueue_span(spec.task, spec.queue) as span:
+            row = plain_row(spec, datetime.now(UTC))
+            trace_context = tracing.carrier()
+            job_id, created_at = self.db.backend.insert_job(
+                conn, (*row, dumps(trace_context) if trace_context else None)
+            )
+            tracing.set_job_id(span, job_id)
+            return Job.inserted(spec, job_id, row[3], row[8], created_at, trace_context)
 
     def _row(self, spec: JobSpec, state: JobState | None = None, reason: str | None = None) -> dict[str, Any]:
         now = datetime.now(UTC)
-        if spec.scheduled_at is not None:
-            when = spec.scheduled_at.astimezone(UTC)
-        elif spec.delay:
-            when = now + timedelta(seconds=spec.delay)
-        else:
-            when = now
+        when = scheduled_for(spec, now)
         if state is None:
             state = S.SCHEDULED if (when > now or spec.depends_on) else S.AVAILABLE
         return {

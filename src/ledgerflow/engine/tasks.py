@@ -80,16 +80,24 @@ class Task:
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
 
+    @property
+    def _configured(self) -> ConfiguredTask:
+        """The task with its own options (kept while they stay the same: it holds their checked spec)."""
+        configured: ConfiguredTask | None = self.__dict__.get("_with_options")
+        if configured is None or configured.options is not self.options:
+            configured = self.__dict__["_with_options"] = ConfiguredTask(self, self.options)
+        return configured
+
     def configure(self, **overrides: Any) -> ConfiguredTask:
         """Per-call options: queue, priority, max_attempts, timeout, unique_key, unique_for,
         delay, scheduled_at, depends_on."""
-        return ConfiguredTask(self, self.options).configure(**overrides)
+        return self._configured.configure(**overrides)
 
     def prepare(self, *args: Any, **kwargs: Any) -> JobSpec:
-        return ConfiguredTask(self, self.options).prepare(*args, **kwargs)
+        return self._configured.prepare(*args, **kwargs)
 
     def enqueue(self, *args: Any, **kwargs: Any) -> Job:
-        return ConfiguredTask(self, self.options).enqueue(*args, **kwargs)
+        return self._configured.enqueue(*args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -108,8 +116,13 @@ class ConfiguredTask:
         return ConfiguredTask(self.task, replace(self.options, **overrides))
 
     def prepare(self, *args: Any, **kwargs: Any) -> JobSpec:
+        """The job these options make with this payload. The first one is checked whole and
+        kept (without its payload); later ones copy it and check only theirs (half the time)."""
+        checked: JobSpec | None = self.__dict__.get("_checked")
+        if checked is not None:
+            return checked.with_payload(args, kwargs)
         o = self.options
-        return JobSpec(
+        spec = JobSpec(
             task=self.task.name,
             args=args,
             kwargs=kwargs,
@@ -123,6 +136,8 @@ class ConfiguredTask:
             delay=o.delay,
             depends_on=o.depends_on,
         )
+        self.__dict__["_checked"] = spec.with_payload((), {})  # frozen: set as `cached_property` does
+        return spec
 
     def enqueue(self, *args: Any, **kwargs: Any) -> Job:
         return self.task.app.enqueue(self.prepare(*args, **kwargs))

@@ -1,0 +1,165 @@
+"""The enqueue fast paths: a one-call enqueue on a pooled driver connection (`Database.single`)
+and the bulk insert, on both backends, against the guarantees of the ordinary path."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select
+
+from ledgerflow import App, BadInput, DatabaseUnavailable, JobState
+from ledgerflow.db.backends import dumps
+from ledgerflow.db.tables import jobs
+from ledgerflow.engine.jobs import JobSpec
+
+
+def _count(app) -> int:
+    with app.db.read() as conn:
+        return int(conn.execute(select(func.count()).select_from(jobs)).scalar_one())
+
+
+def test_a_one_call_enqueue_gives_its_connection_back_transactional(make_app):
+    app = make_app(db_pool_size=1)  # one pooled connection: the next transaction gets the same one
+
+    @app.task(name="plain")
+    def plain() -> None: ...
+
+    job = app.enqueue(plain.prepare())
+    assert app.get_job(job.id) == job
+    with pytest.raises(RuntimeError), app.db.begin() as conn:
+        app.enqueue(plain.prepare(), connection=conn)
+        raise RuntimeError("roll back")
+    assert _count(app) == 1
+
+
+def test_one_call_enqueues_wait_for_a_writer_and_none_is_lost(make_app):
+    app = make_app()
+
+    @app.task(name="plain")
+    def plain(i: int) -> None: ...
+
+    errors: list[BaseException] = []
+    ids: list[int] = []
+
+    def enqueue_many_times(start: int) -> None:
+        try:
+            for i in range(start, start + 40):
+                ids.append(app.enqueue(plain.prepare(i)).id)
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    with app.db.begin() as conn:  # a writer holds SQLite's write lock while the others start
+        app.enqueue(plain.prepare(-1), connection=conn)
+        threads = [threading.Thread(target=enqueue_many_times, args=(k * 100,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+    for t in threads:
+        t.join(30)
+    assert not errors
+    assert len(set(ids)) == 160 and _count(app) == 161
+
+
+def test_a_one_call_enqueue_on_a_dead_connection_is_retryable_and_the_next_one_works(make_app, backend):
+    if backend != "postgresql":
+        pytest.skip("a PostgreSQL session can be ended under the pool; a SQLite file cannot")
+    app = make_app(db_pool_size=1)
+
+    @app.task(name="plain")
+    def plain() -> None: ...
+
+    app.enqueue(plain.prepare())
+    with app.db.single() as pooled:
+        pid = pooled.driver_connection.info.backend_pid
+    with psycopg.connect(app.db.url.replace("+psycopg", ""), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(DatabaseUnavailable):
+        app.enqueue(plain.prepare())
+    job = app.enqueue(plain.prepare())
+    assert app.get_job(job.id).state == JobState.AVAILABLE and _count(app) == 2
+
+
+payloads = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**62), 2**62)
+    | st.floats(-1e12, 1e12)  # jsonb prints numbers without exponent: huge floats read back as ints
+    | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+def test_any_accepted_payload_is_stored_as_given_by_the_one_call_and_the_bulk_insert(make_app):
+    app = make_app()
+
+    @settings(max_examples=40, deadline=None)
+    @given(
+        args=st.lists(payloads, max_size=3), kwargs=st.dictionaries(st.text(max_size=8), payloads, max_size=3)
+    )
+    def check(args: list[Any], kwargs: dict[str, Any]) -> None:
+        try:
+            spec = JobSpec(task="echo", args=tuple(args), kwargs=kwargs)
+        except BadInput:  # NUL, lone surrogates: refused before anything is stored
+            return
+        assert (spec.args_json, spec.kwargs_json) == (dumps(args), dumps(kwargs))
+        one = app.enqueue(spec)
+        (bulk,) = app.enqueue_many([spec])
+        for job in (one, app.get_job(one.id), app.get_job(bulk)):
+            assert (job.args, job.kwargs) == (args, kwargs)
+
+    check()
+
+
+def test_a_payload_changed_after_prepare_is_stored_as_it_was_checked(make_app):
+    app = make_app()
+
+    @app.task(name="takes")
+    def takes(data: dict[str, float]) -> None: ...
+
+    data = {"n": 1.5}
+    spec = takes.prepare(data)
+    data["n"] = float("nan")  # would have been refused
+    one = app.enqueue(spec)
+    (bulk,) = app.enqueue_many([spec])
+    assert app.get_job(one.id).args == app.get_job(bulk).args == [{"n": 1.5}]
+
+
+@pytest.mark.parametrize("microsecond", [0, 123456])
+def test_a_scheduled_time_reads_back_exactly_from_both_insert_paths(make_app, microsecond):
+    app = make_app()
+
+    @app.task(name="later")
+    def later() -> None: ...
+
+    when = datetime(2031, 5, 6, 7, 8, 9, microsecond, tzinfo=timezone(timedelta(hours=9)))
+    spec = later.configure(scheduled_at=when).prepare()
+    one = app.enqueue(spec)
+    (bulk,) = app.enqueue_many([spec])
+    for job in (one, app.get_job(one.id), app.get_job(bulk)):
+        assert job.scheduled_at == when and job.state == JobState.SCHEDULED
+
+
+def test_a_prepared_spec_is_checked_and_equal_like_one_built_whole(tmp_path):
+    app = App(database_url=f"sqlite:///{tmp_path}/unused.db")
+
+    @app.task(name="task", queue="q1", priority=3)
+    def task(*args: Any, **kwargs: Any) -> None: ...
+
+    for _ in range(3):  # the first spec is built whole, the later ones from it
+        spec = task.prepare(1, "two", three=[3])
+        assert spec == JobSpec(task="task", args=(1, "two"), kwargs={"three": [3]}, queue="q1", priority=3)
+        assert (spec.args_json, spec.kwargs_json) == ('[1,"two"]', '{"three":[3]}')
+        with pytest.raises(BadInput, match="args of task 'task': nan is not a JSON number"):
+            task.prepare(float("nan"))
+        with pytest.raises(BadInput, match=r"priority must be 0\.\.9"):
+            task.configure(priority=10).prepare()
+    later = task.configure(delay=5)
+    assert later.prepare().delay == later.prepare(1).delay == 5 and later.prepare(1).args == (1,)
