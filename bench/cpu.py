@@ -1,15 +1,19 @@
 """Worker CPU per no-op job, in-process (not part of `make bench`).
 
 python -m bench.cpu [--backends sqlite,postgresql] [--jobs 10000] [--reps 5] [--concurrency 4]
-                    [--spy FILE]
+                    [--log-level INFO] [--spy FILE]
 
 Each repetition enqueues `jobs` no-op jobs on a fresh database, then runs one burst worker in
-this process (`App.run_worker`, the sync task in the worker's thread pool, log level INFO with
+this process (`App.run_worker`, the sync task in the worker's thread pool, log level INFO (or
+`--log-level`; the fair harness's workers run at WARNING, without a line per job) with
 the JSON lines sent to /dev/null) and divides the process's CPU time (`time.process_time()`,
 every thread) by the jobs run. CPU time is what a loaded machine inflates least: wall time
 there measures the other processes. On SQLite the database engine runs in this process and is
-counted; on PostgreSQL the server's share is not. `--spy FILE` also records the last
-repetition of each backend with py-spy (raw samples, `--native` off).
+counted; on PostgreSQL the server's share is reported apart (`server_cpu_us_per_job`: the CPU
+time of the server processes serving this database's sessions, read from /proc, so the server
+must run on this machine; the WAL writer, checkpointer and autovacuum are shared and left
+out). `--spy FILE` also records the last repetition of each backend with py-spy (raw
+samples, `--native` off).
 """
 
 from __future__ import annotations
@@ -28,6 +32,26 @@ from typing import Any
 from bench.common import database
 from bench.fair import spread
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu(app: Any, seen: dict[int, float]) -> dict[int, float]:
+    """CPU seconds so far of every server process now serving the app's database (PostgreSQL
+    on this machine), merged into `seen` (a session that ended keeps its last reading)."""
+    with app.db.read() as conn:
+        pids = (
+            conn.exec_driver_sql("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+            .scalars()
+            .all()
+        )
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seen[pid] = (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
+    return seen
+
 
 @contextmanager
 def _quiet_stderr() -> Iterator[None]:
@@ -44,13 +68,15 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(sink)
 
 
-def one_run(backend: str, jobs: int, concurrency: int, spy: Path | None) -> dict[str, Any]:
+def one_run(
+    backend: str, jobs: int, concurrency: int, spy: Path | None, log_level: str = "INFO"
+) -> dict[str, Any]:
     """CPU µs and wall µs per job of one burst worker draining `jobs` no-op jobs."""
     from bench.apps import noop
     from ledgerflow import App
 
     with database(backend) as url:
-        app = App(database_url=url, log_level="INFO")
+        app = App(database_url=url, log_level=log_level)
         task = app.task(name=noop.name)(noop.func)
         try:
             app.migrate()
@@ -65,10 +91,14 @@ def one_run(backend: str, jobs: int, concurrency: int, spy: Path | None) -> dict
                 )  # fmt: skip
                 time.sleep(1)
             load = os.getloadavg()[0]
+            pg = backend == "postgresql"
+            before = dict(server_cpu(app, {})) if pg else {}
             with _quiet_stderr():
                 cpu, wall = time.process_time(), time.perf_counter()
                 app.run_worker("default", concurrency=concurrency, burst=True)
                 cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            after = server_cpu(app, dict(before)) if pg else {}
+            server = sum(after.values()) - sum(before.values())
             if recorder is not None:
                 recorder.send_signal(2)
                 recorder.wait(60)
@@ -81,6 +111,7 @@ def one_run(backend: str, jobs: int, concurrency: int, spy: Path | None) -> dict
     return {
         "cpu_us_per_job": round(cpu / jobs * 1e6),
         "wall_us_per_job": round(wall / jobs * 1e6),
+        "server_cpu_us_per_job": round(server / jobs * 1e6) if after else None,
         "load_average": round(load, 2),
     }
 
@@ -91,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--spy", type=Path, default=None, help="py-spy raw output prefix")
     args = parser.parse_args(argv)
     out: dict[str, Any] = {"jobs": args.jobs, "concurrency": args.concurrency}
@@ -100,10 +132,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             spy = None
             if args.spy is not None and rep == args.reps - 1:
                 spy = args.spy.with_name(f"{args.spy.name}-{backend}.txt")
-            runs.append(one_run(backend, args.jobs, args.concurrency, spy))
+            runs.append(one_run(backend, args.jobs, args.concurrency, spy, args.log_level))
         out[backend] = {
             "cpu_us_per_job": spread([r["cpu_us_per_job"] for r in runs]),
             "wall_us_per_job": spread([r["wall_us_per_job"] for r in runs]),
+            **(
+                {"server_cpu_us_per_job": spread([r["server_cpu_us_per_job"] for r in runs])}
+                if backend == "postgresql"
+                else {}
+            ),
             "load_average": [r["load_average"] for r in runs],
         }
     return out

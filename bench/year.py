@@ -184,8 +184,8 @@ def _jobs(app: App, day: date, tz: ZoneInfo, count: int) -> list[int]:
             "default",
             5,
             "available",
-            [10_000 + i],
-            {"mailbox": "books@example.test"},
+            f"[{10_000 + i}]",  # args and kwargs as JSON text, as the store's bulk enqueue passes them
+            '{"mailbox":"books@example.test"}',
             5,
             1800.0,
             base,

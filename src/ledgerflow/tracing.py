@@ -48,14 +48,17 @@ def _tracer() -> Any:
     return trace.get_tracer("ledgerflow", __version__, tracer_provider=_provider)
 
 
+def _configured() -> bool:
+    """Whether spans go to a tracer provider (ours or a global one an SDK installed)."""
+    return _provider is not None or not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 @contextlib.contextmanager
 def enqueue_span(task: str, queue: str, count: int = 1) -> Iterator[Any]:
     """The span of one enqueue (or of a batch of `count` jobs); None without OpenTelemetry or
     without a tracer provider (the span would record nothing and carry the caller's context,
     which `carrier()` finds the same without it: 15 µs saved per enqueue)."""
-    if trace is None or (
-        _provider is None and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
-    ):
+    if trace is None or not _configured():
         yield None
         return
     attributes = {
@@ -118,6 +121,9 @@ class Attempt:
         if trace is None:
             return
         parent = propagate.extract(job.trace_context or {})
+        if not _configured():  # the no-op tracer's span would be the enqueuer's, recording nothing
+            self.context = trace.set_span_in_context(trace.get_current_span(parent))
+            return
         self.span = _tracer().start_span(
             f"ledgerflow.run {job.task}",
             context=parent,

@@ -13,8 +13,9 @@ from typing import Any
 from sqlalchemy import update
 
 from ledgerflow.db.tables import jobs
-from ledgerflow.engine.leases import LeaseSQL
+from ledgerflow.engine.leases import LeaseSQL, Outcome
 from tests.apps import basic
+from tests.engine.plans import explain_statement, scans_jobs
 
 JOBS = 20_000
 
@@ -48,3 +49,37 @@ def test_the_claim_walks_an_index_after_statistics_are_taken(make_app, backend):
     with app.db.begin() as conn:
         claims = sql.claim(conn, worker_id="w", queues=["default"], tasks=[basic.record.name], limit=20)
     assert [c.job.id for c in sorted(claims, key=lambda c: c.job.id)] == ids[JOBS // 2 + 1 : JOBS // 2 + 21]
+
+
+def test_the_batched_completion_looks_up_each_held_job_by_key(make_app, backend):
+    """Statistics taken while nothing ran say few jobs run; the completion must still find each
+    held job by its key, not through an index on state (PostgreSQL keeps an entry there for
+    every attempt leased since the last vacuum, and a bitmap scan visits them all at each
+    completion; SQLite scanned the whole table)."""
+    app = make_app()
+    app.enqueue_many([basic.record.prepare() for _ in range(JOBS)])
+    with app.db.begin() as conn:
+        conn.exec_driver_sql("ANALYZE")
+    sql = LeaseSQL(app.db, 6.0)
+    for _ in range(10):  # 1,000 attempts leased and completed: dead index entries of 'running'
+        with app.db.begin() as conn:
+            claims = sql.claim(conn, worker_id="w", queues=["default"], tasks=[basic.record.name], limit=100)
+            assert sql.apply_outcomes(conn, [Outcome(c, "completed", 0.001) for c in claims]) == []
+    with app.db.begin() as conn:
+        held = sql.claim(conn, worker_id="w", queues=["default"], tasks=[basic.record.name], limit=50)
+    if backend == "sqlite":
+        params: dict[str, Any] = {"ids": [c.job.id for c in held], "keys": [c.key for c in held]}
+    else:
+        params = {
+            "ids": [c.job.id for c in held],
+            "tokens": [c.token for c in held],
+            "durations": [0.001] * 50,
+        }
+    plan = explain_statement(app, sql._complete, params, backend)
+    assert not scans_jobs(plan), plan
+    if backend == "postgresql":
+        assert "ix_jobs_state_id" not in plan, plan  # nor the partial index of running jobs:
+        assert "ix_jobs_lease" not in plan, plan
+    with app.db.begin() as conn:
+        assert sql.apply_outcomes(conn, [Outcome(c, "completed", 0.001) for c in held]) == []
+    assert all(app.get_job(c.job.id).state == "completed" for c in held)

@@ -179,6 +179,20 @@ def test_without_a_configured_sdk_no_context_is_stored(make_app):
     assert job.trace_context is None and app.store.get(job.id).trace_context is None
 
 
+def test_without_a_configured_sdk_an_attempt_carries_its_enqueuers_context(make_app):
+    """No span is recorded, but what the task enqueues joins the trace that enqueued it (the
+    no-op tracer's span was the enqueuer's own)."""
+    app = make_app()
+    task = app.task(name="carrier")(lambda: tracing.carrier())
+    incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with tracing.attached({"traceparent": incoming}):
+        traced = task.enqueue()
+    untraced = task.enqueue()
+    app.run_worker(concurrency=1, burst=True)
+    assert app.store.get(traced.id).result == {"traceparent": incoming}
+    assert app.store.get(untraced.id).result is None
+
+
 SCRIPT = """
 import json, sys
 sys.modules["opentelemetry"] = None  # the extra is not installed

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import delete, func, select, update
 
 from ledgerflow import JobState
-from ledgerflow.db.tables import job_dependencies, job_executions, jobs
+from ledgerflow.db.tables import alerts, job_dependencies, job_executions, jobs
 from ledgerflow.engine import leases
 from ledgerflow.engine.liveness import process_running
 from tests import forkserver
@@ -161,6 +161,29 @@ def test_a_full_prefetch_of_short_jobs_is_kept_through_jitter_and_trimmed_for_lo
     worker._trim_buffer()
     assert len(worker._buffer) == 4 + int(0.5 / 0.2) * 4
     assert [o.kind for o in worker._outcomes] == ["returned"] * (128 - len(worker._buffer))
+
+
+def test_claims_given_back_unstarted_are_not_reported_dead(make_app, capsys):
+    """Prefetched claims given back (trimmed, stale, or at shutdown) end no attempt: their jobs
+    are available again. They were logged as `job_dead` at ERROR and raised a "job is dead"
+    alert (under load a no-op run of 10,000 jobs gave back 120-250 of them)."""
+    app = make_app(log_level="INFO")
+    given = app.task(name="given")(lambda: None)
+    ids = app.enqueue_many([given.prepare() for _ in range(3)])
+    worker = app.worker(concurrency=1)
+    claims, _, _ = worker._cycle([], {"*": 3})
+    assert sorted(c.job.id for c in claims) == sorted(ids)
+    worker._buffer.extend(claims)
+    worker._return_buffer()
+    _, refused, unwritten = worker._cycle(worker._outcomes, {})
+    assert refused == [] and unwritten == []
+    assert all((app.get_job(i).state, app.get_job(i).attempt) == (JobState.AVAILABLE, 0) for i in ids)
+    with app.db.read() as conn:
+        assert conn.execute(select(func.count()).select_from(alerts)).scalar() == 0
+        assert conn.execute(select(func.count()).select_from(job_executions)).scalar() == 0
+    logged = capsys.readouterr()
+    assert "job_dead" not in logged.out + logged.err
+    assert (logged.out + logged.err).count("job_returned") == 3
 
 
 def test_an_async_task_blocking_its_event_loop_is_failed_past_timeout_and_grace(db_url, make_app, workers):

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.elements import ColumnElement
 
-from ledgerflow.db.backends import Backend, SessionLimits, backend_for, dumps
+from ledgerflow.db.backends import Backend, SessionLimits, backend_for, dumps, loads
 from ledgerflow.errors import DatabaseUnavailable
 
 T = TypeVar("T")
@@ -62,6 +62,7 @@ class Database:
             url,
             create_engine,
             json_serializer=dumps,
+            json_deserializer=loads,
             sqlite_synchronous=sqlite_synchronous,
             busy_timeout=busy_timeout,
             connect_timeout=connect_timeout,

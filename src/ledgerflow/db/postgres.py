@@ -135,6 +135,7 @@ class PostgresBackend:
             url,
             connect_args=self._connect_args,
             json_serializer=options["json_serializer"],
+            json_deserializer=options["json_deserializer"],
             pool_size=options["pool_size"],
             max_overflow=10,
             pool_timeout=options["pool_timeout"],

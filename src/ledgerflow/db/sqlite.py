@@ -245,6 +245,7 @@ class SQLiteBackend:
             url,
             connect_args={"timeout": busy, "check_same_thread": False},
             json_serializer=options["json_serializer"],
+            json_deserializer=options["json_deserializer"],
             pool_size=options["pool_size"],
             max_overflow=10,
             pool_timeout=options["pool_timeout"],

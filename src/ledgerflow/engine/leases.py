@@ -35,6 +35,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    true,
     tuple_,
     update,
 )
@@ -219,9 +220,16 @@ class LeaseSQL:
                 )
                 .render_derived()
             )
+            # `IS TRUE`, as in `_HELD`: each held job is joined by primary key; a plan that read
+            # the index on state visited every attempt leased since the last vacuum at each
+            # completion (1 ms more per batch at 8,000 jobs, growing with the run).
             done = (
                 update(jobs)
-                .where(allowed(COMPLETE), jobs.c.id == held.c.job_id, jobs.c.lease_token == held.c.token)
+                .where(
+                    allowed(COMPLETE).is_(true()),
+                    jobs.c.id == held.c.job_id,
+                    jobs.c.lease_token == held.c.token,
+                )
                 .values(state=COMPLETE.target, finished_at=db.now(), lease_token=None, lease_expires_at=None)
                 .returning(jobs.c.id, jobs.c.attempt, held.c.duration)
                 .cte("done")
@@ -236,10 +244,7 @@ class LeaseSQL:
             self._claim = claim.returning(*jobs.c)
             self._complete = (
                 update(jobs)
-                .where(
-                    allowed(COMPLETE),
-                    tuple_(jobs.c.id, jobs.c.lease_token).in_(bindparam("keys", expanding=True)),
-                )
+                .where(allowed(COMPLETE).is_(true()), _HELD)
                 .values(state=COMPLETE.target, finished_at=db.now(), lease_token=None, lease_expires_at=None)
                 .returning(jobs.c.id)
             )
@@ -294,10 +299,7 @@ class LeaseSQL:
         )
         self._renew = (
             update(jobs)
-            .where(
-                in_states(LEASED),
-                tuple_(jobs.c.id, jobs.c.lease_token).in_(bindparam("keys", expanding=True)),
-            )
+            .where(in_states(LEASED).is_(true()), _HELD)
             .values(lease_expires_at=db.after(lease_seconds))
             .returning(jobs.c.id, jobs.c.lease_token)
         )
@@ -422,7 +424,7 @@ class LeaseSQL:
                     "durations": [_duration(o) for o in plain],
                 }
                 if self._folded
-                else {"keys": [o.key for o in plain]}
+                else {"ids": [o.claim.job.id for o in plain], "keys": [o.key for o in plain]}
             )
             ids = {row[0] for row in conn.execute(self._complete, params)}  # (not .scalars(): costlier)
             accepted.update(o.key for o in plain if o.claim.job.id in ids)
@@ -504,9 +506,18 @@ class LeaseSQL:
         conn.execute(self._beat, {"worker": worker_id})
         if not held:
             return set()
-        result = conn.execute(self._renew, {"keys": list(held)})
+        result = conn.execute(self._renew, {"ids": [k[0] for k in held], "keys": list(held)})
         return {(int(r[0]), int(r[1])) for r in result}
 
+
+#: The leases named by `keys` ((id, token) pairs, with their `ids` apart): found by primary
+#: key. Callers test the state with `IS TRUE`, which no index on state answers: statistics
+#: taken while few jobs ran made both backends read every running job (SQLite after ANALYZE
+#: a scan of the whole table; PostgreSQL every entry its state index keeps until a vacuum).
+_HELD = and_(
+    jobs.c.id.in_(bindparam("ids", expanding=True)),
+    tuple_(jobs.c.id, jobs.c.lease_token).in_(bindparam("keys", expanding=True)),
+)
 
 #: The columns a claim fills in a new execution row.
 _EXECUTION_START = ["job_id", "schedule_id", "attempt", "task", "queue", "status", "worker_id", "started_at"]

@@ -968,6 +968,8 @@ class Worker:
             self.log.info("job_completed", **fields)
         elif o.kind in ("released", "snoozed"):
             self.log.info(f"job_{o.kind}", retry_in=o.retry_in, **fields)
+        elif o.kind in ("returned", "left_running"):  # given back unstarted, or at exit: not dead
+            self.log.info(f"job_{o.kind}", **fields)
         elif o.retry_in is not None:
             self.log.warning(
                 "job_retryable",
