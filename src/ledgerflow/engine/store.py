@@ -6,7 +6,6 @@ zero rows updated means the job was not in a state that allows the move.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import Insert
 
 from ledgerflow import tracing
-from ledgerflow.db.backends import AnyConnection, dumps
+from ledgerflow.db.backends import AnyConnection, dumps, loads
 from ledgerflow.db.database import Database
 from ledgerflow.db.tables import (
     NOT_AWAITED,
@@ -189,8 +188,8 @@ class JobStore:
             "priority": spec.priority,
             "state": str(state),
             # the payload as checked (`JobSpec.args_json`), not as it may have been changed since
-            "args": json.loads(spec.args_json),
-            "kwargs": json.loads(spec.kwargs_json),
+            "args": loads(spec.args_json),
+            "kwargs": loads(spec.kwargs_json),
             "max_attempts": spec.max_attempts,
             "timeout": float(spec.timeout),
             "unique_key": spec.unique_key,
