@@ -69,9 +69,10 @@ def test_one_call_enqueues_wait_for_a_writer_and_none_is_lost(make_app):
     assert len(set(ids)) == 160 and _count(app) == 161
 
 
-def test_a_one_call_enqueue_on_a_dead_connection_is_retryable_and_the_next_one_works(make_app, backend):
-    if backend != "postgresql":
-        pytest.skip("a PostgreSQL session can be ended under the pool; a SQLite file cannot")
+@pytest.mark.parametrize(
+    "db_url", ["postgresql"], indirect=True
+)  # a SQLite file cannot be ended under the pool
+def test_a_one_call_enqueue_on_a_dead_connection_is_retryable_and_the_next_one_works(make_app):
     app = make_app(db_pool_size=1)
 
     @app.task(name="plain")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ledgerflow.db import sqlite as sqlite_backend
 from ledgerflow.db.sqlite import DataVersionWaker, LogWatch
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
@@ -63,6 +64,39 @@ def test_a_commit_wakes_an_idle_waker_long_before_its_poll(sqlite_template: Path
         waker.stop()
 
 
+def test_a_commit_published_late_after_its_log_write_still_wakes_the_idle_waker(
+    sqlite_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A writer preempted between writing the log and publishing its commit in the log's index
+    (the commit becomes visible 0.2 s after its write here): the waker keeps looking rather
+    than waiting for its 30 s poll. The delay is injected in the waker's read of the version."""
+    path = _database(sqlite_template, tmp_path)
+    real = sqlite_backend._data_version
+    hidden_until, shown, first_look = [0.0], [None], threading.Event()
+
+    def published_late(conn: sqlite3.Connection) -> int | None:
+        version = real(conn)
+        if time.monotonic() < hidden_until[0]:
+            return shown[0]
+        shown[0] = version
+        first_look.set()
+        return version
+
+    monkeypatch.setattr(sqlite_backend, "_data_version", published_late)
+    woken = threading.Event()
+    waker = DataVersionWaker(str(path), 30.0)
+    waker.ready(True)
+    waker.start(lambda _payload: woken.set())
+    try:
+        assert first_look.wait(10)
+        time.sleep(0.05)
+        hidden_until[0] = time.monotonic() + 0.2
+        _commit(path)
+        assert woken.wait(5), "a commit visible 0.2 s after its log write waited for the poll"
+    finally:
+        waker.stop()
+
+
 def test_a_busy_waker_still_finds_commits_by_its_poll(sqlite_template: Path, tmp_path: Path):
     path = _database(sqlite_template, tmp_path)
     woken = threading.Event()
@@ -97,8 +131,8 @@ def test_the_log_watch_waits_for_a_missing_log_file(tmp_path: Path):
     watch = LogWatch(str(path))
     try:
         started = time.monotonic()
-        assert watch.wait(0.1) is False  # no file to watch: it sleeps out the timeout
-        assert time.monotonic() - started >= 0.09
+        assert watch.wait(10) is False  # no file to watch: it sleeps a short while, then looks again
+        assert LogWatch.MISSING_RETRY * 0.9 <= time.monotonic() - started < 5
         path.write_bytes(b"")
         assert watch.wait(0.05) is False  # now watched, not written yet
         with path.open("ab") as log:

@@ -353,8 +353,12 @@ class DataVersionWaker:
 
     #: At least this long between two looks (a busy database writes its log all the time).
     MIN_GAP = 0.001
-    #: How soon to look again when the log was written but no new commit was visible yet.
-    RECHECK = 0.001
+    #: After a write of the log, look again after 1, 2, 4 … ms (at most `RECHECK_MAX`) until
+    #: `RECHECK_WINDOW` has passed without another: a writer writes the log, then publishes
+    #: its commit in the log's index, and may be preempted between the two for far longer
+    #: than a millisecond on a loaded machine (a single look 1 ms later lost such a commit
+    #: until the poll: 30 s in a test, once).
+    RECHECK, RECHECK_MAX, RECHECK_WINDOW = 0.001, 0.064, 0.5
 
     def __init__(self, path: str, poll_seconds: float) -> None:
         self._path = path
@@ -376,7 +380,7 @@ class DataVersionWaker:
             try:
                 last = _data_version(conn)  # before the first wait: a commit during it is seen
                 timeout = self._poll
-                checked = 0.0
+                checked = recheck_until = 0.0
                 while not stop.is_set():
                     if self._ready:  # idle slots: look as soon as the log is written
                         if watch.wait(timeout):
@@ -390,9 +394,13 @@ class DataVersionWaker:
                     version = _data_version(conn)
                     if version is None:
                         continue
-                    # written but not visible yet (the writer updates the log's index after
-                    # writing it): look again shortly rather than at the next poll
-                    timeout = self.RECHECK if version == last and watch.written else self._poll
+                    # a commit written to the log may become visible only later (see RECHECK)
+                    if watch.written:
+                        recheck_until, timeout = checked + self.RECHECK_WINDOW, self.RECHECK
+                    elif checked < recheck_until:
+                        timeout = min(timeout * 2, self.RECHECK_MAX)
+                    else:
+                        timeout = self._poll
                     if version != last:
                         pending = pending or last is not None
                         last = version
@@ -433,11 +441,13 @@ def _data_version(conn: sqlite3.Connection) -> int | None:
 
 class LogWatch:
     """Tells when the write-ahead log file is written (Linux inotify, `IN_MODIFY`): every
-    commit writes it. Where inotify is not available, or the file is missing, `wait` only
-    sleeps and the waker's poll finds the commits."""
+    commit writes it. Where inotify is not available `wait` only sleeps and the waker's poll
+    finds the commits; while the file is missing it sleeps `MISSING_RETRY` at most."""
 
     _IN_MODIFY, _IN_IGNORED = 0x2, 0x8000
     _IN_NONBLOCK, _IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
+    #: While the log file is missing, try to watch it again this often (seconds).
+    MISSING_RETRY = 0.05
 
     def __init__(self, path: str) -> None:
         self._path = path.encode()
@@ -455,8 +465,8 @@ class LogWatch:
             return False
         if not self._watching:  # the log appears with the first writer; a checkpoint may remove it
             self._watching = self._libc.inotify_add_watch(self._fd, self._path, self._IN_MODIFY) >= 0
-        if not self._watching:
-            time.sleep(timeout)
+        if not self._watching:  # look for the log again soon: the next commit creates it
+            time.sleep(min(timeout, self.MISSING_RETRY))
             return False
         if fdselect.select([self._fd], [], [], timeout)[0]:
             try:
