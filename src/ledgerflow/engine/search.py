@@ -3,14 +3,16 @@
 One `JobFilter` serves the job lists (API, CLI, dashboard) and the bulk actions, so what an
 operator sees listed is what an action touches. Text conditions are substring matches on the
 JSON text of `args`/`kwargs` and of `errors` (type, message and traceback of each failed
-attempt), case-insensitive, at least `MIN_TERM` characters long. PostgreSQL answers them from
-a pg_trgm GIN index on the JSON text, so a search stays fast at millions of jobs. SQLite
-compares with a Unicode case-folding `lf_contains` (db/sqlite.py) and narrows the rows to
-compare through FTS5 trigram indexes kept off the enqueue path: `index_pending` (each worker's
-maintenance loop) indexes the jobs above a high-water mark, a search takes the index's
-candidates up to the mark plus every job above it, and jobs whose errors changed since they
-were indexed, then checks each row itself: exactly the rows of a full scan, whatever the lag.
-A text many jobs hold is looked for among the newest `PROBE_ROWS` jobs first.
+attempt), case-insensitive, at least `MIN_TERM` characters long. PostgreSQL compares with
+`ILIKE`, SQLite with a Unicode case-folding `lf_contains` (db/sqlite.py). Both narrow the rows
+to compare through trigram indexes kept off the hot path (enqueue, claim, completion): side
+tables (PostgreSQL: GIN pg_trgm, migration 0018; SQLite: FTS5, migration 0015) that
+`index_pending` (each worker's maintenance loop) fills with the jobs up to a mark. A search
+takes the index's candidates up to the mark plus every job above it, and the jobs whose
+errors changed since they were indexed, then checks each row itself: exactly the rows of a
+full scan, whatever the lag. On PostgreSQL the mark only passes ids that can no longer commit
+(`postgres.index_jobs`). A text many jobs hold is looked for among the newest `PROBE_ROWS`
+jobs first.
 
 A bulk action goes through the state machine: it selects the jobs the filter matches that
 are in a state the move is allowed from, then changes them with the same guarded UPDATE or
@@ -44,7 +46,7 @@ from sqlalchemy import (
     true,
 )
 
-from ledgerflow.db import sqlite
+from ledgerflow.db import postgres, sqlite
 from ledgerflow.db.tables import NOT_AWAITED, jobs
 from ledgerflow.engine.states import CANCEL, DELETE, RETRY, JobState
 from ledgerflow.errors import BadInput
@@ -190,9 +192,10 @@ def conditions(
                 if all(c is not None for c in found):
                     where.append(or_(*found))
         else:
-            matches = [
-                cast(jobs.c[c], Text).ilike(_like(form), escape="\\") for form in forms for c in columns
-            ]
+            patterns = [_like(form) for form in forms]
+            matches = [cast(jobs.c[c], Text).ilike(p, escape="\\") for p in patterns for c in columns]
+            if not scan:
+                where.append(postgres.text_candidates(jobs.c.id, patterns, columns[0] == "errors"))
         where.append(or_(*matches))
     if filt.enqueued_after is not None:
         where.append(jobs.c.created_at >= filt.enqueued_after)
@@ -254,18 +257,17 @@ def count_matching(db: Database, filt: JobFilter, cap: int = LIST_WINDOW) -> int
 
 
 def index_pending(db: Database, chunk: int = INDEX_CHUNK, budget: float = 1.0) -> int:
-    """SQLite: add the jobs enqueued since the last call to the job search index, `chunk` per
-    write transaction, for about `budget` seconds; how many were indexed (PostgreSQL: 0, its
-    index is kept by the database). Run by each worker's maintenance loop."""
-    if not db.is_sqlite:
-        return 0
+    """Add the jobs enqueued since the last call, and the errors changed since, to the job
+    search index, `chunk` per write transaction, for about `budget` seconds; how many were
+    indexed. Run by each worker's maintenance loop."""
+    backend = sqlite if db.is_sqlite else postgres
     with db.read() as conn:  # nothing new: no write lock taken
-        if not sqlite.pending(conn):
+        if not backend.search_pending(conn):
             return 0
     done, until = 0, time.monotonic() + budget
     while time.monotonic() < until:
         with db.begin() as conn:
-            step = sqlite.index_jobs(conn, chunk)
+            step = backend.index_jobs(conn, chunk)
         done += step
         if step < chunk:
             break
