@@ -4,12 +4,13 @@ jobs since deleted or whose errors changed."""
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete, text, update
+from sqlalchemy import delete, event, select, text, update
 
 from ledgerflow import JobFilter, JobSpec, JobState
 from ledgerflow.db import postgres, sqlite
@@ -197,3 +198,41 @@ def test_searches_use_the_indexes(make_app, backend):
         assert "ix_jobs_finished_at" in plan(
             JobFilter(finished_after=day, finished_before=day + timedelta(days=1))
         )
+
+
+def test_an_error_change_committed_while_the_indexer_works_is_found_after_it(make_app, backend):
+    """PostgreSQL: a failure commits between the indexer's read of the noted jobs and its
+    forgetting of those notes; its own note is kept, so its errors are found (the indexer
+    forgets only the notes it read). SQLite: the failure waits for the indexer's write lock."""
+    app = make_app()
+    job = app.enqueue(JobSpec(task="t", args=("plain",)))
+
+    def fail(message: str) -> None:
+        error = {"attempt": 1, "type": "ValueError", "message": message, "traceback": None, "at": "2026"}
+        with app.db.begin() as conn:
+            errors = conn.execute(select(jobs.c.errors).where(jobs.c.id == job.id)).scalar_one()
+            conn.execute(update(jobs).where(jobs.c.id == job.id).values(errors=[*errors, error]))
+
+    fail("first kiwi")
+    late = threading.Thread(target=fail, args=("second mango",))
+
+    def between(conn, cursor, statement: str, *args) -> None:
+        if statement.startswith("DELETE FROM job_search_dirty") and not late.is_alive() and not late.ident:
+            late.start()
+            late.join(0.5 if backend == "sqlite" else 30)  # SQLite: it waits for this transaction
+            assert late.is_alive() is (backend == "sqlite")
+
+    event.listen(app.db.engine, "before_cursor_execute", between)
+    try:
+        assert index_pending(app.db) >= 2
+    finally:
+        event.remove(app.db.engine, "before_cursor_execute", between)
+    late.join(30)
+    assert late.ident and not late.is_alive()
+    for term in ("kiwi", "mango"):
+        assert [j.id for j in app.find_jobs(JobFilter(error=term))] == [job.id], term
+    index_pending(app.db)
+    for term in ("kiwi", "mango"):
+        assert [j.id for j in app.find_jobs(JobFilter(error=term))] == [job.id], term
+    with app.db.read() as conn:
+        assert not conn.exec_driver_sql("SELECT count(*) FROM job_search_dirty").scalar_one()
