@@ -1,16 +1,16 @@
 """PostgreSQL server time per job of the hot path and of the job search indexer (not part of
 `make bench`).
 
-    python -m bench.hot_path [--jobs 10000] [--single 2000] [--port 5497]
+    python -m bench.hot_path [--jobs 10000] [--single 2000] [--port 5497] [--empty]
 
 On a private PostgreSQL cluster with `pg_stat_statements` (bench.profile's, on its own port),
 a fresh migrated database: `single` one-call enqueues, then `jobs` jobs enqueued 1,000 a call
-(COPY), then one burst worker in this process (concurrency 4) runs every job (a no-op task),
-its maintenance loop filling the search index meanwhile as in production, then
-`index_pending` indexes what is left. Prints the server's execution time per job of each
-phase, the statements of the worker split into claim, completion, search indexer and other
-(total time / jobs), and the top statements. Compare trees by running it with each tree first
-on `PYTHONPATH`, interleaved.
+(COPY), each with arguments shaped like bench.search's invoices (`--empty`: none), then one
+burst worker in this process (concurrency 4) runs every job (a no-op task), its maintenance
+loop filling the search index meanwhile as in production, then `index_pending` indexes what
+is left. Prints the server's execution time per job of each phase, the statements of the
+worker split into claim, completion, search indexer and other (total time / jobs), and the
+top statements. Compare trees by running it with each tree first on `PYTHONPATH`, interleaved.
 """
 
 from __future__ import annotations
@@ -71,24 +71,35 @@ def _per_job(rows: list[tuple[str, int, float]], jobs: int) -> dict[str, Any]:
     }
 
 
-def run(admin: str, jobs: int, single: int) -> dict[str, Any]:
+def _spec(i: int, payload: bool) -> JobSpec:
+    """A no-op job; with `payload`, arguments shaped like bench.search's invoices."""
+    if not payload:
+        return JobSpec(task="noop")
+    return JobSpec(
+        task="noop",
+        args=(f"customer-{i % 5000:05d} Trading", f"INV-{i:07d}"),
+        kwargs={"amount": i * 7919 % 1_000_000, "memo": ("monthly fee", "refund", "deposit")[i % 3]},
+    )
+
+
+def run(admin: str, jobs: int, single: int, payload: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with _pg_env(admin), database("postgresql") as url:
         dbname = url.rsplit("/", 1)[1]
         app = App(database_url=url, log_level="WARNING")
 
         @app.task(name="noop")
-        def noop() -> None:
+        def noop(*args: Any, **kwargs: Any) -> None:
             return None
 
         app.migrate()
         _reset(admin)
-        for _ in range(single):
-            app.enqueue(JobSpec(task="noop"))
+        for i in range(single):
+            app.enqueue(_spec(i, payload))
         out["one_call_enqueue"] = _per_job(_statements(admin, dbname), single)
         _reset(admin)
-        for _ in range(jobs // 1000):
-            app.enqueue_many([JobSpec(task="noop") for _ in range(1000)])
+        for start in range(single, single + jobs, 1000):
+            app.enqueue_many([_spec(i, payload) for i in range(start, start + 1000)])
         out["bulk_enqueue"] = _per_job(_statements(admin, dbname), jobs)
         _reset(admin)
         started = time.perf_counter()
@@ -108,10 +119,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--single", type=int, default=2_000)
     parser.add_argument("--port", type=int, default=5497)
+    parser.add_argument("--empty", action="store_true", help="jobs without arguments")
     args = parser.parse_args(argv)
     profile.PORT = args.port
     with private_postgres() as admin:
-        result = run(admin, args.jobs, args.single)
+        result = run(admin, args.jobs, args.single, not args.empty)
     print(json.dumps({"machine": machine(), **result}, indent=2))
 
 
