@@ -4,15 +4,23 @@ A column declared `JSON` has NUMERIC affinity (https://www.sqlite.org/datatype3.
 document that is a bare number was stored as a number, `1.0` as 1, `-0.0` as 0 and 2**63 as a
 REAL (its last digits lost). `TEXT` affinity keeps the text as written.
 
-The declared types are edited in place, by SQLite's own procedure for changes that leave
-what is on disk valid (https://www.sqlite.org/lang_altertable.html#otheralter: writable
-schema, schema version + 1, in the migration's transaction): no row is rewritten and every
-index, trigger, foreign key and `sqlite_sequence` entry stays as it was, so writers are held
-for a moment whatever the size. A table rebuild was measured and refused: besides copying
-every row it would convert the numbers already stored into text with SQLite's 15 digits
-(0.30000000000000004 -> '0.3'). Rows stored as numbers before this migration keep the value
-they were stored with; the decoder (`backends.loads`, through SQLAlchemy's SQLite JSON type)
-reads them as the numbers they are.
+The declared types are edited in place, by SQLite's own procedure for a change of the schema
+text (https://www.sqlite.org/lang_altertable.html#otheralter: writable schema, schema
+version + 1, in the migration's transaction), so every index, trigger, FTS5 table, foreign
+key and `sqlite_sequence` entry stays exactly as it was. Then the values NUMERIC affinity had
+stored as numbers (rare: a document that is a bare number) are written back as the JSON text
+of the number read (Python's shortest exact form), in one scan of each table: a TEXT column
+holding an INTEGER or REAL fails `PRAGMA integrity_check` (which every backup snapshot runs).
+A stored number keeps the value it was stored with (2**63 stored as a REAL stays that REAL's
+value: what was lost cannot be recovered), and reads as it read before.
+
+A table rebuild (the 12-step procedure, Alembic batch mode) was measured and refused: it
+copies every row, converts the stored REALs to text with SQLite's 15 digits
+(0.30000000000000004 -> 0.3), and batch mode drops the triggers of 0015 and the
+AUTOINCREMENT of 0010 (docs/benchmarks.md, "SQLite JSON columns").
+
+Downgrade: the columns declared `JSON` again, and the documents that are bare numbers stored
+again as that affinity stores them (as the earlier version would have), for the same reason.
 
 PostgreSQL: nothing (jsonb).
 
@@ -23,9 +31,11 @@ Create Date: 2026-11-30
 
 from __future__ import annotations
 
+import json
 import re
 
 from alembic import op
+from sqlalchemy.engine import Connection
 
 revision = "0017"
 down_revision = "0016"
@@ -56,10 +66,7 @@ def retyped(sql: str, columns: tuple[str, ...], old: str, new: str) -> str:
     return sql
 
 
-def _redeclare(old: str, new: str) -> None:
-    conn = op.get_bind()
-    if conn.dialect.name != "sqlite":
-        return
+def _redeclare(conn: Connection, old: str, new: str) -> None:
     version = conn.exec_driver_sql("PRAGMA schema_version").scalar_one()
     conn.exec_driver_sql("PRAGMA writable_schema=ON")
     try:
@@ -78,9 +85,31 @@ def _redeclare(old: str, new: str) -> None:
             raise RuntimeError(f"{table}: {wrong} not declared {new}")
 
 
+def _rewrite(conn: Connection, where: str, value: str) -> None:
+    """Set each JSON column matching `where` to `value` (`{c}`: the column), one scan a table."""
+    for table, columns in JSON_COLUMNS.items():
+        quoted = [f'"{c}"' for c in columns]
+        changes = ", ".join(
+            f"{c} = CASE WHEN {where.format(c=c)} THEN {value.format(c=c)} ELSE {c} END" for c in quoted
+        )
+        matched = " OR ".join(where.format(c=c) for c in quoted)
+        conn.exec_driver_sql(f"UPDATE {table} SET {changes} WHERE {matched}")
+
+
 def upgrade() -> None:
-    _redeclare("JSON", "TEXT")
+    conn = op.get_bind()
+    if conn.dialect.name != "sqlite":
+        return
+    _redeclare(conn, "JSON", "TEXT")
+    raw = conn.connection.driver_connection
+    raw.create_function("ledgerflow_json_text", 1, json.dumps, deterministic=True)
+    _rewrite(conn, "typeof({c}) IN ('integer', 'real')", "ledgerflow_json_text({c})")
 
 
 def downgrade() -> None:
-    _redeclare("TEXT", "JSON")
+    conn = op.get_bind()
+    if conn.dialect.name != "sqlite":
+        return
+    _redeclare(conn, "TEXT", "JSON")
+    # a JSON document is a bare number if and only if it starts with a digit or a minus sign
+    _rewrite(conn, "(typeof({c}) = 'text' AND {c} GLOB '[0-9-]*')", "{c}")
