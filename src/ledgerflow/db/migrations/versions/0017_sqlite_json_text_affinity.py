@@ -102,6 +102,7 @@ def upgrade() -> None:
         return
     _redeclare(conn, "JSON", "TEXT")
     raw = conn.connection.driver_connection
+    assert raw is not None
     raw.create_function("ledgerflow_json_text", 1, json.dumps, deterministic=True)
     _rewrite(conn, "typeof({c}) IN ('integer', 'real')", "ledgerflow_json_text({c})")
 
