@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import json
 import random
+import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,9 +16,12 @@ from alembic import command
 from sqlalchemy import insert, select
 
 from ledgerflow.db.database import Database
-from ledgerflow.db.migrate import alembic_config
+from ledgerflow.db.migrate import alembic_config, migrate
 from ledgerflow.db.tables import alerts, job_executions, jobs, metadata
 from ledgerflow.db.types import Json
+from ledgerflow.engine.jobs import JobSpec
+from tests.conftest import count_runs, wait_until
+from tests.engine.test_json_columns import assert_kept
 
 JSON_COLUMNS = [(t.name, c.name) for t in metadata.sorted_tables for c in t.columns if c.type is Json]
 
@@ -171,3 +175,56 @@ def test_0017_changes_only_the_declared_type_of_the_columns_named():
     sql = 'CREATE TABLE "jobs" (\n\targs JSON NOT NULL, \n\tjson_args JSON, \n\tresult JSON\n, context JSON)'
     want = 'CREATE TABLE "jobs" (\n\targs TEXT NOT NULL, \n\tjson_args JSON, \n\tresult TEXT\n, context TEXT)'
     assert _0017.retyped(sql, ("args", "result", "context"), "JSON", "TEXT") == want
+
+
+#: Bare documents SQLite's NUMERIC affinity changes (and some it keeps).
+CHANGED = [2**63, 2**70, -(2**70), 1.0, -0.0, 3.0e5, 2.0**63, 1e300, 0.5, 42, "12", True]
+
+
+def _as_numeric_affinity_kept(value: Any) -> Any:
+    """`value` as a SQLite column declared JSON (NUMERIC affinity) gave it back."""
+    con = sqlite3.connect(":memory:")
+    con.execute("CREATE TABLE t (j JSON)")
+    con.execute("INSERT INTO t VALUES (?)", (json.dumps(value),))
+    (stored,) = con.execute("SELECT j FROM t").fetchone()
+    con.close()
+    return json.loads(stored) if isinstance(stored, str) else stored
+
+
+def test_workers_running_through_0017_lose_no_job_and_store_exactly_once_it_commits(
+    db_url, backend, workers, make_app
+):
+    """Two worker processes complete bare-number results while 0017 runs: each job runs once,
+    a result stored before the upgrade reads as that affinity kept it, and the same worker
+    processes (their connections opened before it) store every later result exactly."""
+    db = Database(db_url)
+    try:
+        _to(db, "0016")
+        app = make_app()
+        before = [app.enqueue(JobSpec("echo", args=[v], kwargs={"sleep": 0.01})).id for v in CHANGED * 20]
+        workers(app="tests.apps.outcomes:app", concurrency=2, name="a")
+        workers(app="tests.apps.outcomes:app", concurrency=2, name="b")
+
+        def done(ids: list[int]) -> int:
+            return sum(app.get_job(i).state == "completed" for i in ids)
+
+        wait_until(lambda: done(before) >= 20, 120, message="some jobs done before the upgrade")
+        migrate(db)
+        after = [app.enqueue(JobSpec("echo", args=[v])).id for v in CHANGED * 5]
+        wait_until(lambda: done(before + after) == len(before + after), 120, message="every job done")
+
+        assert count_runs(db_url) == dict.fromkeys(before + after, 1)
+        for job_id, value in zip(before + after, CHANGED * 25, strict=True):
+            result = app.get_job(job_id).result
+            if backend == "postgresql":
+                assert_kept(backend, result, value)
+            elif job_id in after:
+                assert json.dumps(result) == json.dumps(value)
+            else:  # either side of the commit
+                kept = _as_numeric_affinity_kept(value)
+                assert json.dumps(result) in (json.dumps(value), json.dumps(kept))
+        if db.is_sqlite:
+            assert _storage(db) == {"declared": {"TEXT"}, "kinds": {"text", "null"}}
+            assert _checks(db) == [[("ok",)], []]
+    finally:
+        db.dispose()
