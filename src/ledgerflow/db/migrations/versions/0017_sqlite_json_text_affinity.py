@@ -22,6 +22,9 @@ AUTOINCREMENT of 0010 (docs/benchmarks.md, "SQLite JSON columns").
 Downgrade: the columns declared `JSON` again, and the documents that are bare numbers stored
 again as that affinity stores them (as the earlier version would have), for the same reason.
 
+Were SQLite to refuse the edit (a connection set to SQLITE_DBCONFIG_DEFENSIVE: ledgerflow sets
+no such thing), the migration fails inside its transaction and changes nothing.
+
 PostgreSQL: nothing (jsonb).
 
 Revision ID: 0017
@@ -59,7 +62,7 @@ def retyped(sql: str, columns: tuple[str, ...], old: str, new: str) -> str:
     """`CREATE TABLE` text `sql` with the declared type of each of `columns` changed from `old`
     to `new`; ValueError unless each is found declared `old` exactly once."""
     for column in columns:
-        pattern = re.compile(rf'([(,]\s*"?{column}"?\s+){old}\b', re.IGNORECASE)
+        pattern = re.compile(rf'([(,]\s*"?{re.escape(column)}"?\s+){old}\b', re.IGNORECASE)
         sql, found = pattern.subn(rf"\g<1>{new}", sql)
         if found != 1:
             raise ValueError(f"column {column} declared {old} {found} times in {sql!r}")
