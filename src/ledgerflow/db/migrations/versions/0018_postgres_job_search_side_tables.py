@@ -18,7 +18,7 @@ migration holds writers for a moment only (docs/operations.md).
 SQLite: nothing (its FTS5 index of 0015 stays).
 
 Revision ID: 0018
-Revises: 0016
+Revises: 0017
 Create Date: 2026-11-30
 """
 
@@ -28,7 +28,7 @@ from alembic import op
 from sqlalchemy import text
 
 revision = "0018"
-down_revision = "0016"
+down_revision = "0017"
 branch_labels = None
 depends_on = None
 
