@@ -123,9 +123,13 @@ jobs = Table(
     ),
     Index("ix_jobs_created_at", "created_at"),
     # Text search (engine/search.py) reads side tables of each backend's own kind, made by
-    # migrations 0015 (SQLite FTS5) and 0018 (PostgreSQL GIN trigram) and not declared here.
+    # migrations 0015 (SQLite FTS5) and 0018 (PostgreSQL GIN trigram) and not declared here
+    # (SEARCH_TABLES).
     sqlite_autoincrement=True,  # ids never reused after pruning (migration 0010)
 )
+
+#: The job search side tables (same names on both backends), made by migrations 0015 and 0018.
+SEARCH_TABLES = frozenset({"job_search", "job_error_search", "job_search_dirty", "job_search_mark"})
 
 job_dependencies = Table(
     "job_dependencies",

@@ -15,7 +15,9 @@ statement-level trigger. Nothing is backfilled here: the indexer fills the side 
 the jobs above the mark (0), and a search scans the jobs above the mark meanwhile, so the
 migration holds writers for a moment only (docs/operations.md).
 
-SQLite: nothing (its FTS5 index of 0015 stays).
+The trigger functions are made with CREATE OR REPLACE: a restore of an older backup replaces
+the tables it holds and drops the search tables it does not (backup/snapshot.py), but leaves
+functions. SQLite: nothing (its FTS5 index of 0015 stays).
 
 Revision ID: 0018
 Revises: 0017
@@ -58,7 +60,7 @@ def upgrade() -> None:
         op.execute("CREATE INDEX ix_job_search_body ON job_search USING gin (body gin_trgm_ops)")
         op.execute("CREATE INDEX ix_job_error_search_body ON job_error_search USING gin (body gin_trgm_ops)")
     op.execute(
-        "CREATE FUNCTION ledgerflow_job_errors_changed() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        "CREATE OR REPLACE FUNCTION ledgerflow_job_errors_changed() RETURNS trigger LANGUAGE plpgsql AS $$ "
         "BEGIN INSERT INTO job_search_dirty (id) VALUES (NEW.id); RETURN NULL; END $$"
     )
     op.execute(
@@ -66,7 +68,7 @@ def upgrade() -> None:
         "WHEN (OLD.errors IS DISTINCT FROM NEW.errors) EXECUTE FUNCTION ledgerflow_job_errors_changed()"
     )
     op.execute(
-        "CREATE FUNCTION ledgerflow_jobs_leave_search() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "CREATE OR REPLACE FUNCTION ledgerflow_jobs_leave_search() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
         "DELETE FROM job_search WHERE id IN (SELECT id FROM gone); "
         "DELETE FROM job_error_search WHERE id IN (SELECT id FROM gone); RETURN NULL; END $$"
     )
