@@ -30,7 +30,7 @@ from ledgerflow.engine.search import index_pending
 
 #: Statement kinds of the worker's run, by a mark in their text (first match wins).
 KINDS = [
-    ("search indexer", ("job_search", "pg_locks", "pg_sequence_last_value")),
+    ("search indexer", ("job_search", "pg_locks", "pg_sequence_last_value", "gin_clean_pending_list")),
     ("claim", ("SKIP LOCKED",)),
     ("completion", ("UPDATE jobs SET state", "finished_at")),
 ]

@@ -197,6 +197,17 @@ def _next_target(conn: Connection, mark: int) -> tuple[int, list[str]]:
     return target, list(conn.exec_driver_sql(_OPEN_TRANSACTIONS).scalar_one())
 
 
+def _merge_pending(conn: Connection, *indexes: str) -> None:
+    """Move the entries just added to GIN `indexes` from their pending list into the index, in
+    bulk, here off the hot path: a search reads a pending list whole, and with autovacuum off
+    nothing else would merge one before it fills (4 MB)."""
+    conn.exec_driver_sql(
+        "SELECT gin_clean_pending_list(i) FROM unnest(%(names)s::text[]) n, to_regclass(n) i "
+        "WHERE i IS NOT NULL",
+        {"names": list(indexes)},
+    )
+
+
 def index_jobs(conn: Connection, chunk: int) -> int:
     """Index up to `chunk` jobs below a safe target and move the mark past them, then re-index
     the errors of up to `chunk` jobs whose errors changed; how many were indexed (0 when
@@ -226,6 +237,8 @@ def index_jobs(conn: Connection, chunk: int) -> int:
             _INDEX_RANGE, {"mark": mark, "target": target, "chunk": chunk}
         ).one()
         done = int(count)
+        if done:
+            _merge_pending(conn, "ix_job_search_body", "ix_job_error_search_body")
         mark = target if done < chunk else int(top)
         if mark >= target:  # the next pass may go on at once if what is open now has ended
             target, waits = _next_target(conn, mark)
@@ -237,6 +250,7 @@ def index_jobs(conn: Connection, chunk: int) -> int:
     noted = conn.exec_driver_sql(_INDEX_CHANGED, {"chunk": chunk}).scalar_one()
     if noted:
         conn.exec_driver_sql("DELETE FROM job_search_dirty WHERE seq = ANY(%(seqs)s)", {"seqs": list(noted)})
+        _merge_pending(conn, "ix_job_error_search_body")
     return done + len(noted)
 
 
