@@ -200,10 +200,11 @@ def _next_target(conn: Connection, mark: int) -> tuple[int, list[str]]:
 def _merge_pending(conn: Connection, *indexes: str) -> None:
     """Move the entries just added to GIN `indexes` from their pending list into the index, in
     bulk, here off the hot path: a search reads a pending list whole, and with autovacuum off
-    nothing else would merge one before it fills (4 MB)."""
+    nothing else would merge one before it fills (4 MB). Only an index's owner may (else, or
+    without pg_trgm, the index is left to autovacuum)."""
     conn.exec_driver_sql(
-        "SELECT gin_clean_pending_list(i) FROM unnest(%(names)s::text[]) n, to_regclass(n) i "
-        "WHERE i IS NOT NULL",
+        "SELECT gin_clean_pending_list(c.oid) FROM unnest(%(names)s::text[]) n "
+        "JOIN pg_class c ON c.oid = to_regclass(n) WHERE pg_has_role(c.relowner, 'USAGE')",
         {"names": list(indexes)},
     )
 

@@ -70,7 +70,7 @@ PROBE_ROWS = 2_000
 #: many candidates would each cost a lookup of their job). SQLite checks a row in Python and
 #: keeps to its index.
 DENSE = 5
-#: Jobs added to the search index per write transaction (about 30 ms of writer lock).
+#: Jobs added to the search index per write transaction (SQLite: about 30 ms of writer lock).
 INDEX_CHUNK = 2_000
 
 Action = Literal["cancel", "retry", "delete"]
