@@ -179,10 +179,11 @@ def text_candidates(
 
 
 def search_pending(conn: Connection) -> bool:
-    """Whether a job above the search index mark, or one whose errors changed, waits."""
+    """Whether a job above the search index mark, or one whose errors changed, waits (the
+    newest id, not EXISTS over `id >` the mark: planned before the mark is read, that scans)."""
     return bool(
         conn.exec_driver_sql(
-            "SELECT EXISTS (SELECT 1 FROM jobs WHERE id > (SELECT indexed_to FROM job_search_mark)) "
+            "SELECT coalesce((SELECT max(id) FROM jobs) > (SELECT indexed_to FROM job_search_mark), false) "
             "OR EXISTS (SELECT 1 FROM job_search_dirty)"
         ).scalar_one()
     )
