@@ -19,6 +19,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from ledgerflow.db.types import storable_text
+from ledgerflow.payload import compact_json
 
 
 class Waker(Protocol):
@@ -117,7 +118,6 @@ BULK_JOB_COLUMNS = (
 ONE_JOB_COLUMNS = (*BULK_JOB_COLUMNS, "trace_context")
 
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 _decode = json.JSONDecoder().decode
 
 #: `\u0000` escapes that are not themselves escaped (an even run of backslashes before them).
@@ -130,7 +130,7 @@ def dumps(value: Any) -> str:
     What a JSON column cannot hold on PostgreSQL (NUL, lone surrogates) is stored as U+FFFD,
     the same rule as text columns (`types.storable_text`); NaN and infinities are refused.
     """
-    text = _encode(value)
+    text = compact_json(value)
     if "\\u0000" in text:
         text = _NUL_ESCAPE.sub("\\1\\\\ufffd", text)
     return text if text.isascii() else storable_text(text)

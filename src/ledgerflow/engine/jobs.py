@@ -96,10 +96,14 @@ def validate_spec(spec: JobSpec) -> tuple[str, str]:
 
 def check_payload(spec: JobSpec) -> tuple[str, str]:
     """Refuse args or kwargs that cannot be stored (`check_json`); returns them as JSON text."""
+    args, kwargs = spec.args, spec.kwargs
     return (
-        check_json(list(spec.args), f"args of task {spec.task!r}"),
-        check_json(dict(spec.kwargs), f"kwargs of task {spec.task!r}"),
+        check_json(args if type(args) in _SEQUENCES else list(args), f"args of task {spec.task!r}"),
+        check_json(kwargs if type(kwargs) is dict else dict(kwargs), f"kwargs of task {spec.task!r}"),
     )
+
+
+_SEQUENCES = (tuple, list)
 
 
 @dataclass(frozen=True)
