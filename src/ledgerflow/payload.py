@@ -106,10 +106,19 @@ def _problem(value: Any, max_depth: int) -> str | None:
 
 def check_json(value: Any, what: str, limits: PayloadLimits | None = None) -> str:
     """Refuse `value` unless it is storable JSON within the limits; returns its encoding."""
+    text, problem = encoded(value, limits)
+    if text is None:
+        raise PayloadError(f"{what}: {problem}")
+    return text
+
+
+def encoded(value: Any, limits: PayloadLimits | None = None) -> tuple[str, None] | tuple[None, str]:
+    """(`value`'s encoding, None) when it is storable JSON within the limits, else (None, why
+    not): `check_json` without the error, for callers that name the value only when refused."""
     limits = limits or _limits
     kind = type(value)
     if not value and kind in _EMPTY and limits.max_depth >= 1 and limits.max_bytes >= 2:
-        return _EMPTY[kind]  # no arguments: the common case, nothing to walk
+        return _EMPTY[kind], None  # no arguments: the common case, nothing to walk
     try:
         text: str | None = compact_json(value)
     except (ValueError, TypeError, RecursionError):  # NaN, not JSON, too deep: the walk says which
@@ -117,17 +126,17 @@ def check_json(value: Any, what: str, limits: PayloadLimits | None = None) -> st
     if text is None or not _plainly_storable(value, kind, text, limits.max_depth):
         problem = _problem(value, limits.max_depth)
         if problem is not None:
-            raise PayloadError(f"{what}: {problem}")
+            return None, problem
         if text is None:
             text = compact_json(value)  # what the walk accepts and the encoder does not (a huge int) raises
     size = len(text) if text.isascii() else len(text.encode())
     if size <= limits.max_bytes:
-        return text
-    raise PayloadError(f"{what}: {size} bytes encoded, over the limit of {limits.max_bytes}")
+        return text, None
+    return None, f"{size} bytes encoded, over the limit of {limits.max_bytes}"
 
 
 #: An empty container's encoding, by its exact type.
-_EMPTY = {list: "[]", tuple: "[]", dict: "{}"}
+_EMPTY: dict[type, str] = {list: "[]", tuple: "[]", dict: "{}"}
 
 
 def _plainly_storable(value: Any, kind: type, text: str, max_depth: int) -> bool:

@@ -3,10 +3,11 @@ and the bulk insert, on both backends, against the guarantees of the ordinary pa
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -247,3 +248,122 @@ def test_concurrent_bulk_enqueues_return_each_job_its_own_id(make_app):
     with app.db.read() as conn:
         stored = {row.args[0]: row.id for row in conn.execute(select(jobs.c.id, jobs.c.args))}
     assert stored == returned and len(stored) == 4 * 4 * 150
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"queue": "mail", "priority": 0, "max_attempts": 2, "timeout": 7.5},
+        {"delay": 30},
+        {"scheduled_at": datetime(2030, 1, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=7)))},
+    ],
+)
+def test_a_one_call_enqueue_returns_the_job_as_it_reads_back(make_app, options):
+    """The returned `Job` is built without its dataclass `__init__` (`Job.inserted`): every
+    field is set, and equal to the row read back."""
+    app = make_app()
+
+    @app.task(name="plain")
+    def plain(*args: Any, **kwargs: Any) -> None: ...
+
+    job = app.enqueue(plain.configure(**options).prepare(1, "ไทย", {"a": [None]}, k=2.5))
+    assert set(vars(job)) == {f.name for f in fields(job)}
+    assert app.get_job(job.id) == job
+    assert job.args == [1, "ไทย", {"a": [None]}] and job.kwargs == {"k": 2.5}
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # PostgreSQL lends a pooled connection
+def test_a_one_call_enqueue_waits_for_another_threads_at_most_the_busy_timeout(make_app):
+    """SQLite's one-call statements share one connection, one thread at a time: a thread that
+    keeps it past the busy timeout makes another's enqueue fail as unavailable, nothing stored."""
+    app = make_app(sqlite_busy_timeout=0.3)
+
+    @app.task(name="plain")
+    def plain(i: int) -> None: ...
+
+    app.enqueue(plain.prepare(0))
+    taken, release = threading.Event(), threading.Event()
+
+    def keep() -> None:
+        with app.db.single():
+            taken.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=keep)
+    holder.start()
+    try:
+        assert taken.wait(10)
+        started = time.monotonic()
+        with pytest.raises(DatabaseUnavailable, match=r"held its connection for 0\.3 s"):
+            app.enqueue(plain.prepare(1))
+        assert 0.25 < time.monotonic() - started < 5
+    finally:
+        release.set()
+        holder.join(10)
+    app.enqueue(plain.prepare(2))
+    with app.db.read() as conn:
+        assert sorted(conn.execute(select(jobs.c.args)).scalars()) == [[0], [2]]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_forked_process_enqueues_on_a_connection_of_its_own(make_app):
+    """The child of a fork made while another thread held the one-call connection neither waits
+    for it nor uses it; the parent's connection still serves the parent afterwards."""
+    app = make_app(sqlite_busy_timeout=2)
+
+    @app.task(name="plain")
+    def plain(i: int) -> None: ...
+
+    parent_conn = None
+    with app.db.single() as conn:  # opened in the parent
+        parent_conn = conn
+    taken, release = threading.Event(), threading.Event()
+
+    def keep() -> None:
+        with app.db.single():
+            taken.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=keep)
+    holder.start()
+    assert taken.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 only if its own connection stored the job
+        code = 1
+        try:
+            job = app.enqueue(plain.prepare(7))
+            with app.db.single() as own:
+                code = 0 if own is not parent_conn and app.get_job(job.id).args == [7] else 2
+        finally:
+            os._exit(code)
+    release.set()
+    holder.join(10)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    app.enqueue(plain.prepare(8))
+    with app.db.single() as conn:
+        assert conn is parent_conn
+    with app.db.read() as conn:
+        assert sorted(conn.execute(select(jobs.c.args)).scalars()) == [[7], [8]]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_one_call_connection_is_replaced_after_a_dispose_or_an_open_transaction(make_app):
+    app = make_app()
+
+    @app.task(name="plain")
+    def plain(i: int) -> None: ...
+
+    app.enqueue(plain.prepare(0))
+    with app.db.single() as first:
+        first.execute("BEGIN IMMEDIATE")  # left open: the connection must not serve again
+    with app.db.single() as second:
+        assert second is not first and not second.in_transaction
+    app.enqueue(plain.prepare(1))  # the write lock was not left held
+    app.db.dispose()
+    with pytest.raises(sqlite3.ProgrammingError):
+        second.execute("SELECT 1")  # closed by the dispose
+    app.enqueue(plain.prepare(2))
+    with app.db.read() as conn:
+        assert sorted(conn.execute(select(jobs.c.args)).scalars()) == [[0], [1], [2]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import sqlite3
 import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -63,15 +64,18 @@ class SessionLimits:
     idle_in_transaction_timeout: float = 5.0
 
 
-#: A SQLAlchemy connection, or a pooled driver connection without one (`Database.single`).
-AnyConnection = Connection | PoolProxiedConnection
+#: A SQLAlchemy connection, a pooled driver connection without one, or SQLite's connection of
+#: one-call statements (`Database.single`).
+AnyConnection = Connection | PoolProxiedConnection | sqlite3.Connection
 
 
 def driver_of(conn: AnyConnection) -> Any:
     """The driver's connection (psycopg, sqlite3) under a SQLAlchemy connection or a pooled one."""
     if isinstance(conn, Connection):
         return conn.connection.driver_connection
-    return conn.driver_connection
+    if isinstance(conn, PoolProxiedConnection):
+        return conn.driver_connection
+    return conn
 
 
 class Backend(Protocol):
@@ -85,7 +89,9 @@ class Backend(Protocol):
     def waker(self, engine: Engine, poll_seconds: float) -> Waker: ...
     def autocommit(self, driver: Any, on: bool) -> None: ...
     def insert_jobs(self, conn: Connection, rows: list[tuple[Any, ...]]) -> list[int]: ...
-    def insert_job(self, conn: AnyConnection, values: tuple[Any, ...]) -> tuple[int, datetime]: ...
+    def insert_job(
+        self, conn: AnyConnection, values: tuple[Any, ...], now: datetime
+    ) -> tuple[int, datetime]: ...
     def stream(
         self, conn: Connection, query: Select[Any], size: int
     ) -> AbstractContextManager[Iterator[Sequence[Any]]]: ...

@@ -24,6 +24,7 @@ from typing import Any
 import psycopg
 from sqlalchemy import Connection, Interval, Select, exc, func, literal, make_url
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from ledgerflow.db.backends import (
@@ -117,7 +118,7 @@ def driver_error(conn: AnyConnection, statement: str, error: psycopg.Error) -> e
     invalidating a broken connection so the pool never hands it out again."""
     raw = driver_of(conn)
     broken = bool(getattr(raw, "closed", False) or getattr(raw, "broken", False))
-    if broken:
+    if broken and isinstance(conn, Connection | PoolProxiedConnection):
         conn.invalidate()
     kind = exc.OperationalError if isinstance(error, psycopg.OperationalError) else exc.DatabaseError
     return kind(statement, None, error, connection_invalidated=broken)  # type: ignore[arg-type]
@@ -187,11 +188,11 @@ class PostgresBackend:
             raise driver_error(conn, "COPY jobs", error) from error
         return ids
 
-    def insert_job(self, conn: AnyConnection, values: tuple[Any, ...]) -> tuple[int, datetime]:
+    def insert_job(self, conn: AnyConnection, values: tuple[Any, ...], now: datetime) -> tuple[int, datetime]:
         """One plain job (no unique key, dependencies or schedule; `ONE_JOB_COLUMNS` values) in
         one statement on the driver's connection, without SQLAlchemy's per-statement work
         (psycopg prepares it on its fifth use); returns its id and `created_at` (the
-        transaction's `now()`)."""
+        transaction's `now()`, the database clock: the caller's `now` is not used)."""
         try:
             found = driver_of(conn).execute(_INSERT_ONE, values).fetchone()
         except psycopg.Error as error:

@@ -169,10 +169,11 @@ class JobStore:
         """Insert a plain job (`is_plain`) in one statement and return it as stored; `conn` may
         be a pooled driver connection (`Database.single`) as well as a SQLAlchemy one."""
         with tracing.enqueue_span(spec.task, spec.queue) as span:
-            row = plain_row(spec, datetime.now(UTC))
+            now = datetime.now(UTC)
+            row = plain_row(spec, now)
             trace_context = tracing.carrier()
             job_id, created_at = self.db.backend.insert_job(
-                conn, (*row, dumps(trace_context) if trace_context else None)
+                conn, (*row, dumps(trace_context) if trace_context else None), now
             )
             tracing.set_job_id(span, job_id)
             return Job.inserted(spec, job_id, row[3], row[8], created_at, trace_context)
