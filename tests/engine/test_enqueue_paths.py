@@ -367,3 +367,58 @@ def test_the_one_call_connection_is_replaced_after_a_dispose_or_an_open_transact
     app.enqueue(plain.prepare(2))
     with app.db.read() as conn:
         assert sorted(conn.execute(select(jobs.c.args)).scalars()) == [[0], [1], [2]]
+
+
+def test_a_bulk_of_many_kinds_of_job_stores_each_as_a_one_call_enqueue_does(make_app):
+    """The bulk insert formats the cells around the payload once per kind of job (PostgreSQL's
+    COPY text): jobs of different tasks and options, interleaved, each read back as the same
+    spec enqueued alone."""
+    app = make_app()
+
+    @app.task(name="first")
+    def first(*args: Any, **kwargs: Any) -> None: ...
+
+    @app.task(name="second.<locals>:x-y", queue="mail", priority=0, max_attempts=1, timeout=float("inf"))
+    def second(*args: Any, **kwargs: Any) -> None: ...
+
+    at = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=timezone(timedelta(hours=-3)))
+    kinds = [first, second, first.configure(delay=60), second.configure(scheduled_at=at, timeout=0.25)]
+    kinds.append(first.configure(delay=3600))  # differs from the third by its time alone
+    specs = [
+        kinds[i % 5].prepare(i, "tab\there", "back\\slash", 'quote"', "ไ\n", k={"v": [i, None, 1.5]})
+        for i in range(40)
+    ]
+    ids = app.enqueue_many(specs)
+    alone = [app.enqueue(spec) for spec in specs[:5]]
+
+    def stored(job: Any) -> tuple[Any, ...]:
+        kept = ("task", "queue", "priority", "state", "max_attempts", "timeout")
+        return tuple(getattr(job, name) for name in kept)
+
+    for i, job_id in enumerate(ids):
+        job = app.get_job(job_id)
+        assert stored(job) == stored(alone[i % 5])
+        assert (job.args, job.kwargs) == (list(specs[i].args), specs[i].kwargs)
+        if i % 5 == 3:
+            assert job.scheduled_at == at
+        elif i % 5 in (2, 4):
+            delay = 60 if i % 5 == 2 else 3600
+            assert abs((job.scheduled_at - job.created_at).total_seconds() - delay) < 1
+
+
+@pytest.mark.parametrize(
+    ("options", "why"),
+    [
+        ({"max_attempts": 2.5}, "max_attempts must be an integer"),
+        ({"max_attempts": True}, "max_attempts must be an integer"),
+        ({"timeout": float("nan")}, "timeout must be > 0"),
+    ],
+)
+def test_options_either_path_would_store_differently_are_refused(tmp_path, options, why):
+    app = App(database_url=f"sqlite:///{tmp_path}/x.db", log_level="WARNING")
+
+    @app.task(name="plain")
+    def plain() -> None: ...
+
+    with pytest.raises(BadInput, match=why):
+        plain.configure(**options).prepare()

@@ -73,9 +73,11 @@ def validate_spec(spec: JobSpec) -> tuple[str, str]:
         raise BadInput(f"priority must be an integer 0..9, got {spec.priority!r}")
     if not 0 <= spec.priority <= 9:
         raise BadInput(f"priority must be 0..9, got {spec.priority}")
+    if isinstance(spec.max_attempts, bool) or not isinstance(spec.max_attempts, int):
+        raise BadInput(f"max_attempts must be an integer >= 1, got {spec.max_attempts!r}")
     if spec.max_attempts < 1:
         raise BadInput(f"max_attempts must be >= 1, got {spec.max_attempts}")
-    if spec.timeout <= 0:
+    if not spec.timeout > 0:  # NaN too
         raise BadInput(f"timeout must be > 0 seconds, got {spec.timeout}")
     if spec.delay is not None and spec.delay < 0:
         raise BadInput(f"delay must be >= 0 seconds, got {spec.delay}")
