@@ -276,7 +276,7 @@ class SQLiteSingle:
         try:
             conn = self._conn
             if conn is not None and conn.in_transaction:
-                self._forget(conn)  # as the pool would: never hand out a connection left in a transaction
+                self._forget(conn)  # never hand out a connection left in a transaction (its lock held)
         finally:
             self._lock.release()
         if isinstance(error, Exception):
