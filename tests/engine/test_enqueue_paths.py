@@ -3,12 +3,16 @@ and the bulk insert, on both backends, against the guarantees of the ordinary pa
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -422,3 +426,49 @@ def test_options_either_path_would_store_differently_are_refused(tmp_path, optio
 
     with pytest.raises(BadInput, match=why):
         plain.configure(**options).prepare()
+
+
+_RACER = """
+import json, sys, threading
+from ledgerflow import App
+app = App(database_url=sys.argv[1], log_level="WARNING")
+task = app.task(name="plain")(lambda marker: None)
+returned, errors = {}, []
+def enqueue(thread):
+    try:
+        for i in range(100):
+            marker = f"{sys.argv[2]}-{thread}-{i}"
+            returned[marker] = app.enqueue(task.prepare(marker)).id
+    except BaseException as error:
+        errors.append(repr(error))
+threads = [threading.Thread(target=enqueue, args=(t,)) for t in range(3)]
+for t in threads: t.start()
+for t in threads: t.join()
+app.close()
+print(json.dumps({"returned": returned, "errors": errors}))
+"""
+
+
+def test_one_call_enqueues_racing_from_processes_and_threads_each_store_one_job_under_its_id(db_url):
+    """Three processes of three threads each enqueue one job at a time into one database: every
+    call's id is the row of its own payload (SQLite: the threads of a process share one
+    connection), none lost, none twice."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    racers = [
+        subprocess.Popen([sys.executable, "-c", _RACER, db_url, f"p{n}"], stdout=subprocess.PIPE, env=env)
+        for n in range(3)
+    ]
+    returned: dict[str, int] = {}
+    for racer in racers:
+        out, _ = racer.communicate(timeout=120)
+        assert racer.returncode == 0
+        result = json.loads(out)
+        assert result["errors"] == []
+        returned.update(result["returned"])
+    app = App(database_url=db_url, log_level="WARNING")
+    try:
+        with app.db.read() as conn:
+            stored = {row.args[0]: row.id for row in conn.execute(select(jobs.c.id, jobs.c.args))}
+    finally:
+        app.close()
+    assert len(returned) == 900 and stored == returned
