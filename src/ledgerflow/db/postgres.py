@@ -138,7 +138,11 @@ _STILL_OPEN = (
     "SELECT coalesce(array_agg(virtualxid), '{}') FROM pg_locks "
     "WHERE locktype = 'virtualxid' AND granted AND virtualxid = ANY(%(waits)s)"
 )
-_LAST_ID = "SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence('jobs', 'id')::regclass), 0)"
+#: The id sequence's last value, and how many ids a session draws at once (its CACHE).
+_LAST_ID = (
+    "SELECT coalesce(pg_sequence_last_value(seqrelid), 0), seqcache FROM pg_sequence "
+    "WHERE seqrelid = pg_get_serial_sequence('jobs', 'id')::regclass"
+)
 #: Index the next jobs of a range (whose ids can no longer commit): their args and kwargs
 #: text, and their errors when they have some (a restore); how many and the last id.
 _INDEX_RANGE = (
@@ -193,9 +197,14 @@ def search_pending(conn: Connection) -> bool:
 
 def _next_target(conn: Connection, mark: int) -> tuple[int, list[str]]:
     """The sequence's last value, and the transactions to wait for before indexing up to it
-    (read after it: every transaction that may hold an id at or below it, and not yet ended)."""
-    target = int(conn.exec_driver_sql(_LAST_ID).scalar_one())
-    if target <= mark:
+    (read after it: every transaction that may hold an id at or below it, and not yet ended).
+
+    The mark stays (no target) when the sequence has a CACHE above 1 (an operator's ALTER SEQUENCE):
+    a session then hands out ids drawn earlier, below the last value, in transactions begun
+    after it was read, which no wait can foresee; searches scan the jobs above the mark."""
+    target, cache = conn.exec_driver_sql(_LAST_ID).one()
+    target = int(target)
+    if target <= mark or cache > 1:
         return mark, []
     return target, list(conn.exec_driver_sql(_OPEN_TRANSACTIONS).scalar_one())
 
