@@ -9,8 +9,10 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 
+from ledgerflow import JobSpec
 from ledgerflow.api.metrics import render
 from ledgerflow.db.tables import export_batches
+from ledgerflow.engine.search import index_pending
 from ledgerflow.export.saga import ExportSaga
 from ledgerflow.ledger.dates import today_in
 from tests.conftest import ROOT
@@ -83,3 +85,27 @@ def test_every_rule_reads_metrics_that_are_exported(make_app, tmp_path):
             if metric == "ledgerflow_heartbeat_age_seconds":  # written by running processes only
                 continue
             assert metric in exported, (rule["alert"], metric)
+
+
+def test_ids_the_search_index_has_not_reached_are_exposed_and_a_held_mark_shows(make_app, backend):
+    """`ledgerflow_search_unindexed_ids`: the jobs a search scans instead of its index, back to 0
+    once indexed; on PostgreSQL a transaction held open in the database holds the mark (the
+    value stays up after indexing) until it ends."""
+    app = make_app()
+    lag = ("ledgerflow_search_unindexed_ids", ())
+    assert samples(app)[lag] == 0
+    for n in range(3):
+        app.enqueue(JobSpec(task="t", args=(n,)))
+    assert samples(app)[lag] == 3
+    index_pending(app.db)
+    assert samples(app)[lag] == 0
+    if backend == "sqlite":
+        return  # its mark follows the writer lock: no transaction holds it
+    with app.db.engine.connect() as idle:  # a session idle in transaction
+        idle.exec_driver_sql("SELECT 1")
+        app.enqueue(JobSpec(task="t", args=("late",)))
+        index_pending(app.db)
+        index_pending(app.db)
+        assert samples(app)[lag] == 1
+    index_pending(app.db)
+    assert samples(app)[lag] == 0

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from sqlalchemy import case, func, select
 
-from ledgerflow.db.tables import circuit_breakers, export_batches, export_logs, job_executions, workers
+from ledgerflow.db.tables import circuit_breakers, export_batches, export_logs, job_executions, jobs, workers
 from ledgerflow.engine.states import CLAIMABLE, JobState
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ class DatabaseCollector:
             yield from self._export(conn)
             yield from self._jobs(conn)
             yield from self._health(conn)
+            yield from self._search(conn)
 
     def _export(self, conn: Any) -> Iterator[Metric]:
         daily_done = [export_batches.c.kind == "daily", export_batches.c.state == "completed"]
@@ -182,6 +183,17 @@ class DatabaseCollector:
         ):
             beats.add_metric([kind, ident], (now - _aware(beat)).total_seconds())
         yield beats
+
+    def _search(self, conn: Any) -> Iterator[Metric]:
+        lag = GaugeMetricFamily(
+            "ledgerflow_search_unindexed_ids",
+            "Job ids above the search index mark (searches scan those jobs); growing while workers "
+            "run: the mark is held (PostgreSQL: a transaction left open, or an id sequence CACHE > 1)",
+        )
+        newest = conn.execute(select(func.max(jobs.c.id))).scalar() or 0
+        mark = conn.exec_driver_sql("SELECT indexed_to FROM job_search_mark").scalar_one()
+        lag.add_metric([], max(0, newest - mark))
+        yield lag
 
 
 def _aware(value: datetime) -> datetime:
