@@ -138,10 +138,13 @@ _STILL_OPEN = (
     "SELECT coalesce(array_agg(virtualxid), '{}') FROM pg_locks "
     "WHERE locktype = 'virtualxid' AND granted AND virtualxid = ANY(%(waits)s)"
 )
-#: The id sequence's last value, and how many ids a session draws at once (its CACHE).
+#: The id sequence's last value, and how many ids a session draws at once (its CACHE). It also
+#: drops this transaction's snapshot of `pg_stat_activity` (kept to the transaction's end, so a
+#: second read of the open transactions in one indexer transaction left out every session
+#: connected since the first).
 _LAST_ID = (
-    "SELECT coalesce(pg_sequence_last_value(seqrelid), 0), seqcache FROM pg_sequence "
-    "WHERE seqrelid = pg_get_serial_sequence('jobs', 'id')::regclass"
+    "SELECT coalesce(pg_sequence_last_value(seqrelid), 0), seqcache, pg_stat_clear_snapshot() "
+    "FROM pg_sequence WHERE seqrelid = pg_get_serial_sequence('jobs', 'id')::regclass"
 )
 #: Index the next jobs of a range (whose ids can no longer commit): their args and kwargs
 #: text, and their errors when they have some (a restore); how many and the last id.
@@ -202,7 +205,7 @@ def _next_target(conn: Connection, mark: int) -> tuple[int, list[str]]:
     The mark stays (no target) when the sequence has a CACHE above 1 (an operator's ALTER SEQUENCE):
     a session then hands out ids drawn earlier, below the last value, in transactions begun
     after it was read, which no wait can foresee; searches scan the jobs above the mark."""
-    target, cache = conn.exec_driver_sql(_LAST_ID).one()
+    target, cache, _ = conn.exec_driver_sql(_LAST_ID).one()
     target = int(target)
     if target <= mark or cache > 1:
         return mark, []
