@@ -94,10 +94,11 @@ def test_the_claim_and_next_due_read_a_bounded_part_of_a_large_backlog(make_app,
     else:
         assert "Seq Scan on jobs" not in plan and "Sort" not in plan, plan
         assert "Index Scan using ix_jobs_claim on jobs" in plan, plan
-    with app.db.begin() as conn:
-        with _rows_read(conn, backend) as read:
-            assert len(conn.execute(sql._claim, values).all()) == 20
-        assert read[0] <= CLAIM_READS[backend], read[0]
+    with app.db.begin() as conn:  # repeated past psycopg's threshold for a prepared (generic) plan
+        for _ in range(8):
+            with _rows_read(conn, backend) as read:
+                assert len(conn.execute(sql._claim, values).all()) == 20
+            assert read[0] <= CLAIM_READS[backend], read[0]
         conn.rollback()
     plan = explain_statement(app, due_query("default"), {"priority": -(2**15)}, backend)
     if backend == "sqlite":
@@ -107,12 +108,13 @@ def test_the_claim_and_next_due_read_a_bounded_part_of_a_large_backlog(make_app,
         assert "Seq Scan on jobs" not in plan and "ix_jobs_claim" in plan and "Limit" in plan, plan
         assert "Sort" not in plan, plan
     with app.db.begin() as conn:
-        with _rows_read(conn, backend) as read:
-            due = next_due(app.db, conn, ["default"])
-        assert due is not None and due < datetime.now(UTC) - timedelta(minutes=59)
-        # A scan of the 100,000 waiting jobs reads 100,000 rows (PostgreSQL) and runs about
-        # 3,100 thousand-instruction steps (SQLite); the bounded reads a row per query.
-        assert read[0] <= 5, read[0]
+        for _ in range(8):
+            with _rows_read(conn, backend) as read:
+                due = next_due(app.db, conn, ["default"])
+            assert due is not None and due < datetime.now(UTC) - timedelta(minutes=59)
+            # A scan of the 100,000 waiting jobs reads 100,000 rows (PostgreSQL) and runs about
+            # 3,100 thousand-instruction steps (SQLite); the bounded reads a row per query.
+            assert read[0] <= 5, read[0]
 
 
 def test_next_due_is_the_earliest_over_priorities_and_queues(make_app, backend):
