@@ -44,7 +44,7 @@ KINDS = ("queue", "task")
 #: Jobs of a queue or task without any limit (the ordinary claim takes only these). `NOT IN`
 #: (names are a primary key: never NULL), not `NOT EXISTS`: PostgreSQL made the latter an anti
 #: join that, once ANALYZE had seen the table empty, it estimated to keep one row of all the
-#: waiting jobs, and so sorted every one of them for a claim of 20 (156 ms at a 100,000-job
+#: waiting jobs, and so sorted every one of them for a claim of 20 (0.16-0.47 s at a 100,000-job
 #: backlog) instead of reading the claim index in order. See also `leases.NOT_PAUSED`.
 NOT_LIMITED = and_(
     jobs.c.queue.not_in(select(job_limits.c.name).where(job_limits.c.kind == "queue")),
