@@ -297,3 +297,29 @@ def test_a_session_opened_while_the_indexer_works_holds_the_next_mark(make_app, 
     assert found == _reference(app, JobFilter(text="late kiwi")) and len(found) == 1
     index_pending(app.db)
     assert [j.id for j in app.find_jobs(JobFilter(text="late kiwi"))] == found
+
+
+def test_a_bulk_on_an_autocommit_connection_draws_its_ids_in_its_own_transaction(
+    make_app, backend, monkeypatch
+):
+    """A caller's connection in AUTOCOMMIT: a bulk enqueue must not draw its ids in one
+    transaction and write them in the next (PostgreSQL: an indexer reading the target in
+    between saw no transaction holding them and moved the mark past them)."""
+    app = make_app()
+    app.enqueue(JobSpec(task="t", args=("first",)))
+    passed: list[int] = []
+    copy = psycopg.Cursor.copy
+
+    def index_first(cursor, statement, *args, **kwargs):
+        if not passed:
+            passed.append(index_pending(app.db))
+        return copy(cursor, statement, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "copy", index_first)
+    with app.db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        app.enqueue_many([JobSpec(task="t", args=("bulk kiwi",))] * 3, connection=conn)
+    assert passed or backend == "sqlite"
+    app.enqueue(JobSpec(task="t", args=("after",)))
+    index_pending(app.db)
+    found = [j.id for j in app.find_jobs(JobFilter(text="bulk kiwi"))]
+    assert found == _reference(app, JobFilter(text="bulk kiwi")) and len(found) == 3

@@ -384,11 +384,17 @@ class PostgresBackend:
 
         One round trip lifts the statement timeout for the rest of the transaction (bulk work)
         and draws the ids as one array; COPY fires the statement-level NOTIFY trigger like an
-        INSERT does.
+        INSERT does. On a connection in autocommit (a caller's), both in one transaction of their
+        own: ids drawn in a transaction ended before the COPY's began are held by none, and the
+        job search mark (`index_jobs`) may pass them before the COPY commits.
         """
         columns = ", ".join(("id", *BULK_JOB_COLUMNS, "created_at", "errors", "has_dependencies"))
+        driver = driver_of(conn)
         try:
-            with driver_of(conn).cursor() as cursor:
+            with (
+                driver.transaction() if driver.autocommit else contextlib.nullcontext(),
+                driver.cursor() as cursor,
+            ):
                 cursor.execute(_DRAW_IDS % len(rows), prepare=False)  # two statements: never prepared
                 cursor.nextset()
                 drawn = cursor.fetchone()
