@@ -47,6 +47,14 @@ def returns(kind: str, sleep: float = 0.0) -> Any:
     return VALUES[kind]
 
 
+@app.task(name="echo", max_attempts=1)
+def echo(value: Any, sleep: float = 0.0) -> Any:
+    """Its argument back, as the worker read it from the job."""
+    _mark("start")
+    time.sleep(sleep)
+    return value
+
+
 @app.task(name="raises_nul", max_attempts=1)
 def raises_nul() -> None:
     raise RuntimeError("bad \x00 message \udc80 from the task")

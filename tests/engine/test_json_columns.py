@@ -1,10 +1,12 @@
 """JSON columns read through the engines' one reused decoder (`backends.loads`) decode as
-`json.loads` decodes the stored text, on both backends: payloads, results, errors, metadata."""
+`json.loads` decodes the stored text, on both backends: payloads, results, errors, metadata.
+SQLite stores a document as its text (TEXT affinity, migration 0017), bare numbers included."""
 
 from __future__ import annotations
 
 import json
 import math
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -12,8 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Text, cast, select
 
+from ledgerflow import current_job
 from ledgerflow.db.backends import loads
-from ledgerflow.db.tables import jobs
+from ledgerflow.db.database import Database
+from ledgerflow.db.tables import jobs, metadata
+from ledgerflow.db.types import Json
 from ledgerflow.engine.jobs import JobSpec
 from ledgerflow.engine.leases import LeaseSQL, Outcome, error_record
 
@@ -86,25 +91,113 @@ def test_json_documents_with_floats_come_back_with_the_same_numbers(make_app):
     check()
 
 
-@pytest.mark.parametrize("value", [42, -7, 0.5, 1e300, "42", "é\u2028\U0001f600", True, False, {}, []])
-def test_a_scalar_result_comes_back(make_app, value):
-    """A result that is a bare number is stored by SQLite's NUMERIC affinity as a number, which
-    the decoder refuses with a TypeError so that SQLAlchemy returns the number itself."""
-    app = make_app()
-    _, _, result, _ = _round_trip(app, LeaseSQL(app.db, 60), value)
-    assert _same_numbers(result, value) and (type(result) is type(value) or isinstance(value, float))
+#: Documents a bare number, a string that looks like one, a boolean or null: NUMERIC affinity
+#: (a SQLite column declared JSON) stored the numbers as numbers, changing some of them.
+bare = (
+    st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from([-0.0, 0.0, 1.0, 3.0e5, 1e300, -1e22, 2.0**63, 0.30000000000000004, 2**63, -(2**70)])
+    | st.from_regex(r"-?[0-9]{1,25}(\.[0-9]{1,20})?([eE][+-]?[0-9]{1,3})?", fullmatch=True)
+    | st.booleans()
+    | st.none()
+)
 
 
-@pytest.mark.parametrize("value", [2**63, 2**70, 1.0, 3.0e5])
-def test_a_bare_number_result_keeps_its_value_and_type(make_app, request, value):
-    """Pre-existing on SQLite (not from the shared decoder: 638b33e gives the same): the JSON
-    column has NUMERIC affinity, so a result that is a bare number is stored as a number, an
-    integer past 64 bits as a REAL (its digits lost) and an integral float as an INTEGER."""
+def assert_kept(backend: str, got: Any, value: Any) -> None:
+    """The document as the backend's contract keeps it.
+
+    SQLite keeps the JSON text as encoded: the same text again (type, sign of zero, every digit).
+    PostgreSQL's jsonb keeps a number as `numeric` (https://www.postgresql.org/docs/current/
+    datatype-json.html): its exact decimal value, written out in full (1e300 comes back as the
+    integer 10**300), and no negative zero (-0.0 comes back as 0.0)."""
+    if backend == "sqlite" or not isinstance(value, float) or isinstance(value, bool):
+        assert json.dumps(got) == json.dumps(value), (got, value)
+        assert type(got) is type(value)
+        return
+    assert isinstance(got, float | int) and not isinstance(got, bool)
+    assert Decimal(json.dumps(got)) == Decimal(json.dumps(value)), (got, value)
+    if "e" not in json.dumps(value):
+        assert type(got) is float  # written with a fraction: it keeps it (1.0 stays 1.0)
+    if value == 0:
+        assert math.copysign(1, got) == 1.0  # numeric has no negative zero
+
+
+@pytest.mark.parametrize(
+    "value",
+    [42, -7, 0.5, 2**63, 2**70, -(2**70), 1.0, -0.0, 3.0e5, 1e300, 2.0**63, "12", "1.0", True, False, {}, []],
+)
+def test_a_bare_document_is_stored_as_the_backend_keeps_json(make_app, backend, value):
+    """A bare number above all: SQLite's NUMERIC affinity (a column declared JSON) stored 2**63 as
+    a REAL, 1.0 as 1 and -0.0 as 0 (a NULL result: `test_a_null_result_...`)."""
     app = make_app()
-    if app.db.is_sqlite:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="SQLite NUMERIC affinity of JSON columns"))
     _, _, result, _ = _round_trip(app, LeaseSQL(app.db, 60), value)
-    assert result == value and type(result) is type(value)
+    assert_kept(backend, result, value)
+
+
+def test_payload_result_and_metadata_that_are_bare_numbers_strings_booleans_or_null_pass_a_worker(
+    make_app, backend
+):
+    """Through the public path: enqueue, a worker runs the task (which sees its arguments as
+    stored), returns the value and sets it as metadata; the job and its execution are read back."""
+    app = make_app()
+    seen: list[Any] = []
+
+    @app.task(name="echo")
+    def echo(value: Any, *, again: Any) -> Any:
+        seen.append((value, again))
+        current_job().set_metadata({"v": value})
+        return value
+
+    @settings(max_examples=40, deadline=None)
+    @given(value=bare)
+    def check(value: Any) -> None:
+        seen.clear()
+        job = echo.enqueue(value, again=value)
+        app.run_worker(burst=True)
+        stored = app.get_job(job.id)
+        assert stored.state == "completed", stored.errors
+        ((got, again),) = seen
+        assert_kept(backend, got, value)
+        assert_kept(backend, again, value)
+        assert_kept(backend, stored.result, value)
+        assert_kept(backend, app.store.executions(job.id)[-1]["execution_metadata"]["metadata"]["v"], value)
+
+    check()
+
+
+def test_an_error_whose_message_looks_like_a_number_keeps_it(make_app):
+    app = make_app()
+
+    @app.task(name="fails", max_attempts=1)
+    def fails() -> None:
+        raise RuntimeError("1.0")
+
+    job = fails.enqueue()
+    app.run_worker(burst=True)
+    assert [e.message for e in app.get_job(job.id).errors] == ["1.0"]
+
+
+def test_every_json_column_is_declared_text_on_sqlite(db_url):
+    """TEXT affinity stores text as given (https://www.sqlite.org/datatype3.html); a column
+    declared JSON has NUMERIC affinity. Every JSON column of the schema, as the database has it."""
+    db = Database(db_url)
+    try:
+        columns = [(t.name, c.name) for t in metadata.sorted_tables for c in t.columns if c.type is Json]
+        assert len(columns) == 18
+        with db.read() as conn:
+            if db.is_sqlite:
+                declared = {
+                    (t, row[1]): row[2]
+                    for t in {t for t, _ in columns}
+                    for row in conn.exec_driver_sql(f"PRAGMA table_xinfo({t})")
+                }
+                assert {declared[c] for c in columns} == {"TEXT"}
+            else:
+                query = "SELECT table_name, column_name, data_type FROM information_schema.columns"
+                declared = {(t, c): kind for t, c, kind in conn.exec_driver_sql(query)}
+                assert {declared[c] for c in columns} == {"jsonb"}
+    finally:
+        db.dispose()
 
 
 def test_a_null_result_and_the_errors_and_metadata_documents_come_back(make_app):

@@ -10,15 +10,37 @@ from sqlalchemy import JSON, BigInteger, DateTime, Integer
 from sqlalchemy import String as _String
 from sqlalchemy import Text as _Text
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.sqlite import JSON as SQLiteJSON
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import TypeCompiler
 from sqlalchemy.types import TypeDecorator
 
 #: Auto-incrementing 64-bit id (SQLite only auto-increments INTEGER PRIMARY KEY).
 Id = BigInteger().with_variant(Integer(), "sqlite")
 MAX_ID = 2**63 - 1  # the largest Id: a larger one is refused as bad input, not sent to the driver
 
-#: JSON document: JSONB on PostgreSQL, text on SQLite.
-Json = JSON().with_variant(JSONB(), "postgresql")
+
+class JsonText(SQLiteJSON[Any]):
+    """SQLite JSON declared `TEXT`, so that SQLite stores the encoded document as it is.
+
+    A column declared `JSON` has NUMERIC affinity (https://www.sqlite.org/datatype3.html):
+    SQLite stored a document that is a bare number as a number, `1.0` as 1, `-0.0` as 0 and
+    2**63 as a REAL (its digits lost). Values are bound and read as SQLAlchemy's SQLite JSON
+    (which also reads the numbers such a column already holds); migration 0017 redeclares the
+    columns of existing databases.
+    """
+
+    cache_ok = True
+
+
+@compiles(JsonText, "sqlite")
+def _json_text_ddl(type_: JsonText, compiler: TypeCompiler, **kw: Any) -> str:
+    return "TEXT"
+
+
+#: JSON document: JSONB on PostgreSQL, JSON text in a TEXT column on SQLite.
+Json = JSON().with_variant(JSONB(), "postgresql").with_variant(JsonText(), "sqlite")
 
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
-from ledgerflow.db.types import Json, String, UTCDateTime
+from ledgerflow.db.types import String, UTCDateTime
 
 revision = "0011"
 down_revision = "0010"
@@ -30,7 +31,8 @@ def upgrade() -> None:
         sa.Column("concurrency", sa.Integer()),
         sa.Column("rate_limit", sa.Integer()),
         sa.Column("rate_period", sa.Float()),
-        sa.Column("recent_starts", Json, nullable=False),
+        # declared JSON as at this revision (0017 makes it TEXT on SQLite)
+        sa.Column("recent_starts", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=False),
         sa.Column("set_by", String(50), nullable=False),
         sa.Column("updated_at", UTCDateTime, nullable=False),
         sa.PrimaryKeyConstraint("kind", "name", name="pk_job_limits"),
