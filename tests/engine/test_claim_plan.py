@@ -8,6 +8,7 @@ of `jobs` (118 ms per claim at 20,000 jobs). These tests read the plan the datab
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import update
@@ -68,7 +69,7 @@ def test_the_batched_completion_looks_up_each_held_job_by_key(make_app, backend)
     with app.db.begin() as conn:
         held = sql.claim(conn, worker_id="w", queues=["default"], tasks=[basic.record.name], limit=50)
     if backend == "sqlite":
-        params: dict[str, Any] = {"ids": [c.job.id for c in held], "keys": [c.key for c in held]}
+        params: dict[str, Any] = {"held": json.dumps([c.key for c in held])}
     else:
         params = {
             "ids": [c.job.id for c in held],
@@ -100,7 +101,7 @@ def test_the_cycle_that_completes_and_claims_walks_indexes_after_statistics_are_
         held = sql.claim(conn, worker_id="w", queues=["default"], tasks=[basic.record.name], limit=50)
     claim = {"queues": ["default"], "tasks": [basic.record.name], "limit": 20, "worker": "w", "token": 2}
     if backend == "sqlite":
-        done = {"ids": [c.job.id for c in held], "keys": [c.key for c in held]}
+        done = {"held": json.dumps([c.key for c in held])}
         plans = [explain_statement(app, sql._complete, done, backend), _plan(app, sql, backend)]
         assert not any(scans_jobs(plan) for plan in plans), plans
         assert "ix_jobs_claim" in plans[1], plans[1]

@@ -285,9 +285,21 @@ class LeaseSQL:
             )
         else:
             self._claim = claim.returning(*_RETURNED)
+            # The held attempts as one JSON array of [id, token] (`held`): the statement's text is the
+            # same whatever the batch (no expanded `IN (?, ?, …)` to render and prepare per size);
+            # each job is still found by its rowid, its pair checked against the array's.
+            pairs = func.json_each(bindparam("held")).table_valued("value", name="pairs")
+            held_ids = select(func.json_extract(pairs.c.value, "$[0]"))
+            held_pairs = select(
+                func.json_extract(pairs.c.value, "$[0]"), func.json_extract(pairs.c.value, "$[1]")
+            )
             self._complete = (
                 update(jobs)
-                .where(allowed(COMPLETE).is_(true()), _HELD)
+                .where(
+                    allowed(COMPLETE).is_(true()),
+                    jobs.c.id.in_(held_ids.scalar_subquery()),
+                    tuple_(jobs.c.id, jobs.c.lease_token).in_(held_pairs),
+                )
                 .values(state=COMPLETE.target, finished_at=db.now(), lease_token=None, lease_expires_at=None)
                 .returning(jobs.c.id)
             )
@@ -500,7 +512,7 @@ class LeaseSQL:
                     "durations": [_duration(o) for o in plain],
                 }
                 if self._folded
-                else {"ids": [o.claim.job.id for o in plain], "keys": [o.key for o in plain]}
+                else {"held": json.dumps([o.key for o in plain])}
             )
             ids = {row[0] for row in conn.execute(self._complete, params)}  # (not .scalars(): costlier)
             accepted.update(o.key for o in plain if o.claim.job.id in ids)
