@@ -4,16 +4,20 @@ changes, with or without --force. Through the real CLI on SQLite files and Postg
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import insert, select, text
 
 from ledgerflow.backup import create_backup
 from ledgerflow.db.database import Database
 from ledgerflow.db.migrate import current_revision, head_revision, migrate
+from ledgerflow.db.tables import jobs
 from tests.backup.conftest import entry
 from tests.backup.test_restore_books import D1, _references
 from tests.conftest import _admin, pg_url
@@ -85,3 +89,57 @@ def test_migrate_on_a_database_of_a_newer_ledgerflow_exits_2_saying_so(cli, db_u
     _set_revision(db_url, "9999")
     code, _, err = cli("migrate")
     assert code == 2 and "schema 9999" in err and "newer ledgerflow" in err, err
+
+
+#: Results NUMERIC affinity changed on SQLite before migration 0017 (and some it kept).
+BARE_NUMBERS = [2**63, 2**70, -(2**70), 1.0, -0.0, 3.0e5, 0.30000000000000004, 10**400, 42, "12", True]
+
+
+def _results(db: Database) -> list[Any]:
+    with db.read() as conn:
+        return list(conn.execute(select(jobs.c.result).order_by(jobs.c.id)).scalars())
+
+
+def test_a_backup_from_before_0017_with_bare_number_results_restores_as_it_read(books_app, cli, empty_db_url):
+    """A 0016 backup whose results NUMERIC affinity stored as numbers, restored after the
+    upgrade: each result reads as it read when backed up, SQLite's JSON columns hold text
+    only, and the restored database backs up again (the snapshot's integrity_check)."""
+    old = Database(empty_db_url)
+    migrate(old, "0016")
+    now = datetime.now(UTC)
+    job = {
+        "task": "t",
+        "queue": "default",
+        "priority": 0,
+        "state": "completed",
+        "args": [],
+        "kwargs": {},
+        "max_attempts": 3,
+        "timeout": 60.0,
+        "scheduled_at": now,
+        "created_at": now,
+        "errors": [],
+    }
+    with old.begin() as conn:
+        conn.execute(insert(jobs), [{**job, "result": r} for r in BARE_NUMBERS])
+    before = _results(old)
+    old.dispose()
+    app = books_app(database_url=empty_db_url)
+    name = create_backup(app).name
+    migrate(app.db)
+    with app.db.begin() as conn:
+        conn.execute(jobs.delete())
+
+    code, stdout, err = cli("backup", "restore", name, env={"LEDGERFLOW_DATABASE_URL": empty_db_url})
+
+    assert code == 0, err
+    assert "upgraded the schema from 0016" in stdout
+    app.db.dispose()
+    assert json.dumps(_results(app.db)) == json.dumps(before)
+    if app.db.is_sqlite:
+        with app.db.read() as conn:
+            kinds = {k for (k,) in conn.exec_driver_sql("SELECT DISTINCT typeof(result) FROM jobs")}
+            assert kinds == {"text"}
+            valid = conn.exec_driver_sql("SELECT count(*) FROM jobs WHERE NOT json_valid(result)").scalar()
+            assert valid == 0, "every result is JSON"
+    assert create_backup(app).revision == head_revision()

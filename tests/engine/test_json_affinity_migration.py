@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import random
 import sqlite3
 from datetime import UTC, datetime
@@ -226,5 +227,48 @@ def test_workers_running_through_0017_lose_no_job_and_store_exactly_once_it_comm
         if db.is_sqlite:
             assert _storage(db) == {"declared": {"TEXT"}, "kinds": {"text", "null"}}
             assert _checks(db) == [[("ok",)], []]
+    finally:
+        db.dispose()
+
+
+def test_0017_writes_an_integer_numeric_affinity_made_infinite_as_json(db_url):
+    """10**400 as a result: NUMERIC affinity stored an infinite REAL. 0017 writes it as JSON
+    (`1e999`, not `Infinity`, which SQLite's json_valid refuses) that reads as it read before,
+    and the downgrade stores it as that REAL again. PostgreSQL's jsonb keeps every digit."""
+    db = Database(db_url)
+    now = datetime.now(UTC)
+    job = {
+        "task": "t",
+        "queue": "default",
+        "priority": 0,
+        "state": "completed",
+        "args": [],
+        "kwargs": {},
+        "max_attempts": 3,
+        "timeout": 60.0,
+        "scheduled_at": now,
+        "created_at": now,
+        "errors": [],
+    }
+    huge = [10**400, -(10**400)]
+    try:
+        _to(db, "0016")
+        with db.begin() as conn:
+            conn.execute(insert(jobs), [{**job, "result": r} for r in huge])
+        before = list(_read(db).values())
+        _to(db, "head")
+        assert list(_read(db).values()) == before
+        if not db.is_sqlite:
+            assert before == huge
+            return
+        assert before == [math.inf, -math.inf], "NUMERIC affinity: infinite REALs"
+        stored = "SELECT result, typeof(result), json_valid(result) FROM jobs ORDER BY id"
+        with db.read() as conn:
+            assert conn.exec_driver_sql(stored).all() == [("1e999", "text", 1), ("-1e999", "text", 1)]
+        assert _checks(db) == [[("ok",)], []]
+        _to(db, "0016")
+        with db.read() as conn:
+            assert [k for _, k, _ in conn.exec_driver_sql(stored)] == ["real", "real"]
+        assert list(_read(db).values()) == before and _checks(db) == [[("ok",)], []]
     finally:
         db.dispose()

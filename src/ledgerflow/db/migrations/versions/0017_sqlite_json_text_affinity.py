@@ -12,7 +12,10 @@ stored as numbers (rare: a document that is a bare number) are written back as t
 of the number read (Python's shortest exact form), in one scan of each table: a TEXT column
 holding an INTEGER or REAL fails `PRAGMA integrity_check` (which every backup snapshot runs).
 A stored number keeps the value it was stored with (2**63 stored as a REAL stays that REAL's
-value: what was lost cannot be recovered), and reads as it read before.
+value: what was lost cannot be recovered), and reads as it read before. An integer past a
+REAL's range (10**400) was stored as an infinite REAL: it is written `1e999` (`-1e999`), JSON
+that reads as that infinity again, not `json.dumps`'s `Infinity`, which is no JSON at all
+(SQLite's `json_valid` refuses it) and which the downgrade would not store as a REAL again.
 
 A table rebuild (the 12-step procedure, Alembic batch mode) was measured and refused: it
 copies every row, converts the stored REALs to text with SQLite's 15 digits
@@ -35,6 +38,7 @@ Create Date: 2026-11-30
 from __future__ import annotations
 
 import json
+import math
 import re
 
 from alembic import op
@@ -88,6 +92,13 @@ def _redeclare(conn: Connection, old: str, new: str) -> None:
             raise RuntimeError(f"{table}: {wrong} not declared {new}")
 
 
+def json_number(value: float) -> str:
+    """The JSON text of a number NUMERIC affinity stored (an INTEGER or a REAL, maybe infinite)."""
+    if math.isinf(value):
+        return "1e999" if value > 0 else "-1e999"  # JSON whose value overflows to that infinity
+    return json.dumps(value)
+
+
 def _rewrite(conn: Connection, where: str, value: str) -> None:
     """Set each JSON column matching `where` to `value` (`{c}`: the column), one scan a table."""
     for table, columns in JSON_COLUMNS.items():
@@ -106,7 +117,7 @@ def upgrade() -> None:
     _redeclare(conn, "JSON", "TEXT")
     raw = conn.connection.driver_connection
     assert raw is not None
-    raw.create_function("ledgerflow_json_text", 1, json.dumps, deterministic=True)
+    raw.create_function("ledgerflow_json_text", 1, json_number, deterministic=True)
     _rewrite(conn, "typeof({c}) IN ('integer', 'real')", "ledgerflow_json_text({c})")
 
 
