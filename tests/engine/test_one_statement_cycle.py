@@ -34,7 +34,9 @@ def _executions(app: Any, job_id: int) -> list[tuple[int, str]]:
         return [(r[0], r[1]) for r in rows]
 
 
-def test_a_cycle_completes_and_claims_in_one_statement_on_postgresql(make_app, backend):
+def test_a_cycle_completes_and_claims_in_one_statement_on_postgresql_in_one_transaction_on_sqlite(
+    make_app, backend
+):
     app = make_app()
     worker = _worker(app)
     first = app.enqueue_many([JobSpec("anything") for _ in range(3)])
