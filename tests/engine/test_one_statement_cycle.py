@@ -152,3 +152,38 @@ def test_claimed_rows_decode_as_the_stored_job(make_app):
     with app.db.begin() as conn:
         again = worker._sql.reclaim(conn, worker_id=worker.id, token=claims[0].token)
     assert [c.job for c in again] == [c.job for c in claims]
+
+
+def test_a_stale_and_the_current_completion_of_one_job_in_one_batch_are_told_apart(make_app):
+    """A worker frozen past its lease claimed the same job again: its batch holds the stale
+    attempt's completion and the current one's. The current one is written, the stale one is
+    reported refused (by its token, not only its job id), through the one-statement cycle and
+    through the transaction's completion."""
+    app = make_app()
+    worker = _worker(app)
+    (job_id,) = app.enqueue_many([JobSpec("anything", max_attempts=5)])
+    with app.db.begin() as conn:
+        (stale,) = LeaseSQL(app.db, 0.0).claim(
+            conn, worker_id=worker.id, queues=["default"], tasks=["anything"], limit=1
+        )
+    wait_until(lambda: app.db.run(lambda c: leases.rescue(app.db, c, [stale.key])), 30, message="rescue")
+    (current,) = worker._cycle([], {"*": 1})[0]
+    assert current.job.id == job_id and current.token != stale.token
+    old, new = Outcome(stale, "completed", 0.01), Outcome(current, "completed", 0.02)
+    claims, refused, unwritten = worker._cycle([old, new], {"*": 1})
+    assert (claims, refused, unwritten) == ([], [old], [])
+    job = app.get_job(job_id)
+    assert (job.state, job.attempt) == ("completed", 2)
+    assert _executions(app, job_id)[-1] == (2, "completed")
+    # the same through apply_outcomes (the transaction's completion), the older attempt last
+    (second_id,) = app.enqueue_many([JobSpec("anything", max_attempts=5)])
+    with app.db.begin() as conn:
+        (stale,) = LeaseSQL(app.db, 0.0).claim(
+            conn, worker_id=worker.id, queues=["default"], tasks=["anything"], limit=1
+        )
+    wait_until(lambda: app.db.run(lambda c: leases.rescue(app.db, c, [stale.key])), 30, message="rescue")
+    (current,) = worker._cycle([], {"*": 1})[0]
+    new, old = Outcome(current, "completed", 0.02), Outcome(stale, "completed", 0.01)
+    with app.db.begin() as conn:
+        assert worker._sql.apply_outcomes(conn, [new, old]) == [old]
+    assert app.get_job(second_id).state == "completed"

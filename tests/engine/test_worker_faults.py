@@ -475,7 +475,7 @@ def test_a_fault_at_any_statement_of_the_worker_cycle_never_breaks_exactly_once(
 
 #: A statement (PostgreSQL) or a transaction (SQLite) that completes finished jobs and claims the
 #: next ones in the same cycle: on PostgreSQL one statement in autocommit (`complete_and_claim`).
-BOTH = {"postgresql": "array_agg(done.id)", "sqlite": "finished.duration"}
+BOTH = {"postgresql": "FROM done) AS completed", "sqlite": "finished.duration"}
 
 
 @pytest.mark.parametrize("mode", ["error_before", "error_after", "kill"])

@@ -12,6 +12,7 @@ import json
 import secrets
 import time
 import traceback as tb
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,7 +41,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, array
 from sqlalchemy.sql.dml import Insert
 
 from ledgerflow.db.database import Database
@@ -250,7 +251,7 @@ class LeaseSQL:
                     jobs.c.lease_token == held.c.token,
                 )
                 .values(state=COMPLETE.target, finished_at=db.now(), lease_token=None, lease_expires_at=None)
-                .returning(jobs.c.id, jobs.c.attempt, held.c.duration)
+                .returning(jobs.c.id, jobs.c.attempt, held.c.duration, held.c.token)
                 .cte("done")
             )
             finished = (
@@ -258,7 +259,7 @@ class LeaseSQL:
                 .where(job_executions.c.job_id == done.c.id, job_executions.c.attempt == done.c.attempt)
                 .values(status="completed", completed_at=db.now(), duration_seconds=done.c.duration)
             )
-            self._complete = select(done.c.id).add_cte(finished.cte("finished"))
+            self._complete = select(done.c.id, done.c.token).add_cte(finished.cte("finished"))
             # The completion and the next claim as one statement, run in autocommit: one round
             # trip instead of four (BEGIN, completion, claim, COMMIT) when a claim carries the
             # finished jobs. Its parts share one snapshot, so the claim sees the jobs completed
@@ -277,7 +278,7 @@ class LeaseSQL:
             )
             take = update(jobs).where(chosen(parents_done)).values(**lease)
             both = take.returning(*_RETURNED).cte("claimed")
-            completed = select(func.array_agg(done.c.id)).scalar_subquery()
+            completed = select(func.array_agg(array([done.c.id, done.c.token]))).scalar_subquery()
             self._complete_and_claim = (
                 select(*both.c, completed.label("completed"))
                 .select_from(select(literal(1)).subquery("one").outerjoin(both, true()))
@@ -418,10 +419,11 @@ class LeaseSQL:
                 "token": token,
             },
         ).all()
-        completed = set(rows[0][-1] or ())  # one row at least (the outer join), each with the ids
+        # one row at least (the outer join), each with the [id, token] pairs completed
+        completed = {(pair[0], pair[1]) for pair in rows[0][-1] or ()}
         claimed = [Claim(_claimed_job(r), token) for r in rows if r[0] is not None]
         claimed.sort(key=lambda c: (c.job.priority, c.job.scheduled_at, c.job.id))
-        return claimed, [o for o in outcomes if o.claim.job.id not in completed]
+        return claimed, [o for o in outcomes if o.key not in completed]
 
     def claim_limited(
         self,
@@ -504,6 +506,8 @@ class LeaseSQL:
         db = self.db
         accepted: set[tuple[int, int]] = set()
         plain = [o for o in outcomes if is_plain(o)]
+        if plain and not self._folded:
+            plain = self._without_stale(conn, plain)
         if plain:
             params: dict[str, Any] = (
                 {
@@ -514,8 +518,12 @@ class LeaseSQL:
                 if self._folded
                 else {"held": json.dumps([o.key for o in plain])}
             )
-            ids = {row[0] for row in conn.execute(self._complete, params)}  # (not .scalars(): costlier)
-            accepted.update(o.key for o in plain if o.claim.job.id in ids)
+            rows = conn.execute(self._complete, params).all()
+            if self._folded:  # the (id, token) pairs completed
+                accepted.update((row[0], row[1]) for row in rows)
+            else:  # the ids completed (one outcome per id in `plain`)
+                ids = {row[0] for row in rows}
+                accepted.update(o.key for o in plain if o.claim.job.id in ids)
         dead: list[int] = []
         returned: list[Outcome] = []
         for o in outcomes:
@@ -586,6 +594,18 @@ class LeaseSQL:
                 forget_starts(conn, [(j.queue, j.task, j.started_at) for j in unstarted])
             notify_queues(db, conn, [o.claim.job.queue for o in freed])
         return [o for o in outcomes if o.key not in accepted]
+
+    def _without_stale(self, conn: Connection, plain: list[Outcome]) -> list[Outcome]:
+        """SQLite's completion returns the ids it completed (its RETURNING sees the token it
+        cleared): when one batch holds two attempts of a job (a stale one, after a rescue and a
+        new claim, and the current one), keep only the attempt whose lease is held, so that the
+        stale one is reported refused. Rare: no statement otherwise."""
+        seen = Counter(o.claim.job.id for o in plain)
+        if len(seen) == len(plain):
+            return plain
+        doubled = [o.key for o in plain if seen[o.claim.job.id] > 1]
+        stale = set(doubled) - self.still_held(conn, doubled)
+        return [o for o in plain if o.key not in stale]
 
     def heartbeat(
         self, conn: Connection, *, worker_id: str, held: Sequence[tuple[int, int]]
