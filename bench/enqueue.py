@@ -48,7 +48,9 @@ class HueyNormal(Huey):
         with super().store():
             from bench.peer_apps import huey_app
 
-            huey_app.huey.storage = NormalStorage(name=huey_app.huey.name, filename=self.path)
+            self.storage.close()
+            self.storage = NormalStorage(name=huey_app.huey.name, filename=self.path)
+            self.select()
             yield
 
 
@@ -56,10 +58,12 @@ def one_call(stores: list[System], reps: int, calls: int) -> dict[str, list[tupl
     """(wall s, CPU s, load) per call and repetition, systems interleaved within each repetition."""
     out: dict[str, list[tuple[float, float, float]]] = {s.name: [] for s in stores}
     for s in stores:
+        s.select()
         for i in range(50):
             s.enqueue_one(f"warm-{i}")
     for rep in range(reps):
         for s in stores:
+            s.select()  # two Huey stores share huey_app's instance: each measures its own
             load = os.getloadavg()[0]
             gc.collect()  # no system pays for the garbage another left
             cpu, wall = time.process_time(), time.perf_counter()

@@ -94,6 +94,10 @@ class System:
     def enqueue_one(self, key: str) -> None:
         raise NotImplementedError
 
+    def select(self) -> None:
+        """Make this system's store the one its client writes to, where systems share a client
+        module (two Huey stores): call before enqueuing when several stores are open."""
+
     def finished(self) -> int:
         """Jobs the queue itself reports as done (acknowledged)."""
         raise NotImplementedError
@@ -286,12 +290,13 @@ class Huey(System):
 
         with tempfile.TemporaryDirectory(prefix="huey-bench-") as tmp:
             self.path = f"{tmp}/huey.db"
-            huey_app.huey.storage = SqliteStorage(name=huey_app.huey.name, filename=self.path, fsync=False)
+            self.storage = SqliteStorage(name=huey_app.huey.name, filename=self.path, fsync=False)
+            self.select()
             self.task = huey_app.noop
             try:
                 yield
             finally:
-                huey_app.huey.storage.close()
+                self.storage.close()
 
     def enqueue_many(self, keys: list[str]) -> None:
         for k in keys:
@@ -299,6 +304,11 @@ class Huey(System):
 
     def enqueue_one(self, key: str) -> None:
         self.task(key)
+
+    def select(self) -> None:
+        from bench.peer_apps import huey_app
+
+        huey_app.huey.storage = self.storage
 
     def finished(self) -> int:
         return count_lines(self.stamps)  # no acknowledgement: started is all huey knows

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -53,14 +54,21 @@ def _configured() -> bool:
     return _provider is not None or not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
-@contextlib.contextmanager
-def enqueue_span(task: str, queue: str, count: int = 1) -> Iterator[Any]:
+#: What `enqueue_span` gives when no span is made (nothing to enter: 1.4 against 0.3 µs).
+_NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
+
+
+def enqueue_span(task: str, queue: str, count: int = 1) -> AbstractContextManager[Any]:
     """The span of one enqueue (or of a batch of `count` jobs); None without OpenTelemetry or
     without a tracer provider (the span would record nothing and carry the caller's context,
     which `carrier()` finds the same without it: 15 µs saved per enqueue)."""
     if trace is None or not _configured():
-        yield None
-        return
+        return _NO_SPAN
+    return _enqueue_span(task, queue, count)
+
+
+@contextlib.contextmanager
+def _enqueue_span(task: str, queue: str, count: int) -> Iterator[Any]:
     attributes = {
         "messaging.system": SYSTEM,
         "messaging.operation.type": "send",

@@ -3,11 +3,16 @@ and the bulk insert, on both backends, against the guarantees of the ordinary pa
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -247,3 +252,223 @@ def test_concurrent_bulk_enqueues_return_each_job_its_own_id(make_app):
     with app.db.read() as conn:
         stored = {row.args[0]: row.id for row in conn.execute(select(jobs.c.id, jobs.c.args))}
     assert stored == returned and len(stored) == 4 * 4 * 150
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"queue": "mail", "priority": 0, "max_attempts": 2, "timeout": 7.5},
+        {"delay": 30},
+        {"scheduled_at": datetime(2030, 1, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=7)))},
+    ],
+)
+def test_a_one_call_enqueue_returns_the_job_as_it_reads_back(make_app, options):
+    """The returned `Job` is built without its dataclass `__init__` (`Job.inserted`): every
+    field is set, and equal to the row read back."""
+    app = make_app()
+
+    @app.task(name="plain")
+    def plain(*args: Any, **kwargs: Any) -> None: ...
+
+    job = app.enqueue(plain.configure(**options).prepare(1, "ไทย", {"a": [None]}, k=2.5))
+    assert set(vars(job)) == {f.name for f in fields(job)}
+    assert app.get_job(job.id) == job
+    assert job.args == [1, "ไทย", {"a": [None]}] and job.kwargs == {"k": 2.5}
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # PostgreSQL lends a pooled connection
+def test_a_one_call_enqueue_waits_for_another_threads_at_most_the_busy_timeout(make_app):
+    """SQLite's one-call statements share one connection, one thread at a time: a thread that
+    keeps it past the busy timeout makes another's enqueue fail as unavailable, nothing stored."""
+    app = make_app(sqlite_busy_timeout=0.3)
+
+    @app.task(name="plain")
+    def plain(i: int) -> None: ...
+
+    app.enqueue(plain.prepare(0))
+    taken, release = threading.Event(), threading.Event()
+
+    def keep() -> None:
+        with app.db.single():
+            taken.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=keep)
+    holder.start()
+    try:
+        assert taken.wait(10)
+        started = time.monotonic()
+        with pytest.raises(DatabaseUnavailable, match=r"held its connection for 0\.3 s"):
+            app.enqueue(plain.prepare(1))
+        assert 0.25 < time.monotonic() - started < 5
+    finally:
+        release.set()
+        holder.join(10)
+    app.enqueue(plain.prepare(2))
+    with app.db.read() as conn:
+        assert sorted(conn.execute(select(jobs.c.args)).scalars()) == [[0], [2]]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_forked_process_enqueues_on_a_connection_of_its_own(make_app):
+    """The child of a fork made while another thread held the one-call connection neither waits
+    for it nor uses it; the parent's connection still serves the parent afterwards."""
+    app = make_app(sqlite_busy_timeout=2)
+
+    @app.task(name="plain")
+    def plain(i: int) -> None: ...
+
+    parent_conn = None
+    with app.db.single() as conn:  # opened in the parent
+        parent_conn = conn
+    taken, release = threading.Event(), threading.Event()
+
+    def keep() -> None:
+        with app.db.single():
+            taken.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=keep)
+    holder.start()
+    assert taken.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 only if its own connection stored the job
+        code = 1
+        try:
+            job = app.enqueue(plain.prepare(7))
+            with app.db.single() as own:
+                code = 0 if own is not parent_conn and app.get_job(job.id).args == [7] else 2
+        finally:
+            os._exit(code)
+    release.set()
+    holder.join(10)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    app.enqueue(plain.prepare(8))
+    with app.db.single() as conn:
+        assert conn is parent_conn
+    with app.db.read() as conn:
+        assert sorted(conn.execute(select(jobs.c.args)).scalars()) == [[7], [8]]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_one_call_connection_is_replaced_after_a_dispose_or_an_open_transaction(make_app):
+    app = make_app()
+
+    @app.task(name="plain")
+    def plain(i: int) -> None: ...
+
+    app.enqueue(plain.prepare(0))
+    with app.db.single() as first:
+        first.execute("BEGIN IMMEDIATE")  # left open: the connection must not serve again
+    with app.db.single() as second:
+        assert second is not first and not second.in_transaction
+    app.enqueue(plain.prepare(1))  # the write lock was not left held
+    app.db.dispose()
+    with pytest.raises(sqlite3.ProgrammingError):
+        second.execute("SELECT 1")  # closed by the dispose
+    app.enqueue(plain.prepare(2))
+    with app.db.read() as conn:
+        assert sorted(conn.execute(select(jobs.c.args)).scalars()) == [[0], [1], [2]]
+
+
+def test_a_bulk_of_many_kinds_of_job_stores_each_as_a_one_call_enqueue_does(make_app):
+    """The bulk insert formats the cells around the payload once per kind of job (PostgreSQL's
+    COPY text): jobs of different tasks and options, interleaved, each read back as the same
+    spec enqueued alone."""
+    app = make_app()
+
+    @app.task(name="first")
+    def first(*args: Any, **kwargs: Any) -> None: ...
+
+    @app.task(name="second.<locals>:x-y", queue="mail", priority=0, max_attempts=1, timeout=float("inf"))
+    def second(*args: Any, **kwargs: Any) -> None: ...
+
+    at = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=timezone(timedelta(hours=-3)))
+    kinds = [first, second, first.configure(delay=60), second.configure(scheduled_at=at, timeout=0.25)]
+    kinds.append(first.configure(delay=3600))  # differs from the third by its time alone
+    specs = [
+        kinds[i % 5].prepare(i, "tab\there", "back\\slash", 'quote"', "ไ\n", k={"v": [i, None, 1.5]})
+        for i in range(40)
+    ]
+    ids = app.enqueue_many(specs)
+    alone = [app.enqueue(spec) for spec in specs[:5]]
+
+    def stored(job: Any) -> tuple[Any, ...]:
+        kept = ("task", "queue", "priority", "state", "max_attempts", "timeout")
+        return tuple(getattr(job, name) for name in kept)
+
+    for i, job_id in enumerate(ids):
+        job = app.get_job(job_id)
+        assert stored(job) == stored(alone[i % 5])
+        assert (job.args, job.kwargs) == (list(specs[i].args), specs[i].kwargs)
+        if i % 5 == 3:
+            assert job.scheduled_at == at
+        elif i % 5 in (2, 4):
+            delay = 60 if i % 5 == 2 else 3600
+            assert abs((job.scheduled_at - job.created_at).total_seconds() - delay) < 1
+
+
+@pytest.mark.parametrize(
+    ("options", "why"),
+    [
+        ({"max_attempts": 2.5}, "max_attempts must be an integer"),
+        ({"max_attempts": True}, "max_attempts must be an integer"),
+        ({"timeout": float("nan")}, "timeout must be > 0"),
+    ],
+)
+def test_options_either_path_would_store_differently_are_refused(tmp_path, options, why):
+    app = App(database_url=f"sqlite:///{tmp_path}/x.db", log_level="WARNING")
+
+    @app.task(name="plain")
+    def plain() -> None: ...
+
+    with pytest.raises(BadInput, match=why):
+        plain.configure(**options).prepare()
+
+
+_RACER = """
+import json, sys, threading
+from ledgerflow import App
+app = App(database_url=sys.argv[1], log_level="WARNING")
+task = app.task(name="plain")(lambda marker: None)
+returned, errors = {}, []
+def enqueue(thread):
+    try:
+        for i in range(100):
+            marker = f"{sys.argv[2]}-{thread}-{i}"
+            returned[marker] = app.enqueue(task.prepare(marker)).id
+    except BaseException as error:
+        errors.append(repr(error))
+threads = [threading.Thread(target=enqueue, args=(t,)) for t in range(3)]
+for t in threads: t.start()
+for t in threads: t.join()
+app.close()
+print(json.dumps({"returned": returned, "errors": errors}))
+"""
+
+
+def test_one_call_enqueues_racing_from_processes_and_threads_each_store_one_job_under_its_id(db_url):
+    """Three processes of three threads each enqueue one job at a time into one database: every
+    call's id is the row of its own payload (SQLite: the threads of a process share one
+    connection), none lost, none twice."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    racers = [
+        subprocess.Popen([sys.executable, "-c", _RACER, db_url, f"p{n}"], stdout=subprocess.PIPE, env=env)
+        for n in range(3)
+    ]
+    returned: dict[str, int] = {}
+    for racer in racers:
+        out, _ = racer.communicate(timeout=120)
+        assert racer.returncode == 0
+        result = json.loads(out)
+        assert result["errors"] == []
+        returned.update(result["returned"])
+    app = App(database_url=db_url, log_level="WARNING")
+    try:
+        with app.db.read() as conn:
+            stored = {row.args[0]: row.id for row in conn.execute(select(jobs.c.id, jobs.c.args))}
+    finally:
+        app.close()
+    assert len(returned) == 900 and stored == returned

@@ -11,12 +11,33 @@ from hypothesis import strategies as st
 from ledgerflow.db.backends import dumps
 from ledgerflow.db.types import storable_text
 from ledgerflow.errors import BadInput
-from ledgerflow.payload import PayloadError, PayloadLimits, check_json, storable_result
+from ledgerflow.payload import (
+    PayloadError,
+    PayloadLimits,
+    _problem,
+    check_json,
+    compact_json,
+    storable_result,
+)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
     max_leaves=30,
+)
+
+
+#: Values shaped to trip a check read from the encoded text: brackets, braces and `\\u0000`
+#: inside strings, keys that are not text, tuples, NUL and lone surrogates, NaN, depth.
+tricky_text = st.sampled_from(["[", "{", "[[{", "\\u0000", "\x00", "\udc80", "ไ", "a\\", '"']) | st.text()
+tricky_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | tricky_text,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.lists(inner, max_size=3).map(tuple)
+        | st.dictionaries(tricky_text | st.integers() | st.none(), inner, max_size=3)
+    ),
+    max_leaves=40,
 )
 
 
@@ -91,3 +112,28 @@ def test_storable_text_only_replaces_what_cannot_be_stored(value: str) -> None:
     out.encode("utf-8")
     assert "\x00" not in out
     assert all(a == b or b == "\ufffd" for a, b in zip(value, out, strict=True))
+
+
+@given(tricky_values, st.integers(min_value=0, max_value=6))
+def test_check_json_accepts_and_refuses_exactly_what_the_full_walk_does(value: object, depth: int) -> None:
+    limits = PayloadLimits(max_depth=depth, max_bytes=64)
+    why = _problem(value, depth)
+    if why is None:
+        text = compact_json(value)
+        if len(text.encode()) > limits.max_bytes:
+            why = f"{len(text.encode())} bytes encoded, over the limit of 64"
+    if why is None:
+        assert check_json(value, "args", limits) == text
+    else:
+        with pytest.raises(PayloadError) as refused:
+            check_json(value, "args", limits)
+        assert str(refused.value) == f"args: {why}"
+
+
+def test_the_compact_encoder_writes_what_json_dumps_writes() -> None:
+    value = {"a": [1, 2.5, None, True, 'ไ\n"x"'], "b": (3,), "c": {"d": -0.0}}
+    assert compact_json(value) == json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    with pytest.raises(ValueError):
+        compact_json([float("nan")])
+    with pytest.raises(TypeError, match="bytes is not JSON serializable"):
+        compact_json([b"x"])

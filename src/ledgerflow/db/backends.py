@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import sqlite3
 import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -19,6 +20,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from ledgerflow.db.types import storable_text
+from ledgerflow.payload import compact_json
 
 
 class Waker(Protocol):
@@ -62,15 +64,18 @@ class SessionLimits:
     idle_in_transaction_timeout: float = 5.0
 
 
-#: A SQLAlchemy connection, or a pooled driver connection without one (`Database.single`).
-AnyConnection = Connection | PoolProxiedConnection
+#: A SQLAlchemy connection, a pooled driver connection without one, or SQLite's connection of
+#: one-call statements (`Database.single`).
+AnyConnection = Connection | PoolProxiedConnection | sqlite3.Connection
 
 
 def driver_of(conn: AnyConnection) -> Any:
     """The driver's connection (psycopg, sqlite3) under a SQLAlchemy connection or a pooled one."""
     if isinstance(conn, Connection):
         return conn.connection.driver_connection
-    return conn.driver_connection
+    if isinstance(conn, PoolProxiedConnection):
+        return conn.driver_connection
+    return conn
 
 
 class Backend(Protocol):
@@ -84,7 +89,9 @@ class Backend(Protocol):
     def waker(self, engine: Engine, poll_seconds: float) -> Waker: ...
     def autocommit(self, driver: Any, on: bool) -> None: ...
     def insert_jobs(self, conn: Connection, rows: list[tuple[Any, ...]]) -> list[int]: ...
-    def insert_job(self, conn: AnyConnection, values: tuple[Any, ...]) -> tuple[int, datetime]: ...
+    def insert_job(
+        self, conn: AnyConnection, values: tuple[Any, ...], now: datetime
+    ) -> tuple[int, datetime]: ...
     def stream(
         self, conn: Connection, query: Select[Any], size: int
     ) -> AbstractContextManager[Iterator[Sequence[Any]]]: ...
@@ -117,7 +124,6 @@ BULK_JOB_COLUMNS = (
 ONE_JOB_COLUMNS = (*BULK_JOB_COLUMNS, "trace_context")
 
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 _decode = json.JSONDecoder().decode
 
 #: `\u0000` escapes that are not themselves escaped (an even run of backslashes before them).
@@ -130,7 +136,7 @@ def dumps(value: Any) -> str:
     What a JSON column cannot hold on PostgreSQL (NUL, lone surrogates) is stored as U+FFFD,
     the same rule as text columns (`types.storable_text`); NaN and infinities are refused.
     """
-    text = _encode(value)
+    text = compact_json(value)
     if "\\u0000" in text:
         text = _NUL_ESCAPE.sub("\\1\\\\ufffd", text)
     return text if text.isascii() else storable_text(text)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import itertools
+import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from typing import Any
 import psycopg
 from sqlalchemy import Connection, Interval, Select, exc, func, literal, make_url
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from ledgerflow.db.backends import (
@@ -102,6 +104,53 @@ _DRAW_IDS = (
 )
 
 
+def copy_text(ids: list[int], rows: list[tuple[Any, ...]], now: datetime, chunk: int = 2000) -> Iterator[str]:
+    """COPY's text format of the bulk insert's rows (`id`, the `BULK_JOB_COLUMNS`, `created_at`
+    = `now`, `errors` = `[]`, `has_dependencies` = false), `chunk` rows per piece.
+
+    Jobs of one task and options differ only by id and payload: the cells around the payload
+    are formatted once per kind of job (`psycopg`'s `write_row` formats every cell of every row:
+    2.8 against 0.6 µs of client CPU per row). The payload is checked JSON text, whose encoder
+    escapes every control character: only its backslashes need COPY's escape."""
+    around: dict[tuple[Any, ...], tuple[str, str]] = {}
+    created = now.isoformat()
+    lines: list[str] = []
+    for job_id, row in zip(ids, rows, strict=True):
+        task, queue, priority, state, args, kwargs, max_attempts, timeout, when = row
+        kind = (task, queue, priority, state, max_attempts, timeout, when)
+        cells = around.get(kind)
+        if cells is None:
+            cells = around[kind] = (
+                f"\t{_copy_cell(task)}\t{_copy_cell(queue)}\t{priority}\t{_copy_cell(state)}\t",
+                f"\t{max_attempts}\t{_float_text(timeout)}\t{when.isoformat()}\t{created}\t[]\tf\n",
+            )
+        if "\\" in args:
+            args = args.replace("\\", "\\\\")
+        if "\\" in kwargs:
+            kwargs = kwargs.replace("\\", "\\\\")
+        lines.append(f"{job_id}{cells[0]}{args}\t{kwargs}{cells[1]}")
+        if len(lines) == chunk:
+            yield "".join(lines)
+            lines.clear()
+    if lines:
+        yield "".join(lines)
+
+
+def _copy_cell(text: str) -> str:
+    """A text cell in COPY's text format."""
+    return text.translate(_COPY_ESCAPES)
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _float_text(value: float) -> str:
+    """A float8 cell (PostgreSQL's spelling of the infinities and NaN, as psycopg writes them)."""
+    if math.isfinite(value):
+        return repr(float(value))
+    return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+
+
 def _milliseconds(seconds: float) -> int:
     """A PostgreSQL timeout in ms; a positive value never rounds down to 0 (which means 'off')."""
     return max(1, round(seconds * 1000)) if seconds > 0 else 0
@@ -117,7 +166,7 @@ def driver_error(conn: AnyConnection, statement: str, error: psycopg.Error) -> e
     invalidating a broken connection so the pool never hands it out again."""
     raw = driver_of(conn)
     broken = bool(getattr(raw, "closed", False) or getattr(raw, "broken", False))
-    if broken:
+    if broken and isinstance(conn, Connection | PoolProxiedConnection):
         conn.invalidate()
     kind = exc.OperationalError if isinstance(error, psycopg.OperationalError) else exc.DatabaseError
     return kind(statement, None, error, connection_invalidated=broken)  # type: ignore[arg-type]
@@ -181,17 +230,17 @@ class PostgresBackend:
                 ids: list[int] = drawn[0]
                 now = drawn[1]
                 with cursor.copy(f"COPY jobs ({columns}) FROM STDIN") as copy:
-                    for job_id, row in zip(ids, rows, strict=True):
-                        copy.write_row((job_id, *row, now, "[]", False))
+                    for text in copy_text(ids, rows, now):
+                        copy.write(text)
         except psycopg.Error as error:
             raise driver_error(conn, "COPY jobs", error) from error
         return ids
 
-    def insert_job(self, conn: AnyConnection, values: tuple[Any, ...]) -> tuple[int, datetime]:
+    def insert_job(self, conn: AnyConnection, values: tuple[Any, ...], now: datetime) -> tuple[int, datetime]:
         """One plain job (no unique key, dependencies or schedule; `ONE_JOB_COLUMNS` values) in
         one statement on the driver's connection, without SQLAlchemy's per-statement work
         (psycopg prepares it on its fifth use); returns its id and `created_at` (the
-        transaction's `now()`)."""
+        transaction's `now()`, the database clock: the caller's `now` is not used)."""
         try:
             found = driver_of(conn).execute(_INSERT_ONE, values).fetchone()
         except psycopg.Error as error:

@@ -315,21 +315,22 @@ class SQLiteBackend:
             cursor.close()
         return list(range(last - len(rows) + 1, last + 1))
 
-    def insert_job(self, conn: AnyConnection, values: tuple[Any, ...]) -> tuple[int, datetime]:
+    def insert_job(self, conn: AnyConnection, values: tuple[Any, ...], now: datetime) -> tuple[int, datetime]:
         """One plain job (no unique key, dependencies or schedule; `ONE_JOB_COLUMNS` values) in
-        one statement on the driver's cursor, without SQLAlchemy's per-statement work (half the
-        CPU of one-call enqueue); returns its id and `created_at` (the process clock: SQLite's)."""
-        created = _utcnow()
-        cursor = driver_of(conn).cursor()
+        one statement on the driver's connection, without SQLAlchemy's per-statement work (half
+        the CPU of one-call enqueue); returns its id and `created_at`: `now`, the caller's
+        reading of the process clock (SQLite's), which a job due now is also scheduled at."""
+        created = _stored(now)
+        when = values[8]
         try:
-            cursor.execute(_INSERT_ONE, (*values[:8], _stored(values[8]), values[9], _stored(created)))
-            job_id = cursor.lastrowid
+            cursor = driver_of(conn).execute(
+                _INSERT_ONE, (*values[:8], created if when is now else _stored(when), values[9], created)
+            )
         except sqlite3.Error as error:
             raise _driver_error(_INSERT_ONE, error) from error
-        finally:
-            cursor.close()
+        job_id = cursor.lastrowid
         assert job_id is not None
-        return job_id, created
+        return job_id, now
 
     def stream(
         self, conn: Connection, query: Select[Any], size: int

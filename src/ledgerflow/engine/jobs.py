@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ledgerflow.engine.states import JobState
 from ledgerflow.errors import BadInput
 from ledgerflow.names import check_name
-from ledgerflow.payload import check_json
+from ledgerflow.payload import PayloadError, encoded
 
 if TYPE_CHECKING:
     from ledgerflow.engine.progress import ProgressReport
@@ -73,9 +73,11 @@ def validate_spec(spec: JobSpec) -> tuple[str, str]:
         raise BadInput(f"priority must be an integer 0..9, got {spec.priority!r}")
     if not 0 <= spec.priority <= 9:
         raise BadInput(f"priority must be 0..9, got {spec.priority}")
+    if isinstance(spec.max_attempts, bool) or not isinstance(spec.max_attempts, int):
+        raise BadInput(f"max_attempts must be an integer >= 1, got {spec.max_attempts!r}")
     if spec.max_attempts < 1:
         raise BadInput(f"max_attempts must be >= 1, got {spec.max_attempts}")
-    if spec.timeout <= 0:
+    if not spec.timeout > 0:  # NaN too
         raise BadInput(f"timeout must be > 0 seconds, got {spec.timeout}")
     if spec.delay is not None and spec.delay < 0:
         raise BadInput(f"delay must be >= 0 seconds, got {spec.delay}")
@@ -96,10 +98,17 @@ def validate_spec(spec: JobSpec) -> tuple[str, str]:
 
 def check_payload(spec: JobSpec) -> tuple[str, str]:
     """Refuse args or kwargs that cannot be stored (`check_json`); returns them as JSON text."""
-    return (
-        check_json(list(spec.args), f"args of task {spec.task!r}"),
-        check_json(dict(spec.kwargs), f"kwargs of task {spec.task!r}"),
-    )
+    args, kwargs = spec.args, spec.kwargs
+    args_json, why = encoded(args if type(args) in _SEQUENCES else list(args))
+    if args_json is None:
+        raise PayloadError(f"args of task {spec.task!r}: {why}")
+    kwargs_json, why = encoded(kwargs if type(kwargs) is dict else dict(kwargs))
+    if kwargs_json is None:
+        raise PayloadError(f"kwargs of task {spec.task!r}: {why}")
+    return args_json, kwargs_json
+
+
+_SEQUENCES = (tuple, list)
 
 
 @dataclass(frozen=True)
@@ -184,8 +193,11 @@ class Job:
         created_at: datetime,
         trace_context: dict[str, str] | None,
     ) -> Job:
-        """A plain job just inserted: its spec plus what the insert decided and the database assigned."""
-        return cls(
+        """A plain job just inserted: its spec plus what the insert decided and the database
+        assigned. Built without the frozen dataclass's `__init__` (one `object.__setattr__` per
+        field: 2.6 against 0.9 µs per one-call enqueue); `test_inserted_job_equals_the_row_read_back`."""
+        job: Job = object.__new__(Job)
+        job.__dict__.update(
             id=job_id,
             task=spec.task,
             queue=spec.queue,
@@ -210,6 +222,7 @@ class Job:
             worker_id=None,
             trace_context=trace_context,
         )
+        return job
 
     @property
     def attempts_counted(self) -> int:

@@ -105,7 +105,7 @@ def scheduled_for(spec: JobSpec, now: datetime) -> datetime:
 
 def plain_row(spec: JobSpec, now: datetime) -> tuple[Any, ...]:
     """A plain job's `BULK_JOB_COLUMNS` values, its payload as the JSON its validation encoded."""
-    when = scheduled_for(spec, now)
+    when = now if spec.scheduled_at is None and not spec.delay else scheduled_for(spec, now)
     return (
         spec.task,
         spec.queue,
@@ -141,22 +141,26 @@ class JobStore:
         if not specs:
             return []
         with tracing.enqueue_span(specs[0].task, specs[0].queue, len(specs)):
-            ids: list[int | None] = [None] * len(specs)
             plain = [i for i, s in enumerate(specs) if is_plain(s)]
+            if len(plain) == len(specs):  # the usual bulk: every id from the one insert, in order
+                return self._insert_plain_many(conn, specs)
+            ids: list[int | None] = [None] * len(specs)
             if plain:
-                now = datetime.now(UTC)
-                new_ids = self.db.backend.insert_jobs(conn, [plain_row(specs[i], now) for i in plain])
+                new_ids = self._insert_plain_many(conn, [specs[i] for i in plain])
                 for i, new_id in zip(plain, new_ids, strict=True):
                     ids[i] = new_id
-                trace_context = tracing.carrier()
-                if trace_context:  # the bulk path writes fixed columns; tracing adds one statement
-                    conn.execute(
-                        update(jobs).where(jobs.c.id.in_(new_ids)).values(trace_context=trace_context)
-                    )
             for i, spec in enumerate(specs):
                 if ids[i] is None:
                     ids[i] = self._enqueue_one(conn, spec)
             return [int(i) for i in ids if i is not None]
+
+    def _insert_plain_many(self, conn: Connection, specs: Sequence[JobSpec]) -> list[int]:
+        now = datetime.now(UTC)
+        new_ids = self.db.backend.insert_jobs(conn, [plain_row(spec, now) for spec in specs])
+        trace_context = tracing.carrier()
+        if trace_context:  # the bulk path writes fixed columns; tracing adds one statement
+            conn.execute(update(jobs).where(jobs.c.id.in_(new_ids)).values(trace_context=trace_context))
+        return new_ids
 
     def enqueue_job(self, conn: Connection, spec: JobSpec) -> Job:
         """Insert one job and return it as stored (one statement for a plain job)."""
@@ -169,10 +173,11 @@ class JobStore:
         """Insert a plain job (`is_plain`) in one statement and return it as stored; `conn` may
         be a pooled driver connection (`Database.single`) as well as a SQLAlchemy one."""
         with tracing.enqueue_span(spec.task, spec.queue) as span:
-            row = plain_row(spec, datetime.now(UTC))
+            now = datetime.now(UTC)
+            row = plain_row(spec, now)
             trace_context = tracing.carrier()
             job_id, created_at = self.db.backend.insert_job(
-                conn, (*row, dumps(trace_context) if trace_context else None)
+                conn, (*row, dumps(trace_context) if trace_context else None), now
             )
             tracing.set_job_id(span, job_id)
             return Job.inserted(spec, job_id, row[3], row[8], created_at, trace_context)
