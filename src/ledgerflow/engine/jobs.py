@@ -123,7 +123,7 @@ class JobError:
 
 
 #: State by stored value: a dict lookup (calling the enum costs more, once per claimed job).
-_STATES = {state.value: state for state in JobState}
+JOB_STATES = {state.value: state for state in JobState}
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ class Job:
             task=m["task"],
             queue=m["queue"],
             priority=int(m["priority"]),
-            state=_STATES[m["state"]],
+            state=JOB_STATES[m["state"]],
             args=list(m["args"] or []),
             kwargs=dict(m["kwargs"] or {}),
             attempt=int(m["attempt"]),
@@ -202,7 +202,7 @@ class Job:
             task=spec.task,
             queue=spec.queue,
             priority=spec.priority,
-            state=_STATES[state],
+            state=JOB_STATES[state],
             args=list(spec.args),
             kwargs=dict(spec.kwargs),
             attempt=0,
