@@ -4,18 +4,19 @@ SQLite's one-call connection): each test is a case the fast path could get wrong
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from ledgerflow import DatabaseUnavailable
+from ledgerflow import BadInput, DatabaseUnavailable
 from ledgerflow.db.tables import jobs
 from ledgerflow.engine.jobs import JobSpec
 from ledgerflow.payload import PayloadError, check_json
@@ -92,6 +93,28 @@ def test_an_integer_too_long_to_read_back_is_refused_as_a_bad_payload():
             check_json(value, "args")
     with pytest.raises(PayloadError, match="kwargs of task 'echo': an integer of more than"):
         JobSpec(task="echo", kwargs={"n": 10**limit})
+
+
+@pytest.mark.parametrize(
+    ("options", "why"),
+    [
+        ({"max_attempts": 2**31}, "max_attempts must be <= 2147483647"),
+        ({"timeout": 10**400}, "timeout must be > 0 seconds"),
+        ({"timeout": "5"}, "timeout must be > 0 seconds, got '5'"),
+        ({"delay": float("nan")}, "delay must be >= 0 seconds, due before 9999-12-30, got nan"),
+        ({"delay": float("inf")}, "delay must be >= 0 seconds"),
+        ({"delay": 1e12}, "delay must be >= 0 seconds"),
+        ({"delay": 10**400}, "delay must be >= 0 seconds"),
+        ({"scheduled_at": datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5)))}, "within years"),
+        ({"scheduled_at": datetime(1, 1, 1, 1, tzinfo=timezone(timedelta(hours=5)))}, "within years"),
+        ({"unique_key": 5}, "unique_key must be 1..255 characters"),
+    ],
+)
+def test_options_no_insert_could_store_are_refused_as_bad_input(options, why):
+    """Refused when the spec is made, naming the value, not an OverflowError, ValueError or
+    TypeError at the insert (or PostgreSQL's integer out of range where SQLite stored it)."""
+    with pytest.raises(BadInput, match=re.escape(why)):
+        JobSpec(task="echo", **options)
 
 
 def test_a_bulk_of_mixed_kinds_stores_what_one_by_one_enqueues_store(make_app):
