@@ -14,10 +14,12 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, select, text
 
+from ledgerflow import JobFilter, JobSpec
 from ledgerflow.backup import create_backup
 from ledgerflow.db.database import Database
 from ledgerflow.db.migrate import current_revision, head_revision, migrate
 from ledgerflow.db.tables import jobs
+from ledgerflow.engine.search import index_pending
 from tests.backup.conftest import entry
 from tests.backup.test_restore_books import D1, _references
 from tests.conftest import _admin, pg_url
@@ -143,3 +145,46 @@ def test_a_backup_from_before_0017_with_bare_number_results_restores_as_it_read(
             valid = conn.exec_driver_sql("SELECT count(*) FROM jobs WHERE NOT json_valid(result)").scalar()
             assert valid == 0, "every result is JSON"
     assert create_backup(app).revision == head_revision()
+
+
+def test_a_backup_from_before_0018_restored_after_it_is_searched_exactly(books_app, cli, empty_db_url):
+    """A 0017 backup (no PostgreSQL search side tables) restored into a database whose side
+    tables index other jobs: they are dropped and made afresh by 0018, so every search finds
+    the restored jobs and none of the replaced ones, before and after the indexer runs."""
+    old = Database(empty_db_url)
+    migrate(old, "0017")
+    now = datetime.now(UTC)
+    job = {
+        "task": "t",
+        "queue": "default",
+        "priority": 0,
+        "state": "completed",
+        "kwargs": {},
+        "max_attempts": 3,
+        "timeout": 60.0,
+        "scheduled_at": now,
+        "created_at": now,
+        "errors": [],
+    }
+    with old.begin() as conn:
+        conn.execute(insert(jobs), [{**job, "args": [f"restored kiwi {i}"]} for i in range(5)])
+    old.dispose()
+    app = books_app(database_url=empty_db_url)
+    name = create_backup(app).name
+    migrate(app.db)
+    with app.db.begin() as conn:
+        conn.execute(jobs.delete())
+    replaced = app.enqueue_many([JobSpec(task="t", args=(f"replaced kiwi mango {i}",)) for i in range(5)])
+    assert index_pending(app.db) >= len(replaced)  # the side tables hold the replaced jobs
+
+    code, stdout, err = cli("backup", "restore", name, env={"LEDGERFLOW_DATABASE_URL": empty_db_url})
+
+    assert code == 0, err
+    app.db.dispose()
+    with app.db.read() as conn:
+        restored = sorted(conn.execute(select(jobs.c.id)).scalars())
+    assert len(restored) == 5
+    for _ in range(2):
+        assert sorted(j.id for j in app.find_jobs(JobFilter(text="kiwi"))) == restored
+        assert app.find_jobs(JobFilter(text="mango")) == []
+        index_pending(app.db)

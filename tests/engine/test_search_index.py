@@ -1,18 +1,19 @@
-"""The SQLite job search index (filled behind a mark, off enqueue) answers exactly as a scan does,
-whether it lags, has caught up, or holds jobs since deleted or whose errors changed; PostgreSQL
-answers the same searches through its trigram index exactly as through a plain scan."""
+"""The job search index (side tables filled behind a mark, off the hot path: FTS5 on SQLite, GIN
+trigram on PostgreSQL) answers exactly as a scan does, whether it lags, has caught up, or holds
+jobs since deleted or whose errors changed."""
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete, text, update
+from sqlalchemy import delete, event, select, text, update
 
 from ledgerflow import JobFilter, JobSpec, JobState
-from ledgerflow.db import sqlite
+from ledgerflow.db import postgres, sqlite
 from ledgerflow.db.tables import jobs
 from ledgerflow.engine import search
 from ledgerflow.engine.search import count_matching, index_pending
@@ -64,9 +65,9 @@ def _reference(app, filt: JobFilter) -> list[int]:
 
 
 def _index_some(app, count: int) -> None:
-    if app.db.is_sqlite and count:
+    if count:
         with app.db.begin() as conn:
-            sqlite.index_jobs(conn, count)
+            (sqlite if app.db.is_sqlite else postgres).index_jobs(conn, count)
 
 
 def _page_through(app, filt: JobFilter, limit: int) -> list[int]:
@@ -142,14 +143,14 @@ def test_jobs_enqueued_after_the_mark_are_found_before_any_indexing(make_app, ba
 def test_deleted_jobs_leave_the_index(make_app, backend):
     app = make_app()
     ids = app.enqueue_many([JobSpec(task="t", args=("kiwi",)) for _ in range(4)])
-    assert index_pending(app.db) == (4 if backend == "sqlite" else 0)
+    assert index_pending(app.db) == 4
     with app.db.begin() as conn:
         conn.execute(delete(jobs).where(jobs.c.id.in_(ids[:3])))
     assert [j.id for j in app.find_jobs(JobFilter(text="kiwi"))] == ids[3:]
-    if backend == "sqlite":
-        with app.db.read() as conn:
-            left = conn.exec_driver_sql("SELECT rowid FROM job_search ORDER BY rowid").scalars().all()
-        assert left == ids[3:]
+    key = "rowid" if backend == "sqlite" else "id"
+    with app.db.read() as conn:
+        left = conn.exec_driver_sql(f"SELECT {key} FROM job_search ORDER BY {key}").scalars().all()
+    assert left == ids[3:]
 
 
 def test_a_running_worker_fills_the_index_and_enqueue_never_touches_it(make_app, backend):
@@ -160,18 +161,16 @@ def test_a_running_worker_fills_the_index_and_enqueue_never_touches_it(make_app,
         time.sleep(1.0)  # the maintenance loop (every 0.25 s here) runs meanwhile
 
     ids = app.enqueue_many([JobSpec(task="t", args=(f"INV-{i:04d}",)) for i in range(50)])
-    if backend == "sqlite":
-        with app.db.read() as conn:
-            assert conn.exec_driver_sql("SELECT indexed_to FROM job_search_mark").scalar_one() == 0
-            assert conn.exec_driver_sql("SELECT count(*) FROM job_search").scalar_one() == 0
+    with app.db.read() as conn:
+        assert conn.exec_driver_sql("SELECT indexed_to FROM job_search_mark").scalar_one() == 0
+        assert conn.exec_driver_sql("SELECT count(*) FROM job_search").scalar_one() == 0
     app.enqueue(JobSpec(task="slow"))
     app.run_worker(burst=True, queues=["default"])
     assert [j.id for j in app.find_jobs(JobFilter(text="inv-0042"))] == [ids[42]]
-    if backend == "sqlite":
-        with app.db.read() as conn:
-            assert conn.exec_driver_sql("SELECT indexed_to FROM job_search_mark").scalar_one() >= ids[-1]
-            rows = conn.exec_driver_sql("SELECT count(*) FROM job_search").scalar_one()
-        assert rows >= len(ids)
+    with app.db.read() as conn:
+        assert conn.exec_driver_sql("SELECT indexed_to FROM job_search_mark").scalar_one() >= ids[-1]
+        rows = conn.exec_driver_sql("SELECT count(*) FROM job_search").scalar_one()
+    assert rows >= len(ids)
 
 
 def test_searches_use_the_indexes(make_app, backend):
@@ -188,9 +187,9 @@ def test_searches_use_the_indexes(make_app, backend):
             compiled = query.limit(50).compile(app.db.engine, compile_kwargs={"literal_binds": True})
             return " | ".join(str(r[-1]) for r in conn.exec_driver_sql(f"{explain} {compiled}"))
 
-        text_index = "VIRTUAL TABLE INDEX" if backend == "sqlite" else "ix_jobs_search"
-        assert text_index in plan(JobFilter(text="kiwi"))
-        assert ("VIRTUAL TABLE INDEX" if backend == "sqlite" else "ix_jobs_search") in plan(
+        sqlite_index = "VIRTUAL TABLE INDEX"
+        assert (sqlite_index if backend == "sqlite" else "ix_job_search_body") in plan(JobFilter(text="kiwi"))
+        assert (sqlite_index if backend == "sqlite" else "ix_job_error_search_body") in plan(
             JobFilter(error="kiwi")
         )
         assert "ix_jobs_created_at" in plan(
@@ -199,3 +198,41 @@ def test_searches_use_the_indexes(make_app, backend):
         assert "ix_jobs_finished_at" in plan(
             JobFilter(finished_after=day, finished_before=day + timedelta(days=1))
         )
+
+
+def test_an_error_change_committed_while_the_indexer_works_is_found_after_it(make_app, backend):
+    """PostgreSQL: a failure commits between the indexer's read of the noted jobs and its
+    forgetting of those notes; its own note is kept, so its errors are found (the indexer
+    forgets only the notes it read). SQLite: the failure waits for the indexer's write lock."""
+    app = make_app()
+    job = app.enqueue(JobSpec(task="t", args=("plain",)))
+
+    def fail(message: str) -> None:
+        error = {"attempt": 1, "type": "ValueError", "message": message, "traceback": None, "at": "2026"}
+        with app.db.begin() as conn:
+            errors = conn.execute(select(jobs.c.errors).where(jobs.c.id == job.id)).scalar_one()
+            conn.execute(update(jobs).where(jobs.c.id == job.id).values(errors=[*errors, error]))
+
+    fail("first kiwi")
+    late = threading.Thread(target=fail, args=("second mango",))
+
+    def between(conn, cursor, statement: str, *args) -> None:
+        if statement.startswith("DELETE FROM job_search_dirty") and not late.is_alive() and not late.ident:
+            late.start()
+            late.join(0.5 if backend == "sqlite" else 30)  # SQLite: it waits for this transaction
+            assert late.is_alive() is (backend == "sqlite")
+
+    event.listen(app.db.engine, "before_cursor_execute", between)
+    try:
+        assert index_pending(app.db) >= 2
+    finally:
+        event.remove(app.db.engine, "before_cursor_execute", between)
+    late.join(30)
+    assert late.ident and not late.is_alive()
+    for term in ("kiwi", "mango"):
+        assert [j.id for j in app.find_jobs(JobFilter(error=term))] == [job.id], term
+    index_pending(app.db)
+    for term in ("kiwi", "mango"):
+        assert [j.id for j in app.find_jobs(JobFilter(error=term))] == [job.id], term
+    with app.db.read() as conn:
+        assert not conn.exec_driver_sql("SELECT count(*) FROM job_search_dirty").scalar_one()

@@ -20,6 +20,7 @@ import re
 import shutil
 import sqlite3
 import subprocess
+import tempfile
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -28,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from ledgerflow.backup.books import watermark
 from ledgerflow.backup.folder import fsync
-from ledgerflow.db.tables import metadata
+from ledgerflow.db.tables import SEARCH_TABLES, metadata
 from ledgerflow.errors import BadInput, LedgerflowError
 
 _CHUNK = 1 << 20
@@ -201,20 +203,32 @@ def _dump_postgres(dsn: str, target: Path) -> Snapshot:
 
 
 def _pg_restore(dsn: str, path: Path, name: str) -> None:
-    _run(
-        [
-            "pg_restore",
-            "--clean",
-            "--if-exists",
-            "--no-owner",
-            "--no-acl",
-            "--single-transaction",
-            "--exit-on-error",
-            f"--dbname={dsn}",
-            str(path),
-        ],
-        f"pg_restore of {name} failed (nothing was changed)",
-    )
+    """Restore the archive into `dsn`, replacing what it holds, but not its extensions: they are
+    made if missing and never dropped (`--clean` would drop pg_trgm, which the search side
+    tables of a later schema, not in an older archive, depend on)."""
+    listing = _run(["pg_restore", "--list", str(path)], f"backup {name} is not a pg_dump archive", BadInput)
+    extensions = re.findall(r"^\d+; \d+ \d+ EXTENSION - (\S+)", listing, re.M)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for extension in extensions:
+            conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(extension)))
+    with tempfile.NamedTemporaryFile("w", suffix=".list") as entries:
+        entries.write("\n".join(line for line in listing.splitlines() if " EXTENSION " not in line))
+        entries.flush()
+        _run(
+            [
+                "pg_restore",
+                "--clean",
+                "--if-exists",
+                "--no-owner",
+                "--no-acl",
+                "--single-transaction",
+                "--exit-on-error",
+                f"--use-list={entries.name}",
+                f"--dbname={dsn}",
+                str(path),
+            ],
+            f"pg_restore of {name} failed (nothing was changed)",
+        )
 
 
 def drop_tables_not_in(url: str, kept: set[str]) -> list[str]:
@@ -222,12 +236,13 @@ def drop_tables_not_in(url: str, kept: set[str]) -> list[str]:
 
     `pg_restore --clean` replaces only what the archive holds, so the tables a later schema
     added would survive with the replaced database's rows, and upgrading the restored schema
-    would then fail on them. SQLite's restore replaces the whole file: nothing to drop.
+    would then fail on them (the search side tables would also describe the replaced jobs).
+    SQLite's restore replaces the whole file: nothing to drop.
     """
     if _is_sqlite(url):
         return []
     with psycopg.connect(libpq(url)) as conn:  # one transaction
-        extra = sorted((_postgres_tables(conn) & set(metadata.tables)) - kept)
+        extra = sorted((_postgres_tables(conn) & (set(metadata.tables) | SEARCH_TABLES)) - kept)
         for table in extra:
             conn.execute(f'DROP TABLE IF EXISTS "{table}" CASCADE')  # type: ignore[arg-type]
     return extra

@@ -23,7 +23,22 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, Interval, Select, exc, func, literal, make_url
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Interval,
+    Select,
+    Text,
+    column,
+    exc,
+    func,
+    literal,
+    make_url,
+    or_,
+    select,
+    table,
+    union_all,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.elements import ColumnElement
@@ -38,6 +53,7 @@ from ledgerflow.db.backends import (
     cursor_stream,
     driver_of,
 )
+from ledgerflow.db.tables import jobs
 from ledgerflow.db.types import UTCDateTime
 
 
@@ -102,6 +118,144 @@ _DRAW_IDS = (
     "SELECT array_agg(nextval((SELECT pg_get_serial_sequence('jobs', 'id')::regclass))), now() "
     "FROM generate_series(1, %d)"
 )
+
+
+#: The job search side tables (migration 0018): the JSON text of args and kwargs, and of
+#: errors, per job, each with a GIN trigram index, filled up to `job_search_mark.indexed_to`.
+job_search = table("job_search", column("id", BigInteger), column("body", Text))
+job_error_search = table("job_error_search", column("id", BigInteger), column("body", Text))
+job_search_dirty = table("job_search_dirty", column("seq", BigInteger), column("id", BigInteger))
+job_search_mark = table("job_search_mark", column("indexed_to", BigInteger))
+
+#: The virtual transactions of every other session of this database (each transaction holds
+#: a lock on its own virtual transaction id from its start to its end).
+_OPEN_TRANSACTIONS = (
+    "SELECT coalesce(array_agg(l.virtualxid), '{}') FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'virtualxid' AND l.granted AND l.pid <> pg_backend_pid() "
+    "AND a.datname = current_database()"
+)
+_STILL_OPEN = (
+    "SELECT coalesce(array_agg(virtualxid), '{}') FROM pg_locks "
+    "WHERE locktype = 'virtualxid' AND granted AND virtualxid = ANY(%(waits)s)"
+)
+_LAST_ID = "SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence('jobs', 'id')::regclass), 0)"
+#: Index the next jobs of a range (whose ids can no longer commit): their args and kwargs
+#: text, and their errors when they have some (a restore); how many and the last id.
+_INDEX_RANGE = (
+    "WITH chunk AS (SELECT id, args, kwargs, errors FROM jobs WHERE id > %(mark)s AND id <= %(target)s "
+    "ORDER BY id LIMIT %(chunk)s), "
+    "texts AS (INSERT INTO job_search (id, body) SELECT id, args::text || E'\\n' || kwargs::text FROM chunk "
+    "ON CONFLICT (id) DO NOTHING), "
+    "errs AS (INSERT INTO job_error_search (id, body) SELECT id, errors::text FROM chunk "
+    "WHERE errors <> '[]' ON CONFLICT (id) DO UPDATE SET body = excluded.body) "
+    "SELECT count(*), max(id) FROM chunk"
+)
+#: Re-index the errors of the jobs noted as changed (the notes read, up to a chunk), then
+#: forget those notes (a later change has a note of its own, kept); how many notes.
+_INDEX_CHANGED = (
+    "WITH noted AS (SELECT seq, id FROM job_search_dirty ORDER BY seq LIMIT %(chunk)s), "
+    "errs AS (INSERT INTO job_error_search (id, body) SELECT id, errors::text FROM jobs "
+    "WHERE id IN (SELECT id FROM noted) AND errors <> '[]' "
+    "ON CONFLICT (id) DO UPDATE SET body = excluded.body) "
+    "SELECT coalesce(array_agg(seq), '{}') FROM noted"
+)
+
+
+def text_candidates(
+    id_column: ColumnElement[Any], patterns: Sequence[str], errors: bool
+) -> ColumnElement[bool]:
+    """`id_column IN (...)`: the jobs whose indexed text (args and kwargs, or `errors`) is
+    `ILIKE` one of `patterns` (through the GIN trigram index), plus every job above the index
+    mark (not indexed yet) and, for errors, every job whose errors changed since it was
+    indexed. A superset: callers recheck the text on the job itself."""
+    index = job_error_search if errors else job_search
+    indexed = select(index.c.id).where(or_(*(index.c.body.ilike(p, escape="\\") for p in patterns)))
+    newer = jobs.alias("newer")
+    found = [
+        indexed,
+        select(newer.c.id).where(newer.c.id > select(job_search_mark.c.indexed_to).scalar_subquery()),
+    ]
+    if errors:
+        found.append(select(job_search_dirty.c.id))
+    return id_column.in_(union_all(*found))
+
+
+def search_pending(conn: Connection) -> bool:
+    """Whether a job above the search index mark, or one whose errors changed, waits (the
+    newest id, not EXISTS over `id >` the mark: planned before the mark is read, that scans)."""
+    return bool(
+        conn.exec_driver_sql(
+            "SELECT coalesce((SELECT max(id) FROM jobs) > (SELECT indexed_to FROM job_search_mark), false) "
+            "OR EXISTS (SELECT 1 FROM job_search_dirty)"
+        ).scalar_one()
+    )
+
+
+def _next_target(conn: Connection, mark: int) -> tuple[int, list[str]]:
+    """The sequence's last value, and the transactions to wait for before indexing up to it
+    (read after it: every transaction that may hold an id at or below it, and not yet ended)."""
+    target = int(conn.exec_driver_sql(_LAST_ID).scalar_one())
+    if target <= mark:
+        return mark, []
+    return target, list(conn.exec_driver_sql(_OPEN_TRANSACTIONS).scalar_one())
+
+
+def _merge_pending(conn: Connection, *indexes: str) -> None:
+    """Move the entries just added to GIN `indexes` from their pending list into the index, in
+    bulk, here off the hot path: a search reads a pending list whole, and with autovacuum off
+    nothing else would merge one before it fills (4 MB). Only an index's owner may (else, or
+    without pg_trgm, the index is left to autovacuum)."""
+    conn.exec_driver_sql(
+        "SELECT gin_clean_pending_list(c.oid) FROM unnest(%(names)s::text[]) n "
+        "JOIN pg_class c ON c.oid = to_regclass(n) WHERE pg_has_role(c.relowner, 'USAGE')",
+        {"names": list(indexes)},
+    )
+
+
+def index_jobs(conn: Connection, chunk: int) -> int:
+    """Index up to `chunk` jobs below a safe target and move the mark past them, then re-index
+    the errors of up to `chunk` jobs whose errors changed; how many were indexed (0 when
+    another session is indexing). Run in a READ COMMITTED transaction.
+
+    Ids are drawn from the sequence in one order and committed in another, so the highest
+    committed id is no mark: a transaction holding a lower id may commit later. The mark
+    moves instead to a `target` read as the sequence's last value, once every transaction
+    of this database open just after that read (`waits_for`) has ended: an id at or below
+    the target was drawn before the read, by a transaction then open (so waited for) or
+    already ended, so once they have all ended, each such id is committed (and seen by the
+    next statement's snapshot) or never will be. The mark row's lock makes indexers take
+    turns, so errors are indexed in the order they were read."""
+    state = conn.exec_driver_sql(
+        "SELECT indexed_to, target, waits_for FROM job_search_mark FOR UPDATE SKIP LOCKED"
+    ).one_or_none()
+    if state is None:
+        return 0
+    mark, target, waits = int(state[0]), int(state[1]), list(state[2])
+    if waits:
+        waits = list(conn.exec_driver_sql(_STILL_OPEN, {"waits": waits}).scalar_one())
+    if mark >= target:
+        target, waits = _next_target(conn, mark)
+    done = 0
+    if mark < target and not waits:
+        count, top = conn.exec_driver_sql(
+            _INDEX_RANGE, {"mark": mark, "target": target, "chunk": chunk}
+        ).one()
+        done = int(count)
+        if done:
+            _merge_pending(conn, "ix_job_search_body", "ix_job_error_search_body")
+        mark = target if done < chunk else int(top)
+        if mark >= target:  # the next pass may go on at once if what is open now has ended
+            target, waits = _next_target(conn, mark)
+    if (mark, target, waits) != (int(state[0]), int(state[1]), list(state[2])):
+        conn.exec_driver_sql(
+            "UPDATE job_search_mark SET indexed_to = %(mark)s, target = %(target)s, waits_for = %(waits)s",
+            {"mark": mark, "target": target, "waits": waits},
+        )
+    noted = conn.exec_driver_sql(_INDEX_CHANGED, {"chunk": chunk}).scalar_one()
+    if noted:
+        conn.exec_driver_sql("DELETE FROM job_search_dirty WHERE seq = ANY(%(seqs)s)", {"seqs": list(noted)})
+        _merge_pending(conn, "ix_job_error_search_body")
+    return done + len(noted)
 
 
 def copy_text(ids: list[int], rows: list[tuple[Any, ...]], now: datetime, chunk: int = 2000) -> Iterator[str]:

@@ -155,7 +155,7 @@ def text_candidates(
     return id_column.in_(union_all(*found))
 
 
-def pending(conn: Connection) -> bool:
+def search_pending(conn: Connection) -> bool:
     """Whether a job above the search index mark, or one whose errors changed, waits."""
     return bool(
         conn.exec_driver_sql(

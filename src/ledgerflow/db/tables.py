@@ -122,14 +122,14 @@ jobs = Table(
         postgresql_where=text("finished_at IS NOT NULL"),
     ),
     Index("ix_jobs_created_at", "created_at"),
-    # Text search (engine/search.py) also has a PostgreSQL-only index made by migration
-    # 0012 and not declared here (see SEARCH_OBJECTS).
+    # Text search (engine/search.py) reads side tables of each backend's own kind, made by
+    # migrations 0015 (SQLite FTS5) and 0018 (PostgreSQL GIN trigram) and not declared here
+    # (SEARCH_TABLES).
     sqlite_autoincrement=True,  # ids never reused after pruning (migration 0010)
 )
 
-#: Made by migration 0012 for PostgreSQL only (when pg_trgm is available), so not declared
-#: above: the GIN trigram index on the JSON text of args, kwargs and errors.
-SEARCH_OBJECTS = frozenset({"ix_jobs_search"})
+#: The job search side tables (same names on both backends), made by migrations 0015 and 0018.
+SEARCH_TABLES = frozenset({"job_search", "job_error_search", "job_search_dirty", "job_search_mark"})
 
 job_dependencies = Table(
     "job_dependencies",

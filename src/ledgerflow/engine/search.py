@@ -3,14 +3,16 @@
 One `JobFilter` serves the job lists (API, CLI, dashboard) and the bulk actions, so what an
 operator sees listed is what an action touches. Text conditions are substring matches on the
 JSON text of `args`/`kwargs` and of `errors` (type, message and traceback of each failed
-attempt), case-insensitive, at least `MIN_TERM` characters long. PostgreSQL answers them from
-a pg_trgm GIN index on the JSON text, so a search stays fast at millions of jobs. SQLite
-compares with a Unicode case-folding `lf_contains` (db/sqlite.py) and narrows the rows to
-compare through FTS5 trigram indexes kept off the enqueue path: `index_pending` (each worker's
-maintenance loop) indexes the jobs above a high-water mark, a search takes the index's
-candidates up to the mark plus every job above it, and jobs whose errors changed since they
-were indexed, then checks each row itself: exactly the rows of a full scan, whatever the lag.
-A text many jobs hold is looked for among the newest `PROBE_ROWS` jobs first.
+attempt), case-insensitive, at least `MIN_TERM` characters long. PostgreSQL compares with
+`ILIKE`, SQLite with a Unicode case-folding `lf_contains` (db/sqlite.py). Both narrow the rows
+to compare through trigram indexes kept off the hot path (enqueue, claim, completion): side
+tables (PostgreSQL: GIN pg_trgm, migration 0018; SQLite: FTS5, migration 0015) that
+`index_pending` (each worker's maintenance loop) fills with the jobs up to a mark. A search
+takes the index's candidates up to the mark plus every job above it, and the jobs whose
+errors changed since they were indexed, then checks each row itself: exactly the rows of a
+full scan, whatever the lag. On PostgreSQL the mark only passes ids that can no longer commit
+(`postgres.index_jobs`). A text many jobs hold is looked for among the newest `PROBE_ROWS`
+jobs first.
 
 A bulk action goes through the state machine: it selects the jobs the filter matches that
 are in a state the move is allowed from, then changes them with the same guarded UPDATE or
@@ -44,7 +46,7 @@ from sqlalchemy import (
     true,
 )
 
-from ledgerflow.db import sqlite
+from ledgerflow.db import postgres, sqlite
 from ledgerflow.db.tables import NOT_AWAITED, jobs
 from ledgerflow.engine.states import CANCEL, DELETE, RETRY, JobState
 from ledgerflow.errors import BadInput
@@ -60,10 +62,15 @@ MAX_TERM = 200
 CHUNK = 500
 #: Counts shown before a bulk action (and in the dashboard) stop at this many matches.
 LIST_WINDOW = 10_000
-#: SQLite: a text search first scans this many of the newest jobs; a text many jobs hold fills
-#: its page (or its capped count) there, without reading the index's many candidates.
+#: A text search first scans this many of the newest jobs; a text many jobs hold fills its page
+#: (or its capped count) there, without reading the index's many candidates.
 PROBE_ROWS = 2_000
-#: SQLite: jobs added to the search index per write transaction (about 30 ms of writer lock).
+#: PostgreSQL: a filter with a text that this many of the newest `PROBE_ROWS` jobs match is
+#: checked on the rows, newest first (the next match is near), not through the index (whose
+#: many candidates would each cost a lookup of their job). SQLite checks a row in Python and
+#: keeps to its index.
+DENSE = 5
+#: Jobs added to the search index per write transaction (SQLite: about 30 ms of writer lock).
 INDEX_CHUNK = 2_000
 
 Action = Literal["cancel", "retry", "delete"]
@@ -169,8 +176,8 @@ def conditions(
 ) -> list[ColumnElement[bool]]:
     """The WHERE conditions of `filt` on the jobs table, for the current backend.
 
-    On SQLite a text narrows to the candidates of the job search index (`scan`: it does not,
-    for a look at a few rows), then every condition is checked on the row itself."""
+    A text narrows to the candidates of the job search index (`scan`: it does not, for a look
+    at a few rows or a text many jobs hold), then every condition is checked on the row itself."""
     where: list[ColumnElement[bool]] = []
     if filt.states:
         where.append(jobs.c.state.in_([str(s) for s in filt.states]))
@@ -190,9 +197,10 @@ def conditions(
                 if all(c is not None for c in found):
                     where.append(or_(*found))
         else:
-            matches = [
-                cast(jobs.c[c], Text).ilike(_like(form), escape="\\") for form in forms for c in columns
-            ]
+            patterns = [_like(form) for form in forms]
+            matches = [cast(jobs.c[c], Text).ilike(p, escape="\\") for p in patterns for c in columns]
+            if not scan:
+                where.append(postgres.text_candidates(jobs.c.id, patterns, columns[0] == "errors"))
         where.append(or_(*matches))
     if filt.enqueued_after is not None:
         where.append(jobs.c.created_at >= filt.enqueued_after)
@@ -229,14 +237,37 @@ def newest_matches(
 ) -> Sequence[Row[Any]]:
     """The rows of `query` (jobs newest first, at most `page`, ids below `below`) `filt` matches.
 
-    SQLite, a text: the newest `PROBE_ROWS` jobs are scanned first; a full page there is the
-    answer (a text many jobs hold), else the index answers (a text few jobs hold)."""
-    if is_sqlite and filt is not None and filt.text is not None:
+    A text: the newest `PROBE_ROWS` jobs are scanned first; a full page there is the answer (a
+    text many jobs hold), else the index answers (a text few jobs hold; on PostgreSQL, when
+    `DENSE` of them matched, a scan newest first)."""
+    if filt is not None and _probed(filt, is_sqlite):
         floor = newest_floor(conn, below)
-        rows = conn.execute(query.where(matching(filt, True, scan=True), jobs.c.id >= floor)).all()
+        rows = conn.execute(query.where(matching(filt, is_sqlite, scan=True), jobs.c.id >= floor)).all()
         if len(rows) >= page:
             return rows
+        common = len(rows) >= _dense(is_sqlite)
+        return conn.execute(query.where(matching(filt, is_sqlite, common, conn))).all()
     return conn.execute(query.where(matching(filt, is_sqlite, conn=conn))).all()
+
+
+def _probed(filt: JobFilter, is_sqlite: bool) -> bool:
+    """Whether the newest jobs are looked at first: a text (PostgreSQL: or an error text)."""
+    return filt.text is not None or (not is_sqlite and filt.error is not None)
+
+
+def _dense(is_sqlite: bool) -> int:
+    """How many matches among the newest `PROBE_ROWS` jobs make a text common (SQLite: never)."""
+    return PROBE_ROWS + 1 if is_sqlite else DENSE
+
+
+def common_text(conn: Connection, filt: JobFilter, is_sqlite: bool) -> bool:
+    """PostgreSQL: whether `filt` has a text at least `DENSE` of the newest `PROBE_ROWS` jobs
+    match (checked on the rows, not through the index: see `DENSE`); SQLite: no."""
+    if is_sqlite or not _probed(filt, is_sqlite):
+        return False
+    newest = select(jobs.c.id).where(matching(filt, False, scan=True), jobs.c.id >= newest_floor(conn))
+    found = select(func.count()).select_from(newest.limit(DENSE).subquery())
+    return int(conn.execute(found).scalar_one()) >= DENSE
 
 
 def count_matching(db: Database, filt: JobFilter, cap: int = LIST_WINDOW) -> int:
@@ -247,25 +278,26 @@ def count_matching(db: Database, filt: JobFilter, cap: int = LIST_WINDOW) -> int
         return int(conn.execute(select(func.count()).select_from(found.subquery())).scalar_one())
 
     with db.read() as conn:
-        if db.is_sqlite and filt.text is not None and sqlite.many_candidates(conn, filt.text, 3 * cap):
+        if common_text(conn, filt, db.is_sqlite) or (
+            db.is_sqlite and filt.text is not None and sqlite.many_candidates(conn, filt.text, 3 * cap)
+        ):
             # a text many jobs hold: a scan newest first reaches the cap sooner than the index
-            return count(matching(filt, True, scan=True))
+            return count(matching(filt, db.is_sqlite, scan=True))
         return count(matching(filt, db.is_sqlite, conn=conn))
 
 
 def index_pending(db: Database, chunk: int = INDEX_CHUNK, budget: float = 1.0) -> int:
-    """SQLite: add the jobs enqueued since the last call to the job search index, `chunk` per
-    write transaction, for about `budget` seconds; how many were indexed (PostgreSQL: 0, its
-    index is kept by the database). Run by each worker's maintenance loop."""
-    if not db.is_sqlite:
-        return 0
+    """Add the jobs enqueued since the last call, and the errors changed since, to the job
+    search index, `chunk` per write transaction, for about `budget` seconds; how many were
+    indexed. Run by each worker's maintenance loop."""
+    backend = sqlite if db.is_sqlite else postgres
     with db.read() as conn:  # nothing new: no write lock taken
-        if not sqlite.pending(conn):
+        if not backend.search_pending(conn):
             return 0
     done, until = 0, time.monotonic() + budget
     while time.monotonic() < until:
         with db.begin() as conn:
-            step = sqlite.index_jobs(conn, chunk)
+            step = backend.index_jobs(conn, chunk)
         done += step
         if step < chunk:
             break
@@ -297,7 +329,7 @@ class BulkActions:
         """(jobs the filter matches, of which `action` may move: in a state it moves from and,
         for delete, not awaited by an unfinished dependent)."""
         with self.db.read() as conn:
-            where = matching(filt, self.db.is_sqlite, conn=conn)
+            where = matching(filt, self.db.is_sqlite, common_text(conn, filt, self.db.is_sqlite), conn)
             matched = conn.execute(select(func.count()).select_from(jobs).where(where)).scalar_one()
             movable = conn.execute(
                 select(func.count()).select_from(jobs).where(where, _movable(action))
@@ -316,7 +348,7 @@ class BulkActions:
             return BulkResult(action, True, matched, movable, filt.to_dict())
         with self.db.read() as conn:
             ceiling = conn.execute(select(func.max(jobs.c.id))).scalar()
-            where = matching(filt, self.db.is_sqlite, conn=conn)
+            where = matching(filt, self.db.is_sqlite, common_text(conn, filt, self.db.is_sqlite), conn)
         done = 0
         below = (ceiling or 0) + 1
         while True:

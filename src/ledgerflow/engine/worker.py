@@ -184,9 +184,8 @@ class Worker:
             AutoStop(app).maybe_check,
             AlertChecks(app).maybe_check,
             *(g.sample for g in gates),
+            self._index_search,  # the job search index, filled off the hot path (engine/search.py)
         ]
-        if app.db.is_sqlite:  # the job search index, filled behind enqueue (engine/search.py)
-            self.hooks.append(self._index_search)
 
     # ------------------------------------------------------------ lifecycle
     def run(self) -> WorkerExit:
