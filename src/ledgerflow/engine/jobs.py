@@ -84,8 +84,9 @@ def validate_spec(spec: JobSpec) -> tuple[str, str]:
         raise BadInput(f"max_attempts must be >= 1, got {spec.max_attempts}")
     if spec.max_attempts > MAX_ATTEMPTS:
         raise BadInput(f"max_attempts must be <= {MAX_ATTEMPTS}, got {spec.max_attempts}")
-    if not isinstance(spec.timeout, int | float) or not spec.timeout > 0 or not _is_float(spec.timeout):
-        raise BadInput(f"timeout must be > 0 seconds, got {spec.timeout!r}")  # NaN, 10**400 too
+    timeout = spec.timeout
+    if (type(timeout) is not float and not _is_float(timeout)) or not timeout > 0:  # NaN too
+        raise BadInput(f"timeout must be > 0 seconds, got {timeout!r}")
     if spec.delay is not None and not _due_in_time(spec.delay):
         raise BadInput(f"delay must be >= 0 seconds, due before {LATEST_DUE:%Y-%m-%d}, got {spec.delay!r}")
     if spec.delay is not None and spec.scheduled_at is not None:
@@ -107,8 +108,10 @@ def validate_spec(spec: JobSpec) -> tuple[str, str]:
     return check_payload(spec)
 
 
-def _is_float(value: float) -> bool:
-    """Whether `value` converts to a float (an int past a float's range does not)."""
+def _is_float(value: object) -> bool:
+    """Whether `value` is a number that converts to a float (10**400 does not)."""
+    if not isinstance(value, int | float):
+        return False
     try:
         float(value)
     except OverflowError:
