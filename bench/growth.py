@@ -10,11 +10,17 @@ run. Each repetition's jobs are deleted afterwards so the history stays at its
 level, and the tables are vacuumed between layouts (this server may run without autovacuum).
 With a backlog the workers start on 100,000 + reps x jobs waiting jobs and each repetition
 is a window of `jobs` consecutive starts, so the backlog never falls under 100,000.
+
+A repetition of 10,000 jobs lasts about a second (of 2,000-3,000, 0.2-0.4 s: a scheduling hiccup
+of the shared machine moved a cell by a third). Each cell also records its ratio to the empty
+table's cell (medians, and the lowest and highest repetition over the empty median) and the
+load average when it started.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -147,7 +153,7 @@ def run(
     levels: list[int | str] | None = None,
     layouts: list[tuple[int, int]] | None = None,
     reps: int = 5,
-    jobs: int = 3000,
+    jobs: int = 10_000,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"jobs_per_repetition": jobs, "repetitions": reps, "curves": {}}
     for backend in backends:
@@ -163,12 +169,30 @@ def run(
                 points = {}
                 for processes, concurrency in layouts or LAYOUTS:
                     measure = layout_with_backlog if level == "backlog_100k" else layout_with_history
+                    load = round(os.getloadavg()[0], 1)
                     rates = measure(system, processes, concurrency, reps, jobs)
-                    points[f"{processes}x{concurrency}"] = spread(rates)
+                    points[f"{processes}x{concurrency}"] = {**spread(rates), "load_average": load}
                     vacuum(system)
             curves[str(level)] = {"seed_seconds": seeded, "jobs_per_s": points}
+            _ratios(curves[str(level)], curves.get("0"))
         out["curves"][backend] = curves
     return out
+
+
+def _ratios(curve: dict[str, Any], empty: dict[str, Any] | None) -> None:
+    """Each cell's rate over the empty table's (same layout): of the medians, and the range of
+    this cell's repetitions over the empty median."""
+    if empty is None:
+        return
+    curve["ratio_to_empty"] = {
+        layout: {
+            "median": round(cell["median"] / base, 2),
+            "min": round(cell["min"] / base, 2),
+            "max": round(cell["max"] / base, 2),
+        }
+        for layout, cell in curve["jobs_per_s"].items()
+        if (base := empty["jobs_per_s"].get(layout, {}).get("median")) and cell["median"] is not None
+    }
 
 
 def plot(growth: dict[str, Any], path: Path) -> None:

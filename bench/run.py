@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 backends, [0, 20_000, "backlog_100k"], [(1, 8), (2, 32)], reps, 1000
             )
         else:
-            report["growth"] = growth.run(backends, reps=reps, jobs=2000)
+            report["growth"] = growth.run(backends, reps=reps, jobs=10_000)
         if args.plot:
             growth.plot(report["growth"], args.plot)
     if "export" in parts:

@@ -84,9 +84,10 @@ DEPENDENCIES_MET = or_(
         .where(job_dependencies.c.job_id == jobs.c.id, _parent.c.state != S.COMPLETED)
     ),
 )
+#: Jobs of a queue or task not paused; `NOT IN` for the reason given at `limits.NOT_LIMITED`.
 NOT_PAUSED = and_(
-    ~exists(select(1).where(pauses.c.kind == "queue", pauses.c.name == jobs.c.queue)),
-    ~exists(select(1).where(pauses.c.kind == "task", pauses.c.name == jobs.c.task)),
+    jobs.c.queue.not_in(select(pauses.c.name).where(pauses.c.kind == "queue")),
+    jobs.c.task.not_in(select(pauses.c.name).where(pauses.c.kind == "task")),
 )
 
 
@@ -679,11 +680,24 @@ def runnable_soon(db: Database, queues: Sequence[str], tasks: Sequence[str], hor
     )
 
 
-def due_query(queues: Sequence[str]) -> Select[Any]:
-    """The earliest `scheduled_at` of the claimable jobs of these queues not under a global limit."""
+#: The range of `jobs.priority` (SMALLINT).
+_LOWEST_PRIORITY, _HIGHEST_PRIORITY = -(2**15), 2**15 - 1
+
+
+def due_query(queue: str) -> Select[Any]:
+    """The first claimable job of `queue` not under a global limit, at the lowest priority
+    value from `:priority` on, by `scheduled_at`: one read in the claim index's order."""
     return (
-        select(func.min(jobs.c.scheduled_at))
-        .where(CLAIMABLE_SQL, jobs.c.queue.in_(list(queues)), DEPENDENCIES_MET, NOT_LIMITED)
+        select(jobs.c.priority, jobs.c.scheduled_at)
+        .where(
+            CLAIMABLE_SQL,
+            jobs.c.queue == queue,
+            jobs.c.priority >= bindparam("priority"),
+            DEPENDENCIES_MET,
+            NOT_LIMITED,
+        )
+        .order_by(jobs.c.priority, jobs.c.scheduled_at, jobs.c.id)
+        .limit(1)
         .with_hint(jobs, CLAIM_INDEX, "sqlite")
     )
 
@@ -692,10 +706,18 @@ def next_due(db: Database, conn: Connection, queues: Sequence[str]) -> datetime 
     """When the earliest claimable job of these queues becomes due (None if there is none).
 
     Jobs under a global limit are left out: one held back by its limit is due but cannot be
-    claimed, and the worker polls for those instead of waking at once."""
-    value = conn.execute(due_query(queues)).scalar()
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value  # type: ignore[no-any-return]
+    claimed, and the worker polls for those instead of waking at once.
+
+    The claim index orders a queue's jobs by priority first, so the minimum of `scheduled_at`
+    over the whole queue read every waiting job (50 ms at a 100,000-job backlog on either
+    backend). Instead the earliest job of each priority is read in the index's order (a skip
+    scan): one short read per queue and priority in use, plus one to find there is no other."""
+    earliest: datetime | None = None
+    for queue in dict.fromkeys(queues):
+        query = due_query(queue)
+        priority: int | None = _LOWEST_PRIORITY
+        while priority is not None and (row := conn.execute(query, {"priority": priority}).first()):
+            value = row.scheduled_at if row.scheduled_at.tzinfo else row.scheduled_at.replace(tzinfo=UTC)
+            earliest = value if earliest is None else min(earliest, value)
+            priority = row.priority + 1 if row.priority < _HIGHEST_PRIORITY else None
+    return earliest

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, exists, func, literal, or_, select, update
+from sqlalchemy import Connection, and_, delete, func, literal, or_, select, update
 
 from ledgerflow.db.database import Database
 from ledgerflow.db.tables import CLAIM_INDEX, CLAIMABLE_SQL, job_limits, jobs
@@ -41,10 +41,14 @@ from ledgerflow.names import check_name
 S = JobState
 KINDS = ("queue", "task")
 
-#: Jobs of a queue or task without any limit (the ordinary claim takes only these).
+#: Jobs of a queue or task without any limit (the ordinary claim takes only these). `NOT IN`
+#: (names are a primary key: never NULL), not `NOT EXISTS`: PostgreSQL made the latter an anti
+#: join that, once ANALYZE had seen the table empty, it estimated to keep one row of all the
+#: waiting jobs, and so sorted every one of them for a claim of 20 (0.16-0.47 s at a 100,000-job
+#: backlog) instead of reading the claim index in order. See also `leases.NOT_PAUSED`.
 NOT_LIMITED = and_(
-    ~exists(select(1).where(job_limits.c.kind == "queue", job_limits.c.name == jobs.c.queue)),
-    ~exists(select(1).where(job_limits.c.kind == "task", job_limits.c.name == jobs.c.task)),
+    jobs.c.queue.not_in(select(job_limits.c.name).where(job_limits.c.kind == "queue")),
+    jobs.c.task.not_in(select(job_limits.c.name).where(job_limits.c.kind == "task")),
 )
 
 _UNITS = {"s": 1.0, "second": 1.0, "m": 60.0, "minute": 60.0, "h": 3600.0, "hour": 3600.0, "d": 86400.0}
