@@ -3,7 +3,8 @@
     LEDGERFLOW_TEST_FAULT=kill:17 python -m tests.faultrun export run --date 2026-11-26
 
 With `LEDGERFLOW_TEST_FAULT_LOG=FILE`, each numbered statement is appended to FILE as it is
-counted (so a parent test can count a clean subprocess run).
+counted (so a parent test can count a clean subprocess run): its kind (`execute`, `commit`, or
+`autocommit` for a statement that commits alone), thread and SQL.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def main() -> None:
             if only is not None and not only(statement):
                 return False
             with open(log_path, "a", encoding="utf-8") as out:
-                out.write(f"{statement.kind}\t{statement.thread}\t{' '.join(statement.sql.split())[:200]}\n")
+                kind = "autocommit" if statement.autocommit else statement.kind  # commits alone
+                out.write(f"{kind}\t{statement.thread}\t{' '.join(statement.sql.split())[:200]}\n")
             return True
 
         faults.only = record

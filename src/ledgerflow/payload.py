@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -127,13 +128,20 @@ def encoded(value: Any, limits: PayloadLimits | None = None) -> tuple[str, None]
         problem = _problem(value, limits.max_depth)
         if problem is not None:
             return None, problem
-        if text is None:
-            text = compact_json(value)  # what the walk accepts and the encoder does not (a huge int) raises
+        if text is None:  # what the walk accepts and the encoder refuses: an integer too long
+            try:
+                text = compact_json(value)
+            except ValueError:
+                return None, _TOO_LONG_INT.format(sys.get_int_max_str_digits())
     size = len(text) if text.isascii() else len(text.encode())
     if size <= limits.max_bytes:
         return text, None
     return None, f"{size} bytes encoded, over the limit of {limits.max_bytes}"
 
+
+#: Python converts no int of more digits to text or back (`sys.set_int_max_str_digits`):
+#: one could be neither encoded nor read back.
+_TOO_LONG_INT = "an integer of more than {} digits cannot be converted to JSON and back"
 
 #: An empty container's encoding, by its exact type.
 _EMPTY: dict[type, str] = {list: "[]", tuple: "[]", dict: "{}"}

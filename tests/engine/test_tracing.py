@@ -214,3 +214,15 @@ def test_without_the_extra_nothing_is_traced_and_jobs_run(db_url):
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.splitlines()[-1])
     assert report == {"enabled": False, "jobs": [["completed", None]] * 3}
+
+
+def test_a_traced_bulk_past_the_drivers_parameter_limit_stores_every_job_with_its_context(make_app, exporter):
+    """The bulk insert's trace context is written by id: 70,000 ids are more parameters than
+    psycopg sends in one statement (65,535; the bulk failed as a retryable "unavailable")."""
+    app = make_app()
+    ids = app.enqueue_many([JobSpec(task="plain")] * 70_000)
+    (span,) = by_name(exporter.get_finished_spans(), "ledgerflow.enqueue plain")
+    assert len(set(ids)) == 70_000
+    for job_id in (ids[0], ids[32_766], ids[65_535], ids[-1]):
+        context = app.get_job(job_id).trace_context
+        assert context is not None and format(span.context.span_id, "016x") in context["traceparent"]

@@ -318,9 +318,16 @@ def count_cycle(app: Any, db_url: str, tmp_path: Path, thread: str) -> list[tupl
     assert proc.wait(120) == 0, (tmp_path / "clean.log").read_text()[-3000:]
     rows = [line.split("\t") for line in log.read_text().splitlines()]
     statements = [(kind, sql) for kind, _thread, sql in rows]
-    last_write = max(n for n, (kind, sql) in enumerate(statements, 1) if sql.startswith(("UPDATE", "INSERT")))
-    end = next(n for n, (kind, _sql) in enumerate(statements, 1) if n > last_write and kind == "commit")
+    last_write = max(
+        n for n, (kind, sql) in enumerate(statements, 1) if sql.startswith(("UPDATE", "INSERT", "WITH"))
+    )
+    end = next(n for n, (kind, _sql) in enumerate(statements, 1) if n > last_write and kind in COMMITS)
     return statements[:end]
+
+
+#: The statements that end a transaction: a COMMIT, or a statement run in autocommit (on
+#: PostgreSQL a worker cycle of one statement: a claim, a completion, or both together).
+COMMITS = ("commit", "autocommit")
 
 
 def transaction_starts(statements: list[tuple[str, str]]) -> list[int]:
@@ -328,7 +335,7 @@ def transaction_starts(statements: list[tuple[str, str]]) -> list[int]:
     for number, (kind, _sql) in enumerate(statements, 1):
         if after_commit:
             starts.append(number)
-        after_commit = kind == "commit"
+        after_commit = kind in COMMITS
     return starts
 
 
@@ -397,7 +404,7 @@ def sweep_plans(statements: list[tuple[str, str]], thread: str, fault: str) -> l
     if fault == "error_before":
         return [f"error_before:{k}" for k in points]
     if fault == "error_after":
-        return [f"error_after:{k}" for k in points if statements[k - 1][0] == "commit"]
+        return [f"error_after:{k}" for k in points if statements[k - 1][0] in COMMITS]
     assert fault == "kill" and thread == DB_THREAD, (thread, fault)
     return [f"kill:{k}" for k in transaction_starts(statements) if k in points]
 
@@ -464,3 +471,39 @@ def test_a_fault_at_any_statement_of_the_worker_cycle_never_breaks_exactly_once(
     report(record_property, f"{name} faults injected", len(plans))
     report(record_property, f"{name} worker runs", replays)
     assert not failures, "\n".join(failures)
+
+
+#: A statement (PostgreSQL) or a transaction (SQLite) that completes finished jobs and claims the
+#: next ones in the same cycle: on PostgreSQL one statement in autocommit (`complete_and_claim`).
+BOTH = {"postgresql": "FROM done) AS completed", "sqlite": "finished.duration"}
+
+
+@pytest.mark.parametrize("mode", ["error_before", "error_after", "kill"])
+@pytest.mark.parametrize("at", [1, 2])
+def test_a_fault_at_the_cycle_that_completes_and_claims_never_breaks_exactly_once(
+    db_url, make_app, tmp_path, backend, mode, at
+):
+    """A backlog makes the worker complete and claim in one cycle (one statement on PostgreSQL).
+    A transient error before it, after it (committed, the worker sees an error: read back by
+    lease and token) or a SIGKILL just before it: every job completes once with one completed
+    execution row per job, and only a killed worker's jobs ran twice."""
+    app = make_app()
+    ids = app.enqueue_many([basic.record.prepare() for _ in range(12)])
+    log = tmp_path / "worker.log"
+    code = worker_cli(db_url, log, f"{mode}:{at}:{DB_THREAD}:{BOTH[backend]}").wait(120)
+    text = log.read_text()
+    may_repeat: set[int] = set()
+    if mode == "kill":
+        assert code == -signal.SIGKILL, f"not killed (exit {code}): {text[-1500:]}"
+        may_repeat = {r["job_id"] for r in run_rows(db_url)}
+        recover(app, db_url, tmp_path)
+    else:
+        assert code == 0, text[-1500:]
+        assert "injected fault" in text, "the fault fired"
+    for job_id in ids:
+        assert app.get_job(job_id).state == JobState.COMPLETED, text[-1500:]
+        statuses = [status for _attempt, status in executions(app, job_id)]
+        assert statuses.count("completed") == 1 and "running" not in statuses, (job_id, statuses)
+    ran = count_runs(db_url)
+    assert set(ran) == set(ids), ran
+    assert {job_id for job_id, n in ran.items() if n > 1} <= may_repeat, ran

@@ -247,9 +247,7 @@ class SQLiteSingle:
         self._conn: sqlite3.Connection | None = None
 
     def __enter__(self) -> sqlite3.Connection:
-        if self._pid != os.getpid():  # forked: the parent's connection is never used nor closed here
-            _INHERITED.append(self._conn)
-            self._lock, self._pid, self._conn = threading.Lock(), os.getpid(), None
+        self._after_fork()
         if not self._lock.acquire(timeout=self._busy_timeout):
             raise DatabaseUnavailable(
                 f"database unavailable (sqlite): other one-call statements of this process held "
@@ -286,9 +284,18 @@ class SQLiteSingle:
 
     def close(self) -> None:
         """Close the connection (`Database.dispose`); the next statement opens another."""
+        self._after_fork()
         with self._lock:
             if self._conn is not None:
                 self._forget(self._conn)
+
+    def _after_fork(self) -> None:
+        """In a process forked from the one that made this, start afresh: the parent's connection
+        is never used nor closed here, and its lock (which a thread of the parent may have held
+        at the fork, never to release it here) is replaced."""
+        if self._pid != os.getpid():
+            _INHERITED.append(self._conn)
+            self._lock, self._pid, self._conn = threading.Lock(), os.getpid(), None
 
     def _forget(self, conn: sqlite3.Connection) -> None:
         self._conn = None

@@ -277,7 +277,8 @@ def copy_text(ids: list[int], rows: list[tuple[Any, ...]], now: datetime, chunk:
     Jobs of one task and options differ only by id and payload: the cells around the payload
     are formatted once per kind of job (`psycopg`'s `write_row` formats every cell of every row:
     2.8 against 0.6 µs of client CPU per row). The payload is checked JSON text, whose encoder
-    escapes every control character: only its backslashes need COPY's escape."""
+    escapes every control character: only its backslashes need COPY's escape. Integers are
+    written as `int`'s text: a subclass may print itself otherwise (the one-call binds the number)."""
     around: dict[tuple[Any, ...], tuple[str, str]] = {}
     created = now.isoformat()
     lines: list[str] = []
@@ -287,8 +288,8 @@ def copy_text(ids: list[int], rows: list[tuple[Any, ...]], now: datetime, chunk:
         cells = around.get(kind)
         if cells is None:
             cells = around[kind] = (
-                f"\t{_copy_cell(task)}\t{_copy_cell(queue)}\t{priority}\t{_copy_cell(state)}\t",
-                f"\t{max_attempts}\t{_float_text(timeout)}\t{when.isoformat()}\t{created}\t[]\tf\n",
+                f"\t{_copy_cell(task)}\t{_copy_cell(queue)}\t{int(priority)}\t{_copy_cell(state)}\t",
+                f"\t{int(max_attempts)}\t{_float_text(timeout)}\t{when.isoformat()}\t{created}\t[]\tf\n",
             )
         if "\\" in args:
             args = args.replace("\\", "\\\\")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ledgerflow.engine.states import JobState
@@ -20,6 +20,11 @@ DEFAULT_QUEUE = "default"
 DEFAULT_PRIORITY = 5
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_TIMEOUT = 1800.0
+#: The largest max_attempts PostgreSQL's integer column holds (SQLite's would hold more).
+MAX_ATTEMPTS = 2**31 - 1
+#: A job is due before this instant (a day before the last one a Python datetime holds: a delay
+#: checked now is applied at the enqueue, later).
+LATEST_DUE = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -77,15 +82,22 @@ def validate_spec(spec: JobSpec) -> tuple[str, str]:
         raise BadInput(f"max_attempts must be an integer >= 1, got {spec.max_attempts!r}")
     if spec.max_attempts < 1:
         raise BadInput(f"max_attempts must be >= 1, got {spec.max_attempts}")
-    if not spec.timeout > 0:  # NaN too
-        raise BadInput(f"timeout must be > 0 seconds, got {spec.timeout}")
-    if spec.delay is not None and spec.delay < 0:
-        raise BadInput(f"delay must be >= 0 seconds, got {spec.delay}")
+    if spec.max_attempts > MAX_ATTEMPTS:
+        raise BadInput(f"max_attempts must be <= {MAX_ATTEMPTS}, got {spec.max_attempts}")
+    timeout = spec.timeout
+    if (type(timeout) is not float and not _is_float(timeout)) or not timeout > 0:  # NaN too
+        raise BadInput(f"timeout must be > 0 seconds, got {timeout!r}")
+    if spec.delay is not None and not _due_in_time(spec.delay):
+        raise BadInput(f"delay must be >= 0 seconds, due before {LATEST_DUE:%Y-%m-%d}, got {spec.delay!r}")
     if spec.delay is not None and spec.scheduled_at is not None:
         raise BadInput("give delay or scheduled_at, not both")
     if spec.scheduled_at is not None and spec.scheduled_at.tzinfo is None:
         raise BadInput(f"scheduled_at must be timezone-aware, got {spec.scheduled_at!r}")
-    if spec.unique_key is not None and not 0 < len(spec.unique_key) <= 255:
+    if spec.scheduled_at is not None and not _in_utc_range(spec.scheduled_at):
+        raise BadInput(f"scheduled_at must be within years 1..9999 in UTC, got {spec.scheduled_at!r}")
+    if spec.unique_key is not None and (
+        not isinstance(spec.unique_key, str) or not 0 < len(spec.unique_key) <= 255
+    ):
         raise BadInput("unique_key must be 1..255 characters")
     if spec.unique_for is not None:
         if spec.unique_key is None:
@@ -94,6 +106,34 @@ def validate_spec(spec: JobSpec) -> tuple[str, str]:
         if isinstance(window, bool) or not isinstance(window, int | float) or not 0 < window <= 366 * 86400:
             raise BadInput(f"unique_for must be 0 < seconds <= 366 days, got {window!r}")
     return check_payload(spec)
+
+
+def _is_float(value: object) -> bool:
+    """Whether `value` is a number that converts to a float (10**400 does not)."""
+    if not isinstance(value, int | float):
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
+def _due_in_time(delay: float) -> bool:
+    """Whether `delay` seconds from now is a time (not negative, NaN or past `LATEST_DUE`)."""
+    try:
+        return delay >= 0 and datetime.now(UTC) + timedelta(seconds=delay) < LATEST_DUE
+    except (OverflowError, ValueError, TypeError):
+        return False
+
+
+def _in_utc_range(moment: datetime) -> bool:
+    """Whether `moment` in UTC is still a datetime (9999-12-31 23:00-05:00 is not)."""
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        return False
+    return True
 
 
 def check_payload(spec: JobSpec) -> tuple[str, str]:
@@ -123,7 +163,7 @@ class JobError:
 
 
 #: State by stored value: a dict lookup (calling the enum costs more, once per claimed job).
-_STATES = {state.value: state for state in JobState}
+JOB_STATES = {state.value: state for state in JobState}
 
 
 @dataclass(frozen=True)
@@ -162,7 +202,7 @@ class Job:
             task=m["task"],
             queue=m["queue"],
             priority=int(m["priority"]),
-            state=_STATES[m["state"]],
+            state=JOB_STATES[m["state"]],
             args=list(m["args"] or []),
             kwargs=dict(m["kwargs"] or {}),
             attempt=int(m["attempt"]),
@@ -202,7 +242,7 @@ class Job:
             task=spec.task,
             queue=spec.queue,
             priority=spec.priority,
-            state=_STATES[state],
+            state=JOB_STATES[state],
             args=list(spec.args),
             kwargs=dict(spec.kwargs),
             attempt=0,

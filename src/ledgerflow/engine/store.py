@@ -125,6 +125,10 @@ def dialect_insert(db: Database, table: Any) -> Insert:
     return module.insert(table)  # type: ignore[no-any-return]
 
 
+#: Ids bound in one statement (psycopg sends at most 65,535 parameters).
+_IDS_PER_STATEMENT = 10_000
+
+
 class JobStore:
     """Job persistence for one database."""
 
@@ -158,8 +162,10 @@ class JobStore:
         now = datetime.now(UTC)
         new_ids = self.db.backend.insert_jobs(conn, [plain_row(spec, now) for spec in specs])
         trace_context = tracing.carrier()
-        if trace_context:  # the bulk path writes fixed columns; tracing adds one statement
-            conn.execute(update(jobs).where(jobs.c.id.in_(new_ids)).values(trace_context=trace_context))
+        if trace_context:  # the bulk path writes fixed columns; tracing adds a statement per slice
+            for start in range(0, len(new_ids), _IDS_PER_STATEMENT):
+                some = new_ids[start : start + _IDS_PER_STATEMENT]
+                conn.execute(update(jobs).where(jobs.c.id.in_(some)).values(trace_context=trace_context))
         return new_ids
 
     def enqueue_job(self, conn: Connection, spec: JobSpec) -> Job:

@@ -465,7 +465,8 @@ class Worker:
     def _cycle(
         self, outcomes: list[Outcome], slots: dict[str, int]
     ) -> tuple[list[Claim], list[Outcome], list[Outcome]]:
-        """One transaction: write finished outcomes, then claim up to the budget.
+        """One transaction (or one statement, `_one_statement`): write finished outcomes, then
+        claim up to the budget.
 
         Returns (claims, outcomes refused because the lease was lost, outcomes still to write).
         When the transaction fails, its COMMIT may still have happened (an ambiguous commit):
@@ -478,22 +479,26 @@ class Worker:
         written = outcomes
         unwritten: list[Outcome] = []
         try:
-            with self._cycle_connection(outcomes, slots) as conn:
-                claims = self._settle(conn) if self._unsettled_tokens else []
-                if self._unsettled_keys:  # written by an earlier ambiguous cycle? then not again
-                    doubtful = [o.key for o in outcomes if o.key in self._unsettled_keys]
-                    held = self._sql.still_held(conn, doubtful)
-                    written = [o for o in outcomes if o.key not in self._unsettled_keys or o.key in held]
-                refused = self._sql.apply_outcomes(conn, written) if written else []
-                if any(o.claim.limited for o in written):  # a place is free: claim it now
-                    self._limited_retry_at = 0.0
-                for queue, n in slots.items():
-                    names = self._shared_queues() if queue == "*" else [queue]
-                    claims += self._sql.claim(
-                        conn, worker_id=self.id, queues=names, tasks=self._tasks, limit=n, token=token
-                    )
-                if self._limited and slots:
-                    claims += self._claim_limited(conn, slots, claims, token)
+            if self._one_statement(outcomes, slots):
+                with self.db.autocommit() as conn:
+                    claims, refused = self._complete_and_claim(conn, outcomes, slots, token)
+            else:
+                with self.db.begin() as conn:
+                    claims = self._settle(conn) if self._unsettled_tokens else []
+                    if self._unsettled_keys:  # written by an earlier ambiguous cycle? then not again
+                        doubtful = [o.key for o in outcomes if o.key in self._unsettled_keys]
+                        held = self._sql.still_held(conn, doubtful)
+                        written = [o for o in outcomes if o.key not in self._unsettled_keys or o.key in held]
+                    refused = self._sql.apply_outcomes(conn, written) if written else []
+                    if any(o.claim.limited for o in written):  # a place is free: claim it now
+                        self._limited_retry_at = 0.0
+                    for queue, n in slots.items():
+                        names = self._shared_queues() if queue == "*" else [queue]
+                        claims += self._sql.claim(
+                            conn, worker_id=self.id, queues=names, tasks=self._tasks, limit=n, token=token
+                        )
+                    if self._limited and slots:
+                        claims += self._claim_limited(conn, slots, claims, token)
             self._unsettled_tokens.clear()
             self._unsettled_keys.clear()
             # those not written now were written by an earlier ambiguous cycle
@@ -512,17 +517,36 @@ class Worker:
         self._leased_at.update((c.key, started) for c in claims if c.key not in self._leased_at)
         return claims, refused, unwritten
 
-    def _cycle_connection(
-        self, outcomes: list[Outcome], slots: dict[str, int]
-    ) -> contextlib.AbstractContextManager[Connection]:
-        """The cycle's transaction; a cycle that only claims, on PostgreSQL, is one statement
-        (the claim writes its execution rows itself) and runs it in autocommit: one round trip
-        instead of three (BEGIN, claim, COMMIT) between a wake-up and the job's start. An
-        ambiguous end is read back by token as for a COMMIT."""
-        only_claims = not (outcomes or self._unsettled_tokens or self._unsettled_keys or self._limited)
-        if only_claims and len(slots) == 1 and not self.db.is_sqlite:
-            return self.db.autocommit()
-        return self.db.begin()
+    def _one_statement(self, outcomes: list[Outcome], slots: dict[str, int]) -> bool:
+        """Whether this cycle is one PostgreSQL statement, run in autocommit (one round trip
+        instead of BEGIN, statements, COMMIT): a claim of one queue set, the completion of plain
+        successes, or both together (`LeaseSQL.complete_and_claim`), with nothing to settle
+        from an ambiguous cycle and no global limit. An ambiguous end is read back by token and
+        lease as for a COMMIT (`_after_ambiguous_cycle`)."""
+        return (
+            not self.db.is_sqlite
+            and len(slots) <= 1
+            and bool(outcomes or slots)
+            and not (self._unsettled_tokens or self._unsettled_keys or self._limited)
+            and all(leases.is_plain(o) and not o.claim.limited for o in outcomes)
+        )
+
+    def _complete_and_claim(
+        self, conn: Connection, outcomes: list[Outcome], slots: dict[str, int], token: int
+    ) -> tuple[list[Claim], list[Outcome]]:
+        """The one-statement cycle: (claims, outcomes refused because the lease was lost)."""
+        if not slots:
+            return [], self._sql.apply_outcomes(conn, outcomes)
+        ((queue, n),) = slots.items()
+        names = self._shared_queues() if queue == "*" else [queue]
+        if not outcomes:
+            claims = self._sql.claim(
+                conn, worker_id=self.id, queues=names, tasks=self._tasks, limit=n, token=token
+            )
+            return claims, []
+        return self._sql.complete_and_claim(
+            conn, outcomes, worker_id=self.id, queues=names, tasks=self._tasks, limit=n, token=token
+        )
 
     def _shared_queues(self) -> list[str]:
         return [q for q, limit in self.opts.queues.items() if limit is None]
