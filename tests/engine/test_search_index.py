@@ -9,6 +9,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, event, make_url, select, text, update
@@ -245,13 +246,12 @@ _ONE_JOB = (
 )
 
 
-def test_ids_cached_by_a_session_before_the_mark_moved_are_found(make_app, backend):
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # SQLite: rowids in commit order
+def test_ids_cached_by_a_session_before_the_mark_moved_are_found(make_app):
     """PostgreSQL, an operator's `ALTER SEQUENCE ... CACHE 10`: a session draws ten ids at
     once and hands them out in later transactions, so an id below the sequence's last value
     can be committed by a transaction that began after the mark passed it. The indexer must
     not move the mark past such ids (searches then scan), and the job is found."""
-    if backend == "sqlite":
-        return  # SQLite's rowids are drawn under the writer lock, in commit order
     app = make_app()
     with app.db.begin() as conn:
         conn.exec_driver_sql("ALTER SEQUENCE jobs_id_seq CACHE 10")
@@ -267,13 +267,12 @@ def test_ids_cached_by_a_session_before_the_mark_moved_are_found(make_app, backe
     assert [j.id for j in app.find_jobs(JobFilter(text="cached kiwi"))] == found
 
 
-def test_a_session_opened_while_the_indexer_works_holds_the_next_mark(make_app, backend, db_url):
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # SQLite: rowids in commit order
+def test_a_session_opened_while_the_indexer_works_holds_the_next_mark(make_app, db_url):
     """PostgreSQL: the indexer reads the open transactions twice in one transaction (before and
     after a chunk), and `pg_stat_activity` is a snapshot kept for the whole transaction: a
     session that connected in between, holding an id it has not committed, was left out of the
     second read, so the mark passed its id and its job was never found."""
-    if backend == "sqlite":
-        return  # SQLite's rowids are drawn under the writer lock, in commit order
     app = make_app()
     app.enqueue(JobSpec(task="t", args=("first",)))
     late: list[psycopg.Connection] = []
