@@ -88,9 +88,8 @@ def test_the_batched_completion_looks_up_each_held_job_by_key(make_app, backend)
 
 def test_the_cycle_that_completes_and_claims_walks_indexes_after_statistics_are_taken(make_app, backend):
     """The same table, freshly analysed, 50 jobs held: the statements of a cycle that completes
-    them and claims the next 20 — on PostgreSQL one statement (`complete_and_claim`), whose claim
-    must stay the index walk of `id = ANY(array)` and whose completion the primary-key probes,
-    never JIT-compiled; on SQLite the completion and the claim of the cycle's transaction."""
+    them and claims the next 20 in one transaction — the completion's primary-key probes (never
+    JIT-compiled on PostgreSQL) and the claim's index walk."""
     app = make_app()
     ids = app.enqueue_many([basic.record.prepare() for _ in range(JOBS)])
     with app.db.begin() as conn:
@@ -99,32 +98,24 @@ def test_the_cycle_that_completes_and_claims_walks_indexes_after_statistics_are_
     sql = LeaseSQL(app.db, 6.0)
     with app.db.begin() as conn:
         held = sql.claim(conn, worker_id="w", queues=["default"], tasks=[basic.record.name], limit=50)
-    claim = {"queues": ["default"], "tasks": [basic.record.name], "limit": 20, "worker": "w", "token": 2}
     if backend == "sqlite":
-        done = {"held": json.dumps([c.key for c in held])}
-        plans = [explain_statement(app, sql._complete, done, backend), _plan(app, sql, backend)]
-        assert not any(scans_jobs(plan) for plan in plans), plans
+        done: dict[str, Any] = {"held": json.dumps([c.key for c in held])}
+    else:
+        done = {"ids": [c.job.id for c in held], "tokens": [c.token for c in held], "durations": [0.001] * 50}
+    compiled = sql._complete.compile(dialect=app.db.engine.dialect).construct_expanded_state(done)
+    explain = "EXPLAIN QUERY PLAN " if backend == "sqlite" else "EXPLAIN (ANALYZE, COSTS OFF) "
+    with app.db.begin() as conn:
+        given = compiled.positional_parameters if backend == "sqlite" else compiled.parameters
+        rows = conn.exec_driver_sql(explain + compiled.statement, given).all()
+        conn.rollback()  # EXPLAIN ANALYZE ran the completion: take it back
+    plans = ["\n".join(str(r[-1] if backend == "sqlite" else r[0]) for r in rows), _plan(app, sql, backend)]
+    assert not any(scans_jobs(plan) for plan in plans), plans
+    assert "JIT" not in plans[0], plans[0]
+    if backend == "sqlite":
         assert "ix_jobs_claim" in plans[1], plans[1]
     else:
-        values = {
-            **claim,
-            "ids": [c.job.id for c in held],
-            "tokens": [c.token for c in held],
-            "durations": [0.001] * 50,
-        }
-        compiled = sql._complete_and_claim.compile(dialect=app.db.engine.dialect).construct_expanded_state(
-            values
-        )
-        with app.db.begin() as conn:
-            rows = conn.exec_driver_sql(
-                "EXPLAIN (ANALYZE, COSTS OFF) " + compiled.statement, compiled.parameters
-            )
-            plan = "\n".join(str(r[0]) for r in rows)
-            conn.rollback()  # EXPLAIN ANALYZE ran it: take it back
-        assert not scans_jobs(plan), plan
-        assert "Index Cond: (id = ANY" in plan, plan
-        assert "ix_jobs_state_id" not in plan and "ix_jobs_lease" not in plan, plan
-        assert "JIT" not in plan, plan
+        assert "ix_jobs_state_id" not in plans[0] and "ix_jobs_lease" not in plans[0], plans[0]
+        assert "Index Cond: (id = ANY" in plans[1], plans[1]
     taking: dict[str, Any] = {
         "worker_id": "w",
         "queues": ["default"],
@@ -132,13 +123,9 @@ def test_the_cycle_that_completes_and_claims_walks_indexes_after_statistics_are_
         "limit": 20,
         "token": 2,
     }
-    with app.db.autocommit() if backend == "postgresql" else app.db.begin() as conn:
-        done_now = [Outcome(c, "completed", 0.001) for c in held]
-        if backend == "postgresql":
-            claims, refused = sql.complete_and_claim(conn, done_now, **taking)
-        else:
-            refused = sql.apply_outcomes(conn, done_now)
-            claims = sql.claim(conn, **taking)
+    with app.db.begin() as conn:
+        refused = sql.apply_outcomes(conn, [Outcome(c, "completed", 0.001) for c in held])
+        claims = sql.claim(conn, **taking)
     assert refused == []
     assert sorted(c.job.id for c in claims) == ids[JOBS // 2 + 51 : JOBS // 2 + 71]
     assert all(app.get_job(c.job.id).state == "completed" for c in held)

@@ -1,5 +1,5 @@
-"""The worker's cycle that completes finished jobs and claims the next ones: one statement in
-autocommit on PostgreSQL (`LeaseSQL.complete_and_claim`), one transaction on SQLite. Same
+"""The worker's cycle that completes finished jobs and claims the next ones (one transaction), and
+on PostgreSQL the cycles that only claim or only complete (one statement in autocommit each). Same
 guarantees either way: fenced outcomes refused, one execution row per attempt, a dependent of a
 parent completed in the cycle claimed by it, claimed rows decoded as the stored job."""
 
@@ -34,7 +34,7 @@ def _executions(app: Any, job_id: int) -> list[tuple[int, str]]:
         return [(r[0], r[1]) for r in rows]
 
 
-def test_a_cycle_completes_and_claims_in_one_statement_on_postgresql_in_one_transaction_on_sqlite(
+def test_a_cycle_completes_and_claims_in_one_transaction_and_completes_alone_in_one_statement(
     make_app, backend
 ):
     app = make_app()
@@ -47,15 +47,19 @@ def test_a_cycle_completes_and_claims_in_one_statement_on_postgresql_in_one_tran
     try:
         done = [Outcome(c, "completed", 0.25) for c in claims]
         more, refused, unwritten = worker._cycle(done, {"*": 5})
+        both = [(s.kind, s.autocommit) for s in faults.log]
+        faults.log.clear()
+        _, last_refused, last_unwritten = worker._cycle([Outcome(c, "completed", 0.5) for c in more], {})
+        alone = [(s.kind, s.autocommit) for s in faults.log]
     finally:
         faults.uninstall()
-    assert (refused, unwritten) == ([], [])
+    assert (refused, unwritten, last_refused, last_unwritten) == ([], [], [], [])
     assert sorted(c.job.id for c in more) == nxt
-    kinds = [(s.kind, s.autocommit) for s in faults.log]
+    assert ("commit", False) in both and len(both) > 2, both
     if backend == "postgresql":
-        assert kinds == [("execute", True)], [str(s) for s in faults.log]
+        assert alone == [("execute", True)], alone
     else:
-        assert ("commit", False) in kinds and len(kinds) > 2
+        assert ("commit", False) in alone, alone
     for job_id in first:
         assert app.get_job(job_id).state == "completed"
         assert _executions(app, job_id) == [(1, "completed")]
@@ -65,8 +69,8 @@ def test_a_cycle_completes_and_claims_in_one_statement_on_postgresql_in_one_tran
         ).scalars()
         assert set(durations) == {0.25}
     for job_id in nxt:
-        assert app.get_job(job_id).state == "running"
-        assert _executions(app, job_id) == [(1, "running")]
+        assert app.get_job(job_id).state == "completed"
+        assert _executions(app, job_id) == [(1, "completed")]
 
 
 def test_a_late_outcome_in_the_cycle_is_refused_and_its_claim_still_taken(make_app):

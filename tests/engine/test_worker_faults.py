@@ -473,9 +473,9 @@ def test_a_fault_at_any_statement_of_the_worker_cycle_never_breaks_exactly_once(
     assert not failures, "\n".join(failures)
 
 
-#: A statement (PostgreSQL) or a transaction (SQLite) that completes finished jobs and claims the
-#: next ones in the same cycle: on PostgreSQL one statement in autocommit (`complete_and_claim`).
-BOTH = {"postgresql": "FROM done) AS completed", "sqlite": "finished.duration"}
+#: The completion statement of a cycle that completes finished jobs and claims the next ones in
+#: one transaction (on PostgreSQL also the whole of a completion-only cycle, in autocommit).
+BOTH = {"postgresql": "duration_seconds=done.duration", "sqlite": "finished.duration"}
 
 
 @pytest.mark.parametrize("mode", ["error_before", "error_after", "kill"])
@@ -483,7 +483,7 @@ BOTH = {"postgresql": "FROM done) AS completed", "sqlite": "finished.duration"}
 def test_a_fault_at_the_cycle_that_completes_and_claims_never_breaks_exactly_once(
     db_url, make_app, tmp_path, backend, mode, at
 ):
-    """A backlog makes the worker complete and claim in one cycle (one statement on PostgreSQL).
+    """A backlog makes the worker complete and claim in one cycle (one transaction).
     A transient error before it, after it (committed, the worker sees an error: read back by
     lease and token) or a SIGKILL just before it: every job completes once with one completed
     execution row per job, and only a killed worker's jobs ran twice."""

@@ -41,7 +41,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, array
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.dml import Insert
 
 from ledgerflow.db.database import Database
@@ -186,7 +186,7 @@ class LeaseSQL:
             "lease_expires_at": db.after(lease_seconds),
         }
 
-        def chosen(dependencies_met: ColumnElement[bool]) -> ColumnElement[bool]:
+        def chosen() -> ColumnElement[bool]:
             """The jobs a claim takes: the first `limit` runnable ones, skipping locked rows."""
             candidates = (
                 select(jobs.c.id)
@@ -195,7 +195,7 @@ class LeaseSQL:
                     jobs.c.queue.in_(bindparam("queues", expanding=True)),
                     jobs.c.task.in_(bindparam("tasks", expanding=True)),
                     jobs.c.scheduled_at <= db.now(),
-                    dependencies_met,
+                    DEPENDENCIES_MET,
                     NOT_PAUSED,
                     NOT_LIMITED,
                 )
@@ -212,7 +212,7 @@ class LeaseSQL:
             ids = select(func.array_agg(picked.subquery().c.id)).scalar_subquery()
             return jobs.c.id == any_(cast(ids, ARRAY(BigInteger)))  # the cast: an array, not a row set
 
-        claim = update(jobs).where(chosen(DEPENDENCIES_MET)).values(**lease)
+        claim = update(jobs).where(chosen()).values(**lease)
         self._claim_ids = (  # started when the rate windows say (the same database clock reading)
             update(jobs)
             .where(jobs.c.id.in_(bindparam("ids", expanding=True)), CLAIMABLE_SQL)
@@ -261,30 +261,6 @@ class LeaseSQL:
                 .values(status="completed", completed_at=db.now(), duration_seconds=done.c.duration)
             )
             self._complete = select(done.c.id, done.c.token).add_cte(finished.cte("finished"))
-            # The completion and the next claim as one statement, run in autocommit: one round
-            # trip instead of four (BEGIN, completion, claim, COMMIT) when a claim carries the
-            # finished jobs. Its parts share one snapshot, so the claim sees the jobs completed
-            # here as they were before: a parent completed by `done` counts as completed.
-            parents_done = or_(
-                jobs.c.has_dependencies == false(),
-                ~exists(
-                    select(1)
-                    .select_from(_PARENTS)
-                    .where(
-                        job_dependencies.c.job_id == jobs.c.id,
-                        _parent.c.state != S.COMPLETED,
-                        _parent.c.id.not_in(select(done.c.id)),
-                    )
-                ),
-            )
-            take = update(jobs).where(chosen(parents_done)).values(**lease)
-            both = take.returning(*_RETURNED).cte("claimed")
-            completed = select(func.array_agg(array([done.c.id, done.c.token]))).scalar_subquery()
-            self._complete_and_claim = (
-                select(*both.c, completed.label("completed"))
-                .select_from(select(literal(1)).subquery("one").outerjoin(both, true()))
-                .add_cte(finished.cte("finished"), _started_rows(both).cte("started"))
-            )
         else:
             self._claim = claim.returning(*_RETURNED)
             # The held attempts as one JSON array of [id, token] (`held`): the statement's text is the
@@ -391,40 +367,6 @@ class LeaseSQL:
             },
         )
         return self._record_claims(conn, rows, token, executions_written=self._folded)
-
-    def complete_and_claim(
-        self,
-        conn: Connection,
-        outcomes: Sequence[Outcome],
-        *,
-        worker_id: str,
-        queues: Sequence[str],
-        tasks: Sequence[str],
-        limit: int,
-        token: int,
-    ) -> tuple[list[Claim], list[Outcome]]:
-        """PostgreSQL, one statement: complete these plain successes (`is_plain`) and claim up to
-        `limit` jobs, as `apply_outcomes` then `claim` would in one transaction. Returns the
-        claims and the outcomes refused because the lease was lost."""
-        assert self._folded and all(is_plain(o) for o in outcomes)
-        rows = conn.execute(
-            self._complete_and_claim,
-            {
-                "ids": [o.claim.job.id for o in outcomes],
-                "tokens": [o.claim.token for o in outcomes],
-                "durations": [_duration(o) for o in outcomes],
-                "queues": list(queues),
-                "tasks": list(tasks),
-                "limit": limit,
-                "worker": worker_id,
-                "token": token,
-            },
-        ).all()
-        # one row at least (the outer join), each with the [id, token] pairs completed
-        completed = {(pair[0], pair[1]) for pair in rows[0][-1] or ()}
-        claimed = [Claim(_claimed_job(r), token) for r in rows if r[0] is not None]
-        claimed.sort(key=lambda c: (c.job.priority, c.job.scheduled_at, c.job.id))
-        return claimed, [o for o in outcomes if o.key not in completed]
 
     def claim_limited(
         self,
