@@ -26,6 +26,7 @@ import psycopg
 from sqlalchemy import (
     BigInteger,
     Connection,
+    Executable,
     Interval,
     Select,
     Text,
@@ -39,9 +40,10 @@ from sqlalchemy import (
     table,
     union_all,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.types import TypeEngine
 
 from ledgerflow.db.backends import (
     BULK_JOB_COLUMNS,
@@ -337,6 +339,49 @@ def driver_error(conn: AnyConnection, statement: str, error: psycopg.Error) -> e
         conn.invalidate()
     kind = exc.OperationalError if isinstance(error, psycopg.OperationalError) else exc.DatabaseError
     return kind(statement, None, error, connection_invalidated=broken)  # type: ignore[arg-type]
+
+
+class DriverStatement:
+    """A Core statement compiled once and run on the driver's connection: none of SQLAlchemy's
+    per-execution work (cache key, expanding parameters, result metadata), its type
+    conversions applied as it would. For a hot statement whose text never varies (every
+    parameter a scalar or an array); psycopg prepares it on its fifth use per connection."""
+
+    def __init__(
+        self, statement: Executable, dialect: Dialect, columns: Sequence[ColumnElement[Any]]
+    ) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql = str(compiled)
+        #: the statement's own values (states and the like), converted once; callers add theirs
+        escaped = compiled.escaped_bind_names
+        self._fixed = {
+            escaped.get(key, key): _bound(bind.type, dialect, bind.effective_value)
+            for key, bind in compiled.binds.items()
+            if not bind.required
+        }
+        self._dialect = dialect
+        self._types = [c.type.dialect_impl(dialect) for c in columns]
+        self._results: list[Callable[[Any], Any] | None] | None = None  # by the first answer's types
+
+    def rows(self, conn: AnyConnection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Run it with `params` (driver-ready values); its rows, converted as SQLAlchemy would."""
+        try:
+            cursor = driver_of(conn).execute(self.sql, {**self._fixed, **params})
+            raw = cursor.fetchall()
+        except psycopg.Error as error:
+            raise driver_error(conn, self.sql, error) from error
+        convert = self._results
+        if convert is None:
+            codes = [d.type_code for d in cursor.description or []]
+            convert = self._results = [
+                t.result_processor(self._dialect, code) for t, code in zip(self._types, codes, strict=True)
+            ]
+        return [tuple(v if f is None else f(v) for f, v in zip(convert, row, strict=True)) for row in raw]
+
+
+def _bound(type_: TypeEngine[Any], dialect: Dialect, value: Any) -> Any:
+    process = type_.dialect_impl(dialect).bind_processor(dialect)
+    return value if process is None else process(value)
 
 
 class PostgresBackend:
