@@ -366,23 +366,24 @@ class DriverStatement:
     def rows(self, conn: AnyConnection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         """Run it with `params` (driver-ready values); its rows, converted as SQLAlchemy would."""
         values = {**self._fixed, **params}
-        cursor = driver_of(conn).cursor()
         # announced as SQLAlchemy would to the connection's cursor listeners (tests inject faults there)
         listened = isinstance(conn, Connection) and bool(conn.dispatch.before_cursor_execute)
-        if listened:
-            for before in conn.dispatch.before_cursor_execute:
-                before(conn, cursor, self.sql, values, None, False)
-        try:
-            cursor.execute(self.sql, values)
-            raw = cursor.fetchall()
-        except psycopg.Error as error:
-            raise driver_error(conn, self.sql, error) from error
-        if listened:
-            for after in conn.dispatch.after_cursor_execute:
-                after(conn, cursor, self.sql, values, None, False)
+        with driver_of(conn).cursor() as cursor:
+            if listened:
+                for before in conn.dispatch.before_cursor_execute:
+                    before(conn, cursor, self.sql, values, None, False)
+            try:
+                cursor.execute(self.sql, values)
+                raw = cursor.fetchall()
+            except psycopg.Error as error:
+                raise driver_error(conn, self.sql, error) from error
+            if listened:
+                for after in conn.dispatch.after_cursor_execute:
+                    after(conn, cursor, self.sql, values, None, False)
+            description = cursor.description or []
         convert = self._results
         if convert is None:
-            codes = [d.type_code for d in cursor.description or []]
+            codes = [d.type_code for d in description]
             convert = self._results = [
                 t.result_processor(self._dialect, code) for t, code in zip(self._types, codes, strict=True)
             ]
