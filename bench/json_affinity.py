@@ -16,6 +16,7 @@ many bare-number results read differently afterwards; for `edit`, its downgrade 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -35,17 +36,10 @@ from bench.common import machine
 from ledgerflow.db.database import Database
 from ledgerflow.db.migrate import alembic_config, migrate
 
-#: The JSON columns migration 0017 redeclares.
-JSON_COLUMNS = {
-    "jobs": ("args", "kwargs", "errors", "result", "trace_context"),
-    "job_executions": ("execution_metadata",),
-    "workers": ("queues",),
-    "job_limits": ("recent_starts",),
-    "alerts": ("context", "delivery"),
-    "job_schedules": ("args", "kwargs", "extra_holidays"),
-    "export_batches": ("reservation", "files", "manifest", "totals"),
-    "export_logs": ("metadata",),
-}
+#: The JSON columns migration 0017 redeclares (its own list, read from the migration).
+JSON_COLUMNS = importlib.import_module(
+    "ledgerflow.db.migrations.versions.0017_sqlite_json_text_affinity"
+).JSON_COLUMNS
 #: Results a job may return that NUMERIC affinity stores as numbers.
 NUMBERS = ("0.30000000000000004", "9223372036854775808", "1.0", "-0.0", "42", "1e300")
 

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Select
+from sqlalchemy import BigInteger, Connection, Select, column, select, table, union_all
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.elements import ColumnElement
 
+from ledgerflow.db.tables import jobs
 from ledgerflow.db.types import storable_text
 from ledgerflow.payload import compact_json
 
@@ -179,3 +180,25 @@ class StoppableThread:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+#: The job search index's mark and its notes of jobs whose errors changed (migrations 0015 and
+#: 0018), the same on both backends; each backend's index tables are its own.
+job_search_mark = table("job_search_mark", column("indexed_to", BigInteger))
+job_search_dirty = table("job_search_dirty", column("id", BigInteger))
+
+
+def search_candidates(
+    id_column: ColumnElement[Any], indexed: Select[Any], errors: bool
+) -> ColumnElement[bool]:
+    """`id_column IN (...)`: the jobs the index found (`indexed`), plus every job above the index
+    mark (not indexed yet) and, for errors, every job whose errors changed since it was indexed.
+    A superset: callers recheck the text on the job itself."""
+    newer = jobs.alias("newer")
+    found = [
+        indexed,
+        select(newer.c.id).where(newer.c.id > select(job_search_mark.c.indexed_to).scalar_subquery()),
+    ]
+    if errors:
+        found.append(select(job_search_dirty.c.id))
+    return id_column.in_(union_all(*found))

@@ -38,7 +38,6 @@ from sqlalchemy import (
     or_,
     select,
     table,
-    union_all,
 )
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.pool import PoolProxiedConnection
@@ -54,8 +53,8 @@ from ledgerflow.db.backends import (
     StoppableThread,
     cursor_stream,
     driver_of,
+    search_candidates,
 )
-from ledgerflow.db.tables import jobs
 from ledgerflow.db.types import UTCDateTime
 
 
@@ -126,8 +125,6 @@ _DRAW_IDS = (
 #: errors, per job, each with a GIN trigram index, filled up to `job_search_mark.indexed_to`.
 job_search = table("job_search", column("id", BigInteger), column("body", Text))
 job_error_search = table("job_error_search", column("id", BigInteger), column("body", Text))
-job_search_dirty = table("job_search_dirty", column("seq", BigInteger), column("id", BigInteger))
-job_search_mark = table("job_search_mark", column("indexed_to", BigInteger))
 
 #: The virtual transactions of every other session of this database (each transaction holds
 #: a lock on its own virtual transaction id from its start to its end).
@@ -179,14 +176,7 @@ def text_candidates(
     indexed. A superset: callers recheck the text on the job itself."""
     index = job_error_search if errors else job_search
     indexed = select(index.c.id).where(or_(*(index.c.body.ilike(p, escape="\\") for p in patterns)))
-    newer = jobs.alias("newer")
-    found = [
-        indexed,
-        select(newer.c.id).where(newer.c.id > select(job_search_mark.c.indexed_to).scalar_subquery()),
-    ]
-    if errors:
-        found.append(select(job_search_dirty.c.id))
-    return id_column.in_(union_all(*found))
+    return search_candidates(id_column, indexed, errors)
 
 
 def search_pending(conn: Connection) -> bool:

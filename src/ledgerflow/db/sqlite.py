@@ -36,7 +36,6 @@ from sqlalchemy import (
     literal_column,
     select,
     table,
-    union_all,
 )
 from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.engine import Engine
@@ -50,8 +49,8 @@ from ledgerflow.db.backends import (
     StoppableThread,
     cursor_stream,
     driver_of,
+    search_candidates,
 )
-from ledgerflow.db.tables import jobs
 from ledgerflow.db.types import UTCDateTime
 
 log = logging.getLogger(__name__)
@@ -74,8 +73,6 @@ def casefolded(text: str | None) -> str | None:
 #: text, filled up to `job_search_mark.indexed_to` off the enqueue path.
 job_search = table("job_search", column("rowid", Integer))
 job_error_search = table("job_error_search", column("rowid", Integer))
-job_search_dirty = table("job_search_dirty", column("id", Integer))
-job_search_mark = table("job_search_mark", column("indexed_to", Integer))
 _RAREST = 3  # trigrams looked up per text: the rarest few narrow as well as all of them
 _SAMPLE = 200  # index entries read to estimate how common a trigram is
 _SAMPLED = 16  # trigrams of a long text sampled for rarity
@@ -145,14 +142,7 @@ def text_candidates(
     if query is None:
         return None
     indexed = select(index.c.rowid).where(literal_column(index.name).op("MATCH")(query))
-    newer = jobs.alias("newer")
-    found = [
-        indexed,
-        select(newer.c.id).where(newer.c.id > select(job_search_mark.c.indexed_to).scalar_subquery()),
-    ]
-    if errors:
-        found.append(select(job_search_dirty.c.id))
-    return id_column.in_(union_all(*found))
+    return search_candidates(id_column, indexed, errors)
 
 
 def search_pending(conn: Connection) -> bool:
