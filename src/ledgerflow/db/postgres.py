@@ -26,7 +26,6 @@ import psycopg
 from sqlalchemy import (
     BigInteger,
     Connection,
-    Executable,
     Interval,
     Select,
     Text,
@@ -41,7 +40,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.pool import PoolProxiedConnection
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ClauseElement, ColumnElement
 from sqlalchemy.types import TypeEngine
 
 from ledgerflow.db.backends import (
@@ -338,9 +338,10 @@ class DriverStatement:
     parameter a scalar or an array); psycopg prepares it on its fifth use per connection."""
 
     def __init__(
-        self, statement: Executable, dialect: Dialect, columns: Sequence[ColumnElement[Any]]
+        self, statement: ClauseElement, dialect: Dialect, columns: Sequence[ColumnElement[Any]]
     ) -> None:
         compiled = statement.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)
         self.sql = str(compiled)
         #: the statement's own values (states and the like), converted once; callers add theirs
         escaped = compiled.escaped_bind_names
@@ -357,19 +358,19 @@ class DriverStatement:
         """Run it with `params` (driver-ready values); its rows, converted as SQLAlchemy would."""
         values = {**self._fixed, **params}
         # announced as SQLAlchemy would to the connection's cursor listeners (tests inject faults there)
-        listened = isinstance(conn, Connection) and bool(conn.dispatch.before_cursor_execute)
+        listening = conn if isinstance(conn, Connection) and conn.dispatch.before_cursor_execute else None
         with driver_of(conn).cursor() as cursor:
-            if listened:
-                for before in conn.dispatch.before_cursor_execute:
-                    before(conn, cursor, self.sql, values, None, False)
+            if listening is not None:
+                for before in listening.dispatch.before_cursor_execute:
+                    before(listening, cursor, self.sql, values, None, False)
             try:
                 cursor.execute(self.sql, values)
                 raw = cursor.fetchall()
             except psycopg.Error as error:
                 raise driver_error(conn, self.sql, error) from error
-            if listened:
-                for after in conn.dispatch.after_cursor_execute:
-                    after(conn, cursor, self.sql, values, None, False)
+            if listening is not None:
+                for after in listening.dispatch.after_cursor_execute:
+                    after(listening, cursor, self.sql, values, None, False)
             description = cursor.description or []
         convert = self._results
         if convert is None:
