@@ -38,11 +38,9 @@ from sqlalchemy import (
     select,
     table,
 )
-from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.engine import Engine
 from sqlalchemy.pool import PoolProxiedConnection
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.elements import ClauseElement, ColumnElement
-from sqlalchemy.types import TypeEngine
+from sqlalchemy.sql.elements import ColumnElement
 
 from ledgerflow.db.backends import (
     BULK_JOB_COLUMNS,
@@ -329,61 +327,6 @@ def driver_error(conn: AnyConnection, statement: str, error: psycopg.Error) -> e
         conn.invalidate()
     kind = exc.OperationalError if isinstance(error, psycopg.OperationalError) else exc.DatabaseError
     return kind(statement, None, error, connection_invalidated=broken)  # type: ignore[arg-type]
-
-
-class DriverStatement:
-    """A Core statement compiled once and run on the driver's connection: none of SQLAlchemy's
-    per-execution work (cache key, expanding parameters, result metadata), its type
-    conversions applied as it would. For a hot statement whose text never varies (every
-    parameter a scalar or an array); psycopg prepares it on its fifth use per connection."""
-
-    def __init__(
-        self, statement: ClauseElement, dialect: Dialect, columns: Sequence[ColumnElement[Any]]
-    ) -> None:
-        compiled = statement.compile(dialect=dialect)
-        assert isinstance(compiled, SQLCompiler)
-        self.sql = str(compiled)
-        #: the statement's own values (states and the like), converted once; callers add theirs
-        escaped = compiled.escaped_bind_names
-        self._fixed = {
-            escaped.get(key, key): _bound(bind.type, dialect, bind.effective_value)
-            for key, bind in compiled.binds.items()
-            if not bind.required
-        }
-        self._dialect = dialect
-        self._types = [c.type.dialect_impl(dialect) for c in columns]
-        self._results: list[Callable[[Any], Any] | None] | None = None  # by the first answer's types
-
-    def rows(self, conn: AnyConnection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        """Run it with `params` (driver-ready values); its rows, converted as SQLAlchemy would."""
-        values = {**self._fixed, **params}
-        # announced as SQLAlchemy would to the connection's cursor listeners (tests inject faults there)
-        listening = conn if isinstance(conn, Connection) and conn.dispatch.before_cursor_execute else None
-        with driver_of(conn).cursor() as cursor:
-            if listening is not None:
-                for before in listening.dispatch.before_cursor_execute:
-                    before(listening, cursor, self.sql, values, None, False)
-            try:
-                cursor.execute(self.sql, values)
-                raw = cursor.fetchall()
-            except psycopg.Error as error:
-                raise driver_error(conn, self.sql, error) from error
-            if listening is not None:
-                for after in listening.dispatch.after_cursor_execute:
-                    after(listening, cursor, self.sql, values, None, False)
-            description = cursor.description or []
-        convert = self._results
-        if convert is None:
-            codes = [d.type_code for d in description]
-            convert = self._results = [
-                t.result_processor(self._dialect, code) for t, code in zip(self._types, codes, strict=True)
-            ]
-        return [tuple(v if f is None else f(v) for f, v in zip(convert, row, strict=True)) for row in raw]
-
-
-def _bound(type_: TypeEngine[Any], dialect: Dialect, value: Any) -> Any:
-    process = type_.dialect_impl(dialect).bind_processor(dialect)
-    return value if process is None else process(value)
 
 
 class PostgresBackend:

@@ -24,7 +24,6 @@ from sqlalchemy import (
     Connection,
     Float,
     Select,
-    Text,
     and_,
     any_,
     bindparam,
@@ -46,7 +45,6 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.dml import Insert
 
 from ledgerflow.db.database import Database
-from ledgerflow.db.postgres import DriverStatement
 from ledgerflow.db.tables import (
     CLAIM_INDEX,
     CLAIMABLE_SQL,
@@ -188,21 +186,14 @@ class LeaseSQL:
             "lease_expires_at": db.after(lease_seconds),
         }
 
-        def names_in(param: str, col: ColumnElement[str]) -> ColumnElement[bool]:
-            """PostgreSQL: `= ANY(array)`, one statement text whatever the number of names (run
-            as a `DriverStatement`); SQLite: an expanded `IN`."""
-            if db.is_sqlite:
-                return col.in_(bindparam(param, expanding=True))
-            return col == any_(bindparam(param, type_=ARRAY(Text)))
-
         def chosen() -> ColumnElement[bool]:
             """The jobs a claim takes: the first `limit` runnable ones, skipping locked rows."""
             candidates = (
                 select(jobs.c.id)
                 .where(
                     CLAIMABLE_SQL,
-                    names_in("queues", jobs.c.queue),
-                    names_in("tasks", jobs.c.task),
+                    jobs.c.queue.in_(bindparam("queues", expanding=True)),
+                    jobs.c.task.in_(bindparam("tasks", expanding=True)),
                     jobs.c.scheduled_at <= db.now(),
                     DEPENDENCIES_MET,
                     NOT_PAUSED,
@@ -234,11 +225,6 @@ class LeaseSQL:
         if self._folded:
             claimed = claim.returning(*_RETURNED).cte("claimed")
             self._claim = select(claimed).add_cte(_started_rows(claimed).cte("started"))
-            #: the claim without SQLAlchemy's per-execution work: about 0.35 ms less between a
-            #: wake-up and the job's start (docs/benchmarks.md, "Enqueue → start latency")
-            self._claim_driver: DriverStatement | None = DriverStatement(
-                self._claim, db.engine.dialect, _RETURNED
-            )
             # The finished attempts as arrays (id, lease token, duration): the statement's text
             # is the same whatever the batch size, so psycopg prepares it once per connection.
             held = (
@@ -277,7 +263,6 @@ class LeaseSQL:
             self._complete = select(done.c.id, done.c.token).add_cte(finished.cte("finished"))
         else:
             self._claim = claim.returning(*_RETURNED)
-            self._claim_driver = None
             # The held attempts as one JSON array of [id, token] (`held`): the statement's text is the
             # same whatever the batch (no expanded `IN (?, ?, …)` to render and prepare per size);
             # each job is still found by its rowid, its pair checked against the array's.
@@ -371,17 +356,16 @@ class LeaseSQL:
         if limit <= 0 or not queues or not tasks:
             return []
         token = new_token() if token is None else token
-        params = {
-            "queues": list(queues),
-            "tasks": list(tasks),
-            "limit": limit,
-            "worker": worker_id,
-            "token": token,
-        }
-        if self._claim_driver is not None:
-            rows: Any = self._claim_driver.rows(conn, params)
-        else:
-            rows = conn.execute(self._claim, params).all()
+        rows = conn.execute(
+            self._claim,
+            {
+                "queues": list(queues),
+                "tasks": list(tasks),
+                "limit": limit,
+                "worker": worker_id,
+                "token": token,
+            },
+        )
         return self._record_claims(conn, rows, token, executions_written=self._folded)
 
     def claim_limited(
@@ -417,7 +401,7 @@ class LeaseSQL:
         rows = conn.execute(
             self._claim_ids, {"ids": pick.ids, "worker": worker_id, "token": token, "started": pick.started}
         )
-        claims = self._record_claims(conn, rows.all(), token, executions_written=False, limited=True)
+        claims = self._record_claims(conn, rows, token, executions_written=False, limited=True)
         return claims, pick.opens_in
 
     def _record_claims(
@@ -431,7 +415,7 @@ class LeaseSQL:
     ) -> list[Claim]:
         """An execution row per claimed job (unless the claim statement wrote them); the claims
         in claim order."""
-        claimed = [Claim(_claimed_job(r), token, limited) for r in rows]
+        claimed = [Claim(_claimed_job(r), token, limited) for r in rows.all()]
         if claimed and not executions_written:
             ids = [c.job.id for c in claimed]
             conn.execute(self._insert_executions, {"ids": json.dumps(ids) if self.db.is_sqlite else ids})
