@@ -14,6 +14,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +189,24 @@ def make_app(db_url: str) -> Iterator[Callable[..., App]]:
     yield make
     for app in apps:
         app.close()
+
+
+def completed_job_row(now: datetime) -> dict[str, Any]:
+    """The columns of a completed job with no arguments, to insert as a row of `jobs` directly
+    (a database at an older revision, before the application can write it)."""
+    return {
+        "task": "t",
+        "queue": "default",
+        "priority": 0,
+        "state": "completed",
+        "args": [],
+        "kwargs": {},
+        "max_attempts": 3,
+        "timeout": 60.0,
+        "scheduled_at": now,
+        "created_at": now,
+        "errors": [],
+    }
 
 
 def count_runs(db_url: str, **where: Any) -> dict[int, int]:

@@ -22,7 +22,7 @@ from ledgerflow.db.tables import jobs
 from ledgerflow.engine.search import index_pending
 from tests.backup.conftest import entry
 from tests.backup.test_restore_books import D1, _references
-from tests.conftest import _admin, pg_url
+from tests.conftest import _admin, completed_job_row, pg_url
 
 OLD_REVISION = "0006"  # receipts exist, their corrections (0007) do not yet
 
@@ -109,19 +109,7 @@ def test_a_backup_from_before_0017_with_bare_number_results_restores_as_it_read(
     old = Database(empty_db_url)
     migrate(old, "0016")
     now = datetime.now(UTC)
-    job = {
-        "task": "t",
-        "queue": "default",
-        "priority": 0,
-        "state": "completed",
-        "args": [],
-        "kwargs": {},
-        "max_attempts": 3,
-        "timeout": 60.0,
-        "scheduled_at": now,
-        "created_at": now,
-        "errors": [],
-    }
+    job = completed_job_row(now)
     with old.begin() as conn:
         conn.execute(insert(jobs), [{**job, "result": r} for r in BARE_NUMBERS])
     before = _results(old)
@@ -154,18 +142,7 @@ def test_a_backup_from_before_0018_restored_after_it_is_searched_exactly(books_a
     old = Database(empty_db_url)
     migrate(old, "0017")
     now = datetime.now(UTC)
-    job = {
-        "task": "t",
-        "queue": "default",
-        "priority": 0,
-        "state": "completed",
-        "kwargs": {},
-        "max_attempts": 3,
-        "timeout": 60.0,
-        "scheduled_at": now,
-        "created_at": now,
-        "errors": [],
-    }
+    job = completed_job_row(now)
     with old.begin() as conn:
         conn.execute(insert(jobs), [{**job, "args": [f"restored kiwi {i}"]} for i in range(5)])
     old.dispose()

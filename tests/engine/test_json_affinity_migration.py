@@ -21,7 +21,7 @@ from ledgerflow.db.migrate import alembic_config, current_revision, migrate
 from ledgerflow.db.tables import alerts, job_executions, jobs, metadata
 from ledgerflow.db.types import Json
 from ledgerflow.engine.jobs import JobSpec
-from tests.conftest import count_runs, wait_until
+from tests.conftest import completed_job_row, count_runs, wait_until
 from tests.engine.test_json_columns import assert_kept
 
 JSON_COLUMNS = [(t.name, c.name) for t in metadata.sorted_tables for c in t.columns if c.type is Json]
@@ -97,18 +97,7 @@ def _checks(db: Database) -> list[Any]:
 def test_0017_goes_up_and_down_with_every_stored_value_read_alike_and_the_schema_kept(db_url):
     db = Database(db_url)
     now = datetime.now(UTC)
-    job = {
-        "task": "t",
-        "queue": "default",
-        "priority": 0,
-        "state": "completed",
-        "kwargs": {},
-        "max_attempts": 3,
-        "timeout": 60.0,
-        "scheduled_at": now,
-        "created_at": now,
-        "errors": [],
-    }
+    job = completed_job_row(now)
     try:
         _to(db, "0016")
         with db.begin() as conn:
@@ -240,19 +229,7 @@ def test_0017_writes_an_integer_numeric_affinity_made_infinite_as_json(db_url):
     and the downgrade stores it as that REAL again. PostgreSQL's jsonb keeps every digit."""
     db = Database(db_url)
     now = datetime.now(UTC)
-    job = {
-        "task": "t",
-        "queue": "default",
-        "priority": 0,
-        "state": "completed",
-        "args": [],
-        "kwargs": {},
-        "max_attempts": 3,
-        "timeout": 60.0,
-        "scheduled_at": now,
-        "created_at": now,
-        "errors": [],
-    }
+    job = completed_job_row(now)
     huge = [10**400, -(10**400)]
     try:
         _to(db, "0016")
