@@ -27,7 +27,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from ledgerflow.db.tables import alerts as alerts_table
-from ledgerflow.errors import BadInput
+from ledgerflow.errors import BadInput, DatabaseUnavailable
 from ledgerflow.logs import get_logger
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from ledgerflow.engine.jobs import Job
 
 SEVERITIES = ("info", "warning", "error", "critical")
+RECORD_ATTEMPTS = 8  # recording a delivery: 0.1 s doubling up to 3.2 s between tries, ~12 s in all
 
 
 @dataclass(frozen=True)
@@ -106,13 +107,25 @@ class Notifier:
                 if item is None:
                     return
                 payload, done = item
-                result = self.deliver(payload)
-                try:
-                    done(result)
-                except Exception as exc:  # recording the delivery must not kill the thread
-                    self.log.warning("alert_delivery_not_recorded", error=str(exc))
+                self._record(done, self.deliver(payload))
             finally:
                 self._queue.task_done()
+
+    def _record(self, done: Callable[[dict[str, Any]], None], result: dict[str, Any]) -> None:
+        """Record a delivery; while the database is unavailable (an alert about the pool being
+        exhausted is sent exactly then) retry with backoff for about 12 s before logging it lost."""
+        for attempt in range(RECORD_ATTEMPTS):
+            try:
+                done(result)
+                return
+            except DatabaseUnavailable as exc:
+                if attempt == RECORD_ATTEMPTS - 1:
+                    self.log.warning("alert_delivery_not_recorded", error=str(exc), attempts=RECORD_ATTEMPTS)
+                    return
+                time.sleep(min(0.1 * 2**attempt, 3.2))
+            except Exception as exc:  # recording the delivery must not kill the thread
+                self.log.warning("alert_delivery_not_recorded", error=str(exc))
+                return
 
     def deliver(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Send now; returns {'webhook': 'ok'|error, 'email': 'ok'|error}."""

@@ -29,9 +29,10 @@ from ledgerflow.scheduler.schedules import Schedule
 class Webhook:
     """A loopback HTTP receiver that can fail its first N requests."""
 
-    def __init__(self, fail_first: int = 0) -> None:
+    def __init__(self, fail_first: int = 0, on_post: Callable[[], None] | None = None) -> None:
         self.received: list[dict[str, Any]] = []
         self.fail_first = fail_first
+        self.on_post = on_post  # runs before each answer
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -40,6 +41,8 @@ class Webhook:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                if hook.on_post:
+                    hook.on_post()
                 if hook.fail_first > 0:
                     hook.fail_first -= 1
                     self.send_response(500)
@@ -145,6 +148,28 @@ def test_undeliverable_webhook_is_retried_then_logged_and_never_raises():
         from ledgerflow.alerts import Alerts
 
         Alerts(None, notifier).raise_alert("k", "catastrophic", "t", "m")  # type: ignore[arg-type]
+
+
+def test_a_delivery_is_recorded_even_when_the_pool_is_exhausted_at_that_moment(make_app):
+    """The pool-exhausted alert is delivered exactly while no connection is free: recording its
+    delivery waits for one (bounded) instead of losing it."""
+    held: list[Any] = []
+    release = threading.Timer(1.0, lambda: [conn.close() for conn in held])
+
+    def exhaust_pool_for_a_second() -> None:
+        held.extend(app.db.engine.connect() for _ in range(1 + 10))  # pool size + overflow
+        release.start()
+
+    hook = Webhook(on_post=exhaust_pool_for_a_second)
+    try:
+        app = make_app(alert_webhook_url=hook.url, db_pool_size=1, db_pool_timeout=0.2)
+        assert app.alerts.raise_alert("k", "critical", "Pool", "no connection free")
+        app.alerts.notifier.flush()
+        release.join()
+        (alert,) = app.alerts.history(kind="k")
+        assert alert.delivery == {"webhook": "ok"}
+    finally:
+        hook.close()
 
 
 # ------------------------------------------------------------------ every alert, end to end

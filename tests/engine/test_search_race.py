@@ -150,7 +150,7 @@ def test_every_search_equals_a_full_scan_while_ids_commit_out_of_order_and_index
     def caught_up() -> bool:
         with app.db.read() as conn:
             left["states"] = dict(
-                conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).tuples().all()
+                conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).all()
             )
         left["indexed"] = index_pending(app.db)
         return set(left["states"]) <= {S.COMPLETED, S.DEAD, S.CANCELLED} and not left["indexed"]

@@ -63,7 +63,7 @@ def verify_exports(app: App) -> dict[str, Any]:
             .order_by(export_batches.c.id)
         ).all()
         chain_end = int(conn.execute(select(func.max(export_logs.c.id))).scalar() or 0)
-        known = dict(conn.execute(select(export_batches.c.batch_key, export_batches.c.state)).tuples().all())
+        known = dict(conn.execute(select(export_batches.c.batch_key, export_batches.c.state)).all())
     for batch in batches:
         logged = delivered.pop(batch.batch_key, None)
         if logged is None:
