@@ -8,13 +8,17 @@ every waiting job (156 ms a claim of 20)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import update
+import pytest
+from psycopg import sql as pgsql
+from sqlalchemy import event, update
 
+from ledgerflow.db.backends import driver_of
 from ledgerflow.db.tables import jobs
 from ledgerflow.engine.leases import LeaseSQL, due_query, next_due
 from tests.apps import basic
@@ -115,6 +119,84 @@ def test_the_claim_and_next_due_read_a_bounded_part_of_a_large_backlog(make_app,
             # A scan of the 100,000 waiting jobs reads 100,000 rows (PostgreSQL) and runs about
             # 3,100 thousand-instruction steps (SQLite); the bounded reads a row per query.
             assert read[0] <= 5, read[0]
+
+
+def _walks_the_claim_index(plan: str) -> None:
+    assert "Seq Scan on jobs" not in plan and "Sort" not in plan, plan
+    assert "Index Scan using ix_jobs_claim on jobs" in plan, plan
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # SQLite: SQLAlchemy's, above
+def test_the_claim_the_worker_sends_on_the_driver_walks_the_claim_index(make_app):
+    """PostgreSQL runs the worker's claim on the driver's connection (`DriverStatement`). The
+    statement it sends, text and parameters as recorded at the cursor, is planned as a walk of
+    ix_jobs_claim in order, both as a custom plan (what EXPLAIN shows with the values) and as the
+    generic plan of the prepared statement (psycopg prepares it on its fifth use), and each claim
+    reads a bounded part of the backlog. The version taken back in f441387 sent `queue =
+    ANY('{default}')`, which loses the one-queue equality: the planner sorted the 100,000
+    waiting jobs."""
+    app = make_app()
+    _seed(app, "postgresql")
+    sql = LeaseSQL(app.db, 6.0)
+    taking: dict[str, Any] = {"worker_id": "w", "queues": ["default"], "tasks": ["bench.noop"], "limit": 20}
+    sent: list[tuple[str, Any, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, context: Any, _many: bool) -> None:
+        sent.append((statement, parameters, context))
+
+    event.listen(app.db.engine, "before_cursor_execute", record)
+    try:
+        with app.db.begin() as conn:
+            assert len(sql.claim(conn, **taking, token=1)) == 20
+            conn.rollback()
+    finally:
+        event.remove(app.db.engine, "before_cursor_execute", record)
+    ((statement, parameters, context),) = sent
+    assert context is None, "sent by SQLAlchemy, not on the driver"  # SQLAlchemy passes its context
+    with app.db.begin() as conn:
+        raw = driver_of(conn)
+        plan = "\n".join(r[0] for r in raw.execute("EXPLAIN (COSTS OFF) " + statement, parameters))
+        conn.rollback()
+    _walks_the_claim_index(plan)
+    with app.db.begin() as conn:
+        raw = driver_of(conn)
+        threshold, raw.prepare_threshold = raw.prepare_threshold, 0  # prepared from the first claim
+        try:
+            for mode in ("force_custom_plan", "force_generic_plan"):
+                raw.execute(f"SET LOCAL plan_cache_mode = {mode}")
+                for _ in range(3):
+                    with _rows_read(conn, "postgresql") as read:
+                        assert len(sql.claim(conn, **taking)) == 20
+                    assert read[0] <= CLAIM_READS["postgresql"], (mode, read[0])
+            # the statement psycopg prepared: the one sent, its placeholders numbered
+            numbers: dict[str, int] = {}
+            numbered = re.sub(
+                r"%\((\w+)\)s",
+                lambda m: f"${numbers.setdefault(m[1], len(numbers) + 1)}",
+                statement,
+            )
+            found = raw.execute(
+                "SELECT name, parameter_types::text[] FROM pg_prepared_statements "
+                "WHERE statement = %s AND generic_plans > 0",
+                (numbered,),
+                prepare=False,
+            ).fetchone()
+            assert found is not None, "the claim sent was not prepared and run with a generic plan"
+            name, types = found
+            values = [parameters[n] for n in sorted(numbers, key=numbers.__getitem__)]
+            explain = pgsql.SQL("EXPLAIN (COSTS OFF) EXECUTE {}({})").format(
+                pgsql.Identifier(name),
+                pgsql.SQL(", ").join(
+                    pgsql.SQL("{}::{}").format(pgsql.Literal(v), pgsql.SQL(t))
+                    for v, t in zip(values, types, strict=True)
+                ),
+            )
+            generic = "\n".join(r[0] for r in raw.execute(explain, prepare=False))
+        finally:
+            raw.prepare_threshold = threshold
+        conn.rollback()
+    _walks_the_claim_index(generic)
+    assert "Index Cond: (((queue)::text = ($" in generic, generic  # a parameter: the generic plan
 
 
 def test_next_due_is_the_earliest_over_priorities_and_queues(make_app, backend):

@@ -19,6 +19,7 @@ import itertools
 import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,9 +39,10 @@ from sqlalchemy import (
     select,
     table,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.pool import PoolProxiedConnection
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ClauseElement, ColumnElement
 
 from ledgerflow.db.backends import (
     BULK_JOB_COLUMNS,
@@ -327,6 +329,119 @@ def driver_error(conn: AnyConnection, statement: str, error: psycopg.Error) -> e
         conn.invalidate()
     kind = exc.OperationalError if isinstance(error, psycopg.OperationalError) else exc.DatabaseError
     return kind(statement, None, error, connection_invalidated=broken)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """One rendering of a `DriverStatement`: for one length of each expanding parameter."""
+
+    sql: str
+    fixed: dict[str, Any]  # the statement's own values, bound once
+    #: each caller parameter: its names in `sql` (several for an expanding one) and their processors
+    given: dict[str, tuple[tuple[str, Callable[[Any], Any] | None], ...]]
+    expanding: frozenset[str]
+
+
+class DriverStatement:
+    """A Core statement run on the driver's connection with the very text and parameters
+    SQLAlchemy would send: none of SQLAlchemy's per-execution work (cache key, expanding the
+    `IN` lists, parameter processing set-up, result metadata), its type conversions applied as
+    it would. The text is rendered by SQLAlchemy once per shape (the number of values of each
+    expanding parameter, e.g. `queue IN (%(queues_1)s)` for one queue, which PostgreSQL plans
+    as `queue = …`) and kept; psycopg prepares each on its fifth use per connection, as it does
+    the statements SQLAlchemy sends. The statement is announced to the connection's
+    cursor-execute listeners as SQLAlchemy announces its own (tracing, tests/faults.py)."""
+
+    #: shapes kept (a worker has a few: its queue sets by the number of tasks)
+    MAX_SHAPES = 64
+
+    def __init__(
+        self, statement: ClauseElement, dialect: Dialect, columns: Sequence[ColumnElement[Any]]
+    ) -> None:
+        compiled = statement.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)
+        self._compiled = compiled
+        self._expanding = tuple(
+            name for name, bind in compiled.binds.items() if bind.expanding and bind.required
+        )
+        self._dialect = dialect
+        self._types = [c.type.dialect_impl(dialect) for c in columns]
+        self._results: list[Callable[[Any], Any] | None] | None = None  # by the first answer's types
+        self._shapes: dict[tuple[int, ...], _Shape] = {}
+
+    def shape(self, params: dict[str, Any]) -> _Shape:
+        """The text and parameter layout SQLAlchemy renders for `params`' shape."""
+        key = tuple(len(params[name]) for name in self._expanding)
+        found = self._shapes.get(key)
+        if found is not None:
+            return found
+        compiled = self._compiled
+        state = compiled.construct_expanded_state(params)
+        escaped = compiled.escaped_bind_names
+        # each bound value processed by its type as SQLAlchemy does (e.g. `String` makes text
+        # storable), the expanded ones by their element's
+        processors: dict[str, Callable[[Any], Any]] = {}
+        for name, bind in compiled.binds.items():
+            process = bind.type.dialect_impl(self._dialect).bind_processor(self._dialect)
+            if process is not None:
+                processors[escaped.get(name, name)] = process
+        processors.update(state.processors)
+        given: dict[str, tuple[tuple[str, Callable[[Any], Any] | None], ...]] = {}
+        for name in params:
+            key_name = escaped.get(name, name)
+            names = state.parameter_expansion.get(key_name, [key_name])
+            given[name] = tuple((n, processors.get(n)) for n in names)
+        taken = {n for names in given.values() for n, _ in names}
+        fixed = {
+            n: (processors[n](v) if n in processors else v)
+            for n, v in state.parameters.items()
+            if n not in taken
+        }
+        found = _Shape(state.statement, fixed, given, frozenset(self._expanding))
+        if len(self._shapes) < self.MAX_SHAPES:
+            self._shapes[key] = found
+        return found
+
+    def parameters(self, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The text and the parameters sent for `params` (as given to `Connection.execute`)."""
+        shape = self.shape(params)
+        values = dict(shape.fixed)
+        for name, value in params.items():
+            names = shape.given[name]
+            if name in shape.expanding:
+                for (key, process), item in zip(names, value, strict=True):
+                    values[key] = item if process is None else process(item)
+            else:
+                ((key, process),) = names
+                values[key] = value if process is None else process(value)
+        return shape.sql, values
+
+    def rows(self, conn: AnyConnection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Run it with `params`; its rows, converted as SQLAlchemy would."""
+        sql, values = self.parameters(params)
+        listening = conn if isinstance(conn, Connection) and conn.dispatch.before_cursor_execute else None
+        with driver_of(conn).cursor() as cursor:
+            if listening is not None:
+                for before in listening.dispatch.before_cursor_execute:
+                    before(listening, cursor, sql, values, None, False)
+            try:
+                cursor.execute(sql, values)
+                raw = cursor.fetchall()
+            except psycopg.Error as error:
+                raise driver_error(conn, sql, error) from error
+            if listening is not None:
+                for after in listening.dispatch.after_cursor_execute:
+                    after(listening, cursor, sql, values, None, False)
+            description = cursor.description or []
+        convert = self._results
+        if convert is None:
+            codes = [d.type_code for d in description]
+            convert = self._results = [
+                t.result_processor(self._dialect, code) for t, code in zip(self._types, codes, strict=True)
+            ]
+        if not any(convert):
+            return raw
+        return [tuple(v if f is None else f(v) for f, v in zip(convert, row, strict=True)) for row in raw]
 
 
 class PostgresBackend:

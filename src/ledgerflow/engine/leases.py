@@ -45,6 +45,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.dml import Insert
 
 from ledgerflow.db.database import Database
+from ledgerflow.db.postgres import DriverStatement
 from ledgerflow.db.tables import (
     CLAIM_INDEX,
     CLAIMABLE_SQL,
@@ -225,6 +226,11 @@ class LeaseSQL:
         if self._folded:
             claimed = claim.returning(*_RETURNED).cte("claimed")
             self._claim = select(claimed).add_cte(_started_rows(claimed).cte("started"))
+            #: the claim without SQLAlchemy's per-execution work (about 0.35 ms of Python between a
+            #: wake-up and the job's start, docs/benchmarks.md), sent with the same text
+            self._claim_driver: DriverStatement | None = DriverStatement(
+                self._claim, db.engine.dialect, _RETURNED
+            )
             # The finished attempts as arrays (id, lease token, duration): the statement's text
             # is the same whatever the batch size, so psycopg prepares it once per connection.
             held = (
@@ -263,6 +269,7 @@ class LeaseSQL:
             self._complete = select(done.c.id, done.c.token).add_cte(finished.cte("finished"))
         else:
             self._claim = claim.returning(*_RETURNED)
+            self._claim_driver = None
             # The held attempts as one JSON array of [id, token] (`held`): the statement's text is the
             # same whatever the batch (no expanded `IN (?, ?, …)` to render and prepare per size);
             # each job is still found by its rowid, its pair checked against the array's.
@@ -356,16 +363,17 @@ class LeaseSQL:
         if limit <= 0 or not queues or not tasks:
             return []
         token = new_token() if token is None else token
-        rows = conn.execute(
-            self._claim,
-            {
-                "queues": list(queues),
-                "tasks": list(tasks),
-                "limit": limit,
-                "worker": worker_id,
-                "token": token,
-            },
-        )
+        params = {
+            "queues": list(queues),
+            "tasks": list(tasks),
+            "limit": limit,
+            "worker": worker_id,
+            "token": token,
+        }
+        if self._claim_driver is not None:
+            rows: Sequence[Any] = self._claim_driver.rows(conn, params)
+        else:
+            rows = conn.execute(self._claim, params).all()
         return self._record_claims(conn, rows, token, executions_written=self._folded)
 
     def claim_limited(
@@ -401,13 +409,13 @@ class LeaseSQL:
         rows = conn.execute(
             self._claim_ids, {"ids": pick.ids, "worker": worker_id, "token": token, "started": pick.started}
         )
-        claims = self._record_claims(conn, rows, token, executions_written=False, limited=True)
+        claims = self._record_claims(conn, rows.all(), token, executions_written=False, limited=True)
         return claims, pick.opens_in
 
     def _record_claims(
         self,
         conn: Connection,
-        rows: Any,
+        rows: Sequence[Any],
         token: int,
         *,
         executions_written: bool,
@@ -415,7 +423,7 @@ class LeaseSQL:
     ) -> list[Claim]:
         """An execution row per claimed job (unless the claim statement wrote them); the claims
         in claim order."""
-        claimed = [Claim(_claimed_job(r), token, limited) for r in rows.all()]
+        claimed = [Claim(_claimed_job(r), token, limited) for r in rows]
         if claimed and not executions_written:
             ids = [c.job.id for c in claimed]
             conn.execute(self._insert_executions, {"ids": json.dumps(ids) if self.db.is_sqlite else ids})
