@@ -426,7 +426,7 @@ class DriverStatement:
                     before(listening, cursor, sql, values, None, False)
             try:
                 cursor.execute(sql, values)
-                raw = cursor.fetchall()
+                raw: list[tuple[Any, ...]] = cursor.fetchall()
             except psycopg.Error as error:
                 raise driver_error(conn, sql, error) from error
             if listening is not None:
