@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 
 from ledgerflow import BadInput, Conflict, JobState, NotFound, current_job
 from ledgerflow.cleanup import prune
@@ -423,3 +424,36 @@ def test_sync_timeouts_are_each_kept_whatever_the_order_and_number_of_attempts(m
     assert 0.35 <= execution["duration_seconds"] < 1.4  # its own 0.4 s, not the 30 s armed first
     states = {app.get_job(i).state for i in quick_ids}
     assert states == {JobState.COMPLETED}  # their 0.05 s deadlines passed after they ended
+
+
+def test_prefetched_jobs_start_while_the_database_thread_writes_a_cycle(make_app):
+    """Slots freed by ended sync tasks take the next prefetched jobs at once, not only when the
+    cycle on the database thread answers (each of its statements is slowed here by 0.05 s, the
+    jobs take 0.01 s, 8 are prefetched)."""
+    app = make_app()
+    windows: list[tuple[float, float]] = []
+    starts: list[float] = []
+
+    def before(*_: object) -> None:
+        if threading.current_thread().name.startswith("ledgerflow-db"):
+            began = time.monotonic()
+            time.sleep(0.05)
+            windows.append((began, time.monotonic()))
+
+    event.listen(app.db.engine, "before_cursor_execute", before)
+
+    @app.task(name="stamp")
+    def stamp(i: int) -> int:
+        starts.append(time.monotonic())
+        time.sleep(0.01)
+        return i
+
+    app.enqueue_many([stamp.prepare(i) for i in range(30)])
+    app.run_worker(burst=True, concurrency=2, prefetch=8)
+    event.remove(app.db.engine, "before_cursor_execute", before)
+    assert len(starts) == 30
+    # started 20 ms or more into a statement: after a job that was running when it began had
+    # ended (a start just after the statement began may be one handed over just before it)
+    during = [t for t in starts if any(a + 0.02 < t < b for a, b in windows)]
+    assert len(during) >= 3, (len(during), len(windows))  # before: none (each waited for the answer)
+    assert app.store.counts()[("default", "stamp", "completed")] == 30
