@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import secrets
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,6 +65,29 @@ def _compact_encoder() -> Callable[[Any], str]:
         return json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
     encode = make(None, _refuse, json.encoder.encode_basestring, None, ":", ",", False, False, False)
     return lambda value: "".join(encode(value, 0))
+
+
+def dumps_strict(value: Any, **options: Any) -> str:
+    """`json.dumps` whose output is always JSON: an infinite float (read back from a SQLite
+    number past a float's range, stored before migration 0017) is written `1e999` / `-1e999`,
+    which reads as that value again, never `Infinity`, which no strict parser takes."""
+    try:
+        return json.dumps(value, allow_nan=False, **options)
+    except ValueError:
+        pass
+    mark = f"ledgerflow-infinity-{secrets.token_hex(8)}"
+
+    def finite(v: Any) -> Any:
+        if isinstance(v, float) and math.isinf(v):
+            return f"{mark}{'+' if v > 0 else '-'}"
+        if isinstance(v, dict):
+            return {k: finite(item) for k, item in v.items()}
+        if isinstance(v, list | tuple):
+            return [finite(item) for item in v]
+        return v
+
+    text = json.dumps(finite(value), allow_nan=False, **options)
+    return text.replace(f'"{mark}+"', "1e999").replace(f'"{mark}-"', "-1e999")
 
 
 #: One encoder for every check and every JSON column (see `_compact_encoder`).

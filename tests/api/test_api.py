@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import math
 import threading
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from ledgerflow.db.tables import jobs
 from ledgerflow.export.saga import ExportSaga
 from tests.api.conftest import TOKEN
-from tests.conftest import wait_until
+from tests.conftest import completed_job_row, run_cli, wait_until
 
 ENTRY = {
     "date": "2026-11-26",
@@ -319,3 +322,33 @@ def test_failure_rate_and_dead_job_limits_also_stop_a_task(make_app):
     assert [p.name for p in app.store.pauses() if p.paused_by == "autostop"] == ["half_broken"]
     reason = next(p for p in app.store.pauses() if p.name == "half_broken").reason
     assert "3 dead jobs" in reason or "3 of 4 attempts failed" in reason
+
+
+def test_a_result_stored_past_a_floats_range_is_shown_as_json_by_the_api_and_the_cli(
+    service, db_url, monkeypatch, capsys
+):
+    """SQLite rows written before migration 0017 hold such numbers as `1e999`, which reads as an
+    infinite float: the API and `jobs show --json` write it back as `1e999` (JSON that a strict
+    parser takes, and that reads as the stored value), never `Infinity` or an error."""
+    stored = '[1e999, -1e999, {"deep": [1e999]}, 1.5, "Infinity"]'
+    with service.app.db.begin() as conn:
+        job_id = conn.execute(
+            insert(jobs).values(completed_job_row(datetime.now(UTC))).returning(jobs.c.id)
+        ).scalar_one()
+        cast = "" if service.app.db.is_sqlite else "::jsonb"
+        conn.exec_driver_sql(f"UPDATE jobs SET result = '{stored}'{cast} WHERE id = {job_id}")
+
+    def strict(text: str) -> Any:
+        def refuse(constant: str) -> Any:
+            raise AssertionError(f"not JSON: {constant}")
+
+        return json.loads(text, parse_constant=refuse)
+
+    big = math.inf if service.app.db.is_sqlite else 10**999  # PostgreSQL's jsonb keeps every digit
+    expected = [big, -big, {"deep": [big]}, 1.5, "Infinity"]
+    response = service.get(f"/api/jobs/{job_id}")
+    assert response.status_code == 200 and strict(response.text)["result"] == expected
+    monkeypatch.setenv("LEDGERFLOW_DATABASE_URL", db_url)
+    monkeypatch.setenv("LEDGERFLOW_LOG_LEVEL", "ERROR")
+    code, out, err = run_cli(capsys, "jobs", "show", str(job_id), "--json")
+    assert code == 0 and strict(out)["result"] == expected, err

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from ledgerflow.payload import SURROGATES
+from ledgerflow.payload import SURROGATES, dumps_strict
 
 
 class SafeJSONResponse(JSONResponse):
@@ -17,7 +16,7 @@ class SafeJSONResponse(JSONResponse):
     JSON-ready values)."""
 
     def render(self, content: Any) -> bytes:
-        text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text = dumps_strict(content, ensure_ascii=False, separators=(",", ":"))
         return SURROGATES.sub("\ufffd", text).encode()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -14,6 +13,7 @@ from typing import Any
 from ledgerflow.app import App
 from ledgerflow.builtin import load_app
 from ledgerflow.config import load_settings
+from ledgerflow.payload import dumps_strict
 
 
 class _LazyConsole:
@@ -69,7 +69,7 @@ def _default(value: Any) -> Any:
 
 def print_json(value: Any) -> None:
     """One JSON document on stdout."""
-    sys.stdout.write(json.dumps(value, default=_default, ensure_ascii=False, indent=2) + "\n")
+    sys.stdout.write(dumps_strict(value, default=_default, ensure_ascii=False, indent=2) + "\n")
 
 
 def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> None:
