@@ -26,8 +26,10 @@ Parts, each variant interleaved with the others round by round:
   runs; PostgreSQL: wall, the work is the server's), median of `reps` per round;
   PostgreSQL after `VACUUM ANALYZE` (autovacuum's work), SQLite without `ANALYZE` (nothing in
   ledgerflow runs it);
-* `enqueue`: `calls` one-call enqueues (`App.enqueue`) per round on a fresh store per variant:
-  CPU µs per call of this process (SQLite's work included; PostgreSQL: the client's only);
+* `enqueue`: `calls` one-call enqueues (`App.enqueue`) and one bulk enqueue of 5,000
+  (`App.enqueue_many`, `Task.prepare` outside the timing) per round, on a store per variant:
+  CPU µs per call or job of this process (SQLite's work included; PostgreSQL: the client's
+  only, the server's saving is `bench.indexes`'s);
 * `pages` (SQLite): which b-trees one `App.enqueue` commit writes to the log, per enqueue
   (frames of the commit mapped to their b-tree by `dbstat`).
 """
@@ -205,6 +207,7 @@ def run_enqueue(backends: list[str], rounds: int, calls: int) -> dict[str, Any]:
                     app.enqueue(noop.prepare(f"warm-{i}"))
                 apps[variant] = app
             cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
+            bulk: dict[str, list[float]] = {v: [] for v in VARIANTS}
             for r in range(rounds):
                 order = VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]
                 for variant in order:
@@ -214,7 +217,15 @@ def run_enqueue(backends: list[str], rounds: int, calls: int) -> dict[str, Any]:
                     for i in range(calls):
                         app.enqueue(noop.prepare(f"{r}-{i}"))
                     cpu[variant].append((time.process_time() - started) / calls * 1e6)
-            out[backend] = {v: _spread(us, 1) for v, us in cpu.items()}
+                    specs = [noop.prepare(f"bulk-{r}-{i}") for i in range(5000)]
+                    gc.collect()
+                    started = time.process_time()
+                    app.enqueue_many(specs)
+                    bulk[variant].append((time.process_time() - started) / len(specs) * 1e6)
+            out[backend] = {
+                v: {"one_call_cpu_us": _spread(cpu[v], 1), "bulk_cpu_us_per_job": _spread(bulk[v], 2)}
+                for v in VARIANTS
+            }
     return out
 
 
@@ -234,6 +245,7 @@ def run_pages(commits: int = 300) -> dict[str, dict[str, float]]:
                 app.enqueue(noop.prepare(f"warm-{i}"))
             path = url.removeprefix("sqlite:///")
             wal = path + "-wal"
+            driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the log grows from empty: no frame rewritten
             driver.execute("BEGIN")  # a reader keeps the log from being reset meanwhile
             driver.execute("SELECT count(*) FROM jobs").fetchone()
             page = 4096
