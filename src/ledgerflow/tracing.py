@@ -126,8 +126,8 @@ class Attempt:
     def __init__(self, job: Job, worker_id: str) -> None:
         self.span: Any = None
         self.context: Any = None
-        if trace is None:
-            return
+        if trace is None or not (job.trace_context or _configured()):
+            return  # no span and no enqueuer's context to carry: nothing to make current (5 us a job)
         parent = propagate.extract(job.trace_context or {})
         if not _configured():  # the no-op tracer's span would be the enqueuer's, recording nothing
             self.context = trace.set_span_in_context(trace.get_current_span(parent))

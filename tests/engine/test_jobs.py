@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 
 from ledgerflow import BadInput, Conflict, JobState, NotFound, current_job
 from ledgerflow.cleanup import prune
@@ -386,3 +387,71 @@ def test_snoozes_are_counted_apart_and_capped(make_app):
     statuses = [(e["status"], e["error_type"]) for e in app.store.executions(job.id)]
     assert statuses == [("failed", "snoozed")] * 3 + [("failed", "snooze_limit")]
     assert app.store.retry(job.id).max_attempts == 2, "a retried job still has an attempt to spend"
+
+
+def test_sync_timeouts_are_each_kept_whatever_the_order_and_number_of_attempts(make_app):
+    """Sync timeouts share one loop timer (the earliest deadline): an attempt started after one
+    with a longer timeout still ends at its own, among 300 quick attempts (the heap of
+    deadlines compacted on the way), and one that ends in time is not failed by its deadline."""
+    app = make_app(max_abandoned_threads=10)
+    started: dict[str, float] = {}
+
+    @app.task(name="long_first", timeout=30, priority=0)
+    def long_first() -> None:
+        started["long_first"] = time.monotonic()
+        time.sleep(1.5)
+
+    @app.task(name="short_later", timeout=0.4, max_attempts=1, priority=1)
+    def short_later() -> None:
+        started["short_later"] = time.monotonic()
+        time.sleep(5)
+
+    @app.task(name="quick", timeout=0.05, priority=2)
+    def quick(i: int) -> int:
+        return i
+
+    first, later = long_first.enqueue(), short_later.enqueue()
+    quick_ids = app.enqueue_many([quick.prepare(i) for i in range(300)])
+    app.run_worker(burst=True, concurrency=3)
+    assert started["short_later"] >= started["long_first"]
+    assert app.get_job(first.id).state == JobState.COMPLETED  # ran 1.5 s of its 30
+    dead = app.get_job(later.id)
+    assert dead.state == JobState.DEAD and [e.type for e in dead.errors] == ["timeout"]
+    (execution,) = app.store.executions(later.id)
+    assert execution["error_type"] == "timeout"
+    assert 0.35 <= execution["duration_seconds"] < 1.4  # its own 0.4 s, not the 30 s armed first
+    states = {app.get_job(i).state for i in quick_ids}
+    assert states == {JobState.COMPLETED}  # their 0.05 s deadlines passed after they ended
+
+
+def test_prefetched_jobs_start_while_the_database_thread_writes_a_cycle(make_app):
+    """Slots freed by ended sync tasks take the next prefetched jobs at once, not only when the
+    cycle on the database thread answers (each of its statements is slowed here by 0.1 s, the
+    jobs take 0.02 s, 8 are prefetched)."""
+    app = make_app()
+    windows: list[tuple[float, float]] = []
+    starts: list[float] = []
+
+    def before(*_: object) -> None:
+        if threading.current_thread().name.startswith("ledgerflow-db"):
+            began = time.monotonic()
+            time.sleep(0.1)
+            windows.append((began, time.monotonic()))
+
+    event.listen(app.db.engine, "before_cursor_execute", before)
+
+    @app.task(name="stamp")
+    def stamp(i: int) -> int:
+        starts.append(time.monotonic())
+        time.sleep(0.02)
+        return i
+
+    app.enqueue_many([stamp.prepare(i) for i in range(30)])
+    app.run_worker(burst=True, concurrency=2, prefetch=8)
+    event.remove(app.db.engine, "before_cursor_execute", before)
+    assert len(starts) == 30
+    # started 30 ms or more into a statement: after a job that was running when it began had
+    # ended (a start just after the statement began may be one handed over just before it)
+    during = [t for t in starts if any(a + 0.03 < t < b for a, b in windows)]
+    assert len(during) >= 2, (len(during), len(windows))  # before: none (each waited for the answer)
+    assert app.store.counts()[("default", "stamp", "completed")] == 30
