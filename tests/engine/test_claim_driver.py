@@ -141,6 +141,29 @@ def test_a_fault_at_the_driver_claim_is_seen_as_at_any_statement(make_app, mode)
     assert sorted(c.job.id for c in found) == ([] if mode == "error_before" else sorted(ids))
 
 
+def test_a_listener_that_rewrites_the_statement_is_obeyed(make_app):
+    """As with SQLAlchemy, a `before_cursor_execute` listener with `retval=True` (SQL commenters,
+    bench.profile's EXPLAIN) decides what is sent: here it claims one job instead of ten."""
+    app = make_app()
+    _jobs(app)
+    sql = LeaseSQL(app.db, 6.0)
+
+    def one(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> Any:
+        return statement + " -- rewritten", {**parameters, "limit": 1}
+
+    event.listen(app.db.engine, "before_cursor_execute", one, retval=True)
+    try:
+        with app.db.begin() as conn, _sent(app) as seen:
+            claims = sql.claim(
+                conn, worker_id="w", queues=["a", "b", "default"], tasks=["t", "u", "v"], limit=10
+            )
+            conn.rollback()
+    finally:
+        event.remove(app.db.engine, "before_cursor_execute", one)
+    assert len(claims) == 1
+    assert [s.endswith(" -- rewritten") for s, _, _ in seen] == [True]
+
+
 def test_shapes_beyond_the_kept_ones_are_rendered_each_time(make_app):
     """A statement with more shapes than it keeps still sends SQLAlchemy's text for each."""
     app = make_app()

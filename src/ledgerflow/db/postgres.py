@@ -421,9 +421,9 @@ class DriverStatement:
         sql, values = self.parameters(params)
         listening = conn if isinstance(conn, Connection) and conn.dispatch.before_cursor_execute else None
         with driver_of(conn).cursor() as cursor:
-            if listening is not None:
+            if listening is not None:  # each returns the statement and parameters to send, as in SQLAlchemy
                 for before in listening.dispatch.before_cursor_execute:
-                    before(listening, cursor, sql, values, None, False)
+                    sql, values = before(listening, cursor, sql, values, None, False)
             try:
                 cursor.execute(sql, values)
                 raw: list[tuple[Any, ...]] = cursor.fetchall()
