@@ -5,10 +5,13 @@ backends, a real worker in this process."""
 from __future__ import annotations
 
 import contextvars
+import signal
 import threading
 import time
 
 from ledgerflow import JobState
+from tests.apps import basic
+from tests.conftest import count_runs, run_rows, wait_until
 
 #: A context variable a task sets and does not reset (as `structlog.contextvars.bind_contextvars`).
 LEAK: contextvars.ContextVar[str | None] = contextvars.ContextVar("review_cpu_leak", default=None)
@@ -75,3 +78,72 @@ def test_a_timeout_whose_handling_raises_does_not_disarm_the_later_timeouts(make
         worker.stop(force=True)
         thread.join(20)
     assert not thread.is_alive()
+
+
+def test_sync_deadlines_with_an_infinite_timeout_and_a_retry_of_the_same_job(make_app):
+    """The heap of deadlines holds an infinite one (never armed as a timer, never due) beside
+    finite ones, and a job retried by the same worker gets a deadline of its own attempt: the
+    first attempt's deadline (its key ended) does not fail the second, nor the reverse."""
+    app = make_app(max_abandoned_threads=10)
+    attempts: list[int] = []
+
+    @app.task(name="forever", timeout=float("inf"))
+    def forever() -> str:
+        time.sleep(0.6)
+        return "ran 0.6 s of an infinite timeout"
+
+    @app.task(name="short", timeout=0.2, max_attempts=1)
+    def short() -> None:
+        time.sleep(3)
+
+    @app.task(name="retried", timeout=0.4, max_attempts=2, retry_backoff=[0.0])
+    def retried() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ValueError("first attempt fails at once")
+        time.sleep(0.3)  # within its own 0.4 s; the first attempt's deadline has passed by then
+        return "second attempt"
+
+    inf_job, short_job, retried_job = forever.enqueue(), short.enqueue(), retried.enqueue()
+    app.run_worker(burst=True, concurrency=3)
+    assert app.get_job(inf_job.id).result == "ran 0.6 s of an infinite timeout"
+    dead = app.get_job(short_job.id)
+    assert dead.state == JobState.DEAD and [e.type for e in dead.errors] == ["timeout"]
+    (execution,) = app.store.executions(short_job.id)
+    assert execution["duration_seconds"] < 1.5
+    done = app.get_job(retried_job.id)
+    assert done.state == JobState.COMPLETED and done.result == "second attempt"
+    assert [e["status"] for e in app.store.executions(retried_job.id)] == ["failed", "completed"]
+
+
+def test_sigterm_among_quick_prefetched_jobs_starts_none_after_the_drain_and_runs_each_once(
+    db_url, make_app, workers
+):
+    """A worker process drains on SIGTERM while quick sync and async jobs end and the slots
+    they free take prefetched ones (in the loop callback of the ends): every job it started
+    ends before it exits, the prefetched ones go back unstarted, and with a second worker each
+    job runs exactly once."""
+    app = make_app()
+    ids = app.enqueue_many(
+        [
+            (basic.record if i % 3 else basic.record_async).prepare(sleep=0.01, label=str(i))
+            for i in range(600)
+        ]
+    )
+    w = workers(concurrency=2, name="drained")
+    wait_until(lambda: len(run_rows(db_url)) >= 60, 60, 0.02, "jobs running")
+    w.signal(signal.SIGTERM)
+    assert w.wait(30) == 0, w.log()[-2000:]
+    log = w.log()
+    assert "worker_draining" in log and "worker_stopped" in log
+    rows = run_rows(db_url)
+    started = {r["job_id"] for r in rows if r["phase"] == "start"}
+    finished = {r["job_id"] for r in rows if r["phase"] == "end"}
+    assert started == finished, "every job started ended before the exit"
+    assert len(started) < len(ids), "the drain stopped it before the end"
+    assert {app.get_job(i).state for i in started} == {JobState.COMPLETED}
+    assert {app.get_job(i).state for i in set(ids) - started} == {JobState.AVAILABLE}
+    rest = workers(concurrency=2, burst=True, name="rest")
+    assert rest.wait(120) == 0, rest.log()[-2000:]
+    assert set(count_runs(db_url).values()) == {1} and set(count_runs(db_url)) == set(ids)
+    assert {app.get_job(i).state for i in ids} == {JobState.COMPLETED}
