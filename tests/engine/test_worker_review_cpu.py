@@ -5,6 +5,7 @@ backends, a real worker in this process."""
 from __future__ import annotations
 
 import contextvars
+import json
 import signal
 import threading
 import time
@@ -147,3 +148,26 @@ def test_sigterm_among_quick_prefetched_jobs_starts_none_after_the_drain_and_run
     assert rest.wait(120) == 0, rest.log()[-2000:]
     assert set(count_runs(db_url).values()) == {1} and set(count_runs(db_url)) == set(ids)
     assert {app.get_job(i).state for i in ids} == {JobState.COMPLETED}
+
+
+def test_a_worker_process_at_warning_still_writes_every_failure_line_and_alert(db_url, make_app, workers):
+    """The per-job INFO lines are not built when the level drops them: at WARNING a worker
+    process writes no `job_completed` but every `job_retryable` and `job_dead` (and opens the
+    dead job's alert); at INFO the `job_completed` lines are back."""
+    app = make_app()
+    (failing,) = app.enqueue_many([basic.fail_always.prepare()])
+    quiet = app.enqueue_many([basic.record.prepare() for _ in range(5)])
+    w = workers(concurrency=2, burst=True, name="warning", env={"LEDGERFLOW_LOG_LEVEL": "WARNING"})
+    assert w.wait(60) == 0, w.log()[-2000:]
+    lines = [json.loads(line) for line in w.log().splitlines() if line.startswith("{")]
+    events = [line["event"] for line in lines]
+    assert events.count("job_retryable") == 2 and events.count("job_dead") == 1, events
+    assert "job_completed" not in events and "job_running" not in events
+    assert app.alerts.is_open("job_dead:fail_always")
+    assert app.get_job(failing).state == JobState.DEAD
+    assert {app.get_job(i).state for i in quiet} == {JobState.COMPLETED}
+    more = app.enqueue_many([basic.record.prepare() for _ in range(5)])
+    w = workers(concurrency=2, burst=True, name="info", env={"LEDGERFLOW_LOG_LEVEL": "INFO"})
+    assert w.wait(60) == 0, w.log()[-2000:]
+    completed = [e for e in w.log().splitlines() if '"job_completed"' in e]
+    assert {json.loads(e)["job_id"] for e in completed} == set(more)
