@@ -13,6 +13,16 @@ def test_cancel_racing_the_start_either_cancels_or_runs_each_call_exactly_once()
     """Each call is either cancelled (`cancel()` True: it never runs, `on_done` never comes) or
     runs exactly once (`cancel()` False: `on_done` once, after its value is set)."""
     pool = DaemonThreadPool(4)
+    try:
+        # the threads drain every call before the cancels only on a starved machine: race again
+        assert any(_race_cancels_with_starts(pool) for _ in range(20)), "no cancel ever won"
+    finally:
+        pool.shutdown()
+
+
+def _race_cancels_with_starts(pool: DaemonThreadPool) -> bool:
+    """One round of 20,000 calls, every other one cancelled as the threads start them; the
+    invariants are asserted; True if some cancel won."""
     ran: dict[int, int] = {}
     ended: dict[int, int] = {}
     lock = threading.Lock()
@@ -37,11 +47,10 @@ def test_cancel_racing_the_start_either_cancels_or_runs_each_call_exactly_once()
         time.sleep(0.01)
     time.sleep(0.05)  # on_done follows done() in the thread
     assert all(c.done() for c in calls)
-    assert cancelled  # the pool's 4 threads cannot have started all 20,000 before the cancels
     assert set(ran) == set(range(n)) - cancelled
     assert set(ran.values()) == {1} and ended == ran
     assert all(not c.cancel() for i, c in enumerate(calls) if i not in cancelled)
-    pool.shutdown()
+    return bool(cancelled)
 
 
 def test_abandon_racing_the_end_retires_only_a_thread_that_still_runs():
