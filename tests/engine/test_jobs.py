@@ -406,7 +406,7 @@ def test_sync_timeouts_are_each_kept_whatever_the_order_and_number_of_attempts(m
         started["short_later"] = time.monotonic()
         time.sleep(5)
 
-    @app.task(name="quick", timeout=0.05, priority=2)
+    @app.task(name="quick", timeout=0.3, priority=2)
     def quick(i: int) -> int:
         return i
 
@@ -419,9 +419,9 @@ def test_sync_timeouts_are_each_kept_whatever_the_order_and_number_of_attempts(m
     assert dead.state == JobState.DEAD and [e.type for e in dead.errors] == ["timeout"]
     (execution,) = app.store.executions(later.id)
     assert execution["error_type"] == "timeout"
-    assert 0.35 <= execution["duration_seconds"] < 1.4  # its own 0.4 s, not the 30 s armed first
+    assert 0.35 <= execution["duration_seconds"] < 4  # its own 0.4 s, not the 30 s armed first
     states = {app.get_job(i).state for i in quick_ids}
-    assert states == {JobState.COMPLETED}  # their 0.05 s deadlines passed after they ended
+    assert states == {JobState.COMPLETED}  # their 0.3 s deadlines passed after they ended
 
 
 def test_prefetched_jobs_start_while_the_database_thread_writes_a_cycle(make_app):

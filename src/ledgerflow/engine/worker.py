@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import heapq
 import itertools
 import logging
@@ -170,6 +171,9 @@ class Worker:
         self._abandoned = 0
         self._last_heartbeat_ok = time.monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: The context the loop's callbacks from other threads run in (the main loop's, as when
+        #: it starts jobs itself), not the calling thread's (`_sync_finished`).
+        self._context = contextvars.copy_context()
         self._wake: asyncio.Event | None = None
         self._waker: Waker | None = None
         #: Claim only when there may be work: after a wake-up (counted), a full claim, a
@@ -317,6 +321,7 @@ class Worker:
     # ------------------------------------------------------------ main loop
     async def _main(self) -> WorkerExit:
         self._loop = asyncio.get_running_loop()
+        self._context = contextvars.copy_context()
         self._wake = asyncio.Event()
         db_thread = ThreadPoolExecutor(1, thread_name_prefix="ledgerflow-db")
         backoff = 0.05
@@ -883,7 +888,9 @@ class Worker:
         loop = self._loop
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # loop already closed
-                loop.call_soon_threadsafe(self._collect_finished)
+                # in the worker's context, not this thread's: the jobs started there (the slots
+                # freed take the next prefetched ones) would inherit what its tasks left set
+                loop.call_soon_threadsafe(self._collect_finished, context=self._context)
 
     def _collect_finished(self) -> None:
         """The event loop takes the outcomes of the sync tasks that ended since the last hand-off,
@@ -936,12 +943,14 @@ class Worker:
         assert self._loop is not None
         self._deadline_timer, self._deadline_at = None, math.inf
         now = self._loop.time()
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, _, key, running = heapq.heappop(self._deadlines)
-            if self._inflight.get(key) is running:
-                self._sync_timed_out(key)
-        if self._deadlines:
-            self._arm_deadline(self._deadlines[0][0])
+        try:
+            while self._deadlines and self._deadlines[0][0] <= now:
+                _, _, key, running = heapq.heappop(self._deadlines)
+                if self._inflight.get(key) is running:
+                    self._sync_timed_out(key)
+        finally:  # one attempt's failing end (it raised) leaves the others' deadlines watched
+            if self._deadlines:
+                self._arm_deadline(self._deadlines[0][0])
 
     def _sync_timed_out(self, key: Key) -> None:
         """A sync task ran past its timeout: its thread is abandoned and the attempt fails."""
