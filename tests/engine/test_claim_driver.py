@@ -12,10 +12,14 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
-from sqlalchemy import event, update
+from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, cast, event, insert, update
+from sqlalchemy.engine.default import DefaultExecutionContext
+from sqlalchemy.exc import DatabaseError, DataError, IntegrityError, OperationalError
 
-from ledgerflow.db.postgres import DriverStatement
+from ledgerflow.db.database import is_transient
+from ledgerflow.db.postgres import DriverStatement, conninfo
 from ledgerflow.db.tables import jobs
 from ledgerflow.engine.jobs import JobSpec
 from ledgerflow.engine.leases import LeaseSQL, _claimed_job
@@ -40,7 +44,7 @@ def _sent(app: Any) -> Iterator[list[tuple[str, Any, bool]]]:
     seen: list[tuple[str, Any, bool]] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, context: Any, _many: bool) -> None:
-        seen.append((statement, parameters, context is not None))
+        seen.append((statement, parameters, isinstance(context, DefaultExecutionContext)))
 
     event.listen(app.db.engine, "before_cursor_execute", record)
     try:
@@ -178,3 +182,124 @@ def test_shapes_beyond_the_kept_ones_are_rendered_each_time(make_app):
         assert text == expanded.statement
         assert [values[f"queues_{i}"] for i in range(1, n + 1)] == ["q"] * n
     assert len(driver._shapes) == 1
+
+
+# --- review (branch reviewpg): the driver claim's listeners and errors as SQLAlchemy's ---
+
+
+def test_a_listener_that_keeps_state_on_the_execution_context_sees_the_driver_claim(make_app):
+    """Listeners keep per-statement state on the execution context: OpenTelemetry's SQLAlchemy
+    instrumentation (`opentelemetry-instrument`) sets `context._otel_span` in
+    `before_cursor_execute` and ends it in `after_cursor_execute` or `handle_error`. The driver
+    claim passed no context (None): every claim failed with AttributeError under it."""
+    app = make_app()
+    _jobs(app)
+    sql = LeaseSQL(app.db, 6.0)
+    ended: list[str] = []
+
+    def before(_conn: Any, _cursor: Any, statement: str, _params: Any, context: Any, _many: bool) -> None:
+        context._span = statement[:4]
+
+    def after(_conn: Any, _cursor: Any, _statement: str, _params: Any, context: Any, _many: bool) -> None:
+        ended.append(context._span)
+
+    def failed(error: Any) -> None:
+        ended.append("error " + error.execution_context._span)
+
+    listeners = [("before_cursor_execute", before), ("after_cursor_execute", after), ("handle_error", failed)]
+    for name, fn in listeners:
+        event.listen(app.db.engine, name, fn)
+    try:
+        with app.db.begin() as conn:
+            claims = sql.claim(
+                conn, worker_id="w", queues=["a", "b", "default"], tasks=["t", "u", "v"], limit=10
+            )
+            conn.rollback()
+        assert len(claims) == 5 and [e for e in ended if e.startswith(("WITH", "error"))] == ["WITH"]
+        with pytest.raises(DatabaseError), app.db.engine.connect() as conn:
+            conn.exec_driver_sql("SET LOCAL statement_timeout = 1")
+            conn.exec_driver_sql("SELECT pg_sleep(0.2)")  # SQLAlchemy's: for the comparison
+        with pytest.raises(DatabaseError), app.db.engine.connect() as conn:
+            conn.exec_driver_sql("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+            with app.db.engine.connect() as other:
+                other.exec_driver_sql("SET LOCAL lock_timeout = 50")
+                sql.claim(other, worker_id="w", queues=["default"], tasks=["t"], limit=1)
+    finally:
+        for name, fn in listeners:
+            event.remove(app.db.engine, name, fn)
+    assert [e for e in ended if e.startswith(("WITH", "error"))] == ["WITH", "error SELE", "error WITH"]
+
+
+def _terminate_others(app: Any) -> None:
+    """Every other session of the test database ends, as in a server restart."""
+    with psycopg.connect(conninfo(app.db.engine), autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
+@pytest.mark.parametrize("by", ["sqlalchemy", "driver"])
+def test_a_dropped_connection_at_the_claim_recycles_the_pool_as_sqlalchemy_does(make_app, by):
+    """After a restart every pooled connection is dead. SQLAlchemy, seeing the first one fail,
+    marks the whole pool stale (each is replaced on its next checkout) and tells its
+    `handle_error` listeners; the driver claim only invalidated its own connection, so each other
+    pooled connection failed once more afterwards, each a transient error and a backoff."""
+    app = make_app()
+    _jobs(app)
+    sql = LeaseSQL(app.db, 6.0)
+    engine = app.db.engine
+    held = [engine.connect() for _ in range(3)]
+    for conn in held:
+        conn.exec_driver_sql("SELECT 1")
+    for conn in held:
+        conn.close()
+    _terminate_others(app)
+    seen: list[bool] = []
+    event.listen(engine, "handle_error", lambda ctx: seen.append(ctx.is_disconnect))
+    params = {"queues": ["default"], "tasks": ["t"], "limit": 1, "worker": "w", "token": 1}
+    with pytest.raises(OperationalError) as caught, engine.connect() as conn:
+        if by == "driver":
+            assert sql._claim_driver is not None
+            sql._claim_driver.rows(conn, params)
+        else:
+            conn.execute(sql._claim, params)
+    assert caught.value.connection_invalidated and is_transient(caught.value)
+    again = [engine.connect() for _ in range(3)]  # the other two pooled ones and a new one
+    try:
+        assert [c.exec_driver_sql("SELECT 1").scalar() for c in again] == [1, 1, 1]
+    finally:
+        for conn in again:
+            conn.close()
+    assert seen == [True]  # told once, as a disconnect
+
+
+_unique = Table("review_unique", MetaData(), Column("x", Integer, primary_key=True))
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [("1", IntegrityError), ("x", DataError), (str(2**40), DataError)],
+    ids=["unique violation", "not a number", "out of range"],
+)
+def test_a_driver_statement_error_has_sqlalchemy_s_class(make_app, value, kind):
+    """The error of a statement on the driver is the class SQLAlchemy gives the same psycopg
+    error (IntegrityError, DataError…, caught as such by callers), not a generic DatabaseError,
+    and is as transient (or not) as SQLAlchemy's."""
+    app = make_app()
+    statement = insert(_unique).values(x=cast(bindparam("v", type_=String), Integer)).returning(_unique.c.x)
+    driver = DriverStatement(statement, app.db.engine.dialect, [_unique.c.x])
+    with app.db.engine.connect() as conn:
+        conn.exec_driver_sql("CREATE TEMP TABLE review_unique (x int4 PRIMARY KEY)")
+        conn.execute(insert(_unique).values(x=1))
+        errors = []
+        for run in (lambda: conn.execute(statement, {"v": value}), lambda: driver.rows(conn, {"v": value})):
+            savepoint = conn.begin_nested()
+            with pytest.raises(DatabaseError) as caught:
+                run()
+            savepoint.rollback()
+            errors.append(caught.value)
+        assert driver.rows(conn, {"v": "2"}) == [(2,)]  # the connection carries on
+    assert [type(e) for e in errors] == [kind, kind]
+    assert [is_transient(e) for e in errors] == [False, False]
+    assert type(errors[0].orig) is type(errors[1].orig)

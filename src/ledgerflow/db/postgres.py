@@ -342,6 +342,25 @@ class _Shape:
     expanding: frozenset[str]
 
 
+class _DriverContext:
+    """What cursor-execute and `handle_error` listeners are given as the execution context of a
+    statement sent on the driver (SQLAlchemy's is not built): one per execution, on which they
+    may keep state (OpenTelemetry's instrumentation keeps its span as `context._otel_span`)."""
+
+    executemany = False
+    isddl = False
+    compiled = None
+
+    def __init__(self, conn: Connection, cursor: Any) -> None:
+        self.root_connection = self.connection = conn
+        self.dialect = conn.dialect
+        self.cursor = cursor
+        self.execution_options = conn._execution_options
+
+    def handle_dbapi_exception(self, error: BaseException) -> None:
+        """SQLAlchemy's hook for a dialect on an error: nothing to do."""
+
+
 class DriverStatement:
     """A Core statement run on the driver's connection with the very text and parameters
     SQLAlchemy would send: none of SQLAlchemy's per-execution work (cache key, expanding the
@@ -417,21 +436,26 @@ class DriverStatement:
         return shape.sql, values
 
     def rows(self, conn: AnyConnection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        """Run it with `params`; its rows, converted as SQLAlchemy would."""
+        """Run it with `params`; its rows, converted as SQLAlchemy would. Its errors are
+        SQLAlchemy's for the same psycopg error on a `Connection` (its class, the connection
+        and, on a disconnect, the whole pool invalidated, `handle_error` listeners told)."""
         sql, values = self.parameters(params)
         listening = conn if isinstance(conn, Connection) and conn.dispatch.before_cursor_execute else None
         with driver_of(conn).cursor() as cursor:
+            context = _DriverContext(conn, cursor) if isinstance(conn, Connection) else None
             if listening is not None:  # each returns the statement and parameters to send, as in SQLAlchemy
                 for before in listening.dispatch.before_cursor_execute:
-                    sql, values = before(listening, cursor, sql, values, None, False)
+                    sql, values = before(listening, cursor, sql, values, context, False)
             try:
                 cursor.execute(sql, values)
                 raw: list[tuple[Any, ...]] = cursor.fetchall()
             except psycopg.Error as error:
+                if isinstance(conn, Connection):  # raises SQLAlchemy's error
+                    conn._handle_dbapi_exception(error, sql, values, cursor, context)  # type: ignore[arg-type]
                 raise driver_error(conn, sql, error) from error
             if listening is not None:
                 for after in listening.dispatch.after_cursor_execute:
-                    after(listening, cursor, sql, values, None, False)
+                    after(listening, cursor, sql, values, context, False)
             description = cursor.description or []
         convert = self._results
         if convert is None:
