@@ -248,3 +248,27 @@ def test_chunked_rows_need_libpq_17_and_a_psycopg_whose_stream_takes_a_size():
     assert not postgres.chunked_rows(170000, stream_of_psycopg_3_1)  # was a TypeError on every export
     assert not postgres.chunked_rows(160004, psycopg.Cursor.stream)
     assert postgres.chunked_rows(170000, psycopg.Cursor.stream)
+
+
+def test_a_stream_gives_its_listeners_an_execution_context_to_keep_state_on(db_url):
+    """A listener may keep per-statement state on the execution context (OpenTelemetry's
+    SQLAlchemy instrumentation keeps its span there); the PostgreSQL stream passed None."""
+    db = Database(db_url)
+    ended: list[str] = []
+
+    def before(_conn: Any, _cursor: Any, statement: str, _params: Any, context: Any, _many: bool) -> None:
+        context._span = statement
+
+    def after(_conn: Any, _cursor: Any, _statement: str, _params: Any, context: Any, _many: bool) -> None:
+        ended.append(context._span)
+
+    event.listen(db.engine, "before_cursor_execute", before)
+    event.listen(db.engine, "after_cursor_execute", after)
+    try:
+        with db.read() as conn, db.stream(conn, numbers(10)) as rows:
+            assert len(list(rows)) == 10
+    finally:
+        event.remove(db.engine, "before_cursor_execute", before)
+        event.remove(db.engine, "after_cursor_execute", after)
+    assert [s for s in ended if "RECURSIVE" in s] and all(isinstance(s, str) for s in ended)
+    db.dispose()

@@ -575,10 +575,11 @@ class PostgresBackend:
         raw: psycopg.Connection[Any] = conn.connection.driver_connection  # type: ignore[assignment]
         cursor = raw.cursor()
         rows = cursor.stream(sql, params, size=size)
+        context = _DriverContext(conn, cursor)
         try:
-            conn.dispatch.before_cursor_execute(conn, cursor, sql, params, None, False)
+            conn.dispatch.before_cursor_execute(conn, cursor, sql, params, context, False)
             first = next(rows, None)  # sends the statement and waits for the first chunk
-            conn.dispatch.after_cursor_execute(conn, cursor, sql, params, None, False)
+            conn.dispatch.after_cursor_execute(conn, cursor, sql, params, context, False)
             yield itertools.chain(() if first is None else (first,), rows)
         except psycopg.Error as error:
             raise driver_error(conn, sql, error) from error
