@@ -355,7 +355,7 @@ class _DriverContext:
         self.root_connection = self.connection = conn
         self.dialect = conn.dialect
         self.cursor = cursor
-        self.execution_options = conn._execution_options
+        self.execution_options = conn.get_execution_options()
 
     def handle_dbapi_exception(self, error: BaseException) -> None:
         """SQLAlchemy's hook for a dialect on an error: nothing to do."""
@@ -442,7 +442,7 @@ class DriverStatement:
         sql, values = self.parameters(params)
         listening = conn if isinstance(conn, Connection) and conn.dispatch.before_cursor_execute else None
         with driver_of(conn).cursor() as cursor:
-            context = _DriverContext(conn, cursor) if isinstance(conn, Connection) else None
+            context = None if listening is None else _DriverContext(listening, cursor)
             if listening is not None:  # each returns the statement and parameters to send, as in SQLAlchemy
                 for before in listening.dispatch.before_cursor_execute:
                     sql, values = before(listening, cursor, sql, values, context, False)
@@ -451,6 +451,7 @@ class DriverStatement:
                 raw: list[tuple[Any, ...]] = cursor.fetchall()
             except psycopg.Error as error:
                 if isinstance(conn, Connection):  # raises SQLAlchemy's error
+                    context = context or _DriverContext(conn, cursor)
                     conn._handle_dbapi_exception(error, sql, values, cursor, context)  # type: ignore[arg-type]
                 raise driver_error(conn, sql, error) from error
             if listening is not None:
