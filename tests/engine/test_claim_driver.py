@@ -16,10 +16,11 @@ import psycopg
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, cast, event, insert, update
 from sqlalchemy.engine.default import DefaultExecutionContext
-from sqlalchemy.exc import DatabaseError, DataError, IntegrityError, OperationalError
+from sqlalchemy.exc import DatabaseError, DataError, IntegrityError, OperationalError, ProgrammingError
 
+from ledgerflow.db.backends import driver_of
 from ledgerflow.db.database import is_transient
-from ledgerflow.db.postgres import DriverStatement, conninfo
+from ledgerflow.db.postgres import DriverStatement, conninfo, driver_error
 from ledgerflow.db.tables import jobs
 from ledgerflow.engine.jobs import JobSpec
 from ledgerflow.engine.leases import LeaseSQL, _claimed_job
@@ -303,3 +304,27 @@ def test_a_driver_statement_error_has_sqlalchemy_s_class(make_app, value, kind):
     assert [type(e) for e in errors] == [kind, kind]
     assert [is_transient(e) for e in errors] == [False, False]
     assert type(errors[0].orig) is type(errors[1].orig)
+
+
+@pytest.mark.parametrize(
+    ("statement", "kind"),
+    [
+        ("SELECT 'x'::int", DataError),
+        ("SELECT nosuchcolumn", ProgrammingError),
+        ("SELECT pg_sleep(1)", OperationalError),
+    ],
+    ids=["data", "programming", "timeout"],
+)
+def test_driver_error_gives_sqlalchemy_s_class(make_app, statement, kind):
+    """`driver_error` (COPY, one-job insert, stream) gives the psycopg error SQLAlchemy's class
+    for it, not a generic DatabaseError for every error that is not operational."""
+    app = make_app()
+    with app.db.engine.connect() as conn:
+        conn.exec_driver_sql("SET LOCAL statement_timeout = 20")
+        raw = driver_of(conn)
+        with pytest.raises(psycopg.Error) as caught:
+            raw.execute(statement)
+        error = driver_error(conn, statement, caught.value)
+        conn.rollback()
+    assert type(error) is kind and error.orig is caught.value
+    assert is_transient(error) == (kind is OperationalError)

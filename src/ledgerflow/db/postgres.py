@@ -327,8 +327,10 @@ def driver_error(conn: AnyConnection, statement: str, error: psycopg.Error) -> e
     broken = bool(getattr(raw, "closed", False) or getattr(raw, "broken", False))
     if broken and isinstance(conn, Connection | PoolProxiedConnection):
         conn.invalidate()
-    kind = exc.OperationalError if isinstance(error, psycopg.OperationalError) else exc.DatabaseError
-    return kind(statement, None, error, connection_invalidated=broken)  # type: ignore[arg-type]
+    # SQLAlchemy's class for it (IntegrityError, DataError, ProgrammingError…), as its execute gives
+    wrapped = exc.DBAPIError.instance(statement, None, error, psycopg.Error, connection_invalidated=broken)
+    assert isinstance(wrapped, exc.DBAPIError)
+    return wrapped
 
 
 @dataclass(frozen=True)
