@@ -44,6 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.elements import BindParameter
 
 from ledgerflow.db.database import Database
 from ledgerflow.db.postgres import DriverStatement
@@ -398,9 +399,9 @@ class LeaseSQL:
         if found is not None:
             return found
         db = self.db
-        limit = bindparam("limit")
-        tasks = bindparam("tasks", expanding=True)
-        arms = []
+        limit: BindParameter[int] = bindparam("limit")
+        tasks: BindParameter[Any] = bindparam("tasks", expanding=True)
+        arms: list[Select[Any]] = []
         for i in range(count):
             arm = (
                 select(jobs.c.id, jobs.c.priority, jobs.c.scheduled_at)
@@ -423,6 +424,7 @@ class LeaseSQL:
         picked = (
             select(merged.c.id).order_by(merged.c.priority, merged.c.scheduled_at, merged.c.id).limit(limit)
         )
+        where: ColumnElement[bool]
         if db.is_sqlite:
             where = jobs.c.id.in_(picked.scalar_subquery())
         else:
