@@ -196,6 +196,14 @@ def test_the_driver_sends_what_sqlalchemy_sends_for_several_queues(make_app):
             assert claims[0][:2] == claims[1][:2]
             assert len(by_driver) == 5 and [tuple(r) for r in by_sqlalchemy] == by_driver
             seen.clear()
+        with app.db.begin() as conn:  # one queue named twice: the one-queue statement, one value
+            assert (
+                len(sql.claim(conn, worker_id="w", queues=["a", "a"], tasks=[basic.record.name], limit=5))
+                == 3
+            )
+            conn.rollback()
+        ((statement, parameters, _),) = seen
+        assert "jobs.queue IN (%(queues_1)s::VARCHAR)" in statement and parameters["queues_1"] == "a"
     finally:
         event.remove(app.db.engine, "before_cursor_execute", record)
 

@@ -368,15 +368,15 @@ class LeaseSQL:
         if limit <= 0 or not queues or not tasks:
             return []
         token = new_token() if token is None else token
+        several = list(dict.fromkeys(queues))  # a queue named twice is one (one queue: `queue = …`)
         params = {
-            "queues": list(queues),
+            "queues": several,
             "tasks": list(tasks),
             "limit": limit,
             "worker": worker_id,
             "token": token,
         }
         statement, driver = self._claim, self._claim_driver
-        several = list(dict.fromkeys(queues))
         if len(several) > 1:
             statement, driver = self._several(len(several))
             del params["queues"]
