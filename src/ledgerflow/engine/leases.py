@@ -39,10 +39,12 @@ from sqlalchemy import (
     select,
     true,
     tuple_,
+    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.elements import BindParameter
 
 from ledgerflow.db.database import Database
 from ledgerflow.db.postgres import DriverStatement
@@ -214,6 +216,9 @@ class LeaseSQL:
             return jobs.c.id == any_(cast(ids, ARRAY(BigInteger)))  # the cast: an array, not a row set
 
         claim = update(jobs).where(chosen()).values(**lease)
+        self._lease = lease
+        #: claims of several queues, by the number of queues (`_several`)
+        self._claims_of: dict[int, tuple[Any, DriverStatement | None]] = {}
         self._claim_ids = (  # started when the rate windows say (the same database clock reading)
             update(jobs)
             .where(jobs.c.id.in_(bindparam("ids", expanding=True)), CLAIMABLE_SQL)
@@ -363,18 +368,77 @@ class LeaseSQL:
         if limit <= 0 or not queues or not tasks:
             return []
         token = new_token() if token is None else token
+        several = list(dict.fromkeys(queues))  # a queue named twice is one (one queue: `queue = …`)
         params = {
-            "queues": list(queues),
+            "queues": several,
             "tasks": list(tasks),
             "limit": limit,
             "worker": worker_id,
             "token": token,
         }
-        if self._claim_driver is not None:
-            rows: Sequence[Any] = self._claim_driver.rows(conn, params)
+        statement, driver = self._claim, self._claim_driver
+        if len(several) > 1:
+            statement, driver = self._several(len(several))
+            del params["queues"]
+            params.update({f"queue_{i}": name for i, name in enumerate(several)})
+        if driver is not None:
+            rows: Sequence[Any] = driver.rows(conn, params)
         else:
-            rows = conn.execute(self._claim, params).all()
+            rows = conn.execute(statement, params).all()
         return self._record_claims(conn, rows, token, executions_written=self._folded)
+
+    def _several(self, count: int) -> tuple[Any, DriverStatement | None]:
+        """The claim of a worker of `count` queues (parameters `queue_0` …): each queue's first
+        `limit` runnable jobs read in the claim index's order (skipping locked rows), merged, and
+        the first `limit` of those taken. `queue IN (…)` of several queues made both backends
+        sort every waiting job of those queues at each claim (PostgreSQL a bitmap scan and a
+        sort, SQLite a temporary B-tree: 60 and 92 ms at a 100,000-job backlog for two queues).
+        Each queue's walk locks (PostgreSQL) up to `limit` rows, so a claim may lock up to
+        `limit` per queue more than it takes, until it commits; other workers skip those then."""
+        found = self._claims_of.get(count)
+        if found is not None:
+            return found
+        db = self.db
+        limit: BindParameter[int] = bindparam("limit")
+        tasks: BindParameter[Any] = bindparam("tasks", expanding=True)
+        arms: list[Select[Any]] = []
+        for i in range(count):
+            arm = (
+                select(jobs.c.id, jobs.c.priority, jobs.c.scheduled_at)
+                .where(
+                    CLAIMABLE_SQL,
+                    jobs.c.queue == bindparam(f"queue_{i}"),
+                    jobs.c.task.in_(tasks),
+                    jobs.c.scheduled_at <= db.now(),
+                    DEPENDENCIES_MET,
+                    NOT_PAUSED,
+                    NOT_LIMITED,
+                )
+                .order_by(jobs.c.priority, jobs.c.scheduled_at, jobs.c.id)
+                .limit(limit)
+                .with_hint(jobs, CLAIM_INDEX, "sqlite")
+            )
+            # each walk in its own sub-select: PostgreSQL refuses FOR UPDATE on a UNION's inputs
+            arms.append(select(db.backend.skip_locked(arm).subquery(f"queue_{i}")))
+        merged = union_all(*arms).subquery("merged")
+        picked = (
+            select(merged.c.id).order_by(merged.c.priority, merged.c.scheduled_at, merged.c.id).limit(limit)
+        )
+        where: ColumnElement[bool]
+        if db.is_sqlite:
+            where = jobs.c.id.in_(picked.scalar_subquery())
+        else:
+            ids = select(func.array_agg(picked.subquery().c.id)).scalar_subquery()
+            where = jobs.c.id == any_(cast(ids, ARRAY(BigInteger)))
+        claim = update(jobs).where(where).values(**self._lease)
+        if self._folded:
+            claimed = claim.returning(*_RETURNED).cte("claimed")
+            statement: Any = select(claimed).add_cte(_started_rows(claimed).cte("started"))
+            found = (statement, DriverStatement(statement, db.engine.dialect, _RETURNED))
+        else:
+            found = (claim.returning(*_RETURNED), None)
+        self._claims_of[count] = found
+        return found
 
     def claim_limited(
         self,
