@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, select
+from sqlalchemy.engine.default import DefaultExecutionContext
 
 from ledgerflow.db.backends import driver_of
 from ledgerflow.db.tables import jobs
@@ -177,7 +178,7 @@ def test_the_driver_sends_what_sqlalchemy_sends_for_several_queues(make_app):
     seen: list[tuple[str, Any, bool]] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, context: Any, _many: bool) -> None:
-        seen.append((statement, parameters, context is not None))
+        seen.append((statement, parameters, isinstance(context, DefaultExecutionContext)))
 
     event.listen(app.db.engine, "before_cursor_execute", record)
     try:
