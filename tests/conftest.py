@@ -241,6 +241,25 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
         time.sleep(interval)
 
 
+def race_workers(
+    db_url: str, app: App, procs: list[WorkerProcess], enqueue: Callable[[], list[int]], done: dict[Any, int]
+) -> list[int]:
+    """Once every worker process has started, `enqueue` the jobs; wait until the job counts are
+    `done`, stop the workers with SIGTERM (each exits 0) and assert every job ran exactly once."""
+    for p in procs:
+        wait_until(lambda p=p: "worker_started" in p.log(), 60, 0.05, f"worker {p.pid} started")
+    ids = enqueue()
+    wait_until(lambda: app.store.counts() == done, 240, 0.1, "all done")
+    for p in procs:
+        p.signal(signal.SIGTERM)
+    for p in procs:
+        assert p.wait(30) == 0, p.log()[-3000:]
+    runs = count_runs(db_url)
+    assert set(runs) == set(ids)
+    assert set(runs.values()) == {1}, "some job ran twice"
+    return ids
+
+
 class WorkerProcess:
     """A real `ledgerflow worker` process for crash, signal and concurrency tests, forked from
     this test process's fork server (tests/forkserver.py): its own pid, signals and exit code,

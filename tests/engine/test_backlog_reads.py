@@ -36,15 +36,18 @@ _COLUMNS = (
 )
 
 
-def _seed(app: Any, backend: str) -> None:
-    """JOBS no-op jobs written by the database, the last WAITING of them available (priority 100,
-    due an hour ago), then ANALYZE."""
+def _seed(app: Any, backend: str, *, mixed: bool = False) -> None:
+    """JOBS no-op jobs written by the database, the last WAITING of them available (due an hour
+    ago), then ANALYZE: in queue `default` at priority 100, or (`mixed`) over queues a, b, c (id
+    modulo 3) and priorities 100..106 (id modulo 7)."""
     done = JOBS - WAITING
+    queue, priority = ("char(97 + x % 3)", "100 + x % 7") if mixed else ("'default'", "100")
+    pg_queue, pg_priority = ("chr(97 + mod(x, 3))", "100 + mod(x, 7)") if mixed else ("'default'", "100")
     with app.db.begin() as conn:
         if backend == "sqlite":
             conn.exec_driver_sql(
                 "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < ?) "
-                f"INSERT INTO jobs ({_COLUMNS}) SELECT 'bench.noop', 'default', 100, "
+                f"INSERT INTO jobs ({_COLUMNS}) SELECT 'bench.noop', {queue}, {priority}, "
                 "CASE WHEN x <= ? THEN 'completed' ELSE 'available' END, '[0]', '{}', 0, 5, 30.0, 0, "
                 "strftime('%Y-%m-%d %H:%M:%f000', 'now', '-1 hour'), "
                 "strftime('%Y-%m-%d %H:%M:%f000', 'now', '-1 hour'), '[]' FROM n",
@@ -52,7 +55,7 @@ def _seed(app: Any, backend: str) -> None:
             )
         else:
             conn.exec_driver_sql(
-                f"INSERT INTO jobs ({_COLUMNS}) SELECT 'bench.noop', 'default', 100, "
+                f"INSERT INTO jobs ({_COLUMNS}) SELECT 'bench.noop', {pg_queue}, {pg_priority}, "
                 "CASE WHEN x <= %(done)s THEN 'completed' ELSE 'available' END, '[0]', '{}', 0, 5, 30.0, "
                 "false, now() - interval '1 hour', now() - interval '1 hour', '[]' "
                 "FROM generate_series(1, %(n)s) AS x",

@@ -8,7 +8,7 @@ import time
 
 from ledgerflow import JobState
 from tests.apps import basic
-from tests.conftest import count_runs, run_rows, wait_until
+from tests.conftest import count_runs, race_workers, run_rows, wait_until
 
 
 def _states(app, ids):
@@ -24,17 +24,10 @@ def test_four_worker_processes_run_1000_jobs_exactly_once(db_url, make_app, work
     (larger runs, 10,000 jobs over 2 x 4, count duplicate executions in `make bench`: bench/fair.py)."""
     app = make_app()
     procs = [workers(concurrency=4, name=f"w{i}") for i in range(4)]
-    for p in procs:
-        wait_until(lambda p=p: "worker_started" in p.log(), 60, 0.05, f"worker {p.pid} started")
-    ids = app.enqueue_many([basic.record.prepare() for _ in range(1000)])
-    wait_until(lambda: app.store.counts() == {("default", "record", "completed"): 1000}, 240, 0.1, "all done")
-    for p in procs:
-        p.signal(signal.SIGTERM)
-    for p in procs:
-        assert p.wait(30) == 0, p.log()[-3000:]
-    runs = count_runs(db_url)
-    assert set(runs) == set(ids)
-    assert set(runs.values()) == {1}, "some job ran twice"
+    done = {("default", "record", "completed"): 1000}
+    race_workers(
+        db_url, app, procs, lambda: app.enqueue_many([basic.record.prepare() for _ in range(1000)]), done
+    )
     assert app.store.counts() == {("default", "record", "completed"): 1000}
     pids = {r["pid"] for r in run_rows(db_url)}
     assert pids == {p.pid for p in procs}, "every worker took part"

@@ -7,7 +7,6 @@ one queue keeps its own statement (test_backlog_reads pins its plan)."""
 
 from __future__ import annotations
 
-import signal
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,39 +18,14 @@ from ledgerflow.db.backends import driver_of
 from ledgerflow.db.tables import jobs
 from ledgerflow.engine.leases import LeaseSQL
 from tests.apps import basic
-from tests.conftest import count_runs, wait_until
+from tests.conftest import race_workers
 from tests.engine.plans import explain_statement
-from tests.engine.test_backlog_reads import _COLUMNS, JOBS, WAITING, _rows_read
+from tests.engine.test_backlog_reads import _rows_read, _seed
 
 #: Rows of `jobs` read by a claim of 20 from several queues (PostgreSQL: 80 for two queues, 100
 #: for three) and SQLite's thousand-instruction steps (7-10); sorting the backlog read 66,707
 #: rows (two queues) and ran 3,300-5,000 steps.
 SEVERAL_READS = {"postgresql": 150, "sqlite": 40}
-
-
-def _seed(app: Any, backend: str) -> None:
-    """JOBS jobs over queues a, b, c (by id modulo 3) and priorities 100..106 (id modulo 7), the
-    last WAITING available and due an hour ago, the rest completed; then ANALYZE."""
-    done = JOBS - WAITING
-    with app.db.begin() as conn:
-        if backend == "sqlite":
-            conn.exec_driver_sql(
-                "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < ?) "
-                f"INSERT INTO jobs ({_COLUMNS}) SELECT 'bench.noop', char(97 + x % 3), 100 + x % 7, "
-                "CASE WHEN x <= ? THEN 'completed' ELSE 'available' END, '[0]', '{}', 0, 5, 30.0, 0, "
-                "strftime('%Y-%m-%d %H:%M:%f000', 'now', '-1 hour'), "
-                "strftime('%Y-%m-%d %H:%M:%f000', 'now', '-1 hour'), '[]' FROM n",
-                (JOBS, done),
-            )
-        else:
-            conn.exec_driver_sql(
-                f"INSERT INTO jobs ({_COLUMNS}) SELECT 'bench.noop', chr(97 + mod(x, 3)), 100 + mod(x, 7), "
-                "CASE WHEN x <= %(done)s THEN 'completed' ELSE 'available' END, '[0]', '{}', 0, 5, 30.0, "
-                "false, now() - interval '1 hour', now() - interval '1 hour', '[]' "
-                "FROM generate_series(1, %(n)s) AS x",
-                {"n": JOBS, "done": done},
-            )
-        conn.exec_driver_sql("ANALYZE")
 
 
 def _values(queues: list[str], limit: int = 20) -> dict[str, Any]:
@@ -94,7 +68,7 @@ def test_a_claim_of_several_queues_reads_a_bounded_part_of_a_large_backlog(make_
     first 20 of them all in claim order, claim after claim (PostgreSQL: as custom and as generic
     plans of the statement prepared on the driver)."""
     app = make_app()
-    _seed(app, backend)
+    _seed(app, backend, mixed=True)
     sql = LeaseSQL(app.db, 6.0)
     queues = ["a", "b", "c"][:count]
     statement, driver = sql._several(count)
@@ -213,15 +187,6 @@ def test_four_worker_processes_of_several_queues_run_900_jobs_exactly_once(db_ur
     """Four processes, each a worker of queues a, b and c, race from the first job."""
     app = make_app()
     procs = [workers(concurrency=4, name=f"w{i}", queues="a,b,c") for i in range(4)]
-    for p in procs:
-        wait_until(lambda p=p: "worker_started" in p.log(), 60, 0.05, f"worker {p.pid} started")
-    ids = app.enqueue_many([basic.record.configure(queue="abc"[i % 3]).prepare() for i in range(900)])
+    jobs_of_three_queues = [basic.record.configure(queue="abc"[i % 3]).prepare() for i in range(900)]
     done = {(q, "record", "completed"): 300 for q in "abc"}
-    wait_until(lambda: app.store.counts() == done, 240, 0.1, "all done")
-    for p in procs:
-        p.signal(signal.SIGTERM)
-    for p in procs:
-        assert p.wait(30) == 0, p.log()[-3000:]
-    runs = count_runs(db_url)
-    assert set(runs) == set(ids)
-    assert set(runs.values()) == {1}, "some job ran twice"
+    race_workers(db_url, app, procs, lambda: app.enqueue_many(jobs_of_three_queues), done)
