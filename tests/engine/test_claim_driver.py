@@ -169,6 +169,27 @@ def test_a_listener_that_rewrites_the_statement_is_obeyed(make_app):
     assert [s.endswith(" -- rewritten") for s, _, _ in seen] == [True]
 
 
+def test_a_listener_of_after_cursor_execute_alone_sees_the_driver_claim(make_app):
+    """A listener of `after_cursor_execute` only (no `before_…` one) is told of the claim, as
+    SQLAlchemy tells it of every statement."""
+    app = make_app()
+    _jobs(app)
+    sql = LeaseSQL(app.db, 6.0)
+    seen: list[str] = []
+
+    def after(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    event.listen(app.db.engine, "after_cursor_execute", after)
+    try:
+        with app.db.begin() as conn:
+            claims = sql.claim(conn, worker_id="w", queues=["default"], tasks=["t"], limit=1)
+            conn.rollback()
+    finally:
+        event.remove(app.db.engine, "after_cursor_execute", after)
+    assert claims and len(seen) == 1 and "UPDATE jobs" in seen[0]
+
+
 def test_shapes_beyond_the_kept_ones_are_rendered_each_time(make_app):
     """A statement with more shapes than it keeps still sends SQLAlchemy's text for each."""
     app = make_app()

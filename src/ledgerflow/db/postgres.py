@@ -442,7 +442,9 @@ class DriverStatement:
         SQLAlchemy's for the same psycopg error on a `Connection` (its class, the connection
         and, on a disconnect, the whole pool invalidated, `handle_error` listeners told)."""
         sql, values = self.parameters(params)
-        listening = conn if isinstance(conn, Connection) and conn.dispatch.before_cursor_execute else None
+        dispatch = conn.dispatch if isinstance(conn, Connection) else None
+        listened = dispatch is not None and (dispatch.before_cursor_execute or dispatch.after_cursor_execute)
+        listening = conn if listened and isinstance(conn, Connection) else None
         with driver_of(conn).cursor() as cursor:
             context = None if listening is None else _DriverContext(listening, cursor)
             if listening is not None:  # each returns the statement and parameters to send, as in SQLAlchemy
