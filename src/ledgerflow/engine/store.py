@@ -410,15 +410,16 @@ class JobStore:
         """Retry every dead job (optionally of one task, or only `ids`).
 
         Retries what can be retried; a job whose unique key a live job holds stays dead and
-        is reported in `refused` with the reason.
+        is reported in `refused` with the reason. A transaction the server ended before it
+        committed (its connection lost, or idle past `idle_in_transaction_session_timeout` while
+        this process was paused) is run once more (`Database.run`).
         """
-        with self.db.begin() as conn:
-            query = select(jobs.c.id).where(jobs.c.state == S.DEAD).order_by(jobs.c.id)
-            if task:
-                query = query.where(jobs.c.task == task)
-            if ids is not None:
-                query = query.where(jobs.c.id.in_(list(ids)))
-            return self._make_available(conn, list(conn.execute(query).scalars()))
+        query = select(jobs.c.id).where(jobs.c.state == S.DEAD).order_by(jobs.c.id)
+        if task:
+            query = query.where(jobs.c.task == task)
+        if ids is not None:
+            query = query.where(jobs.c.id.in_(list(ids)))
+        return self.db.run(lambda conn: self._make_available(conn, list(conn.execute(query).scalars())))
 
     def _make_available(self, conn: Connection, ids: list[int]) -> RetryReport:
         """Retry `ids` in chunks; a chunk that breaks a unique key is retried job by job."""
