@@ -89,7 +89,7 @@ def test_a_stream_passes_the_engine_cursor_events_like_any_statement(db_url):
     seen: list[tuple[str, str]] = []
     for name in ("before_cursor_execute", "after_cursor_execute"):
         event.listen(db.engine, name, lambda *args, name=name: seen.append((name, args[2])))
-    with db.read() as conn, db.stream(conn, numbers(10)) as rows:
+    with db.read(transaction=True) as conn, db.stream(conn, numbers(10)) as rows:
         assert len(list(rows)) == 10
     streamed = [name for name, sql in seen if "RECURSIVE" in sql]
     assert streamed == ["before_cursor_execute", "after_cursor_execute"]
@@ -269,7 +269,7 @@ def test_a_stream_gives_its_listeners_an_execution_context_to_keep_state_on(db_u
     event.listen(db.engine, "before_cursor_execute", before)
     event.listen(db.engine, "after_cursor_execute", after)
     try:
-        with db.read() as conn, db.stream(conn, numbers(10)) as rows:
+        with db.read(transaction=True) as conn, db.stream(conn, numbers(10)) as rows:
             assert len(list(rows)) == 10
     finally:
         event.remove(db.engine, "before_cursor_execute", before)
