@@ -2,6 +2,7 @@
 
 Write transactions on SQLite start with `BEGIN IMMEDIATE` (a second writer waits for
 the lock instead of failing half-way); read-only transactions use a plain `BEGIN`.
+PostgreSQL reads run each statement alone (`read`), writes in transactions.
 PostgreSQL sessions carry `SessionLimits` and TCP keepalives (see `postgres.py`).
 Connection failures, and timeouts of those limits, surface as `DatabaseUnavailable`,
 a retryable error; a checkout that times out waiting for a pooled connection is also
