@@ -310,7 +310,7 @@ def test_a_reader_paused_past_the_idle_in_transaction_timeout_still_answers(make
         assert count_matching(app.db, JobFilter(text="kiwi")) == 3
 
 
-def test_a_dead_letter_retry_the_server_ended_while_paused_is_run_again_once(make_app, backend):
+def test_a_retry_the_server_ended_while_paused_is_run_again_once(make_app, backend):
     """POST /api/dlq/retry failed with a 503 at load 10-14: the process was paused (a garbage
     collection) inside its transaction past `idle_in_transaction_session_timeout`. The server
     rolled it back, so it runs once more: every dead job is retried exactly once."""
@@ -325,6 +325,9 @@ def test_a_dead_letter_retry_the_server_ended_while_paused_is_run_again_once(mak
     with app.db.read() as conn:
         rows = conn.execute(select(jobs.c.state, jobs.c.max_attempts).where(jobs.c.id.in_(ids))).all()
     assert rows == [("available", 2)] * 3
+    app.store.cancel(ids[0])
+    with paused_after(app.db, "UPDATE jobs", 1.0):  # one job's retry (POST /api/jobs/{id}/retry)
+        assert app.store.retry(ids[0]).state == "available"
 
 
 @postgresql_only

@@ -393,9 +393,11 @@ class JobStore:
 
         A running, available or completed job is refused (`NotAllowed`, 409 / exit 2): the
         internal running → available moves (release, rescue) are not a user's retry. A job
-        whose unique key a live job holds now is refused with `Conflict` naming that job.
+        whose unique key a live job holds now is refused with `Conflict` naming that job. Run
+        once more if the server ended the transaction before it committed (`Database.run`).
         """
-        with self.db.begin() as conn:
+
+        def move(conn: Connection) -> Job:
             report = self._make_available(conn, [job_id])
             if job_id in report.refused:
                 raise Conflict(f"job {job_id} not retried: {report.refused[job_id]}")
@@ -406,13 +408,15 @@ class JobStore:
                 )
             return self.get(job_id, conn)
 
+        return self.db.run(move)
+
     def retry_dead(self, task: str | None = None, ids: Iterable[int] | None = None) -> RetryReport:
         """Retry every dead job (optionally of one task, or only `ids`).
 
         Retries what can be retried; a job whose unique key a live job holds stays dead and
-        is reported in `refused` with the reason. A transaction the server ended before it
-        committed (its connection lost, or idle past `idle_in_transaction_session_timeout` while
-        this process was paused) is run once more (`Database.run`).
+        is reported in `refused` with the reason. Run once more if the server ended the
+        transaction before it committed (its connection lost, or idle past
+        `idle_in_transaction_session_timeout` while this process was paused): `Database.run`.
         """
         query = select(jobs.c.id).where(jobs.c.state == S.DEAD).order_by(jobs.c.id)
         if task:
