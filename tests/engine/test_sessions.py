@@ -23,6 +23,7 @@ from ledgerflow.db.database import Database
 from ledgerflow.db.migrate import _LOCK_ID, migrate
 from ledgerflow.db.tables import jobs
 from ledgerflow.engine import leases
+from ledgerflow.engine.autostop import AutoStop
 from ledgerflow.engine.search import count_matching
 from tests.apps import partition
 from tests.conftest import wait_until
@@ -354,3 +355,26 @@ def test_limits_are_lifted_and_streams_read_only_inside_a_transaction(db_url):
         with pytest.raises(ValueError, match="needs a transaction"), db.stream(conn, numbers(3)):
             pass
     db.dispose()
+
+
+def test_an_auto_stop_check_holds_one_pooled_connection_at_a_time(make_app):
+    """It read the pauses on a second connection while holding its read: with every pooled
+    connection held so, each check would wait `pool_timeout` for one more."""
+    app = make_app()
+    held, most = [0], [0]
+
+    def checkout(*_: Any) -> None:
+        held[0] += 1
+        most[0] = max(most[0], held[0])
+
+    def checkin(*_: Any) -> None:
+        held[0] -= 1
+
+    event.listen(app.db.engine, "checkout", checkout)
+    event.listen(app.db.engine, "checkin", checkin)
+    try:
+        AutoStop(app).check()
+    finally:
+        event.remove(app.db.engine, "checkout", checkout)
+        event.remove(app.db.engine, "checkin", checkin)
+    assert most == [1]
