@@ -32,7 +32,8 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, func, literal, or_, select, update
 
 from ledgerflow.db.database import Database
-from ledgerflow.db.tables import CLAIM_INDEX, CLAIMABLE_SQL, job_limits, jobs
+from ledgerflow.db.tables import job_limits, jobs
+from ledgerflow.engine.claim_order import ORDER, first_in_claim_order
 from ledgerflow.engine.states import JobState
 from ledgerflow.engine.store import dialect_insert
 from ledgerflow.errors import BadInput
@@ -363,29 +364,24 @@ def limited_candidates(
     for queue, cap in local_caps.items():  # this worker's own cap, limited globally or not
         budget[("queue", queue)] = min(budget.get(("queue", queue), math.inf), cap)
     picked: list[int] = []
+    after: tuple[Any, ...] | None = None
     while len(picked) < want:  # each round claims at least its first candidate
-        open_queues = [q for q in queues if budget.get(("queue", q), 1) > 0]
         open_tasks = [t for t in tasks if budget.get(("task", t), 1) > 0]
-        if not open_queues or not open_tasks:
+        walks = []
+        for queue in dict.fromkeys(queues):
+            if budget.get(("queue", queue), 1) <= 0:
+                continue
+            # the queue's jobs under a limit: all of a limited queue, those of limited tasks else
+            held = ("queue", queue) in limited
+            mine = [t for t in open_tasks if held or ("task", t) in limited]
+            if mine:
+                walks.append(and_(jobs.c.queue == queue, jobs.c.task.in_(mine), not_blocked))
+        if not walks:
             break
-        query = (
-            select(jobs.c.id, jobs.c.queue, jobs.c.task)
-            .where(
-                CLAIMABLE_SQL,
-                jobs.c.queue.in_(open_queues),
-                jobs.c.task.in_(open_tasks),
-                or_(jobs.c.queue.in_(limited_queues), jobs.c.task.in_(limited_tasks)),
-                not_blocked,
-            )
-            .order_by(jobs.c.priority, jobs.c.scheduled_at, jobs.c.id)
-            .limit(want - len(picked))
-            .with_hint(jobs, CLAIM_INDEX, "sqlite")
-        )
-        if picked:
-            query = query.where(jobs.c.id.not_in(picked))
-        candidates = conn.execute(db.backend.skip_locked(query)).all()
-        before = len(picked)
-        for job_id, queue, task in candidates:
+        n = want - len(picked)
+        query = first_in_claim_order(db, walks, n, (jobs.c.queue, jobs.c.task, *ORDER), after=after)
+        candidates = conn.execute(query).all()
+        for queue, task, _, _, job_id in candidates:
             keys = [k for k in (("queue", queue), ("task", task)) if k in budget]
             if all(budget[k] > 0 for k in keys):
                 for k in keys:
@@ -393,8 +389,12 @@ def limited_candidates(
                     if k in windows:
                         windows[k].append(now)
                 picked.append(int(job_id))
-        if len(picked) - before == len(candidates):
-            break  # nothing passed over: the limits did not hold back anything more
+        if len(candidates) < n:
+            break  # every job the limits left open was read
+        # Some were passed over (else `want` is reached), each for a limit now full: the next
+        # round reads on from the last candidate, without the full limits' jobs. Every job before
+        # it that they did not hold back was a candidate: nothing is read twice.
+        after = tuple(candidates[-1][2:])  # its (priority, scheduled_at, id)
     for key, window in windows.items():
         if window != limited[key].recent_starts:
             conn.execute(
