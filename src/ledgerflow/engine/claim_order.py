@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, select, tuple_, union_all
+from sqlalchemy import ColumnElement, Select, select, union_all
 
 from ledgerflow.db.database import Database
 from ledgerflow.db.tables import CLAIM_INDEX, CLAIMABLE_SQL, jobs
@@ -27,12 +27,9 @@ def first_in_claim_order(
     walks: Sequence[ColumnElement[bool]],
     limit: Any,
     columns: Sequence[Any],
-    *,
-    after: tuple[Any, ...] | None = None,
 ) -> Select[Any]:
     """The `columns` of the first `limit` claimable jobs matching any of `walks` (each bounding
-    `queue` to one value), in claim order, skipping locked rows (PostgreSQL), from the job after
-    `after` (a job's `ORDER` values) on.
+    `queue` to one value), in claim order, skipping locked rows (PostgreSQL).
 
     Each walk reads its queue through ix_jobs_claim in order and locks (PostgreSQL) up to `limit`
     rows: with n walks the statement may lock up to (n - 1) x `limit` rows it does not return,
@@ -47,8 +44,6 @@ def first_in_claim_order(
             .limit(limit)
             .with_hint(jobs, CLAIM_INDEX, "sqlite")
         )
-        if after is not None:  # a row comparison: an index range on either backend
-            arm = arm.where(tuple_(*ORDER) > tuple_(*after, types=[c.type for c in ORDER]))
         if len(walks) == 1:
             return db.backend.skip_locked(arm)
         # each walk in its own sub-select: PostgreSQL refuses FOR UPDATE on a UNION's inputs
