@@ -59,7 +59,10 @@ def seed(url: str) -> None:
     app = App(database_url=url, log_level="WARNING")
     app.migrate()
     sqlite = url.startswith("sqlite")
-    mod = (lambda a, b: f"{a} % {b}") if sqlite else (lambda a, b: f"mod({a}, {b})")
+
+    def mod(a: str, b: int) -> str:
+        return f"{a} % {b}" if sqlite else f"mod({a}, {b})"
+
     queue = f"char(97 + {mod('x', 3)})" if sqlite else f"chr(97 + {mod('x', 3)})"
     task = f"CASE WHEN {mod('x', 10)} = 0 THEN 'bench.rare' ELSE 'bench.noop' END"
     state = f"CASE WHEN x <= {JOBS - WAITING} THEN 'completed' ELSE 'available' END"

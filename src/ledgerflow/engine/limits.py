@@ -395,7 +395,7 @@ def limited_candidates(
             break  # every job the limits left open was read
         # Some were passed over (else `want` is reached), each for a limit now full: the next
         # round leaves that limit's jobs out, and the jobs picked.
-        read_on = [_after(db, candidates[-1][2:]) if db.is_sqlite else jobs.c.id.not_in(picked)]
+        read_on = [_after(candidates[-1][2:]) if db.is_sqlite else jobs.c.id.not_in(picked)]
     for key, window in windows.items():
         if window != limited[key].recent_starts:
             conn.execute(
@@ -406,7 +406,7 @@ def limited_candidates(
     return LimitedPick(picked, started, _opens_in(limited, windows, now))
 
 
-def _after(db: Database, last: Sequence[Any]) -> Any:
+def _after(last: Sequence[Any]) -> Any:
     """SQLite: the jobs after the last candidate in claim order (`last`: its `ORDER` values).
     Each walk then reads on from there (its index range), so a job ahead that a full limit holds
     back is read once per claim, not again at each round (5,000 such jobs: 221 → 136 thousand
