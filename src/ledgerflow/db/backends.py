@@ -38,28 +38,6 @@ class Waker(Protocol):
     def stop(self) -> None: ...
 
 
-class Turn(Protocol):
-    """A worker cycle's turn at the database's write lock, taken around its write transaction
-    (`with turn:`); `close` when the worker stops."""
-
-    def __enter__(self) -> None: ...
-    def __exit__(self, *exc: object) -> None: ...
-    def close(self) -> None: ...
-
-
-class NoTurn:
-    """No turn to take: PostgreSQL's writers lock rows, not the database."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-
 @dataclass(frozen=True)
 class Election:
     """Which wake-ups a worker shares with its peers: its queues and the tasks it runs."""
@@ -110,7 +88,6 @@ class Backend(Protocol):
     def skip_locked(self, query: Select[Any]) -> Select[Any]: ...
     def lift_limits(self, conn: Connection, *, lock_wait: bool, idle: bool = False) -> None: ...
     def waker(self, engine: Engine, poll_seconds: float) -> Waker: ...
-    def write_turn(self, engine: Engine, busy_timeout: float) -> Turn: ...
     def autocommit(self, driver: Any, on: bool) -> None: ...
     def insert_jobs(self, conn: Connection, rows: list[tuple[Any, ...]]) -> list[int]: ...
     def insert_job(

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.elements import ColumnElement
 
-from ledgerflow.db.backends import Backend, SessionLimits, Turn, backend_for, dumps, loads
+from ledgerflow.db.backends import Backend, SessionLimits, backend_for, dumps, loads
 from ledgerflow.errors import DatabaseUnavailable
 
 T = TypeVar("T")
@@ -76,7 +76,6 @@ class Database:
         )
         #: Checkouts that waited `pool_timeout` for a pooled connection and gave up (pool exhausted).
         self.pool_timeouts = 0
-        self._busy_timeout = busy_timeout
         self._sqlite_single = SQLiteSingle(self, busy_timeout) if self.is_sqlite else None
 
     @property
@@ -194,12 +193,6 @@ class Database:
                         self.backend.autocommit(driver, False)
                 finally:
                     pooled.close()
-
-    def write_turn(self) -> Turn:
-        """A new turn at the write lock for a worker's cycles (`with turn, db.begin():`): on
-        SQLite worker processes take turns instead of polling for the lock (`WriteTurn`); on
-        PostgreSQL there is nothing to take. `close` it when the worker stops."""
-        return self.backend.write_turn(self.engine, self._busy_timeout)
 
     def ping(self) -> None:
         """Raise `DatabaseUnavailable` unless the database answers a trivial query."""

@@ -49,7 +49,6 @@ from ledgerflow.db.backends import (
     ONE_JOB_COLUMNS,
     AnyConnection,
     Election,
-    NoTurn,
     SessionLimits,
     StoppableThread,
     cursor_stream,
@@ -558,9 +557,6 @@ class PostgresBackend:
 
     def waker(self, engine: Engine, poll_seconds: float) -> ListenWaker:
         return ListenWaker(conninfo(engine), self._connect_args)
-
-    def write_turn(self, engine: Engine, busy_timeout: float) -> NoTurn:
-        return NoTurn()  # writers lock rows (SKIP LOCKED), never the whole database
 
     @contextlib.contextmanager
     def stream(self, conn: Connection, query: Select[Any], size: int) -> Iterator[Iterator[Sequence[Any]]]:

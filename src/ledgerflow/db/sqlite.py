@@ -46,7 +46,6 @@ from ledgerflow.db.backends import (
     ONE_JOB_COLUMNS,
     AnyConnection,
     Election,
-    NoTurn,
     StoppableThread,
     cursor_stream,
     driver_of,
@@ -331,12 +330,6 @@ class SQLiteBackend:
     def waker(self, engine: Engine, poll_seconds: float) -> DataVersionWaker:
         return DataVersionWaker(engine.url.database or "", poll_seconds)
 
-    def write_turn(self, engine: Engine, busy_timeout: float) -> WriteTurn | NoTurn:
-        path = engine.url.database
-        if not path or path == ":memory:":
-            return NoTurn()  # a database of one process: nobody to take turns with
-        return WriteTurn(f"{path}-turn.lock", min(WriteTurn.BOUND, busy_timeout))
-
 
 class DataVersionWaker:
     """Polls `PRAGMA data_version`, which changes when another connection commits; while its
@@ -372,7 +365,7 @@ class DataVersionWaker:
 
         def loop(stop: threading.Event) -> None:
             conn = sqlite3.connect(self._path, check_same_thread=False)
-            lock = _open_lock(lock_path, "every idle worker wakes on a change") if lock_path else None
+            lock = _open_lock(lock_path) if lock_path else None
             watch = LogWatch(f"{self._path}-wal")
             held = pending = False
             try:
@@ -427,117 +420,6 @@ class DataVersionWaker:
     def stop(self) -> None:
         if self._thread:
             self._thread.stop()
-
-
-class WriteTurn:
-    """Worker processes of one SQLite file take turns at its write lock: a worker cycle holds an
-    `flock` of `<database>-turn.lock` from just before its `BEGIN IMMEDIATE` to just after its
-    COMMIT or ROLLBACK. A cycle waiting for the turn blocks in the kernel, which wakes it as soon
-    as the holder lets go, so its `BEGIN IMMEDIATE` finds the write lock free at once; waiting in
-    SQLite's busy handler instead, it slept on (1, 2, 5, 10 ... 100 ms between tries) long after
-    the lock was free (docs/benchmarks.md).
-
-    A hint, never a lock that holds a cycle back for long. The blocking `flock` runs on a helper
-    thread and the cycle waits for it at most `bound` seconds, then goes on to SQLite's busy
-    timeout as without the turn. While that `flock` stays blocked (a holder stopped with
-    SIGSTOP), later cycles do not wait for the turn at all, and when it returns unwanted the turn
-    is given back at once. A holder that dies loses the turn with its process (the kernel drops
-    its `flock`). Other writers (enqueues, the API, maintenance) take no turn: SQLite's lock
-    still serialises every writer. One cycle at a time per `WriteTurn` (a worker's database
-    thread); each worker opens the file itself, so two workers of one process take turns too."""
-
-    #: The longest a cycle waits for the turn (seconds; at most the busy timeout).
-    BOUND = 1.0
-
-    def __init__(self, path: str, bound: float) -> None:
-        self._path = path
-        self._bound = bound
-        self._mutex = threading.Lock()
-        self._requested = threading.Condition(self._mutex)  # the helper waits for a request
-        self._granted = threading.Condition(self._mutex)  # the cycle waits for the helper
-        self._file: Any = None
-        self._opened = False
-        self._helper: threading.Thread | None = None
-        self._held = False  # the turn is this cycle's
-        self._blocked = False  # the helper is in a blocking flock
-        self._wanted = False  # a cycle waits for that flock
-        self._closed = False
-
-    def __enter__(self) -> None:
-        self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    def acquire(self) -> bool:
-        """Take the turn, waiting at most `bound`; whether it was taken (if not, the cycle goes
-        on without it)."""
-        with self._mutex:
-            file = self._open()
-            if file is None or self._blocked:  # no lock file, or a holder stuck past the bound
-                return False
-            try:
-                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                pass
-            except OSError:
-                return False
-            else:
-                self._held = True
-                return True
-            self._blocked = self._wanted = True
-            if self._helper is None:
-                self._helper = threading.Thread(target=self._take_turns, name="ledgerflow-turn", daemon=True)
-                self._helper.start()
-            self._requested.notify()
-            self._granted.wait_for(lambda: self._held, self._bound)
-            self._wanted = False
-            return self._held
-
-    def release(self) -> None:
-        """Give the turn back (nothing if this cycle went on without it)."""
-        with self._mutex:
-            if self._held:
-                self._held = False
-                fcntl.flock(self._file, fcntl.LOCK_UN)
-
-    def close(self) -> None:
-        """Close the lock file (releasing the turn); a helper still blocked ends when it returns."""
-        with self._mutex:
-            self._closed, self._held = True, False
-            if self._file is not None:
-                self._file.close()
-            self._requested.notify()
-
-    def _open(self) -> Any:
-        if not self._opened and not self._closed:
-            self._opened = True
-            self._file = _open_lock(self._path, "cycles wait for the write lock in SQLite's busy handler")
-        return self._file
-
-    def _take_turns(self) -> None:
-        """The helper thread: a blocking `flock` for each request; the turn goes to the cycle if
-        it still waits, else straight back."""
-        while True:
-            with self._mutex:
-                self._requested.wait_for(lambda: self._blocked or self._closed)
-                if self._closed:
-                    return
-                file = self._file
-            try:
-                fcntl.flock(file, fcntl.LOCK_EX)
-                taken = True
-            except OSError:
-                taken = False
-            with self._mutex:
-                self._blocked = False
-                if self._closed:
-                    return
-                if taken and self._wanted:
-                    self._held = True
-                    self._granted.notify()
-                elif taken:
-                    fcntl.flock(file, fcntl.LOCK_UN)
 
 
 def _data_version(conn: sqlite3.Connection) -> int | None:
@@ -607,14 +489,13 @@ def _libc() -> Any:
     return libc
 
 
-def _open_lock(path: str, without: str) -> Any:
-    """A lock file beside the database (the wake-up election's, the write turn's), or None when
-    it cannot be opened (a read-only directory): then it is done `without` the lock, and
-    nothing is lost (for the wake-up: every ready worker wakes on each change)."""
+def _open_lock(path: str) -> Any:
+    """The wake-up lock file, or None when it cannot be opened (a read-only directory): then
+    every ready worker wakes on each change, as without an election, and none is lost."""
     try:
-        return open(path, "a+b")  # held for the user's life
+        return open(path, "a+b")  # held for the waker thread's life
     except OSError as exc:
-        log.warning("lock file %s unavailable (%s): %s", path, exc, without)
+        log.warning("wake-up lock file %s unavailable (%s): every idle worker wakes on a change", path, exc)
         return None
 
 

@@ -176,7 +176,6 @@ class Worker:
         self._context = contextvars.copy_context()
         self._wake: asyncio.Event | None = None
         self._waker: Waker | None = None
-        self._turn = self.db.write_turn()  # the cycles' turn at SQLite's write lock
         #: Claim only when there may be work: after a wake-up (counted), a full claim, a
         #: timeout, or an outcome that schedules work again (retry, snooze, release).
         self._wakes = 0
@@ -230,7 +229,6 @@ class Worker:
             for t in threads:
                 t.join(timeout=5)
             self._pool.shutdown()
-            self._turn.close()
             restore()
             self._unregister()
         self.log.info("worker_stopped", reason=str(exit_reason), abandoned_threads=self._abandoned)
@@ -503,7 +501,7 @@ class Worker:
                 with self.db.autocommit() as conn:
                     claims, refused = self._one_statement_cycle(conn, outcomes, slots, token)
             else:
-                with self._turn, self.db.begin() as conn:
+                with self.db.begin() as conn:
                     claims = self._settle(conn) if self._unsettled_tokens else []
                     if self._unsettled_keys:  # written by an earlier ambiguous cycle? then not again
                         doubtful = [o.key for o in outcomes if o.key in self._unsettled_keys]
