@@ -118,7 +118,7 @@ class StatementFaults:
     @staticmethod
     def starting(prefix: str, thread_prefix: str = "") -> Callable[[Statement], bool]:
         """Only the statements (on threads named `thread_prefix`…) whose SQL starts with
-        `prefix`: e.g. a worker cycle's `BEGIN IMMEDIATE` on SQLite, once it has its turn."""
+        `prefix`: e.g. a worker cycle's `BEGIN IMMEDIATE` on SQLite."""
         return lambda s: (
             s.kind == "execute" and s.thread.startswith(thread_prefix) and s.sql.startswith(prefix)
         )
