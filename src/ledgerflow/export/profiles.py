@@ -178,14 +178,39 @@ def entry_rows(entry: Entry, late: bool = False) -> EntryRows:
     )
 
 
+#: Distinct values a file set remembers per kind of cell (text written unchanged, amount texts
+#: per currency): a repeated account, tax code or amount costs one dict look-up, memory stays bounded.
+REMEMBERED_CELLS = 4096
+
+
+class _Remembered(dict[Any, str]):
+    """value -> its cell text; a value not yet seen is made by `make` and kept (up to
+    `REMEMBERED_CELLS` values) when `keep` says it may be."""
+
+    def __init__(self, make: Callable[[Any], str], keep: Callable[[Any, str], bool]) -> None:
+        super().__init__()
+        self.make, self.keep = make, keep
+
+    def __missing__(self, value: Any) -> str:
+        text = self.make(value)
+        if len(self) < REMEMBERED_CELLS and self.keep(value, text):
+            self[value] = text
+        return text
+
+
 class TextCells:
     """Cleans the free-text cells (account, description, memo …) as a layout builds them, and
-    counts what the profile's rules changed. Amount, date and flag cells never pass here."""
+    counts what the profile's rules changed. Amount, date and flag cells never pass here.
+
+    `line[value]` is `cell(value)` for a cell filled once (a line's account, tax code, memo):
+    a value written unchanged is remembered, so a repeated one is a dict look-up; a value the
+    rules change is cleaned and counted each time it is written."""
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
         self.flattened = 0  # cells whose line breaks, tabs or control characters were replaced
         self.neutralised = 0  # cells the formula guard prefixed with '
+        self.line = _Remembered(self.cell, lambda value, text: text == (value or ""))
 
     def cell(self, value: str | None, cells: int = 1) -> str:
         """`value` as written; it fills `cells` cells of the file (an entry's text on each of its rows)."""
@@ -198,6 +223,23 @@ class TextCells:
         self.flattened += cells * (flat != value)
         self.neutralised += cells * (safe != flat)
         return safe
+
+
+class AmountCells(dict[str, _Remembered]):
+    """currency -> {minor units: amount cell text} (`minor_formatter`'s, remembered per value)."""
+
+    def __missing__(self, currency: str) -> _Remembered:
+        texts = self[currency] = _Remembered(minor_formatter(currency), _always)
+        return texts
+
+
+def date_cells(profile: Profile) -> _Remembered:
+    """date -> its cell text in `profile`'s date style (remembered per date)."""
+    return _Remembered(lambda day: format_date(day, profile.date_style), _always)
+
+
+def _always(_value: Any, _text: str) -> bool:
+    return True
 
 
 Cells = list[list[str]]
@@ -327,28 +369,24 @@ def tax_amounts(entry: EntryRows, profile: Profile) -> dict[int, int]:
 
 
 def _generic(p: Profile, text: TextCells) -> RowBuilder:
-    cell = text.cell
+    cell, line_cell, amounts, days = text.cell, text.line, AmountCells(), date_cells(p)
 
     def rows(entry: EntryRows, slip: int) -> Cells:
         n = len(entry.lines)
         reference, description = cell(entry.reference, n), cell(entry.description, n)
-        day, currency, amount = (
-            format_date(entry.date, p.date_style),
-            entry.currency,
-            minor_formatter(entry.currency),
-        )
+        day, currency, amount = days[entry.date], entry.currency, amounts[entry.currency]
         return [
             [
                 reference,
                 day,
-                cell(line[ACCOUNT]),
-                cell(line[ACCOUNT_NAME]),
+                line_cell[line[ACCOUNT]],
+                line_cell[line[ACCOUNT_NAME]],
                 description,
-                amount(line[DEBIT]),
-                amount(line[CREDIT]),
-                cell(line[TAX_CODE]),
+                amount[line[DEBIT]],
+                amount[line[CREDIT]],
+                line_cell[line[TAX_CODE]],
                 currency,
-                cell(line[MEMO]),
+                line_cell[line[MEMO]],
             ]
             for line in entry.lines
         ]
@@ -361,27 +399,27 @@ def _account(line: LineRow) -> str:
 
 
 def _sides(
-    entry: EntryRows, p: Profile, text: TextCells, blank: str
+    entry: EntryRows, p: Profile, text: TextCells, amounts: AmountCells, blank: str
 ) -> list[tuple[LineRow, list[str], list[str]]]:
     """Per line: (line, debit cells, credit cells) as [account, tax code, amount, tax amount];
     the side a line is not on gets `blank` amounts and empty text."""
     taxes = tax_amounts(entry, p)
-    amount, cell = minor_formatter(entry.currency), text.cell
+    amount, line_cell = amounts[entry.currency], text.line
     if p.max_amount_digits is not None:  # several tax lines may add up past the layout's digits
         largest = 10 ** (p.max_amount_digits + MINOR_UNITS[entry.currency])
         for i, summed in taxes.items():
             if abs(summed) >= largest:
                 raise BadInput(
-                    f"{_where(entry, p)}: line {i + 1} tax amount {amount(summed)} is too large; this layout "
+                    f"{_where(entry, p)}: line {i + 1} tax amount {amount[summed]} is too large; this layout "
                     f"takes at most {p.max_amount_digits} digits ({'9' * p.max_amount_digits})"
                 )
     out = []
     for i, line in enumerate(entry.lines):
-        tax = amount(taxes[i]) if i in taxes else ""
+        tax = amount[taxes[i]] if i in taxes else ""
         filled = [
-            cell(_account(line)),
-            cell(line[TAX_CODE]),
-            amount(line[DEBIT] or line[CREDIT]),
+            line_cell[_account(line)],
+            line_cell[line[TAX_CODE]],
+            amount[line[DEBIT] or line[CREDIT]],
             tax,
         ]
         empty = ["", "", blank, ""]
@@ -393,14 +431,14 @@ def _yayoi(p: Profile, text: TextCells) -> RowBuilder:
     """弥生会計 仕訳日記帳: one row per line; 識別フラグ 2110 first / 2100 middle / 2101 last
     (2111 alone); 借方/貸方 勘定科目 (E, K), 税区分 (H, N), 金額 (I, O: `0` on the other side),
     税金額 (J, P); 摘要 (Q), 仕訳メモ (V)."""
-    cell = text.cell
+    cell, line_cell, amounts, days = text.cell, text.line, AmountCells(), date_cells(p)
 
     def rows(entry: EntryRows, slip: int) -> Cells:
         out = []
         last = len(entry.lines) - 1
-        day, number = format_date(entry.date, p.date_style), str(slip)
+        day, number = days[entry.date], str(slip)
         description = cell(entry.description, len(entry.lines))
-        for i, (line, debit, credit) in enumerate(_sides(entry, p, text, blank="0")):
+        for i, (line, debit, credit) in enumerate(_sides(entry, p, text, amounts, blank="0")):
             flag = "2111" if last == 0 else "2110" if i == 0 else "2101" if i == last else "2100"
             d_account, d_tax_code, d_amount, d_tax = debit
             c_account, c_tax_code, c_amount, c_tax = credit
@@ -427,7 +465,7 @@ def _yayoi(p: Profile, text: TextCells) -> RowBuilder:
                     "",
                     "0",
                     "",
-                    cell(line[MEMO]),
+                    line_cell[line[MEMO]],
                     "0",
                     "0",
                     "no",
@@ -471,13 +509,13 @@ MONEYFORWARD_HEADER = (
 
 def _moneyforward(p: Profile, text: TextCells) -> RowBuilder:
     """Money Forward 仕訳帳: same 取引No and 取引日 on every line of one entry, one side per row."""
-    cell = text.cell
+    cell, line_cell, amounts, days = text.cell, text.line, AmountCells(), date_cells(p)
 
     def rows(entry: EntryRows, slip: int) -> Cells:
-        day, number = format_date(entry.date, p.date_style), str(slip)
+        day, number = days[entry.date], str(slip)
         description = cell(entry.description, len(entry.lines))
         out = []
-        for line, debit, credit in _sides(entry, p, text, blank=""):
+        for line, debit, credit in _sides(entry, p, text, amounts, blank=""):
             d_account, d_tax_code, d_amount, d_tax = debit
             c_account, c_tax_code, c_amount, c_tax = credit
             out.append(
@@ -501,7 +539,7 @@ def _moneyforward(p: Profile, text: TextCells) -> RowBuilder:
                     c_amount,
                     c_tax,
                     description,
-                    cell(line[MEMO]),
+                    line_cell[line[MEMO]],
                     "",
                     "",
                     "",
@@ -535,13 +573,13 @@ FREEE_HEADER = (
 
 def _freee(p: Profile, text: TextCells) -> RowBuilder:
     """freee 仕訳インポート (振替伝票): rows with the same 日付 and 伝票番号 form one entry."""
-    cell = text.cell
+    cell, line_cell, amounts, days = text.cell, text.line, AmountCells(), date_cells(p)
 
     def rows(entry: EntryRows, slip: int) -> Cells:
-        day, number = format_date(entry.date, p.date_style), str(slip)
+        day, number = days[entry.date], str(slip)
         description = cell(entry.description, len(entry.lines))
         out = []
-        for line, debit, credit in _sides(entry, p, text, blank=""):
+        for line, debit, credit in _sides(entry, p, text, amounts, blank=""):
             d_account, d_tax_code, d_amount, d_tax = debit
             c_account, c_tax_code, c_amount, c_tax = credit
             out.append(
@@ -558,7 +596,7 @@ def _freee(p: Profile, text: TextCells) -> RowBuilder:
                     c_amount,
                     c_tax,
                     description,
-                    cell(line[MEMO]),
+                    line_cell[line[MEMO]],
                 ]
             )
         return out
