@@ -10,15 +10,18 @@ import json
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledgerflow import BadInput
-from ledgerflow.export import writer
+from ledgerflow.export import profiles, writer
 from ledgerflow.export.profiles import (
     PROFILES,
+    AmountCells,
+    TextCells,
     check_entry,
     entry_rows,
     format_date,
@@ -29,6 +32,7 @@ from ledgerflow.export.profiles import (
 )
 from ledgerflow.export.writer import EntryRejected, _Sink, file_totals, write_manifest, write_parts
 from ledgerflow.ledger.entries import Entry, Line, parse_entry
+from ledgerflow.ledger.money import MINOR_UNITS, minor_formatter
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 
@@ -640,3 +644,38 @@ def test_the_files_read_back_give_the_writers_totals_whatever_the_counting_chunk
     assert (
         sum(t["lines"] for t in read.values()) == generated.line_count == sum(len(e.lines) for e in entries)
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.none() | NASTY | st.sampled_from(["5100", "Cash", "=1", " +1", "仮払消費税"]), max_size=40),
+    st.sampled_from(sorted(PROFILES)),
+    st.booleans(),
+    st.integers(min_value=0, max_value=6),
+)
+def test_a_remembered_text_cell_is_cleaned_and_counted_each_time_it_is_written(values, name, guard, limit):
+    """`TextCells.line[v]` is `cell(v)` and counts as it does, however often `v` comes back and
+    whatever the bound on the values remembered (which it never passes)."""
+    profile = PROFILES[name].with_options(formula_guard=guard)
+    remembered, each = TextCells(profile), TextCells(profile)
+    with mock.patch.object(profiles, "REMEMBERED_CELLS", limit):
+        for value in values * 2:
+            assert remembered.line[value] == each.cell(value)
+            assert len(remembered.line) <= limit
+    assert (remembered.flattened, remembered.neutralised) == (each.flattened, each.neutralised)
+    assert all(text == (value or "") for value, text in remembered.line.items())  # unchanged only
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(-(10**17), 10**17) | st.sampled_from([0, -1, 10700]), max_size=40),
+    st.lists(st.sampled_from(sorted(MINOR_UNITS)), min_size=1, max_size=3),
+    st.integers(min_value=0, max_value=6),
+)
+def test_a_remembered_amount_cell_is_the_formatted_amount(amounts, currencies, limit):
+    cells = AmountCells()
+    with mock.patch.object(profiles, "REMEMBERED_CELLS", limit):
+        for currency in currencies:
+            for minor in amounts * 2:
+                assert cells[currency][minor] == minor_formatter(currency)(minor)
+            assert len(cells[currency]) <= limit
