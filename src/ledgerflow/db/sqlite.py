@@ -330,13 +330,13 @@ class SQLiteBackend:
         cursor events, its errors); the rows are read from its cursor, closed on leaving."""
         with conn.execute(query) as result:
             cursor: sqlite3.Cursor = result.cursor  # type: ignore[assignment]
-            statement = str(result.context.statement)
 
             def fetch() -> list[Any]:
                 try:
                     return cursor.fetchmany(size)
-                except sqlite3.Error as error:
-                    raise _driver_error(statement, error) from error
+                except sqlite3.Error as error:  # raised in SQLAlchemy's form, as its own fetch does
+                    conn._handle_dbapi_exception(error, None, None, cursor, result.context)  # type: ignore[arg-type]
+                    raise
 
             yield itertools.chain.from_iterable(iter(fetch, []))
 
