@@ -20,7 +20,6 @@ from ledgerflow import BadInput
 from ledgerflow.export import profiles, writer
 from ledgerflow.export.profiles import (
     PROFILES,
-    AmountCells,
     TextCells,
     check_entry,
     entry_rows,
@@ -32,7 +31,6 @@ from ledgerflow.export.profiles import (
 )
 from ledgerflow.export.writer import EntryRejected, _Sink, file_totals, write_manifest, write_parts
 from ledgerflow.ledger.entries import Entry, Line, parse_entry
-from ledgerflow.ledger.money import MINOR_UNITS, minor_formatter
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 
@@ -664,18 +662,3 @@ def test_a_remembered_text_cell_is_cleaned_and_counted_each_time_it_is_written(v
             assert len(remembered.line) <= limit
     assert (remembered.flattened, remembered.neutralised) == (each.flattened, each.neutralised)
     assert all(text == (value or "") for value, text in remembered.line.items())  # unchanged only
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    st.lists(st.integers(-(10**17), 10**17) | st.sampled_from([0, -1, 10700]), max_size=40),
-    st.lists(st.sampled_from(sorted(MINOR_UNITS)), min_size=1, max_size=3),
-    st.integers(min_value=0, max_value=6),
-)
-def test_a_remembered_amount_cell_is_the_formatted_amount(amounts, currencies, limit):
-    cells = AmountCells()
-    with mock.patch.object(profiles, "REMEMBERED_CELLS", limit):
-        for currency in currencies:
-            for minor in amounts * 2:
-                assert cells[currency][minor] == minor_formatter(currency)(minor)
-            assert len(cells[currency]) <= limit

@@ -178,22 +178,23 @@ def entry_rows(entry: Entry, late: bool = False) -> EntryRows:
     )
 
 
-#: Distinct values a file set remembers per kind of cell (text written unchanged, amount texts
-#: per currency): a repeated account, tax code or amount costs one dict look-up, memory stays bounded.
+#: Distinct text values a file set remembers (`TextCells.line`): a repeated account, account
+#: name or tax code costs one dict look-up; memory stays bounded.
 REMEMBERED_CELLS = 4096
 
 
-class _Remembered(dict[Any, str]):
-    """value -> its cell text; a value not yet seen is made by `make` and kept (up to
-    `REMEMBERED_CELLS` values) when `keep` says it may be."""
+class _Remembered(dict[str | None, str]):
+    """text value -> its cell, made by `make` the first time; kept (up to `REMEMBERED_CELLS`
+    values) only when written unchanged, so a value the profile's rules change is cleaned and
+    counted each time it is written."""
 
-    def __init__(self, make: Callable[[Any], str], keep: Callable[[Any, str], bool]) -> None:
+    def __init__(self, make: Callable[[str | None], str]) -> None:
         super().__init__()
-        self.make, self.keep = make, keep
+        self.make = make
 
-    def __missing__(self, value: Any) -> str:
+    def __missing__(self, value: str | None) -> str:
         text = self.make(value)
-        if len(self) < REMEMBERED_CELLS and self.keep(value, text):
+        if text == (value or "") and len(self) < REMEMBERED_CELLS:
             self[value] = text
         return text
 
@@ -202,15 +203,17 @@ class TextCells:
     """Cleans the free-text cells (account, description, memo …) as a layout builds them, and
     counts what the profile's rules changed. Amount, date and flag cells never pass here.
 
-    `line[value]` is `cell(value)` for a cell filled once (a line's account, tax code, memo):
-    a value written unchanged is remembered, so a repeated one is a dict look-up; a value the
-    rules change is cleaned and counted each time it is written."""
+    `line[value]` is `cell(value)` for the cells of a line that repeat from line to line
+    (account, account name, tax code): a value written unchanged is remembered, so a repeated
+    one is a dict look-up; a value the rules change is cleaned and counted each time it is
+    written. Free text (memo, description) goes through `cell`: mostly distinct, a miss would
+    cost more than the call."""
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
         self.flattened = 0  # cells whose line breaks, tabs or control characters were replaced
         self.neutralised = 0  # cells the formula guard prefixed with '
-        self.line = _Remembered(self.cell, lambda value, text: text == (value or ""))
+        self.line = _Remembered(self.cell)
 
     def cell(self, value: str | None, cells: int = 1) -> str:
         """`value` as written; it fills `cells` cells of the file (an entry's text on each of its rows)."""
@@ -223,23 +226,6 @@ class TextCells:
         self.flattened += cells * (flat != value)
         self.neutralised += cells * (safe != flat)
         return safe
-
-
-class AmountCells(dict[str, _Remembered]):
-    """currency -> {minor units: amount cell text} (`minor_formatter`'s, remembered per value)."""
-
-    def __missing__(self, currency: str) -> _Remembered:
-        texts = self[currency] = _Remembered(minor_formatter(currency), _always)
-        return texts
-
-
-def date_cells(profile: Profile) -> _Remembered:
-    """date -> its cell text in `profile`'s date style (remembered per date)."""
-    return _Remembered(lambda day: format_date(day, profile.date_style), _always)
-
-
-def _always(_value: Any, _text: str) -> bool:
-    return True
 
 
 Cells = list[list[str]]
@@ -369,12 +355,14 @@ def tax_amounts(entry: EntryRows, profile: Profile) -> dict[int, int]:
 
 
 def _generic(p: Profile, text: TextCells) -> RowBuilder:
-    cell, line_cell, amounts, days = text.cell, text.line, AmountCells(), date_cells(p)
+    cell, line_cell = text.cell, text.line
 
     def rows(entry: EntryRows, slip: int) -> Cells:
         n = len(entry.lines)
         reference, description = cell(entry.reference, n), cell(entry.description, n)
-        day, currency, amount = days[entry.date], entry.currency, amounts[entry.currency]
+        day, currency = format_date(entry.date, p.date_style), entry.currency
+        amount = minor_formatter(currency)
+        zero = amount(0)  # one side of most lines: no call
         return [
             [
                 reference,
@@ -382,11 +370,11 @@ def _generic(p: Profile, text: TextCells) -> RowBuilder:
                 line_cell[line[ACCOUNT]],
                 line_cell[line[ACCOUNT_NAME]],
                 description,
-                amount[line[DEBIT]],
-                amount[line[CREDIT]],
+                amount(debit) if (debit := line[DEBIT]) else zero,
+                amount(credit) if (credit := line[CREDIT]) else zero,
                 line_cell[line[TAX_CODE]],
                 currency,
-                line_cell[line[MEMO]],
+                cell(line[MEMO]),
             ]
             for line in entry.lines
         ]
@@ -399,27 +387,27 @@ def _account(line: LineRow) -> str:
 
 
 def _sides(
-    entry: EntryRows, p: Profile, text: TextCells, amounts: AmountCells, blank: str
+    entry: EntryRows, p: Profile, text: TextCells, blank: str
 ) -> list[tuple[LineRow, list[str], list[str]]]:
     """Per line: (line, debit cells, credit cells) as [account, tax code, amount, tax amount];
     the side a line is not on gets `blank` amounts and empty text."""
     taxes = tax_amounts(entry, p)
-    amount, line_cell = amounts[entry.currency], text.line
+    amount, line_cell = minor_formatter(entry.currency), text.line
     if p.max_amount_digits is not None:  # several tax lines may add up past the layout's digits
         largest = 10 ** (p.max_amount_digits + MINOR_UNITS[entry.currency])
         for i, summed in taxes.items():
             if abs(summed) >= largest:
                 raise BadInput(
-                    f"{_where(entry, p)}: line {i + 1} tax amount {amount[summed]} is too large; this layout "
+                    f"{_where(entry, p)}: line {i + 1} tax amount {amount(summed)} is too large; this layout "
                     f"takes at most {p.max_amount_digits} digits ({'9' * p.max_amount_digits})"
                 )
     out = []
     for i, line in enumerate(entry.lines):
-        tax = amount[taxes[i]] if i in taxes else ""
+        tax = amount(taxes[i]) if i in taxes else ""
         filled = [
             line_cell[_account(line)],
             line_cell[line[TAX_CODE]],
-            amount[line[DEBIT] or line[CREDIT]],
+            amount(line[DEBIT] or line[CREDIT]),
             tax,
         ]
         empty = ["", "", blank, ""]
@@ -431,14 +419,14 @@ def _yayoi(p: Profile, text: TextCells) -> RowBuilder:
     """弥生会計 仕訳日記帳: one row per line; 識別フラグ 2110 first / 2100 middle / 2101 last
     (2111 alone); 借方/貸方 勘定科目 (E, K), 税区分 (H, N), 金額 (I, O: `0` on the other side),
     税金額 (J, P); 摘要 (Q), 仕訳メモ (V)."""
-    cell, line_cell, amounts, days = text.cell, text.line, AmountCells(), date_cells(p)
+    cell = text.cell
 
     def rows(entry: EntryRows, slip: int) -> Cells:
         out = []
         last = len(entry.lines) - 1
-        day, number = days[entry.date], str(slip)
+        day, number = format_date(entry.date, p.date_style), str(slip)
         description = cell(entry.description, len(entry.lines))
-        for i, (line, debit, credit) in enumerate(_sides(entry, p, text, amounts, blank="0")):
+        for i, (line, debit, credit) in enumerate(_sides(entry, p, text, blank="0")):
             flag = "2111" if last == 0 else "2110" if i == 0 else "2101" if i == last else "2100"
             d_account, d_tax_code, d_amount, d_tax = debit
             c_account, c_tax_code, c_amount, c_tax = credit
@@ -465,7 +453,7 @@ def _yayoi(p: Profile, text: TextCells) -> RowBuilder:
                     "",
                     "0",
                     "",
-                    line_cell[line[MEMO]],
+                    cell(line[MEMO]),
                     "0",
                     "0",
                     "no",
@@ -509,13 +497,13 @@ MONEYFORWARD_HEADER = (
 
 def _moneyforward(p: Profile, text: TextCells) -> RowBuilder:
     """Money Forward 仕訳帳: same 取引No and 取引日 on every line of one entry, one side per row."""
-    cell, line_cell, amounts, days = text.cell, text.line, AmountCells(), date_cells(p)
+    cell = text.cell
 
     def rows(entry: EntryRows, slip: int) -> Cells:
-        day, number = days[entry.date], str(slip)
+        day, number = format_date(entry.date, p.date_style), str(slip)
         description = cell(entry.description, len(entry.lines))
         out = []
-        for line, debit, credit in _sides(entry, p, text, amounts, blank=""):
+        for line, debit, credit in _sides(entry, p, text, blank=""):
             d_account, d_tax_code, d_amount, d_tax = debit
             c_account, c_tax_code, c_amount, c_tax = credit
             out.append(
@@ -539,7 +527,7 @@ def _moneyforward(p: Profile, text: TextCells) -> RowBuilder:
                     c_amount,
                     c_tax,
                     description,
-                    line_cell[line[MEMO]],
+                    cell(line[MEMO]),
                     "",
                     "",
                     "",
@@ -573,13 +561,13 @@ FREEE_HEADER = (
 
 def _freee(p: Profile, text: TextCells) -> RowBuilder:
     """freee 仕訳インポート (振替伝票): rows with the same 日付 and 伝票番号 form one entry."""
-    cell, line_cell, amounts, days = text.cell, text.line, AmountCells(), date_cells(p)
+    cell = text.cell
 
     def rows(entry: EntryRows, slip: int) -> Cells:
-        day, number = days[entry.date], str(slip)
+        day, number = format_date(entry.date, p.date_style), str(slip)
         description = cell(entry.description, len(entry.lines))
         out = []
-        for line, debit, credit in _sides(entry, p, text, amounts, blank=""):
+        for line, debit, credit in _sides(entry, p, text, blank=""):
             d_account, d_tax_code, d_amount, d_tax = debit
             c_account, c_tax_code, c_amount, c_tax = credit
             out.append(
@@ -596,7 +584,7 @@ def _freee(p: Profile, text: TextCells) -> RowBuilder:
                     c_amount,
                     c_tax,
                     description,
-                    line_cell[line[MEMO]],
+                    cell(line[MEMO]),
                 ]
             )
         return out
