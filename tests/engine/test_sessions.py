@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Select, event, func, literal, select, text, update
+from sqlalchemy import BigInteger, Select, case, event, exc, func, literal, select, text, update
 
 from ledgerflow import DatabaseUnavailable, JobFilter, JobSpec
 from ledgerflow.db import postgres
@@ -69,6 +69,20 @@ def test_a_stream_left_early_ends_its_statement_and_the_transaction_carries_on(d
             assert next(rows) == (1,)  # the server is still sending when the stream is left
         with db.stream(conn, numbers(3_000), size=1000) as rows:
             assert [r[0] for r in rows] == list(range(1, 3_001))
+        assert conn.execute(select(literal(1))).scalar_one() == 1
+    db.dispose()
+
+
+def test_an_error_mid_stream_comes_in_sqlalchemy_form_and_the_transaction_carries_on(db_url):
+    db = Database(db_url)
+    n = numbers(3_000).subquery()
+    smallest = literal(-9_223_372_036_854_775_807, BigInteger) - 1  # abs() of it overflows, both backends
+    query = select(func.abs(case((n.c.i == 2_500, smallest), else_=n.c.i)))
+    read: list[int] = []
+    with db.read(transaction=True) as conn:
+        with pytest.raises(exc.DBAPIError), db.stream(conn, query, size=1000) as rows:
+            read.extend(r[0] for r in rows)
+        assert read == list(range(1, len(read) + 1)) and 1_000 <= len(read) < 2_500
         assert conn.execute(select(literal(1))).scalar_one() == 1
     db.dispose()
 

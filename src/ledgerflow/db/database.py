@@ -128,8 +128,9 @@ class Database:
         self, conn: Connection, query: Select[Any], size: int = 5000
     ) -> Iterator[Iterator[Sequence[Any]]]:
         """`query`'s rows read as the consumer goes (memory flat), fetched `size` at a time;
-        the statement ends on leaving, however far the rows were read. On PostgreSQL the rows
-        are the driver's values (no SQLAlchemy result processing): select plain columns only."""
+        the statement ends on leaving, however far the rows were read. The rows are the
+        driver's values (no SQLAlchemy result processing: SQLite gives a date as its ISO text
+        and a boolean as 0 or 1): select plain columns only."""
         _need_transaction(conn, "stream")
         with self.backend.stream(conn, query, size) as rows:
             yield rows
