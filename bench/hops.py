@@ -42,6 +42,10 @@ EVENTS = [
 ]
 
 
+#: The Python spans on either side of the claim statement.
+SPANS = [("notify", "claim"), ("claimed", "task"), ("notify", "task")]
+
+
 def record(event: str) -> None:
     """Append one event (no-op when `BENCH_HOPS` is unset)."""
     global _fd
@@ -107,44 +111,13 @@ if os.environ.get("BENCH_HOPS") and os.environ.get("BENCH_HOPS_WORKER"):
 
 def measure(runs: int, samples: int, gap: float) -> dict[str, Any]:
     """Hop medians over `runs` fresh databases of `samples` jobs each."""
-    from bench.common import ROOT, database, python
-    from bench.fair import stop, wait_until
-
     per_hop: dict[str, list[float]] = {}
     load = []
     for _ in range(runs):
-        with database("postgresql") as url, tempfile.TemporaryDirectory(prefix="lf-hops-") as tmp:
-            events = Path(tmp) / "events"
-            os.environ["BENCH_HOPS"] = str(events)
-            _reopen()
-            client = App(database_url=url, log_level="WARNING")
-            client.migrate()
-            env = {
-                **os.environ,
-                "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
-                "BENCH_HOPS_WORKER": "1",
-                "LEDGERFLOW_DATABASE_URL": url,
-                "LEDGERFLOW_LOG_LEVEL": "WARNING",
-            }
-            argv = [python(), "-m", "ledgerflow", "worker", "--app", "bench.hops:app", "--concurrency", "4"]
-            procs = [subprocess.Popen(argv, env=env, cwd=ROOT) for _ in range(2)]
-            try:
-                for i in range(10):
-                    client.enqueue(hop.prepare(-1 - i))
-                wait_until(lambda: _count(events, "task") >= 10, 120, "start-up")
-                time.sleep(0.5)
-                load.append(os.getloadavg()[0])
-                for i in range(samples):
-                    record("call")
-                    client.enqueue(hop.prepare(i))
-                    record("returned")
-                    time.sleep(gap)
-                wait_until(lambda: _count(events, "task") >= 10 + samples, 120, "latency")
-            finally:
-                stop(procs)
-                client.close()
-            for name, values in _hops(events.read_text()).items():
-                per_hop.setdefault(name, []).extend(values)
+        average, text = _one_run(samples, gap)
+        load.append(average)
+        for name, values in _hops(text).items():
+            per_hop.setdefault(name, []).extend(values)
     table = {}
     for name, values in per_hop.items():
         ordered = sorted(values)
@@ -156,6 +129,44 @@ def measure(runs: int, samples: int, gap: float) -> dict[str, Any]:
     return {"load_average": load, "hops": table}
 
 
+def _one_run(samples: int, gap: float) -> tuple[float, str]:
+    """One fresh database, two idle worker processes, `samples` jobs: (load average, events)."""
+    from bench.common import ROOT, database, python
+    from bench.fair import stop, wait_until
+
+    with database("postgresql") as url, tempfile.TemporaryDirectory(prefix="lf-hops-") as tmp:
+        events = Path(tmp) / "events"
+        os.environ["BENCH_HOPS"] = str(events)
+        _reopen()
+        client = App(database_url=url, log_level="WARNING")
+        client.migrate()
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+            "BENCH_HOPS_WORKER": "1",
+            "LEDGERFLOW_DATABASE_URL": url,
+            "LEDGERFLOW_LOG_LEVEL": "WARNING",
+        }
+        argv = [python(), "-m", "ledgerflow", "worker", "--app", "bench.hops:app", "--concurrency", "4"]
+        procs = [subprocess.Popen(argv, env=env, cwd=ROOT) for _ in range(2)]
+        try:
+            for i in range(10):
+                client.enqueue(hop.prepare(-1 - i))
+            wait_until(lambda: _count(events, "task") >= 10, 120, "start-up")
+            time.sleep(0.5)
+            load = os.getloadavg()[0]
+            for i in range(samples):
+                record("call")
+                client.enqueue(hop.prepare(i))
+                record("returned")
+                time.sleep(gap)
+            wait_until(lambda: _count(events, "task") >= 10 + samples, 120, "latency")
+        finally:
+            stop(procs)
+            client.close()
+        return load, events.read_text()
+
+
 def _count(path: Path, event: str) -> int:
     if not path.exists():
         return 0
@@ -163,34 +174,32 @@ def _count(path: Path, event: str) -> int:
 
 
 def _hops(text: str) -> dict[str, list[float]]:
-    """Per job: each event's time after the previous one found (in path order)."""
-    rows = [line.split() for line in text.splitlines()]
-    events = [(name, int(pid), float(at)) for name, pid, at in rows]
-    events.sort(key=lambda e: e[2])
+    """Per job: each event's time after the enqueue call, and after the previous event found
+    (in path order: with the claim started from the listener's thread, `woken` may come after
+    `cycle`, a negative hop)."""
+    rows = (line.split() for line in text.splitlines())
+    events = sorted(((name, int(pid), float(at)) for name, pid, at in rows), key=lambda e: e[2])
     calls = [i for i, e in enumerate(events) if e[0] == "call"]
     out: dict[str, list[float]] = {}
     for n, i in enumerate(calls):
-        end = calls[n + 1] if n + 1 < len(calls) else len(events)
-        window = events[i:end]
+        window = events[i : calls[n + 1] if n + 1 < len(calls) else len(events)]
         task = next((e for e in window if e[0] == "task"), None)
         if task is None:
             continue
-        pid = task[1]
-        mine = [e for e in window if e[2] <= task[2] and (e[1] == pid or e[0] in ("call", "returned"))]
         first: dict[str, float] = {}
-        for name, _, at in mine:
-            first.setdefault(name, at)
+        for name, pid, at in window:
+            if at <= task[2] and (pid == task[1] or name in ("call", "returned")):
+                first.setdefault(name, at)
         last = first["call"]
-        out.setdefault("total (call -> task)", []).append(task[2] - first["call"])
         for name, _ in EVENTS[1:]:
-            if name not in first:
-                continue
-            at = first[name]
-            if name == "returned":  # off the worker's path: measured from the call
-                out.setdefault("call -> returned", []).append(at - first["call"])
-                continue
-            out.setdefault(f"-> {name}", []).append(at - last)
-            last = at
+            if name in first:
+                out.setdefault(f"call -> {name}", []).append(first[name] - first["call"])
+                if name != "returned":  # off the worker's path
+                    out.setdefault(f"hop -> {name}", []).append(first[name] - last)
+                    last = first[name]
+        for a, b in SPANS:
+            if a in first and b in first:
+                out.setdefault(f"span {a} -> {b}", []).append(first[b] - first[a])
     return out
 
 
