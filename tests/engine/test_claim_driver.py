@@ -14,7 +14,19 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, cast, event, insert, update
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    cast,
+    event,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.exc import DatabaseError, DataError, IntegrityError, OperationalError, ProgrammingError
 
@@ -253,39 +265,71 @@ def test_a_listener_that_keeps_state_on_the_execution_context_sees_the_driver_cl
 
 
 def _terminate_others(app: Any) -> None:
-    """Every other session of the test database ends, as in a server restart."""
+    """Every other session of the test database ends, as in a server restart (each waited for)."""
     with psycopg.connect(conninfo(app.db.engine), autocommit=True) as admin:
         admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
 
 
-@pytest.mark.parametrize("by", ["sqlalchemy", "driver"])
-def test_a_dropped_connection_at_the_claim_recycles_the_pool_as_sqlalchemy_does(make_app, by):
+def _run_after_restart(app: Any, by: str) -> None:
+    """One statement by the path `by` on a pooled connection that a restart killed."""
+    engine = app.db.engine
+    if by == "one-job insert":  # the one-call enqueue: a pooled driver connection, no `Connection`
+        pooled = engine.raw_connection()
+        try:
+            app.store.insert_plain(pooled, JobSpec(task="t"))
+        finally:
+            pooled.close()
+        return
+    with engine.connect() as conn:
+        if by == "sqlalchemy":
+            conn.execute(LeaseSQL(app.db, 6.0)._claim, _CLAIM)
+        elif by == "driver claim":
+            claim = LeaseSQL(app.db, 6.0)._claim_driver
+            assert claim is not None
+            claim.rows(conn, _CLAIM)
+        elif by == "copy":
+            app.store.enqueue(conn, [JobSpec(task="t"), JobSpec(task="t")])
+        else:  # the restart comes after the stream's savepoint, as its statement is sent
+            query = select(jobs.c.id).order_by(jobs.c.id)
+            sql = str(query.compile(dialect=conn.dialect))
+
+            def restart(_c: Any, _cursor: Any, statement: str, *_: Any) -> None:
+                if statement == sql:
+                    _terminate_others(app)
+
+            event.listen(conn, "before_cursor_execute", restart)
+            with app.db.backend.stream(conn, query, 2) as rows:
+                list(rows)
+
+
+_CLAIM = {"queues": ["default"], "tasks": ["t"], "limit": 1, "worker": "w", "token": 1}
+
+
+@pytest.mark.parametrize("by", ["sqlalchemy", "driver claim", "copy", "one-job insert", "export stream"])
+def test_a_dropped_connection_at_a_driver_statement_recycles_the_pool_as_sqlalchemy_does(make_app, by):
     """After a restart every pooled connection is dead. SQLAlchemy, seeing the first one fail,
     marks the whole pool stale (each is replaced on its next checkout) and tells its
-    `handle_error` listeners; the driver claim only invalidated its own connection, so each other
-    pooled connection failed once more afterwards, each a transient error and a backoff."""
+    `handle_error` listeners. The statements run on the driver's connection (the claim, COPY of
+    a bulk enqueue, the one-call enqueue's insert, the export's stream) invalidated only their
+    own connection, so each other pooled connection failed once more afterwards, each a
+    transient error and a backoff."""
     app = make_app()
     _jobs(app)
-    sql = LeaseSQL(app.db, 6.0)
     engine = app.db.engine
     held = [engine.connect() for _ in range(3)]
     for conn in held:
         conn.exec_driver_sql("SELECT 1")
     for conn in held:
         conn.close()
-    _terminate_others(app)
+    if by != "export stream":
+        _terminate_others(app)
     seen: list[bool] = []
     event.listen(engine, "handle_error", lambda ctx: seen.append(ctx.is_disconnect))
-    params = {"queues": ["default"], "tasks": ["t"], "limit": 1, "worker": "w", "token": 1}
-    with pytest.raises(OperationalError) as caught, engine.connect() as conn:
-        if by == "driver":
-            assert sql._claim_driver is not None
-            sql._claim_driver.rows(conn, params)
-        else:
-            conn.execute(sql._claim, params)
+    with pytest.raises(OperationalError) as caught:
+        _run_after_restart(app, by)
     assert caught.value.connection_invalidated and is_transient(caught.value)
     again = [engine.connect() for _ in range(3)]  # the other two pooled ones and a new one
     try:
@@ -293,7 +337,8 @@ def test_a_dropped_connection_at_the_claim_recycles_the_pool_as_sqlalchemy_does(
     finally:
         for conn in again:
             conn.close()
-    assert seen == [True]  # told once, as a disconnect
+    # told once, as a disconnect; a pooled driver connection has no `Connection` to tell them
+    assert seen == ([] if by == "one-job insert" else [True])
 
 
 _unique = Table("review_unique", MetaData(), Column("x", Integer, primary_key=True))
@@ -345,7 +390,9 @@ def test_driver_error_gives_sqlalchemy_s_class(make_app, statement, kind):
         raw = driver_of(conn)
         with pytest.raises(psycopg.Error) as caught:
             raw.execute(statement)
-        error = driver_error(conn, statement, caught.value)
+        with pytest.raises(DatabaseError) as raised:  # on a `Connection`, SQLAlchemy's handling raises it
+            raise driver_error(conn, statement, caught.value)
+        error = raised.value
         conn.rollback()
     assert type(error) is kind and error.orig is caught.value
     assert is_transient(error) == (kind is OperationalError)

@@ -320,15 +320,33 @@ def conninfo(engine: Engine) -> str:
     return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def driver_error(conn: AnyConnection, statement: str, error: psycopg.Error) -> exc.DBAPIError:
-    """Turn an error raised on the raw psycopg connection (COPY) into SQLAlchemy's form,
-    invalidating a broken connection so the pool never hands it out again."""
+def driver_error(
+    conn: AnyConnection,
+    statement: str,
+    error: psycopg.Error,
+    *,
+    parameters: Any = None,
+    cursor: Any = None,
+    context: Any = None,
+) -> exc.DBAPIError:
+    """Turn an error raised on the driver's connection (driver claim, COPY, one-job insert,
+    export stream) into SQLAlchemy's, as its own execute would: its class (IntegrityError,
+    DataError…) and, on a disconnect, the whole pool marked stale (a server restart killed
+    every pooled connection, not only this one) so none is handed out again. On a `Connection`
+    SQLAlchemy's own handling runs (its `handle_error` listeners told) and raises."""
+    if isinstance(conn, Connection):
+        conn._handle_dbapi_exception(error, statement, parameters, cursor, context)  # type: ignore[arg-type]
     raw = driver_of(conn)
     broken = bool(getattr(raw, "closed", False) or getattr(raw, "broken", False))
-    if broken and isinstance(conn, Connection | PoolProxiedConnection):
-        conn.invalidate()
-    # SQLAlchemy's class for it (IntegrityError, DataError, ProgrammingError…), as its execute gives
-    wrapped = exc.DBAPIError.instance(statement, None, error, psycopg.Error, connection_invalidated=broken)
+    if broken and isinstance(conn, PoolProxiedConnection):
+        pool = getattr(conn, "_pool", None)  # a pooled driver connection (`Database.single`)
+        if pool is not None:
+            pool._invalidate(conn, error)  # every connection older than now is replaced at checkout
+        else:
+            conn.invalidate(error)
+    wrapped = exc.DBAPIError.instance(
+        statement, parameters, error, psycopg.Error, connection_invalidated=broken
+    )
     assert isinstance(wrapped, exc.DBAPIError)
     return wrapped
 
@@ -454,10 +472,10 @@ class DriverStatement:
                 cursor.execute(sql, values)
                 raw: list[tuple[Any, ...]] = cursor.fetchall()
             except psycopg.Error as error:
-                if isinstance(conn, Connection):  # raises SQLAlchemy's error
-                    context = context or _DriverContext(conn, cursor)
-                    conn._handle_dbapi_exception(error, sql, values, cursor, context)  # type: ignore[arg-type]
-                raise driver_error(conn, sql, error) from error
+                if context is None and isinstance(conn, Connection):
+                    context = _DriverContext(conn, cursor)
+                failed = driver_error(conn, sql, error, parameters=values, cursor=cursor, context=context)
+                raise failed from error
             if listening is not None:
                 for after in listening.dispatch.after_cursor_execute:
                     after(listening, cursor, sql, values, context, False)
@@ -587,7 +605,7 @@ class PostgresBackend:
             conn.dispatch.after_cursor_execute(conn, cursor, sql, params, context, False)
             yield itertools.chain(() if first is None else (first,), rows)
         except psycopg.Error as error:
-            raise driver_error(conn, sql, error) from error
+            raise driver_error(conn, sql, error, parameters=params, cursor=cursor, context=context) from error
         finally:
             rows.close()  # left early: cancels the statement and drains what was sent
             cursor.close()
