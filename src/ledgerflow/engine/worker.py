@@ -12,7 +12,9 @@ Threads of one worker process:
 * a maintenance thread: rescues jobs whose worker died (after confirming their lease
   stayed expired while the database was writable), stages due jobs, runs hooks;
 * a waker (LISTEN/NOTIFY or SQLite `data_version`) and a pool of daemon threads for
-  sync tasks.
+  sync tasks. While the loop waits idle it arms its next claim: the waker's thread starts
+  it on the database thread at once on a notification, and the loop, woken meanwhile,
+  takes its result as that of its own cycle.
 
 A database error never ends the worker: the cycle is retried with backoff, outcomes
 stay buffered, and leases that could not be renewed are rescued by whoever is alive.
