@@ -97,7 +97,7 @@ def _install() -> None:
             record("notify")
             yield note
 
-    psycopg.Connection.notifies = stamped  # type: ignore[method-assign]
+    psycopg.Connection.notifies = stamped  # type: ignore[method-assign,assignment]
     _wrap(Worker, "_notified", "notified")
     _wrap(Worker, "_woken", "woken")
     _wrap(Worker, "_cycle", "cycle", "cycled")
