@@ -123,9 +123,8 @@ def test_a_burst_of_single_enqueues_each_starts_promptly_and_once(running):
     assert attempts == [(1, 61)]
 
 
-def test_a_job_enqueued_while_the_listener_reconnects_starts_after_it_reconnects(running, backend):
-    if backend != "postgresql":
-        pytest.skip("PostgreSQL's LISTEN connection")
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # its LISTEN connection
+def test_a_job_enqueued_while_the_listener_reconnects_starts_after_it_reconnects(running):
     run, client = running()
     with client.db.read() as conn:
         listeners = conn.execute(  # its last statement: LISTEN, or the election's lock
