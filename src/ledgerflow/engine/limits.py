@@ -29,10 +29,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, literal, or_, select, update
+from sqlalchemy import Connection, and_, delete, func, literal, or_, select, text, tuple_, update
 
 from ledgerflow.db.database import Database
-from ledgerflow.db.tables import CLAIM_INDEX, CLAIMABLE_SQL, job_limits, jobs
+from ledgerflow.db.tables import job_limits, jobs
+from ledgerflow.engine.claim_order import ORDER, first_in_claim_order
 from ledgerflow.engine.states import JobState
 from ledgerflow.engine.store import dialect_insert
 from ledgerflow.errors import BadInput
@@ -297,6 +298,11 @@ class LimitedPick:
     opens_in: float | None
 
 
+#: The running jobs, the state written out: as a parameter, PostgreSQL's generic plan of the
+#: count of the limited queues' running jobs (a prepared statement) read 280,000-325,000 rows
+#: of a 1,000,000-job table instead of the few running.
+_RUNNING = text("jobs.state = 'running'")
+
 #: A rate window's start and a job's stored start match within this (the stored clock's rounding).
 _SAME_START = 1e-3
 
@@ -348,10 +354,7 @@ def limited_candidates(
     if counted:
         running = conn.execute(
             select(jobs.c.queue, jobs.c.task, func.count())
-            .where(
-                jobs.c.state == S.RUNNING,
-                or_(jobs.c.queue.in_(limited_queues), jobs.c.task.in_(limited_tasks)),
-            )
+            .where(_RUNNING, or_(jobs.c.queue.in_(limited_queues), jobs.c.task.in_(limited_tasks)))
             .group_by(jobs.c.queue, jobs.c.task)
         ).all()
         for queue, task, n in running:
@@ -363,29 +366,24 @@ def limited_candidates(
     for queue, cap in local_caps.items():  # this worker's own cap, limited globally or not
         budget[("queue", queue)] = min(budget.get(("queue", queue), math.inf), cap)
     picked: list[int] = []
+    read_on: list[Any] = []  # after the first round: the jobs not read yet
     while len(picked) < want:  # each round claims at least its first candidate
-        open_queues = [q for q in queues if budget.get(("queue", q), 1) > 0]
         open_tasks = [t for t in tasks if budget.get(("task", t), 1) > 0]
-        if not open_queues or not open_tasks:
+        walks = []
+        for queue in dict.fromkeys(queues):
+            if budget.get(("queue", queue), 1) <= 0:
+                continue
+            # the queue's jobs under a limit: all of a limited queue, those of limited tasks else
+            held = ("queue", queue) in limited
+            mine = [t for t in open_tasks if held or ("task", t) in limited]
+            if mine:
+                walks.append(and_(jobs.c.queue == queue, jobs.c.task.in_(mine), not_blocked, *read_on))
+        if not walks:
             break
-        query = (
-            select(jobs.c.id, jobs.c.queue, jobs.c.task)
-            .where(
-                CLAIMABLE_SQL,
-                jobs.c.queue.in_(open_queues),
-                jobs.c.task.in_(open_tasks),
-                or_(jobs.c.queue.in_(limited_queues), jobs.c.task.in_(limited_tasks)),
-                not_blocked,
-            )
-            .order_by(jobs.c.priority, jobs.c.scheduled_at, jobs.c.id)
-            .limit(want - len(picked))
-            .with_hint(jobs, CLAIM_INDEX, "sqlite")
-        )
-        if picked:
-            query = query.where(jobs.c.id.not_in(picked))
-        candidates = conn.execute(db.backend.skip_locked(query)).all()
-        before = len(picked)
-        for job_id, queue, task in candidates:
+        n = want - len(picked)
+        query = first_in_claim_order(db, walks, n, (jobs.c.queue, jobs.c.task, *ORDER))
+        candidates = conn.execute(query).all()
+        for queue, task, _, _, job_id in candidates:
             keys = [k for k in (("queue", queue), ("task", task)) if k in budget]
             if all(budget[k] > 0 for k in keys):
                 for k in keys:
@@ -393,8 +391,11 @@ def limited_candidates(
                     if k in windows:
                         windows[k].append(now)
                 picked.append(int(job_id))
-        if len(picked) - before == len(candidates):
-            break  # nothing passed over: the limits did not hold back anything more
+        if len(candidates) < n:
+            break  # every job the limits left open was read
+        # Some were passed over (else `want` is reached), each for a limit now full: the next
+        # round leaves that limit's jobs out, and the jobs picked.
+        read_on = [_after(candidates[-1][2:]) if db.is_sqlite else jobs.c.id.not_in(picked)]
     for key, window in windows.items():
         if window != limited[key].recent_starts:
             conn.execute(
@@ -403,6 +404,16 @@ def limited_candidates(
                 .values(recent_starts=window)
             )
     return LimitedPick(picked, started, _opens_in(limited, windows, now))
+
+
+def _after(last: Sequence[Any]) -> Any:
+    """SQLite: the jobs after the last candidate in claim order (`last`: its `ORDER` values).
+    Each walk then reads on from there (its index range), so a job ahead that a full limit holds
+    back is read once per claim, not again at each round (5,000 such jobs: 221 → 136 thousand
+    steps for a claim of three rounds). Not on PostgreSQL: the planner estimated the row
+    comparison to keep one row and walked the claim index past all of them, where without it
+    it read the other tasks' few jobs through ix_jobs_state_task_queue and sorted them."""
+    return tuple_(*ORDER) > tuple_(*last, types=[c.type for c in ORDER])
 
 
 def _opens_in(limited: Mapping[Key, Any], windows: Mapping[Key, list[float]], now: float) -> float | None:
