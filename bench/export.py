@@ -48,7 +48,7 @@ def reference_seconds(app: App, directory: Path) -> tuple[float, float]:
     )
     started, cpu = time.perf_counter(), time.process_time()
     with (
-        app.db.read() as conn,
+        app.db.read(transaction=True) as conn,
         open(directory / "reference.csv", "w", encoding="utf-8-sig", newline="") as out,
     ):
         writer = csv.writer(out, lineterminator="\r\n")

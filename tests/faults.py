@@ -115,6 +115,14 @@ class StatementFaults:
 
         return only
 
+    @staticmethod
+    def starting(prefix: str, thread_prefix: str = "") -> Callable[[Statement], bool]:
+        """Only the statements (on threads named `thread_prefix`…) whose SQL starts with
+        `prefix`: e.g. a worker cycle's `BEGIN IMMEDIATE` on SQLite."""
+        return lambda s: (
+            s.kind == "execute" and s.thread.startswith(thread_prefix) and s.sql.startswith(prefix)
+        )
+
     @property
     def count(self) -> int:
         return len(self.log)
@@ -166,7 +174,9 @@ class StatementFaults:
             os.kill(os.getpid(), signal.SIGKILL)
         if self.mode == "stop":
             self.fired = statement
-            os.kill(os.getpid(), signal.SIGSTOP)
+            # to this thread: it stops the whole process before the statement. Sent to the
+            # process, the signal was taken by the main thread, and this one ran on meanwhile.
+            signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)
         if self.mode == "error_before":
             self.fired = statement
             raise injected_error(sql)
@@ -198,13 +208,16 @@ def from_environment() -> StatementFaults | None:
     """The plan in `LEDGERFLOW_TEST_FAULT` (`MODE:K[:THREAD_PREFIX[:SQL_FRAGMENT]]`), or None.
 
     With a SQL fragment only the commits of transactions that sent it are numbered
-    (`StatementFaults.commits_of`)."""
+    (`StatementFaults.commits_of`); with `^SQL` only the statements starting with `SQL`
+    (`StatementFaults.starting`)."""
     spec = os.environ.get("LEDGERFLOW_TEST_FAULT")
     if not spec:
         return None
     mode, at, *rest = spec.split(":", 3)
     only = None
-    if len(rest) == 2:
+    if len(rest) == 2 and rest[1].startswith("^"):
+        only = StatementFaults.starting(rest[1][1:], rest[0])
+    elif len(rest) == 2:
         only = StatementFaults.commits_of(rest[1], rest[0])
     elif rest and rest[0]:
         only = StatementFaults.in_thread(rest[0])

@@ -96,11 +96,13 @@ def test_search_agrees_with_brute_force_as_the_index_lags_catches_up_and_jobs_ch
     _index_some(app, data.draw(st.integers(0, len(ids)), label="indexed"))
     later = data.draw(st.lists(st.tuples(texts, texts), max_size=5), label="enqueued after")
     ids += app.enqueue_many([JobSpec(task="t", args=(a,), kwargs={"k": b}) for a, b in later])
-    with app.db.begin() as conn:
-        for job_id in data.draw(st.lists(st.sampled_from(ids), max_size=4), label="deleted"):
+    deleted = data.draw(st.lists(st.sampled_from(ids), max_size=4), label="deleted")
+    failed = data.draw(st.lists(st.sampled_from(ids), max_size=4), label="failed")
+    messages = [data.draw(texts, label="error") for _ in failed]
+    with app.db.begin() as conn:  # drawn before: no transaction open across the drawing
+        for job_id in deleted:
             conn.execute(delete(jobs).where(jobs.c.id == job_id))
-        for job_id in data.draw(st.lists(st.sampled_from(ids), max_size=4), label="failed"):
-            message = data.draw(texts, label="error")
+        for job_id, message in zip(failed, messages, strict=True):
             errors = [
                 {
                     "attempt": 1,

@@ -456,7 +456,7 @@ def test_an_export_streaming_to_a_slow_consumer_outlives_the_idle_in_transaction
     make_export_app().ledger.record_many([entry(f"SLOW-{i}") for i in range(1200)])
     app = make_export_app(db_idle_in_transaction_timeout=1.0)
     if backend == "postgresql":  # the limit is live: an ordinary transaction idle that long is ended
-        with pytest.raises(Exception, match="idle"), app.db.read() as conn:
+        with pytest.raises(Exception, match="idle"), app.db.read(transaction=True) as conn:
             conn.execute(select(1))
             time.sleep(3)
             conn.execute(select(1))

@@ -10,15 +10,17 @@ import json
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledgerflow import BadInput
-from ledgerflow.export import writer
+from ledgerflow.export import profiles, writer
 from ledgerflow.export.profiles import (
     PROFILES,
+    TextCells,
     check_entry,
     entry_rows,
     format_date,
@@ -640,3 +642,23 @@ def test_the_files_read_back_give_the_writers_totals_whatever_the_counting_chunk
     assert (
         sum(t["lines"] for t in read.values()) == generated.line_count == sum(len(e.lines) for e in entries)
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.none() | NASTY | st.sampled_from(["5100", "Cash", "=1", " +1", "仮払消費税"]), max_size=40),
+    st.sampled_from(sorted(PROFILES)),
+    st.booleans(),
+    st.integers(min_value=0, max_value=6),
+)
+def test_a_remembered_text_cell_is_cleaned_and_counted_each_time_it_is_written(values, name, guard, limit):
+    """`TextCells.line[v]` is `cell(v)` and counts as it does, however often `v` comes back and
+    whatever the bound on the values remembered (which it never passes)."""
+    profile = PROFILES[name].with_options(formula_guard=guard)
+    remembered, each = TextCells(profile), TextCells(profile)
+    with mock.patch.object(profiles, "REMEMBERED_CELLS", limit):
+        for value in values * 2:
+            assert remembered.line[value] == each.cell(value)
+            assert len(remembered.line) <= limit
+    assert (remembered.flattened, remembered.neutralised) == (each.flattened, each.neutralised)
+    assert all(text == (value or "") for value, text in remembered.line.items())  # unchanged only

@@ -122,3 +122,55 @@ def test_a_subprocess_can_be_frozen_at_a_statement_and_carries_on_after_sigcont(
         proc.kill()
         proc.wait()
     assert len((tmp_path / "stopped.log").read_text().splitlines()) > 3
+
+
+def test_a_worker_frozen_at_a_statement_of_one_thread_stops_before_it_not_after(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
+    """A `stop` fault on the database thread of a worker (a process of many threads) freezes it
+    before the statement: frozen at its first `BEGIN IMMEDIATE`, it holds no write lock. (Sent
+    to the process, the SIGSTOP was taken by the main thread, and the database thread ran on
+    into its claim meanwhile, holding the lock, in 7 of 8 runs on a loaded machine.)"""
+    import os
+    import shutil
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    from ledgerflow import App
+    from tests.apps import basic
+    from tests.conftest import FAST, ROOT, count_runs, wait_until
+    from tests.faults import process_state
+
+    path = tmp_path / "w.db"
+    shutil.copy(sqlite_template, path)
+    url = f"sqlite:///{path}"
+    app = App(database_url=url, log_level="WARNING")
+    ids = app.enqueue_many([basic.record.prepare() for _ in range(4)])  # for the first claim
+    app.close()
+    env = {
+        **os.environ,
+        **FAST,
+        "LEDGERFLOW_DATABASE_URL": url,
+        "LEDGERFLOW_TEST_FAULT": "stop:1:ledgerflow-db:^BEGIN IMMEDIATE",
+        "LEDGERFLOW_TEST_FAULT_LOG": str(tmp_path / "stopped.log"),
+    }
+    args = ["worker", "--app", "tests.apps.basic:app", "--burst", "--concurrency", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "tests.faultrun", *args], cwd=ROOT, env=env)
+    try:
+        wait_until(lambda: process_state(proc.pid) == "T", 60, 0.02, "the worker to stop itself")
+        time.sleep(0.2)  # long enough for another thread to run on, were it not stopped
+        stopped_at = (tmp_path / "stopped.log").read_text().splitlines()
+        assert stopped_at == ["execute\tledgerflow-db_0\tBEGIN IMMEDIATE"]
+        other = sqlite3.connect(path, timeout=0.5)
+        other.execute("BEGIN IMMEDIATE")  # the write lock is free: the worker stopped before its BEGIN
+        other.execute("ROLLBACK")
+        other.close()
+        proc.send_signal(signal.SIGCONT)
+        assert proc.wait(120) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert count_runs(url) == dict.fromkeys(ids, 1)

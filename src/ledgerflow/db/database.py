@@ -2,6 +2,7 @@
 
 Write transactions on SQLite start with `BEGIN IMMEDIATE` (a second writer waits for
 the lock instead of failing half-way); read-only transactions use a plain `BEGIN`.
+PostgreSQL reads run each statement alone (`read`), writes in transactions.
 PostgreSQL sessions carry `SessionLimits` and TCP keepalives (see `postgres.py`).
 Connection failures, and timeouts of those limits, surface as `DatabaseUnavailable`,
 a retryable error; a checkout that times out waiting for a pooled connection is also
@@ -97,19 +98,29 @@ class Database:
             yield conn
 
     @contextlib.contextmanager
-    def read(self) -> Iterator[Connection]:
-        """A read-only transaction; on SQLite it takes no write lock."""
-        with (
-            self._translate(),
-            self.engine.connect().execution_options(ledgerflow_readonly=True) as conn,
-            conn.begin(),
-        ):
-            yield conn
+    def read(self, *, transaction: bool = False) -> Iterator[Connection]:
+        """Reads. SQLite: one read transaction (one snapshot, no write lock). PostgreSQL: each
+        statement runs alone (autocommit), so no transaction stays open between statements: a
+        reader the host pauses (garbage collection, a starved CPU) is never ended by
+        `idle_in_transaction_session_timeout`, and holds no snapshot. Its statements see what
+        they would see in a READ COMMITTED transaction (a snapshot each). `transaction`: one
+        PostgreSQL transaction too, for `lift_limits` and `stream`."""
+        if transaction or self.is_sqlite:
+            with (
+                self._translate(),
+                self.engine.connect().execution_options(ledgerflow_readonly=True) as conn,
+                conn.begin(),
+            ):
+                yield conn
+        else:
+            with self.autocommit() as conn:
+                yield conn
 
     def lift_limits(self, conn: Connection, *, lock_wait: bool = False, idle: bool = False) -> None:
         """Let the rest of this transaction run statements of any length (bulk work), with
         `lock_wait` also wait for locks as long as it takes (migrations), and with `idle` stay
         idle between statements as long as it takes (a stream read as fast as its consumer)."""
+        _need_transaction(conn, "lift_limits")
         self.backend.lift_limits(conn, lock_wait=lock_wait, idle=idle)
 
     @contextlib.contextmanager
@@ -117,8 +128,10 @@ class Database:
         self, conn: Connection, query: Select[Any], size: int = 5000
     ) -> Iterator[Iterator[Sequence[Any]]]:
         """`query`'s rows read as the consumer goes (memory flat), fetched `size` at a time;
-        the statement ends on leaving, however far the rows were read. On PostgreSQL the rows
-        are the driver's values (no SQLAlchemy result processing): select plain columns only."""
+        the statement ends on leaving, however far the rows were read. The rows are the
+        driver's values (no SQLAlchemy result processing: SQLite gives a date as its ISO text
+        and a boolean as 0 or 1): select plain columns only."""
+        _need_transaction(conn, "stream")
         with self.backend.stream(conn, query, size) as rows:
             yield rows
 
@@ -301,6 +314,12 @@ class SQLiteSingle:
         self._conn = None
         with contextlib.suppress(Exception):
             conn.close()
+
+
+def _need_transaction(conn: Connection, what: str) -> None:
+    """Refuse `what` on an autocommit connection, where it would last one statement only."""
+    if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+        raise ValueError(f"{what} needs a transaction: use db.begin() or db.read(transaction=True)")
 
 
 def _first_line(error: BaseException) -> str:

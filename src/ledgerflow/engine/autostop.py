@@ -55,8 +55,8 @@ class AutoStop:
             job_executions.c.status.in_(["completed", "failed"]),
             job_executions.c.error_type.is_(None) | job_executions.c.error_type.not_in(NOT_FAILURES),
         ]
+        paused = {p.name for p in self.app.store.pauses() if p.kind == "task"}  # its own connection
         with db.read() as conn:
-            paused = {p.name for p in self.app.store.pauses() if p.kind == "task"}
             suspects = set(
                 conn.execute(
                     select(job_executions.c.task)

@@ -393,9 +393,11 @@ class JobStore:
 
         A running, available or completed job is refused (`NotAllowed`, 409 / exit 2): the
         internal running → available moves (release, rescue) are not a user's retry. A job
-        whose unique key a live job holds now is refused with `Conflict` naming that job.
+        whose unique key a live job holds now is refused with `Conflict` naming that job. Run
+        once more if the server ended the transaction before it committed (`Database.run`).
         """
-        with self.db.begin() as conn:
+
+        def move(conn: Connection) -> Job:
             report = self._make_available(conn, [job_id])
             if job_id in report.refused:
                 raise Conflict(f"job {job_id} not retried: {report.refused[job_id]}")
@@ -406,19 +408,22 @@ class JobStore:
                 )
             return self.get(job_id, conn)
 
+        return self.db.run(move)
+
     def retry_dead(self, task: str | None = None, ids: Iterable[int] | None = None) -> RetryReport:
         """Retry every dead job (optionally of one task, or only `ids`).
 
         Retries what can be retried; a job whose unique key a live job holds stays dead and
-        is reported in `refused` with the reason.
+        is reported in `refused` with the reason. Run once more if the server ended the
+        transaction before it committed (its connection lost, or idle past
+        `idle_in_transaction_session_timeout` while this process was paused): `Database.run`.
         """
-        with self.db.begin() as conn:
-            query = select(jobs.c.id).where(jobs.c.state == S.DEAD).order_by(jobs.c.id)
-            if task:
-                query = query.where(jobs.c.task == task)
-            if ids is not None:
-                query = query.where(jobs.c.id.in_(list(ids)))
-            return self._make_available(conn, list(conn.execute(query).scalars()))
+        query = select(jobs.c.id).where(jobs.c.state == S.DEAD).order_by(jobs.c.id)
+        if task:
+            query = query.where(jobs.c.task == task)
+        if ids is not None:
+            query = query.where(jobs.c.id.in_(list(ids)))
+        return self.db.run(lambda conn: self._make_available(conn, list(conn.execute(query).scalars())))
 
     def _make_available(self, conn: Connection, ids: list[int]) -> RetryReport:
         """Retry `ids` in chunks; a chunk that breaks a unique key is retried job by job."""

@@ -103,7 +103,7 @@ def verify_chain(db: Database) -> ChainReport:
     problems: list[str] = []
     prev = GENESIS
     count = 0
-    with db.read() as conn:
+    with db.read(transaction=True) as conn:  # the rows come through a server-side cursor
         rows = conn.execution_options(yield_per=2000).execute(select(export_logs).order_by(export_logs.c.id))
         for r in rows:
             count += 1

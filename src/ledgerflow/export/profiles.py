@@ -178,14 +178,42 @@ def entry_rows(entry: Entry, late: bool = False) -> EntryRows:
     )
 
 
+#: Distinct text values a file set remembers (`TextCells.line`): a repeated account, account
+#: name or tax code costs one dict look-up; memory stays bounded.
+REMEMBERED_CELLS = 4096
+
+
+class _Remembered(dict[str | None, str]):
+    """text value -> its cell, made by `make` the first time; kept (up to `REMEMBERED_CELLS`
+    values) only when written unchanged, so a value the profile's rules change is cleaned and
+    counted each time it is written."""
+
+    def __init__(self, make: Callable[[str | None], str]) -> None:
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, value: str | None) -> str:
+        text = self.make(value)
+        if text == (value or "") and len(self) < REMEMBERED_CELLS:
+            self[value] = text
+        return text
+
+
 class TextCells:
     """Cleans the free-text cells (account, description, memo …) as a layout builds them, and
-    counts what the profile's rules changed. Amount, date and flag cells never pass here."""
+    counts what the profile's rules changed. Amount, date and flag cells never pass here.
+
+    `line[value]` is `cell(value)` for the cells of a line that repeat from line to line
+    (account, account name, tax code): a value written unchanged is remembered, so a repeated
+    one is a dict look-up; a value the rules change is cleaned and counted each time it is
+    written. Free text (memo, description) goes through `cell`: mostly distinct, a miss would
+    cost more than the call."""
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
         self.flattened = 0  # cells whose line breaks, tabs or control characters were replaced
         self.neutralised = 0  # cells the formula guard prefixed with '
+        self.line = _Remembered(self.cell)
 
     def cell(self, value: str | None, cells: int = 1) -> str:
         """`value` as written; it fills `cells` cells of the file (an entry's text on each of its rows)."""
@@ -327,26 +355,24 @@ def tax_amounts(entry: EntryRows, profile: Profile) -> dict[int, int]:
 
 
 def _generic(p: Profile, text: TextCells) -> RowBuilder:
-    cell = text.cell
+    cell, line_cell = text.cell, text.line
 
     def rows(entry: EntryRows, slip: int) -> Cells:
         n = len(entry.lines)
         reference, description = cell(entry.reference, n), cell(entry.description, n)
-        day, currency, amount = (
-            format_date(entry.date, p.date_style),
-            entry.currency,
-            minor_formatter(entry.currency),
-        )
+        day, currency = format_date(entry.date, p.date_style), entry.currency
+        amount = minor_formatter(currency)
+        zero = amount(0)  # one side of most lines: no call
         return [
             [
                 reference,
                 day,
-                cell(line[ACCOUNT]),
-                cell(line[ACCOUNT_NAME]),
+                line_cell[line[ACCOUNT]],
+                line_cell[line[ACCOUNT_NAME]],
                 description,
-                amount(line[DEBIT]),
-                amount(line[CREDIT]),
-                cell(line[TAX_CODE]),
+                amount(debit) if (debit := line[DEBIT]) else zero,
+                amount(credit) if (credit := line[CREDIT]) else zero,
+                line_cell[line[TAX_CODE]],
                 currency,
                 cell(line[MEMO]),
             ]
@@ -366,7 +392,7 @@ def _sides(
     """Per line: (line, debit cells, credit cells) as [account, tax code, amount, tax amount];
     the side a line is not on gets `blank` amounts and empty text."""
     taxes = tax_amounts(entry, p)
-    amount, cell = minor_formatter(entry.currency), text.cell
+    amount, line_cell = minor_formatter(entry.currency), text.line
     if p.max_amount_digits is not None:  # several tax lines may add up past the layout's digits
         largest = 10 ** (p.max_amount_digits + MINOR_UNITS[entry.currency])
         for i, summed in taxes.items():
@@ -379,8 +405,8 @@ def _sides(
     for i, line in enumerate(entry.lines):
         tax = amount(taxes[i]) if i in taxes else ""
         filled = [
-            cell(_account(line)),
-            cell(line[TAX_CODE]),
+            line_cell[_account(line)],
+            line_cell[line[TAX_CODE]],
             amount(line[DEBIT] or line[CREDIT]),
             tax,
         ]

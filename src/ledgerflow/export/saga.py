@@ -284,7 +284,7 @@ class ExportSaga:
         key = f"daily:{batch_date.isoformat()}"
         base = DRY_RUN_PREFIX + self._base_name(key, "daily", batch_date, None)
         held: list[dict[str, Any]] = []
-        with self.db.read() as conn:
+        with self.db.read(transaction=True) as conn:
             self.db.lift_limits(conn, idle=True)  # a stream read as fast as the files are written
             done = conn.execute(
                 select(export_batches).where(b.batch_key == key, b.state == "completed")
@@ -718,14 +718,14 @@ class ExportSaga:
     def _books(self, batch_id: int, recorded: dict[str, Any]) -> tuple[Totals, dict[str, Any]]:
         """The snapshot's totals summed in SQL, and the audit chain head the manifest anchors
         (once recorded, kept: the bytes must not change)."""
-        with self.db.read() as conn:
+        with self.db.read(transaction=True) as conn:
             self.db.lift_limits(conn, idle=True)
             return books_totals(conn, batch_id), recorded.get("audit_anchor") or _chain_head(conn)
 
     def _generate(
         self, batch: dict[str, Any], work: Path, base: str, on_progress: Callable[[int, int], None] | None
     ) -> Generated:
-        with self.db.read() as conn:
+        with self.db.read(transaction=True) as conn:
             # the generation timeout bounds this stream, not the statement or idle-in-transaction timeout
             self.db.lift_limits(conn, idle=True)
             total = count_lines(conn, batch["id"]) if on_progress else 0

@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from decimal import Decimal
 from operator import itemgetter
 from pathlib import Path
@@ -207,10 +208,12 @@ _DEBITS, _CREDITS = itemgetter(DEBIT), itemgetter(CREDIT)
 
 def stream_entries(rows: Iterable[Sequence[Any]]) -> Iterator[EntryRows]:
     """Entries one at a time, each with its rows as read (`rows` of `export_columns`, ordered by
-    entry, as `Database.stream` reads them)."""
+    entry, as `Database.stream` reads them: SQLite's dates are ISO text, its booleans 0 or 1)."""
     for _entry_id, group in itertools.groupby(rows, key=_ENTRY_ID):
         lines = list(group)
         _, _, _, _, _, _, entry_id, reference, day, description, currency, late = lines[0]
+        if day.__class__ is str:
+            day = date.fromisoformat(day)
         yield EntryRows(entry_id, reference, day, description, currency, bool(late), lines)
 
 
