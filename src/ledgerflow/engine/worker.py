@@ -12,7 +12,9 @@ Threads of one worker process:
 * a maintenance thread: rescues jobs whose worker died (after confirming their lease
   stayed expired while the database was writable), stages due jobs, runs hooks;
 * a waker (LISTEN/NOTIFY or SQLite `data_version`) and a pool of daemon threads for
-  sync tasks.
+  sync tasks. While the loop waits idle it arms its next claim: the waker's thread starts
+  it on the database thread at once on a notification, and the loop, woken when it is
+  back, takes its result as that of its own cycle.
 
 A database error never ends the worker: the cycle is retried with backoff, outcomes
 stay buffered, and leases that could not be renewed are rescued by whoever is alive.
@@ -34,8 +36,8 @@ import socket
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -70,6 +72,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 S = JobState
 Key = tuple[int, int]
+#: What a cycle returns: (claims, outcomes refused because the lease was lost, outcomes still to write).
+CycleResult = tuple[list[Claim], list[Outcome], list[Outcome]]
 
 
 class WorkerExit(StrEnum):
@@ -109,6 +113,17 @@ class _Running:
     child: ChildProcess | None = None
     fenced: bool = False
     released: bool = False
+
+
+@dataclass
+class _Armed:
+    """A claim the waker's thread may start while the loop waits idle (`Worker._notified`): the
+    loop's budget when it began to wait, and once started, the wake-ups it covers and its cycle."""
+
+    slots: dict[str, int]
+    db_thread: ThreadPoolExecutor
+    wakes: int = 0
+    cycle: Future[CycleResult] | None = None
 
 
 def parse_queues(spec: str | Sequence[str] | None) -> dict[str, int | None]:
@@ -176,9 +191,12 @@ class Worker:
         self._context = contextvars.copy_context()
         self._wake: asyncio.Event | None = None
         self._waker: Waker | None = None
-        #: Claim only when there may be work: after a wake-up (counted), a full claim, a
-        #: timeout, or an outcome that schedules work again (retry, snooze, release).
+        #: Claim only when there may be work: after a wake-up (counted, by the waking thread), a
+        #: full claim, a timeout, or an outcome that schedules work again (retry, snooze, release).
         self._wakes = 0
+        self._wake_lock = threading.Lock()  # guards `_wakes` and `_armed`
+        #: While the loop waits idle: the claim a notification starts at once (`_notified`).
+        self._armed: _Armed | None = None
         self._wakes_claimed = -1
         self._claim_due = True
         self._due_at: float | None = None  # monotonic time the next scheduled job falls due
@@ -245,17 +263,47 @@ class Worker:
         limit; SQLite's waker names no queue."""
         if payload is None or payload in self._limited_queues:
             self._limited_retry_at = 0.0
-        self.wake()
+        self._signal(start_claim=True)
 
     def wake(self) -> None:
         """There may be new work: claim at the next turn of the loop."""
+        self._signal(start_claim=False)
+
+    def _signal(self, start_claim: bool) -> None:
+        """Count a wake-up and wake the loop. With `start_claim` (a notification), the claim the
+        idle loop armed is started on the database thread from this thread instead, and the
+        loop is woken when it is back (`_notified_cycle`): two thread hops fewer before the
+        statement, and the loop does not compete with the claim for the CPU meanwhile. The
+        wake-up is counted before the claim starts, so a later one, which the claim may have
+        missed, makes the loop claim again."""
+        with self._wake_lock:
+            self._wakes += 1
+            armed = self._armed
+            if start_claim and armed is not None and not self._stopping and self._may_claim():
+                self._armed = None
+                armed.wakes = self._wakes
+                armed.cycle = armed.db_thread.submit(self._notified_cycle, armed.slots)
+                return
+        self._wake_loop()
+
+    def _notified_cycle(self, slots: dict[str, int]) -> CycleResult:
+        """The armed claim a notification started (database thread); wakes the loop once back."""
+        try:
+            return self._cycle([], slots)
+        finally:
+            self._wake_loop()
+
+    async def _taken(self, cycle: Future[CycleResult]) -> CycleResult:
+        """The notified claim's result: at once when it is back (it woke the loop), else awaited."""
+        return cycle.result() if cycle.done() else await asyncio.wrap_future(cycle)
+
+    def _wake_loop(self) -> None:
         loop = self._loop
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # loop already closed
                 loop.call_soon_threadsafe(self._woken)
 
     def _woken(self) -> None:
-        self._wakes += 1
         if self._wake is not None:
             self._wake.set()
 
@@ -326,19 +374,20 @@ class Worker:
         db_thread = ThreadPoolExecutor(1, thread_name_prefix="ledgerflow-db")
         backoff = 0.05
         grace_deadline: float | None = None
+        launched: _Armed | None = None  # the armed claim a notification started during the wait
         try:
             while True:
                 if self._stopping:
                     if grace_deadline is None:
                         grace_deadline = time.monotonic() + (0 if self._force else self.opts.grace_seconds)
                         self.log.info("worker_draining", running=len(self._inflight))
-                        self._return_buffer()
+                    self._return_buffer()  # also what a cycle begun before the stop claimed
                     if self._force and grace_deadline > time.monotonic():
                         grace_deadline = time.monotonic()
                     if self._inflight and time.monotonic() >= grace_deadline:
                         self._release_all()
                         await asyncio.sleep(0)
-                    if not self._inflight and not self._outcomes:
+                    if not self._inflight and not self._outcomes and launched is None:
                         break
                 self._start_buffered()
                 slots = self._claim_budget()
@@ -347,13 +396,18 @@ class Worker:
                 if not (self._claim_due or self._limited or self._wakes != self._wakes_claimed):
                     slots = {}  # nothing new since a claim came back short: only write outcomes
                 claims: list[Claim] = []
-                if slots or self._should_flush():
-                    batch, self._outcomes = self._outcomes, []
-                    wakes = self._wakes
+                if launched is not None or slots or self._should_flush():
+                    cycle: Awaitable[CycleResult]
+                    if launched is not None and launched.cycle is not None:
+                        batch, slots, wakes = [], launched.slots, launched.wakes
+                        cycle = self._taken(launched.cycle)
+                        launched = None
+                    else:
+                        batch, self._outcomes = self._outcomes, []
+                        wakes = self._wakes
+                        cycle = self._loop.run_in_executor(db_thread, self._cycle, batch, slots)
                     try:
-                        claims, refused, unwritten = await self._loop.run_in_executor(
-                            db_thread, self._cycle, batch, slots
-                        )
+                        claims, refused, unwritten = await cycle
                     except Exception as exc:
                         self._outcomes[:0] = batch
                         if not is_transient(exc):
@@ -406,12 +460,19 @@ class Worker:
                 polling = not self._outcomes
                 if self._outcomes:
                     timeout = min(timeout, self.FLUSH_AFTER)
+                armed = self._arm(db_thread) if polling else None
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                    async with asyncio.timeout(timeout):  # no task of its own, as `wait_for` has
+                        await self._wake.wait()
                 except TimeoutError:
                     if polling:  # the poll interval or a due time: claim whatever is there
                         self._claim_due = True
                         self._due_at = None
+                finally:
+                    if armed is not None:
+                        with self._wake_lock:
+                            self._armed = None
+                        launched = armed if armed.cycle is not None else None
                 self._wake.clear()
         finally:
             db_thread.shutdown(wait=True)
@@ -425,6 +486,16 @@ class Worker:
     #: then carries about this many jobs per slot, and its fixed cost (transaction, statements)
     #: is shared by more jobs.
     PREFETCH_PER_SLOT = 32
+
+    def _arm(self, db_thread: ThreadPoolExecutor) -> _Armed | None:
+        """Before an idle wait: the claim a notification may start at once (`_signal`), for the
+        budget of now (what frees a slot meanwhile wakes the loop, which disarms it)."""
+        slots = self._claim_budget()
+        if not slots:
+            return None
+        with self._wake_lock:
+            armed = self._armed = _Armed(slots, db_thread)
+        return armed
 
     def _should_flush(self) -> bool:
         if not self._outcomes:
@@ -480,9 +551,7 @@ class Worker:
             slots[q] = min(free, n - running.get(q, 0))
         return {q: n for q, n in slots.items() if n > 0}
 
-    def _cycle(
-        self, outcomes: list[Outcome], slots: dict[str, int]
-    ) -> tuple[list[Claim], list[Outcome], list[Outcome]]:
+    def _cycle(self, outcomes: list[Outcome], slots: dict[str, int]) -> CycleResult:
         """One transaction (or one statement, `_one_statement`): write finished outcomes, then
         claim up to the budget.
 
@@ -581,7 +650,7 @@ class Worker:
 
     def _after_ambiguous_cycle(
         self, outcomes: list[Outcome], token: int, started: float, error: Exception
-    ) -> tuple[list[Claim], list[Outcome], list[Outcome]]:
+    ) -> CycleResult:
         """Read back what a failed cycle did: its claims (by token) are kept and run, and the
         outcomes whose lease is no longer held were written (or fenced) and are not written again.
         If the database does not answer this either, the next cycle does it first."""
