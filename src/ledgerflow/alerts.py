@@ -31,6 +31,8 @@ from ledgerflow.errors import BadInput, DatabaseUnavailable
 from ledgerflow.logs import get_logger
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
     from ledgerflow.db.database import Database
     from ledgerflow.engine.jobs import Job
 
@@ -55,6 +57,14 @@ class Alert:
         out["opened_at"] = self.opened_at.isoformat()
         out["resolved_at"] = self.resolved_at.isoformat() if self.resolved_at else None
         return out
+
+
+@dataclass(frozen=True)
+class Opened:
+    """An incident recorded in a caller's transaction (`Alerts.open_in`), not yet delivered."""
+
+    alert_id: int
+    payload: dict[str, Any]
 
 
 class Notifier:
@@ -199,49 +209,47 @@ class Alerts:
 
     def raise_alert(self, key: str, severity: str, title: str, message: str, **context: Any) -> bool:
         """Open incident `key` (log + notify). Returns False if it was already open."""
-        if severity not in SEVERITIES:
-            raise ValueError(f"unknown severity {severity!r}")
-        now = datetime.now(UTC)
-        log = getattr(
-            self.log, {"critical": "critical", "error": "error", "warning": "warning"}.get(severity, "info")
-        )
-        log("alert", incident_key=key, severity=severity, title=title, alert_message=message, **context)
+        payload = _payload(key, severity, title, message, context)
+        self._log(payload)
         alert_id = None
         try:
-            from ledgerflow.engine.store import dialect_insert
-
             with self.db.begin() as conn:
-                alert_id = conn.execute(
-                    dialect_insert(self.db, alerts_table)
-                    .values(
-                        incident_key=key,
-                        severity=severity,
-                        title=title,
-                        message=message,
-                        context=_jsonable(context),
-                        opened_at=now,
-                        delivery={},
-                    )
-                    .on_conflict_do_nothing(
-                        index_elements=["incident_key"], index_where=alerts_table.c.resolved_at.is_(None)
-                    )
-                    .returning(alerts_table.c.id)
-                ).scalar()
+                alert_id = _insert(self.db, conn, payload)
             if alert_id is None:
                 return False  # the incident is already open: one alert per incident
         except Exception as exc:  # the database may be what is failing: still notify
             self.log.warning("alert_not_recorded", error=str(exc).splitlines()[0])
-        payload = {
-            "incident_key": key,
-            "severity": severity,
-            "title": title,
-            "message": message,
-            "context": _jsonable(context),
-            "at": now.isoformat(),
-            "resolved": False,
-        }
         self.notifier.submit(payload, lambda result: self._record_delivery(alert_id, result))
         return True
+
+    def open_in(
+        self, conn: Connection, key: str, severity: str, title: str, message: str, **context: Any
+    ) -> Opened | None:
+        """Record incident `key` in the caller's transaction, so that it commits (or rolls back)
+        with the change it reports. None if it was already open; else `send` the result once
+        the transaction has committed."""
+        payload = _payload(key, severity, title, message, context)
+        alert_id = _insert(self.db, conn, payload)
+        return None if alert_id is None else Opened(alert_id, payload)
+
+    def send(self, opened: Opened) -> None:
+        """Log and deliver an incident recorded by `open_in`, after its transaction committed."""
+        self._log(opened.payload)
+        self.notifier.submit(opened.payload, lambda result: self._record_delivery(opened.alert_id, result))
+
+    def _log(self, payload: dict[str, Any]) -> None:
+        severity = payload["severity"]
+        log = getattr(
+            self.log, {"critical": "critical", "error": "error", "warning": "warning"}.get(severity, "info")
+        )
+        log(
+            "alert",
+            incident_key=payload["incident_key"],
+            severity=severity,
+            title=payload["title"],
+            alert_message=payload["message"],
+            **payload["context"],
+        )
 
     def resolve(self, key: str, message: str = "resolved") -> bool:
         """Close incident `key` and send one resolution message. False if it was not open."""
@@ -339,6 +347,43 @@ class Alerts:
             return
         with self.db.begin() as conn:
             conn.execute(update(alerts_table).where(alerts_table.c.id == alert_id).values(delivery=result))
+
+
+def _payload(key: str, severity: str, title: str, message: str, context: dict[str, Any]) -> dict[str, Any]:
+    """What is delivered for a new incident (and what `_insert` records)."""
+    if severity not in SEVERITIES:
+        raise ValueError(f"unknown severity {severity!r}")
+    return {
+        "incident_key": key,
+        "severity": severity,
+        "title": title,
+        "message": message,
+        "context": _jsonable(context),
+        "at": datetime.now(UTC).isoformat(),
+        "resolved": False,
+    }
+
+
+def _insert(db: Database, conn: Connection, payload: dict[str, Any]) -> int | None:
+    """Record a new incident; None (nothing written) if one with its key is already open."""
+    from ledgerflow.engine.store import dialect_insert
+
+    return conn.execute(  # type: ignore[no-any-return]
+        dialect_insert(db, alerts_table)
+        .values(
+            incident_key=payload["incident_key"],
+            severity=payload["severity"],
+            title=payload["title"],
+            message=payload["message"],
+            context=payload["context"],
+            opened_at=datetime.fromisoformat(payload["at"]),
+            delivery={},
+        )
+        .on_conflict_do_nothing(
+            index_elements=["incident_key"], index_where=alerts_table.c.resolved_at.is_(None)
+        )
+        .returning(alerts_table.c.id)
+    ).scalar()
 
 
 def _of_kind(kind: str) -> ColumnElement[bool]:

@@ -6,17 +6,23 @@ and checks the reason recorded with the pause or the alert.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from ledgerflow import App
+from ledgerflow.db.tables import job_executions
 from ledgerflow.db.tables import workers as registered
+from ledgerflow.engine.autostop import AutoStop
+from ledgerflow.errors import DatabaseUnavailable
 from tests.conftest import wait_until
+from tests.faults import StatementFaults
 
 APP = "tests.apps.autostop:app"
 
@@ -114,3 +120,41 @@ def test_the_cpu_rule_alone_stops_claiming_after_the_load_lasts_and_alerts(app, 
     finally:
         burner.kill()
         burner.wait(10)
+
+
+@pytest.mark.parametrize("fault", ["error_before", "error_after"])
+def test_a_task_paused_by_autostop_always_has_its_alert_exactly_once(app, fault):
+    """The alert's statement fails right after the pause was written, or the pause's COMMIT
+    commits but reports an error (as if the worker died there): a later check still leaves the
+    task paused with one open alert. The pause and its alert used to commit apart, and paused
+    tasks are not checked again: the alert was never raised."""
+    app.settings.autostop_consecutive_failures = 3
+    job_ids = [app.registry.get("flaky_import").enqueue(True).id for _ in range(3)]
+    now = datetime.now(UTC)
+    with app.db.begin() as conn:
+        conn.execute(
+            insert(job_executions),
+            [
+                {"job_id": i, "attempt": 1, "task": "flaky_import", "queue": "default", "status": "failed"}
+                | {"started_at": now, "completed_at": now, "error_type": "ValueError"}
+                for i in job_ids
+            ],
+        )
+    only = (
+        StatementFaults.starting("INSERT INTO alerts")
+        if fault == "error_before"
+        else StatementFaults.commits_of("INSERT INTO pauses")
+    )
+    faults = StatementFaults(fault, 1, only=only).install(app.db.engine)
+    try:
+        with contextlib.suppress(DatabaseUnavailable):  # the worker's maintenance loop logs it and goes on
+            AutoStop(app).check()
+    finally:
+        faults.uninstall()
+    assert faults.fired is not None
+    AutoStop(app).check()  # the next periodic check (or another worker's)
+    AutoStop(app).check()
+    assert [(p.name, p.paused_by) for p in app.store.pauses()] == [("flaky_import", "autostop")]
+    (alert,) = app.alerts.history(kind="autostop:flaky_import")
+    assert alert.severity == "critical" and alert.resolved_at is None
+    assert "3 consecutive failed attempts" in alert.message

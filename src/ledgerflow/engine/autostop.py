@@ -99,9 +99,11 @@ class AutoStop:
                         f"{failed} of {total} attempts failed in the last hour (over {self.rate:.0%})"
                     )
         for task, reason in reasons.items():
-            if self.app.store.pause("task", task, f"auto-stop: {reason}", by="autostop"):
-                self.log.error("task_autostopped", task=task, reason=reason)
-                self.app.alerts.raise_alert(
+            with db.begin() as conn:  # the pause and its alert commit together, or neither does
+                if not self.app.store.pause("task", task, f"auto-stop: {reason}", by="autostop", conn=conn):
+                    continue
+                opened = self.app.alerts.open_in(
+                    conn,
                     f"autostop:{task}",
                     "critical",
                     f"Task {task} was stopped automatically",
@@ -109,6 +111,9 @@ class AutoStop:
                     task=task,
                     reason=reason,
                 )
+            self.log.error("task_autostopped", task=task, reason=reason)
+            if opened is not None:  # None: the incident was still open (paused again before resolved)
+                self.app.alerts.send(opened)
         return list(reasons)
 
 

@@ -556,18 +556,29 @@ class JobStore:
             return int(conn.execute(stmt).rowcount)
 
     # ----------------------------------------------------------- pause/resume
-    def pause(self, kind: str, name: str, reason: str = "paused by user", by: str = "user") -> bool:
-        """Pause a queue or a task type; returns False if it was already paused."""
+    def pause(
+        self,
+        kind: str,
+        name: str,
+        reason: str = "paused by user",
+        by: str = "user",
+        *,
+        conn: Connection | None = None,
+    ) -> bool:
+        """Pause a queue or a task type (in `conn`'s transaction if given); returns False if it
+        was already paused."""
         if kind not in ("queue", "task"):
             raise BadInput(f"kind must be 'queue' or 'task', got {kind!r}")
-        with self.db.begin() as conn:
-            stmt = (
-                dialect_insert(self.db, pauses)
-                .values(kind=kind, name=name, reason=reason, paused_by=by, paused_at=datetime.now(UTC))
-                .on_conflict_do_nothing(index_elements=["kind", "name"])
-                .returning(pauses.c.name)
-            )
-            return conn.execute(stmt).first() is not None
+        if conn is None:
+            with self.db.begin() as conn:
+                return self.pause(kind, name, reason, by, conn=conn)
+        stmt = (
+            dialect_insert(self.db, pauses)
+            .values(kind=kind, name=name, reason=reason, paused_by=by, paused_at=datetime.now(UTC))
+            .on_conflict_do_nothing(index_elements=["kind", "name"])
+            .returning(pauses.c.name)
+        )
+        return conn.execute(stmt).first() is not None
 
     def resume(self, kind: str, name: str) -> bool:
         """Resume a paused queue or task type; returns False if it was not paused."""
