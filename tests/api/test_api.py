@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import threading
+import time
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, insert, select
 
-from ledgerflow.db.tables import jobs
+from ledgerflow.db.tables import job_executions, jobs
 from ledgerflow.export.saga import ExportSaga
 from tests.api.conftest import TOKEN
 from tests.conftest import completed_job_row, run_cli, wait_until
@@ -352,3 +355,54 @@ def test_a_result_stored_past_a_floats_range_is_shown_as_json_by_the_api_and_the
     monkeypatch.setenv("LEDGERFLOW_LOG_LEVEL", "ERROR")
     code, out, err = run_cli(capsys, "jobs", "show", str(job_id), "--json")
     assert code == 0 and strict(out)["result"] == expected, err
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_the_event_feed_sends_a_row_whose_lower_id_commits_after_a_higher_one_was_sent(serve_app):
+    """PostgreSQL draws an id at insert: the attempt with the lower id commits last, after the
+    higher one was streamed. The feed read `id > last sent` and never sent it; now each row
+    arrives exactly once."""
+    service = serve_app()
+    app = service.app
+    ids: list[str] = []
+    received: list[str] = []
+
+    def listen() -> None:
+        with (
+            contextlib.suppress(httpx.RemoteProtocolError),  # the server stopping at teardown
+            httpx.stream(
+                "GET", f"{service.url}/api/events", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120
+            ) as response,
+        ):
+            for line in response.iter_lines():
+                received.append(line)
+                if line.startswith("id: "):
+                    ids.append(line.removeprefix("id: "))
+
+    threading.Thread(target=listen, daemon=True).start()
+    wait_until(lambda: ": connected" in received, 60, 0.05, "the event stream to connect")
+    now = datetime.now(UTC)
+    with app.db.begin() as conn:
+        job_id = conn.execute(insert(jobs).values(completed_job_row(now)).returning(jobs.c.id)).scalar_one()
+
+    def attempt(n: int) -> dict[str, Any]:
+        return {"job_id": job_id, "attempt": n, "task": "t", "queue": "default", "status": "completed"} | {
+            "started_at": now,
+            "completed_at": now,
+        }
+
+    with app.db.engine.connect() as slow:
+        slow_tx = slow.begin()
+        lower = slow.execute(
+            insert(job_executions).values(attempt(1)).returning(job_executions.c.id)
+        ).scalar_one()
+        with app.db.begin() as conn:
+            higher = conn.execute(
+                insert(job_executions).values(attempt(2)).returning(job_executions.c.id)
+            ).scalar_one()
+        assert lower < higher
+        wait_until(lambda: f"execution-{higher}" in ids, 30, 0.05, "the higher id to be streamed")
+        slow_tx.commit()
+    wait_until(lambda: f"execution-{lower}" in ids, 30, 0.05, "the lower id, committed last, to be streamed")
+    time.sleep(3)  # a few more polls: nothing is sent twice
+    assert sorted(ids) == sorted({f"execution-{lower}", f"execution-{higher}"}), ids

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, or_, select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ledgerflow import __version__, tracing
@@ -209,6 +210,47 @@ def create_api(
     return api
 
 
+#: How long the event feed awaits an id it skipped (a lower id still uncommitted when a higher
+#: one was sent), and how many such ids it keeps per table (the newest).
+GAP_SECONDS = 120.0
+MAX_GAPS = 1000
+
+
+class FeedCursor:
+    """What the event feed has sent of one table: every id up to `after` but the `gaps`.
+
+    On PostgreSQL an id is drawn at insert, so rows commit out of id order: a lower id can
+    appear after a higher one was sent. Each id skipped so is awaited for `GAP_SECONDS` (a
+    rolled-back insert never appears), at most `MAX_GAPS` of them: a row is sent at most once,
+    and surely if it commits within `GAP_SECONDS` of a higher id being sent.
+    """
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+        self.gaps: dict[int, float] = {}  # id -> when it was first skipped (monotonic)
+
+    def unsent(self, column: ColumnElement[int]) -> ColumnElement[bool]:
+        """The rows not sent yet (gaps still awaited, or above `after`)."""
+        deadline = time.monotonic() - GAP_SECONDS
+        self.gaps = {i: t for i, t in self.gaps.items() if t > deadline}
+        new = column > self.after
+        return or_(new, column.in_(sorted(self.gaps))) if self.gaps else new
+
+    def sent(self, ids: list[int]) -> None:
+        """Record the rows sent (read through `unsent`); ids below the newest not among them are gaps."""
+        for ident in ids:
+            self.gaps.pop(ident, None)
+        top = max(ids, default=self.after)
+        if top > self.after:
+            now, seen = time.monotonic(), set(ids)
+            for ident in range(max(self.after + 1, top - MAX_GAPS), top):
+                if ident not in seen:
+                    self.gaps[ident] = now
+            self.after = top
+        if len(self.gaps) > MAX_GAPS:
+            self.gaps = {i: self.gaps[i] for i in sorted(self.gaps)[-MAX_GAPS:]}
+
+
 async def event_stream(app: App, request: Request, poll: float = 1.0) -> AsyncIterator[bytes]:
     """Poll new rows of job_executions, schedule_fires and export_logs (a short poll on both
     backends; PostgreSQL also wakes it early through LISTEN/NOTIFY)."""
@@ -219,23 +261,24 @@ async def event_stream(app: App, request: Request, poll: float = 1.0) -> AsyncIt
         waker = app.db.backend.waker(app.db.engine, poll)
         waker.start(lambda _p: loop.call_soon_threadsafe(wake.set))
 
-    def cursors() -> dict[str, int]:
-        with app.db.read() as conn:
-            return {
-                name: int(conn.execute(select(func.coalesce(func.max(t.c.id), 0))).scalar_one())
-                for name, t in (
-                    ("execution", job_executions),
-                    ("fire", schedule_fires),
-                    ("export", export_logs),
-                )
-            }
+    tables = {"execution": job_executions, "fire": schedule_fires, "export": export_logs}
 
-    def fetch(after: dict[str, int]) -> list[tuple[str, int, dict[str, Any]]]:
+    def cursors() -> dict[str, FeedCursor]:
+        """Start after the newest row of each table, still awaiting the ids missing below it."""
+        out = {}
+        with app.db.read() as conn:
+            for name, t in tables.items():
+                newest = int(conn.execute(select(func.coalesce(func.max(t.c.id), 0))).scalar_one())
+                out[name] = FeedCursor(max(newest - MAX_GAPS, 0))
+                out[name].sent(list(conn.execute(select(t.c.id).where(t.c.id > out[name].after)).scalars()))
+        return out
+
+    def fetch(after: dict[str, FeedCursor]) -> list[tuple[str, int, dict[str, Any]]]:
         out: list[tuple[str, int, dict[str, Any]]] = []
         with app.db.read() as conn:
             for r in conn.execute(
                 select(job_executions)
-                .where(job_executions.c.id > after["execution"])
+                .where(after["execution"].unsent(job_executions.c.id))
                 .order_by(job_executions.c.id)
                 .limit(500)
             ):
@@ -255,7 +298,7 @@ async def event_stream(app: App, request: Request, poll: float = 1.0) -> AsyncIt
                 )
             for r in conn.execute(
                 select(schedule_fires)
-                .where(schedule_fires.c.id > after["fire"])
+                .where(after["fire"].unsent(schedule_fires.c.id))
                 .order_by(schedule_fires.c.id)
                 .limit(500)
             ):
@@ -274,7 +317,7 @@ async def event_stream(app: App, request: Request, poll: float = 1.0) -> AsyncIt
                 )
             for r in conn.execute(
                 select(export_logs)
-                .where(export_logs.c.id > after["export"])
+                .where(after["export"].unsent(export_logs.c.id))
                 .order_by(export_logs.c.id)
                 .limit(500)
             ):
@@ -290,8 +333,9 @@ async def event_stream(app: App, request: Request, poll: float = 1.0) -> AsyncIt
         while not await request.is_disconnected():
             events = await asyncio.to_thread(fetch, after)
             for kind, ident, data in events:
-                after[kind] = max(after[kind], ident)
                 yield f"event: {kind}\nid: {kind}-{ident}\ndata: {json.dumps(data, default=str)}\n\n".encode()
+            for kind, cursor in after.items():
+                cursor.sent([ident for k, ident, _ in events if k == kind])
             if not events:
                 idle += poll
                 if idle >= 15:
