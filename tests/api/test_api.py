@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, insert, select
 
+from ledgerflow.api.app import GAP_SECONDS, MAX_GAPS, FeedCursor
 from ledgerflow.db.tables import job_executions, jobs
 from ledgerflow.export.saga import ExportSaga
 from tests.api.conftest import TOKEN
@@ -406,3 +407,17 @@ def test_the_event_feed_sends_a_row_whose_lower_id_commits_after_a_higher_one_wa
     wait_until(lambda: f"execution-{lower}" in ids, 30, 0.05, "the lower id, committed last, to be streamed")
     time.sleep(3)  # a few more polls: nothing is sent twice
     assert sorted(ids) == sorted({f"execution-{lower}", f"execution-{higher}"}), ids
+
+
+def test_the_event_feeds_cursor_awaits_skipped_ids_for_a_while_and_keeps_a_bounded_number(monkeypatch):
+    cursor = FeedCursor(0)
+    cursor.sent([1, 5])
+    assert (cursor.after, set(cursor.gaps)) == (5, {2, 3, 4})
+    cursor.sent([3])  # a late row: no longer awaited, the newest unchanged
+    assert (cursor.after, set(cursor.gaps)) == (5, {2, 4})
+    cursor.sent([5 + 3 * MAX_GAPS])
+    assert len(cursor.gaps) == MAX_GAPS and min(cursor.gaps) == 5 + 2 * MAX_GAPS
+    later = time.monotonic() + GAP_SECONDS + 1
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+    cursor.unsent(job_executions.c.id)
+    assert cursor.gaps == {}
