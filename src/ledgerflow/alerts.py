@@ -368,7 +368,7 @@ def _insert(db: Database, conn: Connection, payload: dict[str, Any]) -> int | No
     """Record a new incident; None (nothing written) if one with its key is already open."""
     from ledgerflow.engine.store import dialect_insert
 
-    return conn.execute(  # type: ignore[no-any-return]
+    return conn.execute(
         dialect_insert(db, alerts_table)
         .values(
             incident_key=payload["incident_key"],
