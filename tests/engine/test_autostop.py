@@ -7,6 +7,7 @@ and checks the reason recorded with the pause or the alert.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -17,11 +18,12 @@ import pytest
 from sqlalchemy import func, insert, select
 
 from ledgerflow import App
-from ledgerflow.db.tables import job_executions
+from ledgerflow.db.tables import job_executions, jobs
 from ledgerflow.db.tables import workers as registered
 from ledgerflow.engine.autostop import AutoStop
 from ledgerflow.errors import DatabaseUnavailable
-from tests.conftest import wait_until
+from tests import forkserver
+from tests.conftest import FAST, ROOT, completed_job_row, wait_until
 from tests.faults import StatementFaults
 
 APP = "tests.apps.autostop:app"
@@ -120,24 +122,38 @@ def test_the_cpu_rule_alone_stops_claiming_after_the_load_lasts_and_alerts(app, 
         burner.wait(10)
 
 
-@pytest.mark.parametrize("fault", ["error_before", "error_after"])
-def test_a_task_paused_by_autostop_always_has_its_alert_exactly_once(app, fault):
-    """The alert's statement fails right after the pause was written, or the pause's COMMIT
-    commits but reports an error (as if the worker died there): a later check still leaves the
-    task paused with one open alert. The pause and its alert used to commit apart, and paused
-    tasks are not checked again: the alert was never raised."""
-    app.settings.autostop_consecutive_failures = 3
-    job_ids = [app.registry.get("flaky_import").enqueue(True).id for _ in range(3)]
+def seed_three_failed_attempts(app: App) -> None:
+    """Three failed attempts of `flaky_import` (of finished jobs: nothing for a worker to claim)."""
     now = datetime.now(UTC)
     with app.db.begin() as conn:
+        job_ids = conn.execute(
+            insert(jobs).returning(jobs.c.id), [completed_job_row(now) | {"task": "flaky_import"}] * 3
+        ).scalars()
         conn.execute(
             insert(job_executions),
             [
                 {"job_id": i, "attempt": 1, "task": "flaky_import", "queue": "default", "status": "failed"}
                 | {"started_at": now, "completed_at": now, "error_type": "ValueError"}
-                for i in job_ids
+                for i in job_ids.all()
             ],
         )
+
+
+def assert_paused_with_one_open_alert(app: App) -> None:
+    assert [(p.name, p.paused_by) for p in app.store.pauses()] == [("flaky_import", "autostop")]
+    (alert,) = app.alerts.history(kind="autostop:flaky_import")
+    assert alert.severity == "critical" and alert.resolved_at is None
+    assert "3 consecutive failed attempts" in alert.message
+
+
+@pytest.mark.parametrize("fault", ["error_before", "error_after"])
+def test_a_task_paused_by_autostop_always_has_its_alert_exactly_once(app, fault):
+    """The alert's statement fails right after the pause was written, or the pause's COMMIT
+    commits but reports an error: a later check still leaves the task paused with one open
+    alert. The pause and its alert used to commit apart, and paused tasks are not checked
+    again: the alert was never raised."""
+    app.settings.autostop_consecutive_failures = 3
+    seed_three_failed_attempts(app)
     only = (
         StatementFaults.starting("INSERT INTO alerts")
         if fault == "error_before"
@@ -152,7 +168,27 @@ def test_a_task_paused_by_autostop_always_has_its_alert_exactly_once(app, fault)
     assert faults.fired is not None
     AutoStop(app).check()  # the next periodic check (or another worker's)
     AutoStop(app).check()
-    assert [(p.name, p.paused_by) for p in app.store.pauses()] == [("flaky_import", "autostop")]
-    (alert,) = app.alerts.history(kind="autostop:flaky_import")
-    assert alert.severity == "critical" and alert.resolved_at is None
-    assert "3 consecutive failed attempts" in alert.message
+    assert_paused_with_one_open_alert(app)
+
+
+def test_a_worker_killed_between_the_pause_and_its_alert_leaves_neither(app, db_url, tmp_path):
+    """A real worker SIGKILLs itself just before its auto-stop check writes the alert: nothing
+    is paused, and the next check pauses the task with its alert."""
+    seed_three_failed_attempts(app)
+    env = {
+        **os.environ,
+        **FAST,
+        "LEDGERFLOW_DATABASE_URL": db_url,
+        "LEDGERFLOW_LOG_JSON": "true",
+        "PYTHONPATH": str(ROOT),
+        "LEDGERFLOW_AUTOSTOP_CONSECUTIVE_FAILURES": "3",
+        "LEDGERFLOW_TEST_FAULT": "kill:1:ledgerflow-maintenance:^INSERT INTO alerts",
+    }
+    worker = forkserver.shared().spawn(
+        "tests.faultrun", ["worker", "--app", APP], env=env, stdout=tmp_path / "worker.log"
+    )
+    assert worker.wait(120) == -signal.SIGKILL
+    assert app.store.pauses() == [], "the pause rolled back with the alert"
+    app.settings.autostop_consecutive_failures = 3
+    AutoStop(app).check()  # the next check, as a restarted worker's
+    assert_paused_with_one_open_alert(app)
