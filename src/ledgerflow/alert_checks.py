@@ -15,6 +15,8 @@ They also end `job_dead:TASK` (raised by the worker when a job dies) once that t
 dead jobs left — retried or purged — so its next death is a new incident that reaches a person.
 
 A count clears below 90 % of its threshold, so a value hovering at the limit does not flap.
+
+Each pass also sends again the alerts recorded but never delivered (`Alerts.redeliver`).
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class AlertChecks:
 
     def check(self) -> None:
         app, s = self.app, self.app.settings
+        # first those whose sender died, so that an opening is not sent after its resolution
+        app.alerts.redeliver(s.alert_redeliver_after_seconds)
         # read before the counts: an incident raised after them (a job that just died) is not
         # taken for one whose condition has cleared
         open_now = app.alerts.open_keys(*KINDS)

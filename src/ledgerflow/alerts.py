@@ -4,11 +4,16 @@ An alert is always a structured log event. When configured it is also POSTed as 
 to a webhook (retried, with a timeout) and e-mailed over SMTP. Alerts are grouped into
 incidents by key: one alert per incident until it is resolved (then one resolution
 message), enforced by a unique index on open incidents in the `alerts` table.
+
+An incident recorded but never delivered (the process died between the commit and the
+delivery's record) is sent again by the periodic alert checks of any process that has a
+channel configured (`Alerts.redeliver`): at least once, not exactly once.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import queue
 import smtplib
 import socket
@@ -18,12 +23,13 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, unquote, urlparse
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Text as SqlText
+from sqlalchemy import case, cast, or_, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from ledgerflow.db.tables import alerts as alerts_table
@@ -38,6 +44,8 @@ if TYPE_CHECKING:
 
 SEVERITIES = ("info", "warning", "error", "critical")
 RECORD_ATTEMPTS = 8  # recording a delivery: 0.1 s doubling up to 3.2 s between tries, ~12 s in all
+REDELIVER_BATCH = 20  # undelivered alerts taken per pass, at most
+RETAKE_AFTER = 5  # a taken alert still unrecorded after this many margins is taken again
 
 
 @dataclass(frozen=True)
@@ -276,6 +284,57 @@ class Alerts:
         self.notifier.submit(payload, lambda _result: None)
         return True
 
+    def redeliver(self, after: float, limit: int = REDELIVER_BATCH) -> int:
+        """Send again the incidents recorded more than `after` seconds ago whose delivery was
+        never recorded (their sender died first); returns how many were taken. Each is taken by
+        one guarded UPDATE (delivery `{}` -> `{"redelivery": ...}`), so one process sends it; a
+        taken one still unrecorded `RETAKE_AFTER` × `after` later is taken again. Only a process
+        with a channel configured takes any."""
+        if not self.notifier.enabled:
+            return 0
+        now = datetime.now(UTC)
+        raw = cast(alerts_table.c.delivery, SqlText)  # the stored document, compared as stored
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(alerts_table, raw.label("raw"))
+                .where(
+                    alerts_table.c.opened_at < now - timedelta(seconds=after),
+                    or_(raw == "{}", raw.like('%"redelivery"%')),
+                )
+                .order_by(case((raw == "{}", 0), else_=1), alerts_table.c.id)  # taken ones last
+                .limit(limit)
+            ).all()
+        taken = 0
+        for row in rows:
+            if row.delivery and not _abandoned(row.delivery, now, after * RETAKE_AFTER):
+                continue
+            mark = {"at": now.isoformat(), "by": f"{socket.gethostname()}:{os.getpid()}"}
+            with self.db.begin() as conn:
+                won = conn.execute(
+                    update(alerts_table)
+                    .where(alerts_table.c.id == row.id, raw == row.raw)
+                    .values(delivery={"redelivery": mark})
+                ).rowcount
+            if won != 1:
+                continue  # another process took it
+            taken += 1
+            payload = {
+                "incident_key": row.incident_key,
+                "severity": row.severity,
+                "title": row.title,
+                "message": row.message,
+                "context": row.context,
+                "at": row.opened_at.isoformat(),
+                "resolved": False,
+                "redelivery": True,
+            }
+            self.log.warning("alert_redelivered", incident_key=row.incident_key, alert_id=row.id)
+            self.notifier.submit(
+                payload,
+                lambda result, i=row.id, m=mark: self._record_delivery(i, {**result, "redelivered": m}),
+            )
+        return taken
+
     def is_open(self, key: str) -> bool:
         with self.db.read() as conn:
             return (
@@ -384,6 +443,14 @@ def _insert(db: Database, conn: Connection, payload: dict[str, Any]) -> int | No
         )
         .returning(alerts_table.c.id)
     ).scalar()
+
+
+def _abandoned(delivery: dict[str, Any], now: datetime, after: float) -> bool:
+    """Whether `delivery` is a redelivery taken more than `after` seconds ago, never recorded."""
+    if set(delivery) != {"redelivery"}:
+        return False
+    at = datetime.fromisoformat(str(delivery["redelivery"].get("at")))
+    return (now - at).total_seconds() > after
 
 
 def _of_kind(kind: str) -> ColumnElement[bool]:

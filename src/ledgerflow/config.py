@@ -148,6 +148,8 @@ class Settings(BaseSettings):
     alert_queue_depths: dict[str, int] = {}  # per-queue thresholds, e.g. {"exports": 50}
     alert_scheduler_silence_seconds: float = Field(120.0, gt=0)  # no scheduler heartbeat for this long
     alert_dlq_size: int = Field(100, ge=1)  # dead jobs across all tasks
+    #: an alert recorded this long ago with no delivery recorded is sent again by the checks
+    alert_redeliver_after_seconds: float = Field(60.0, gt=0)
     autostop_consecutive_failures: int = Field(25, ge=1)
     autostop_failure_rate: float = Field(0.6, gt=0, le=1)
     autostop_min_attempts: int = Field(20, ge=1)

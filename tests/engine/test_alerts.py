@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -19,11 +23,13 @@ from ledgerflow import App
 from ledgerflow.alert_checks import AlertChecks
 from ledgerflow.alerts import Notifier
 from ledgerflow.clock import FixedClock
+from ledgerflow.db.tables import alerts as alerts_table
 from ledgerflow.db.tables import job_schedules
 from ledgerflow.engine.autostop import HostGate
 from ledgerflow.errors import DatabaseUnavailable
 from ledgerflow.scheduler.loop import Scheduler
 from ledgerflow.scheduler.schedules import Schedule
+from tests.conftest import FAST, ROOT
 
 
 class Webhook:
@@ -444,3 +450,151 @@ def test_a_dead_job_alert_resolves_when_the_dead_jobs_are_purged(make_app):
     app.store.purge_dead(task="always_broken")
     AlertChecks(app).check()
     assert not app.alerts.is_open("job_dead:always_broken")
+
+
+# ------------------------------------------------------------------ redelivery (the outbox)
+SENDER = """
+import time
+from ledgerflow import App
+app = App()
+app.alerts.raise_alert(
+    "export_abandoned:daily:2026-11-26", "critical", "Export abandoned", "manual intervention", batch=7
+)
+app.alerts.notifier.flush(60)
+time.sleep(60)
+"""
+
+
+def test_an_alert_whose_sender_was_killed_before_delivering_it_is_delivered_once_by_another_process(
+    db_url, make_app, tmp_path
+):
+    """The process that recorded the alert is SIGKILLed while its webhook request is answered
+    (not delivered): a worker's alert checks send it later, once, and record that."""
+    sender: list[subprocess.Popen[bytes]] = []
+
+    def kill_the_sender_once() -> None:
+        if sender and sender[0].poll() is None:
+            os.kill(sender[0].pid, signal.SIGKILL)
+            sender[0].wait(30)
+
+    hook = Webhook(fail_first=1, on_post=kill_the_sender_once)  # the killed one's request: not delivered
+    env = {
+        **os.environ,
+        **FAST,
+        "LEDGERFLOW_DATABASE_URL": db_url,
+        "LEDGERFLOW_ALERT_WEBHOOK_URL": hook.url,
+        "LEDGERFLOW_ALERT_CHECK_SECONDS": "0.5",
+        "LEDGERFLOW_ALERT_REDELIVER_AFTER_SECONDS": "3",
+        "PYTHONPATH": str(ROOT),
+    }
+    worker = None
+    try:
+        sender.append(subprocess.Popen([sys.executable, "-c", SENDER], env=env, cwd=ROOT))
+        assert sender[0].wait(120) == -signal.SIGKILL
+        app = make_app()
+        (alert,) = app.alerts.history()
+        assert alert.delivery == {} and hook.received == []
+        with open(tmp_path / "worker.log", "wb") as out:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "ledgerflow", "worker", "--app", "tests.apps.basic:app"],
+                env=env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for(lambda: app.alerts.history()[0].delivery.get("webhook") == "ok", timeout=60)
+        (redelivered,) = app.alerts.history()
+        assert set(redelivered.delivery) == {"webhook", "redelivered"}
+        time.sleep(3 * 0.5 + 3)  # more passes, past the margin again: not sent twice
+        assert len(hook.received) == 1
+        (sent,) = hook.received
+        assert sent["incident_key"] == "export_abandoned:daily:2026-11-26" and sent["context"] == {"batch": 7}
+        assert sent["message"] == "manual intervention" and sent["resolved"] is False
+        assert sent["redelivery"] is True
+        assert datetime.fromisoformat(sent["at"]) == alert.opened_at
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(60)
+        hook.close()
+
+
+def record_undelivered(app: App, key: str) -> int:
+    """An incident recorded as by a process that died before delivering it."""
+    with app.db.begin() as conn:
+        opened = app.alerts.open_in(conn, key, "critical", f"Title {key}", f"message {key}", n=1)
+    assert opened is not None
+    return opened.alert_id
+
+
+def test_two_processes_redelivering_at_once_send_each_alert_once(make_app, quiet_webhook, smtp):
+    box, smtp_url = smtp
+    channels = {
+        "alert_webhook_url": quiet_webhook.url,
+        "alert_email": "ops@test.example",
+        "smtp_url": smtp_url,
+    }
+    first, second = make_app(**channels), make_app(**channels)
+    keys = [f"autostop:task{i}" for i in range(6)]
+    for key in keys:
+        record_undelivered(first, key)
+    time.sleep(0.1)
+    barrier = threading.Barrier(2)
+    taken: list[int] = []
+
+    def run_pass(app: App) -> None:
+        barrier.wait()
+        taken.append(app.alerts.redeliver(0.05))
+
+    threads = [threading.Thread(target=run_pass, args=(app,)) for app in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    first.alerts.notifier.flush()
+    second.alerts.notifier.flush()
+    assert sum(taken) == len(keys)
+    assert sorted(m["incident_key"] for m in quiet_webhook.received) == keys
+    assert len(box.messages) == len(keys)
+    wait_for(lambda: all(a.delivery.get("email") == "ok" for a in first.alerts.history()))
+    assert first.alerts.redeliver(0.05) == second.alerts.redeliver(0.05) == 0
+    first.alerts.notifier.flush()
+    assert len(quiet_webhook.received) == len(keys)
+
+
+def test_only_undelivered_alerts_are_taken_by_a_process_with_a_channel_a_few_per_pass(
+    make_app, quiet_webhook
+):
+    silent = make_app()  # no channel configured: takes nothing
+    app = make_app(alert_webhook_url=quiet_webhook.url)
+    assert app.alerts.raise_alert("dlq_size", "error", "DLQ", "delivered normally")
+    app.alerts.notifier.flush()
+    wait_for(lambda: app.alerts.history()[0].delivery == {"webhook": "ok"})
+    undelivered = [record_undelivered(app, f"job_dead:t{i}") for i in range(3)]
+    time.sleep(0.1)
+    assert silent.alerts.redeliver(0.05) == 0
+    assert all(a.delivery == {} for a in app.alerts.history() if a.id in undelivered)
+    assert app.alerts.redeliver(0.05, limit=2) == 2  # bounded
+    assert app.alerts.redeliver(0.05, limit=2) == 1
+    app.alerts.notifier.flush()
+    assert [m["incident_key"] for m in quiet_webhook.received] == [
+        "dlq_size",
+        "job_dead:t0",
+        "job_dead:t1",
+        "job_dead:t2",
+    ]
+    # taken by a process that died before recording: taken again only after 5 margins
+    stuck = record_undelivered(app, "job_dead:stuck")
+    taken_at = datetime.now(UTC) - timedelta(seconds=10)
+    with app.db.begin() as conn:
+        conn.execute(
+            update(alerts_table)
+            .where(alerts_table.c.id == stuck)
+            .values(opened_at=taken_at, delivery={"redelivery": {"at": taken_at.isoformat(), "by": "gone:1"}})
+        )
+    assert app.alerts.redeliver(5) == 0
+    assert app.alerts.redeliver(1) == 1
+    app.alerts.notifier.flush()
+    assert [m["incident_key"] for m in quiet_webhook.received][-1] == "job_dead:stuck"
+    assert len(quiet_webhook.received) == 5
+    wait_for(lambda: all(a.delivery.get("webhook") == "ok" for a in app.alerts.history()))
