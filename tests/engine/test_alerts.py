@@ -469,7 +469,7 @@ def test_an_alert_whose_sender_was_killed_before_delivering_it_is_delivered_once
     db_url, make_app, tmp_path
 ):
     """The process that recorded the alert is SIGKILLed while its webhook request is answered
-    (not delivered): a worker's alert checks send it later, once, and record that."""
+    (not delivered): the alert checks of two workers send it later, once, and record that."""
     sender: list[subprocess.Popen[bytes]] = []
 
     def kill_the_sender_once() -> None:
@@ -487,21 +487,24 @@ def test_an_alert_whose_sender_was_killed_before_delivering_it_is_delivered_once
         "LEDGERFLOW_ALERT_REDELIVER_AFTER_SECONDS": "3",
         "PYTHONPATH": str(ROOT),
     }
-    worker = None
+    workers: list[subprocess.Popen[bytes]] = []
     try:
         sender.append(subprocess.Popen([sys.executable, "-c", SENDER], env=env, cwd=ROOT))
         assert sender[0].wait(120) == -signal.SIGKILL
         app = make_app()
         (alert,) = app.alerts.history()
         assert alert.delivery == {} and hook.received == []
-        with open(tmp_path / "worker.log", "wb") as out:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "ledgerflow", "worker", "--app", "tests.apps.basic:app"],
-                env=env,
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        for n in range(2):  # two workers run the checks at once: one of them sends it
+            with open(tmp_path / f"worker{n}.log", "wb") as out:
+                workers.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "ledgerflow", "worker", "--app", "tests.apps.basic:app"],
+                        env=env,
+                        cwd=ROOT,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
         wait_for(lambda: app.alerts.history()[0].delivery.get("webhook") == "ok", timeout=60)
         (redelivered,) = app.alerts.history()
         assert set(redelivered.delivery) == {"webhook", "redelivered"}
@@ -513,8 +516,9 @@ def test_an_alert_whose_sender_was_killed_before_delivering_it_is_delivered_once
         assert sent["redelivery"] is True
         assert datetime.fromisoformat(sent["at"]) == alert.opened_at
     finally:
-        if worker is not None:
+        for worker in workers:
             worker.terminate()
+        for worker in workers:
             worker.wait(60)
         hook.close()
 
