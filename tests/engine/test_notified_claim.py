@@ -28,11 +28,14 @@ class Running:
     def __init__(self, app: Any, concurrency: int = 4) -> None:
         self.started: dict[int, float] = {}
         self.launched: list[bool] = []  # per notification: did it start the armed claim?
+        self.hold: dict[int, threading.Event] = {}  # a job of this key runs until it is set
         started = self.started
 
         @app.task(name="mark")
         def mark(key: int) -> None:
             started.setdefault(key, time.monotonic())
+            if key in self.hold:
+                self.hold[key].wait(POLL)
 
         self.worker = app.worker(concurrency=concurrency, poll_interval=POLL)
         signal = self.worker._signal
@@ -177,3 +180,71 @@ def test_a_stop_while_the_started_claim_runs_gives_its_jobs_back(running):
     assert claimed == [key]
     job = client.get_job(key)
     assert (job.state, job.attempt, 5 in run.started) == (JobState.AVAILABLE, 0, False)
+
+
+def busy_loop_until_back(
+    worker: Any, first: Callable[[Any], bool], then: Callable[[], None]
+) -> Callable[..., Any]:
+    """A `_cycle` whose first call that `first` accepts (by its result) keeps the event loop busy
+    (as an async job's step would) from before `then` runs until after that claim is back, so
+    the loop sees `then`'s wake-up and the claim's own only after both were sent (review4)."""
+    cycle = worker._cycle
+    calls: list[int] = []
+
+    def busy_cycle(outcomes: list[Any], slots: dict[str, int]) -> Any:
+        out = cycle(outcomes, slots)
+        if not calls and first(out):
+            calls.append(1)
+            release = threading.Event()
+            worker._loop.call_soon_threadsafe(release.wait, PROMPT)  # the loop is busy
+            then()
+            threading.Timer(0.3, release.set).start()  # after this claim is back and has woken it
+        return out
+
+    return busy_cycle
+
+
+def test_a_notification_while_the_claim_comes_back_to_a_busy_loop_is_claimed_again(running):
+    """The claim job 5's notification started read the jobs before job 6 committed; job 6's
+    notification and the claim's return (job 5, fewer than the budget) both reach the loop before
+    it runs again: one clear of the wake event must not swallow job 6's wake-up (it would wait for
+    the poll interval; job 5 runs meanwhile, so no outcome makes the loop claim)."""
+    run, client = running()
+    worker = run.worker
+    second: dict[str, Any] = {}
+
+    def enqueue_second() -> None:
+        wakes = worker._wakes
+        second["at"] = time.monotonic()
+        second["id"] = enqueue(client, 6)
+        wait_until(lambda: worker._wakes > wakes, PROMPT, 0.002, "job 6's notification counted")
+
+    run.hold[5] = threading.Event()
+    worker._cycle = busy_loop_until_back(
+        worker, lambda out: any(c.job.kwargs.get("key") == 5 for c in out[0]), enqueue_second
+    )
+    before = len(run.launched)
+    enqueue(client, 5)
+    wait_until(lambda: "id" in second, PROMPT, 0.005, "job 6 enqueued during job 5's claim")
+    assert run.launched[before], "job 5's notification did not start the claim"
+    try:
+        run.wait_started(6, second["at"])
+    finally:
+        run.hold[5].set()
+    assert client.get_job(second["id"]).attempt == 1
+
+
+def test_a_stop_while_the_claim_comes_back_to_a_busy_loop_exits_at_once(running):
+    """A stop whose wake-up reaches the loop together with the started claim's return: the worker
+    exits at once (the loop was busy 0.3 s), not after the poll interval (30 s)."""
+    run, _client = running()
+    worker = run.worker
+    worker._cycle = busy_loop_until_back(worker, lambda out: True, worker.stop)
+    before = len(run.launched)
+    since = time.monotonic()
+    worker._notified(None)
+    assert run.launched[before], "the notification did not start the claim"
+    run.thread.join(PROMPT)
+    print("stopped after", time.monotonic() - since)
+    assert not run.thread.is_alive(), "the worker did not stop at once"
+    assert time.monotonic() - since < 2.0
