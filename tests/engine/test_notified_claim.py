@@ -67,8 +67,10 @@ def running(make_app) -> Iterator[Callable[..., tuple[Running, Any]]]:
         client.task(name="mark")(lambda key: None)
         run.thread.start()
         wait_until(lambda: run.worker._armed is not None, 30, 0.01, "the worker armed (idle)")
-        enqueue(client, -1)
+        first = enqueue(client, -1)
         run.wait_started(-1, time.monotonic())  # the waker listens
+        # its outcome written (the loop disarms to write it), then armed again: idle (review4)
+        wait_until(lambda: client.get_job(first).state == JobState.COMPLETED, PROMPT, 0.005, "job -1 done")
         wait_until(lambda: run.worker._armed is not None, PROMPT, 0.005, "idle again")
         return run, client
 
