@@ -95,3 +95,30 @@ def summary(values: list[float]) -> dict[str, float]:
 
 def python() -> str:
     return sys.executable
+
+
+@contextmanager
+def rows_read(conn: Any, sqlite: bool) -> Iterator[list[int]]:
+    """PostgreSQL: rows of `jobs` read meanwhile in this transaction (sequential + by index).
+    SQLite: thousands of virtual machine instructions run meanwhile."""
+    counted = [0]
+    if sqlite:
+        raw = conn.connection.driver_connection
+
+        def step() -> int:
+            counted[0] += 1
+            return 0
+
+        raw.set_progress_handler(step, 1000)
+        try:
+            yield counted
+        finally:
+            raw.set_progress_handler(None, 0)
+        return
+    sql = (
+        "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables "
+        "WHERE relname = 'jobs'"
+    )
+    before = int(conn.exec_driver_sql(sql).scalar() or 0)
+    yield counted
+    counted[0] = int(conn.exec_driver_sql(sql).scalar() or 0) - before

@@ -34,14 +34,12 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
 
-from bench.common import ROOT, database, machine
+from bench.common import ROOT, database, machine, rows_read
 
 SCENARIOS = {"a": ["a"], "a,b": ["a", "b"], "a,b,c": ["a", "b", "c"], "r": ["r"], "r,a": ["r", "a"]}
 TASKS = ["bench.noop", "bench.rare", "bench.one", "bench.two"]
@@ -97,32 +95,6 @@ def seed(url: str) -> None:
     app.close()
 
 
-@contextmanager
-def _counted(conn: Any, sqlite: bool) -> Iterator[list[int]]:
-    """Rows of `jobs` read meanwhile (PostgreSQL) or thousand-instruction steps run (SQLite)."""
-    counted = [0]
-    if sqlite:
-        raw = conn.connection.driver_connection
-
-        def step() -> int:
-            counted[0] += 1
-            return 0
-
-        raw.set_progress_handler(step, 1000)
-        try:
-            yield counted
-        finally:
-            raw.set_progress_handler(None, 0)
-        return
-    sql = (
-        "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables "
-        "WHERE relname = 'jobs'"
-    )
-    before = int(conn.exec_driver_sql(sql).scalar() or 0)
-    yield counted
-    counted[0] = int(conn.exec_driver_sql(sql).scalar() or 0) - before
-
-
 def measure(url: str, claims: int, explain: bool) -> dict[str, Any]:
     """Claims of each scenario on this tree (the `ledgerflow` imported); see the docstring."""
     import ledgerflow
@@ -148,7 +120,7 @@ def measure(url: str, claims: int, explain: bool) -> dict[str, Any]:
         plans: list[str] = []
         for i in range(claims + 1):
             with app.db.begin() as conn:
-                with _counted(conn, sqlite) as read:
+                with rows_read(conn, sqlite) as read:
                     sent.clear()
                     started, started_cpu = time.perf_counter(), time.process_time()
                     got, _ = sql.claim_limited(

@@ -64,7 +64,10 @@ def test_the_failure_rate_rule_alone_pauses_a_task_with_a_critical_alert(app, wo
     )
     assert pause.paused_by == "autostop"
     assert "14 of 20 attempts failed in the last hour (over 60%)" in pause.reason, pause.reason
-    (alert,) = app.alerts.history(kind="autostop:flaky_import")
+    # the alert is raised after the pause commits, in a transaction of its own (failed once at load 6)
+    (alert,) = wait_until(
+        lambda: app.alerts.history(kind="autostop:flaky_import"), 10, message="the auto-stop alert"
+    )
     assert alert.severity == "critical" and alert.resolved_at is None
     assert "failed in the last hour" in alert.message and "dead jobs" not in alert.message
     assert '"task_autostopped"' in worker.log()

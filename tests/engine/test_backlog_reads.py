@@ -9,12 +9,11 @@ every waiting job (156 ms a claim of 20)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from bench.common import rows_read
 from psycopg import sql as pgsql
 from sqlalchemy import event, update
 from sqlalchemy.engine.default import DefaultExecutionContext
@@ -64,33 +63,6 @@ def _seed(app: Any, backend: str, *, mixed: bool = False) -> None:
         conn.exec_driver_sql("ANALYZE")
 
 
-@contextmanager
-def _rows_read(conn: Any, backend: str) -> Iterator[list[int]]:
-    """PostgreSQL: rows of `jobs` read meanwhile in this transaction (sequential + by index).
-    SQLite: thousands of virtual machine instructions run meanwhile."""
-    counted = [0]
-    if backend == "sqlite":
-        raw = conn.connection.driver_connection
-
-        def step() -> int:
-            counted[0] += 1
-            return 0
-
-        raw.set_progress_handler(step, 1000)
-        try:
-            yield counted
-        finally:
-            raw.set_progress_handler(None, 0)
-        return
-    sql = (
-        "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables "
-        "WHERE relname = 'jobs'"
-    )
-    before = int(conn.exec_driver_sql(sql).scalar() or 0)
-    yield counted
-    counted[0] = int(conn.exec_driver_sql(sql).scalar() or 0) - before
-
-
 def test_the_claim_and_next_due_read_a_bounded_part_of_a_large_backlog(make_app, backend):
     app = make_app()
     _seed(app, backend)
@@ -104,7 +76,7 @@ def test_the_claim_and_next_due_read_a_bounded_part_of_a_large_backlog(make_app,
         assert "Index Scan using ix_jobs_claim on jobs" in plan, plan
     with app.db.begin() as conn:  # repeated past psycopg's threshold for a prepared (generic) plan
         for _ in range(8):
-            with _rows_read(conn, backend) as read:
+            with rows_read(conn, backend == "sqlite") as read:
                 assert len(conn.execute(sql._claim, values).all()) == 20
             assert read[0] <= CLAIM_READS[backend], read[0]
         conn.rollback()
@@ -117,7 +89,7 @@ def test_the_claim_and_next_due_read_a_bounded_part_of_a_large_backlog(make_app,
         assert "Sort" not in plan, plan
     with app.db.begin() as conn:
         for _ in range(8):
-            with _rows_read(conn, backend) as read:
+            with rows_read(conn, backend == "sqlite") as read:
                 due = next_due(app.db, conn, ["default"])
             assert due is not None and due < datetime.now(UTC) - timedelta(minutes=59)
             # A scan of the 100,000 waiting jobs reads 100,000 rows (PostgreSQL) and runs about
@@ -170,7 +142,7 @@ def test_the_claim_the_worker_sends_on_the_driver_walks_the_claim_index(make_app
             for mode in ("force_custom_plan", "force_generic_plan"):
                 raw.execute(f"SET LOCAL plan_cache_mode = {mode}")
                 for _ in range(3):
-                    with _rows_read(conn, "postgresql") as read:
+                    with rows_read(conn, False) as read:
                         assert len(sql.claim(conn, **taking)) == 20
                     assert read[0] <= CLAIM_READS["postgresql"], (mode, read[0])
             # the statement psycopg prepared: the one sent, its placeholders numbered

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from bench.common import rows_read
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, event, select
@@ -28,7 +29,8 @@ from ledgerflow.engine.leases import LeaseSQL
 from tests.apps import basic
 from tests.conftest import race_workers
 from tests.engine.plans import explain
-from tests.engine.test_backlog_reads import _rows_read, _seed
+from tests.engine.test_backlog_reads import _seed
+from tests.engine.test_multiqueue_claim import check_walks
 from tests.limits.test_global_limits import RunningMonitor
 
 #: Rows of `jobs` read by a limited claim of 20 from two or three queues (PostgreSQL: 20 per
@@ -55,20 +57,12 @@ def _candidate_queries(app: Any) -> Iterator[list[tuple[str, Any]]]:
 
 
 def _check_plan(plan: str, backend: str, count: int) -> None:
-    """One ordered walk of ix_jobs_claim per queue, no scan of `jobs`, no sort of the backlog."""
-    if backend == "sqlite":
-        assert "SCAN jobs" not in plan and "ANY(queue)" not in plan, plan
-        assert plan.count("SEARCH jobs USING INDEX ix_jobs_claim (queue=?)") == count, plan
+    check_walks(plan, backend, count)
+    if backend == "sqlite":  # a temporary B-tree orders only a walk's (limited) rows
         lines = plan.splitlines()
-        for i, line in enumerate(lines):  # a temporary B-tree orders only a walk's (limited) rows
+        for i, line in enumerate(lines):
             if "TEMP B-TREE" in line:
                 assert lines[i - 1].startswith("SCAN queue_"), plan
-    else:
-        assert "Seq Scan on jobs" not in plan and "Bitmap" not in plan, plan
-        assert plan.count("Index Scan using ix_jobs_claim on jobs") == count, plan
-        lines = [line.strip() for line in plan.splitlines()]
-        sorts = [i for i, line in enumerate(lines) if line.startswith("->  Sort")]
-        assert len(sorts) == 1 and lines[sorts[0] + 2] == "->  Append", plan  # the merged walks only
 
 
 @pytest.mark.parametrize("count", [2, 3])
@@ -108,7 +102,7 @@ def test_a_limited_claim_of_several_queues_reads_a_bounded_part_of_a_large_backl
                         .limit(20)
                     ).scalars()
                 )
-                with _rows_read(conn, backend) as read:
+                with rows_read(conn, backend == "sqlite") as read:
                     claims, _ = sql.claim_limited(conn, **taking, limit=20)
                 assert read[0] <= SEVERAL_READS[backend], (mode, read[0])
                 assert [c.job.id for c in claims] == expected
@@ -143,7 +137,7 @@ def test_later_rounds_do_not_read_the_held_back_jobs_again(make_app, backend):
         conn.exec_driver_sql("ANALYZE")
     sql = LeaseSQL(app.db, 6.0)
     with _candidate_queries(app) as rounds, app.db.begin() as conn:
-        with _rows_read(conn, backend) as read:
+        with rows_read(conn, backend == "sqlite") as read:
             claims, _ = sql.claim_limited(
                 conn, worker_id="w", queues=["r"], tasks=["t1", "t2", "t3"], limit=20, local_caps={}
             )
