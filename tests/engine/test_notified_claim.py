@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import text
 
 from ledgerflow.engine.states import JobState
+from ledgerflow.errors import DatabaseUnavailable
 from tests.conftest import wait_until
 
 POLL = 30.0  # a lost wake-up waits this long
@@ -251,3 +252,29 @@ def test_a_stop_while_the_claim_comes_back_to_a_busy_loop_exits_at_once(running)
     run.thread.join(PROMPT)
     assert not run.thread.is_alive(), "the worker did not stop at once"
     assert time.monotonic() - since < 2.0
+
+
+def test_a_notified_claim_the_database_fails_is_retried_by_the_loop_and_runs_once(running):
+    """The claim a notification started fails (the database unreachable before its statement):
+    the loop backs off and claims again, job 7 runs once, at once (a guard, review4)."""
+    run, client = running()
+    worker = run.worker
+    cycle = worker._cycle
+    failed: list[int] = []
+
+    def unreachable_first(outcomes: list[Any], slots: dict[str, int]) -> Any:
+        if not failed:
+            failed.append(1)
+            raise DatabaseUnavailable("injected: the database is unreachable")
+        return cycle(outcomes, slots)
+
+    worker._cycle = unreachable_first
+    before = len(run.launched)
+    since = time.monotonic()
+    key = enqueue(client, 7)
+    run.wait_started(7, since)
+    assert run.launched[before], "job 7's notification did not start the claim"
+    assert failed, "the fault fired"
+    wait_until(lambda: client.get_job(key).state == JobState.COMPLETED, PROMPT, 0.005, "job 7 done")
+    assert client.get_job(key).attempt == 1
+    assert len(client.store.executions(key)) == 1
