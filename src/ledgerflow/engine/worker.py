@@ -474,6 +474,10 @@ class Worker:
                             self._armed = None
                         launched = armed if armed.cycle is not None else None
                 self._wake.clear()
+                if launched is not None and self._wakes != launched.wakes:
+                    # a wake-up after the notified claim started (a stop, a notification it may
+                    # have missed) that reached the loop with that claim's own: not cleared
+                    self._wake.set()
         finally:
             db_thread.shutdown(wait=True)
         return WorkerExit.RESTART if self._restart else WorkerExit.STOPPED
