@@ -278,3 +278,21 @@ def test_a_notified_claim_the_database_fails_is_retried_by_the_loop_and_runs_onc
     wait_until(lambda: client.get_job(key).state == JobState.COMPLETED, PROMPT, 0.005, "job 7 done")
     assert client.get_job(key).attempt == 1
     assert len(client.store.executions(key)) == 1
+
+
+def test_a_claim_gate_that_raises_on_the_waker_s_thread_leaves_the_claim_to_the_loop(running):
+    """A claim gate is asked on the waker's thread when a notification would start the armed
+    claim. One that raises there must not end the waker's thread (every later notification
+    lost, each job waiting for the poll): the loop is woken and claims as before."""
+    run, client = running()
+
+    def gate() -> bool:
+        if threading.current_thread() is not run.thread:
+            raise RuntimeError("a gate that fails off the loop's thread")
+        return True
+
+    run.worker.app._claim_gates.append(gate)
+    for key in (1, 2):  # the second one needs the waker alive after the first
+        since = time.monotonic()
+        enqueue(client, key)
+        run.wait_started(key, since)

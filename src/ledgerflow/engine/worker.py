@@ -279,12 +279,20 @@ class Worker:
         with self._wake_lock:
             self._wakes += 1
             armed = self._armed
-            if start_claim and armed is not None and not self._stopping and self._may_claim():
+            if start_claim and armed is not None and not self._stopping and self._may_claim_here():
                 self._armed = None
                 armed.wakes = self._wakes
                 armed.cycle = armed.db_thread.submit(self._notified_cycle, armed.slots)
                 return
         self._wake_loop()
+
+    def _may_claim_here(self) -> bool:
+        """`_may_claim` on the waker's thread: a gate that raises leaves the claim to the loop
+        (which raises it where it always did) instead of ending the waker's thread."""
+        try:
+            return self._may_claim()
+        except Exception:
+            return False
 
     def _notified_cycle(self, slots: dict[str, int]) -> CycleResult:
         """The armed claim a notification started (database thread); wakes the loop once back."""
