@@ -162,3 +162,19 @@ def test_worker_restarts_itself_after_too_many_abandoned_threads(db_url, make_ap
     wait_until(lambda: _all_completed(app, later), 30, 0.2, "restarted worker keeps working")
     for job_id in stuck:
         assert app.get_job(job_id).errors[0].type == "timeout"
+
+
+def test_three_idle_workers_race_single_enqueues_exactly_once(db_url, make_app, workers):
+    """Each job enqueued on its own, a notification per job (SQLite: a data version change), to
+    three idle worker processes whose armed claims the notifications start (review4)."""
+    app = make_app()
+    procs = [workers(concurrency=2, name=f"w{i}") for i in range(3)]
+
+    def one_by_one() -> list[int]:
+        ids = []
+        for n in range(150):
+            ids.append(int(app.enqueue(basic.record.prepare()).id))
+            time.sleep(0.003 * (n % 4))  # some while claims run, some while the workers idle
+        return ids
+
+    race_workers(db_url, app, procs, one_by_one, {("default", "record", "completed"): 150})

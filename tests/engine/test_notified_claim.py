@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import text
 
 from ledgerflow.engine.states import JobState
+from ledgerflow.errors import DatabaseUnavailable
 from tests.conftest import wait_until
 
 POLL = 30.0  # a lost wake-up waits this long
@@ -28,11 +29,14 @@ class Running:
     def __init__(self, app: Any, concurrency: int = 4) -> None:
         self.started: dict[int, float] = {}
         self.launched: list[bool] = []  # per notification: did it start the armed claim?
+        self.hold: dict[int, threading.Event] = {}  # a job of this key runs until it is set
         started = self.started
 
         @app.task(name="mark")
         def mark(key: int) -> None:
             started.setdefault(key, time.monotonic())
+            if key in self.hold:
+                self.hold[key].wait(POLL)
 
         self.worker = app.worker(concurrency=concurrency, poll_interval=POLL)
         signal = self.worker._signal
@@ -64,8 +68,10 @@ def running(make_app) -> Iterator[Callable[..., tuple[Running, Any]]]:
         client.task(name="mark")(lambda key: None)
         run.thread.start()
         wait_until(lambda: run.worker._armed is not None, 30, 0.01, "the worker armed (idle)")
-        enqueue(client, -1)
+        first = enqueue(client, -1)
         run.wait_started(-1, time.monotonic())  # the waker listens
+        # its outcome written (the loop disarms to write it), then armed again: idle (review4)
+        wait_until(lambda: client.get_job(first).state == JobState.COMPLETED, PROMPT, 0.005, "job -1 done")
         wait_until(lambda: run.worker._armed is not None, PROMPT, 0.005, "idle again")
         return run, client
 
@@ -177,3 +183,116 @@ def test_a_stop_while_the_started_claim_runs_gives_its_jobs_back(running):
     assert claimed == [key]
     job = client.get_job(key)
     assert (job.state, job.attempt, 5 in run.started) == (JobState.AVAILABLE, 0, False)
+
+
+def busy_loop_until_back(
+    worker: Any, first: Callable[[Any], bool], then: Callable[[], None]
+) -> Callable[..., Any]:
+    """A `_cycle` whose first call that `first` accepts (by its result) keeps the event loop busy
+    (as an async job's step would) from before `then` runs until after that claim is back, so
+    the loop sees `then`'s wake-up and the claim's own only after both were sent (review4)."""
+    cycle = worker._cycle
+    calls: list[int] = []
+
+    def busy_cycle(outcomes: list[Any], slots: dict[str, int]) -> Any:
+        out = cycle(outcomes, slots)
+        if not calls and first(out):
+            calls.append(1)
+            release = threading.Event()
+            worker._loop.call_soon_threadsafe(release.wait, PROMPT)  # the loop is busy
+            then()
+            threading.Timer(0.3, release.set).start()  # after this claim is back and has woken it
+        return out
+
+    return busy_cycle
+
+
+def test_a_notification_while_the_claim_comes_back_to_a_busy_loop_is_claimed_again(running):
+    """The claim job 5's notification started read the jobs before job 6 committed; job 6's
+    notification and the claim's return (job 5, fewer than the budget) both reach the loop before
+    it runs again: one clear of the wake event must not swallow job 6's wake-up (it would wait for
+    the poll interval; job 5 runs meanwhile, so no outcome makes the loop claim)."""
+    run, client = running()
+    worker = run.worker
+    second: dict[str, Any] = {}
+
+    def enqueue_second() -> None:
+        wakes = worker._wakes
+        second["at"] = time.monotonic()
+        second["id"] = enqueue(client, 6)
+        wait_until(lambda: worker._wakes > wakes, PROMPT, 0.002, "job 6's notification counted")
+
+    run.hold[5] = threading.Event()
+    worker._cycle = busy_loop_until_back(
+        worker, lambda out: any(c.job.kwargs.get("key") == 5 for c in out[0]), enqueue_second
+    )
+    before = len(run.launched)
+    enqueue(client, 5)
+    wait_until(lambda: "id" in second, PROMPT, 0.005, "job 6 enqueued during job 5's claim")
+    assert run.launched[before], "job 5's notification did not start the claim"
+    try:
+        run.wait_started(6, second["at"])
+    finally:
+        run.hold[5].set()
+    assert client.get_job(second["id"]).attempt == 1
+
+
+def test_a_stop_while_the_claim_comes_back_to_a_busy_loop_exits_at_once(running):
+    """A stop whose wake-up reaches the loop together with the started claim's return: the worker
+    exits at once (the loop was busy 0.3 s), not after the poll interval (30 s). Main before
+    review4 passes too, later (0.5-0.8 s): another wake-up (PostgreSQL: the waker's hand-over
+    NOTIFY once not ready; SQLite: a data version change) made up for the cleared one."""
+    run, _client = running()
+    worker = run.worker
+    worker._cycle = busy_loop_until_back(worker, lambda out: True, worker.stop)
+    before = len(run.launched)
+    since = time.monotonic()
+    worker._notified(None)
+    assert run.launched[before], "the notification did not start the claim"
+    run.thread.join(PROMPT)
+    assert not run.thread.is_alive(), "the worker did not stop at once"
+    assert time.monotonic() - since < 2.0
+
+
+def test_a_notified_claim_the_database_fails_is_retried_by_the_loop_and_runs_once(running):
+    """The claim a notification started fails (the database unreachable before its statement):
+    the loop backs off and claims again, job 7 runs once, at once (a guard, review4)."""
+    run, client = running()
+    worker = run.worker
+    cycle = worker._cycle
+    failed: list[int] = []
+
+    def unreachable_first(outcomes: list[Any], slots: dict[str, int]) -> Any:
+        if not failed:
+            failed.append(1)
+            raise DatabaseUnavailable("injected: the database is unreachable")
+        return cycle(outcomes, slots)
+
+    worker._cycle = unreachable_first
+    before = len(run.launched)
+    since = time.monotonic()
+    key = enqueue(client, 7)
+    run.wait_started(7, since)
+    assert run.launched[before], "job 7's notification did not start the claim"
+    assert failed, "the fault fired"
+    wait_until(lambda: client.get_job(key).state == JobState.COMPLETED, PROMPT, 0.005, "job 7 done")
+    assert client.get_job(key).attempt == 1
+    assert len(client.store.executions(key)) == 1
+
+
+def test_a_claim_gate_that_raises_on_the_waker_s_thread_leaves_the_claim_to_the_loop(running):
+    """A claim gate is asked on the waker's thread when a notification would start the armed
+    claim. One that raises there must not end the waker's thread (every later notification
+    lost, each job waiting for the poll): the loop is woken and claims as before."""
+    run, client = running()
+
+    def gate() -> bool:
+        if threading.current_thread() is not run.thread:
+            raise RuntimeError("a gate that fails off the loop's thread")
+        return True
+
+    run.worker.app._claim_gates.append(gate)
+    for key in (1, 2):  # the second one needs the waker alive after the first
+        since = time.monotonic()
+        enqueue(client, key)
+        run.wait_started(key, since)

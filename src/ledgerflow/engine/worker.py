@@ -279,12 +279,20 @@ class Worker:
         with self._wake_lock:
             self._wakes += 1
             armed = self._armed
-            if start_claim and armed is not None and not self._stopping and self._may_claim():
+            if start_claim and armed is not None and not self._stopping and self._may_claim_here():
                 self._armed = None
                 armed.wakes = self._wakes
                 armed.cycle = armed.db_thread.submit(self._notified_cycle, armed.slots)
                 return
         self._wake_loop()
+
+    def _may_claim_here(self) -> bool:
+        """`_may_claim` on the waker's thread: a gate that raises leaves the claim to the loop
+        (which raises it where it always did) instead of ending the waker's thread."""
+        try:
+            return self._may_claim()
+        except Exception:
+            return False
 
     def _notified_cycle(self, slots: dict[str, int]) -> CycleResult:
         """The armed claim a notification started (database thread); wakes the loop once back."""
@@ -474,6 +482,10 @@ class Worker:
                             self._armed = None
                         launched = armed if armed.cycle is not None else None
                 self._wake.clear()
+                if launched is not None and self._wakes != launched.wakes:
+                    # a wake-up after the notified claim started (a stop, a notification it may
+                    # have missed) that reached the loop with that claim's own: not cleared
+                    self._wake.set()
         finally:
             db_thread.shutdown(wait=True)
         return WorkerExit.RESTART if self._restart else WorkerExit.STOPPED
