@@ -46,6 +46,7 @@ SEVERITIES = ("info", "warning", "error", "critical")
 RECORD_ATTEMPTS = 8  # recording a delivery: 0.1 s doubling up to 3.2 s between tries, ~12 s in all
 REDELIVER_BATCH = 20  # undelivered alerts taken per pass, at most
 RETAKE_AFTER = 5  # a taken alert still unrecorded after this many margins is taken again
+REDELIVER_WITHIN = timedelta(days=1)  # older undelivered alerts are left (no flood at upgrade)
 
 
 @dataclass(frozen=True)
@@ -285,11 +286,11 @@ class Alerts:
         return True
 
     def redeliver(self, after: float, limit: int = REDELIVER_BATCH) -> int:
-        """Send again the incidents recorded more than `after` seconds ago whose delivery was
-        never recorded (their sender died first); returns how many were taken. Each is taken by
-        one guarded UPDATE (delivery `{}` -> `{"redelivery": ...}`), so one process sends it; a
-        taken one still unrecorded `RETAKE_AFTER` × `after` later is taken again. Only a process
-        with a channel configured takes any."""
+        """Send again the incidents recorded more than `after` seconds (and less than a day) ago
+        whose delivery was never recorded (their sender died first); returns how many were
+        taken. Each is taken by one guarded UPDATE (delivery `{}` -> `{"redelivery": ...}`), so
+        one process sends it; a taken one still unrecorded `RETAKE_AFTER` × `after` later is
+        taken again. Only a process with a channel configured takes any."""
         if not self.notifier.enabled:
             return 0
         now = datetime.now(UTC)
@@ -299,6 +300,7 @@ class Alerts:
                 select(alerts_table, raw.label("raw"))
                 .where(
                     alerts_table.c.opened_at < now - timedelta(seconds=after),
+                    alerts_table.c.opened_at > now - REDELIVER_WITHIN,
                     or_(raw == "{}", raw.like('%"redelivery"%')),
                 )
                 .order_by(case((raw == "{}", 0), else_=1), alerts_table.c.id)  # taken ones last
