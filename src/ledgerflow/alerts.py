@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -320,21 +321,10 @@ class Alerts:
             if won != 1:
                 continue  # another process took it
             taken += 1
-            payload = {
-                "incident_key": row.incident_key,
-                "severity": row.severity,
-                "title": row.title,
-                "message": row.message,
-                "context": row.context,
-                "at": row.opened_at.isoformat(),
-                "resolved": False,
-                "redelivery": True,
-            }
+            recorded = _payload(row.incident_key, row.severity, row.title, row.message, row.context)
+            payload = recorded | {"at": row.opened_at.isoformat(), "redelivery": True}
             self.log.warning("alert_redelivered", incident_key=row.incident_key, alert_id=row.id)
-            self.notifier.submit(
-                payload,
-                lambda result, i=row.id, m=mark: self._record_delivery(i, {**result, "redelivered": m}),
-            )
+            self.notifier.submit(payload, partial(self._record_redelivery, row.id, mark))
         return taken
 
     def is_open(self, key: str) -> bool:
@@ -402,6 +392,9 @@ class Alerts:
             task=job.task,
             attempt=job.attempt,
         )
+
+    def _record_redelivery(self, alert_id: int, mark: dict[str, str], result: dict[str, Any]) -> None:
+        self._record_delivery(alert_id, {**result, "redelivered": mark})
 
     def _record_delivery(self, alert_id: int | None, result: dict[str, Any]) -> None:
         if alert_id is None:
