@@ -8,6 +8,9 @@ set, importing it wraps the worker's methods on the wake-up -> start path so tha
 process on Linux); the harness stamps each `enqueue` call and its return. For each job the
 first event of each kind between its enqueue call and its task's first line, in the process
 that ran it, gives the hops; the table is the median (p90, p99) of each hop over all jobs.
+What else runs in a worker is recorded as `<name>+` / `<name>-` spans (GC through
+gc.callbacks, the maintenance steps, alert checks and redelivery, the heartbeat); the
+`--slowest` jobs are printed hop by hop with the spans of either process that overlapped them.
 """
 
 from __future__ import annotations
@@ -84,9 +87,17 @@ def _wrap(owner: Any, name: str, before: str | None, after: str | None = None) -
     setattr(owner, name, wrapped)
 
 
+def _gc(phase: str, _info: dict[str, Any]) -> None:
+    record("gc+" if phase == "start" else "gc-")
+
+
 def _install() -> None:
+    import gc
+
     import psycopg
 
+    from ledgerflow.alert_checks import AlertChecks
+    from ledgerflow.alerts import Alerts
     from ledgerflow.engine.leases import LeaseSQL
     from ledgerflow.engine.worker import Worker
 
@@ -103,21 +114,33 @@ def _install() -> None:
     _wrap(Worker, "_cycle", "cycle", "cycled")
     _wrap(Worker, "_start", "start")
     _wrap(LeaseSQL, "claim", "claim", "claimed")
+    gc.callbacks.append(_gc)
+    for owner, name, event in [
+        (Worker, "_rescue", "rescue"),
+        (Worker, "_stage", "stage"),
+        (Worker, "_index_search", "index"),
+        (AlertChecks, "maybe_check", "alerts"),
+        (Alerts, "redeliver", "redeliver"),
+        (LeaseSQL, "heartbeat", "heartbeat"),
+    ]:
+        _wrap(owner, name, event + "+", event + "-")
 
 
 if os.environ.get("BENCH_HOPS") and os.environ.get("BENCH_HOPS_WORKER"):
     _install()
 
 
-def measure(runs: int, samples: int, gap: float) -> dict[str, Any]:
+def measure(runs: int, samples: int, gap: float, slowest: int = 5) -> dict[str, Any]:
     """Hop medians over `runs` fresh databases of `samples` jobs each."""
     per_hop: dict[str, list[float]] = {}
     load = []
+    slow: list[dict[str, Any]] = []
     for _ in range(runs):
         average, text = _one_run(samples, gap)
         load.append(average)
         for name, values in _hops(text).items():
             per_hop.setdefault(name, []).extend(values)
+        slow.extend(_slowest(text, slowest))
     table = {}
     for name, values in per_hop.items():
         ordered = sorted(values)
@@ -127,7 +150,8 @@ def measure(runs: int, samples: int, gap: float) -> dict[str, Any]:
             "p99_ms": round(ordered[int(0.99 * (len(ordered) - 1))] * 1000, 3),
             "n": len(ordered),
         }
-    return {"load_average": load, "hops": table}
+    slow.sort(key=lambda row: -row["total_ms"])
+    return {"load_average": load, "hops": table, "slowest": slow[:slowest]}
 
 
 def _one_run(samples: int, gap: float) -> tuple[float, str]:
@@ -174,14 +198,17 @@ def _count(path: Path, event: str) -> int:
     return sum(1 for line in path.read_text().splitlines() if line.startswith(event + " "))
 
 
-def _hops(text: str) -> dict[str, list[float]]:
-    """Per job: each event's time after the enqueue call, and after the previous event found
-    (in path order: with the claim started from the listener's thread, `woken` may come after
-    `cycle`, a negative hop)."""
+Event = tuple[str, int, float]
+
+
+def _events(text: str) -> list[Event]:
     rows = (line.split() for line in text.splitlines())
-    events = sorted(((name, int(pid), float(at)) for name, pid, at in rows), key=lambda e: e[2])
+    return sorted(((name, int(pid), float(at)) for name, pid, at in rows), key=lambda e: e[2])
+
+
+def _jobs(events: list[Event]) -> Iterator[tuple[dict[str, float], Event]]:
+    """Per job: the first time of each path event (in the process that ran it) and its task event."""
     calls = [i for i, e in enumerate(events) if e[0] == "call"]
-    out: dict[str, list[float]] = {}
     for n, i in enumerate(calls):
         window = events[i : calls[n + 1] if n + 1 < len(calls) else len(events)]
         task = next((e for e in window if e[0] == "task"), None)
@@ -191,6 +218,59 @@ def _hops(text: str) -> dict[str, list[float]]:
         for name, pid, at in window:
             if at <= task[2] and (pid == task[1] or name in ("call", "returned")):
                 first.setdefault(name, at)
+        yield first, task
+
+
+def _slowest(text: str, k: int) -> list[dict[str, Any]]:
+    """The `k` slowest jobs (call -> task): their hops, and the context spans (GC, maintenance
+    steps, heartbeat) of either worker process that overlapped them, with who ran the job."""
+    events = _events(text)
+    spans: list[tuple[str, int, float, float]] = []
+    open_: dict[tuple[str, int], float] = {}
+    for name, pid, at in events:
+        if name.endswith("+"):
+            open_[(name[:-1], pid)] = at
+        elif name.endswith("-") and (name[:-1], pid) in open_:
+            spans.append((name[:-1], pid, open_.pop((name[:-1], pid)), at))
+    jobs = sorted(_jobs(events), key=lambda j: j[1][2] - j[0]["call"], reverse=True)[:k]
+    out = []
+    for first, task in jobs:
+        start, end = first["call"], task[2]
+        hops, last = {}, start
+        for name, _ in EVENTS[1:]:
+            if name in first:
+                hops[name] = round((first[name] - last) * 1000, 3)
+                if name != "returned":
+                    last = first[name]
+        overlapping = [
+            {
+                "what": name,
+                "same_process": pid == task[1],
+                "ms": round((b - a) * 1000, 3),
+                "from_call_ms": round((a - start) * 1000, 3),
+            }
+            for name, pid, a, b in spans
+            if a < end and b > start
+        ]
+        # The other process's claim attempts in the window (a lost race for this job).
+        rival = [e for e in events if e[0] == "claim" and e[1] != task[1] and start <= e[2] <= end]
+        out.append(
+            {
+                "total_ms": round((end - start) * 1000, 3),
+                "hops_ms": hops,
+                "overlapping": overlapping,
+                "rival_claims": len(rival),
+            }
+        )
+    return out
+
+
+def _hops(text: str) -> dict[str, list[float]]:
+    """Per job: each event's time after the enqueue call, and after the previous event found
+    (in path order: with the claim started from the listener's thread, `woken` may come after
+    `cycle`, a negative hop)."""
+    out: dict[str, list[float]] = {}
+    for first, _task in _jobs(_events(text)):
         last = first["call"]
         for name, _ in EVENTS[1:]:
             if name in first:
@@ -212,9 +292,16 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--gap", type=float, default=0.01)
+    parser.add_argument("--slowest", type=int, default=5)
     a = parser.parse_args()
-    out = measure(a.runs, a.samples, a.gap)
+    out = measure(a.runs, a.samples, a.gap, a.slowest)
     for name, row in out["hops"].items():
         figures = "  ".join(f"{q} {row[q + '_ms']:7.3f}" for q in ("p50", "p90", "p99"))
         print(f"{name:24} {figures}  n {row['n']}")
+    for row in out["slowest"]:
+        hops = " ".join(f"{k} {v:.2f}" for k, v in row["hops_ms"].items())
+        print(f"slow {row['total_ms']:7.2f} ms: {hops}; rival claims {row['rival_claims']}")
+        for o in row["overlapping"]:
+            where = "same" if o["same_process"] else "other"
+            print(f"    {o['what']:10} {where:5} process  {o['ms']:7.3f} ms at call+{o['from_call_ms']:.2f}")
     print(json.dumps(out))
