@@ -48,6 +48,9 @@ EVENTS = [
 #: The Python spans on either side of the claim statement.
 SPANS = [("notify", "claim"), ("claimed", "task"), ("notify", "task")]
 
+#: The maintenance thread's steps among the recorded spans.
+MAINTENANCE = ("rescue", "stage", "index", "alerts", "redeliver")
+
 
 def record(event: str) -> None:
     """Append one event (no-op when `BENCH_HOPS` is unset)."""
@@ -221,17 +224,23 @@ def _jobs(events: list[Event]) -> Iterator[tuple[dict[str, float], Event]]:
         yield first, task
 
 
-def _slowest(text: str, k: int) -> list[dict[str, Any]]:
-    """The `k` slowest jobs (call -> task): their hops, and the context spans (GC, maintenance
-    steps, heartbeat) of either worker process that overlapped them, with who ran the job."""
-    events = _events(text)
-    spans: list[tuple[str, int, float, float]] = []
+def _spans(events: list[Event]) -> list[tuple[str, int, float, float]]:
+    """The context spans: (what, pid, start, end)."""
+    spans = []
     open_: dict[tuple[str, int], float] = {}
     for name, pid, at in events:
         if name.endswith("+"):
             open_[(name[:-1], pid)] = at
         elif name.endswith("-") and (name[:-1], pid) in open_:
             spans.append((name[:-1], pid, open_.pop((name[:-1], pid)), at))
+    return spans
+
+
+def _slowest(text: str, k: int) -> list[dict[str, Any]]:
+    """The `k` slowest jobs (call -> task): their hops, and the context spans (GC, maintenance
+    steps, heartbeat) of either worker process that overlapped them, with who ran the job."""
+    events = _events(text)
+    spans = _spans(events)
     jobs = sorted(_jobs(events), key=lambda j: j[1][2] - j[0]["call"], reverse=True)[:k]
     out = []
     for first, task in jobs:
@@ -268,9 +277,12 @@ def _slowest(text: str, k: int) -> list[dict[str, Any]]:
 def _hops(text: str) -> dict[str, list[float]]:
     """Per job: each event's time after the enqueue call, and after the previous event found
     (in path order: with the claim started from the listener's thread, `woken` may come after
-    `cycle`, a negative hop)."""
+    `cycle`, a negative hop). The spans are also given apart for the jobs that a maintenance
+    step of the process that ran them overlapped (`[maintenance]`)."""
     out: dict[str, list[float]] = {}
-    for first, _task in _jobs(_events(text)):
+    events = _events(text)
+    busy = [(pid, a, b) for name, pid, a, b in _spans(events) if name in MAINTENANCE]
+    for first, task in _jobs(events):
         last = first["call"]
         for name, _ in EVENTS[1:]:
             if name in first:
@@ -281,6 +293,8 @@ def _hops(text: str) -> dict[str, list[float]]:
         for a, b in SPANS:
             if a in first and b in first:
                 out.setdefault(f"span {a} -> {b}", []).append(first[b] - first[a])
+                if any(pid == task[1] and x < task[2] and y > first["call"] for pid, x, y in busy):
+                    out.setdefault(f"span {a} -> {b} [maintenance]", []).append(first[b] - first[a])
     return out
 
 
@@ -297,7 +311,7 @@ if __name__ == "__main__":
     out = measure(a.runs, a.samples, a.gap, a.slowest)
     for name, row in out["hops"].items():
         figures = "  ".join(f"{q} {row[q + '_ms']:7.3f}" for q in ("p50", "p90", "p99"))
-        print(f"{name:24} {figures}  n {row['n']}")
+        print(f"{name:40} {figures}  n {row['n']}")
     for row in out["slowest"]:
         hops = " ".join(f"{k} {v:.2f}" for k, v in row["hops_ms"].items())
         print(f"slow {row['total_ms']:7.2f} ms: {hops}; rival claims {row['rival_claims']}")
