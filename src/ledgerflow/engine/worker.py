@@ -33,7 +33,6 @@ import os
 import secrets
 import signal
 import socket
-import sys
 import threading
 import time
 from collections import Counter, deque
@@ -72,13 +71,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 S = JobState
-
-#: The GIL switch interval while a worker runs (s; CPython's default is 5 ms). A thread that
-#: wants the GIL waits up to one interval for a CPU-bound holder: with the default, a
-#: maintenance pass (rescue, staging, search indexing: several ms of Python every
-#: `rescue_interval`) made the claim of a notified job wait that long, the enqueue -> start
-#: p99 on PostgreSQL (bench.hops --slowest, docs/benchmarks.md, issue 14).
-SWITCH_INTERVAL = 0.0005
 Key = tuple[int, int]
 #: What a cycle returns: (claims, outcomes refused because the lease was lost, outcomes still to write).
 CycleResult = tuple[list[Claim], list[Outcome], list[Outcome]]
@@ -241,8 +233,6 @@ class Worker:
             threading.Thread(target=self._progress_loop, name="ledgerflow-progress", daemon=True),
         ]
         restore = self._install_signals()
-        switch = sys.getswitchinterval()
-        sys.setswitchinterval(min(switch, SWITCH_INTERVAL))
         try:
             for t in threads:
                 t.start()
@@ -258,7 +248,6 @@ class Worker:
                 t.join(timeout=5)
             self._pool.shutdown()
             restore()
-            sys.setswitchinterval(switch)
             self._unregister()
         self.log.info("worker_stopped", reason=str(exit_reason), abandoned_threads=self._abandoned)
         return exit_reason
