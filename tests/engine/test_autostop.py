@@ -192,3 +192,19 @@ def test_a_worker_killed_between_the_pause_and_its_alert_leaves_neither(app, db_
     app.settings.autostop_consecutive_failures = 3
     AutoStop(app).check()  # the next check, as a restarted worker's
     assert_paused_with_one_open_alert(app)
+
+
+def test_a_task_resumed_after_an_autostop_is_not_stopped_again_before_it_fails_again(app):
+    """`ledgerflow tasks resume` (resume, then resolve the alert) after fixing the cause: the
+    next check must not pause the task again on the same attempts that stopped it (nothing has
+    run since); new failures after the resume stop it again, with a new alert."""
+    app.settings.autostop_consecutive_failures = 3
+    seed_three_failed_attempts(app)
+    assert AutoStop(app).check() == ["flaky_import"]
+    assert app.store.resume("task", "flaky_import")
+    assert app.alerts.resolve("autostop:flaky_import", "task flaky_import resumed by user")
+    assert AutoStop(app).check() == []
+    assert app.store.pauses() == []
+    seed_three_failed_attempts(app)  # failing again after the resume
+    assert AutoStop(app).check() == ["flaky_import"]
+    assert [a.resolved_at is None for a in app.alerts.history(kind="autostop:flaky_import")] == [True, False]
