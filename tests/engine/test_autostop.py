@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -208,3 +209,24 @@ def test_a_task_resumed_after_an_autostop_is_not_stopped_again_before_it_fails_a
     seed_three_failed_attempts(app)  # failing again after the resume
     assert AutoStop(app).check() == ["flaky_import"]
     assert [a.resolved_at is None for a in app.alerts.history(kind="autostop:flaky_import")] == [True, False]
+
+
+def test_two_workers_deciding_at_once_write_one_pause_and_one_alert(app, make_app):
+    """Two processes' checks (own pools) trip the same rule at the same instant: one pause and
+    one alert (the second pause's ON CONFLICT DO NOTHING writes neither)."""
+    app.settings.autostop_consecutive_failures = 3
+    other = make_app()
+    other.settings.autostop_consecutive_failures = 3
+    seed_three_failed_attempts(app)
+    barrier = threading.Barrier(2)
+
+    def run(a: App) -> None:
+        barrier.wait()
+        AutoStop(a).check()
+
+    threads = [threading.Thread(target=run, args=(a,)) for a in (app, other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert_paused_with_one_open_alert(app)
