@@ -216,6 +216,7 @@ class Alerts:
         self.db = db
         self.notifier = notifier
         self.log = get_logger("alerts")
+        self._sending: set[int] = set()  # ids queued in this process's notifier, not yet recorded
 
     def raise_alert(self, key: str, severity: str, title: str, message: str, **context: Any) -> bool:
         """Open incident `key` (log + notify). Returns False if it was already open."""
@@ -229,7 +230,7 @@ class Alerts:
                 return False  # the incident is already open: one alert per incident
         except Exception as exc:  # the database may be what is failing: still notify
             self.log.warning("alert_not_recorded", error=str(exc).splitlines()[0])
-        self.notifier.submit(payload, lambda result: self._record_delivery(alert_id, result))
+        self._submit(alert_id, payload, lambda result: self._record_delivery(alert_id, result))
         return True
 
     def open_in(
@@ -245,7 +246,17 @@ class Alerts:
     def send(self, opened: Opened) -> None:
         """Log and deliver an incident recorded by `open_in`, after its transaction committed."""
         self._log(opened.payload)
-        self.notifier.submit(opened.payload, lambda result: self._record_delivery(opened.alert_id, result))
+        self._submit(
+            opened.alert_id, opened.payload, lambda result: self._record_delivery(opened.alert_id, result)
+        )
+
+    def _submit(
+        self, alert_id: int | None, payload: dict[str, Any], done: Callable[[dict[str, Any]], None]
+    ) -> None:
+        """Queue a delivery; until it is recorded, this process's `redeliver` does not take it."""
+        if alert_id is not None and self.notifier.enabled:
+            self._sending.add(alert_id)
+        self.notifier.submit(payload, done)
 
     def _log(self, payload: dict[str, Any]) -> None:
         severity = payload["severity"]
@@ -291,7 +302,8 @@ class Alerts:
         whose delivery was never recorded (their sender died first); returns how many were
         taken. Each is taken by one guarded UPDATE (delivery `{}` -> `{"redelivery": ...}`), so
         one process sends it; a taken one still unrecorded `RETAKE_AFTER` × `after` later is
-        taken again. Only a process with a channel configured takes any."""
+        taken again. Only a process with a channel configured takes any; not one resolved
+        meanwhile (its opening would arrive after its resolution), nor one still queued here."""
         if not self.notifier.enabled:
             return 0
         now = datetime.now(UTC)
@@ -302,6 +314,7 @@ class Alerts:
                 .where(
                     alerts_table.c.opened_at < now - timedelta(seconds=after),
                     alerts_table.c.opened_at > now - REDELIVER_WITHIN,
+                    alerts_table.c.resolved_at.is_(None),
                     or_(raw == "{}", raw.like('%"redelivery"%')),
                 )
                 .order_by(case((raw == "{}", 0), else_=1), alerts_table.c.id)  # taken ones last
@@ -309,13 +322,15 @@ class Alerts:
             ).all()
         taken = 0
         for row in rows:
-            if row.delivery and not _abandoned(row.delivery, now, after * RETAKE_AFTER):
+            if row.id in self._sending or (
+                row.delivery and not _abandoned(row.delivery, now, after * RETAKE_AFTER)
+            ):
                 continue
             mark = {"at": now.isoformat(), "by": f"{socket.gethostname()}:{os.getpid()}"}
             with self.db.begin() as conn:
                 won = conn.execute(
                     update(alerts_table)
-                    .where(alerts_table.c.id == row.id, raw == row.raw)
+                    .where(alerts_table.c.id == row.id, raw == row.raw, alerts_table.c.resolved_at.is_(None))
                     .values(delivery={"redelivery": mark})
                 ).rowcount
             if won != 1:
@@ -324,7 +339,7 @@ class Alerts:
             recorded = _payload(row.incident_key, row.severity, row.title, row.message, row.context)
             payload = recorded | {"at": row.opened_at.isoformat(), "redelivery": True}
             self.log.warning("alert_redelivered", incident_key=row.incident_key, alert_id=row.id)
-            self.notifier.submit(payload, partial(self._record_redelivery, row.id, mark))
+            self._submit(row.id, payload, partial(self._record_redelivery, row.id, mark))
         return taken
 
     def is_open(self, key: str) -> bool:
@@ -401,6 +416,7 @@ class Alerts:
             return
         with self.db.begin() as conn:
             conn.execute(update(alerts_table).where(alerts_table.c.id == alert_id).values(delivery=result))
+        self._sending.discard(alert_id)
 
 
 def _payload(key: str, severity: str, title: str, message: str, context: dict[str, Any]) -> dict[str, Any]:

@@ -421,3 +421,39 @@ def test_the_event_feeds_cursor_awaits_skipped_ids_for_a_while_and_keeps_a_bound
     monkeypatch.setattr(time, "monotonic", lambda: later)
     cursor.unsent(job_executions.c.id)
     assert cursor.gaps == {}
+
+
+def test_the_event_feed_sends_every_row_once_when_more_than_a_page_commits_at_once(serve_app):
+    """1,200 attempts commit in one transaction (a poll reads at most 500 per table): every one
+    is streamed, once, over the following polls."""
+    service = serve_app()
+    app = service.app
+    ids: list[str] = []
+    received: list[str] = []
+
+    def listen() -> None:
+        with (
+            contextlib.suppress(httpx.RemoteProtocolError),  # the server stopping at teardown
+            httpx.stream(
+                "GET", f"{service.url}/api/events", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120
+            ) as response,
+        ):
+            for line in response.iter_lines():
+                received.append(line)
+                if line.startswith("id: "):
+                    ids.append(line.removeprefix("id: "))
+
+    threading.Thread(target=listen, daemon=True).start()
+    wait_until(lambda: ": connected" in received, 60, 0.05, "the event stream to connect")
+    now = datetime.now(UTC)
+    with app.db.begin() as conn:
+        job_id = conn.execute(insert(jobs).values(completed_job_row(now)).returning(jobs.c.id)).scalar_one()
+        rows = [
+            {"job_id": job_id, "attempt": n, "task": "t", "queue": "default", "status": "completed"}
+            | {"started_at": now, "completed_at": now}
+            for n in range(1, 1201)
+        ]
+        inserted = conn.execute(insert(job_executions).returning(job_executions.c.id), rows).scalars().all()
+    wait_until(lambda: len(ids) >= len(inserted), 60, 0.05, "all the rows to be streamed")
+    time.sleep(3)  # a few more polls: nothing is sent twice
+    assert sorted(ids) == sorted(f"execution-{i}" for i in inserted)

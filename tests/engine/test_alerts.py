@@ -610,3 +610,38 @@ def test_only_undelivered_alerts_are_taken_by_a_process_with_a_channel_a_few_per
     assert [m["incident_key"] for m in quiet_webhook.received][-1] == "job_dead:stuck"
     assert len(quiet_webhook.received) == 5
     wait_for(lambda: all(a.delivery.get("webhook") == "ok" for a in app.alerts.history() if a.id != old))
+
+
+def test_an_alert_resolved_before_its_redelivery_is_not_sent_as_open_after_its_resolution(
+    make_app, quiet_webhook
+):
+    """The sender died before delivering the opening; the condition cleared and the incident was
+    resolved (its resolution message sent): the opening is not sent afterwards as still open."""
+    app = make_app(alert_webhook_url=quiet_webhook.url)
+    record_undelivered(app, "job_dead:gone")
+    assert app.alerts.resolve("job_dead:gone")
+    app.alerts.notifier.flush()
+    time.sleep(0.1)
+    assert app.alerts.redeliver(0.05) == 0
+    app.alerts.notifier.flush()
+    assert [(m["incident_key"], m["resolved"]) for m in quiet_webhook.received] == [("job_dead:gone", True)]
+
+
+def test_an_alert_still_queued_in_its_live_sender_is_not_taken_again_by_that_process(make_app):
+    """A slow webhook keeps this process's alerts queued past the margin: its own alert checks do
+    not take them as abandoned (the sender is alive) and send them a second time."""
+    release = threading.Event()
+    hook = Webhook(on_post=lambda: release.wait(20))
+    try:
+        app = make_app(alert_webhook_url=hook.url)
+        assert app.alerts.raise_alert("dlq_size", "error", "DLQ", "first")
+        assert app.alerts.raise_alert("job_dead:t", "error", "Dead", "second, queued behind the first")
+        time.sleep(0.2)
+        assert app.alerts.redeliver(0.05) == 0
+        release.set()
+        app.alerts.notifier.flush()
+        wait_for(lambda: all(a.delivery.get("webhook") == "ok" for a in app.alerts.history()))
+        assert sorted(m["incident_key"] for m in hook.received) == ["dlq_size", "job_dead:t"]
+    finally:
+        release.set()
+        hook.close()

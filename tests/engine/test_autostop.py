@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -191,4 +192,41 @@ def test_a_worker_killed_between_the_pause_and_its_alert_leaves_neither(app, db_
     assert app.store.pauses() == [], "the pause rolled back with the alert"
     app.settings.autostop_consecutive_failures = 3
     AutoStop(app).check()  # the next check, as a restarted worker's
+    assert_paused_with_one_open_alert(app)
+
+
+def test_a_task_resumed_after_an_autostop_is_not_stopped_again_before_it_fails_again(app):
+    """`ledgerflow tasks resume` (resume, then resolve the alert) after fixing the cause: the
+    next check must not pause the task again on the same attempts that stopped it (nothing has
+    run since); new failures after the resume stop it again, with a new alert."""
+    app.settings.autostop_consecutive_failures = 3
+    seed_three_failed_attempts(app)
+    assert AutoStop(app).check() == ["flaky_import"]
+    assert app.store.resume("task", "flaky_import")
+    assert app.alerts.resolve("autostop:flaky_import", "task flaky_import resumed by user")
+    assert AutoStop(app).check() == []
+    assert app.store.pauses() == []
+    seed_three_failed_attempts(app)  # failing again after the resume
+    assert AutoStop(app).check() == ["flaky_import"]
+    assert [a.resolved_at is None for a in app.alerts.history(kind="autostop:flaky_import")] == [True, False]
+
+
+def test_two_workers_deciding_at_once_write_one_pause_and_one_alert(app, make_app):
+    """Two processes' checks (own pools) trip the same rule at the same instant: one pause and
+    one alert (the second pause's ON CONFLICT DO NOTHING writes neither)."""
+    app.settings.autostop_consecutive_failures = 3
+    other = make_app()
+    other.settings.autostop_consecutive_failures = 3
+    seed_three_failed_attempts(app)
+    barrier = threading.Barrier(2)
+
+    def run(a: App) -> None:
+        barrier.wait()
+        AutoStop(a).check()
+
+    threads = [threading.Thread(target=run, args=(a,)) for a in (app, other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     assert_paused_with_one_open_alert(app)

@@ -2,7 +2,8 @@
 
 A task type is paused (with a critical alert) after N consecutive failed attempts, when its
 failure rate over the last hour exceeds a threshold (with a minimum number of attempts), or
-when it has too many dead jobs. `ledgerflow tasks resume TASK` undoes it. A worker also stops
+when it has too many dead jobs. `ledgerflow tasks resume TASK` undoes it (resolving the
+alert; from then on only attempts and deaths after that resolution count). A worker also stops
 claiming while the host's memory use is over a threshold, and (when enabled) while its CPU
 stays above a threshold for a while; each raises an alert, resolved when claiming resumes.
 """
@@ -17,11 +18,13 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import case, func, select
 
-from ledgerflow.db.tables import job_executions, jobs
+from ledgerflow.db.tables import alerts, job_executions, jobs
 from ledgerflow.engine.states import JobState
 from ledgerflow.logs import get_logger
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
     from ledgerflow.app import App
 
 #: Attempts that ended without it being the task's fault are not counted.
@@ -71,15 +74,27 @@ class AutoStop:
                     .group_by(jobs.c.task)
                 ).all()
             )
+            candidates = (suspects | set(dead)) - paused
+            resumed = self._resumed(conn, candidates)
             reasons: dict[str, str] = {}
-            for task in (suspects | set(dead)) - paused:
+            for task in candidates:
+                since = resumed.get(task)
+                if since is not None:  # only what happened after the resume counts
+                    dead[task] = conn.execute(
+                        select(func.count()).where(
+                            jobs.c.task == task, jobs.c.state == JobState.DEAD, jobs.c.finished_at > since
+                        )
+                    ).scalar_one()
+                    since_resume = [*counted, job_executions.c.completed_at > since]
+                else:
+                    since_resume = counted
                 if dead.get(task, 0) > self.dead_limit:
                     reasons[task] = f"{dead[task]} dead jobs (limit {self.dead_limit})"
                     continue
                 recent = (
                     conn.execute(
                         select(job_executions.c.status)
-                        .where(job_executions.c.task == task, *counted)
+                        .where(job_executions.c.task == task, *since_resume)
                         .order_by(job_executions.c.completed_at.desc())
                         .limit(self.consecutive)
                     )
@@ -92,7 +107,9 @@ class AutoStop:
                 total, failed = conn.execute(
                     select(
                         func.count(), func.sum(case((job_executions.c.status == "failed", 1), else_=0))
-                    ).where(job_executions.c.task == task, job_executions.c.completed_at > hour_ago, *counted)
+                    ).where(
+                        job_executions.c.task == task, job_executions.c.completed_at > hour_ago, *since_resume
+                    )
                 ).one()
                 if total >= self.min_attempts and (failed or 0) / total > self.rate:
                     reasons[task] = (
@@ -115,6 +132,21 @@ class AutoStop:
             if opened is not None:  # None: the incident was still open (paused again before resolved)
                 self.app.alerts.send(opened)
         return list(reasons)
+
+    @staticmethod
+    def _resumed(conn: Connection, tasks: set[str]) -> dict[str, datetime]:
+        """When each task's last auto-stop was resolved (it was resumed: resume, then resolve)."""
+        if not tasks:
+            return {}
+        rows = conn.execute(
+            select(alerts.c.incident_key, func.max(alerts.c.resolved_at))
+            .where(
+                alerts.c.incident_key.in_([f"autostop:{t}" for t in tasks]),
+                alerts.c.resolved_at.is_not(None),
+            )
+            .group_by(alerts.c.incident_key)
+        )
+        return {key.removeprefix("autostop:"): at for key, at in rows}
 
 
 class HostGate:
