@@ -358,13 +358,9 @@ def test_a_result_stored_past_a_floats_range_is_shown_as_json_by_the_api_and_the
     assert code == 0 and strict(out)["result"] == expected, err
 
 
-@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-def test_the_event_feed_sends_a_row_whose_lower_id_commits_after_a_higher_one_was_sent(serve_app):
-    """PostgreSQL draws an id at insert: the attempt with the lower id commits last, after the
-    higher one was streamed. The feed read `id > last sent` and never sent it; now each row
-    arrives exactly once."""
-    service = serve_app()
-    app = service.app
+def _event_ids(service: Any) -> list[str]:
+    """The ids (`KIND-ID`) the running service's event feed sends, appended as they arrive (a
+    thread reads the stream until the server stops); returns once the stream is connected."""
     ids: list[str] = []
     received: list[str] = []
 
@@ -382,6 +378,17 @@ def test_the_event_feed_sends_a_row_whose_lower_id_commits_after_a_higher_one_wa
 
     threading.Thread(target=listen, daemon=True).start()
     wait_until(lambda: ": connected" in received, 60, 0.05, "the event stream to connect")
+    return ids
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_the_event_feed_sends_a_row_whose_lower_id_commits_after_a_higher_one_was_sent(serve_app):
+    """PostgreSQL draws an id at insert: the attempt with the lower id commits last, after the
+    higher one was streamed. The feed read `id > last sent` and never sent it; now each row
+    arrives exactly once."""
+    service = serve_app()
+    app = service.app
+    ids = _event_ids(service)
     now = datetime.now(UTC)
     with app.db.begin() as conn:
         job_id = conn.execute(insert(jobs).values(completed_job_row(now)).returning(jobs.c.id)).scalar_one()
@@ -428,23 +435,7 @@ def test_the_event_feed_sends_every_row_once_when_more_than_a_page_commits_at_on
     is streamed, once, over the following polls."""
     service = serve_app()
     app = service.app
-    ids: list[str] = []
-    received: list[str] = []
-
-    def listen() -> None:
-        with (
-            contextlib.suppress(httpx.RemoteProtocolError),  # the server stopping at teardown
-            httpx.stream(
-                "GET", f"{service.url}/api/events", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120
-            ) as response,
-        ):
-            for line in response.iter_lines():
-                received.append(line)
-                if line.startswith("id: "):
-                    ids.append(line.removeprefix("id: "))
-
-    threading.Thread(target=listen, daemon=True).start()
-    wait_until(lambda: ": connected" in received, 60, 0.05, "the event stream to connect")
+    ids = _event_ids(service)
     now = datetime.now(UTC)
     with app.db.begin() as conn:
         job_id = conn.execute(insert(jobs).values(completed_job_row(now)).returning(jobs.c.id)).scalar_one()
