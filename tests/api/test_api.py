@@ -381,6 +381,12 @@ def _event_ids(service: Any) -> list[str]:
     return ids
 
 
+def _attempt_row(job_id: int, attempt: int, at: datetime) -> dict[str, Any]:
+    """A completed attempt of `job_id` (a `job_executions` row)."""
+    row = {"job_id": job_id, "attempt": attempt, "task": "t", "queue": "default", "status": "completed"}
+    return row | {"started_at": at, "completed_at": at}
+
+
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_the_event_feed_sends_a_row_whose_lower_id_commits_after_a_higher_one_was_sent(serve_app):
     """PostgreSQL draws an id at insert: the attempt with the lower id commits last, after the
@@ -394,10 +400,7 @@ def test_the_event_feed_sends_a_row_whose_lower_id_commits_after_a_higher_one_wa
         job_id = conn.execute(insert(jobs).values(completed_job_row(now)).returning(jobs.c.id)).scalar_one()
 
     def attempt(n: int) -> dict[str, Any]:
-        return {"job_id": job_id, "attempt": n, "task": "t", "queue": "default", "status": "completed"} | {
-            "started_at": now,
-            "completed_at": now,
-        }
+        return _attempt_row(job_id, n, now)
 
     with app.db.engine.connect() as slow:
         slow_tx = slow.begin()
@@ -439,11 +442,7 @@ def test_the_event_feed_sends_every_row_once_when_more_than_a_page_commits_at_on
     now = datetime.now(UTC)
     with app.db.begin() as conn:
         job_id = conn.execute(insert(jobs).values(completed_job_row(now)).returning(jobs.c.id)).scalar_one()
-        rows = [
-            {"job_id": job_id, "attempt": n, "task": "t", "queue": "default", "status": "completed"}
-            | {"started_at": now, "completed_at": now}
-            for n in range(1, 1201)
-        ]
+        rows = [_attempt_row(job_id, n, now) for n in range(1, 1201)]
         inserted = conn.execute(insert(job_executions).returning(job_executions.c.id), rows).scalars().all()
     wait_until(lambda: len(ids) >= len(inserted), 60, 0.05, "all the rows to be streamed")
     time.sleep(3)  # a few more polls: nothing is sent twice
