@@ -396,7 +396,7 @@ class PostgresSingle:
         with contextlib.suppress(Exception):
             if _idle_autocommit(held):
                 self._db.backend.autocommit(held.driver_connection, False)
-            else:
+            elif held.is_valid:
                 held.invalidate()
         with contextlib.suppress(Exception):
             held.close()
