@@ -411,9 +411,9 @@ def _idle_autocommit(pooled: PoolProxiedConnection) -> bool:
     """Whether a pooled psycopg connection is usable as `PostgresSingle` keeps it: valid, open,
     in autocommit and outside any transaction."""
     driver = pooled.driver_connection
-    if not pooled.is_valid or driver is None or driver.closed or driver.broken or not driver.autocommit:
+    if not pooled.is_valid or driver is None or driver.closed or getattr(driver, "broken", False):  # 3.2+
         return False
-    return bool(driver.pgconn.transaction_status == 0)  # psycopg.pq.TransactionStatus.IDLE
+    return bool(driver.autocommit and driver.pgconn.transaction_status == 0)  # 0: TransactionStatus.IDLE
 
 
 def _need_transaction(conn: Connection, what: str) -> None:
