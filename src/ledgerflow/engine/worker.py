@@ -398,14 +398,13 @@ class Worker:
                     if not self._inflight and not self._outcomes and launched is None:
                         break
                 self._start_buffered()
-                flush = self._should_flush()
-                slots = self._claim_budget(with_outcomes=flush)
+                slots = self._claim_budget()
                 if self._waker is not None:
                     self._waker.ready(bool(slots))
                 if not (self._claim_due or self._limited or self._wakes != self._wakes_claimed):
                     slots = {}  # nothing new since a claim came back short: only write outcomes
                 claims: list[Claim] = []
-                if launched is not None or slots or flush:
+                if launched is not None or slots or self._should_flush():
                     cycle: Awaitable[CycleResult]
                     if launched is not None and launched.cycle is not None:
                         batch, slots, wakes = [], launched.slots, launched.wakes
@@ -539,16 +538,8 @@ class Worker:
             await asyncio.sleep(0.5)
             return default
 
-    def _claim_budget(self, with_outcomes: bool = False) -> dict[str, int]:
-        """How many jobs to claim now, per queue ('*' = the queues sharing the pool).
-
-        The pool's queues are refilled once half the capacity is free, so that a claim carries a
-        batch; but when the cycle goes anyway to write outcomes (`with_outcomes`), it also claims
-        as soon as a slot's worth is free. A write-only cycle otherwise went just before the
-        refill, and the claim waited behind it while the buffer ran dry: with two worker
-        processes of no-op jobs on PostgreSQL, 26-37 % of the cycles wrote only, and one cycle
-        in 20 began with nothing left to run (docs/benchmarks.md, "Two PostgreSQL worker
-        processes")."""
+    def _claim_budget(self) -> dict[str, int]:
+        """How many jobs to claim now, per queue ('*' = the queues sharing the pool)."""
         if self._stopping or not self._may_claim():
             return {}
         limited = {q: n for q, n in self.opts.queues.items() if n is not None}
@@ -556,8 +547,7 @@ class Worker:
             capacity = self.opts.concurrency + self._prefetch()
             held = len(self._inflight) + len(self._buffer)
             # refill when the buffer runs low, so each cycle carries a batch
-            most = capacity - self.opts.concurrency if with_outcomes else capacity // 2
-            if held >= self.opts.concurrency and held > most:
+            if held >= self.opts.concurrency and held > capacity // 2:
                 return {}
             return {"*": capacity - held} if capacity > held else {}
         free = self.opts.concurrency - len(self._inflight) - len(self._buffer)
