@@ -30,7 +30,7 @@ from typing import Any
 
 import psycopg
 
-from bench.common import PG_ADMIN, ROOT, RssSampler, database, python
+from bench.common import PG_ADMIN, ROOT, RssSampler, database, precompile, python
 from bench.stamp import Stamps, count_lines, parse
 
 POLL = 0.025  # how often the harness asks a queue whether it has finished
@@ -475,6 +475,7 @@ def run(names: list[str], reps: int = 5, jobs: int = 10_000, latency_samples: in
     repetition starts one system later), so a machine that drifts during the run weighs on
     every system alike instead of on whichever was measured last."""
     chosen = systems(names)
+    precompile()
     runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in chosen}
     waits: dict[str, list[dict[str, Any]]] = {s.name: [] for s in chosen}
     errors: dict[str, str] = {}
