@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from sqlalchemy import func, make_url, select
+from sqlalchemy import event, func, make_url, select
 from sqlalchemy.exc import DataError
 
 from ledgerflow import App, DatabaseUnavailable, JobState
@@ -166,3 +166,28 @@ def test_the_kept_connection_outlives_a_refused_insert_and_goes_back_to_the_pool
         assert conn.execute(select(func.count()).select_from(jobs)).scalar_one() == 3
     with db.single() as kept:
         assert kept.driver_connection is not driver
+
+
+def test_the_kept_connection_goes_back_to_the_pool_once_as_old_as_its_recycle_age(make_app, monkeypatch):
+    """The kept connection bypasses the pool's check-out, so it would outlive `pool_recycle`
+    (a firewall's idle limit, a server's session settings): once older than that it is given
+    back and checked out again, so the pool's own recycle (by the connection's age) applies."""
+    import ledgerflow.db.database as database
+
+    app = make_app()
+    checkouts: list[object] = []
+    event.listen(app.db.engine, "checkout", lambda dbapi, record, proxy: checkouts.append(dbapi))
+
+    @app.task(name="plain")
+    def plain(i: int) -> None: ...
+
+    app.enqueue(plain.prepare(0))
+    app.enqueue(plain.prepare(1))
+    assert len(checkouts) == 1  # younger than the recycle age: kept, not checked out again
+    monkeypatch.setattr(database, "POOL_RECYCLE_SECONDS", 0.0)
+    time.sleep(0.01)
+    app.enqueue(plain.prepare(2))
+    assert len(checkouts) == 2  # given back and checked out again
+    with app.db.single() as kept:
+        assert kept.driver_connection.autocommit
+    assert _stored(app) == ["0", "1", "2"]

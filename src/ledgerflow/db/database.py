@@ -15,6 +15,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
@@ -25,6 +26,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from ledgerflow.db.backends import Backend, SessionLimits, backend_for, dumps, loads
+from ledgerflow.db.postgres import POOL_RECYCLE_SECONDS
 from ledgerflow.errors import DatabaseUnavailable
 
 T = TypeVar("T")
@@ -332,7 +334,8 @@ class PostgresSingle:
     thread of this process holds it (the caller then enters it); otherwise the caller takes a
     pooled connection as before, so concurrent enqueuers of one process do not wait for each
     other. A connection an error left broken, closed or in a transaction is given back to
-    the pool (which invalidates or resets it) and the next statement takes another. A process
+    the pool (which invalidates or resets it) and the next statement takes another; so is one
+    kept longer than the pool's `pool_recycle` (the pool then replaces it, as it does its own). A process
     forked from this one takes its own (the parent's is never used nor closed there)."""
 
     def __init__(self, db: Database) -> None:
@@ -340,6 +343,7 @@ class PostgresSingle:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._held: PoolProxiedConnection | None = None
+        self._taken_at = 0.0  # time.monotonic() when `_held` was taken from the pool
 
     def take(self) -> bool:
         """Reserve the connection for the calling thread (then `with` it); False if in use."""
@@ -351,8 +355,12 @@ class PostgresSingle:
     def __enter__(self) -> PoolProxiedConnection:
         try:
             held = self._held
+            if held is not None and time.monotonic() - self._taken_at > POOL_RECYCLE_SECONDS:
+                self._give_back()  # as old as the pool's `pool_recycle`: the pool replaces it
+                held = None
             if held is None:
                 held = self._db.engine.raw_connection()
+                self._taken_at = time.monotonic()
                 try:
                     self._db.backend.autocommit(held.driver_connection, True)
                 except BaseException:

@@ -81,6 +81,11 @@ NETWORK_DEFAULTS: dict[str, int] = {
 }
 
 
+#: Age after which the pool replaces a connection at its next check-out (`PostgresSingle`'s
+#: kept connection too).
+POOL_RECYCLE_SECONDS = 1800
+
+
 def connect_args(url: str, connect_timeout: float, limits: SessionLimits) -> dict[str, Any]:
     """psycopg connection parameters: the network defaults and the session limits, under the URL's own."""
     given = make_url(url).query
@@ -523,7 +528,7 @@ class PostgresBackend:
             pool_size=options["pool_size"],
             max_overflow=10,
             pool_timeout=options["pool_timeout"],
-            pool_recycle=1800,
+            pool_recycle=POOL_RECYCLE_SECONDS,
         )
 
     def now(self) -> ColumnElement[Any]:
