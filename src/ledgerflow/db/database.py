@@ -16,6 +16,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
@@ -81,6 +82,7 @@ class Database:
         self.pool_timeouts = 0
         self._sqlite_single = SQLiteSingle(self, busy_timeout) if self.is_sqlite else None
         self._postgres_single = None if self.is_sqlite else PostgresSingle(self)
+        _LIVE.add(self)
 
     @property
     def is_sqlite(self) -> bool:
@@ -220,6 +222,19 @@ class Database:
         with self.read() as conn:
             conn.exec_driver_sql("SELECT 1")
 
+    def after_fork(self) -> None:
+        """Run in a process just forked from this one's (every live `Database`, by an
+        `os.register_at_fork` hook): the pooled connections and the one-call connections are
+        the parent's sessions (or SQLite's connections, which must not cross a fork). They are
+        kept referenced, never used nor closed here, and this process opens its own: two
+        processes on one PostgreSQL socket would interleave their messages."""
+        _INHERITED.append(self.engine.pool)
+        self.engine.dispose(close=False)  # a new, empty pool; the inherited one left alone
+        if self._sqlite_single is not None:
+            self._sqlite_single._after_fork()
+        if self._postgres_single is not None:
+            self._postgres_single.after_fork()
+
     def dispose(self) -> None:
         if self._sqlite_single is not None:
             self._sqlite_single.close()
@@ -248,9 +263,10 @@ class Database:
         return error
 
 
-#: Connections a forked process inherited: kept referenced, so never closed in it (closing one
-#: would release the locks the process holds on the same file).
-_INHERITED: list[sqlite3.Connection | None] = []
+#: What a forked process inherited (the pool, the one-call connections): kept referenced, so
+#: never closed in it (closing a SQLite connection would release the locks the process holds on
+#: the same file; closing a PostgreSQL one would end the parent's session).
+_INHERITED: list[object] = []
 
 
 class SQLiteSingle:
@@ -335,28 +351,25 @@ class PostgresSingle:
     pooled connection as before, so concurrent enqueuers of one process do not wait for each
     other. A connection an error left broken, closed or in a transaction is given back to
     the pool (which invalidates or resets it) and the next statement takes another; so is one
-    kept longer than the pool's `pool_recycle` (the pool then replaces it, as it does its own). A process
-    forked from this one takes its own (the parent's is never used nor closed there)."""
+    kept longer than the pool's `pool_recycle`, or older than the pool's last invalidation (the
+    pool then replaces it, as it does its own). A process forked from this one takes its own
+    (the parent's is never used nor closed there: `Database.after_fork`)."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
         self._lock = threading.Lock()
-        self._pid = os.getpid()
         self._held: PoolProxiedConnection | None = None
         self._taken_at = 0.0  # time.monotonic() when `_held` was taken from the pool
 
     def take(self) -> bool:
         """Reserve the connection for the calling thread (then `with` it); False if in use."""
-        if self._pid != os.getpid():
-            _INHERITED_POOLED.append(self._held)
-            self._lock, self._pid, self._held = threading.Lock(), os.getpid(), None
         return self._lock.acquire(blocking=False)
 
     def __enter__(self) -> PoolProxiedConnection:
         try:
             held = self._held
-            if held is not None and time.monotonic() - self._taken_at > POOL_RECYCLE_SECONDS:
-                self._give_back()  # as old as the pool's `pool_recycle`: the pool replaces it
+            if held is not None and self._stale(held):
+                self._give_back()  # the pool replaces it, as it would at a check-out
                 held = None
             if held is None:
                 held = self._db.engine.raw_connection()
@@ -390,10 +403,30 @@ class PostgresSingle:
 
     def close(self) -> None:
         """Give the connection back to the pool (`Database.dispose`); the next statement takes one."""
-        if self._pid != os.getpid():
-            return  # the parent's: `take` forgets it
         with self._lock:
             self._give_back()
+
+    def after_fork(self) -> None:
+        """In a process just forked from this one's (`Database.after_fork`): the parent's
+        connection is kept referenced, never used nor closed here (closing it would end the
+        parent's session), and the lock (which a thread of the parent may have held at the
+        fork, never to release it here) is replaced."""
+        _INHERITED.append(self._held)
+        self._lock, self._held = threading.Lock(), None
+
+    def _stale(self, held: PoolProxiedConnection) -> bool:
+        """Whether the pool would no longer hand `held` out: kept longer than `pool_recycle`,
+        made before the pool's last invalidation (a disconnect any statement of this process
+        met: after a server restart the pool replaces every older connection, and so the kept
+        one is not tried, dead, by the next enqueue), or of a pool since replaced."""
+        pool = self._db.engine.pool
+        record = held._connection_record  # type: ignore[attr-defined]
+        return (
+            time.monotonic() - self._taken_at > POOL_RECYCLE_SECONDS
+            or record is None
+            or held._pool is not pool  # type: ignore[attr-defined]
+            or record.starttime < pool._invalidate_time  # type: ignore[attr-defined]
+        )
 
     def _give_back(self) -> None:
         """Back to the pool in transactions if it is as kept, else invalidated (the pool
@@ -408,11 +441,6 @@ class PostgresSingle:
                 held.invalidate()
         with contextlib.suppress(Exception):
             held.close()
-
-
-#: Pooled connections a forked process inherited from `PostgresSingle`: kept referenced, never
-#: used nor closed in it (closing one would end the parent's session).
-_INHERITED_POOLED: list[PoolProxiedConnection | None] = []
 
 
 def _idle_autocommit(pooled: PoolProxiedConnection) -> bool:
@@ -434,3 +462,17 @@ def _first_line(error: BaseException) -> str:
     orig = getattr(error, "orig", None) or error
     text = str(orig).strip().splitlines()
     return text[0] if text else type(orig).__name__
+
+
+#: Every `Database` of this process, for `after_fork`.
+_LIVE: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """`Database.after_fork` of every live database, in the child of an `os.fork` (while it
+    has one thread: no enqueue of its can meet the parent's connections first)."""
+    for db in list(_LIVE):
+        db.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
