@@ -5,6 +5,7 @@ Real PostgreSQL sessions, ended with `pg_terminate_backend`, and real forked pro
 from __future__ import annotations
 
 import os
+import threading
 
 import psycopg
 import pytest
@@ -90,3 +91,37 @@ def test_a_forked_process_enqueues_on_sessions_of_its_own(make_app):
     with app.db.read() as conn:
         stored = list(conn.execute(select(jobs.c.args[0].as_integer()).order_by(jobs.c.id)).scalars())
     assert stored == [0, 1, 2, 3, 4]
+
+
+def test_the_kept_connection_leaves_the_pool_its_full_capacity(make_app):
+    """The kept connection is checked out for good once the process has enqueued: the pool
+    still lends `pool_size + 10` connections at once to everything else, as it did before
+    there was a kept connection (main: the eleventh transaction of a pool of one waited
+    `pool_timeout` and failed while the kept connection sat idle)."""
+    app = make_app(db_pool_size=1, db_pool_timeout=2.0)
+
+    @app.task(name="plain")
+    def plain(i: int) -> None: ...
+
+    app.enqueue(plain.prepare(0))  # the kept connection is checked out from now on
+    together = threading.Barrier(11)
+    outcomes: list[str] = []
+
+    def transaction() -> None:
+        try:
+            with app.db.begin() as conn:
+                conn.execute(text("SELECT 1"))
+                together.wait(10)  # all eleven hold a connection at once
+            outcomes.append("ok")
+        except Exception as error:
+            outcomes.append(type(error).__name__)
+            together.abort()
+
+    threads = [threading.Thread(target=transaction) for _ in range(11)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert outcomes == ["ok"] * 11
+    app.enqueue(plain.prepare(1))  # and the kept connection still serves
+    assert app.db.engine.pool.checkedout() == 1

@@ -27,7 +27,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from ledgerflow.db.backends import Backend, SessionLimits, backend_for, dumps, loads
-from ledgerflow.db.postgres import POOL_RECYCLE_SECONDS
+from ledgerflow.db.postgres import POOL_RECYCLE_SECONDS, LendingQueuePool
 from ledgerflow.errors import DatabaseUnavailable
 
 T = TypeVar("T")
@@ -82,6 +82,8 @@ class Database:
         self.pool_timeouts = 0
         self._sqlite_single = SQLiteSingle(self, busy_timeout) if self.is_sqlite else None
         self._postgres_single = None if self.is_sqlite else PostgresSingle(self)
+        if self._postgres_single is not None and isinstance(self.engine.pool, LendingQueuePool):
+            self.engine.pool.lend = self._postgres_single.lend
         _LIVE.add(self)
 
     @property
@@ -405,6 +407,15 @@ class PostgresSingle:
         """Give the connection back to the pool (`Database.dispose`); the next statement takes one."""
         with self._lock:
             self._give_back()
+
+    def lend(self) -> None:
+        """Give the connection back to the pool if no thread uses it (`LendingQueuePool`, when
+        exhausted; never waits); the next statement takes one again."""
+        if self._lock.acquire(blocking=False):
+            try:
+                self._give_back()
+            finally:
+                self._lock.release()
 
     def after_fork(self) -> None:
         """In a process just forked from this one's (`Database.after_fork`): the parent's

@@ -40,7 +40,7 @@ from sqlalchemy import (
     table,
 )
 from sqlalchemy.engine import Dialect, Engine
-from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePool
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement, ColumnElement
 
@@ -84,6 +84,27 @@ NETWORK_DEFAULTS: dict[str, int] = {
 #: Age after which the pool replaces a connection at its next check-out (`PostgresSingle`'s
 #: kept connection too).
 POOL_RECYCLE_SECONDS = 1800
+
+
+class LendingQueuePool(QueuePool):
+    """SQLAlchemy's `QueuePool` that, exhausted (every connection of `pool_size` and the
+    overflow checked out), first asks `lend` to give back a connection kept out of it while
+    unused (`PostgresSingle`'s, checked out for good), then waits as `QueuePool` does: a kept
+    connection takes none of the capacity the pool lent to other statements before it was kept."""
+
+    #: Gives a kept, unused connection back to this pool (never waits); None: nothing kept.
+    lend: Callable[[], None] | None = None
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        if self.lend is not None and self._overflow >= self._max_overflow and self._pool.empty():
+            self.lend()
+        return super()._do_get()
+
+    def recreate(self) -> QueuePool:
+        pool = super().recreate()
+        assert isinstance(pool, LendingQueuePool)
+        pool.lend = self.lend
+        return pool
 
 
 def connect_args(url: str, connect_timeout: float, limits: SessionLimits) -> dict[str, Any]:
@@ -529,6 +550,7 @@ class PostgresBackend:
             max_overflow=10,
             pool_timeout=options["pool_timeout"],
             pool_recycle=POOL_RECYCLE_SECONDS,
+            poolclass=LendingQueuePool,
         )
 
     def now(self) -> ColumnElement[Any]:
