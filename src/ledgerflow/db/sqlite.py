@@ -353,11 +353,6 @@ class DataVersionWaker:
     (`<database>-wake-<key>.lock`, an `flock` the kernel releases when its process dies);
     a ready worker that could not take it keeps the change pending and takes the lock as
     soon as the leader gives it up (busy, stopped or dead), then claims.
-
-    While its worker has no free slot it does not poll: `data_version` is a level, not an
-    event, so it looks once when a slot frees (`ready(True)` wakes it) and calls back if
-    anything was committed meanwhile. Polling every few ms instead woke the busy worker's
-    loop for nothing (a 2 x 4 bench.fair run: ~0.3 wake-ups and ~10 us of CPU per job).
     """
 
     #: At least this long between two looks (a busy database writes its log all the time).
@@ -368,22 +363,15 @@ class DataVersionWaker:
     #: than a millisecond on a loaded machine (a single look 1 ms later lost such a commit
     #: until the poll: 30 s in a test, once).
     RECHECK, RECHECK_MAX, RECHECK_WINDOW = 0.001, 0.064, 0.5
-    #: While the worker has no free slot, look at least this often anyway (a safety net: a
-    #: freed slot wakes the waker at once).
-    BUSY_POLL = 0.25
 
     def __init__(self, path: str, poll_seconds: float) -> None:
         self._path = path
         self._poll = poll_seconds
         self._thread: StoppableThread | None = None
         self._ready = False
-        self._readied = threading.Event()  # set when `ready` turns True, and on stop
 
     def ready(self, ready: bool) -> None:
-        """Whether the worker has a free slot; turning True wakes a waker waiting busy."""
-        was, self._ready = self._ready, ready
-        if ready and not was:
-            self._readied.set()
+        self._ready = ready
 
     def start(self, callback: Callable[[str | None], None], election: Election | None = None) -> None:
         lock_path = f"{self._path}-wake-{election.key() & 0xFFFFFFFF:08x}.lock" if election else None
@@ -398,12 +386,11 @@ class DataVersionWaker:
                 timeout = self._poll
                 checked = recheck_until = 0.0
                 while not stop.is_set():
-                    self._readied.clear()  # before reading `_ready`: a later `ready(True)` sets it
                     if self._ready:  # idle slots: look as soon as the log is written
                         if watch.wait(timeout):
                             stop.wait(max(0.0, checked + self.MIN_GAP - time.monotonic()))
-                    else:  # busy: look when a slot frees (a level: nothing is missed meanwhile)
-                        self._readied.wait(max(self._poll, self.BUSY_POLL))
+                    else:  # busy: the poll is soon enough (a freed slot claims by itself)
+                        stop.wait(self._poll)
                         watch.wait(0)
                     if stop.is_set():
                         break
@@ -445,7 +432,6 @@ class DataVersionWaker:
 
     def stop(self) -> None:
         if self._thread:
-            self._readied.set()  # a busy waker's wait ends at once
             self._thread.stop()
 
 
