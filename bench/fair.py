@@ -415,8 +415,8 @@ def latency(system: System, reps: int, samples: int, gap: float) -> dict[str, An
     return {"p50_ms": spread(p50, 2), "p99_ms": spread(p99, 2), "samples_per_rep": samples}
 
 
-def measure(system: System, reps: int, jobs: int, latency_samples: int) -> dict[str, Any]:
-    runs = [processing_once(system, jobs, 2, 4) for _ in range(reps)]
+def summary(system: System, runs: list[dict[str, Any]], waits: list[dict[str, Any]]) -> dict[str, Any]:
+    """One system's repetitions (processing and latency) as medians and spreads."""
 
     def col(name: str) -> list[float]:
         return [r[name] for r in runs]
@@ -425,7 +425,7 @@ def measure(system: System, reps: int, jobs: int, latency_samples: int) -> dict[
         "version": system.version(),
         "backend": system.backend,
         "settings": system.settings,
-        "jobs": jobs,
+        "jobs": runs[0]["jobs"],
         "processes": 2,
         "concurrency": 4,
         "processing_jobs_per_s": spread(col("processing")),
@@ -433,7 +433,11 @@ def measure(system: System, reps: int, jobs: int, latency_samples: int) -> dict[
         "startup_s": spread(col("startup"), 2),
         "bulk_enqueue_per_s": spread(col("bulk")) if system.bulk else None,
         "one_call_enqueue_per_s": spread(col("one_call")),
-        "latency": latency(system, reps, latency_samples, 0.01),
+        "latency": {
+            "p50_ms": spread([w["p50_ms"]["median"] for w in waits], 2),
+            "p99_ms": spread([w["p99_ms"]["median"] for w in waits], 2),
+            "samples_per_rep": waits[0]["samples_per_rep"],
+        },
         "executions": col("executions"),
         "duplicate_executions": sum(r["duplicates"] for r in runs),
         "worker_peak_rss_mb": spread(col("rss"), 1),
@@ -466,14 +470,29 @@ DEFAULT = "ledgerflow_sqlite,ledgerflow_postgresql,pgqueuer,procrastinate,huey_s
 
 
 def run(names: list[str], reps: int = 5, jobs: int = 10_000, latency_samples: int = 200) -> dict[str, Any]:
-    results: dict[str, Any] = {}
-    for system in systems(names):
-        try:
-            results[system.name] = measure(system, reps, jobs, latency_samples)
-        except ImportError as exc:
-            results[system.name] = {"error": f"not installed: {exc.name}"}
-        except Exception as exc:  # one peer's failure is reported, not hidden, and the others still run
-            results[system.name] = {"error": f"{type(exc).__name__}: {exc}"}
+    """Every system measured `reps` times, repetitions interleaved across systems (each
+    repetition starts one system later), so a machine that drifts during the run weighs on
+    every system alike instead of on whichever was measured last."""
+    chosen = systems(names)
+    runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in chosen}
+    waits: dict[str, list[dict[str, Any]]] = {s.name: [] for s in chosen}
+    errors: dict[str, str] = {}
+    for rep in range(reps):
+        turn = rep % len(chosen)
+        for system in chosen[turn:] + chosen[:turn]:
+            if system.name in errors:
+                continue
+            try:
+                runs[system.name].append({**processing_once(system, jobs, 2, 4), "jobs": jobs})
+                waits[system.name].append(latency(system, 1, latency_samples, 0.01))
+            except ImportError as exc:
+                errors[system.name] = f"not installed: {exc.name}"
+            except Exception as exc:  # one peer's failure is reported, not hidden, and the others still run
+                errors[system.name] = f"{type(exc).__name__}: {exc}"
+    results: dict[str, Any] = {
+        s.name: {"error": errors[s.name]} if s.name in errors else summary(s, runs[s.name], waits[s.name])
+        for s in chosen
+    }
     with psycopg.connect(PG_ADMIN) as c:
         server = {
             name: c.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
