@@ -30,8 +30,8 @@ from typing import Any
 
 import psycopg
 
-from bench.common import PG_ADMIN, ROOT, RssSampler, database, python
-from bench.stamp import Stamps, count_lines
+from bench.common import PG_ADMIN, ROOT, RssSampler, database, precompile, python
+from bench.stamp import Stamps, count_lines, parse
 
 POLL = 0.025  # how often the harness asks a queue whether it has finished
 
@@ -424,8 +424,9 @@ def latency(system: System, reps: int, samples: int, gap: float) -> dict[str, An
             stop(procs)
         first: dict[str, float] = {}
         for line in stamps.read_text().splitlines():
-            key, _, at = line.partition(" ")
-            first.setdefault(key, float(at))
+            stamp = parse(line)
+            if stamp is not None:
+                first.setdefault(stamp[0], stamp[1])
     p50, p99 = [], []
     for rep in range(reps):
         waits = [first[k] - t for k, t in called.items() if k.startswith(f"lat-{rep}-")]
@@ -494,6 +495,7 @@ def run(names: list[str], reps: int = 5, jobs: int = 10_000, latency_samples: in
     repetition starts one system later), so a machine that drifts during the run weighs on
     every system alike instead of on whichever was measured last."""
     chosen = systems(names)
+    precompile()
     runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in chosen}
     waits: dict[str, list[dict[str, Any]]] = {s.name: [] for s in chosen}
     errors: dict[str, str] = {}
