@@ -487,7 +487,9 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-DEFAULT = "ledgerflow_sqlite,ledgerflow_postgresql,pgqueuer,procrastinate,huey_sqlite"
+DEFAULT = (
+    "ledgerflow_sqlite,ledgerflow_postgresql,ledgerflow_postgresql_async,pgqueuer,procrastinate,huey_sqlite"
+)
 
 
 def run(names: list[str], reps: int = 5, jobs: int = 10_000, latency_samples: int = 200) -> dict[str, Any]:
