@@ -30,8 +30,8 @@ from typing import Any
 
 import psycopg
 
-from bench.common import PG_ADMIN, ROOT, RssSampler, database, python
-from bench.stamp import Stamps, count_lines
+from bench.common import PG_ADMIN, ROOT, RssSampler, database, precompile, python
+from bench.stamp import Stamps, count_lines, parse
 
 POLL = 0.025  # how often the harness asks a queue whether it has finished
 
@@ -164,6 +164,24 @@ class Ledgerflow(System):
         argv = [python(), "-m", "ledgerflow", "worker", "--app", "bench.apps:app", "--queues", "default"]
         env = {"LEDGERFLOW_DATABASE_URL": self.url, "LEDGERFLOW_LOG_LEVEL": "WARNING"}
         return [*argv, "--concurrency", str(concurrency)], env
+
+
+class LedgerflowAsync(Ledgerflow):
+    """`Ledgerflow`, same worker, with the async no-op (`bench.noop_async`, run on the worker's
+    event loop): read async-to-async beside PgQueuer's async entrypoint."""
+
+    def __init__(self, backend: str) -> None:
+        super().__init__(backend)
+        self.name = f"ledgerflow_{backend}_async"
+        self.settings = {**self.settings, "task": "async def (runs on the worker's event loop)"}
+
+    @contextlib.contextmanager
+    def store(self) -> Iterator[None]:
+        from bench.apps import noop_async
+
+        with super().store():
+            self.noop = noop_async
+            yield
 
 
 class PgQueuer(System):
@@ -327,6 +345,7 @@ def systems(names: list[str]) -> list[System]:
     every: dict[str, Callable[[], System]] = {
         "ledgerflow_sqlite": lambda: Ledgerflow("sqlite"),
         "ledgerflow_postgresql": lambda: Ledgerflow("postgresql"),
+        "ledgerflow_postgresql_async": lambda: LedgerflowAsync("postgresql"),
         "pgqueuer": PgQueuer,
         "procrastinate": Procrastinate,
         "huey_sqlite": Huey,
@@ -405,8 +424,9 @@ def latency(system: System, reps: int, samples: int, gap: float) -> dict[str, An
             stop(procs)
         first: dict[str, float] = {}
         for line in stamps.read_text().splitlines():
-            key, _, at = line.partition(" ")
-            first.setdefault(key, float(at))
+            stamp = parse(line)
+            if stamp is not None:
+                first.setdefault(stamp[0], stamp[1])
     p50, p99 = [], []
     for rep in range(reps):
         waits = [first[k] - t for k, t in called.items() if k.startswith(f"lat-{rep}-")]
@@ -451,6 +471,7 @@ RATIO_MEASURES = ("processing_jobs_per_s", "wall_jobs_per_s", "bulk_enqueue_per_
 def ratios(results: dict[str, Any]) -> dict[str, Any]:
     """ledgerflow / peer, medians of the same run (the issue's targets)."""
     pairs = [("ledgerflow_postgresql", "pgqueuer"), ("ledgerflow_postgresql", "procrastinate")]
+    pairs.append(("ledgerflow_postgresql_async", "pgqueuer"))
     pairs.append(("ledgerflow_sqlite", "huey_sqlite"))
     out: dict[str, Any] = {}
     for ours, peer in pairs:
@@ -466,7 +487,9 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-DEFAULT = "ledgerflow_sqlite,ledgerflow_postgresql,pgqueuer,procrastinate,huey_sqlite"
+DEFAULT = (
+    "ledgerflow_sqlite,ledgerflow_postgresql,ledgerflow_postgresql_async,pgqueuer,procrastinate,huey_sqlite"
+)
 
 
 def run(names: list[str], reps: int = 5, jobs: int = 10_000, latency_samples: int = 200) -> dict[str, Any]:
@@ -474,6 +497,7 @@ def run(names: list[str], reps: int = 5, jobs: int = 10_000, latency_samples: in
     repetition starts one system later), so a machine that drifts during the run weighs on
     every system alike instead of on whichever was measured last."""
     chosen = systems(names)
+    precompile()
     runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in chosen}
     waits: dict[str, list[dict[str, Any]]] = {s.name: [] for s in chosen}
     errors: dict[str, str] = {}

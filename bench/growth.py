@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.common import precompile
 from bench.fair import Ledgerflow, spread, stop, wait_until
 from bench.stamp import Stamps, count_lines
 from ledgerflow.engine.search import index_pending
@@ -155,6 +156,7 @@ def run(
     reps: int = 5,
     jobs: int = 10_000,
 ) -> dict[str, Any]:
+    precompile()
     out: dict[str, Any] = {"jobs_per_repetition": jobs, "repetitions": reps, "curves": {}}
     for backend in backends:
         curves: dict[str, Any] = {}
