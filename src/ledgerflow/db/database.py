@@ -431,12 +431,12 @@ class PostgresSingle:
         met: after a server restart the pool replaces every older connection, and so the kept
         one is not tried, dead, by the next enqueue), or of a pool since replaced."""
         pool = self._db.engine.pool
-        record = held._connection_record  # type: ignore[attr-defined]
+        record = held._connection_record
         return (
             time.monotonic() - self._taken_at > POOL_RECYCLE_SECONDS
             or record is None
-            or held._pool is not pool  # type: ignore[attr-defined]
-            or record.starttime < pool._invalidate_time  # type: ignore[attr-defined]
+            or held._pool is not pool
+            or record.starttime < pool._invalidate_time
         )
 
     def _give_back(self) -> None:
