@@ -16,6 +16,13 @@ def noop(i: int = 0) -> None:
     stamp.record(i)
 
 
+@app.task(name="bench.noop_async")
+async def noop_async(i: int = 0) -> None:
+    """`noop` as an async task (run on the worker's event loop): the like-for-like job beside
+    peers whose entrypoints are async."""
+    stamp.record(i)
+
+
 @app.task(name="bench.hold", max_attempts=3, timeout=600)
 def hold(seconds: float, round_no: int = 0) -> int:
     """Holds its first attempt for `seconds` (the worker is killed meanwhile); later attempts

@@ -1,10 +1,11 @@
 """Worker CPU per no-op job, in-process (not part of `make bench`).
 
 python -m bench.cpu [--backends sqlite,postgresql] [--jobs 10000] [--reps 5] [--concurrency 4]
-                    [--log-level INFO] [--spy FILE]
+                    [--log-level INFO] [--task sync|async] [--spy FILE]
 
 Each repetition enqueues `jobs` no-op jobs on a fresh database, then runs one burst worker in
-this process (`App.run_worker`, the sync task in the worker's thread pool, log level INFO (or
+this process (`App.run_worker`, the sync task in the worker's thread pool, or with `--task async`
+the async one on its event loop, log level INFO (or
 `--log-level`; the fair harness's workers run at WARNING, without a line per job) with
 the JSON lines sent to /dev/null) and divides the process's CPU time (`time.process_time()`,
 every thread) by the jobs run. CPU time is what a loaded machine inflates least: wall time
@@ -69,15 +70,22 @@ def _quiet_stderr() -> Iterator[None]:
 
 
 def one_run(
-    backend: str, jobs: int, concurrency: int, spy: Path | None, log_level: str = "INFO"
+    backend: str,
+    jobs: int,
+    concurrency: int,
+    spy: Path | None,
+    log_level: str = "INFO",
+    kind: str = "sync",
 ) -> dict[str, Any]:
-    """CPU µs and wall µs per job of one burst worker draining `jobs` no-op jobs."""
-    from bench.apps import noop
+    """CPU µs and wall µs per job of one burst worker draining `jobs` no-op jobs (`kind`: the
+    sync or the async no-op task)."""
+    from bench.apps import noop, noop_async
     from ledgerflow import App
 
+    noop_task = noop_async if kind == "async" else noop
     with database(backend) as url:
         app = App(database_url=url, log_level=log_level)
-        task = app.task(name=noop.name)(noop.func)
+        task = app.task(name=noop_task.name)(noop_task.func)
         try:
             app.migrate()
             for i in range(0, jobs, 5000):
@@ -123,16 +131,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--task", choices=("sync", "async"), default="sync", help="the no-op task's kind")
     parser.add_argument("--spy", type=Path, default=None, help="py-spy raw output prefix")
     args = parser.parse_args(argv)
-    out: dict[str, Any] = {"jobs": args.jobs, "concurrency": args.concurrency}
+    out: dict[str, Any] = {"jobs": args.jobs, "concurrency": args.concurrency, "task": args.task}
     for backend in args.backends.split(","):
         runs = []
         for rep in range(args.reps):
             spy = None
             if args.spy is not None and rep == args.reps - 1:
                 spy = args.spy.with_name(f"{args.spy.name}-{backend}.txt")
-            runs.append(one_run(backend, args.jobs, args.concurrency, spy, args.log_level))
+            runs.append(one_run(backend, args.jobs, args.concurrency, spy, args.log_level, args.task))
         out[backend] = {
             "cpu_us_per_job": spread([r["cpu_us_per_job"] for r in runs]),
             "wall_us_per_job": spread([r["wall_us_per_job"] for r in runs]),

@@ -166,6 +166,24 @@ class Ledgerflow(System):
         return [*argv, "--concurrency", str(concurrency)], env
 
 
+class LedgerflowAsync(Ledgerflow):
+    """`Ledgerflow`, same worker, with the async no-op (`bench.noop_async`, run on the worker's
+    event loop): read async-to-async beside PgQueuer's async entrypoint."""
+
+    def __init__(self, backend: str) -> None:
+        super().__init__(backend)
+        self.name = f"ledgerflow_{backend}_async"
+        self.settings = {**self.settings, "task": "async def (runs on the worker's event loop)"}
+
+    @contextlib.contextmanager
+    def store(self) -> Iterator[None]:
+        from bench.apps import noop_async
+
+        with super().store():
+            self.noop = noop_async
+            yield
+
+
 class PgQueuer(System):
     name = "pgqueuer"
     backend = "postgresql"
@@ -327,6 +345,7 @@ def systems(names: list[str]) -> list[System]:
     every: dict[str, Callable[[], System]] = {
         "ledgerflow_sqlite": lambda: Ledgerflow("sqlite"),
         "ledgerflow_postgresql": lambda: Ledgerflow("postgresql"),
+        "ledgerflow_postgresql_async": lambda: LedgerflowAsync("postgresql"),
         "pgqueuer": PgQueuer,
         "procrastinate": Procrastinate,
         "huey_sqlite": Huey,
@@ -452,6 +471,7 @@ RATIO_MEASURES = ("processing_jobs_per_s", "wall_jobs_per_s", "bulk_enqueue_per_
 def ratios(results: dict[str, Any]) -> dict[str, Any]:
     """ledgerflow / peer, medians of the same run (the issue's targets)."""
     pairs = [("ledgerflow_postgresql", "pgqueuer"), ("ledgerflow_postgresql", "procrastinate")]
+    pairs.append(("ledgerflow_postgresql_async", "pgqueuer"))
     pairs.append(("ledgerflow_sqlite", "huey_sqlite"))
     out: dict[str, Any] = {}
     for ours, peer in pairs:
@@ -467,7 +487,9 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-DEFAULT = "ledgerflow_sqlite,ledgerflow_postgresql,pgqueuer,procrastinate,huey_sqlite"
+DEFAULT = (
+    "ledgerflow_sqlite,ledgerflow_postgresql,ledgerflow_postgresql_async,pgqueuer,procrastinate,huey_sqlite"
+)
 
 
 def run(names: list[str], reps: int = 5, jobs: int = 10_000, latency_samples: int = 200) -> dict[str, Any]:

@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         names += [
             n
             for n, b in (
+                ("ledgerflow_postgresql_async", "postgresql"),
                 ("pgqueuer", "postgresql"),
                 ("procrastinate", "postgresql"),
                 ("huey_sqlite", "sqlite"),

@@ -81,6 +81,11 @@ NETWORK_DEFAULTS: dict[str, int] = {
 }
 
 
+#: Age after which the pool replaces a connection at its next check-out (`PostgresSingle`'s
+#: kept connection too).
+POOL_RECYCLE_SECONDS = 1800
+
+
 def connect_args(url: str, connect_timeout: float, limits: SessionLimits) -> dict[str, Any]:
     """psycopg connection parameters: the network defaults and the session limits, under the URL's own."""
     given = make_url(url).query
@@ -315,6 +320,22 @@ def _milliseconds(seconds: float) -> int:
     return max(1, round(seconds * 1000)) if seconds > 0 else 0
 
 
+#: Key of the one-job insert's cursor in a pooled connection's `info` (kept for the driver
+#: connection's life: the pool clears `info` when it replaces the connection).
+_INSERT_CURSOR = "ledgerflow_insert_cursor"
+
+
+def _insert_cursor(conn: AnyConnection) -> psycopg.Cursor[Any]:
+    """The cursor kept for the one-job insert on `conn`'s driver connection (a new one if the
+    connection has none yet, or the one kept was closed)."""
+    driver: psycopg.Connection[Any] = driver_of(conn)
+    info = conn.info if isinstance(conn, Connection | PoolProxiedConnection) else {}
+    cursor: psycopg.Cursor[Any] | None = info.get(_INSERT_CURSOR)
+    if cursor is None or cursor.closed or cursor.connection is not driver:
+        cursor = info[_INSERT_CURSOR] = driver.cursor()
+    return cursor
+
+
 def conninfo(engine: Engine) -> str:
     """A libpq URI for a raw psycopg connection to the engine's database."""
     return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -507,7 +528,7 @@ class PostgresBackend:
             pool_size=options["pool_size"],
             max_overflow=10,
             pool_timeout=options["pool_timeout"],
-            pool_recycle=1800,
+            pool_recycle=POOL_RECYCLE_SECONDS,
         )
 
     def now(self) -> ColumnElement[Any]:
@@ -565,9 +586,11 @@ class PostgresBackend:
         """One plain job (no unique key, dependencies or schedule; `ONE_JOB_COLUMNS` values) in
         one statement on the driver's connection, without SQLAlchemy's per-statement work
         (psycopg prepares it on its fifth use); returns its id and `created_at` (the
-        transaction's `now()`, the database clock: the caller's `now` is not used)."""
+        transaction's `now()`, the database clock: the caller's `now` is not used). The
+        connection's cursor for it is kept with the connection (a new psycopg cursor per call
+        is ~15 us of client CPU)."""
         try:
-            found = driver_of(conn).execute(_INSERT_ONE, values).fetchone()
+            found = _insert_cursor(conn).execute(_INSERT_ONE, values).fetchone()
         except psycopg.Error as error:
             raise driver_error(conn, _INSERT_ONE, error) from error
         assert found is not None

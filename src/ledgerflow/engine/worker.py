@@ -113,6 +113,7 @@ class _Running:
     child: ChildProcess | None = None
     fenced: bool = False
     released: bool = False
+    timed_out: bool = False  # an async task cancelled at its deadline (`_timed_out`)
 
 
 @dataclass
@@ -160,8 +161,8 @@ class Worker:
         self._inflight: dict[Key, _Running] = {}
         self._reports: dict[Key, ProgressReport] = {}
         self._outcomes: list[Outcome] = []
-        #: The timeouts of running sync tasks, one loop timer for the earliest (`_watch_timeout`):
-        #: (deadline by the loop's clock, sequence, key, attempt).
+        #: The timeouts of running sync and async tasks, one loop timer for the earliest
+        #: (`_watch_timeout`): (deadline by the loop's clock, sequence, key, attempt).
         self._deadlines: list[tuple[float, int, Key, _Running]] = []
         self._deadline_seq = itertools.count()
         self._deadline_timer: asyncio.TimerHandle | None = None
@@ -839,8 +840,10 @@ class Worker:
         running = _Running(claim, time.monotonic())
         self._inflight[key] = running
         task = self.app.registry.get(claim.job.task)
-        if task.isolation == "process" or task.is_async:
+        if task.isolation == "process":
             running.task = asyncio.ensure_future(self._supervise(key, running, task))
+        elif task.is_async:
+            self._start_async(key, running, task)
         else:
             self._start_sync(key, running, task)
 
@@ -915,37 +918,60 @@ class Worker:
         return None
 
     async def _supervise(self, key: Key, running: _Running, task: Task) -> None:
-        """Run an async task (or a task in a child process) as an asyncio task of its own."""
-        job = running.claim.job
+        """Run a task in a child process, awaited by an asyncio task of its own."""
         ctx = self._begin(key, running)
         assert running.attempt is not None
         outcome: Outcome | None = None
         caught: BaseException | None = None
         try:
-            if task.isolation == "process":
-                result = await self._run_process(task, ctx, running, running.attempt)
-            else:
-                with running.attempt.current():
-                    result = await asyncio.wait_for(self._run_async(task, ctx, running), job.timeout)
+            result = await self._run_process(task, ctx, running, running.attempt)
             outcome = self._returned(running, result)
         except asyncio.CancelledError:
             if not (running.released or running.fenced):
                 raise
             outcome = self._cancelled(running)
-        except _TaskExit as exc:
-            outcome, caught = self._raised(running, task, exc.raised), exc.raised
         except Exception as exc:
             outcome, caught = self._raised(running, task, exc), exc
         finally:
             self._end(key, running, outcome, caught)
 
-    async def _run_async(self, task: Task, ctx: JobContext, running: _Running) -> Any:
-        set_current_job(ctx)  # this asyncio task's own context
+    def _start_async(self, key: Key, running: _Running, task: Task) -> None:
+        """Run an async task as one asyncio task (`_run_async`), in a copy of the worker's
+        context (not that of the task whose end started it, whose variables would leak). Its
+        timeout is watched by the loop's deadline heap, as a sync task's (`_watch_timeout`):
+        `asyncio.wait_for` cost a second asyncio task, a future and a loop timer per job."""
+        assert self._loop is not None
+        run = self._run_async(key, running, task, self._begin(key, running))
+        running.task = self._loop.create_task(run, context=self._context.copy())
+        self._watch_timeout(key, running, running.claim.job.timeout)
+
+    async def _run_async(self, key: Key, running: _Running, task: Task, ctx: JobContext) -> None:
+        """An async task's attempt, from its call to its outcome. SystemExit and KeyboardInterrupt
+        fail the attempt like any exception (as in a sync task): out of its asyncio task they would
+        end the event loop, and the worker, with the outcomes not yet written. Its end starts the
+        next prefetched jobs at once, also while the main loop waits for a cycle."""
+        assert running.attempt is not None
         job = running.claim.job
+        outcome: Outcome | None = None
+        caught: BaseException | None = None
+        set_current_job(ctx)  # this asyncio task's own context
         try:
-            return await task.func(*job.args, **job.kwargs)
-        except (SystemExit, KeyboardInterrupt) as exc:  # asyncio would end the loop with it
-            raise _TaskExit(exc) from exc
+            with running.attempt.current():
+                result = await task.func(*job.args, **job.kwargs)
+            outcome = self._returned(running, result)
+        except asyncio.CancelledError:
+            if running.released or running.fenced:
+                outcome = self._cancelled(running)
+            elif running.timed_out:
+                caught = TimeoutError()
+                outcome = self._raised(running, task, caught)
+            else:
+                raise
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            outcome, caught = self._raised(running, task, exc), exc
+        finally:
+            self._end(key, running, outcome, caught)
+        self._context.run(self._start_buffered)  # as `_collect_finished`: in the worker's context
 
     def _start_sync(self, key: Key, running: _Running, task: Task) -> None:
         """Run a sync task in the thread pool without an asyncio task of its own: its end is
@@ -1000,7 +1026,7 @@ class Worker:
             self._end(key, running, self._raised(running, running.definition, exc), exc)
 
     def _watch_timeout(self, key: Key, running: _Running, timeout: float) -> None:
-        """Fail this sync attempt if it still runs `timeout` s from now: one loop timer is armed
+        """Time this attempt out if it still runs `timeout` s from now: one loop timer is armed
         for the earliest deadline of all (a timer per job, created and cancelled, cost 3 us).
         Ended attempts leave the heap when their deadline comes, or when it is compacted."""
         assert self._loop is not None
@@ -1028,15 +1054,22 @@ class Worker:
             while self._deadlines and self._deadlines[0][0] <= now:
                 _, _, key, running = heapq.heappop(self._deadlines)
                 if self._inflight.get(key) is running:
-                    self._sync_timed_out(key)
+                    self._timed_out(key)
         finally:  # one attempt's failing end (it raised) leaves the others' deadlines watched
             if self._deadlines:
                 self._arm_deadline(self._deadlines[0][0])
 
-    def _sync_timed_out(self, key: Key) -> None:
-        """A sync task ran past its timeout: its thread is abandoned and the attempt fails."""
+    def _timed_out(self, key: Key) -> None:
+        """A task ran past its timeout: an async task is cancelled (it ends as a timeout, after
+        its own cleanup: `_run_async`); a sync task's thread is abandoned and the attempt fails."""
         running = self._inflight.get(key)
-        if running is None or running.item is None or running.definition is None:
+        if running is None:
+            return
+        if running.task is not None:
+            running.timed_out = True
+            running.task.cancel()
+            return
+        if running.item is None or running.definition is None:
             return
         self._stop_thread(running.item)
         error = JobTimeout(f"attempt ran past its timeout of {running.claim.job.timeout:g}s")
@@ -1359,16 +1392,6 @@ def _enabled(log: Any, level: int) -> bool:
 def _first_line(error: BaseException) -> str:
     lines = str(error).splitlines()
     return lines[0] if lines else type(error).__name__
-
-
-class _TaskExit(Exception):
-    """SystemExit or KeyboardInterrupt raised by an async task: carried out of its asyncio
-    task as an ordinary exception, so that it fails the attempt (as in a sync task) instead
-    of ending the event loop and the worker with the outcomes not yet written."""
-
-    def __init__(self, raised: SystemExit | KeyboardInterrupt) -> None:
-        super().__init__(str(raised))
-        self.raised = raised
 
 
 def _call_in_thread(
