@@ -26,8 +26,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.elements import ColumnElement
 
-from ledgerflow.db.backends import Backend, SessionLimits, backend_for, dumps, loads
-from ledgerflow.db.postgres import POOL_RECYCLE_SECONDS, LendingQueuePool
+from ledgerflow.db.backends import (
+    POOL_RECYCLE_SECONDS,
+    Backend,
+    SessionLimits,
+    backend_for,
+    dumps,
+    loads,
+)
 from ledgerflow.errors import DatabaseUnavailable
 
 T = TypeVar("T")
@@ -82,8 +88,8 @@ class Database:
         self.pool_timeouts = 0
         self._sqlite_single = SQLiteSingle(self, busy_timeout) if self.is_sqlite else None
         self._postgres_single = None if self.is_sqlite else PostgresSingle(self)
-        if self._postgres_single is not None and isinstance(self.engine.pool, LendingQueuePool):
-            self.engine.pool.lend = self._postgres_single.lend
+        if self._postgres_single is not None:  # its engine's pool is a `postgres.LendingQueuePool`
+            self.engine.pool.lend = self._postgres_single.lend  # type: ignore[attr-defined]
         _LIVE.add(self)
 
     @property
