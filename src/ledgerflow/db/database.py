@@ -255,10 +255,8 @@ class Database:
         try:
             yield
         except Exception as error:
-            translated = self.translated(error)
-            if translated is error:
-                raise
-            raise translated from error
+            self.raise_translated(error)
+            raise
 
     def translated(self, error: Exception) -> Exception:
         """`error` as callers see it: `DatabaseUnavailable` when it is transient, else itself."""
@@ -269,6 +267,13 @@ class Database:
         if is_transient(error) and not isinstance(error, exc.IntegrityError):
             return DatabaseUnavailable(f"database unavailable ({self.backend.name}): {_first_line(error)}")
         return error
+
+    def raise_translated(self, error: BaseException | None) -> None:
+        """Raise `error`'s translation (`translated`) from it when it differs; else return."""
+        if isinstance(error, Exception):
+            translated = self.translated(error)
+            if translated is not error:
+                raise translated from error
 
 
 #: What a forked process inherited (the pool, the one-call connections): kept referenced, so
@@ -311,10 +316,7 @@ class SQLiteSingle:
             return conn
         except BaseException as error:
             self._lock.release()
-            if isinstance(error, Exception):
-                translated = self._db.translated(error)
-                if translated is not error:
-                    raise translated from error
+            self._db.raise_translated(error)
             raise
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
@@ -324,10 +326,7 @@ class SQLiteSingle:
                 self._forget(conn)  # never hand out a connection left in a transaction (its lock held)
         finally:
             self._lock.release()
-        if isinstance(error, Exception):
-            translated = self._db.translated(error)
-            if translated is not error:
-                raise translated from error
+        self._db.raise_translated(error)
 
     def close(self) -> None:
         """Close the connection (`Database.dispose`); the next statement opens another."""
@@ -391,10 +390,7 @@ class PostgresSingle:
             return held
         except BaseException as error:
             self._lock.release()
-            if isinstance(error, Exception):
-                translated = self._db.translated(error)
-                if translated is not error:
-                    raise translated from error
+            self._db.raise_translated(error)
             raise
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
@@ -404,10 +400,7 @@ class PostgresSingle:
                 self._give_back()
         finally:
             self._lock.release()
-        if isinstance(error, Exception):
-            translated = self._db.translated(error)
-            if translated is not error:
-                raise translated from error
+        self._db.raise_translated(error)
 
     def close(self) -> None:
         """Give the connection back to the pool (`Database.dispose`); the next statement takes one."""
