@@ -24,6 +24,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sqlalchemy import make_url
+
 Mode = Literal["open", "stall", "drop"]
 
 SO_ATTACH_FILTER = 26  # <asm-generic/socket.h>
@@ -240,3 +242,8 @@ class PartitionProxy:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(sock)
             sock.close()
+
+
+def behind(proxy: PartitionProxy, db_url: str) -> str:
+    """`db_url` reached through `proxy`."""
+    return make_url(db_url).set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)

@@ -14,12 +14,11 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, make_url, select, text, update
+from sqlalchemy import func, select, text, update
 
 from ledgerflow import App, DatabaseUnavailable, JobState
 from ledgerflow.clock import FixedClock
@@ -29,26 +28,13 @@ from ledgerflow.scheduler.loop import Scheduler
 from ledgerflow.scheduler.schedules import Schedule
 from tests.apps import partition
 from tests.conftest import WorkerProcess, run_rows, wait_until
-from tests.netproxy import PartitionProxy
+from tests.netproxy import behind
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)]
 
 APP = "tests.apps.partition:app"
 RENEWAL = b"UPDATE jobs SET lease_expires_at="  # the heartbeat's lease renewal
 FIRE = b"INSERT INTO schedule_fires"
-
-
-@pytest.fixture
-def proxy(db_url: str) -> Iterator[PartitionProxy]:
-    url = make_url(db_url)
-    p = PartitionProxy(url.host or "127.0.0.1", url.port or 5432)
-    yield p
-    p.close()
-
-
-def behind(proxy: PartitionProxy, db_url: str) -> str:
-    """`db_url` reached through the proxy."""
-    return make_url(db_url).set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
 
 
 def figures(test: str, **values: Any) -> None:

@@ -13,27 +13,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from sqlalchemy import event, func, make_url, select
+from sqlalchemy import event, func, select
 from sqlalchemy.exc import DataError
 
 from ledgerflow import App, DatabaseUnavailable, JobState
 from ledgerflow.db.tables import jobs
-from tests.netproxy import PartitionProxy
+from tests.netproxy import PartitionProxy, behind
 
 pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-
-
-@pytest.fixture
-def proxy(db_url: str) -> Iterator[PartitionProxy]:
-    url = make_url(db_url)
-    p = PartitionProxy(url.host or "127.0.0.1", url.port or 5432)
-    yield p
-    p.close()
 
 
 def _stored(app: App) -> list[str]:
@@ -47,8 +38,7 @@ def test_a_cut_before_or_after_the_statement_stores_the_job_once_or_not_at_all(d
     `after`: the INSERT reaches the server and commits, then the cable is pulled (its answer is
     lost). Either way the caller sees a retryable error, the table holds the job 0 or 1 time,
     and the next enqueue (cable back) stores its own job once, on another connection."""
-    behind = make_url(db_url).set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    app = App(database_url=behind, log_level="WARNING")
+    app = App(database_url=behind(proxy, db_url), log_level="WARNING")
     try:
         _cut_once(app, proxy, fault)
     finally:
