@@ -946,9 +946,11 @@ class Worker:
         self._watch_timeout(key, running, running.claim.job.timeout)
 
     async def _run_async(self, key: Key, running: _Running, task: Task, ctx: JobContext) -> None:
-        """An async task's attempt, from its call to its outcome. SystemExit and KeyboardInterrupt
-        fail the attempt like any exception (as in a sync task): out of its asyncio task they would
-        end the event loop, and the worker, with the outcomes not yet written. Its end starts the
+        """An async task's attempt, from its call to its outcome. Any BaseException but a
+        cancellation (SystemExit, KeyboardInterrupt, GeneratorExit, one of the task's own) fails
+        the attempt like an exception, as in a sync task: SystemExit and KeyboardInterrupt out of
+        its asyncio task would end the event loop, and the worker, with the outcomes not yet
+        written; any other would leave the attempt without an outcome. Its end starts the
         next prefetched jobs at once, also while the main loop waits for a cycle."""
         assert running.attempt is not None
         job = running.claim.job
@@ -967,7 +969,7 @@ class Worker:
                 outcome = self._raised(running, task, caught)
             else:
                 raise
-        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+        except BaseException as exc:  # the task's failure, as in a sync task
             outcome, caught = self._raised(running, task, exc), exc
         finally:
             self._end(key, running, outcome, caught)
