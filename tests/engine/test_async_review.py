@@ -5,9 +5,12 @@ PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 
 from ledgerflow import JobState, current_job
+from tests.apps import basic
+from tests.conftest import count_runs, run_rows, wait_until
 
 
 class Abort(BaseException):
@@ -92,3 +95,51 @@ def test_an_async_task_that_ignores_its_timeout_cancellation_fails_by_the_heartb
     assert [e.type for e in done.errors] == ["timeout"]
     assert ended == [(1, "late")]  # the abandoned task ran on (the burst's end waited for it)
     assert time.monotonic() - began < 30
+
+
+def test_sigterm_lets_running_async_jobs_finish_and_starts_no_prefetched_one(db_url, make_app, workers):
+    """A real worker process running async jobs (two slots, more prefetched) drains on SIGTERM:
+    the running ones finish (their ends, which start prefetched jobs, start none once the stop
+    began), the rest stay available and untouched; a later worker runs each exactly once."""
+    app = make_app()
+    ids = app.enqueue_many([basic.record_async.prepare(sleep=0.8) for _ in range(12)])
+    w = workers(concurrency=2, name="async-graceful")
+    wait_until(lambda: len(run_rows(db_url)) >= 2, 30, message="2 async jobs running")
+    w.signal(signal.SIGTERM)
+    assert w.wait(15) == 0, w.log()[-2000:]
+    rows = run_rows(db_url)
+    started = {r["job_id"] for r in rows if r["phase"] == "start"}
+    finished = {r["job_id"] for r in rows if r["phase"] == "end"}
+    assert started == finished and len(started) <= 4, (started, finished)
+    assert all(app.get_job(i).state == JobState.COMPLETED for i in started)
+    assert all(app.get_job(i).state == JobState.AVAILABLE for i in set(ids) - started)
+    assert all(not app.store.executions(i) for i in set(ids) - started), "no attempt of the rest"
+    rest = workers(concurrency=4, burst=True, name="async-rest")
+    assert rest.wait(60) == 0
+    assert set(count_runs(db_url).values()) == {1}
+    assert {app.get_job(i).state for i in ids} == {JobState.COMPLETED}
+
+
+def test_sigkill_mid_async_task_is_rescued_with_one_execution_row_per_attempt(db_url, make_app, workers):
+    """SIGKILL of a worker process while its async tasks await: their leases lapse, a rescue
+    records the attempt (`lease_expired`) and another worker completes them."""
+    app = make_app()
+    ids = app.enqueue_many([basic.record_async.prepare(sleep=0.5) for _ in range(40)])
+    victim = workers(concurrency=4, name="async-victim")
+    wait_until(lambda: any(r["pid"] == victim.pid for r in run_rows(db_url)), 30, message="victim runs")
+    time.sleep(0.3)
+    victim.signal(signal.SIGKILL)
+    victim.wait(10)
+    survivor = workers(concurrency=4, name="async-survivor")
+    wait_until(lambda: {app.get_job(i).state for i in ids} == {JobState.COMPLETED}, 90, 0.3, "all completed")
+    runs = count_runs(db_url)
+    assert set(runs) == set(ids), "no job lost"
+    for job_id in ids:
+        execs = app.store.executions(job_id)
+        assert [e["attempt"] for e in execs] == list(range(1, len(execs) + 1)), execs
+        assert execs[-1]["status"] == "completed"
+        assert all(e["error_type"] == "lease_expired" for e in execs[:-1]), execs
+        assert len(execs) <= 2  # a claim the victim held (running or prefetched) is rescued once
+    rescued = [i for i in ids if len(app.store.executions(i)) == 2]
+    assert rescued, "the victim held async jobs when killed"
+    assert "job_rescued" in survivor.log()
