@@ -143,3 +143,27 @@ def test_sigkill_mid_async_task_is_rescued_with_one_execution_row_per_attempt(db
     rescued = [i for i in ids if len(app.store.executions(i)) == 2]
     assert rescued, "the victim held async jobs when killed"
     assert "job_rescued" in survivor.log()
+
+
+def test_sync_async_and_process_tasks_share_the_worker_concurrency(make_app, db_url, workers):
+    """One real worker process runs sync, async and process-isolated jobs together: at most
+    `concurrency` of the marked ones at once (their start/end marks in commit order), each
+    completes once; a process job past its timeout (`spin`, killed) fails as a timeout."""
+    app = make_app()
+    ids = app.enqueue_many(
+        [basic.record.prepare(sleep=0.1) for _ in range(8)]
+        + [basic.record_async.prepare(sleep=0.1) for _ in range(8)]
+        + [basic.isolated_ok.prepare(i) for i in range(3)]
+    )
+    (spun,) = app.enqueue_many([basic.spin.prepare()])
+    w = workers(concurrency=3, burst=True, name="mixed")
+    assert w.wait(90) == 0, w.log()[-2000:]
+    assert {app.get_job(i).state for i in ids} == {JobState.COMPLETED}
+    assert app.get_job(spun).state == JobState.DEAD
+    assert [e.type for e in app.get_job(spun).errors] == ["timeout"]
+    running, peak = 0, 0
+    for row in run_rows(db_url):  # by id: a start is marked after it began, an end before it ended
+        running += 1 if row["phase"] == "start" else -1
+        peak = max(peak, running)
+    assert 1 <= peak <= 3, peak
+    assert set(count_runs(db_url).values()) == {1}
