@@ -167,3 +167,23 @@ def test_sync_async_and_process_tasks_share_the_worker_concurrency(make_app, db_
         peak = max(peak, running)
     assert 1 <= peak <= 3, peak
     assert set(count_runs(db_url).values()) == {1}
+
+
+def test_sigterm_past_grace_leaves_an_async_task_ignoring_cancellation_and_exits(make_app, db_url, workers):
+    """SPEC: on SIGTERM a worker finishes within the grace period, then releases what is left.
+    An async task that ignores its cancellation (here for 40 s) is waited for
+    `ASYNC_RELEASE_WAIT` (3 s) past the grace period, then left running as a sync task's thread
+    is (`left_running`: its attempt given back, its lease lapses at exit and a rescue makes it
+    available) and the process exits; before, it exited only when the task chose to end."""
+    app = make_app()
+    (job,) = app.enqueue_many([basic.stubborn_async.prepare(40)])
+    w = workers(concurrency=2, name="stubborn", env={"LEDGERFLOW_GRACE_SECONDS": "0.5"})
+    wait_until(lambda: len(run_rows(db_url)) == 1, 60, message="the stubborn job running")
+    stopped = time.monotonic()
+    w.signal(signal.SIGTERM)
+    assert w.wait(25) == 0, w.log()[-2000:]
+    assert time.monotonic() - stopped < 15
+    assert "async_task_left_running" in w.log()
+    left = app.get_job(job)
+    assert left.state == JobState.RUNNING and left.max_attempts == 6  # the attempt is given back
+    assert [r["phase"] for r in run_rows(db_url)] == ["start"]
