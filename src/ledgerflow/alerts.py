@@ -15,16 +15,12 @@ from __future__ import annotations
 import json
 import os
 import queue
-import smtplib
 import socket
-import ssl
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, unquote, urlparse
@@ -176,6 +172,8 @@ class Notifier:
         return error
 
     def _post(self, payload: dict[str, Any]) -> None:
+        import urllib.request  # here, not at module level: a worker without a webhook never loads it
+
         body = json.dumps(payload, ensure_ascii=False).encode()
         request = urllib.request.Request(
             str(self.webhook_url),
@@ -188,6 +186,10 @@ class Notifier:
                 raise OSError(f"webhook answered HTTP {response.status}")
 
     def _mail(self, payload: dict[str, Any]) -> None:
+        import smtplib  # here, not at module level: a worker without SMTP never loads mail
+        import ssl
+        from email.message import EmailMessage
+
         url = urlparse(str(self.smtp_url))
         options = {k: v[-1] for k, v in parse_qs(url.query).items()}
         message = EmailMessage()

@@ -108,6 +108,11 @@ def cursor_stream(conn: Connection, query: Select[Any], size: int) -> Iterator[I
 
 #: Columns of a bulk insert row, in order (`args` and `kwargs` as JSON text); `errors` is
 #: always `[]` and `created_at` is now.
+#: PostgreSQL: age after which the pool replaces a connection at its next check-out
+#: (`PostgresSingle`'s kept connection too). Here, not in `postgres.py`: `Database` reads it
+#: without importing psycopg, which a SQLite process never needs.
+POOL_RECYCLE_SECONDS = 1800
+
 BULK_JOB_COLUMNS = (
     "task",
     "queue",

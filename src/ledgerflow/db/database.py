@@ -25,8 +25,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.elements import ColumnElement
 
-from ledgerflow.db.backends import Backend, SessionLimits, backend_for, dumps, loads
-from ledgerflow.db.postgres import POOL_RECYCLE_SECONDS
+from ledgerflow.db.backends import (
+    POOL_RECYCLE_SECONDS,
+    Backend,
+    SessionLimits,
+    backend_for,
+    dumps,
+    loads,
+)
 from ledgerflow.errors import DatabaseUnavailable
 
 T = TypeVar("T")

@@ -47,6 +47,7 @@ from sqlalchemy.sql.elements import ClauseElement, ColumnElement
 from ledgerflow.db.backends import (
     BULK_JOB_COLUMNS,
     ONE_JOB_COLUMNS,
+    POOL_RECYCLE_SECONDS,
     AnyConnection,
     Election,
     SessionLimits,
@@ -79,11 +80,6 @@ NETWORK_DEFAULTS: dict[str, int] = {
     "keepalives_count": 3,  # unanswered probes before the connection is dead
     "tcp_user_timeout": 5000,  # milliseconds sent data may stay unacknowledged
 }
-
-
-#: Age after which the pool replaces a connection at its next check-out (`PostgresSingle`'s
-#: kept connection too).
-POOL_RECYCLE_SECONDS = 1800
 
 
 def connect_args(url: str, connect_timeout: float, limits: SessionLimits) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import (
     BigInteger,
@@ -46,7 +46,6 @@ from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import BindParameter
 
 from ledgerflow.db.database import Database
-from ledgerflow.db.postgres import DriverStatement
 from ledgerflow.db.tables import (
     CLAIM_INDEX,
     CLAIMABLE_SQL,
@@ -77,6 +76,9 @@ from ledgerflow.engine.states import (
     Move,
 )
 from ledgerflow.engine.store import allowed, cancel_dependents, in_states, notify_queues
+
+if TYPE_CHECKING:  # psycopg is imported by PostgreSQL workers only
+    from ledgerflow.db.postgres import DriverStatement
 
 S = JobState
 _parent = jobs.alias("parent")  # Core alias: the ORM (0.1 s of import) is never loaded
@@ -229,6 +231,8 @@ class LeaseSQL:
         #: (data-modifying CTEs): one statement and one round trip each, whatever the batch.
         self._folded = not db.is_sqlite
         if self._folded:
+            from ledgerflow.db.postgres import DriverStatement
+
             claimed = claim.returning(*_RETURNED).cte("claimed")
             self._claim = select(claimed).add_cte(_started_rows(claimed).cte("started"))
             #: the claim without SQLAlchemy's per-execution work, sent with the same text: 0.25 ms
@@ -418,6 +422,8 @@ class LeaseSQL:
             where = jobs.c.id == any_(cast(ids, ARRAY(BigInteger)))
         claim = update(jobs).where(where).values(**self._lease)
         if self._folded:
+            from ledgerflow.db.postgres import DriverStatement
+
             claimed = claim.returning(*_RETURNED).cte("claimed")
             statement: Any = select(claimed).add_cte(_started_rows(claimed).cte("started"))
             found = (statement, DriverStatement(statement, db.engine.dialect, _RETURNED))

@@ -46,7 +46,7 @@ from sqlalchemy import (
     true,
 )
 
-from ledgerflow.db import postgres, sqlite
+from ledgerflow.db import sqlite
 from ledgerflow.db.tables import NOT_AWAITED, jobs
 from ledgerflow.engine.states import CANCEL, DELETE, RETRY, JobState
 from ledgerflow.errors import BadInput
@@ -200,6 +200,8 @@ def conditions(
             patterns = [_like(form) for form in forms]
             matches = [cast(jobs.c[c], Text).ilike(p, escape="\\") for p in patterns for c in columns]
             if not scan:
+                from ledgerflow.db import postgres  # psycopg: PostgreSQL processes only
+
                 where.append(postgres.text_candidates(jobs.c.id, patterns, columns[0] == "errors"))
         where.append(or_(*matches))
     if filt.enqueued_after is not None:
@@ -290,7 +292,12 @@ def index_pending(db: Database, chunk: int = INDEX_CHUNK, budget: float = 1.0) -
     """Add the jobs enqueued since the last call, and the errors changed since, to the job
     search index, `chunk` per write transaction, for about `budget` seconds; how many were
     indexed. Run by each worker's maintenance loop."""
-    backend = sqlite if db.is_sqlite else postgres
+    if db.is_sqlite:
+        backend: Any = sqlite
+    else:
+        from ledgerflow.db import postgres  # psycopg: PostgreSQL processes only
+
+        backend = postgres
     with db.read() as conn:  # nothing new: no write lock taken
         if not backend.search_pending(conn):
             return 0
