@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -145,3 +146,15 @@ def pause(seconds: float = 0.0) -> None:
     """Sleep `seconds` (0: a no-op job), recording nothing: the worker's own cost dominates."""
     if seconds:
         time.sleep(seconds)
+
+
+@app.task(name="stubborn_async", timeout=60)
+async def stubborn_async(seconds: float) -> str:
+    """Ignores every cancellation (its timeout's, a shutdown's) for `seconds`, then returns."""
+    _mark("start")
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(until - time.monotonic())
+    _mark("end")
+    return "late"

@@ -36,7 +36,7 @@ import socket
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -114,6 +114,7 @@ class _Running:
     fenced: bool = False
     released: bool = False
     timed_out: bool = False  # an async task cancelled at its deadline (`_timed_out`)
+    left: bool = False  # an async task that ignored its release, left running (`_leave_async`)
 
 
 @dataclass
@@ -240,7 +241,7 @@ class Worker:
             election = Election(frozenset(self.opts.queues), frozenset(self._tasks))
             waker.start(self._notified, election)
             self.app._local_wakers.add(self.wake)
-            exit_reason = asyncio.run(self._main())
+            exit_reason = _run_loop(self._main(), self.EXIT_TASKS_WAIT)
         finally:
             self.app._local_wakers.discard(self.wake)
             self._threads_stop.set()
@@ -396,6 +397,8 @@ class Worker:
                     if self._inflight and time.monotonic() >= grace_deadline:
                         self._release_all()
                         await asyncio.sleep(0)
+                        if time.monotonic() >= grace_deadline + self.ASYNC_RELEASE_WAIT:
+                            self._leave_async()
                     if not self._inflight and not self._outcomes and launched is None:
                         break
                 self._start_buffered()
@@ -491,6 +494,13 @@ class Worker:
             db_thread.shutdown(wait=True)
         return WorkerExit.RESTART if self._restart else WorkerExit.STOPPED
 
+    #: An async task released at shutdown that ignores its cancellation this long is left
+    #: running (`_leave_async`): the worker exits without it (the default grace period plus
+    #: this stays under Kubernetes' default 30 s before SIGKILL).
+    ASYNC_RELEASE_WAIT = 3.0
+    #: When the main loop is over, the asyncio tasks still pending (the async tasks left
+    #: running) are cancelled and waited for this long at most (`_run_loop`).
+    EXIT_TASKS_WAIT = 1.0
     #: Finished outcomes wait at most this long (or for a claim) before being written.
     FLUSH_AFTER = 0.02
     #: Keep about this much work buffered locally (adaptive prefetch for short jobs).
@@ -946,9 +956,11 @@ class Worker:
         self._watch_timeout(key, running, running.claim.job.timeout)
 
     async def _run_async(self, key: Key, running: _Running, task: Task, ctx: JobContext) -> None:
-        """An async task's attempt, from its call to its outcome. SystemExit and KeyboardInterrupt
-        fail the attempt like any exception (as in a sync task): out of its asyncio task they would
-        end the event loop, and the worker, with the outcomes not yet written. Its end starts the
+        """An async task's attempt, from its call to its outcome. Any BaseException but a
+        cancellation (SystemExit, KeyboardInterrupt, GeneratorExit, one of the task's own) fails
+        the attempt like an exception, as in a sync task: SystemExit and KeyboardInterrupt out of
+        its asyncio task would end the event loop, and the worker, with the outcomes not yet
+        written; any other would leave the attempt without an outcome. Its end starts the
         next prefetched jobs at once, also while the main loop waits for a cycle."""
         assert running.attempt is not None
         job = running.claim.job
@@ -967,10 +979,11 @@ class Worker:
                 outcome = self._raised(running, task, caught)
             else:
                 raise
-        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+        except BaseException as exc:  # the task's failure, as in a sync task
             outcome, caught = self._raised(running, task, exc), exc
         finally:
-            self._end(key, running, outcome, caught)
+            if not running.left:  # else `_leave_async` ended it
+                self._end(key, running, outcome, caught)
         self._context.run(self._start_buffered)  # as `_collect_finished`: in the worker's context
 
     def _start_sync(self, key: Key, running: _Running, task: Task) -> None:
@@ -1199,6 +1212,19 @@ class Worker:
                 running.child.kill()
             self._cancel(key, running)
 
+    def _leave_async(self) -> None:
+        """Shutdown: the async tasks still running `ASYNC_RELEASE_WAIT` s after their release
+        ignore their cancellation. Each is left running as an unstoppable sync task's thread is
+        (`left_running`: its attempt given back, its lease lapses once this process is gone and
+        a rescue makes it available), so that the worker exits without waiting for it."""
+        for key, running in list(self._inflight.items()):
+            if not running.released or running.child is not None or running.task is None:
+                continue
+            job = running.claim.job
+            self.log.warning("async_task_left_running", job_id=job.id, task=job.task, attempt=job.attempt)
+            running.left = True
+            self._end(key, running, Outcome(running.claim, "left_running", self._elapsed(running)), None)
+
     def _renewed(self, keys: set[Key], began: float) -> None:
         """A heartbeat that began at `began` renewed these buffered leases."""
         for key in keys:
@@ -1392,6 +1418,28 @@ def _enabled(log: Any, level: int) -> bool:
 def _first_line(error: BaseException) -> str:
     lines = str(error).splitlines()
     return lines[0] if lines else type(error).__name__
+
+
+def _run_loop(main: Coroutine[Any, Any, T], wait: float) -> T:
+    """`asyncio.run(main)`, except that the tasks still pending when `main` returns are cancelled
+    and waited for `wait` s at most (`asyncio.run` waits for them without end: an async task
+    that ignores its cancellation would keep the worker from exiting)."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.wait(pending, timeout=wait))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 def _call_in_thread(
