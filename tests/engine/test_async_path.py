@@ -9,45 +9,11 @@ import contextvars
 import threading
 import time
 
-from sqlalchemy import event
-
 from ledgerflow import JobState, current_job
 from tests.conftest import wait_until
 
 #: A context variable a task sets and does not reset (as `structlog.contextvars.bind_contextvars`).
 LEAK: contextvars.ContextVar[str | None] = contextvars.ContextVar("async_path_leak", default=None)
-
-
-def test_prefetched_jobs_start_while_the_database_thread_writes_a_cycle_after_async_ends(make_app):
-    """Slots freed by ended async tasks take the next prefetched jobs at once, not only when the
-    cycle on the database thread answers (each of its statements is slowed here by 0.1 s, the
-    jobs take 0.02 s, 8 are prefetched)."""
-    app = make_app()
-    windows: list[tuple[float, float]] = []
-    starts: list[float] = []
-
-    def before(*_: object) -> None:
-        if threading.current_thread().name.startswith("ledgerflow-db"):
-            began = time.monotonic()
-            time.sleep(0.1)
-            windows.append((began, time.monotonic()))
-
-    event.listen(app.db.engine, "before_cursor_execute", before)
-
-    @app.task(name="stamp")
-    async def stamp(i: int) -> int:
-        starts.append(time.monotonic())
-        await asyncio.sleep(0.02)
-        return i
-
-    app.enqueue_many([stamp.prepare(i) for i in range(30)])
-    app.run_worker(burst=True, concurrency=2, prefetch=8)
-    event.remove(app.db.engine, "before_cursor_execute", before)
-    assert len(starts) == 30
-    # started 30 ms or more into a statement: after a job that was running when it began had ended
-    during = [t for t in starts if any(a + 0.03 < t < b for a, b in windows)]
-    assert len(during) >= 2, (len(during), len(windows))  # before: none (each waited for the answer)
-    assert app.store.counts()[("default", "stamp", "completed")] == 30
 
 
 def test_async_timeouts_are_each_kept_whatever_the_order_and_number_of_attempts(make_app):

@@ -424,10 +424,11 @@ def test_sync_timeouts_are_each_kept_whatever_the_order_and_number_of_attempts(m
     assert states == {JobState.COMPLETED}  # their 0.3 s deadlines passed after they ended
 
 
-def test_prefetched_jobs_start_while_the_database_thread_writes_a_cycle(make_app):
-    """Slots freed by ended sync tasks take the next prefetched jobs at once, not only when the
-    cycle on the database thread answers (each of its statements is slowed here by 0.1 s, the
-    jobs take 0.02 s, 8 are prefetched)."""
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_prefetched_jobs_start_while_the_database_thread_writes_a_cycle(make_app, kind):
+    """Slots freed by ended sync or async tasks take the next prefetched jobs at once, not only
+    when the cycle on the database thread answers (each of its statements is slowed here by
+    0.1 s, the jobs take 0.02 s, 8 are prefetched)."""
     app = make_app()
     windows: list[tuple[float, float]] = []
     starts: list[float] = []
@@ -440,12 +441,17 @@ def test_prefetched_jobs_start_while_the_database_thread_writes_a_cycle(make_app
 
     event.listen(app.db.engine, "before_cursor_execute", before)
 
-    @app.task(name="stamp")
-    def stamp(i: int) -> int:
+    def sync_stamp(i: int) -> int:
         starts.append(time.monotonic())
         time.sleep(0.02)
         return i
 
+    async def async_stamp(i: int) -> int:
+        starts.append(time.monotonic())
+        await asyncio.sleep(0.02)
+        return i
+
+    stamp = app.task(name="stamp")(sync_stamp if kind == "sync" else async_stamp)
     app.enqueue_many([stamp.prepare(i) for i in range(30)])
     app.run_worker(burst=True, concurrency=2, prefetch=8)
     event.remove(app.db.engine, "before_cursor_execute", before)
