@@ -33,14 +33,17 @@ def _race_cancels_with_starts(pool: DaemonThreadPool) -> bool:
         return i
 
     def on_done(i: int) -> None:
+        assert appended.wait(30)  # a call may end before `pool.call` returned it to the loop below
         assert calls[i].value == i and calls[i].done()
         with lock:
             ended[i] = ended.get(i, 0) + 1
 
     n = 20_000
     calls = []
+    appended = threading.Event()
     for i in range(n):
         calls.append(pool.call(work, (i,), on_done, i))
+    appended.set()
     cancelled = {i for i in range(n) if i % 2 and calls[i].cancel()}
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not all(c.done() for c in calls):
