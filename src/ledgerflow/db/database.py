@@ -282,7 +282,43 @@ class Database:
 _INHERITED: list[object] = []
 
 
-class SQLiteSingle:
+class _KeptConnection:
+    """What `SQLiteSingle` and `PostgresSingle` share: a connection kept for one-call statements,
+    used by one thread at a time under `_lock`. `__enter__` readies the connection (`_ready`)
+    for the thread holding the lock, `__exit__` checks it after use (`_after_use`); the lock is
+    released on the way out of either when the statement is over or failed, and the error
+    raised as the database translates it (`Database.raise_translated`)."""
+
+    _db: Database
+    _lock: threading.Lock
+
+    def _acquire(self) -> None:
+        """Take `_lock` for the calling thread (PostgreSQL: taken already, by `take`)."""
+
+    def _ready(self) -> Any:
+        raise NotImplementedError
+
+    def _after_use(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        self._acquire()
+        try:
+            return self._ready()
+        except BaseException as error:
+            self._lock.release()
+            self._db.raise_translated(error)
+            raise
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
+        try:
+            self._after_use()
+        finally:
+            self._lock.release()
+        self._db.raise_translated(error)
+
+
+class SQLiteSingle(_KeptConnection):
     """SQLite's connection for one-call statements (`Database.single`): taken from the pool
     once and kept out of it, used by one thread at a time, as SQLite lets one writer write at
     a time anyway. No pool check-out and check-in per statement (5-7 us of a one-call
@@ -299,34 +335,30 @@ class SQLiteSingle:
         self._conn: sqlite3.Connection | None = None
 
     def __enter__(self) -> sqlite3.Connection:
+        return super().__enter__()  # type: ignore[no-any-return]
+
+    def _acquire(self) -> None:
         self._after_fork()
         if not self._lock.acquire(timeout=self._busy_timeout):
             raise DatabaseUnavailable(
                 f"database unavailable (sqlite): other one-call statements of this process held "
                 f"its connection for {self._busy_timeout:g} s"
             )
-        try:
-            conn = self._conn
-            if conn is None:
-                pooled = self._db.engine.raw_connection()  # set up as the pool's are (`connect` event)
-                conn = pooled.driver_connection
-                assert isinstance(conn, sqlite3.Connection)
-                pooled.detach()  # ours until `close`: the pool neither counts nor resets it
-                self._conn = conn
-            return conn
-        except BaseException as error:
-            self._lock.release()
-            self._db.raise_translated(error)
-            raise
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
-        try:
-            conn = self._conn
-            if conn is not None and conn.in_transaction:
-                self._forget(conn)  # never hand out a connection left in a transaction (its lock held)
-        finally:
-            self._lock.release()
-        self._db.raise_translated(error)
+    def _ready(self) -> sqlite3.Connection:
+        conn = self._conn
+        if conn is None:
+            pooled = self._db.engine.raw_connection()  # set up as the pool's are (`connect` event)
+            conn = pooled.driver_connection
+            assert isinstance(conn, sqlite3.Connection)
+            pooled.detach()  # ours until `close`: the pool neither counts nor resets it
+            self._conn = conn
+        return conn
+
+    def _after_use(self) -> None:
+        conn = self._conn
+        if conn is not None and conn.in_transaction:
+            self._forget(conn)  # never hand out a connection left in a transaction (its lock held)
 
     def close(self) -> None:
         """Close the connection (`Database.dispose`); the next statement opens another."""
@@ -349,7 +381,7 @@ class SQLiteSingle:
             conn.close()
 
 
-class PostgresSingle:
+class PostgresSingle(_KeptConnection):
     """PostgreSQL's connection for one-call statements (`Database.single`): one pooled connection
     kept checked out (the pool counts it against its size) in autocommit, so a one-call enqueue
     pays no check-out and check-in, no autocommit switch and back, no rollback on return
@@ -373,34 +405,28 @@ class PostgresSingle:
         return self._lock.acquire(blocking=False)
 
     def __enter__(self) -> PoolProxiedConnection:
-        try:
-            held = self._held
-            if held is not None and self._stale(held):
-                self._give_back()  # the pool replaces it, as it would at a check-out
-                held = None
-            if held is None:
-                held = self._db.engine.raw_connection()
-                self._taken_at = time.monotonic()
-                try:
-                    self._db.backend.autocommit(held.driver_connection, True)
-                except BaseException:
-                    held.close()
-                    raise
-                self._held = held
-            return held
-        except BaseException as error:
-            self._lock.release()
-            self._db.raise_translated(error)
-            raise
+        return super().__enter__()  # type: ignore[no-any-return]
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
-        try:
-            held = self._held
-            if held is not None and not _idle_autocommit(held):
-                self._give_back()
-        finally:
-            self._lock.release()
-        self._db.raise_translated(error)
+    def _ready(self) -> PoolProxiedConnection:
+        held = self._held
+        if held is not None and self._stale(held):
+            self._give_back()  # the pool replaces it, as it would at a check-out
+            held = None
+        if held is None:
+            held = self._db.engine.raw_connection()
+            self._taken_at = time.monotonic()
+            try:
+                self._db.backend.autocommit(held.driver_connection, True)
+            except BaseException:
+                held.close()
+                raise
+            self._held = held
+        return held
+
+    def _after_use(self) -> None:
+        held = self._held
+        if held is not None and not _idle_autocommit(held):
+            self._give_back()
 
     def close(self) -> None:
         """Give the connection back to the pool (`Database.dispose`); the next statement takes one."""
